@@ -1,0 +1,377 @@
+//! `compile()`: TOML text → validated [`Snapshot`]. Collects every error it
+//! can find instead of stopping at the first, and never panics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+
+use super::error::{ConfigError, ConfigErrors, SourceMap};
+use super::file::{FileCluster, FileConfig, FileListener, Protocol};
+use super::{AdminSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
+use crate::upstream::{Cluster, Endpoint};
+
+/// Default `[admin] address`.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+/// Default `max_connections` per listener.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Default `idle_timeout` of a tcp listener (Envoy's tcp_proxy uses 1h too).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `idle_timeout` of an http listener (keep-alive).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `backlog` of a listener socket.
+pub const DEFAULT_BACKLOG: u64 = 1024;
+/// Default `connect_timeout` of a cluster.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `runtime.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Collects errors with positions while compiling one file.
+pub(super) struct Ctx<'a> {
+    file: PathBuf,
+    map: SourceMap<'a>,
+    errors: Vec<(usize, ConfigError)>,
+}
+
+impl Ctx<'_> {
+    /// Record an error at a span, under a key path.
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
+        let position = self.map.position(span.start);
+        self.errors.push((
+            span.start,
+            ConfigError {
+                file: self.file.clone(),
+                position: Some(position),
+                key: key.into(),
+                message: msg.into(),
+            },
+        ));
+    }
+}
+
+/// Compile config text read from `file` (used in messages only).
+pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
+    let map = SourceMap::new(text);
+    let parsed: FileConfig = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return Err(ConfigErrors(vec![parse_error(file, &map, &e)])),
+    };
+    let mut cx = Ctx {
+        file: file.to_path_buf(),
+        map,
+        errors: Vec::new(),
+    };
+    let runtime = compile_runtime(&parsed);
+    let admin = compile_admin(&mut cx, &parsed);
+    let clusters = compile_clusters(&mut cx, &parsed);
+    let route_tables = super::routes::compile_tables(&mut cx, &parsed);
+    let listeners = compile_listeners(&mut cx, &parsed);
+    if !cx.errors.is_empty() {
+        cx.errors.sort_by_key(|(off, _)| *off);
+        return Err(ConfigErrors(
+            cx.errors.into_iter().map(|(_, e)| e).collect(),
+        ));
+    }
+    Ok(Snapshot {
+        source: file.to_path_buf(),
+        content_hash: fnv1a(text.as_bytes()),
+        runtime,
+        admin,
+        listeners,
+        clusters: clusters
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect(),
+        route_tables: route_tables
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect(),
+    })
+}
+
+fn parse_error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    // toml's messages end with a newline and sometimes repeat the key; keep them short.
+    let message = e.message().trim().to_string();
+    ConfigError {
+        file: file.to_path_buf(),
+        position: Some(map.position(span.start)),
+        key: map.key_at(span.start),
+        message,
+    }
+}
+
+fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
+    RuntimeSettings {
+        workers: f.runtime.workers,
+        io: f.runtime.io,
+        pin_workers: f.runtime.pin_workers.unwrap_or(true),
+        drain_timeout: f
+            .runtime
+            .drain_timeout
+            .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+    }
+}
+
+fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
+    let address = match &f.admin.address {
+        None => fallback,
+        Some(a) => match parse_listen_address(a.get_ref()) {
+            Ok(addr) => addr,
+            Err(msg) => {
+                cx.error(a.span(), "admin.address", msg);
+                fallback
+            }
+        },
+    };
+    AdminSettings { address }
+}
+
+/// Listener addresses are literal `ip:port` (IPv6 as `[::1]:port`).
+pub(super) fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "invalid address \"{s}\": expected ip:port, like \"127.0.0.1:8080\" or \"[::1]:8080\""
+        )
+    })
+}
+
+fn compile_clusters(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<String, Cluster> {
+    let mut out = BTreeMap::new();
+    for (name, c) in &f.clusters {
+        let key = format!("clusters.{}", name.get_ref());
+        if let Some(cluster) = compile_cluster(cx, &key, name.get_ref(), c) {
+            out.insert(name.get_ref().clone(), cluster);
+        }
+    }
+    out
+}
+
+fn compile_cluster(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    name: &str,
+    c: &Spanned<FileCluster>,
+) -> Option<Cluster> {
+    let c_ref = c.get_ref();
+    if c_ref.endpoints.get_ref().is_empty() {
+        cx.error(
+            c_ref.endpoints.span(),
+            format!("{key}.endpoints"),
+            "a cluster needs at least one endpoint",
+        );
+        return None;
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut ok = true;
+    for ep in c_ref.endpoints.get_ref() {
+        match resolve_endpoint(ep.get_ref()) {
+            Ok(addrs) => {
+                for address in addrs {
+                    if !endpoints.iter().any(|e| e.address == address) {
+                        endpoints.push(Endpoint {
+                            address,
+                            written: ep.get_ref().clone(),
+                        });
+                    }
+                }
+            }
+            Err(msg) => {
+                cx.error(ep.span(), format!("{key}.endpoints"), msg);
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(Cluster {
+        name: name.to_string(),
+        endpoints,
+        balance: c_ref.balance,
+        connect_timeout: c_ref
+            .connect_timeout
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+    })
+}
+
+/// `host:port` → addresses. Literal IPs skip the resolver.
+fn resolve_endpoint(s: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("invalid endpoint \"{s}\": expected host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "invalid endpoint \"{s}\": expected host:port with a port from 0 to 65535"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve endpoint \"{s}\": {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("endpoint \"{s}\" resolved to no address"));
+    }
+    Ok(addrs)
+}
+
+fn compile_listeners(cx: &mut Ctx<'_>, f: &FileConfig) -> Vec<Listener> {
+    let mut out = Vec::new();
+    let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+    for (name, l) in &f.listeners {
+        let key = format!("listeners.{}", name.get_ref());
+        let Some(listener) = compile_listener(cx, f, &key, name.get_ref(), l.get_ref()) else {
+            continue;
+        };
+        if listener.address.port() != 0 {
+            if let Some(other) = seen.get(&listener.address) {
+                cx.error(
+                    l.get_ref().address.span(),
+                    format!("{key}.address"),
+                    format!(
+                        "address {} is already used by listener \"{other}\"",
+                        listener.address
+                    ),
+                );
+                continue;
+            }
+            seen.insert(listener.address, name.get_ref().clone());
+        }
+        out.push(listener);
+    }
+    out
+}
+
+fn compile_listener(
+    cx: &mut Ctx<'_>,
+    f: &FileConfig,
+    key: &str,
+    name: &str,
+    l: &FileListener,
+) -> Option<Listener> {
+    let address = match parse_listen_address(l.address.get_ref()) {
+        Ok(a) => Some(a),
+        Err(msg) => {
+            cx.error(l.address.span(), format!("{key}.address"), msg);
+            None
+        }
+    };
+    let protocol = match *l.protocol.get_ref() {
+        Protocol::Tcp => tcp_target(cx, f, key, l),
+        Protocol::Http => http_target(cx, f, key, l),
+    };
+    let default_idle = match l.protocol.get_ref() {
+        Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
+        Protocol::Http => DEFAULT_HTTP_IDLE_TIMEOUT,
+    };
+    Some(Listener {
+        name: name.to_string(),
+        address: address?,
+        protocol: protocol?,
+        max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        idle_timeout: l.idle_timeout.map_or(default_idle, |d| d.0),
+        splice: l.splice.unwrap_or_default(),
+        backlog: l.backlog.unwrap_or(DEFAULT_BACKLOG).min(65_535) as u32,
+    })
+}
+
+fn tcp_target(
+    cx: &mut Ctx<'_>,
+    f: &FileConfig,
+    key: &str,
+    l: &FileListener,
+) -> Option<ListenerProtocol> {
+    if let Some(r) = &l.routes {
+        cx.error(
+            r.span(),
+            format!("{key}.routes"),
+            "a tcp listener cannot have routes; use `cluster`, or set protocol = \"http\"",
+        );
+        return None;
+    }
+    let Some(cluster) = &l.cluster else {
+        cx.error(
+            l.protocol.span(),
+            format!("{key}.cluster"),
+            "a tcp listener needs `cluster`: the cluster to forward connections to",
+        );
+        return None;
+    };
+    if !f.clusters.keys().any(|k| k.get_ref() == cluster.get_ref()) {
+        cx.error(
+            cluster.span(),
+            format!("{key}.cluster"),
+            format!(
+                "no cluster named \"{}\" (define [clusters.{}])",
+                cluster.get_ref(),
+                cluster.get_ref()
+            ),
+        );
+        return None;
+    }
+    Some(ListenerProtocol::Tcp {
+        cluster: cluster.get_ref().clone(),
+    })
+}
+
+fn http_target(
+    cx: &mut Ctx<'_>,
+    f: &FileConfig,
+    key: &str,
+    l: &FileListener,
+) -> Option<ListenerProtocol> {
+    if let Some(c) = &l.cluster {
+        cx.error(
+            c.span(),
+            format!("{key}.cluster"),
+            "an http listener routes with `routes`, not `cluster`; add a route table whose routes name the cluster",
+        );
+        return None;
+    }
+    let Some(routes) = &l.routes else {
+        cx.error(
+            l.protocol.span(),
+            format!("{key}.routes"),
+            "an http listener needs `routes`: the name of a [[routes.NAME]] table",
+        );
+        return None;
+    };
+    if !f.routes.keys().any(|k| k.get_ref() == routes.get_ref()) {
+        cx.error(
+            routes.span(),
+            format!("{key}.routes"),
+            format!(
+                "no route table named \"{}\" (define [[routes.{}]])",
+                routes.get_ref(),
+                routes.get_ref()
+            ),
+        );
+        return None;
+    }
+    Some(ListenerProtocol::Http {
+        routes: routes.get_ref().clone(),
+    })
+}
+
+/// FNV-1a, 64 bit: a stable content hash without another dependency.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

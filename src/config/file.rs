@@ -1,0 +1,200 @@
+//! The config file as written: serde types that mirror the TOML one to one.
+//! `compile` turns them into a [`Snapshot`](super::Snapshot); nothing on the
+//! data path ever sees these types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::value::{positive, ConfigDuration, Workers};
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub runtime: FileRuntime,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub listeners: BTreeMap<Spanned<String>, Spanned<FileListener>>,
+    #[serde(default)]
+    pub routes: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<FileRoute>>>>,
+    #[serde(default)]
+    pub clusters: BTreeMap<Spanned<String>, Spanned<FileCluster>>,
+}
+
+/// `[runtime]`: static settings, fixed for the life of the process.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRuntime {
+    /// `"auto"` (one worker per available core) or an integer >= 1.
+    #[serde(default)]
+    pub workers: Workers,
+    /// `"auto"`, `"io_uring"` or `"epoll"`.
+    #[serde(default)]
+    pub io: IoMode,
+    /// Pin worker n to the n-th available core. Default true.
+    pub pin_workers: Option<bool>,
+    /// How long open connections may finish after SIGTERM/SIGINT. Default 5s.
+    pub drain_timeout: Option<ConfigDuration>,
+}
+
+/// Which I/O driver the workers run on.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// io_uring where the kernel permits it, else epoll (with a warning).
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// The readiness-based (epoll) driver.
+    Epoll,
+}
+
+/// `[admin]`: the admin API (served by a later release; validated now).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// `ip:port` of the admin API. Default `127.0.0.1:9901`.
+    pub address: Option<Spanned<String>>,
+}
+
+/// `[listeners.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    /// `ip:port` to bind on every worker (SO_REUSEPORT).
+    pub address: Spanned<String>,
+    /// `"tcp"` or `"http"`.
+    pub protocol: Spanned<Protocol>,
+    /// tcp: the cluster to forward to.
+    pub cluster: Option<Spanned<String>>,
+    /// http: the route table to use.
+    pub routes: Option<Spanned<String>>,
+    /// Open connections at most, across all workers. Default 10000.
+    #[serde(default, deserialize_with = "positive")]
+    pub max_connections: Option<u64>,
+    /// Close a connection after this long without traffic. Default 1h (tcp), 60s (http).
+    pub idle_timeout: Option<ConfigDuration>,
+    /// tcp: `"auto"` (default), `"always"` or `"never"`; see [`SpliceMode`].
+    pub splice: Option<SpliceMode>,
+    /// Length of the kernel accept queue of each worker's socket. Default 1024.
+    #[serde(default, deserialize_with = "positive")]
+    pub backlog: Option<u64>,
+}
+
+/// When a tcp listener relays with splice(2) instead of a user-space buffer.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpliceMode {
+    /// Buffer first; switch a direction to splice once it moves bulk data.
+    #[default]
+    Auto,
+    /// Splice from the first byte.
+    Always,
+    /// Never splice.
+    Never,
+}
+
+/// A listener's protocol.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Layer 4: bytes relayed as they are.
+    Tcp,
+    /// HTTP/1.1 reverse proxy.
+    Http,
+}
+
+/// One entry of `[[routes.TABLE]]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    #[serde(default, rename = "match")]
+    pub matches: FileMatch,
+    pub cluster: Option<Spanned<String>>,
+    pub split: Option<Spanned<Vec<Spanned<FileSplit>>>>,
+    pub direct_response: Option<Spanned<FileDirectResponse>>,
+    pub timeout: Option<ConfigDuration>,
+    pub request_headers: Option<FileHeaderRewrite>,
+    pub response_headers: Option<FileHeaderRewrite>,
+    pub rewrite: Option<FileRewrite>,
+}
+
+/// `match.*` of a route; every condition given must hold.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    /// Exact host, or `*.suffix`; case-insensitive, port ignored.
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub path_regex: Option<Spanned<String>>,
+    pub method: Option<Vec<Spanned<String>>>,
+    pub headers: Option<BTreeMap<Spanned<String>, String>>,
+}
+
+/// One weighted target of a `split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSplit {
+    pub cluster: Spanned<String>,
+    pub weight: Spanned<i64>,
+}
+
+/// A response the proxy answers itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDirectResponse {
+    pub status: Spanned<i64>,
+    #[serde(default)]
+    pub body: String,
+}
+
+/// `request_headers` / `response_headers`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderRewrite {
+    #[serde(default)]
+    pub set: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    pub add: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+/// `rewrite.*`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRewrite {
+    pub path_prefix: Option<Spanned<String>>,
+}
+
+/// `[clusters.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    /// `host:port` list; host names are resolved when the config is compiled.
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    /// `"round_robin"` (default), `"random"` or `"least_request"`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Give up connecting to one endpoint after this long. Default 1s.
+    pub connect_timeout: Option<ConfigDuration>,
+}
+
+/// How a cluster picks an endpoint.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Per-worker rotation.
+    #[default]
+    RoundRobin,
+    /// Uniformly random, per worker.
+    Random,
+    /// Power of two choices over in-flight requests (HTTP; tcp uses in-flight connections).
+    LeastRequest,
+}

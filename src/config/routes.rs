@@ -1,0 +1,327 @@
+//! Compiling `[[routes.NAME]]` tables into [`RouteTable`]s: every matcher is
+//! built here (regexes compiled, hosts lower-cased) and every reference checked.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use regex::Regex;
+use serde_spanned::Spanned;
+
+use super::compile::Ctx;
+use super::file::{FileConfig, FileHeaderRewrite, FileRoute};
+use crate::route::{
+    HeaderRewrite, HostMatch, PathMatch, Route, RouteAction, RouteTable, WeightedClusters,
+};
+
+pub(super) fn compile_tables(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<String, RouteTable> {
+    let mut out = BTreeMap::new();
+    for (name, routes) in &f.routes {
+        let table_key = format!("routes.{}", name.get_ref());
+        let mut compiled = Vec::new();
+        for (i, r) in routes.get_ref().iter().enumerate() {
+            let key = format!("{table_key}[{i}]");
+            let route_name = format!("{}#{i}", name.get_ref());
+            if let Some(route) = compile_route(cx, f, &key, route_name, r) {
+                compiled.push(route);
+            }
+        }
+        out.insert(
+            name.get_ref().clone(),
+            RouteTable {
+                name: name.get_ref().clone(),
+                routes: compiled,
+            },
+        );
+    }
+    out
+}
+
+fn compile_route(
+    cx: &mut Ctx<'_>,
+    f: &FileConfig,
+    key: &str,
+    name: String,
+    r: &Spanned<FileRoute>,
+) -> Option<Route> {
+    let span = r.span();
+    let r = r.get_ref();
+    let host = r.matches.host.as_ref().and_then(|h| host_match(cx, key, h));
+    let path = path_match(cx, key, r, span.clone());
+    let methods = methods(cx, key, r);
+    let headers = r
+        .matches
+        .headers
+        .iter()
+        .flatten()
+        .filter_map(|(n, v)| {
+            header_name(cx, &format!("{key}.match.headers"), n).map(|n| (n, v.clone()))
+        })
+        .collect();
+    let action = action(cx, f, key, r, span);
+    let request_headers = rewrite(cx, &format!("{key}.request_headers"), &r.request_headers);
+    let response_headers = rewrite(cx, &format!("{key}.response_headers"), &r.response_headers);
+    let rewrite_path_prefix = match r.rewrite.as_ref().and_then(|rw| rw.path_prefix.as_ref()) {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            cx.error(
+                p.span(),
+                format!("{key}.rewrite.path_prefix"),
+                "must start with '/'",
+            );
+            None
+        }
+        Some(p) => Some(p.get_ref().clone()),
+        None => None,
+    };
+    Some(Route {
+        name,
+        host,
+        path: path?,
+        methods: methods?,
+        headers,
+        action: action?,
+        timeout: r.timeout.map(|d| d.0),
+        request_headers: request_headers?,
+        response_headers: response_headers?,
+        rewrite_path_prefix,
+    })
+}
+
+fn host_match(cx: &mut Ctx<'_>, key: &str, h: &Spanned<String>) -> Option<HostMatch> {
+    let s = h.get_ref().to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    if let Some(suffix) = s.strip_prefix("*.") {
+        if valid(suffix) {
+            return Some(HostMatch::Suffix(format!(".{suffix}")));
+        }
+    } else if valid(&s) {
+        return Some(HostMatch::Exact(s));
+    }
+    cx.error(
+        h.span(),
+        format!("{key}.match.host"),
+        format!(
+            "invalid host \"{}\": expected a name like \"api.example.com\" or \"*.example.com\"",
+            h.get_ref()
+        ),
+    );
+    None
+}
+
+fn path_match(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    r: &FileRoute,
+    span: std::ops::Range<usize>,
+) -> Option<Option<PathMatch>> {
+    let m = &r.matches;
+    let given = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        cx.error(
+            span,
+            format!("{key}.match"),
+            "use only one of match.path, match.path_prefix and match.path_regex",
+        );
+        return None;
+    }
+    for (p, k) in [(&m.path, "path"), (&m.path_prefix, "path_prefix")] {
+        if let Some(p) = p {
+            if !p.get_ref().starts_with('/') {
+                cx.error(
+                    p.span(),
+                    format!("{key}.match.{k}"),
+                    "a path must start with '/'",
+                );
+                return None;
+            }
+        }
+    }
+    if let Some(p) = &m.path {
+        return Some(Some(PathMatch::Exact(p.get_ref().clone())));
+    }
+    if let Some(p) = &m.path_prefix {
+        return Some(Some(PathMatch::Prefix(p.get_ref().clone())));
+    }
+    if let Some(p) = &m.path_regex {
+        return match Regex::new(p.get_ref()) {
+            Ok(re) => Some(Some(PathMatch::Regex(re))),
+            Err(e) => {
+                let msg = e.to_string().replace('\n', " ");
+                cx.error(
+                    p.span(),
+                    format!("{key}.match.path_regex"),
+                    format!("invalid regex: {msg}"),
+                );
+                None
+            }
+        };
+    }
+    Some(None)
+}
+
+fn methods(cx: &mut Ctx<'_>, key: &str, r: &FileRoute) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for m in r.matches.method.iter().flatten() {
+        let s = m.get_ref();
+        if s.is_empty() || !s.bytes().all(is_tchar) {
+            cx.error(
+                m.span(),
+                format!("{key}.match.method"),
+                format!("invalid method \"{s}\""),
+            );
+            ok = false;
+        } else {
+            out.push(s.to_ascii_uppercase());
+        }
+    }
+    ok.then_some(out)
+}
+
+/// RFC 9110 token characters.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn header_name(cx: &mut Ctx<'_>, key: &str, n: &Spanned<String>) -> Option<String> {
+    let s = n.get_ref();
+    if s.is_empty() || !s.bytes().all(is_tchar) {
+        cx.error(
+            n.span(),
+            key.to_string(),
+            format!("invalid header name \"{s}\""),
+        );
+        return None;
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+fn action(
+    cx: &mut Ctx<'_>,
+    f: &FileConfig,
+    key: &str,
+    r: &FileRoute,
+    span: std::ops::Range<usize>,
+) -> Option<RouteAction> {
+    let count = [
+        r.cluster.is_some(),
+        r.split.is_some(),
+        r.direct_response.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if count != 1 {
+        cx.error(
+            span,
+            key.to_string(),
+            "a route needs exactly one of `cluster`, `split` and `direct_response`",
+        );
+        return None;
+    }
+    let cluster_exists = |name: &str| f.clusters.keys().any(|k| k.get_ref() == name);
+    if let Some(c) = &r.cluster {
+        if !cluster_exists(c.get_ref()) {
+            cx.error(
+                c.span(),
+                format!("{key}.cluster"),
+                format!("no cluster named \"{}\"", c.get_ref()),
+            );
+            return None;
+        }
+        return Some(RouteAction::Cluster(c.get_ref().clone()));
+    }
+    if let Some(split) = &r.split {
+        let mut targets = Vec::new();
+        let mut ok = true;
+        for s in split.get_ref() {
+            let s = s.get_ref();
+            if !cluster_exists(s.cluster.get_ref()) {
+                cx.error(
+                    s.cluster.span(),
+                    format!("{key}.split"),
+                    format!("no cluster named \"{}\"", s.cluster.get_ref()),
+                );
+                ok = false;
+            }
+            let w = *s.weight.get_ref();
+            if !(1..=1_000_000).contains(&w) {
+                cx.error(
+                    s.weight.span(),
+                    format!("{key}.split"),
+                    format!("weight must be between 1 and 1000000, not {w}"),
+                );
+                ok = false;
+            }
+            targets.push((s.cluster.get_ref().clone(), w.clamp(0, 1_000_000) as u32));
+        }
+        if targets.is_empty() {
+            cx.error(
+                split.span(),
+                format!("{key}.split"),
+                "a split needs at least one cluster",
+            );
+            ok = false;
+        }
+        let total = targets.iter().map(|t| t.1).sum();
+        return ok.then_some(RouteAction::Split(WeightedClusters { targets, total }));
+    }
+    let d = r.direct_response.as_ref()?;
+    let status = *d.get_ref().status.get_ref();
+    if !(200..=599).contains(&status) {
+        cx.error(
+            d.get_ref().status.span(),
+            format!("{key}.direct_response.status"),
+            format!("status must be between 200 and 599, not {status}"),
+        );
+        return None;
+    }
+    Some(RouteAction::Direct {
+        status: status as u16,
+        body: Bytes::from(d.get_ref().body.clone()),
+    })
+}
+
+fn rewrite(cx: &mut Ctx<'_>, key: &str, rw: &Option<FileHeaderRewrite>) -> Option<HeaderRewrite> {
+    let Some(rw) = rw else {
+        return Some(HeaderRewrite::default());
+    };
+    let mut ok = true;
+    let mut pairs = |m: &BTreeMap<Spanned<String>, String>, sub: &str, cx: &mut Ctx<'_>| {
+        let mut v = Vec::new();
+        for (n, val) in m {
+            match header_name(cx, &format!("{key}.{sub}"), n) {
+                Some(n) if val.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)) => {
+                    v.push((n, val.clone()))
+                }
+                Some(_) => {
+                    cx.error(
+                        n.span(),
+                        format!("{key}.{sub}"),
+                        "header values cannot contain control characters",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        v
+    };
+    let set = pairs(&rw.set, "set", cx);
+    let add = pairs(&rw.add, "add", cx);
+    let mut remove = Vec::new();
+    for n in &rw.remove {
+        match header_name(cx, &format!("{key}.remove"), n) {
+            Some(n) => remove.push(n),
+            None => ok = false,
+        }
+    }
+    ok.then_some(HeaderRewrite { set, add, remove })
+}

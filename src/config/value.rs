@@ -1,0 +1,152 @@
+//! Value types that parse themselves while the TOML is read, so a bad value
+//! is reported at its own line and column.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// A duration written as a string: `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"10us"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || {
+        format!(
+            "invalid duration \"{s}\": expected a number and a unit (us, ms, s, m, h), like \"250ms\" or \"5s\""
+        )
+    };
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return Err(bad());
+    }
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 365.0 * 24.0 * 3600.0 {
+        return Err(format!(
+            "duration \"{s}\" is too large (the limit is one year)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string like \"250ms\" or \"5s\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_duration(v).map(ConfigDuration).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "durations are strings with a unit: write \"{v}s\" or \"{v}ms\", not {v}"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `workers = "auto"` or a positive integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// One worker per core this process may run on.
+    #[default]
+    Auto,
+    /// Exactly this many workers.
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or an integer >= 1")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "workers must be \"auto\" or an integer >= 1, not \"{v}\""
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                if (1..=4096).contains(&v) {
+                    Ok(Workers::Count(v as usize))
+                } else {
+                    Err(E::custom(format!(
+                        "workers must be between 1 and 4096, not {v}"
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A positive integer limit (`max_connections = 10000`).
+pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = i64::deserialize(d)?;
+    if v < 1 {
+        return Err(de::Error::custom(format!(
+            "must be an integer >= 1, not {v}"
+        )));
+    }
+    Ok(Some(v as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("250ms", 250_000),
+            ("5s", 5_000_000),
+            ("1.5s", 1_500_000),
+            ("2m", 120_000_000),
+            ("1h", 3_600_000_000),
+            ("10us", 10),
+            ("0s", 0),
+        ];
+        for (s, micros) in ok {
+            assert_eq!(parse_duration(s).unwrap().as_micros(), micros, "{s}");
+        }
+        for s in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-1s",
+            "1.s",
+            ".5s",
+            "5 sec",
+            "99999999h",
+        ] {
+            assert!(parse_duration(s).is_err(), "{s} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! # Outrigger
+//!
+//! A sidecar proxy for latency-critical Linux hosts: thread-per-core,
+//! share-nothing workers on monoio (io_uring, with an epoll fallback).
+//!
+//! ## Layout: how a connection flows
+//!
+//! ```text
+//! config.toml ─▶ config::load ─▶ Snapshot (immutable, validated)
+//!                                   │ published through ArcSwap
+//! control::start ─ binds SO_REUSEPORT sockets, spawns one worker per core
+//!   worker (outrigger-worker-N, pinned, own monoio runtime)
+//!     listener::AcceptLoop ─ accept, enforce this worker's max_connections share
+//!       tcp::proxy ─ balancer picks endpoint (upstream::Balancers), connect
+//!                    with connect_timeout, try each endpoint at most once
+//!         tcp::relay ─ both directions: rented buffer, or splice(2) for bulk;
+//!                      half-close propagated; idle_timeout
+//! control::run_until_signal ─ SIGINT/SIGTERM: drain up to drain_timeout
+//! ```
+//!
+//! ## Module map
+//!
+//! - [`config`]: TOML types, `compile()` to [`config::Snapshot`], errors with positions.
+//! - [`control`]: supervisor (start workers, drain) and signal handling.
+//! - [`worker`]: worker threads, driver choice, per-worker context.
+//! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
+//! - [`tcp`]: the L4 relay.
+//! - [`route`]: HTTP route tables (compiled and validated; served by the HTTP release).
+//! - [`upstream`]: clusters, endpoints, balancers.
+//! - [`metrics`]: per-worker single-writer counters.
+//! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
+
+pub mod backends;
+pub mod config;
+pub mod control;
+pub mod listener;
+pub mod metrics;
+pub mod route;
+pub mod tcp;
+pub mod upstream;
+pub mod worker;
+
+pub use config::{load, Snapshot};
+pub use control::{start, Server, StartError};

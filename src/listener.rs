@@ -1,0 +1,200 @@
+//! Listeners: SO_REUSEPORT sockets (one per listener per worker, all bound
+//! by the supervisor so port 0 resolves once), and each worker's accept loop
+//! with its share of `max_connections` and back-off on accept errors.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::CancelHandle;
+use monoio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{Listener, ListenerProtocol};
+use crate::worker::{Driver, WorkerCtx};
+
+/// A bound listening socket handed to one worker.
+#[derive(Debug)]
+pub struct ListenerSocket {
+    /// Position in `Snapshot::listeners` (and in `WorkerStats::listeners`).
+    pub index: usize,
+    pub name: String,
+    pub socket: std::net::TcpListener,
+    /// This worker's share of `max_connections`.
+    pub max_connections: u64,
+}
+
+/// Bind one SO_REUSEPORT socket for `addr`.
+pub fn bind(addr: SocketAddr, backlog: i32, driver: Driver) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    // The epoll driver needs non-blocking fds; io_uring works on blocking ones.
+    socket.set_nonblocking(driver == Driver::Epoll)?;
+    Ok(socket.into())
+}
+
+/// Split `max` over `workers`: each gets `max / workers`, the first
+/// `max % workers` one more, and never less than 1.
+pub fn worker_share(max: u64, workers: usize, index: usize) -> u64 {
+    let w = workers.max(1) as u64;
+    let base = max / w + u64::from((index as u64) < max % w);
+    base.max(1)
+}
+
+/// The accept loop of one listener on one worker.
+pub struct AcceptLoop {
+    ctx: Rc<WorkerCtx>,
+    index: usize,
+    name: String,
+    listener: TcpListener,
+    max_connections: u64,
+    cancel: CancelHandle,
+}
+
+impl std::fmt::Debug for AcceptLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptLoop")
+            .field("listener", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Back-off after a resource error such as EMFILE: starts here, doubles, capped.
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptLoop {
+    /// Wrap a bound socket for the current worker's runtime.
+    pub fn new(ctx: Rc<WorkerCtx>, s: ListenerSocket, cancel: CancelHandle) -> io::Result<Self> {
+        Ok(AcceptLoop {
+            ctx,
+            index: s.index,
+            name: s.name,
+            listener: TcpListener::from_std(s.socket)?,
+            max_connections: s.max_connections,
+            cancel,
+        })
+    }
+
+    /// Accept until the worker drains. Returns (closing the socket) then.
+    pub async fn run(self) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            if self.ctx.draining.get() {
+                break;
+            }
+            match self.listener.cancelable_accept(self.cancel.clone()).await {
+                Ok((stream, peer)) => {
+                    backoff = BACKOFF_START;
+                    self.admit(stream, peer);
+                }
+                Err(_) if self.ctx.draining.get() => break,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => {
+                    self.counters().accept_errors.inc();
+                    tracing::warn!(listener = %self.name, error = %e, pause = ?backoff, "accept failed; pausing");
+                    monoio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        tracing::debug!(listener = %self.name, worker = self.ctx.index, "stopped accepting");
+    }
+
+    fn counters(&self) -> &crate::metrics::ListenerCounters {
+        &self.ctx.stats.listeners[self.index]
+    }
+
+    /// Enforce the connection limit, then hand the connection to its protocol.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) {
+        let counters = self.counters();
+        if counters.active.get() >= self.max_connections {
+            counters.rejected.inc();
+            tracing::debug!(listener = %self.name, %peer, "max_connections reached; closing");
+            drop(stream);
+            return;
+        }
+        counters.accepted.inc();
+        counters.active.inc();
+        let guard = ConnGuard {
+            ctx: self.ctx.clone(),
+            index: self.index,
+        };
+        self.ctx.active.set(self.ctx.active.get() + 1);
+        let snapshot = self.ctx.snapshot.load_full();
+        let Some(listener) = snapshot.listeners.get(self.index).cloned() else {
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let index = self.index;
+        monoio::spawn(async move {
+            let _guard = guard;
+            serve(ctx, index, snapshot, listener, stream, peer).await;
+        });
+    }
+}
+
+async fn serve(
+    ctx: Rc<WorkerCtx>,
+    index: usize,
+    snapshot: std::sync::Arc<crate::config::Snapshot>,
+    listener: Listener,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    match &listener.protocol {
+        ListenerProtocol::Tcp { cluster } => {
+            let Some(cluster) = snapshot.clusters.get(cluster).cloned() else {
+                return;
+            };
+            crate::tcp::proxy(&ctx, index, &listener, &cluster, stream, peer).await;
+        }
+        ListenerProtocol::Http { .. } => {
+            // HTTP proxying arrives with its own issue; until then the
+            // connection is refused explicitly rather than left hanging.
+            tracing::warn!(listener = %listener.name, "http listeners are not served yet; closing");
+        }
+    }
+}
+
+/// Decrements the connection gauges when a connection task ends, however it ends.
+struct ConnGuard {
+    ctx: Rc<WorkerCtx>,
+    index: usize,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.ctx.stats.listeners[self.index].active.dec();
+        self.ctx.active.set(self.ctx.active.get().saturating_sub(1));
+    }
+}
+
+/// Errors after which accepting again at once is right (the peer gave up
+/// before we accepted, or a signal interrupted us).
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO | libc::EPERM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_share;
+
+    #[test]
+    fn shares_sum_to_max() {
+        for (max, workers) in [(10, 3), (10_000, 16), (7, 7), (100, 1)] {
+            let sum: u64 = (0..workers).map(|i| worker_share(max, workers, i)).sum();
+            assert_eq!(sum, max);
+        }
+        // Fewer connections than workers: each worker still admits one.
+        assert_eq!(worker_share(2, 4, 3), 1);
+    }
+}

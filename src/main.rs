@@ -1,0 +1,153 @@
+//! The `outrigger` command: `run`, `check`, `demo`. Logging and exit codes
+//! live here; everything else is in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outrigger::backends::{self, BackendKind};
+use outrigger::config::{self, ConfigErrors, Snapshot};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outrigger",
+    version,
+    about = "A thread-per-core sidecar proxy on io_uring"
+)]
+struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    /// list. Overrides RUST_LOG; defaults to RUST_LOG, else "info".
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy until SIGINT or SIGTERM.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file without binding anything.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Run the proxy on the embedded demo config with its own demo upstreams.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { file } => Ok(check(&file)),
+        Command::Demo => demo(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outrigger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("outrigger: invalid log level ({e}); using \"info\"");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true)
+        .init();
+}
+
+fn print_errors(errors: &ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    match config::load(file) {
+        Ok(snapshot) => {
+            println!("{}: ok: {}", file.display(), snapshot.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(file: &Path) -> anyhow::Result<ExitCode> {
+    let snapshot = match config::load(file) {
+        Ok(s) => s,
+        Err(errors) => {
+            print_errors(&errors);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    serve(snapshot)
+}
+
+fn serve(snapshot: Snapshot) -> anyhow::Result<ExitCode> {
+    tracing::info!(config = %snapshot.source.display(), summary = %snapshot.summary(), "starting");
+    let drain = snapshot.runtime.drain_timeout;
+    let server = outrigger::start(snapshot)?;
+    let code = outrigger::control::run_until_signal(server, drain)
+        .context("cannot install signal handlers")?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn demo() -> anyhow::Result<ExitCode> {
+    let snapshot = config::compile(
+        Path::new("<embedded configs/demo.toml>"),
+        config::DEMO_CONFIG,
+    )
+    .map_err(|e| anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))?;
+    let driver = outrigger::worker::driver::choose(snapshot.runtime.io)?;
+    let mut upstreams = Vec::new();
+    for cluster in snapshot.clusters.values() {
+        for ep in &cluster.endpoints {
+            let b =
+                backends::start(BackendKind::Echo, ep.address, 1, driver).with_context(|| {
+                    format!("cannot start the demo echo upstream on {}", ep.address)
+                })?;
+            upstreams.push(b);
+        }
+    }
+    let listener = snapshot
+        .listener("echo")
+        .map(|l| l.address)
+        .context("demo config lacks the echo listener")?;
+    println!(
+        "\nOutrigger demo: a TCP proxy on {listener} in front of {} echo upstreams ({}).\n\
+         Try, in another terminal:\n\n  \
+         printf 'hello through outrigger\\n' | nc -q1 {ip} {port}\n\n  \
+         python3 -c \"import socket; s=socket.create_connection(('{ip}',{port})); s.sendall(b'hi\\n'); s.shutdown(1); print(s.recv(100))\"\n\n\
+         Each connection goes to the next upstream (round robin). Press Ctrl-C to stop.\n",
+        upstreams.len(),
+        upstreams.iter().map(|u| u.addr.to_string()).collect::<Vec<_>>().join(", "),
+        ip = listener.ip(),
+        port = listener.port(),
+    );
+    let code = serve(snapshot)?;
+    drop(upstreams);
+    Ok(code)
+}

@@ -1,0 +1,148 @@
+use super::*;
+
+struct Req<'a> {
+    host: Option<&'a str>,
+    path: &'a str,
+    method: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+}
+
+impl RouteRequest for Req<'_> {
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+}
+
+fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route {
+    Route {
+        name: name.into(),
+        host,
+        path,
+        methods: vec![],
+        headers: vec![],
+        action: RouteAction::Cluster(name.into()),
+        timeout: None,
+        request_headers: HeaderRewrite::default(),
+        response_headers: HeaderRewrite::default(),
+        rewrite_path_prefix: None,
+    }
+}
+
+fn table() -> RouteTable {
+    let mut canary = route("canary", None, Some(PathMatch::Prefix("/".into())));
+    canary.headers = vec![("x-canary".into(), "1".into())];
+    let mut get_only = route("get", None, Some(PathMatch::Exact("/only-get".into())));
+    get_only.methods = vec!["GET".into(), "HEAD".into()];
+    RouteTable {
+        name: "t".into(),
+        routes: vec![
+            route(
+                "api",
+                Some(HostMatch::Exact("api.example.com".into())),
+                Some(PathMatch::Prefix("/v1/".into())),
+            ),
+            route("wild", Some(HostMatch::Suffix(".example.com".into())), None),
+            route(
+                "re",
+                None,
+                Some(PathMatch::Regex(Regex::new("^/v[0-9]+/x$").unwrap())),
+            ),
+            get_only,
+            canary,
+        ],
+    }
+}
+
+/// host, path, method, headers, expected route.
+type Case<'a> = (Option<&'a str>, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
+#[test]
+fn first_match_wins_table() {
+    let t = table();
+    let cases: &[Case] = &[
+        (
+            Some("api.example.com"),
+            "/v1/users",
+            "GET",
+            &[],
+            Some("api"),
+        ),
+        (
+            Some("API.Example.COM:8080"),
+            "/v1/",
+            "POST",
+            &[],
+            Some("api"),
+        ),
+        (
+            Some("api.example.com"),
+            "/v2/users",
+            "GET",
+            &[],
+            Some("wild"),
+        ),
+        (Some("www.example.com"), "/", "GET", &[], Some("wild")),
+        (Some("example.com"), "/", "GET", &[], None),
+        (Some("evilexample.com"), "/", "GET", &[], None),
+        (None, "/v7/x", "GET", &[], Some("re")),
+        (None, "/v7/xy", "GET", &[], None),
+        (None, "/only-get", "GET", &[], Some("get")),
+        (None, "/only-get", "POST", &[], None),
+        (
+            None,
+            "/anything",
+            "GET",
+            &[("X-Canary", "1")],
+            Some("canary"),
+        ),
+        (None, "/anything", "GET", &[("x-canary", "2")], None),
+        (
+            None,
+            "/only-get",
+            "DELETE",
+            &[("x-canary", "1")],
+            Some("canary"),
+        ),
+    ];
+    for (host, path, method, headers, want) in cases {
+        let req = Req {
+            host: *host,
+            path,
+            method,
+            headers,
+        };
+        let got = t.lookup(&req).map(|r| r.name.as_str());
+        assert_eq!(got, *want, "host={host:?} path={path} method={method}");
+    }
+}
+
+#[test]
+fn split_pick_covers_weights() {
+    let w = WeightedClusters {
+        targets: vec![("a".into(), 90), ("b".into(), 10)],
+        total: 100,
+    };
+    let a = (0..100).filter(|n| w.pick(*n) == "a").count();
+    assert_eq!(a, 90);
+    assert_eq!(w.pick(95), "b");
+    assert_eq!(w.pick(195), "b");
+}
+
+#[test]
+fn strip_port_forms() {
+    assert_eq!(strip_port("a.com:80"), "a.com");
+    assert_eq!(strip_port("a.com"), "a.com");
+    assert_eq!(strip_port("[::1]:80"), "[::1]");
+}

@@ -1,0 +1,176 @@
+//! Upstream clusters: their endpoints (compiled, immutable) and the
+//! per-worker balancer state that picks among them.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use crate::config::file::Balance;
+
+/// A named group of interchangeable endpoints.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+}
+
+/// One upstream address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The `host:port` as written in the config.
+    pub written: String,
+}
+
+/// Per-worker balancer state for every cluster, keyed by cluster name so it
+/// survives config reloads. Lives in the worker's context (`Rc`), never shared.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    clusters: RefCell<HashMap<String, ClusterState>>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterState {
+    next: usize,
+    in_flight: HashMap<SocketAddr, u32>,
+}
+
+impl Balancers {
+    /// The order in which to try the cluster's endpoints for one connection:
+    /// the balancer's pick first, then every other endpoint once.
+    pub fn attempt_order(&self, cluster: &Cluster) -> Vec<usize> {
+        let n = cluster.endpoints.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut map = self.clusters.borrow_mut();
+        let state = map.entry(cluster.name.clone()).or_default();
+        let first = match cluster.balance {
+            Balance::RoundRobin => {
+                let i = state.next % n;
+                state.next = state.next.wrapping_add(1);
+                i
+            }
+            Balance::Random => fastrand::usize(..n),
+            Balance::LeastRequest => {
+                let a = fastrand::usize(..n);
+                let b = fastrand::usize(..n);
+                let load = |i: usize| {
+                    state
+                        .in_flight
+                        .get(&cluster.endpoints[i].address)
+                        .copied()
+                        .unwrap_or(0)
+                };
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        (0..n).map(|k| (first + k) % n).collect()
+    }
+
+    /// Count one more in-flight connection/request on an endpoint; the guard
+    /// takes it back when dropped.
+    pub fn track<'a>(&'a self, cluster: &str, addr: SocketAddr) -> InFlight<'a> {
+        let mut map = self.clusters.borrow_mut();
+        let state = map.entry(cluster.to_string()).or_default();
+        *state.in_flight.entry(addr).or_default() += 1;
+        InFlight {
+            balancers: self,
+            cluster: cluster.to_string(),
+            addr,
+        }
+    }
+
+    /// In-flight count on one endpoint of this worker.
+    pub fn in_flight(&self, cluster: &str, addr: SocketAddr) -> u32 {
+        self.clusters
+            .borrow()
+            .get(cluster)
+            .and_then(|s| s.in_flight.get(&addr).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// Guard returned by [`Balancers::track`].
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    balancers: &'a Balancers,
+    cluster: String,
+    addr: SocketAddr,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.balancers.clusters.borrow_mut();
+        if let Some(state) = map.get_mut(&self.cluster) {
+            if let Some(c) = state.in_flight.get_mut(&self.addr) {
+                *c = c.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(balance: Balance, n: u16) -> Cluster {
+        Cluster {
+            name: "c".into(),
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    address: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    written: format!("127.0.0.1:{}", 9000 + i),
+                })
+                .collect(),
+            balance,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn round_robin_rotates_and_tries_each_once() {
+        let b = Balancers::default();
+        let c = cluster(Balance::RoundRobin, 3);
+        assert_eq!(b.attempt_order(&c), vec![0, 1, 2]);
+        assert_eq!(b.attempt_order(&c), vec![1, 2, 0]);
+        assert_eq!(b.attempt_order(&c), vec![2, 0, 1]);
+        assert_eq!(b.attempt_order(&c), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn random_covers_all_endpoints() {
+        let b = Balancers::default();
+        let c = cluster(Balance::Random, 4);
+        let mut seen = [0usize; 4];
+        for _ in 0..4000 {
+            let order = b.attempt_order(&c);
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![0, 1, 2, 3]);
+            seen[order[0]] += 1;
+        }
+        assert!(seen.iter().all(|&s| s > 800), "{seen:?}");
+    }
+
+    #[test]
+    fn least_request_avoids_loaded_endpoint() {
+        let b = Balancers::default();
+        let c = cluster(Balance::LeastRequest, 2);
+        let _busy: Vec<_> = (0..5)
+            .map(|_| b.track("c", c.endpoints[0].address))
+            .collect();
+        let picks0 = (0..1000).filter(|_| b.attempt_order(&c)[0] == 0).count();
+        // Endpoint 0 wins only when both choices land on it (about 1 in 4).
+        assert!(picks0 < 400, "{picks0}");
+        drop(_busy);
+        assert_eq!(b.in_flight("c", c.endpoints[0].address), 0);
+    }
+}
