@@ -101,7 +101,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
 fn parse_error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     // toml's messages end with a newline and sometimes repeat the key; keep them short.
-    let message = e.message().trim().to_string();
+    let message = e.message().trim().lines().collect::<Vec<_>>().join("; ");
     ConfigError {
         file: file.to_path_buf(),
         position: Some(map.position(span.start)),

@@ -153,7 +153,14 @@ fn path_match(
         return match Regex::new(p.get_ref()) {
             Ok(re) => Some(Some(PathMatch::Regex(re))),
             Err(e) => {
-                let msg = e.to_string().replace('\n', " ");
+                // The regex crate's message draws a caret diagram; keep its last line.
+                let full = e.to_string();
+                let msg = full
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ")
+                    .to_string();
                 cx.error(
                     p.span(),
                     format!("{key}.match.path_regex"),

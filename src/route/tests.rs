@@ -66,7 +66,13 @@ fn table() -> RouteTable {
 }
 
 /// host, path, method, headers, expected route.
-type Case<'a> = (Option<&'a str>, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+type Case<'a> = (
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+);
 
 #[test]
 fn first_match_wins_table() {

@@ -1,0 +1,138 @@
+//! Every example config compiles; every broken fixture fails with the error
+//! (position, key and message) written in its `# expect:` lines, both through
+//! the library and through `outrigger check`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn expectations(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# expect: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn example_configs_compile() {
+    let configs = files("configs");
+    assert!(configs.len() >= 3, "{configs:?}");
+    for path in configs {
+        let snapshot = outrigger::config::load(&path)
+            .unwrap_or_else(|e| panic!("{} should compile:\n{e}", path.display()));
+        assert!(!snapshot.listeners.is_empty(), "{}", path.display());
+    }
+}
+
+#[test]
+fn demo_config_is_embedded_and_valid() {
+    let on_disk =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml"))
+            .unwrap();
+    assert_eq!(on_disk, outrigger::config::DEMO_CONFIG);
+}
+
+#[test]
+fn invalid_fixtures_fail_with_their_errors() {
+    let fixtures = files("configs/invalid");
+    assert!(fixtures.len() >= 20, "{} fixtures", fixtures.len());
+    for path in fixtures {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = expectations(&text);
+        assert!(
+            !expected.is_empty(),
+            "{} has no # expect: line",
+            path.display()
+        );
+        let errors = match outrigger::config::compile(&path, &text) {
+            Ok(_) => panic!("{} compiled but should fail", path.display()),
+            Err(e) => e.0,
+        };
+        let got: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let (line, col) = e.position.expect("every error has a position");
+                format!("{line}:{col}: {}: {}", e.key, e.message)
+            })
+            .collect();
+        assert_eq!(got, expected, "{}", path.display());
+        for e in &errors {
+            assert_eq!(e.file, path);
+        }
+    }
+}
+
+fn outrigger() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+#[test]
+fn check_exit_codes_and_output() {
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/sidecar.toml");
+    let out = outrigger().arg("check").arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("ok: 2 listener(s), 4 cluster(s)"),
+        "{stdout}"
+    );
+
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/invalid/multiple-errors.toml");
+    let out = outrigger().arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("error: {}:", bad.display());
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with(&prefix)).count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":5:11: listeners.a.cluster: no cluster named \"nope\""),
+        "{stderr}"
+    );
+
+    let out = outrigger()
+        .args(["check", "/nonexistent/outrigger.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+#[test]
+fn run_with_invalid_config_exits_nonzero_without_binding() {
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/invalid/bad-address.toml");
+    let out = outrigger()
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listeners.db.address"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = outrigger().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("outrigger "));
+    let out = outrigger().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    for word in ["run", "check", "demo", "--log-level"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
