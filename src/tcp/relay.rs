@@ -157,7 +157,10 @@ impl<'a> Pump<'a> {
             buf.clear();
             let (res, b) = r.read(buf).await;
             buf = b;
-            let n = res?;
+            let n = match res {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
             if n == 0 {
                 return Ok(Step::Done);
             }
@@ -194,14 +197,20 @@ impl<'a> Pump<'a> {
             if let Some(p) = &probe {
                 p.readable(false).await?;
             }
-            let n = r.splice_to_pipe(&mut pipe_w, PIPE_CHUNK).await?;
+            let n = match r.splice_to_pipe(&mut pipe_w, PIPE_CHUNK).await {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
             if n == 0 {
                 return Ok(());
             }
             self.activity.set(Instant::now());
             let mut left = n;
             while left > 0 {
-                let m = w.splice_from_pipe(&mut pipe_r, left).await?;
+                let m = match w.splice_from_pipe(&mut pipe_r, left).await {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => other?,
+                };
                 if m == 0 {
                     return Err(io::ErrorKind::WriteZero.into());
                 }

@@ -1,0 +1,286 @@
+//! End-to-end tests of the L4 proxy through real sockets on 127.0.0.1,
+//! under both io_uring and epoll.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use outrigger::worker::Driver;
+use sha2::{Digest, Sha256};
+
+both_drivers!(
+    echo_small_and_large,
+    bulk_64_mib_by_hash,
+    splice_modes_are_byte_exact,
+    two_hundred_concurrent_connections,
+    half_close_delivers_whole_reply,
+    failover_to_second_endpoint,
+    all_endpoints_refuse_closes_client,
+    connect_timeout_moves_on,
+    max_connections_enforced,
+    idle_timeout_closes,
+    workers_report_driver_and_pinning,
+);
+
+fn echo_small_and_large(driver: Driver) {
+    let up = echo(driver);
+    let server = start(&tcp_config(driver, 2, &[up.addr.to_string()], "", ""));
+    let addr = server.local_addr("l").unwrap();
+    let mut s = connect(addr);
+    assert_eq!(round_trip(&mut s, b"x"), b"x");
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(round_trip(&mut s, &big), big);
+    drop(s);
+    assert!(server.shutdown(Duration::from_secs(5)));
+}
+
+/// Stream `len` pseudo-random bytes through an echo path; compare hashes.
+fn echo_hash(addr: SocketAddr, len: usize) -> ([u8; 32], [u8; 32]) {
+    let s = connect(addr);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            for b in chunk[..n].iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = state as u8;
+            }
+            w.write_all(&chunk[..n]).unwrap();
+            h.update(&chunk[..n]);
+            left -= n;
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+        <[u8; 32]>::from(h.finalize())
+    });
+    let mut r = s;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        // The proxy shares this process; io_uring's task work can interrupt
+        // a blocking read here with EINTR, which std does not retry.
+        let n = match r.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other.unwrap(),
+        };
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n;
+    }
+    assert_eq!(total, len);
+    (writer.join().unwrap(), <[u8; 32]>::from(h.finalize()))
+}
+
+fn bulk_64_mib_by_hash(driver: Driver) {
+    let up = echo(driver);
+    let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], "", ""));
+    let (sent, got) = echo_hash(server.local_addr("l").unwrap(), 64 * 1024 * 1024);
+    assert_eq!(sent, got);
+    assert!(eventually(|| server.listener_totals("l").unwrap().active == 0));
+    let t = server.listener_totals("l").unwrap();
+    assert_eq!(t.bytes_in, 64 * 1024 * 1024);
+    assert_eq!(t.bytes_out, 64 * 1024 * 1024);
+}
+
+fn splice_modes_are_byte_exact(driver: Driver) {
+    for mode in ["always", "never", "auto"] {
+        let up = echo(driver);
+        let extra = format!("splice = \"{mode}\"");
+        let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], &extra, ""));
+        let addr = server.local_addr("l").unwrap();
+        for len in [1, 4096, 3 * 1024 * 1024 + 17] {
+            let (sent, got) = echo_hash(addr, len);
+            assert_eq!(sent, got, "mode {mode}, {len} bytes");
+        }
+    }
+}
+
+fn two_hundred_concurrent_connections(driver: Driver) {
+    let up = echo(driver);
+    let server = start(&tcp_config(driver, 2, &[up.addr.to_string()], "", ""));
+    let addr = server.local_addr("l").unwrap();
+    let mut conns: Vec<TcpStream> = (0..200).map(|_| connect(addr)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!("conn {i:04}\n").as_bytes()).unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut got = [0u8; 10];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, format!("conn {i:04}\n").as_bytes());
+    }
+    // All 200 are open at once, through the proxy, to the upstream.
+    assert_eq!(server.listener_totals("l").unwrap().active, 200);
+    assert_eq!(up.connections(), 200);
+    drop(conns);
+}
+
+/// An upstream that reads its request to EOF, then answers and closes.
+fn reply_after_eof_upstream(reply_len: usize) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap();
+        let mut reply = format!("got {} bytes\n", req.len()).into_bytes();
+        reply.resize(reply_len, b'.');
+        s.write_all(&reply).unwrap();
+    });
+    addr
+}
+
+fn half_close_delivers_whole_reply(driver: Driver) {
+    let up = reply_after_eof_upstream(1_000_000);
+    let server = start(&tcp_config(driver, 1, &[up.to_string()], "", ""));
+    let mut s = connect(server.local_addr("l").unwrap());
+    s.write_all(&[b'q'; 5000]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let reply = read_to_eof(&mut s).unwrap();
+    assert_eq!(reply.len(), 1_000_000);
+    assert!(reply.starts_with(b"got 5000 bytes\n"));
+}
+
+fn failover_to_second_endpoint(driver: Driver) {
+    let up = echo(driver);
+    let dead = closed_port();
+    let server = start(&tcp_config(driver, 1, &[dead.to_string(), up.addr.to_string()], "", ""));
+    let addr = server.local_addr("l").unwrap();
+    for i in 0..4 {
+        let mut s = connect(addr);
+        let msg = format!("hello {i}");
+        assert_eq!(round_trip(&mut s, msg.as_bytes()), msg.as_bytes());
+    }
+    let t = server.listener_totals("l").unwrap();
+    // Round robin starts at the dead endpoint for every other connection.
+    assert_eq!(t.upstream_connect_failures, 2);
+    assert_eq!(t.no_upstream, 0);
+    assert_eq!(up.connections(), 4);
+}
+
+fn all_endpoints_refuse_closes_client(driver: Driver) {
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[closed_port().to_string(), closed_port().to_string()],
+        "",
+        "",
+    ));
+    let mut s = connect(server.local_addr("l").unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let got = read_to_eof(&mut s).expect("the proxy closes the client instead of leaving it hanging");
+    assert!(got.is_empty());
+    assert!(eventually(|| server.listener_totals("l").unwrap().no_upstream == 1));
+    let t = server.listener_totals("l").unwrap();
+    assert_eq!(t.upstream_connect_failures, 2, "each endpoint is tried exactly once");
+}
+
+/// A loopback listener whose accept queue is full, so new SYNs are dropped
+/// and connects hang. Returns the address and what keeps the queue full.
+fn blackhole() -> (SocketAddr, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut keep = vec![l];
+    for _ in 0..8 {
+        let c = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let _ = c.connect(&addr.into());
+        keep.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    (addr, keep)
+}
+
+fn connect_timeout_moves_on(driver: Driver) {
+    let (hole, _keep) = blackhole();
+    let up = echo(driver);
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[hole.to_string(), up.addr.to_string()],
+        "",
+        "connect_timeout = \"200ms\"",
+    ));
+    let addr = server.local_addr("l").unwrap();
+    let started = Instant::now();
+    let mut s = connect(addr);
+    assert_eq!(round_trip(&mut s, b"after timeout"), b"after timeout");
+    assert!(started.elapsed() >= Duration::from_millis(150), "the first try waited for the timeout");
+    let t = server.listener_totals("l").unwrap();
+    assert_eq!(t.upstream_connect_failures, 1);
+
+    // With only the black hole, the client is closed after the timeout.
+    let server = start(&tcp_config(driver, 1, &[hole.to_string()], "", "connect_timeout = \"200ms\""));
+    let mut s = connect(server.local_addr("l").unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(read_to_eof(&mut s).expect("closed, not left hanging").is_empty());
+}
+
+fn max_connections_enforced(driver: Driver) {
+    let up = echo(driver);
+    let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], "max_connections = 2", ""));
+    let addr = server.local_addr("l").unwrap();
+    let mut a = connect(addr);
+    let mut b = connect(addr);
+    assert_eq!(round_trip(&mut a, b"a"), b"a");
+    assert_eq!(round_trip(&mut b, b"b"), b"b");
+    let mut c = connect(addr);
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = c.write_all(b"c");
+    assert!(read_to_eof(&mut c).expect("closed at once").is_empty());
+    assert!(eventually(|| server.listener_totals("l").unwrap().rejected == 1));
+    // Closing one makes room again.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.listener_totals("l").unwrap().active > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut d = connect(addr);
+    assert_eq!(round_trip(&mut d, b"d"), b"d");
+    assert_eq!(up.connections(), 3);
+}
+
+fn idle_timeout_closes(driver: Driver) {
+    let up = echo(driver);
+    let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], "idle_timeout = \"300ms\"", ""));
+    let mut s = connect(server.local_addr("l").unwrap());
+    // Traffic keeps it open past the timeout.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(round_trip(&mut s, b"ping"), b"ping");
+    }
+    let quiet = Instant::now();
+    assert!(read_to_eof(&mut s).expect("closed by idle_timeout").is_empty());
+    assert!(quiet.elapsed() >= Duration::from_millis(250));
+    assert!(eventually(|| server.listener_totals("l").unwrap().idle_timeouts == 1));
+}
+
+fn workers_report_driver_and_pinning(driver: Driver) {
+    let up = echo(driver);
+    let server = start(&tcp_config(driver, 2, &[up.addr.to_string()], "", ""));
+    let workers = server.workers();
+    assert_eq!(workers.len(), 2);
+    let cores = core_affinity::get_core_ids().unwrap();
+    for (i, w) in workers.iter().enumerate() {
+        assert_eq!(w.name, format!("outrigger-worker-{i}"));
+        assert_eq!(w.driver, driver);
+        if cores.len() >= 2 {
+            assert_eq!(w.core, Some(cores[i].id));
+        }
+    }
+}
