@@ -89,7 +89,9 @@ fn bulk_64_mib_by_hash(driver: Driver) {
     let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], "", ""));
     let (sent, got) = echo_hash(server.local_addr("l").unwrap(), 64 * 1024 * 1024);
     assert_eq!(sent, got);
-    assert!(eventually(|| server.listener_totals("l").unwrap().active == 0));
+    assert!(eventually(
+        || server.listener_totals("l").unwrap().active == 0
+    ));
     let t = server.listener_totals("l").unwrap();
     assert_eq!(t.bytes_in, 64 * 1024 * 1024);
     assert_eq!(t.bytes_out, 64 * 1024 * 1024);
@@ -156,7 +158,13 @@ fn half_close_delivers_whole_reply(driver: Driver) {
 fn failover_to_second_endpoint(driver: Driver) {
     let up = echo(driver);
     let dead = closed_port();
-    let server = start(&tcp_config(driver, 1, &[dead.to_string(), up.addr.to_string()], "", ""));
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[dead.to_string(), up.addr.to_string()],
+        "",
+        "",
+    ));
     let addr = server.local_addr("l").unwrap();
     for i in 0..4 {
         let mut s = connect(addr);
@@ -180,11 +188,19 @@ fn all_endpoints_refuse_closes_client(driver: Driver) {
     ));
     let mut s = connect(server.local_addr("l").unwrap());
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let got = read_to_eof(&mut s).expect("the proxy closes the client instead of leaving it hanging");
+    let got =
+        read_to_eof(&mut s).expect("the proxy closes the client instead of leaving it hanging");
     assert!(got.is_empty());
-    assert!(eventually(|| server.listener_totals("l").unwrap().no_upstream == 1));
+    assert!(eventually(|| server
+        .listener_totals("l")
+        .unwrap()
+        .no_upstream
+        == 1));
     let t = server.listener_totals("l").unwrap();
-    assert_eq!(t.upstream_connect_failures, 2, "each endpoint is tried exactly once");
+    assert_eq!(
+        t.upstream_connect_failures, 2,
+        "each endpoint is tried exactly once"
+    );
 }
 
 /// A loopback listener whose accept queue is full, so new SYNs are dropped
@@ -192,7 +208,8 @@ fn all_endpoints_refuse_closes_client(driver: Driver) {
 fn blackhole() -> (SocketAddr, Vec<socket2::Socket>) {
     use socket2::{Domain, Socket, Type};
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     l.listen(0).unwrap();
     let addr = l.local_addr().unwrap().as_socket().unwrap();
     let mut keep = vec![l];
@@ -220,20 +237,37 @@ fn connect_timeout_moves_on(driver: Driver) {
     let started = Instant::now();
     let mut s = connect(addr);
     assert_eq!(round_trip(&mut s, b"after timeout"), b"after timeout");
-    assert!(started.elapsed() >= Duration::from_millis(150), "the first try waited for the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "the first try waited for the timeout"
+    );
     let t = server.listener_totals("l").unwrap();
     assert_eq!(t.upstream_connect_failures, 1);
 
     // With only the black hole, the client is closed after the timeout.
-    let server = start(&tcp_config(driver, 1, &[hole.to_string()], "", "connect_timeout = \"200ms\""));
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[hole.to_string()],
+        "",
+        "connect_timeout = \"200ms\"",
+    ));
     let mut s = connect(server.local_addr("l").unwrap());
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    assert!(read_to_eof(&mut s).expect("closed, not left hanging").is_empty());
+    assert!(read_to_eof(&mut s)
+        .expect("closed, not left hanging")
+        .is_empty());
 }
 
 fn max_connections_enforced(driver: Driver) {
     let up = echo(driver);
-    let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], "max_connections = 2", ""));
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[up.addr.to_string()],
+        "max_connections = 2",
+        "",
+    ));
     let addr = server.local_addr("l").unwrap();
     let mut a = connect(addr);
     let mut b = connect(addr);
@@ -243,7 +277,9 @@ fn max_connections_enforced(driver: Driver) {
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let _ = c.write_all(b"c");
     assert!(read_to_eof(&mut c).expect("closed at once").is_empty());
-    assert!(eventually(|| server.listener_totals("l").unwrap().rejected == 1));
+    assert!(eventually(
+        || server.listener_totals("l").unwrap().rejected == 1
+    ));
     // Closing one makes room again.
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -257,7 +293,13 @@ fn max_connections_enforced(driver: Driver) {
 
 fn idle_timeout_closes(driver: Driver) {
     let up = echo(driver);
-    let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], "idle_timeout = \"300ms\"", ""));
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[up.addr.to_string()],
+        "idle_timeout = \"300ms\"",
+        "",
+    ));
     let mut s = connect(server.local_addr("l").unwrap());
     // Traffic keeps it open past the timeout.
     for _ in 0..5 {
@@ -265,9 +307,15 @@ fn idle_timeout_closes(driver: Driver) {
         assert_eq!(round_trip(&mut s, b"ping"), b"ping");
     }
     let quiet = Instant::now();
-    assert!(read_to_eof(&mut s).expect("closed by idle_timeout").is_empty());
+    assert!(read_to_eof(&mut s)
+        .expect("closed by idle_timeout")
+        .is_empty());
     assert!(quiet.elapsed() >= Duration::from_millis(250));
-    assert!(eventually(|| server.listener_totals("l").unwrap().idle_timeouts == 1));
+    assert!(eventually(|| server
+        .listener_totals("l")
+        .unwrap()
+        .idle_timeouts
+        == 1));
 }
 
 fn workers_report_driver_and_pinning(driver: Driver) {

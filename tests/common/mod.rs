@@ -44,7 +44,13 @@ pub fn start(config: &str) -> Server {
 }
 
 /// A TCP config with one listener `l` on port 0 in front of `endpoints`.
-pub fn tcp_config(driver: Driver, workers: usize, endpoints: &[String], listener_extra: &str, cluster_extra: &str) -> String {
+pub fn tcp_config(
+    driver: Driver,
+    workers: usize,
+    endpoints: &[String],
+    listener_extra: &str,
+    cluster_extra: &str,
+) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         r#"

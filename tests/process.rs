@@ -1,0 +1,239 @@
+//! Tests of the real `outrigger` binary: signals and drain, worker threads
+//! and pinning as the kernel shows them, recovery from EMFILE.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use outrigger::worker::Driver;
+
+both_drivers!(
+    sigterm_drains_open_connections,
+    second_signal_exits_at_once,
+    workers_named_and_pinned_in_proc,
+    emfile_backs_off_and_recovers,
+);
+
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    _config: tempfile_path::TempPath,
+}
+
+mod tempfile_path {
+    /// A file removed on drop.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the binary on `config`, wait for its "listening" log line.
+fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "outrigger-test-{}-{}.toml",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
+    cmd.args(["run", "--log-level", "info", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    if let Some(n) = nofile {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child yet.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[proxy] {line}");
+            if !sent && line.contains("listening") {
+                if let Some(a) = line.split("address=").nth(1) {
+                    let _ = tx.send(a.trim().parse::<SocketAddr>().unwrap());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("proxy reports its address");
+    Proxy {
+        child,
+        addr,
+        _config: tempfile_path::TempPath(path),
+    }
+}
+
+fn signal(p: &Proxy, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(p.child.id() as i32, sig) }, 0);
+}
+
+fn wait_exit(p: &mut Proxy, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn sigterm_drains_open_connections(driver: Driver) {
+    let up = echo(driver);
+    let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "")
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"4s\"");
+    let mut p = spawn(&cfg, None);
+    let mut open = connect(p.addr);
+    assert_eq!(round_trip(&mut open, b"before"), b"before");
+    signal(&p, libc::SIGTERM);
+    // New connections are refused once every worker closed its socket.
+    assert!(
+        eventually(|| std::net::TcpStream::connect(p.addr).is_err()),
+        "listener still accepting after SIGTERM"
+    );
+    // The open connection keeps working during the drain.
+    assert_eq!(round_trip(&mut open, b"during drain"), b"during drain");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with a connection open"
+    );
+    let closed_at = Instant::now();
+    drop(open);
+    let code = wait_exit(&mut p, Duration::from_secs(4));
+    assert_eq!(code, Some(0));
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(3),
+        "exited when the last connection closed, not at the timeout"
+    );
+}
+
+fn second_signal_exits_at_once(driver: Driver) {
+    let up = echo(driver);
+    let cfg = tcp_config(driver, 1, &[up.addr.to_string()], "", "")
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"30s\"");
+    let mut p = spawn(&cfg, None);
+    let mut open = connect(p.addr);
+    assert_eq!(round_trip(&mut open, b"x"), b"x");
+    signal(&p, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "the first signal only drains"
+    );
+    signal(&p, libc::SIGINT);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(3)), Some(2));
+    drop(open);
+}
+
+fn workers_named_and_pinned_in_proc(driver: Driver) {
+    let up = echo(driver);
+    let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "");
+    let p = spawn(&cfg, None);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", p.child.id())).unwrap();
+    let mut cpus = Vec::new();
+    for t in tasks {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+        // The kernel keeps 15 bytes of "outrigger-worker-N".
+        if comm.trim() == "outrigger-worke" {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            cpus.push(allowed);
+        }
+    }
+    assert_eq!(cpus.len(), 2, "two worker threads");
+    let cores = core_affinity::get_core_ids().unwrap();
+    if cores.len() >= 2 {
+        cpus.sort();
+        assert!(
+            cpus.iter().all(|c| !c.contains(',') && !c.contains('-')),
+            "each pinned to one core: {cpus:?}"
+        );
+        assert_ne!(cpus[0], cpus[1], "distinct cores");
+    }
+}
+
+/// Process CPU time (user + system) in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn emfile_backs_off_and_recovers(driver: Driver) {
+    let up = echo(driver);
+    let cfg = tcp_config(driver, 1, &[up.addr.to_string()], "", "");
+    let p = spawn(&cfg, Some(64));
+    // Each proxied connection costs two fds; 60 clients exhaust 64.
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&p.addr, Duration::from_secs(1)) {
+            clients.push(s);
+        }
+    }
+    for c in clients.iter_mut() {
+        let _ = c.write_all(b"z");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(p.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(p.child.id()) - before;
+    // Spinning on EMFILE would burn ~100 ticks (a whole core) in this second.
+    assert!(spent < 30, "proxy used {spent} ticks/s while out of fds");
+    drop(clients);
+    // Once fds are free again, new connections are served.
+    assert!(eventually(|| {
+        let Ok(mut s) = std::net::TcpStream::connect(p.addr) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        s.write_all(b"back").is_ok() && {
+            let mut got = [0u8; 4];
+            std::io::Read::read_exact(&mut s, &mut got).is_ok() && &got == b"back"
+        }
+    }));
+}
