@@ -27,10 +27,12 @@
 //! - [`tcp`]: the L4 relay.
 //! - [`route`]: HTTP route tables (compiled and validated; served by the HTTP release).
 //! - [`upstream`]: clusters, endpoints, balancers.
+//! - [`buffers`]: the per-worker I/O buffer pool.
 //! - [`metrics`]: per-worker single-writer counters.
 //! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
 
 pub mod backends;
+pub mod buffers;
 pub mod config;
 pub mod control;
 pub mod listener;

@@ -110,9 +110,11 @@ fn run(file: &Path) -> anyhow::Result<ExitCode> {
 fn serve(snapshot: Snapshot) -> anyhow::Result<ExitCode> {
     tracing::info!(config = %snapshot.source.display(), summary = %snapshot.summary(), "starting");
     let drain = snapshot.runtime.drain_timeout;
+    let watch =
+        outrigger::control::SignalWatch::install().context("cannot install signal handlers")?;
     let server = outrigger::start(snapshot)?;
-    let code = outrigger::control::run_until_signal(server, drain)
-        .context("cannot install signal handlers")?;
+    let code = outrigger::control::run_until_signal(watch, server, drain)
+        .context("cannot start the control thread")?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 

@@ -1,5 +1,5 @@
 //! Every example config compiles; every broken fixture fails with the error
-//! (position, key and message) written in its `# expect:` lines, both through
+//! (position, key and the start of the message) written in its `# expect:` lines, both through
 //! the library and through `outrigger check`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -67,7 +67,16 @@ fn invalid_fixtures_fail_with_their_errors() {
                 format!("{line}:{col}: {}: {}", e.key, e.message)
             })
             .collect();
-        assert_eq!(got, expected, "{}", path.display());
+        // Each expectation is the start of its error (long lists of valid
+        // keys may grow).
+        assert_eq!(got.len(), expected.len(), "{}: {got:?}", path.display());
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(
+                g.starts_with(e.as_str()),
+                "{}:\n got: {g}\nwant: {e}",
+                path.display()
+            );
+        }
         for e in &errors {
             assert_eq!(e.file, path);
         }

@@ -54,7 +54,8 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
     ));
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
-    cmd.args(["run", "--log-level", "info", "--config"])
+    let level = std::env::var("OUTRIGGER_TEST_LOG").unwrap_or_else(|_| "info".into());
+    cmd.args(["run", "--log-level", &level, "--config"])
         .arg(&path)
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
@@ -78,8 +79,12 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
+        let mut reader = BufReader::new(stderr);
+        let mut raw = Vec::new();
+        // Keep draining until EOF: a full pipe would block the proxy's logging.
+        while reader.read_until(b'\n', &mut raw).unwrap_or(0) > 0 {
+            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+            raw.clear();
             eprintln!("[proxy] {line}");
             if !sent && line.contains("listening") {
                 if let Some(a) = line.split("address=").nth(1) {
@@ -225,7 +230,7 @@ fn emfile_backs_off_and_recovers(driver: Driver) {
     assert!(spent < 30, "proxy used {spent} ticks/s while out of fds");
     drop(clients);
     // Once fds are free again, new connections are served.
-    assert!(eventually(|| {
+    let ok = eventually(|| {
         let Ok(mut s) = std::net::TcpStream::connect(p.addr) else {
             return false;
         };
@@ -235,5 +240,28 @@ fn emfile_backs_off_and_recovers(driver: Driver) {
             let mut got = [0u8; 4];
             std::io::Read::read_exact(&mut s, &mut got).is_ok() && &got == b"back"
         }
-    }));
+    });
+    if !ok {
+        let pid = p.child.id();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let d = t.unwrap().path();
+            let comm = std::fs::read_to_string(d.join("comm")).unwrap_or_default();
+            let wchan = std::fs::read_to_string(d.join("wchan")).unwrap_or_default();
+            let sys = std::fs::read_to_string(d.join("syscall")).unwrap_or_default();
+            eprintln!(
+                "DIAG {} {} wchan={} syscall={}",
+                d.display(),
+                comm.trim(),
+                wchan,
+                sys.trim()
+            );
+        }
+        eprintln!(
+            "DIAG fds={}",
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count()
+        );
+    }
+    assert!(ok, "not served after fds were freed");
 }

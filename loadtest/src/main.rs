@@ -1,1 +1,145 @@
-fn main() {}
+//! `outrigger-load`: Outrigger's bundled load tester.
+//!
+//! This release has the TCP generator (`tcp`: echo ping-pong latency, echo
+//! transfers of a fixed size, one-way bulk) and the test upstreams
+//! (`serve echo|sink`). The HTTP generator, open-loop mode and comparisons
+//! arrive with their own issue.
+
+mod report;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use outrigger::backends::{self, BackendKind};
+use outrigger::config::IoMode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outrigger-load",
+    version,
+    about = "Load generator and test upstreams for Outrigger"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Raw TCP load against ADDR.
+    Tcp(tcp::TcpArgs),
+    /// Serve a test upstream until Ctrl-C.
+    Serve {
+        #[arg(value_enum)]
+        kind: ServeKind,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        addr: SocketAddr,
+        /// Threads (one runtime each, SO_REUSEPORT).
+        #[arg(long, short = 't', default_value_t = 1)]
+        threads: usize,
+        /// I/O driver: auto, io-uring or epoll.
+        #[arg(long, value_enum, default_value = "auto")]
+        io: Io,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ServeKind {
+    /// Write back every byte.
+    Echo,
+    /// Read and discard.
+    Sink,
+}
+
+/// I/O driver choice on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Io {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl Io {
+    /// The driver to run on.
+    pub fn driver(self) -> anyhow::Result<outrigger::worker::Driver> {
+        let mode = match self {
+            Io::Auto => IoMode::Auto,
+            Io::IoUring => IoMode::IoUring,
+            Io::Epoll => IoMode::Epoll,
+        };
+        Ok(outrigger::worker::driver::choose(mode)?)
+    }
+}
+
+/// Parses "64", "64KiB", "16MiB", "1GiB" (also k/m/g as binary units).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("invalid size \"{s}\""))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => return Err(format!("invalid size unit in \"{s}\"")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" too large"))
+}
+
+/// Parses durations like the proxy config ("10s", "500ms").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    outrigger::config::value::parse_duration(s)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Tcp(args) => {
+            let json = args.json.clone();
+            let report = tcp::run(args)?;
+            print!("{}", report.summary());
+            if let Some(path) = json {
+                write_json(&path, &report)?;
+            }
+            Ok(())
+        }
+        Cmd::Serve {
+            kind,
+            addr,
+            threads,
+            io,
+        } => {
+            let kind = match kind {
+                ServeKind::Echo => BackendKind::Echo,
+                ServeKind::Sink => BackendKind::Sink,
+            };
+            let b = backends::start(kind, addr, threads, io.driver()?)
+                .with_context(|| format!("cannot serve on {addr}"))?;
+            println!(
+                "serving {kind:?} on {} with {threads} thread(s); Ctrl-C to stop",
+                b.addr
+            );
+            wait_for_ctrl_c();
+            Ok(())
+        }
+    }
+}
+
+fn write_json(path: &PathBuf, report: &report::Report) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The servers run on their own threads; the default SIGINT/SIGTERM action ends the process.
+fn wait_for_ctrl_c() {
+    loop {
+        std::thread::park();
+    }
+}

@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `idle_timeout` of an http listener (keep-alive).
 pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `runtime.buffer_size`.
+pub const DEFAULT_BUFFER_SIZE: u64 = 64 * 1024;
+/// Default `runtime.buffer_pool_size`.
+pub const DEFAULT_BUFFER_POOL_SIZE: u64 = 1024;
 /// Default `backlog` of a listener socket.
 pub const DEFAULT_BACKLOG: u64 = 1024;
 /// Default `connect_timeout` of a cluster.
@@ -112,6 +116,12 @@ fn parse_error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigE
 
 fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
     RuntimeSettings {
+        buffer_size: f.runtime.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE) as usize,
+        buffer_pool_size: f
+            .runtime
+            .buffer_pool_size
+            .unwrap_or(DEFAULT_BUFFER_POOL_SIZE)
+            .min(1 << 20) as usize,
         workers: f.runtime.workers,
         io: f.runtime.io,
         pin_workers: f.runtime.pin_workers.unwrap_or(true),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::value::{positive, ConfigDuration, Workers};
+use super::value::{buffer_size, positive, ConfigDuration, Workers};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
@@ -39,6 +39,12 @@ pub struct FileRuntime {
     pub pin_workers: Option<bool>,
     /// How long open connections may finish after SIGTERM/SIGINT. Default 5s.
     pub drain_timeout: Option<ConfigDuration>,
+    /// Bytes in one relay buffer (4096 to 16777216). Default 65536.
+    #[serde(default, deserialize_with = "buffer_size")]
+    pub buffer_size: Option<u64>,
+    /// Spare buffers each worker keeps for reuse. Default 1024.
+    #[serde(default, deserialize_with = "positive")]
+    pub buffer_pool_size: Option<u64>,
 }
 
 /// Which I/O driver the workers run on.

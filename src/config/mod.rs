@@ -51,6 +51,8 @@ pub struct RuntimeSettings {
     pub io: IoMode,
     pub pin_workers: bool,
     pub drain_timeout: Duration,
+    pub buffer_size: usize,
+    pub buffer_pool_size: usize,
 }
 
 /// `[admin]`, compiled.

@@ -117,6 +117,17 @@ pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
     Ok(Some(v as u64))
 }
 
+/// `buffer_size`: 4 KiB to 16 MiB.
+pub fn buffer_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = i64::deserialize(d)?;
+    if !(4096..=16 * 1024 * 1024).contains(&v) {
+        return Err(de::Error::custom(format!(
+            "must be between 4096 and 16777216 bytes, not {v}"
+        )));
+    }
+    Ok(Some(v as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

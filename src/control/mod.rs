@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-pub use signals::run_until_signal;
+pub use signals::{run_until_signal, SignalWatch, EXIT_FORCED};
 
 use crate::config::{Snapshot, Workers};
 use crate::listener::{self, ListenerSocket};

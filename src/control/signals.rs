@@ -10,11 +10,31 @@ use super::Server;
 /// Exit status after a second signal cut the drain short.
 pub const EXIT_FORCED: i32 = 2;
 
+/// SIGINT/SIGTERM handlers, installed before the workers start so that a
+/// busy proxy (say, one out of file descriptors) can always be stopped.
+#[derive(Debug)]
+pub struct SignalWatch {
+    signals: Signals,
+}
+
+impl SignalWatch {
+    /// Install the handlers (they need a file descriptor of their own).
+    pub fn install() -> std::io::Result<Self> {
+        Ok(SignalWatch {
+            signals: Signals::new([SIGINT, SIGTERM])?,
+        })
+    }
+}
+
 /// Serve until SIGINT or SIGTERM, then drain for up to `drain_timeout`.
 /// Returns the process exit status: 0 after a drain (complete or timed out),
 /// [`EXIT_FORCED`] when a second signal arrived, 1 when a worker died.
-pub fn run_until_signal(server: Server, drain_timeout: Duration) -> std::io::Result<i32> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+pub fn run_until_signal(
+    watch: SignalWatch,
+    server: Server,
+    drain_timeout: Duration,
+) -> std::io::Result<i32> {
+    let mut signals = watch.signals;
     let handle = std::thread::Builder::new()
         .name("outrigger-control".into())
         .spawn(move || {

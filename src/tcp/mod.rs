@@ -55,6 +55,7 @@ pub async fn proxy(
         listener.idle_timeout,
         listener.splice,
         ctx.driver,
+        &ctx.buffers,
     )
     .await;
     counters.bytes_in.add(outcome.downstream_to_upstream);

@@ -1,7 +1,9 @@
 //! Relaying bytes between two connected sockets, both directions at once.
 //!
-//! Each direction starts with a rented buffer (cheapest for small messages:
-//! one read, one write). In `auto` mode a direction that fills its buffer
+//! Each direction starts with a buffer rented from the worker's pool
+//! (cheapest for small messages: one read, one write). While a direction is
+//! quiet it waits for readability holding no buffer, so idle connections
+//! cost no buffer memory. In `auto` mode a direction that fills its buffer
 //! several times in a row is moving bulk data and switches to splice(2)
 //! through a pipe, so payload bytes never enter user space. A FIN from one
 //! side becomes shutdown(SHUT_WR) towards the other (half-close), and the
@@ -10,7 +12,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use monoio::io::splice::{SpliceDestination, SpliceSource};
@@ -18,13 +20,15 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
+use crate::buffers::BufferPool;
 pub use crate::config::file::SpliceMode;
 use crate::worker::Driver;
 
-/// Size of the rented buffer of one direction.
-pub const BUFFER_SIZE: usize = 16 * 1024;
 /// Full buffers in a row after which `auto` switches a direction to splice.
 const SPLICE_AFTER_FULL_READS: u32 = 4;
+/// How long a warm direction keeps a read (and its buffer) posted on
+/// io_uring before it goes back to waiting for readability without one.
+const WARM_READ_WINDOW: Duration = Duration::from_millis(250);
 /// Bytes asked of one splice into the pipe (the default pipe holds 64 KiB).
 const PIPE_CHUNK: u32 = 64 * 1024;
 
@@ -46,14 +50,15 @@ pub async fn relay(
     idle_timeout: Duration,
     mode: SpliceMode,
     driver: Driver,
+    pool: &BufferPool,
 ) -> RelayOutcome {
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
     let activity = Cell::new(Instant::now());
     let timed_out = Cell::new(false);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let down = Pump::new(fds, &activity, mode, driver);
-    let up = Pump::new([fds[1], fds[0]], &activity, mode, driver);
+    let down = Pump::new(fds, &activity, mode, driver, pool);
+    let up = Pump::new([fds[1], fds[0]], &activity, mode, driver, pool);
     let both = async { monoio::join!(down.run(cr, uw), up.run(ur, cw)) };
     let mut outcome = RelayOutcome::default();
     monoio::select! {
@@ -104,15 +109,23 @@ struct Pump<'a> {
     activity: &'a Cell<Instant>,
     mode: SpliceMode,
     driver: Driver,
+    pool: &'a BufferPool,
 }
 
 impl<'a> Pump<'a> {
-    fn new(fds: [RawFd; 2], activity: &'a Cell<Instant>, mode: SpliceMode, driver: Driver) -> Self {
+    fn new(
+        fds: [RawFd; 2],
+        activity: &'a Cell<Instant>,
+        mode: SpliceMode,
+        driver: Driver,
+        pool: &'a BufferPool,
+    ) -> Self {
         Pump {
             fds,
             activity,
             mode,
             driver,
+            pool,
         }
     }
 
@@ -151,27 +164,58 @@ impl<'a> Pump<'a> {
         w: &mut TcpOwnedWriteHalf,
         total: &mut u64,
     ) -> io::Result<Step> {
-        let mut buf: Vec<u8> = Vec::with_capacity(BUFFER_SIZE);
+        let size = self.pool.buffer_size();
         let mut full_reads = 0;
+        // After a full read more bytes are likely waiting: read again at once.
+        // A direction that moved bytes recently is warm: on io_uring its next
+        // read is posted at once (one ring operation instead of poll + read)
+        // but given up after WARM_READ_WINDOW, releasing the buffer. A cold
+        // direction waits for readability first, holding no buffer.
+        let mut hot = false;
+        let mut warm = false;
         loop {
-            buf.clear();
-            let (res, b) = r.read(buf).await;
-            buf = b;
+            if !hot && !warm {
+                readable(r).await?;
+            }
+            let read = r.read(self.pool.get());
+            let (res, buf) = if warm && !hot {
+                match monoio::time::timeout(WARM_READ_WINDOW, read).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        // The read was cancelled; its buffer is freed once
+                        // the kernel lets go of it.
+                        warm = false;
+                        continue;
+                    }
+                }
+            } else {
+                read.await
+            };
             let n = match res {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => other?,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.pool.put(buf);
+                    continue;
+                }
+                Err(e) => {
+                    self.pool.put(buf);
+                    return Err(e);
+                }
             };
             if n == 0 {
+                self.pool.put(buf);
                 return Ok(Step::Done);
             }
             self.activity.set(Instant::now());
-            let (res, b) = w.write_all(buf).await;
-            buf = b;
+            let (res, buf) = w.write_all(buf).await;
+            self.pool.put(buf);
             res?;
             *total += n as u64;
             self.activity.set(Instant::now());
+            hot = n == size;
+            warm = self.driver == Driver::IoUring;
             if self.mode == SpliceMode::Auto {
-                full_reads = if n == BUFFER_SIZE { full_reads + 1 } else { 0 };
+                full_reads = if hot { full_reads + 1 } else { 0 };
                 if full_reads >= SPLICE_AFTER_FULL_READS {
                     return Ok(Step::SwitchToSplice);
                 }
@@ -186,16 +230,13 @@ impl<'a> Pump<'a> {
         total: &mut u64,
     ) -> io::Result<()> {
         let (mut pipe_r, mut pipe_w) = monoio::net::unix::new_pipe()?;
-        // io_uring runs splice in a kernel worker thread that blocks until data
-        // arrives; waiting for readability first keeps idle connections from
-        // parking such threads. epoll's splice already waits for readiness.
-        let probe = match self.driver {
-            Driver::IoUring => Some(readiness_probe(self.fds[0])?),
-            Driver::Epoll => None,
-        };
         loop {
-            if let Some(p) = &probe {
-                p.readable(false).await?;
+            // io_uring runs splice in a kernel worker thread that blocks until
+            // data arrives; waiting for readability first keeps idle
+            // connections from parking such threads. epoll's splice already
+            // waits for readiness.
+            if self.driver == Driver::IoUring {
+                readable(r).await?;
             }
             let n = match r.splice_to_pipe(&mut pipe_w, PIPE_CHUNK).await {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -227,14 +268,12 @@ enum Step {
     SwitchToSplice,
 }
 
-/// A second handle on the same socket, used only to wait for readability.
-fn readiness_probe(fd: RawFd) -> io::Result<TcpStream> {
-    // SAFETY: dup() of a valid fd; the new fd is owned by the std stream below.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh fd that nothing else owns.
-    let std = unsafe { std::net::TcpStream::from_raw_fd(dup) };
-    TcpStream::from_std(std)
+/// Wait until the read half has bytes (or EOF, or an error) to read.
+async fn readable(r: &TcpOwnedReadHalf) -> io::Result<()> {
+    // SAFETY: monoio's owned halves share the stream through
+    // `Rc<UnsafeCell<_>>` and dereference it the same way for every operation;
+    // `readable` only submits a poll on the shared fd and never touches the
+    // write side's state. This half is the only reader of the stream.
+    let stream: &TcpStream = unsafe { &*r.0.get() };
+    stream.readable(true).await
 }

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 pub use driver::Driver;
 
+use crate::buffers::BufferPool;
 use crate::config::Snapshot;
 use crate::listener::{self, ListenerSocket};
 use crate::metrics::ListenerCounters;
@@ -70,6 +71,8 @@ pub struct WorkerCtx {
     pub draining: Cell<bool>,
     /// Open downstream connections on this worker, all listeners.
     pub active: Cell<u64>,
+    /// Relay buffers, rented while bytes move.
+    pub buffers: BufferPool,
 }
 
 /// io_uring submission queue size per worker.
@@ -106,7 +109,9 @@ pub fn run(spec: WorkerSpec) {
 }
 
 async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
+    let runtime = spec.snapshot.load().runtime.clone();
     let ctx = Rc::new(WorkerCtx {
+        buffers: BufferPool::new(runtime.buffer_size, runtime.buffer_pool_size),
         index: spec.index,
         driver: spec.driver,
         snapshot: spec.snapshot,

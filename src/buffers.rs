@@ -1,0 +1,75 @@
+//! A per-worker pool of I/O buffers. Connections rent a buffer only while
+//! bytes are moving and give it back before waiting again, so an idle
+//! connection holds no buffer (ARCHITECTURE.md invariant 8).
+
+use std::cell::RefCell;
+
+/// Buffers of one size, owned by one worker (`Rc`, never shared).
+#[derive(Debug)]
+pub struct BufferPool {
+    size: usize,
+    max_pooled: usize,
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// A pool of `size`-byte buffers keeping at most `max_pooled` spares.
+    pub fn new(size: usize, max_pooled: usize) -> Self {
+        BufferPool {
+            size,
+            max_pooled,
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The capacity of every buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// An empty buffer with `buffer_size()` capacity.
+    pub fn get(&self) -> Vec<u8> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Return a buffer; kept for reuse unless the pool is full.
+    pub fn put(&self, mut buf: Vec<u8>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_pooled && buf.capacity() == self.size {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+
+    /// Spare buffers held now.
+    pub fn pooled(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_and_bounds() {
+        let pool = BufferPool::new(1024, 2);
+        let a = pool.get();
+        let b = pool.get();
+        let c = pool.get();
+        assert_eq!(a.capacity(), 1024);
+        let a_ptr = a.as_ptr();
+        pool.put(a);
+        pool.put(b);
+        pool.put(c);
+        assert_eq!(pool.pooled(), 2);
+        let again = pool.get();
+        assert!(again.is_empty());
+        assert!(again.as_ptr() == a_ptr || pool.pooled() == 1);
+        pool.put(Vec::with_capacity(10));
+        assert_eq!(pool.pooled(), 1, "foreign sizes are dropped");
+    }
+}
