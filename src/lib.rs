@@ -25,6 +25,7 @@
 //! - [`worker`]: worker threads, driver choice, per-worker context.
 //! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
 //! - [`tcp`]: the L4 relay.
+//! - [`http`]: the HTTP/1.1 reverse proxy: strict codec, routing, upstream pools.
 //! - [`route`]: HTTP route tables (compiled and validated; served by the HTTP release).
 //! - [`upstream`]: clusters, endpoints, balancers.
 //! - [`buffers`]: the per-worker I/O buffer pool.
@@ -35,6 +36,7 @@ pub mod backends;
 pub mod buffers;
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod route;

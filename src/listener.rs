@@ -154,10 +154,9 @@ async fn serve(
             };
             crate::tcp::proxy(&ctx, index, &listener, &cluster, stream, peer).await;
         }
-        ListenerProtocol::Http { .. } => {
-            // HTTP proxying arrives with its own issue; until then the
-            // connection is refused explicitly rather than left hanging.
-            tracing::warn!(listener = %listener.name, "http listeners are not served yet; closing");
+        ListenerProtocol::Http { routes } => {
+            let _ = stream.set_nodelay(true);
+            crate::http::serve(&ctx, index, &listener, routes, stream, peer).await;
         }
     }
 }

@@ -8,7 +8,7 @@ load generator on cores 12-15 (4 threads). Each point is the median of
 
 Usage: python3 loadtest/bench/scaling_bench.py --bin-dir target/release [--runs 3] [--duration 5s]
 """
-import argparse, json, os, signal, statistics, subprocess, tempfile, time
+import argparse, json, os, signal, statistics, subprocess, tempfile, threading, time
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -19,16 +19,27 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+SMALL = (os.cpu_count() or 1) < 16
+
+
+def pinned(cores):
+    """preexec_fn pinning a child to `cores` (no dependency on taskset).
+    On machines with fewer than 16 cores (a smoke run) nothing is pinned."""
+    if SMALL:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
+
+
 def secs(d):
     return float(d[:-2]) / 1000 if d.endswith("ms") else float(d[:-1])
 
 
 def run_load(bin_dir, addr, mode, size, conns, duration, pid):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = ["taskset", "-c", "12-15", f"{bin_dir}/outrigger-load", "tcp", addr, "--mode", mode,
-               "--size", size, "-c", str(conns), "-t", "4", "--cpus", "12,13,14,15",
+        cmd = [f"{bin_dir}/outrigger-load", "tcp", addr, "--mode", mode,
+               "--size", size, "-c", str(conns), "-t", "4"] + ([] if SMALL else ["--cpus", "12,13,14,15"]) + [
                "-d", duration, "--warmup", "1s", "--json", out.name]
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, preexec_fn=pinned(range(12, 16)))
         time.sleep(1.05)
         c0 = cpu_seconds(pid) if pid else 0
         time.sleep(secs(duration))
@@ -49,8 +60,9 @@ def main():
     a = ap.parse_args()
     ncpu = os.cpu_count()
     print(f"cores={ncpu} kernel={os.uname().release}")
-    echo = subprocess.Popen(["taskset", "-c", "8-11", f"{a.bin_dir}/outrigger-load", "serve", "echo",
-                             "--addr", "127.0.0.1:17100", "-t", "4"], stdout=subprocess.DEVNULL)
+    echo = subprocess.Popen([f"{a.bin_dir}/outrigger-load", "serve", "echo",
+                             "--addr", "127.0.0.1:17100", "-t", "4"], stdout=subprocess.DEVNULL,
+                            preexec_fn=pinned(range(8, 12)))
     time.sleep(0.5)
     workloads = [("echo 64B x256 conns", "echo", "64", 256),
                  ("transfer 64KiB x64 conns", "transfer", "64KiB", 64)]
@@ -73,15 +85,17 @@ cluster = "echo"
 endpoints = ["127.0.0.1:17100"]
 """)
             cfg.close()
-            proxy = subprocess.Popen(["taskset", "-c", f"0-{w - 1}", f"{a.bin_dir}/outrigger", "run",
+            proxy = subprocess.Popen([f"{a.bin_dir}/outrigger", "run",
                                       "--config", cfg.name, "--log-level", "info"],
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=pinned(range(w)))
             # Wait for the start-up line that names the driver.
             for line in proxy.stderr:
-                if "workers started" in line:
-                    print(line.strip())
+                if "workers started" in line or "falling back" in line:
+                    print(line.strip(), flush=True)
                 if "listening" in line:
                     break
+            # Keep draining the proxy's log so it can never block on a full pipe.
+            threading.Thread(target=lambda f=proxy.stderr: [None for _ in f], daemon=True).start()
             try:
                 for name, mode, size, conns in workloads:
                     rs = [run_load(a.bin_dir, "127.0.0.1:17001", mode, size, conns, a.duration, proxy.pid)

@@ -45,6 +45,15 @@ enum Cmd {
         /// I/O driver: auto, io-uring or epoll.
         #[arg(long, value_enum, default_value = "auto")]
         io: Io,
+        /// http: response body size (default: the server's name).
+        #[arg(long, value_parser = parse_size)]
+        body_size: Option<usize>,
+        /// http: wait this long before each response ("10ms").
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        delay: Duration,
+        /// http: the name sent in `x-backend`.
+        #[arg(long, default_value = "outrigger-load")]
+        name: String,
     },
 }
 
@@ -54,6 +63,8 @@ enum ServeKind {
     Echo,
     /// Read and discard.
     Sink,
+    /// HTTP/1.1 keep-alive server with a fixed response.
+    Http,
 }
 
 /// I/O driver choice on the command line.
@@ -115,12 +126,20 @@ fn main() -> anyhow::Result<()> {
             addr,
             threads,
             io,
+            body_size,
+            delay,
+            name,
         } => {
-            let kind = match kind {
+            let backend = match kind {
                 ServeKind::Echo => BackendKind::Echo,
                 ServeKind::Sink => BackendKind::Sink,
+                ServeKind::Http => BackendKind::Http(backends::HttpBackend {
+                    name,
+                    body_size,
+                    delay,
+                }),
             };
-            let b = backends::start(kind, addr, threads, io.driver()?)
+            let b = backends::start(backend, addr, threads, io.driver()?)
                 .with_context(|| format!("cannot serve on {addr}"))?;
             println!(
                 "serving {kind:?} on {} with {threads} thread(s); Ctrl-C to stop",

@@ -12,7 +12,7 @@ use serde_spanned::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, SourceMap};
 use super::file::{FileCluster, FileConfig, FileListener, Protocol};
-use super::{AdminSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
+use super::{AdminSettings, HttpSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
 use crate::upstream::{Cluster, Endpoint};
 
 /// Default `[admin] address`.
@@ -212,6 +212,8 @@ fn compile_cluster(
         connect_timeout: c_ref
             .connect_timeout
             .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+        max_idle_connections: c_ref.max_idle_connections.unwrap_or(64).min(1 << 20) as usize,
+        pool_idle_timeout: c_ref.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
     })
 }
 
@@ -295,6 +297,15 @@ fn compile_listener(
         idle_timeout: l.idle_timeout.map_or(default_idle, |d| d.0),
         splice: l.splice.unwrap_or_default(),
         backlog: l.backlog.unwrap_or(DEFAULT_BACKLOG).min(65_535) as u32,
+        http: HttpSettings {
+            max_request_header_bytes: l
+                .max_request_header_bytes
+                .unwrap_or(64 * 1024)
+                .min(16 * 1024 * 1024) as usize,
+            max_headers: l.max_headers.unwrap_or(100).min(10_000) as usize,
+            header_timeout: l.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            max_request_body_bytes: l.max_request_body_bytes,
+        },
     })
 }
 

@@ -90,6 +90,17 @@ pub struct FileListener {
     /// Length of the kernel accept queue of each worker's socket. Default 1024.
     #[serde(default, deserialize_with = "positive")]
     pub backlog: Option<u64>,
+    /// http: largest request head in bytes (then 431). Default 65536.
+    #[serde(default, deserialize_with = "positive")]
+    pub max_request_header_bytes: Option<u64>,
+    /// http: most request headers (then 431). Default 100.
+    #[serde(default, deserialize_with = "positive")]
+    pub max_headers: Option<u64>,
+    /// http: time to receive a whole request head (then 408). Default 10s.
+    pub header_timeout: Option<ConfigDuration>,
+    /// http: largest request body in bytes (then 413). Default unlimited.
+    #[serde(default, deserialize_with = "positive")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// When a tcp listener relays with splice(2) instead of a user-space buffer.
@@ -190,6 +201,11 @@ pub struct FileCluster {
     pub balance: Balance,
     /// Give up connecting to one endpoint after this long. Default 1s.
     pub connect_timeout: Option<ConfigDuration>,
+    /// http: idle keep-alive connections kept per endpoint per worker. Default 64.
+    #[serde(default, deserialize_with = "positive")]
+    pub max_idle_connections: Option<u64>,
+    /// http: close pooled connections idle longer than this. Default 30s.
+    pub idle_timeout: Option<ConfigDuration>,
 }
 
 /// How a cluster picks an endpoint.

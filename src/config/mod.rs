@@ -74,6 +74,17 @@ pub struct Listener {
     pub splice: file::SpliceMode,
     /// Accept queue length of each worker's socket.
     pub backlog: u32,
+    /// http listeners: codec limits and timeouts.
+    pub http: HttpSettings,
+}
+
+/// Limits of an http listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub max_request_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// What a listener does with its connections.

@@ -15,6 +15,10 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub balance: Balance,
     pub connect_timeout: Duration,
+    /// http: idle pooled connections per endpoint per worker.
+    pub max_idle_connections: usize,
+    /// http: pooled connections idle longer than this are closed.
+    pub pool_idle_timeout: Duration,
 }
 
 /// One upstream address.
@@ -132,6 +136,8 @@ mod tests {
                 .collect(),
             balance,
             connect_timeout: Duration::from_secs(1),
+            max_idle_connections: 8,
+            pool_idle_timeout: Duration::from_secs(30),
         }
     }
 

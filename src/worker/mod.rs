@@ -73,6 +73,8 @@ pub struct WorkerCtx {
     pub active: Cell<u64>,
     /// Relay buffers, rented while bytes move.
     pub buffers: BufferPool,
+    /// Idle keep-alive connections to HTTP upstreams.
+    pub http_pool: crate::http::pool::Pool,
 }
 
 /// io_uring submission queue size per worker.
@@ -112,6 +114,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
     let runtime = spec.snapshot.load().runtime.clone();
     let ctx = Rc::new(WorkerCtx {
         buffers: BufferPool::new(runtime.buffer_size, runtime.buffer_pool_size),
+        http_pool: crate::http::pool::Pool::default(),
         index: spec.index,
         driver: spec.driver,
         snapshot: spec.snapshot,

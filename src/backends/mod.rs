@@ -1,4 +1,4 @@
-//! Test upstreams on loopback: TCP echo and TCP sink, thread-per-core on
+//! Test upstreams on loopback: TCP echo, TCP sink and HTTP, thread-per-core on
 //! monoio like the proxy. One implementation serves `outrigger demo`, the
 //! end-to-end tests and `outrigger-load serve`.
 
@@ -10,16 +10,22 @@ use std::thread::JoinHandle;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
+mod http;
+
+pub use http::HttpBackend;
+
 use crate::listener;
 use crate::worker::{driver, Driver};
 
 /// What a backend does with each connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BackendKind {
     /// Writes back every byte it reads; on EOF, closes its sending side.
     Echo,
     /// Reads and discards until EOF.
     Sink,
+    /// HTTP/1.1 server (see [`HttpBackend`]).
+    Http(HttpBackend),
 }
 
 /// Counters of a backend, over all its threads.
@@ -27,8 +33,10 @@ pub enum BackendKind {
 pub struct BackendStats {
     /// Connections accepted.
     pub connections: AtomicU64,
-    /// Bytes read from clients.
+    /// Bytes read from clients (HTTP: request body bytes).
     pub bytes_read: AtomicU64,
+    /// HTTP requests answered.
+    pub requests: AtomicU64,
 }
 
 /// A running backend; dropping it stops the threads.
@@ -61,6 +69,7 @@ pub fn start(
         }
         let (tx, rx) = flume::bounded::<()>(1);
         let stats = stats.clone();
+        let kind = kind.clone();
         let thread = std::thread::Builder::new()
             .name(format!("backend-{i}"))
             .spawn(move || {
@@ -91,6 +100,11 @@ impl Backend {
     pub fn connections(&self) -> u64 {
         self.stats.connections.load(Ordering::Relaxed)
     }
+
+    /// HTTP requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::Relaxed)
+    }
 }
 
 async fn serve(
@@ -112,10 +126,12 @@ async fn serve(
                 Ok((stream, _)) => {
                     stats.connections.fetch_add(1, Ordering::Relaxed);
                     let stats = stats.clone();
+                    let kind = kind.clone();
                     monoio::spawn(async move {
                         let _ = match kind {
                             BackendKind::Echo => echo(stream, &stats).await,
                             BackendKind::Sink => sink(stream, &stats).await,
+                            BackendKind::Http(cfg) => http::serve_http(stream, &cfg, &stats).await,
                         };
                     });
                 }

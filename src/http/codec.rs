@@ -1,0 +1,594 @@
+//! The HTTP/1.1 codec: request and response heads (on `httparse`) with the
+//! strict framing rules of RFC 9112 §6 and RFC 9110 that defend against
+//! request smuggling, and body framing decisions. Header bytes stay in the
+//! received buffer as `Bytes` slices; nothing is copied while parsing.
+//!
+//! `Ok(None)` from a parser means "incomplete, read more": a state, not an error.
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::HttpError;
+
+/// Protocol version of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// One header; both parts are slices of the received head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: Bytes,
+    pub value: Bytes,
+}
+
+impl Header {
+    /// Case-insensitive name comparison.
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name.as_bytes())
+    }
+}
+
+/// A parsed, validated request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Bytes,
+    pub target: Bytes,
+    pub version: Version,
+    pub headers: Vec<Header>,
+    pub framing: Framing,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Upgrade: websocket` with `Connection: upgrade`.
+    pub upgrade_websocket: bool,
+}
+
+/// Limits applied while parsing a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl RequestHead {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|h| h.is(name)).map(|h| &h.value)
+    }
+
+    /// The Host header as text (validated at parse time).
+    pub fn host(&self) -> Option<&str> {
+        self.header("host")
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The path of the target without the query, as text.
+    pub fn path(&self) -> &str {
+        let t = std::str::from_utf8(&self.target).unwrap_or("/");
+        let t = match t.find("://") {
+            // absolute-form: skip scheme and authority
+            Some(i) => t[i + 3..].find('/').map_or("/", |j| &t[i + 3 + j..]),
+            None => t,
+        };
+        t.split('?').next().unwrap_or(t)
+    }
+
+    pub fn method_str(&self) -> &str {
+        std::str::from_utf8(&self.method).unwrap_or("")
+    }
+
+    pub fn is_head(&self) -> bool {
+        &self.method[..] == b"HEAD"
+    }
+}
+
+/// Parse a request head from the start of `buf`. On success the head's
+/// bytes are split off `buf`; what follows (body, pipelined requests) stays.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+) -> Result<Option<RequestHead>, HttpError> {
+    // Leading empty lines before a request line are ignored (RFC 9112 §2.2).
+    while buf.starts_with(b"\r\n") {
+        let _ = buf.split_to(2);
+    }
+    while buf.starts_with(b"\n") {
+        let _ = buf.split_to(1);
+    }
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head_bytes {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(e) => return Err(HttpError::BadRequest(describe(e))),
+    };
+    if len > limits.max_head_bytes {
+        return Err(HttpError::HeadTooLarge);
+    }
+    // A bare CR anywhere in the head is rejected (httparse allows some).
+    if has_bare_cr(&buf[..len]) {
+        return Err(HttpError::BadRequest("bare CR in request head"));
+    }
+    let version = match req.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(HttpError::BadRequest("unsupported HTTP version")),
+    };
+    // Record where each part lies, then cut the head off the buffer and
+    // slice it without copying.
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        if s.is_empty() {
+            (0, 0)
+        } else {
+            (s.as_ptr() as usize - base, s.len())
+        }
+    };
+    let method_at = span(req.method.unwrap_or("").as_bytes());
+    let target_at = span(req.path.unwrap_or("").as_bytes());
+    let spans: Vec<((usize, usize), (usize, usize))> = req
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(trim_ows(h.value))))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let cut = |(at, n): (usize, usize)| head.slice(at..at + n);
+    let method = cut(method_at);
+    let target = cut(target_at);
+    validate_target(&method, &target)?;
+    let parsed = spans
+        .into_iter()
+        .map(|(n, v)| Header {
+            name: cut(n),
+            value: cut(v),
+        })
+        .collect();
+    build_request(method, target, version, parsed)
+}
+
+fn build_request(
+    method: Bytes,
+    target: Bytes,
+    version: Version,
+    headers: Vec<Header>,
+) -> Result<Option<RequestHead>, HttpError> {
+    let mut hosts = 0;
+    for h in &headers {
+        if h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(HttpError::BadRequest("control character in header value"));
+        }
+        if h.is("host") {
+            hosts += 1;
+            if !valid_host(&h.value) {
+                return Err(HttpError::BadRequest("invalid Host header"));
+            }
+        }
+    }
+    if hosts > 1 {
+        return Err(HttpError::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && version == Version::Http11 {
+        return Err(HttpError::BadRequest("missing Host header"));
+    }
+    let framing = request_framing(&headers, version)?;
+    let connection = connection_tokens(&headers);
+    let keep_alive = match version {
+        Version::Http11 => !connection.close,
+        Version::Http10 => connection.keep_alive && !connection.close,
+    };
+    let expect_continue = version == Version::Http11
+        && headers
+            .iter()
+            .any(|h| h.is("expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
+    let upgrade_websocket = connection.upgrade
+        && headers
+            .iter()
+            .any(|h| h.is("upgrade") && h.value.eq_ignore_ascii_case(b"websocket"));
+    Ok(Some(RequestHead {
+        method,
+        target,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade_websocket,
+    }))
+}
+
+/// Tokens of every Connection header that matter to framing.
+#[derive(Debug, Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+fn connection_tokens(headers: &[Header]) -> ConnectionTokens {
+    let mut t = ConnectionTokens::default();
+    for h in headers.iter().filter(|h| h.is("connection")) {
+        for token in h.value.split(|&b| b == b',') {
+            let token = trim_ows(token);
+            if token.eq_ignore_ascii_case(b"close") {
+                t.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                t.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                t.upgrade = true;
+            }
+        }
+    }
+    t
+}
+
+/// RFC 9112 §6.3 for requests, strictly.
+fn request_framing(headers: &[Header], version: Version) -> Result<Framing, HttpError> {
+    let te = transfer_encoding(headers)?;
+    let cl = content_length(headers).map_err(HttpError::BadRequest)?;
+    match (te, cl) {
+        (Some(_), Some(_)) => Err(HttpError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        )),
+        (Some(_), None) if version == Version::Http10 => Err(HttpError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        )),
+        (Some(TransferCoding::Chunked), None) => Ok(Framing::Chunked),
+        (Some(TransferCoding::ChunkedNotLast), None) => Err(HttpError::BadRequest(
+            "chunked is not the final transfer coding",
+        )),
+        (Some(TransferCoding::Unsupported), None) => Err(HttpError::NotImplemented),
+        (Some(TransferCoding::Invalid), None) => {
+            Err(HttpError::BadRequest("invalid Transfer-Encoding"))
+        }
+        (None, Some(0)) | (None, None) => Ok(Framing::None),
+        (None, Some(n)) => Ok(Framing::Length(n)),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransferCoding {
+    /// Exactly `chunked` (possibly listed once).
+    Chunked,
+    /// `chunked` followed by another coding.
+    ChunkedNotLast,
+    /// Codings we do not implement (gzip, deflate, compress…), chunked last or not.
+    Unsupported,
+    /// Empty or malformed list.
+    Invalid,
+}
+
+fn transfer_encoding(headers: &[Header]) -> Result<Option<TransferCoding>, HttpError> {
+    let mut codings: Vec<&[u8]> = Vec::new();
+    let mut seen = false;
+    for h in headers.iter().filter(|h| h.is("transfer-encoding")) {
+        seen = true;
+        for c in h.value.split(|&b| b == b',') {
+            let c = trim_ows(c);
+            if c.is_empty() {
+                continue;
+            }
+            codings.push(c);
+        }
+    }
+    if !seen {
+        return Ok(None);
+    }
+    if codings.is_empty() || codings.iter().any(|c| !c.iter().all(|&b| is_tchar(b))) {
+        return Ok(Some(TransferCoding::Invalid));
+    }
+    let chunked: Vec<bool> = codings
+        .iter()
+        .map(|c| c.eq_ignore_ascii_case(b"chunked"))
+        .collect();
+    let last_chunked = *chunked.last().unwrap_or(&false);
+    let chunked_count = chunked.iter().filter(|c| **c).count();
+    Ok(Some(
+        if chunked_count > 1 || (chunked_count == 1 && !last_chunked) {
+            TransferCoding::ChunkedNotLast
+        } else if codings.len() == 1 && last_chunked {
+            TransferCoding::Chunked
+        } else if !last_chunked
+            && codings
+                .iter()
+                .all(|c| KNOWN_CODINGS.iter().any(|k| c.eq_ignore_ascii_case(k)))
+        {
+            // A known coding that we cannot frame by (no chunked last): invalid framing.
+            TransferCoding::Invalid
+        } else {
+            TransferCoding::Unsupported
+        },
+    ))
+}
+
+/// Registered transfer codings (RFC 9112 §7).
+const KNOWN_CODINGS: [&[u8]; 5] = [b"chunked", b"gzip", b"deflate", b"compress", b"x-gzip"];
+
+/// Content-Length: digits only; duplicates (as headers or a list) must agree.
+pub fn content_length(headers: &[Header]) -> Result<Option<u64>, &'static str> {
+    let mut value: Option<u64> = None;
+    for h in headers.iter().filter(|h| h.is("content-length")) {
+        for part in h.value.split(|&b| b == b',') {
+            let part = trim_ows(part);
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return Err("Content-Length is not a number");
+            }
+            let mut n: u64 = 0;
+            for &d in part {
+                n = n
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                    .ok_or("Content-Length overflows")?;
+            }
+            match value {
+                Some(v) if v != n => return Err("conflicting Content-Length values"),
+                _ => value = Some(n),
+            }
+        }
+    }
+    Ok(value)
+}
+
+fn validate_target(method: &[u8], target: &[u8]) -> Result<(), HttpError> {
+    if target.is_empty() {
+        return Err(HttpError::BadRequest("empty request target"));
+    }
+    if method == b"CONNECT" {
+        return Err(HttpError::BadRequest("CONNECT is not supported"));
+    }
+    if target == b"*" {
+        return if method == b"OPTIONS" {
+            Ok(())
+        } else {
+            Err(HttpError::BadRequest("asterisk target only with OPTIONS"))
+        };
+    }
+    let ok_form = target.starts_with(b"/")
+        || target.starts_with(b"http://")
+        || target.starts_with(b"https://");
+    if !ok_form {
+        return Err(HttpError::BadRequest(
+            "request target is not origin or absolute form",
+        ));
+    }
+    if target.iter().any(|&b| b <= b' ' || b == 0x7f || b == b'#') {
+        return Err(HttpError::BadRequest("invalid character in request target"));
+    }
+    Ok(())
+}
+
+fn valid_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b':'
+                        | b'['
+                        | b']'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        })
+}
+
+/// RFC 9110 token characters.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Strip optional whitespace (SP / HTAB) at both ends.
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+fn has_bare_cr(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && head.get(i + 1) != Some(&b'\n'))
+}
+
+fn describe(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token in request line",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+/// A parsed response head from an upstream.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: Bytes,
+    pub version: Version,
+    pub headers: Vec<Header>,
+    /// The upstream keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+impl ResponseHead {
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|h| h.is(name)).map(|h| &h.value)
+    }
+
+    /// Body framing given the request method (RFC 9112 §6.3).
+    pub fn framing(&self, request_was_head: bool) -> Result<Framing, HttpError> {
+        if request_was_head
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304
+        {
+            return Ok(Framing::None);
+        }
+        let te = transfer_encoding(&self.headers)?;
+        let cl = content_length(&self.headers).map_err(HttpError::BadResponse)?;
+        match (te, cl) {
+            (Some(_), Some(_)) => Err(HttpError::BadResponse(
+                "both Content-Length and Transfer-Encoding",
+            )),
+            (Some(TransferCoding::Chunked), None) => Ok(Framing::Chunked),
+            (Some(_), None) => Err(HttpError::BadResponse("unsupported Transfer-Encoding")),
+            (None, Some(n)) => Ok(Framing::Length(n)),
+            (None, None) => Ok(Framing::UntilClose),
+        }
+    }
+}
+
+/// Parse a response head; on success its bytes are split off `buf`.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+) -> Result<Option<ResponseHead>, HttpError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head_bytes {
+                return Err(HttpError::BadResponse("response head too large"));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::BadResponse("too many response headers"))
+        }
+        Err(e) => return Err(HttpError::BadResponse(describe(e))),
+    };
+    if has_bare_cr(&buf[..len]) {
+        return Err(HttpError::BadResponse("bare CR in response head"));
+    }
+    let version = match resp.version {
+        Some(0) => Version::Http10,
+        _ => Version::Http11,
+    };
+    let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return Err(HttpError::BadResponse("invalid status code"));
+    }
+    if resp
+        .headers
+        .iter()
+        .any(|h| h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n'))
+    {
+        return Err(HttpError::BadResponse("control character in header value"));
+    }
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        if s.is_empty() {
+            (0, 0)
+        } else {
+            (s.as_ptr() as usize - base, s.len())
+        }
+    };
+    // An empty reason may point outside the buffer; keep it empty then.
+    let reason_at = resp
+        .reason
+        .filter(|r| !r.is_empty())
+        .map(|r| span(r.as_bytes()));
+    let spans: Vec<((usize, usize), (usize, usize))> = resp
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(trim_ows(h.value))))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let cut = |(at, n): (usize, usize)| head.slice(at..at + n);
+    let reason = reason_at.map_or_else(Bytes::new, cut);
+    let parsed: Vec<Header> = spans
+        .into_iter()
+        .map(|(n, v)| Header {
+            name: cut(n),
+            value: cut(v),
+        })
+        .collect();
+    let connection = connection_tokens(&parsed);
+    let keep_alive = match version {
+        Version::Http11 => !connection.close,
+        Version::Http10 => connection.keep_alive && !connection.close,
+    };
+    Ok(Some(ResponseHead {
+        status,
+        reason,
+        version,
+        headers: parsed,
+        keep_alive,
+    }))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded, plus the names
+/// listed in Connection.
+pub fn is_hop_by_hop(h: &Header, connection_listed: &[Bytes]) -> bool {
+    // Transfer-Encoding and Content-Length are re-derived from the framing.
+    const HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+    ];
+    HOP.iter().any(|n| h.is(n))
+        || connection_listed
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n))
+}
+
+/// Header names listed in Connection headers (to be removed with it).
+pub fn connection_listed(headers: &[Header]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    for h in headers.iter().filter(|h| h.is("connection")) {
+        for token in h.value.split(|&b| b == b',') {
+            let t = trim_ows(token);
+            if !t.is_empty() {
+                out.push(h.value.slice_ref(t));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! HTTP errors and the one place that maps them to what the client sees.
+
+use std::io;
+
+/// Which side of the proxy an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Everything that can end an HTTP exchange early.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The client sent something that is not valid HTTP/1.1 framing.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request head larger than the limit")]
+    HeadTooLarge,
+    #[error("too many request headers")]
+    TooManyHeaders,
+    #[error("transfer coding not implemented")]
+    NotImplemented,
+    #[error("request body larger than the limit")]
+    BodyTooLarge,
+    #[error("request head not received in time")]
+    HeaderTimeout,
+    #[error("no route for this request")]
+    NoRoute,
+    /// The upstream answered something that is not valid HTTP.
+    #[error("bad response from upstream: {0}")]
+    BadResponse(&'static str),
+    /// No endpoint of the cluster could be connected to.
+    #[error("no upstream endpoint reachable: {0}")]
+    NoUpstream(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream closed or reset the connection mid-exchange.
+    #[error("upstream connection failed: {0}")]
+    UpstreamIo(io::Error),
+    /// The client went away.
+    #[error("client connection failed: {0}")]
+    DownstreamIo(io::Error),
+}
+
+impl HttpError {
+    /// The side at fault.
+    pub fn side(&self) -> Side {
+        use HttpError::*;
+        match self {
+            BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented | BodyTooLarge
+            | HeaderTimeout | DownstreamIo(_) => Side::Downstream,
+            NoRoute => Side::Internal,
+            BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_) => Side::Upstream,
+        }
+    }
+
+    /// The status the proxy answers with, or `None` when the only thing to
+    /// do is close the connection (the client is gone).
+    pub fn status(&self) -> Option<u16> {
+        use HttpError::*;
+        Some(match self {
+            BadRequest(_) => 400,
+            HeadTooLarge | TooManyHeaders => 431,
+            NotImplemented => 501,
+            BodyTooLarge => 413,
+            HeaderTimeout => 408,
+            NoRoute => 404,
+            BadResponse(_) | UpstreamIo(_) => 502,
+            NoUpstream(_) => 503,
+            UpstreamTimeout => 504,
+            DownstreamIo(_) => return None,
+        })
+    }
+
+    /// Short text for the response body and the `x-outrigger-error` header.
+    pub fn code(&self) -> &'static str {
+        use HttpError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            HeadTooLarge => "request_header_too_large",
+            TooManyHeaders => "too_many_headers",
+            NotImplemented => "transfer_coding_not_implemented",
+            BodyTooLarge => "request_body_too_large",
+            HeaderTimeout => "request_header_timeout",
+            NoRoute => "no_route",
+            BadResponse(_) => "upstream_bad_response",
+            UpstreamIo(_) => "upstream_reset",
+            NoUpstream(_) => "no_healthy_upstream",
+            UpstreamTimeout => "upstream_timeout",
+            DownstreamIo(_) => "downstream_reset",
+        }
+    }
+
+    /// Whether the connection to the client must be closed after answering
+    /// (its framing can no longer be trusted).
+    pub fn closes_connection(&self) -> bool {
+        use HttpError::*;
+        matches!(
+            self,
+            BadRequest(_)
+                | HeadTooLarge
+                | TooManyHeaders
+                | NotImplemented
+                | BodyTooLarge
+                | HeaderTimeout
+                | DownstreamIo(_)
+        )
+    }
+}
+
+/// The response the proxy sends for an error: status, a header naming the
+/// proxy as its author, and a one-line body saying what happened.
+pub fn error_response(err: &HttpError, close: bool) -> Vec<u8> {
+    let status = err.status().unwrap_or(500);
+    let body = format!("{}\n", err.code());
+    format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-outrigger-error: {}\r\n{}\r\n{body}",
+        reason(status),
+        body.len(),
+        err.code(),
+        if close { "connection: close\r\n" } else { "" },
+    )
+    .into_bytes()
+}
+
+/// Canonical reason phrases for the statuses the proxy generates.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}

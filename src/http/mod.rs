@@ -1,0 +1,35 @@
+//! HTTP/1.1 reverse proxying.
+//!
+//! `codec` parses and validates heads (the request-smuggling defences),
+//! `chunked` decodes the chunked coding, `server` runs a client connection,
+//! `proxy` runs one upstream exchange, `pool` keeps upstream connections,
+//! and `error` maps every failure to what the client sees.
+
+pub mod chunked;
+pub mod codec;
+pub mod error;
+mod io;
+pub mod pool;
+mod proxy;
+mod server;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
+
+use crate::config::Listener;
+use crate::worker::WorkerCtx;
+
+/// Serve one accepted connection of an http listener.
+pub async fn serve(
+    ctx: &Rc<WorkerCtx>,
+    index: usize,
+    listener: &Listener,
+    routes: &str,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = index;
+    server::serve_connection(ctx, listener, &listener.http, routes, stream, peer).await;
+}

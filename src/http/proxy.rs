@@ -1,0 +1,705 @@
+//! The upstream side of one request: pick a cluster endpoint, take a pooled
+//! connection or connect, send the re-serialised request and stream its
+//! body, read the response and stream it back, then pool the connection if
+//! it is clean.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+
+use super::chunked::{Chunk, ChunkedDecoder};
+use super::codec::{
+    connection_listed, is_hop_by_hop, parse_response, Framing, HeadLimits, Header, RequestHead,
+    ResponseHead, Version,
+};
+use super::error::HttpError;
+use super::io::{read_more, write_all, write_bytes};
+use super::server::Downstream;
+use crate::config::{HttpSettings, Snapshot};
+use crate::route::{HeaderRewrite, PathMatch, Route};
+use crate::upstream::Cluster;
+use crate::worker::WorkerCtx;
+
+/// An error plus whether the client connection must close after it.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: HttpError,
+    pub close: bool,
+}
+
+impl Failure {
+    pub fn closing(error: HttpError) -> Self {
+        Failure { error, close: true }
+    }
+    fn keep(error: HttpError) -> Self {
+        Failure {
+            error,
+            close: false,
+        }
+    }
+}
+
+/// What the connection does after a forwarded exchange.
+pub enum Next {
+    /// Serve the next request (if the client wants to).
+    KeepAlive,
+    /// Close the client connection.
+    Close,
+    /// The upstream switched protocols: relay raw bytes from now on.
+    Upgrade(TcpStream, BytesMut),
+}
+
+/// Limits for upstream response heads.
+const RESPONSE_LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 64 * 1024,
+    max_headers: 200,
+};
+
+/// Forward `head` (and its body, read from `conn`) to cluster `cluster_name`.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    ctx: &Rc<WorkerCtx>,
+    http: &HttpSettings,
+    snapshot: &Arc<Snapshot>,
+    route: &Route,
+    cluster_name: &str,
+    conn: &mut Downstream,
+    head: &RequestHead,
+    started: Instant,
+) -> Result<Next, Failure> {
+    let Some(cluster) = snapshot.clusters.get(cluster_name) else {
+        return Err(Failure::keep(HttpError::NoUpstream(format!(
+            "no cluster {cluster_name}"
+        ))));
+    };
+    let upstream_host = cluster
+        .endpoints
+        .first()
+        .map_or("localhost", |e| e.written.as_str());
+    let request = serialize_request(head, route, conn.peer, upstream_host);
+    let deadline = route.timeout.map(|t| started + t);
+    let order = ctx.balancers.attempt_order(cluster);
+    let mut last_error = String::from("no endpoints");
+    let mut retried = false;
+    let mut i = 0;
+    while i < order.len() {
+        let addr = cluster.endpoints[order[i]].address;
+        let (stream, reused) = match checkout(ctx, cluster, addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                last_error = format!("{addr}: {e}");
+                i += 1;
+                continue;
+            }
+        };
+        let _in_flight = ctx.balancers.track(&cluster.name, addr);
+        let exchange = Exchange {
+            ctx,
+            http,
+            route,
+            cluster,
+            addr,
+            head,
+            deadline,
+        };
+        match exchange.run(conn, stream, &request).await {
+            Ok(next) => return Ok(next),
+            // A pooled connection the upstream had closed while idle: retry
+            // once on a fresh connection when replaying is safe.
+            Err(ExchangeError::StaleConnection(e)) if reused && !retried && replayable(head) => {
+                tracing::debug!(upstream = %addr, error = %e, "pooled connection was closed; retrying");
+                retried = true;
+                continue;
+            }
+            Err(ExchangeError::StaleConnection(e)) => {
+                return Err(Failure::keep(HttpError::UpstreamIo(e)));
+            }
+            Err(ExchangeError::Failed(f)) => return Err(f),
+        }
+    }
+    Err(Failure {
+        error: HttpError::NoUpstream(last_error),
+        close: head.framing != Framing::None,
+    })
+}
+
+/// Safe to send twice: no body (nothing of it was consumed) and idempotent.
+fn replayable(head: &RequestHead) -> bool {
+    head.framing == Framing::None
+        && matches!(
+            &head.method[..],
+            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+        )
+}
+
+/// A pooled connection (`true`) or a new one.
+async fn checkout(
+    ctx: &WorkerCtx,
+    cluster: &Cluster,
+    addr: SocketAddr,
+) -> std::io::Result<(TcpStream, bool)> {
+    if let Some(s) = ctx.http_pool.take(addr, cluster.pool_idle_timeout) {
+        return Ok((s, true));
+    }
+    match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok((s, false))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
+    }
+}
+
+enum ExchangeError {
+    /// Failed before any response byte on a connection that may have been
+    /// closed by the upstream while pooled.
+    StaleConnection(std::io::Error),
+    Failed(Failure),
+}
+
+struct Exchange<'a> {
+    ctx: &'a Rc<WorkerCtx>,
+    http: &'a HttpSettings,
+    route: &'a Route,
+    cluster: &'a Cluster,
+    addr: SocketAddr,
+    head: &'a RequestHead,
+    deadline: Option<Instant>,
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &self,
+        conn: &mut Downstream,
+        mut up: TcpStream,
+        request: &[u8],
+    ) -> Result<Next, ExchangeError> {
+        let stale = |e: std::io::Error| ExchangeError::StaleConnection(e);
+        if let Err(e) = write_all(&mut up, request.to_vec()).await {
+            return Err(stale(e));
+        }
+        let mut up_buf = BytesMut::new();
+        let mut body_sent = !self.head.expect_continue;
+        if body_sent {
+            self.send_body(conn, &mut up)
+                .await
+                .map_err(ExchangeError::Failed)?;
+        }
+        // Read the final response head, passing 1xx interim responses on.
+        let response = loop {
+            let resp = self
+                .read_response_head(&mut up, &mut up_buf)
+                .await
+                .map_err(|e| match e {
+                    HttpError::UpstreamIo(io) if up_buf.is_empty() => stale(io),
+                    other => ExchangeError::Failed(self.before_response(other)),
+                })?;
+            if resp.status == 101 && self.head.upgrade_websocket {
+                let out = serialize_response(&resp, self.route, Framing::None, false, true);
+                write_all(&mut conn.stream, out).await.map_err(|e| {
+                    ExchangeError::Failed(Failure::closing(HttpError::DownstreamIo(e)))
+                })?;
+                return Ok(Next::Upgrade(up, up_buf));
+            }
+            if (100..200).contains(&resp.status) {
+                if resp.status == 100 && !body_sent {
+                    body_sent = true;
+                    if self.head.version == Version::Http11 {
+                        let _ =
+                            write_all(&mut conn.stream, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                                .await;
+                    }
+                    self.send_body(conn, &mut up)
+                        .await
+                        .map_err(ExchangeError::Failed)?;
+                }
+                continue;
+            }
+            break resp;
+        };
+        self.respond(conn, up, up_buf, response, body_sent)
+            .await
+            .map_err(ExchangeError::Failed)
+    }
+
+    /// A failure before any response byte reached the client: the client
+    /// connection stays usable when its request was read completely.
+    fn before_response(&self, error: HttpError) -> Failure {
+        Failure {
+            error,
+            close: self.head.framing != Framing::None,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline
+            .map_or(Duration::from_secs(365 * 24 * 3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+    }
+
+    async fn read_response_head(
+        &self,
+        up: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> Result<ResponseHead, HttpError> {
+        loop {
+            if !buf.is_empty() {
+                if let Some(r) = parse_response(buf, RESPONSE_LIMITS)? {
+                    return Ok(r);
+                }
+            }
+            let read = read_more(up, std::mem::take(buf), 8192);
+            let (res, b) = match monoio::time::timeout(self.remaining(), read).await {
+                Ok(done) => done,
+                Err(_) => return Err(HttpError::UpstreamTimeout),
+            };
+            *buf = b;
+            match res {
+                Ok(0) if buf.is_empty() => {
+                    return Err(HttpError::UpstreamIo(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ))
+                }
+                Ok(0) => return Err(HttpError::BadResponse("connection closed mid-head")),
+                Ok(_) => {}
+                Err(e) => return Err(HttpError::UpstreamIo(e)),
+            }
+        }
+    }
+
+    /// Stream the request body from the client to the upstream.
+    async fn send_body(&self, conn: &mut Downstream, up: &mut TcpStream) -> Result<(), Failure> {
+        let limit = self.http.max_request_body_bytes.unwrap_or(u64::MAX);
+        match self.head.framing {
+            Framing::None | Framing::UntilClose => Ok(()),
+            Framing::Length(n) => {
+                let mut left = n;
+                while left > 0 {
+                    if conn.buf.is_empty() {
+                        read_client(conn).await?;
+                    }
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    let chunk = conn.buf.split_to(take).freeze();
+                    left -= take as u64;
+                    write_bytes(up, chunk)
+                        .await
+                        .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
+                }
+                Ok(())
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                let mut total: u64 = 0;
+                loop {
+                    let step = decoder
+                        .decode(&mut conn.buf)
+                        .map_err(|m| Failure::closing(HttpError::BadRequest(m)))?;
+                    match step {
+                        None => read_client(conn).await?,
+                        Some(Chunk::Data(data)) => {
+                            total += data.len() as u64;
+                            if total > limit {
+                                return Err(Failure::closing(HttpError::BodyTooLarge));
+                            }
+                            let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+                            frame.extend_from_slice(&data);
+                            frame.extend_from_slice(b"\r\n");
+                            write_all(up, frame)
+                                .await
+                                .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
+                        }
+                        Some(Chunk::End(trailers)) => {
+                            let mut frame = b"0\r\n".to_vec();
+                            frame.extend_from_slice(&trailers);
+                            frame.extend_from_slice(b"\r\n");
+                            write_all(up, frame)
+                                .await
+                                .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send the response head and body to the client; pool the upstream
+    /// connection when it is clean.
+    async fn respond(
+        &self,
+        conn: &mut Downstream,
+        mut up: TcpStream,
+        mut up_buf: BytesMut,
+        resp: ResponseHead,
+        body_sent: bool,
+    ) -> Result<Next, Failure> {
+        let framing = resp
+            .framing(self.head.is_head())
+            .map_err(|e| self.before_response(e))?;
+        // A close-delimited body is re-framed as chunked for HTTP/1.1 clients.
+        let out_framing = match framing {
+            Framing::UntilClose if self.head.version == Version::Http11 => Framing::Chunked,
+            f => f,
+        };
+        let client_keep = self.head.keep_alive
+            && body_sent
+            && !self.ctx.draining.get()
+            && !(framing == Framing::UntilClose && out_framing == Framing::UntilClose);
+        let out = serialize_response(&resp, self.route, out_framing, !client_keep, false);
+        let mut sink = BodySink {
+            conn,
+            chunked_out: out_framing == Framing::Chunked && framing != Framing::Chunked,
+        };
+        write_all(&mut sink.conn.stream, out)
+            .await
+            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))?;
+        let upstream_clean = match framing {
+            Framing::None => true,
+            Framing::Length(n) => {
+                self.copy_length(&mut up, &mut up_buf, &mut sink, n).await?;
+                true
+            }
+            Framing::Chunked => {
+                self.copy_chunked(&mut up, &mut up_buf, &mut sink).await?;
+                true
+            }
+            Framing::UntilClose => {
+                self.copy_until_close(&mut up, &mut up_buf, &mut sink)
+                    .await?;
+                false
+            }
+        };
+        if upstream_clean && resp.keep_alive && body_sent && up_buf.is_empty() {
+            self.ctx
+                .http_pool
+                .put(self.addr, up, self.cluster.max_idle_connections);
+        }
+        Ok(if client_keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
+    }
+
+    async fn read_upstream(
+        &self,
+        up: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> Result<usize, Failure> {
+        let read = read_more(up, std::mem::take(buf), 64 * 1024);
+        let (res, b) = monoio::time::timeout(self.remaining(), read)
+            .await
+            .map_err(|_| Failure::closing(HttpError::UpstreamTimeout))?;
+        *buf = b;
+        res.map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))
+    }
+
+    async fn copy_length(
+        &self,
+        up: &mut TcpStream,
+        buf: &mut BytesMut,
+        sink: &mut BodySink<'_>,
+        n: u64,
+    ) -> Result<(), Failure> {
+        let mut left = n;
+        while left > 0 {
+            if buf.is_empty() && self.read_upstream(up, buf).await? == 0 {
+                return Err(Failure::closing(HttpError::BadResponse(
+                    "body shorter than Content-Length",
+                )));
+            }
+            let take = (buf.len() as u64).min(left) as usize;
+            left -= take as u64;
+            sink.send(buf.split_to(take).freeze()).await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_chunked(
+        &self,
+        up: &mut TcpStream,
+        buf: &mut BytesMut,
+        sink: &mut BodySink<'_>,
+    ) -> Result<(), Failure> {
+        let mut decoder = ChunkedDecoder::default();
+        loop {
+            match decoder
+                .decode(buf)
+                .map_err(|m| Failure::closing(HttpError::BadResponse(m)))?
+            {
+                None => {
+                    if self.read_upstream(up, buf).await? == 0 {
+                        return Err(Failure::closing(HttpError::BadResponse(
+                            "chunked body cut short",
+                        )));
+                    }
+                }
+                Some(Chunk::Data(d)) => sink.send_chunk(d).await?,
+                Some(Chunk::End(trailers)) => return sink.end_chunks(trailers).await,
+            }
+        }
+    }
+
+    async fn copy_until_close(
+        &self,
+        up: &mut TcpStream,
+        buf: &mut BytesMut,
+        sink: &mut BodySink<'_>,
+    ) -> Result<(), Failure> {
+        loop {
+            if !buf.is_empty() {
+                let data = buf.split().freeze();
+                sink.send(data).await?;
+            }
+            if self.read_upstream(up, buf).await? == 0 {
+                return sink.finish().await;
+            }
+        }
+    }
+}
+
+/// Writes response body bytes to the client, chunk-encoding when asked.
+struct BodySink<'a> {
+    conn: &'a mut Downstream,
+    /// Encode plain bytes as chunks (close-delimited body to an HTTP/1.1 client).
+    chunked_out: bool,
+}
+
+impl BodySink<'_> {
+    async fn send(&mut self, data: Bytes) -> Result<(), Failure> {
+        if self.chunked_out {
+            return self.send_chunk(data).await;
+        }
+        write_bytes(&mut self.conn.stream, data)
+            .await
+            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
+    }
+
+    async fn send_chunk(&mut self, data: Bytes) -> Result<(), Failure> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+        frame.extend_from_slice(&data);
+        frame.extend_from_slice(b"\r\n");
+        write_all(&mut self.conn.stream, frame)
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
+    }
+
+    async fn end_chunks(&mut self, trailers: Bytes) -> Result<(), Failure> {
+        let mut frame = b"0\r\n".to_vec();
+        frame.extend_from_slice(&trailers);
+        frame.extend_from_slice(b"\r\n");
+        write_all(&mut self.conn.stream, frame)
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
+    }
+
+    async fn finish(&mut self) -> Result<(), Failure> {
+        if self.chunked_out {
+            return self.end_chunks(Bytes::new()).await;
+        }
+        Ok(())
+    }
+}
+
+/// The request as sent upstream: re-serialised from the parsed head, never
+/// the client's bytes. Hop-by-hop headers dropped, forwarding headers added,
+/// route edits applied, framing re-declared.
+pub fn serialize_request(
+    head: &RequestHead,
+    route: &Route,
+    peer: SocketAddr,
+    upstream_host: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(&head.method);
+    out.push(b' ');
+    out.extend_from_slice(rewrite_target(head, route).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let listed = connection_listed(&head.headers);
+    let edits = &route.request_headers;
+    let mut xff: Option<Bytes> = None;
+    let mut via: Option<Bytes> = None;
+    let mut has_request_id = false;
+    for h in &head.headers {
+        if is_hop_by_hop(h, &listed) && !(head.upgrade_websocket && h.is("upgrade")) {
+            continue;
+        }
+        if h.is("x-forwarded-for") {
+            xff = Some(h.value.clone());
+            continue;
+        }
+        if h.is("via") {
+            via = Some(h.value.clone());
+            continue;
+        }
+        if h.is("x-forwarded-proto") || removed(edits, h) {
+            continue;
+        }
+        if h.is("x-request-id") {
+            has_request_id = true;
+        }
+        push_header(&mut out, &h.name, &h.value);
+    }
+    let ip = peer.ip().to_string();
+    match xff {
+        Some(v) => {
+            let mut joined = v.to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip.as_bytes());
+            push_header(&mut out, b"x-forwarded-for", &joined);
+        }
+        None => push_header(&mut out, b"x-forwarded-for", ip.as_bytes()),
+    }
+    push_header(&mut out, b"x-forwarded-proto", b"http");
+    if !has_request_id {
+        push_header(&mut out, b"x-request-id", request_id().as_bytes());
+    }
+    let via_value = match via {
+        Some(v) => format!("{}, 1.1 outrigger", String::from_utf8_lossy(&v)),
+        None => "1.1 outrigger".to_string(),
+    };
+    push_header(&mut out, b"via", via_value.as_bytes());
+    apply_set_add(&mut out, edits);
+    match head.framing {
+        Framing::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    if head.header("host").is_none() {
+        // HTTP/1.0 without Host: HTTP/1.1 upstreams need one.
+        push_header(
+            &mut out,
+            b"host",
+            authority_of(head).unwrap_or(upstream_host).as_bytes(),
+        );
+    }
+    if head.upgrade_websocket {
+        push_header(&mut out, b"connection", b"upgrade");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn removed(edits: &HeaderRewrite, h: &Header) -> bool {
+    edits.remove.iter().any(|n| h.is(n)) || edits.set.iter().any(|(n, _)| h.is(n))
+}
+
+fn apply_set_add(out: &mut Vec<u8>, edits: &HeaderRewrite) {
+    for (n, v) in edits.set.iter().chain(edits.add.iter()) {
+        push_header(out, n.as_bytes(), v.as_bytes());
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The authority of an absolute-form target (`http://a.example/x` → `a.example`).
+fn authority_of(head: &RequestHead) -> Option<&str> {
+    let t = std::str::from_utf8(&head.target).ok()?;
+    let rest = &t[t.find("://")? + 3..];
+    Some(rest.split('/').next().unwrap_or(rest)).filter(|a| !a.is_empty())
+}
+
+/// Origin-form target with the route's prefix rewrite applied.
+fn rewrite_target(head: &RequestHead, route: &Route) -> String {
+    let raw = std::str::from_utf8(&head.target).unwrap_or("/");
+    // absolute-form → origin-form
+    let origin = match raw.find("://") {
+        Some(i) => raw[i + 3..].find('/').map_or("/", |j| &raw[i + 3 + j..]),
+        None => raw,
+    };
+    let (Some(new_prefix), Some(PathMatch::Prefix(prefix))) =
+        (&route.rewrite_path_prefix, &route.path)
+    else {
+        return origin.to_string();
+    };
+    match origin.strip_prefix(prefix.as_str()) {
+        Some(rest) => {
+            if new_prefix.ends_with('/') && rest.starts_with('/') {
+                format!("{new_prefix}{}", &rest[1..])
+            } else {
+                format!("{new_prefix}{rest}")
+            }
+        }
+        None => origin.to_string(),
+    }
+}
+
+/// A 128-bit random id in hex.
+fn request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The response head as sent to the client.
+fn serialize_response(
+    resp: &ResponseHead,
+    route: &Route,
+    framing: Framing,
+    close: bool,
+    upgrade: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
+    out.extend_from_slice(&resp.reason);
+    out.extend_from_slice(b"\r\n");
+    let listed = connection_listed(&resp.headers);
+    let edits = &route.response_headers;
+    for h in &resp.headers {
+        if (is_hop_by_hop(h, &listed) && !(upgrade && h.is("upgrade"))) || removed(edits, h) {
+            continue;
+        }
+        push_header(&mut out, &h.name, &h.value);
+    }
+    apply_set_add(&mut out, edits);
+    match framing {
+        Framing::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
+        Framing::None => {
+            // HEAD / 304 responses keep the upstream's Content-Length.
+            if let Some(cl) = resp.header("content-length") {
+                if resp.status != 204 && !(100..200).contains(&resp.status) {
+                    push_header(&mut out, b"content-length", cl);
+                }
+            }
+        }
+        Framing::UntilClose => {}
+    }
+    if upgrade {
+        push_header(&mut out, b"connection", b"upgrade");
+    } else if close {
+        push_header(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Read more from the client into `conn.buf`; EOF mid-body is an error.
+async fn read_client(conn: &mut Downstream) -> Result<(), Failure> {
+    let (res, b) = read_more(&mut conn.stream, std::mem::take(&mut conn.buf), 64 * 1024).await;
+    conn.buf = b;
+    match res {
+        Ok(0) => Err(Failure::closing(HttpError::DownstreamIo(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::closing(HttpError::DownstreamIo(e))),
+    }
+}

@@ -1,0 +1,503 @@
+//! End-to-end tests of the HTTP/1.1 proxy: real sockets on 127.0.0.1, the
+//! shared HTTP test upstream, under both io_uring and epoll.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::http::{one_shot, Client};
+use common::*;
+use outrigger::backends::{self, Backend, BackendKind, HttpBackend};
+use outrigger::worker::Driver;
+use outrigger::Server;
+
+both_drivers!(
+    routes_by_host_path_method_header,
+    direct_response_and_404,
+    split_converges_to_weights,
+    header_rewrites_and_forwarding_headers,
+    keep_alive_reuses_upstream_connections,
+    chunked_request_and_pipelining,
+    limits_431_408_413,
+    smuggling_attempts_get_400,
+    upstream_errors_502_503_504,
+    websocket_upgrade_tunnels,
+    head_and_no_body_statuses,
+);
+
+fn http_backend(driver: Driver, name: &str) -> Backend {
+    backends::start(
+        BackendKind::Http(HttpBackend::named(name)),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap()
+}
+
+fn delayed_backend(driver: Driver, name: &str, delay: Duration) -> Backend {
+    let mut cfg = HttpBackend::named(name);
+    cfg.delay = delay;
+    backends::start(
+        BackendKind::Http(cfg),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap()
+}
+
+/// A proxy with one http listener "web" using route table "main".
+fn proxy(driver: Driver, listener_extra: &str, routes_and_clusters: &str) -> (Server, SocketAddr) {
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+{listener_extra}
+
+{routes_and_clusters}
+"#,
+        io = io_name(driver)
+    );
+    let server = start(&cfg);
+    let addr = server.local_addr("web").unwrap();
+    (server, addr)
+}
+
+fn cluster(name: &str, b: &Backend) -> String {
+    format!("[clusters.{name}]\nendpoints = [\"{}\"]\n", b.addr)
+}
+
+fn routes_by_host_path_method_header(driver: Driver) {
+    let (a, b, c, d, e) = (
+        http_backend(driver, "a"),
+        http_backend(driver, "b"),
+        http_backend(driver, "c"),
+        http_backend(driver, "d"),
+        http_backend(driver, "e"),
+    );
+    let routes = format!(
+        r#"
+[[routes.main]]
+match.headers = {{ "x-canary" = "1" }}
+cluster = "e"
+[[routes.main]]
+match.host = "api.example.com"
+match.path_prefix = "/v1/"
+cluster = "a"
+[[routes.main]]
+match.host = "*.example.com"
+cluster = "b"
+[[routes.main]]
+match.path_regex = "^/items/[0-9]+$"
+cluster = "c"
+[[routes.main]]
+match.method = ["POST"]
+match.path = "/submit"
+cluster = "d"
+{}{}{}{}{}"#,
+        cluster("a", &a),
+        cluster("b", &b),
+        cluster("c", &c),
+        cluster("d", &d),
+        cluster("e", &e)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut cl = Client::connect(addr);
+    let who = |r: common::http::Response| r.header("x-backend").map(str::to_string);
+    assert_eq!(
+        who(cl.get("/v1/users", "API.example.com:8080", "")).as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        who(cl.get("/v2/users", "api.example.com", "")).as_deref(),
+        Some("b")
+    );
+    assert_eq!(who(cl.get("/items/42", "other", "")).as_deref(), Some("c"));
+    assert_eq!(cl.get("/items/42x", "other", "").status, 404);
+    cl.send(b"POST /submit HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    let r = cl.read_response(false).unwrap();
+    assert_eq!(r.header("x-backend"), Some("d"));
+    assert_eq!(r.header("x-body-bytes"), Some("3"));
+    assert_eq!(
+        cl.get("/submit", "x", "").status,
+        404,
+        "GET does not match a POST route"
+    );
+    assert_eq!(
+        who(cl.get("/v1/users", "api.example.com", "x-canary: 1\r\n")).as_deref(),
+        Some("e")
+    );
+}
+
+fn direct_response_and_404(driver: Driver) {
+    let routes = r#"
+[[routes.main]]
+match.path = "/healthz"
+direct_response = { status = 200, body = "ok" }
+[[routes.main]]
+match.path = "/gone"
+direct_response = { status = 410, body = "" }
+"#;
+    let (_s, addr) = proxy(driver, "", routes);
+    let mut cl = Client::connect(addr);
+    let r = cl.get("/healthz", "x", "");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!(cl.get("/gone", "x", "").status, 410);
+    let r = cl.get("/nothing", "x", "");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-outrigger-error"), Some("no_route"));
+    // The connection stays usable after a 404.
+    assert_eq!(cl.get("/healthz", "x", "").status, 200);
+}
+
+fn split_converges_to_weights(driver: Driver) {
+    let (stable, canary) = (
+        http_backend(driver, "stable"),
+        http_backend(driver, "canary"),
+    );
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\nsplit = [{{ cluster = \"stable\", weight = 90 }}, {{ cluster = \"canary\", weight = 10 }}]\n{}{}",
+        cluster("stable", &stable),
+        cluster("canary", &canary)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut cl = Client::connect(addr);
+    let n = 10_000;
+    let mut to_canary = 0;
+    for _ in 0..n {
+        if cl.get("/", "x", "").header("x-backend") == Some("canary") {
+            to_canary += 1;
+        }
+    }
+    let share = to_canary as f64 * 100.0 / n as f64;
+    assert!((8.0..=12.0).contains(&share), "canary got {share}%");
+    assert_eq!(stable.requests() + canary.requests(), n);
+}
+
+fn header_rewrites_and_forwarding_headers(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        r#"
+[[routes.main]]
+match.path_prefix = "/api/"
+cluster = "up"
+request_headers = {{ set = {{ "x-env" = "prod" }}, add = {{ "x-added" = "1" }}, remove = ["x-debug"] }}
+response_headers = {{ set = {{ "x-served-by" = "outrigger" }}, remove = ["x-echo-x-keep"] }}
+rewrite.path_prefix = "/"
+{}"#,
+        cluster("up", &up)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut cl = Client::connect(addr);
+    let r = cl.get(
+        "/api/users?q=1",
+        "h",
+        "x-debug: yes\r\nx-env: dev\r\nx-keep: k\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive, x-hop\r\nx-hop: secret\r\nKeep-Alive: timeout=5\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-echo-target"),
+        Some("/users?q=1"),
+        "prefix rewritten"
+    );
+    assert_eq!(r.header("x-echo-x-env"), Some("prod"));
+    assert_eq!(r.header("x-echo-x-added"), Some("1"));
+    assert_eq!(r.header("x-echo-x-debug"), None);
+    assert_eq!(
+        r.header("x-echo-x-forwarded-for"),
+        Some("10.0.0.1, 127.0.0.1")
+    );
+    assert_eq!(r.header("x-echo-x-forwarded-proto"), Some("http"));
+    assert_eq!(r.header("x-echo-via"), Some("1.1 outrigger"));
+    assert_eq!(r.header("x-echo-x-request-id").map(str::len), Some(32));
+    assert_eq!(
+        r.header("x-echo-x-hop"),
+        None,
+        "headers named in Connection are hop-by-hop"
+    );
+    assert_eq!(r.header("x-echo-keep-alive"), None);
+    assert_eq!(r.header("x-echo-connection"), None);
+    assert_eq!(r.header("x-served-by"), Some("outrigger"));
+    assert_eq!(r.header("x-echo-x-keep"), None, "response header removed");
+    let r = cl.get("/api/x", "h", "x-request-id: abc-123\r\n");
+    assert_eq!(
+        r.header("x-echo-x-request-id"),
+        Some("abc-123"),
+        "kept when present"
+    );
+}
+
+fn keep_alive_reuses_upstream_connections(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(addr)).collect();
+    for _ in 0..50 {
+        for c in clients.iter_mut() {
+            assert_eq!(c.get("/", "x", "").status, 200);
+        }
+    }
+    assert_eq!(up.requests(), 200);
+    assert!(
+        up.connections() <= 4,
+        "upstream saw {} connections for 200 requests",
+        up.connections()
+    );
+    // HTTP/1.0 without keep-alive: the proxy closes after the response.
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        c.read_response(false).is_none(),
+        "closed after an HTTP/1.0 response"
+    );
+}
+
+fn chunked_request_and_pipelining(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut c = Client::connect(addr);
+    c.send(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r1 = c.read_response(false).unwrap();
+    assert_eq!(r1.header("x-body-bytes"), Some("11"));
+    assert_eq!(r1.header("x-echo-transfer-encoding"), Some("chunked"));
+    assert_eq!(
+        c.read_response(false).unwrap().header("x-echo-target"),
+        Some("/b")
+    );
+    assert_eq!(
+        c.read_response(false).unwrap().header("x-echo-target"),
+        Some("/c")
+    );
+}
+
+fn limits_431_408_413(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let extra = "max_request_header_bytes = 2048\nmax_headers = 10\nheader_timeout = \"300ms\"\nmax_request_body_bytes = 100";
+    let (_s, addr) = proxy(driver, extra, &routes);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(4000)
+    );
+    assert_eq!(one_shot(addr, big.as_bytes()).unwrap().status, 431);
+    let many: String = (0..20).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert_eq!(one_shot(addr, req.as_bytes()).unwrap().status, 431);
+    // Slowloris: a head that never completes.
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let t = Instant::now();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 408);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    assert!(c.read_response(false).is_none(), "closed after 408");
+    // Body over the limit, declared and chunked.
+    let r = one_shot(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 413);
+    let chunk = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n80\r\n{}\r\n0\r\n\r\n",
+        "z".repeat(128)
+    );
+    assert_eq!(one_shot(addr, chunk.as_bytes()).unwrap().status, 413);
+    assert_eq!(
+        up.bytes_read_total(),
+        0,
+        "no oversized body reached the upstream"
+    );
+}
+
+trait BackendExt {
+    fn bytes_read_total(&self) -> u64;
+}
+
+impl BackendExt for Backend {
+    fn bytes_read_total(&self) -> u64 {
+        self.stats
+            .bytes_read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn smuggling_attempts_get_400(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let cases: &[(&str, u16)] = &[
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n\r\n0\r\n\r\n", 501),
+        ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400),
+    ];
+    for (raw, want) in cases {
+        let r = one_shot(addr, raw.as_bytes()).unwrap_or_else(|| panic!("no response to {raw:?}"));
+        assert_eq!(r.status, *want, "{raw:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
+    }
+    assert_eq!(up.requests(), 0, "nothing ambiguous reached the upstream");
+    // A bad chunk is found only while streaming the body: the head has been
+    // forwarded, so the upstream connection is abandoned, never reused.
+    let before = up.connections();
+    let r = one_shot(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/", "x", "").status, 200);
+    assert_eq!(
+        up.connections(),
+        before + 2,
+        "the poisoned upstream connection was not pooled"
+    );
+}
+
+/// A raw TCP upstream that answers every connection with `reply` and closes.
+fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(reply);
+        }
+    });
+    addr
+}
+
+fn upstream_errors_502_503_504(driver: Driver) {
+    let garbage =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let slow = delayed_backend(driver, "slow", Duration::from_secs(2));
+    let routes = format!(
+        r#"
+[[routes.main]]
+match.path = "/bad"
+cluster = "bad"
+[[routes.main]]
+match.path = "/dead"
+cluster = "dead"
+[[routes.main]]
+match.path = "/slow"
+cluster = "slow"
+timeout = "200ms"
+[clusters.bad]
+endpoints = ["{garbage}"]
+[clusters.dead]
+endpoints = ["{}", "{}"]
+{}"#,
+        closed_port(),
+        closed_port(),
+        cluster("slow", &slow)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut c = Client::connect(addr);
+    let r = c.get("/bad", "x", "");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-outrigger-error"), Some("upstream_bad_response"));
+    let r = c.get("/dead", "x", "");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body, b"no_healthy_upstream\n");
+    let t = Instant::now();
+    let r = c.get("/slow", "x", "");
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+fn websocket_upgrade_tunnels(driver: Driver) {
+    // An upstream that answers 101 and then echoes bytes.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        // Wait a little so the client's early bytes are already at the proxy.
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    let routes = format!("[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"ws\"\n[clusters.ws]\nendpoints = [\"{up}\"]\n");
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut c = Client::connect(addr);
+    c.send(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nEARLY");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    let mut got = [0u8; 5];
+    c.stream.read_exact(&mut got).unwrap();
+    assert_eq!(
+        &got, b"EARLY",
+        "bytes sent before the 101 arrive through the tunnel"
+    );
+    c.send(b"frame");
+    c.stream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"frame");
+}
+
+fn head_and_no_body_statuses(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    let mut c = Client::connect(addr);
+    c.send(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("2"));
+    // The connection is still in sync: the next response is whole.
+    let r = c.get("/bytes/10", "x", "");
+    assert_eq!(r.body, b"xxxxxxxxxx");
+}
