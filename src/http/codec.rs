@@ -592,3 +592,7 @@ pub fn connection_listed(headers: &[Header]) -> Vec<Bytes> {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;
