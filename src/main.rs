@@ -125,30 +125,46 @@ fn demo() -> anyhow::Result<ExitCode> {
     )
     .map_err(|e| anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))?;
     let driver = outrigger::worker::driver::choose(snapshot.runtime.io)?;
+    // Each cluster's endpoints get a demo upstream: "echo" a TCP echo, the
+    // others an HTTP server answering its cluster's name.
     let mut upstreams = Vec::new();
     for cluster in snapshot.clusters.values() {
         for ep in &cluster.endpoints {
-            let b =
-                backends::start(BackendKind::Echo, ep.address, 1, driver).with_context(|| {
-                    format!("cannot start the demo echo upstream on {}", ep.address)
-                })?;
+            let kind = match cluster.name.as_str() {
+                "echo" => BackendKind::Echo,
+                name => BackendKind::Http(backends::HttpBackend::named(name)),
+            };
+            let b = backends::start(kind, ep.address, 1, driver).with_context(|| {
+                format!(
+                    "cannot start the demo upstream on {} (is another demo running?)",
+                    ep.address
+                )
+            })?;
             upstreams.push(b);
         }
     }
-    let listener = snapshot
-        .listener("echo")
-        .map(|l| l.address)
-        .context("demo config lacks the echo listener")?;
+    let addr = |name: &str| {
+        snapshot
+            .listener(name)
+            .map(|l| l.address)
+            .with_context(|| format!("demo config lacks the {name} listener"))
+    };
+    let (echo, web) = (addr("echo")?, addr("web")?);
     println!(
-        "\nOutrigger demo: a TCP proxy on {listener} in front of {} echo upstreams ({}).\n\
-         Try, in another terminal:\n\n  \
-         printf 'hello through outrigger\\n' | nc -q1 {ip} {port}\n\n  \
-         python3 -c \"import socket; s=socket.create_connection(('{ip}',{port})); s.sendall(b'hi\\n'); s.shutdown(1); print(s.recv(100))\"\n\n\
-         Each connection goes to the next upstream (round robin). Press Ctrl-C to stop.\n",
-        upstreams.len(),
-        upstreams.iter().map(|u| u.addr.to_string()).collect::<Vec<_>>().join(", "),
-        ip = listener.ip(),
-        port = listener.port(),
+        "\nOutrigger demo: {n} upstreams on loopback, the proxy in front.\n\n\
+         HTTP on {web}: routes in configs/demo.toml. Try, in another terminal:\n\n  \
+         curl -si http://{web}/healthz                  # answered by the proxy itself\n  \
+         curl -s http://{web}/                          # 90% \"v1\", 10% \"v2\"\n  \
+         for i in $(seq 100); do curl -s http://{web}/; echo; done | sort | uniq -c\n  \
+         curl -s -H 'x-version: 2' http://{web}/        # pinned to \"v2\" by a header\n  \
+         curl -si http://{web}/anything -H 'x-debug: 1' # see x-route and the x-echo-* headers\n\n\
+         TCP on {echo}: an echo service behind a round-robin L4 proxy:\n\n  \
+         printf 'hello through outrigger\\n' | nc -q1 {eip} {eport}\n  \
+         python3 -c \"import socket; s=socket.create_connection(('{eip}',{eport})); s.sendall(b'hi\\n'); s.shutdown(1); print(s.recv(100))\"\n\n\
+         Press Ctrl-C to stop.\n",
+        n = upstreams.len(),
+        eip = echo.ip(),
+        eport = echo.port(),
     );
     let code = serve(snapshot)?;
     drop(upstreams);

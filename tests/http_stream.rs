@@ -45,8 +45,12 @@ fn one_gib_each_way_with_flat_memory() {
 
         // Upload: 1 GiB request body, streamed.
         let mut c = Client::connect(addr);
-        c.stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        c.send(format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {GIB}\r\n\r\n").as_bytes());
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        c.send(
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {GIB}\r\n\r\n").as_bytes(),
+        );
         let chunk = vec![b'u'; 256 * 1024];
         let mut sent = 0u64;
         while sent < GIB {
@@ -67,7 +71,11 @@ fn one_gib_each_way_with_flat_memory() {
         }
         let head = String::from_utf8(head).unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.to_ascii_lowercase().contains(&format!("content-length: {GIB}")), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {GIB}")),
+            "{head}"
+        );
         let mut got = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         while got < GIB {
@@ -78,7 +86,10 @@ fn one_gib_each_way_with_flat_memory() {
         assert_eq!(got, GIB);
         let grown = peak_rss_kib().saturating_sub(before);
         // Proxy, upstream and client together: a few MiB of buffers, not the body.
-        assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB moving 2 GiB ({driver:?})");
+        assert!(
+            grown < 64 * 1024,
+            "peak RSS grew by {grown} KiB moving 2 GiB ({driver:?})"
+        );
         drop(c);
         assert!(server.shutdown(Duration::from_secs(5)));
     }

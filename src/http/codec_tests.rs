@@ -20,22 +20,64 @@ fn parse(raw: &str) -> Result<Option<RequestHead>, HttpError> {
 fn valid_requests() {
     let cases: &[(&str, Framing, bool)] = &[
         ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None, true),
-        ("GET /x?y=1 HTTP/1.1\r\nHost: a:80\r\n\r\n", Framing::None, true),
-        ("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Framing::None, false),
+        (
+            "GET /x?y=1 HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            Framing::None,
+            true,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Framing::None,
+            false,
+        ),
         ("GET / HTTP/1.0\r\n\r\n", Framing::None, false),
-        ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", Framing::None, true),
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Framing::Length(5), true),
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Framing::Length(5), true),
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Framing::None, true),
-        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked, true),
-        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n", Framing::Chunked, true),
+        (
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            Framing::None,
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+            Framing::Length(5),
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            Framing::Length(5),
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            Framing::None,
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Framing::Chunked,
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n",
+            Framing::Chunked,
+            true,
+        ),
         ("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None, true),
         ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None, true),
-        ("GET http://a.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n", Framing::None, true),
-        ("GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n", Framing::None, true),
+        (
+            "GET http://a.example/p HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            Framing::None,
+            true,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n",
+            Framing::None,
+            true,
+        ),
     ];
     for (raw, framing, keep) in cases {
-        let head = parse(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}")).expect("complete");
+        let head = parse(raw)
+            .unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+            .expect("complete");
         assert_eq!(head.framing, *framing, "{raw:?}");
         assert_eq!(head.keep_alive, *keep, "{raw:?}");
     }
@@ -43,14 +85,20 @@ fn valid_requests() {
 
 #[test]
 fn incomplete_is_a_state() {
-    for raw in ["", "GET", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: a\r\n"] {
+    for raw in [
+        "",
+        "GET",
+        "GET / HTTP/1.1\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n",
+    ] {
         assert!(parse(raw).unwrap().is_none(), "{raw:?}");
     }
 }
 
 #[test]
 fn body_and_rest_stay_in_the_buffer() {
-    let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
+    let mut buf =
+        BytesMut::from(&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
     let head = parse_request(&mut buf, LIMITS).unwrap().unwrap();
     assert_eq!(head.framing, Framing::Length(3));
     assert_eq!(&buf[..], b"abcGET");
@@ -58,7 +106,10 @@ fn body_and_rest_stay_in_the_buffer() {
 
 #[test]
 fn invalid_requests_and_their_status() {
-    let long_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "v".repeat(2000));
+    let long_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "v".repeat(2000)
+    );
     let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
     let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
     let cases: Vec<(&str, u16)> = vec![
@@ -181,8 +232,17 @@ fn chunked_invalid() {
         long_ext.as_bytes(),
     ];
     for raw in cases {
-        assert!(decode_all(raw).is_err(), "{:?}", String::from_utf8_lossy(raw));
-        assert_ne!(decode_all(raw), Err("incomplete"), "{:?}", String::from_utf8_lossy(raw));
+        assert!(
+            decode_all(raw).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+        assert_ne!(
+            decode_all(raw),
+            Err("incomplete"),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }
 
@@ -193,15 +253,30 @@ fn responses() {
     assert_eq!(r.framing(false).unwrap(), Framing::Length(2));
     assert_eq!(r.framing(true).unwrap(), Framing::None, "HEAD");
     let cases: &[(&[u8], Result<Framing, u16>)] = &[
-        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", Ok(Framing::None)),
+        (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            Ok(Framing::None),
+        ),
         (b"HTTP/1.1 304 Not Modified\r\n\r\n", Ok(Framing::None)),
         (b"HTTP/1.1 100 Continue\r\n\r\n", Ok(Framing::None)),
         (b"HTTP/1.1 200 OK\r\n\r\n", Ok(Framing::UntilClose)),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Err(502)),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", Err(502)),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Ok(Framing::Chunked),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Err(502),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            Err(502),
+        ),
         (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Err(502)),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Err(502)),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Err(502),
+        ),
     ];
     for (raw, want) in cases {
         let mut buf = BytesMut::from(*raw);
@@ -212,8 +287,17 @@ fn responses() {
             (got, _) => panic!("{:?}: {got:?}", String::from_utf8_lossy(raw)),
         }
     }
-    for raw in [&b"HTTP/1.1 2000 OK\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n", b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n", b"HTXP/1.1 200 OK\r\n\r\n"] {
+    for raw in [
+        &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+        b"HTXP/1.1 200 OK\r\n\r\n",
+    ] {
         let mut buf = BytesMut::from(raw);
-        assert!(parse_response(&mut buf, LIMITS).is_err(), "{:?}", String::from_utf8_lossy(raw));
+        assert!(
+            parse_response(&mut buf, LIMITS).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }

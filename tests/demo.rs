@@ -1,0 +1,57 @@
+//! `outrigger demo` starts, serves what it prints, and stops on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::http::Client;
+
+#[test]
+fn demo_serves_http_split_pin_direct_and_tcp_echo() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listener=web") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("demo starts");
+    let web = "127.0.0.1:10080".parse().unwrap();
+    let mut c = Client::connect(web);
+    let r = c.get("/healthz", "demo", "");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
+    let r = c.get("/", "demo", "x-version: 2\r\n");
+    assert_eq!(r.body, b"v2");
+    assert_eq!(r.header("x-route"), Some("pinned"));
+    let v2 = (0..200)
+        .filter(|_| c.get("/", "demo", "").body == b"v2")
+        .count();
+    assert!((5..=40).contains(&v2), "v2 got {v2} of 200");
+    let mut t = common::connect("127.0.0.1:10000".parse().unwrap());
+    assert_eq!(common::round_trip(&mut t, b"hello"), b"hello");
+    drop(t);
+    drop(c);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains("curl -s -H 'x-version: 2' http://127.0.0.1:10080/"),
+        "{out}"
+    );
+}
