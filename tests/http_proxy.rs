@@ -474,15 +474,13 @@ fn websocket_upgrade_tunnels(driver: Driver) {
     let r = c.read_response(false).unwrap();
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("websocket"));
-    let mut got = [0u8; 5];
-    c.stream.read_exact(&mut got).unwrap();
+    let got = c.read_raw(5);
     assert_eq!(
         &got, b"EARLY",
         "bytes sent before the 101 arrive through the tunnel"
     );
     c.send(b"frame");
-    c.stream.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"frame");
+    assert_eq!(c.read_raw(5), b"frame");
 }
 
 fn head_and_no_body_statuses(driver: Driver) {

@@ -58,6 +58,9 @@ pub struct RequestHead {
     pub upgrade_websocket: bool,
 }
 
+/// Header slots tried before the full `max_headers` table.
+const SMALL_HEADER_TABLE: usize = 32;
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -110,9 +113,18 @@ pub fn parse_request(
     while buf.starts_with(b"\n") {
         let _ = buf.split_to(1);
     }
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    // Most requests have few headers: try a small table first.
+    let small = limits.max_headers.min(SMALL_HEADER_TABLE);
+    let mut headers = vec![httparse::EMPTY_HEADER; small];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    let mut first = req.parse(buf);
+    let mut big;
+    if matches!(first, Err(httparse::Error::TooManyHeaders)) && limits.max_headers > small {
+        big = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        req = httparse::Request::new(&mut big);
+        first = req.parse(buf);
+    }
+    let len = match first {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_head_bytes {
@@ -485,9 +497,17 @@ pub fn parse_response(
     buf: &mut BytesMut,
     limits: HeadLimits,
 ) -> Result<Option<ResponseHead>, HttpError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let small = limits.max_headers.min(SMALL_HEADER_TABLE);
+    let mut headers = vec![httparse::EMPTY_HEADER; small];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut first = resp.parse(buf);
+    let mut big;
+    if matches!(first, Err(httparse::Error::TooManyHeaders)) && limits.max_headers > small {
+        big = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        resp = httparse::Response::new(&mut big);
+        first = resp.parse(buf);
+    }
+    let len = match first {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_head_bytes {

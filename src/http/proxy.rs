@@ -96,7 +96,7 @@ pub async fn forward(
                 continue;
             }
         };
-        let _in_flight = ctx.balancers.track(&cluster.name, addr);
+        let _in_flight = ctx.balancers.track(addr);
         let exchange = Exchange {
             ctx,
             http,

@@ -16,7 +16,10 @@ use super::io::{read_more, write_all};
 use super::proxy::{self, Next};
 use crate::config::{HttpSettings, Listener};
 use crate::route::{RouteAction, RouteRequest};
-use crate::worker::WorkerCtx;
+use crate::worker::{Driver, WorkerCtx};
+
+/// How long a warm keep-alive connection keeps a read posted on io_uring.
+const WARM_READ_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A client connection and the bytes read from it but not yet used.
 pub struct Downstream {
@@ -43,8 +46,9 @@ pub async fn serve_connection(
         max_head_bytes: http.max_request_header_bytes,
         max_headers: http.max_headers,
     };
+    let mut warm = false;
     loop {
-        let head = match read_head(&mut conn, limits, http, listener).await {
+        let head = match read_head(ctx, &mut conn, limits, http, listener, warm).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
@@ -64,6 +68,7 @@ pub async fn serve_connection(
         if conn.buf.is_empty() {
             conn.buf = BytesMut::new();
         }
+        warm = true;
     }
 }
 
@@ -193,15 +198,31 @@ pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) 
 /// (holding no buffer), then up to `header_timeout` for the whole head.
 /// `Ok(None)`: the client closed or idled out between requests.
 async fn read_head(
+    ctx: &WorkerCtx,
     conn: &mut Downstream,
     limits: HeadLimits,
     http: &HttpSettings,
     listener: &Listener,
+    warm: bool,
 ) -> Result<Option<RequestHead>, HttpError> {
     if conn.buf.is_empty() {
-        match monoio::time::timeout(listener.idle_timeout, conn.stream.readable(true)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return Ok(None),
+        let mut idle = listener.idle_timeout;
+        // On io_uring a keep-alive connection that just finished a request
+        // posts its read at once (one operation instead of poll + read), but
+        // only for WARM_READ_WINDOW; after that it waits holding no buffer.
+        if warm && ctx.driver == Driver::IoUring {
+            let read = read_more(&mut conn.stream, BytesMut::new(), 4096);
+            match monoio::time::timeout(WARM_READ_WINDOW.min(idle), read).await {
+                Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
+                Ok((Ok(_), buf)) => conn.buf = buf,
+                Err(_) => idle = idle.saturating_sub(WARM_READ_WINDOW),
+            }
+        }
+        if conn.buf.is_empty() {
+            match monoio::time::timeout(idle, conn.stream.readable(true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Ok(None),
+            }
         }
     }
     let deadline = Instant::now() + http.header_timeout;

@@ -46,7 +46,7 @@ pub async fn proxy(
             return;
         }
     };
-    let _in_flight = ctx.balancers.track(&cluster.name, endpoint);
+    let _in_flight = ctx.balancers.track(endpoint);
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let outcome = relay(

@@ -33,13 +33,11 @@ pub struct Endpoint {
 /// survives config reloads. Lives in the worker's context (`Rc`), never shared.
 #[derive(Debug, Default)]
 pub struct Balancers {
-    clusters: RefCell<HashMap<String, ClusterState>>,
-}
-
-#[derive(Debug, Default)]
-struct ClusterState {
-    next: usize,
-    in_flight: HashMap<SocketAddr, u32>,
+    /// Round-robin position per cluster name.
+    next: RefCell<HashMap<String, usize>>,
+    /// In-flight connections/requests per endpoint address on this worker
+    /// (an address shared by two clusters is one server, with one load).
+    in_flight: RefCell<HashMap<SocketAddr, u32>>,
 }
 
 impl Balancers {
@@ -50,21 +48,25 @@ impl Balancers {
         if n == 0 {
             return Vec::new();
         }
-        let mut map = self.clusters.borrow_mut();
-        let state = map.entry(cluster.name.clone()).or_default();
         let first = match cluster.balance {
             Balance::RoundRobin => {
-                let i = state.next % n;
-                state.next = state.next.wrapping_add(1);
+                let mut next = self.next.borrow_mut();
+                // Look up by &str first: no allocation on the hot path.
+                let slot = match next.get_mut(cluster.name.as_str()) {
+                    Some(slot) => slot,
+                    None => next.entry(cluster.name.clone()).or_default(),
+                };
+                let i = *slot % n;
+                *slot = slot.wrapping_add(1);
                 i
             }
             Balance::Random => fastrand::usize(..n),
             Balance::LeastRequest => {
                 let a = fastrand::usize(..n);
                 let b = fastrand::usize(..n);
+                let in_flight = self.in_flight.borrow();
                 let load = |i: usize| {
-                    state
-                        .in_flight
+                    in_flight
                         .get(&cluster.endpoints[i].address)
                         .copied()
                         .unwrap_or(0)
@@ -81,24 +83,17 @@ impl Balancers {
 
     /// Count one more in-flight connection/request on an endpoint; the guard
     /// takes it back when dropped.
-    pub fn track<'a>(&'a self, cluster: &str, addr: SocketAddr) -> InFlight<'a> {
-        let mut map = self.clusters.borrow_mut();
-        let state = map.entry(cluster.to_string()).or_default();
-        *state.in_flight.entry(addr).or_default() += 1;
+    pub fn track(&self, addr: SocketAddr) -> InFlight<'_> {
+        *self.in_flight.borrow_mut().entry(addr).or_default() += 1;
         InFlight {
             balancers: self,
-            cluster: cluster.to_string(),
             addr,
         }
     }
 
     /// In-flight count on one endpoint of this worker.
-    pub fn in_flight(&self, cluster: &str, addr: SocketAddr) -> u32 {
-        self.clusters
-            .borrow()
-            .get(cluster)
-            .and_then(|s| s.in_flight.get(&addr).copied())
-            .unwrap_or(0)
+    pub fn in_flight(&self, addr: SocketAddr) -> u32 {
+        self.in_flight.borrow().get(&addr).copied().unwrap_or(0)
     }
 }
 
@@ -106,17 +101,13 @@ impl Balancers {
 #[derive(Debug)]
 pub struct InFlight<'a> {
     balancers: &'a Balancers,
-    cluster: String,
     addr: SocketAddr,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut map = self.balancers.clusters.borrow_mut();
-        if let Some(state) = map.get_mut(&self.cluster) {
-            if let Some(c) = state.in_flight.get_mut(&self.addr) {
-                *c = c.saturating_sub(1);
-            }
+        if let Some(c) = self.balancers.in_flight.borrow_mut().get_mut(&self.addr) {
+            *c = c.saturating_sub(1);
         }
     }
 }
@@ -170,13 +161,11 @@ mod tests {
     fn least_request_avoids_loaded_endpoint() {
         let b = Balancers::default();
         let c = cluster(Balance::LeastRequest, 2);
-        let _busy: Vec<_> = (0..5)
-            .map(|_| b.track("c", c.endpoints[0].address))
-            .collect();
+        let _busy: Vec<_> = (0..5).map(|_| b.track(c.endpoints[0].address)).collect();
         let picks0 = (0..1000).filter(|_| b.attempt_order(&c)[0] == 0).count();
         // Endpoint 0 wins only when both choices land on it (about 1 in 4).
         assert!(picks0 < 400, "{picks0}");
         drop(_busy);
-        assert_eq!(b.in_flight("c", c.endpoints[0].address), 0);
+        assert_eq!(b.in_flight(c.endpoints[0].address), 0);
     }
 }

@@ -41,6 +41,15 @@ impl Client {
         }
     }
 
+    /// Read exactly `n` raw bytes (after a 101, say), starting with any
+    /// already buffered.
+    pub fn read_raw(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill(), "closed before {n} bytes");
+        }
+        self.buf.drain(..n).collect()
+    }
+
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).unwrap();
     }
