@@ -15,6 +15,10 @@
 //!                    with connect_timeout, try each endpoint at most once
 //!         tcp::relay ─ both directions: rented buffer, or splice(2) for bulk;
 //!                      half-close propagated; idle_timeout
+//!       http::serve ─ read head (http::codec, strict) → snapshot → route lookup
+//!         direct_response, or http::proxy: cluster → endpoint → pooled or new
+//!         upstream connection → re-serialised head + streamed body → response
+//!         head and body back → pool the clean connection → next request
 //! control::run_until_signal ─ SIGINT/SIGTERM: drain up to drain_timeout
 //! ```
 //!
@@ -26,7 +30,7 @@
 //! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
 //! - [`tcp`]: the L4 relay.
 //! - [`http`]: the HTTP/1.1 reverse proxy: strict codec, routing, upstream pools.
-//! - [`route`]: HTTP route tables (compiled and validated; served by the HTTP release).
+//! - [`route`]: HTTP route tables and the first-match lookup.
 //! - [`upstream`]: clusters, endpoints, balancers.
 //! - [`buffers`]: the per-worker I/O buffer pool.
 //! - [`metrics`]: per-worker single-writer counters.

@@ -1,10 +1,12 @@
 //! `outrigger-load`: Outrigger's bundled load tester.
 //!
-//! This release has the TCP generator (`tcp`: echo ping-pong latency, echo
-//! transfers of a fixed size, one-way bulk) and the test upstreams
-//! (`serve echo|sink`). The HTTP generator, open-loop mode and comparisons
-//! arrive with their own issue.
+//! Generators: `http` (HTTP/1.1 keep-alive, closed loop or open loop at a
+//! fixed rate with coordinated-omission correction) and `tcp` (echo
+//! ping-pong, echo transfers, one-way bulk). Test upstreams: `serve
+//! echo|sink|http`. Comparisons, interval logs and plots arrive with their
+//! own issue.
 
+mod http;
 mod report;
 mod tcp;
 
@@ -30,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// HTTP/1.1 load against URL (closed loop, or open loop with -R).
+    Http(http::HttpArgs),
     /// Raw TCP load against ADDR.
     Tcp(tcp::TcpArgs),
     /// Serve a test upstream until Ctrl-C.
@@ -112,6 +116,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Http(args) => {
+            let json = args.json.clone();
+            let report = http::run(args)?;
+            print!("{}", report.summary());
+            if let Some(path) = json {
+                write_json(&path, &report)?;
+            }
+            Ok(())
+        }
         Cmd::Tcp(args) => {
             let json = args.json.clone();
             let report = tcp::run(args)?;

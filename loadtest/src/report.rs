@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -16,19 +17,56 @@ pub struct ThreadResult {
     pub errors: BTreeMap<String, u64>,
     /// CPU time this thread used during the run, in seconds.
     pub cpu_seconds: f64,
+    /// Open loop: service time from the actual send (no correction).
+    pub uncorrected: Histogram<u64>,
+    /// Responses by status class ("2xx", …).
+    pub statuses: BTreeMap<String, u64>,
+    /// Open loop: sends that left more than four intervals late.
+    pub behind_schedule: u64,
+    /// When the last operation completed.
+    pub last_done: Instant,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 1 h, 3 significant digits; new_with_bounds cannot fail for these bounds.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!())
 }
 
 impl ThreadResult {
     pub fn new() -> Self {
         ThreadResult {
-            // 1 µs to 1 h, 3 significant digits; new_with_bounds cannot fail for these bounds.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .unwrap_or_else(|_| unreachable!()),
+            latency: histogram(),
             ops: 0,
             bytes: 0,
             errors: BTreeMap::new(),
             cpu_seconds: 0.0,
+            uncorrected: histogram(),
+            statuses: BTreeMap::new(),
+            behind_schedule: 0,
+            last_done: Instant::now(),
         }
+    }
+
+    /// One completed request: latency from the intended send (equal to the
+    /// actual send in closed loop) and service time from the actual send.
+    pub fn record(&mut self, intended: Instant, sent: Instant, done: Instant, bytes: usize) {
+        let us = |d: std::time::Duration| (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self
+            .latency
+            .record(us(done.saturating_duration_since(intended)));
+        let _ = self
+            .uncorrected
+            .record(us(done.saturating_duration_since(sent)));
+        self.ops += 1;
+        self.bytes += bytes as u64;
+    }
+
+    /// Count a response status by class.
+    pub fn status(&mut self, status: u16) {
+        *self
+            .statuses
+            .entry(format!("{}xx", status / 100))
+            .or_default() += 1;
     }
 
     pub fn error(&mut self, kind: &str) {
@@ -69,6 +107,28 @@ pub struct Report {
     pub generator_cpu_utilisation: f64,
     /// True when the generator itself was the bottleneck.
     pub generator_saturated: bool,
+    /// Open loop: requested rate (requests per second, all connections).
+    pub target_rate: Option<f64>,
+    /// Open loop: service time from the actual send, without correction.
+    pub latency_uncorrected_us: Option<Percentiles>,
+    /// Responses by status class.
+    pub statuses: BTreeMap<String, u64>,
+    /// Open loop: sends more than four intervals behind schedule.
+    pub behind_schedule: u64,
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let q = |p: f64| h.value_at_quantile(p);
+    Percentiles {
+        p50: q(0.5),
+        p75: q(0.75),
+        p90: q(0.9),
+        p99: q(0.99),
+        p99_9: q(0.999),
+        p99_99: q(0.9999),
+        max: h.max(),
+        mean: h.mean(),
+    }
 }
 
 impl Report {
@@ -81,13 +141,21 @@ impl Report {
         measured_seconds: f64,
     ) -> Report {
         let threads = results.len();
-        let mut latency = ThreadResult::new().latency;
+        let mut latency = histogram();
+        let mut uncorrected = histogram();
+        let mut statuses = BTreeMap::new();
+        let mut behind = 0;
         let mut ops = 0;
         let mut bytes = 0;
         let mut errors = BTreeMap::new();
         let mut cpu = 0.0;
         for r in results {
             let _ = latency.add(&r.latency);
+            let _ = uncorrected.add(&r.uncorrected);
+            behind += r.behind_schedule;
+            for (k, v) in r.statuses {
+                *statuses.entry(k).or_default() += v;
+            }
             ops += r.ops;
             bytes += r.bytes;
             cpu += r.cpu_seconds;
@@ -96,7 +164,6 @@ impl Report {
             }
         }
         let secs = measured_seconds.max(1e-9);
-        let q = |p: f64| latency.value_at_quantile(p);
         let utilisation = cpu / (threads.max(1) as f64 * secs);
         Report {
             target,
@@ -110,19 +177,14 @@ impl Report {
             bytes,
             mebibytes_per_second: bytes as f64 / secs / (1024.0 * 1024.0),
             gigabits_per_second: bytes as f64 * 8.0 / secs / 1e9,
-            latency_us: Percentiles {
-                p50: q(0.5),
-                p75: q(0.75),
-                p90: q(0.9),
-                p99: q(0.99),
-                p99_9: q(0.999),
-                p99_99: q(0.9999),
-                max: latency.max(),
-                mean: latency.mean(),
-            },
+            latency_us: percentiles(&latency),
             errors,
             generator_cpu_utilisation: utilisation,
-            generator_saturated: utilisation > 0.95,
+            generator_saturated: utilisation > 0.95 || behind * 100 > ops.max(1),
+            target_rate: None,
+            latency_uncorrected_us: (!uncorrected.is_empty()).then(|| percentiles(&uncorrected)),
+            statuses,
+            behind_schedule: behind,
         }
     }
 
@@ -154,6 +216,28 @@ impl Report {
             "  latency us: p50 {}  p75 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}  mean {:.1}",
             l.p50, l.p75, l.p90, l.p99, l.p99_9, l.p99_99, l.max, l.mean
         );
+        if let Some(rate) = self.target_rate {
+            let _ = writeln!(
+                s,
+                "  open loop: target {rate:.0}/s, achieved {:.0}/s; latency above is from the intended send time",
+                self.operations_per_second
+            );
+            if let Some(u) = &self.latency_uncorrected_us {
+                let _ = writeln!(
+                    s,
+                    "  uncorrected service time us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                    u.p50, u.p90, u.p99, u.p99_9, u.max
+                );
+            }
+        }
+        if !self.statuses.is_empty() {
+            let list: Vec<String> = self
+                .statuses
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(s, "  statuses: {}", list.join(" "));
+        }
         if self.errors.is_empty() {
             let _ = writeln!(s, "  errors: none");
         } else {
@@ -169,6 +253,13 @@ impl Report {
             "  generator cpu: {:.0}% of its threads",
             self.generator_cpu_utilisation * 100.0
         );
+        if self.behind_schedule > 0 {
+            let _ = writeln!(
+                s,
+                "  {} sends left more than four intervals late",
+                self.behind_schedule
+            );
+        }
         if self.generator_saturated {
             let _ = writeln!(
                 s,

@@ -97,7 +97,7 @@ pub fn run(args: TcpArgs) -> anyhow::Result<Report> {
     ))
 }
 
-fn thread_cpu_seconds() -> f64 {
+pub(crate) fn thread_cpu_seconds() -> f64 {
     let mut ts = libc_timespec();
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

@@ -1,0 +1,362 @@
+//! The HTTP/1.1 generator: keep-alive connections, closed loop by default,
+//! open loop at a fixed rate with `-R` (latency measured from the intended
+//! send time, correcting for coordinated omission, with the uncorrected
+//! service time recorded alongside).
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::BytesMut;
+use clap::Args;
+use monoio::buf::SliceMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use outrigger::http::chunked::{Chunk, ChunkedDecoder};
+use outrigger::http::codec::{parse_response, Framing, HeadLimits};
+
+use crate::report::{Report, ThreadResult};
+use crate::{parse_duration, Io};
+
+/// `outrigger-load http`.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// http://host:port/path
+    pub url: String,
+    #[arg(short = 'c', long, default_value_t = 1)]
+    pub connections: usize,
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Measured duration (ignored with -n).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring starts (not counted).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Stop after this many requests in total (no warm-up).
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Open loop: send this many requests per second in total.
+    #[arg(short = 'R', long)]
+    pub rate: Option<f64>,
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+    /// Extra request header, "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Request body.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Request body from a file.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// Give up on one request after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Pin generator threads to these cores.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io: Io,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Everything a connection task needs, shared read-only within a thread.
+struct Plan {
+    addr: SocketAddr,
+    request: Vec<u8>,
+    head_request: bool,
+    timeout: Duration,
+    /// Per-connection interval between intended sends (open loop).
+    interval: Option<Duration>,
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// Build the request bytes and target address from the arguments.
+fn prepare(args: &HttpArgs) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
+    let rest = args
+        .url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported in this release")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let with_port = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .context("no address")?;
+    let body = match (&args.body, &args.body_file) {
+        (Some(b), _) => Some(b.clone().into_bytes()),
+        (None, Some(f)) => {
+            Some(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?)
+        }
+        (None, None) => None,
+    };
+    let mut req = format!("{} {path} HTTP/1.1\r\nHost: {authority}\r\n", args.method).into_bytes();
+    for h in &args.headers {
+        anyhow::ensure!(h.contains(':'), "header {h:?} must be \"Name: value\"");
+        req.extend_from_slice(h.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    if let Some(b) = &body {
+        req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", b.len()).as_bytes());
+        req.extend_from_slice(b);
+    } else {
+        req.extend_from_slice(b"\r\n");
+    }
+    Ok((addr, req))
+}
+
+/// Run the load and build the report.
+pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
+    let driver = args.io.driver()?;
+    let (addr, request) = prepare(&args)?;
+    let conns = args.connections.max(1);
+    let threads = args.threads.max(1).min(conns);
+    let start = Instant::now() + Duration::from_millis(50);
+    let warmup = if args.requests.is_some() {
+        Duration::ZERO
+    } else {
+        args.warmup
+    };
+    let measure_from = start + warmup;
+    let end = match args.requests {
+        Some(_) => start + Duration::from_secs(24 * 3600),
+        None => measure_from + args.duration,
+    };
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(conns as f64 / r.max(1e-3)));
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let n_conns = conns / threads + usize::from(t < conns % threads);
+        let budget: Vec<Option<u64>> = (0..n_conns)
+            .map(|i| {
+                let global = t + i * threads;
+                args.requests
+                    .map(|n| n / conns as u64 + u64::from((global as u64) < n % conns as u64))
+            })
+            .collect();
+        let plan = Plan {
+            addr,
+            request: request.clone(),
+            head_request: args.method.eq_ignore_ascii_case("HEAD"),
+            timeout: args.timeout,
+            interval,
+            measure_from,
+            end,
+        };
+        let core = args.cpus.get(t % args.cpus.len().max(1)).copied();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                    }
+                    outrigger::worker::driver::block_on(driver, 1024, move || {
+                        thread_main(plan, budget, start)
+                    })
+                })?,
+        );
+    }
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??,
+        );
+    }
+    let measured = match args.requests {
+        Some(_) => results
+            .iter()
+            .map(|r| r.last_done)
+            .max()
+            .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64()),
+        None => args.duration.as_secs_f64(),
+    };
+    let mut report = Report::build(
+        args.url.clone(),
+        "http".into(),
+        request.len(),
+        conns,
+        results,
+        measured,
+    );
+    report.target_rate = args.rate;
+    Ok(report)
+}
+
+async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> ThreadResult {
+    let plan = Rc::new(plan);
+    let result = Rc::new(RefCell::new(ThreadResult::new()));
+    monoio::time::sleep(start.saturating_duration_since(Instant::now())).await;
+    let n = budget.len().max(1) as u32;
+    let mut tasks = Vec::new();
+    for (i, b) in budget.into_iter().enumerate() {
+        let (plan, result) = (plan.clone(), result.clone());
+        // Spread the connections' schedules over one interval.
+        let offset = plan.interval.map_or(Duration::ZERO, |iv| iv * i as u32 / n);
+        tasks.push(monoio::spawn(async move {
+            connection(&plan, &result, b, start + offset).await
+        }));
+    }
+    // CPU is counted over the measured window only (after the warm-up).
+    monoio::time::sleep(plan.measure_from.saturating_duration_since(Instant::now())).await;
+    let cpu0 = crate::tcp::thread_cpu_seconds();
+    for t in tasks {
+        t.await;
+    }
+    let mut r = std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
+    r.cpu_seconds = crate::tcp::thread_cpu_seconds() - cpu0;
+    r
+}
+
+/// One keep-alive connection; reconnects after errors.
+async fn connection(
+    plan: &Plan,
+    result: &RefCell<ThreadResult>,
+    mut budget: Option<u64>,
+    first: Instant,
+) {
+    let mut next_send = first;
+    let mut stream: Option<TcpStream> = None;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while Instant::now() < plan.end && budget != Some(0) {
+        if let Some(iv) = plan.interval {
+            let now = Instant::now();
+            if next_send > now {
+                monoio::time::sleep(next_send - now).await;
+            } else if now - next_send > iv * 4 {
+                result.borrow_mut().behind_schedule += 1;
+            }
+        }
+        let intended = if plan.interval.is_some() {
+            next_send
+        } else {
+            Instant::now()
+        };
+        if let Some(iv) = plan.interval {
+            next_send += iv;
+        }
+        let mut s = match stream.take() {
+            Some(s) => s,
+            None => match monoio::time::timeout(plan.timeout, TcpStream::connect_addr(plan.addr))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    buf.clear();
+                    s
+                }
+                _ => {
+                    result.borrow_mut().error("connect");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let sent = Instant::now();
+        let outcome = monoio::time::timeout(plan.timeout, exchange(&mut s, plan, &mut buf)).await;
+        let done = Instant::now();
+        if let Some(b) = budget.as_mut() {
+            *b -= 1;
+        }
+        let mut r = result.borrow_mut();
+        match outcome {
+            Ok(Ok((status, keep))) => {
+                if sent >= plan.measure_from {
+                    r.record(intended, sent, done, plan.request.len());
+                    r.status(status);
+                }
+                r.last_done = r.last_done.max(done);
+                if keep {
+                    stream = Some(s);
+                }
+            }
+            Ok(Err(kind)) => r.error(kind),
+            Err(_) => r.error("timeout"),
+        }
+    }
+}
+
+/// Send the request, read one response. Returns (status, keep-alive).
+async fn exchange(
+    s: &mut TcpStream,
+    plan: &Plan,
+    buf: &mut BytesMut,
+) -> Result<(u16, bool), &'static str> {
+    let (res, _) = s.write_all(plan.request.clone()).await;
+    res.map_err(|_| "reset")?;
+    let limits = HeadLimits {
+        max_head_bytes: 64 * 1024,
+        max_headers: 256,
+    };
+    let head = loop {
+        if let Some(h) = parse_response(buf, limits).map_err(|_| "protocol")? {
+            if (100..200).contains(&h.status) {
+                continue;
+            }
+            break h;
+        }
+        read_more(s, buf).await?;
+    };
+    match head.framing(plan.head_request).map_err(|_| "protocol")? {
+        Framing::None => {}
+        Framing::Length(n) => {
+            let mut left = n;
+            while left > 0 {
+                if buf.is_empty() {
+                    read_more(s, buf).await?;
+                }
+                let take = (buf.len() as u64).min(left) as usize;
+                let _ = buf.split_to(take);
+                left -= take as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut dec = ChunkedDecoder::default();
+            loop {
+                match dec.decode(buf).map_err(|_| "protocol")? {
+                    Some(Chunk::Data(_)) => {}
+                    Some(Chunk::End(_)) => break,
+                    None => read_more(s, buf).await?,
+                }
+            }
+        }
+        Framing::UntilClose => {
+            while read_more(s, buf).await.is_ok() {
+                buf.clear();
+            }
+            return Ok((head.status, false));
+        }
+    }
+    Ok((head.status, head.keep_alive))
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut BytesMut) -> Result<(), &'static str> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let (res, slice) = s.read(SliceMut::new(owned, len, cap)).await;
+    *buf = slice.into_inner();
+    match res {
+        Ok(0) => Err("eof"),
+        Ok(_) => Ok(()),
+        Err(_) => Err("reset"),
+    }
+}

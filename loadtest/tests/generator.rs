@@ -1,0 +1,200 @@
+//! The load generator against the shared test upstreams: request counts,
+//! open-loop rate, delays, coordinated-omission correction, errors, JSON.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use outrigger::backends::{self, Backend, BackendKind, HttpBackend};
+use outrigger::worker::Driver;
+
+fn http_upstream(delay: Duration) -> Backend {
+    let mut cfg = HttpBackend::named("t");
+    cfg.delay = delay;
+    cfg.body_size = Some(64);
+    backends::start(
+        BackendKind::Http(cfg),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        Driver::Epoll,
+    )
+    .unwrap()
+}
+
+fn load(args: &[&str]) -> serde_json::Value {
+    let json = std::env::temp_dir().join(format!(
+        "outrigger-load-test-{}-{}.json",
+        std::process::id(),
+        fastrand_u64()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_outrigger-load"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    v
+}
+
+fn fastrand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn closed_loop_request_count_matches_upstream() {
+    let up = http_upstream(Duration::ZERO);
+    let url = format!("http://{}/", up.addr);
+    let r = load(&["http", &url, "-c", "8", "-t", "2", "-n", "5000"]);
+    assert_eq!(r["operations"], 5000);
+    assert_eq!(up.requests(), 5000);
+    assert_eq!(r["statuses"]["2xx"], 5000);
+    assert!(
+        up.connections() <= 8,
+        "keep-alive: {} connections",
+        up.connections()
+    );
+}
+
+#[test]
+fn open_loop_sends_at_the_rate() {
+    let up = http_upstream(Duration::ZERO);
+    let url = format!("http://{}/", up.addr);
+    let r = load(&[
+        "http", &url, "-c", "4", "-R", "1000", "-d", "3s", "--warmup", "0s",
+    ]);
+    let sent = up.requests() as f64;
+    assert!((2970.0..=3030.0).contains(&sent), "upstream counted {sent}");
+    let ops = r["operations"].as_f64().unwrap();
+    assert!((2970.0..=3030.0).contains(&ops), "generator counted {ops}");
+    assert_eq!(r["target_rate"], 1000.0);
+}
+
+#[test]
+fn delay_shows_in_latency() {
+    let up = http_upstream(Duration::from_millis(10));
+    let url = format!("http://{}/", up.addr);
+    let r = load(&["http", &url, "-c", "2", "-n", "50"]);
+    assert!(
+        r["latency_us"]["p50"].as_u64().unwrap() >= 10_000,
+        "{}",
+        r["latency_us"]
+    );
+}
+
+/// An HTTP upstream on one connection that stalls 500 ms once, after
+/// `stall_after` requests.
+fn stalling_upstream(stall_after: usize) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut served = 0;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_nodelay(true).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    served += 1;
+                    if served == stall_after {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn coordinated_omission_is_corrected() {
+    let addr = stalling_upstream(1500);
+    let url = format!("http://{addr}/");
+    let started = Instant::now();
+    let r = load(&[
+        "http", &url, "-c", "1", "-R", "1000", "-d", "3s", "--warmup", "0s",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let corrected = r["latency_us"]["p99"].as_u64().unwrap();
+    let uncorrected = r["latency_uncorrected_us"]["p99"].as_u64().unwrap();
+    assert!(corrected >= 100_000, "corrected p99 {corrected} us");
+    assert!(uncorrected < 50_000, "uncorrected p99 {uncorrected} us");
+}
+
+#[test]
+fn mid_response_closes_are_counted_and_reconnected() {
+    // Answers every other request with half a response, then closes.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            n += 1;
+            if n % 2 == 0 {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhal");
+            } else {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        }
+    });
+    let url = format!("http://{addr}/");
+    let r = load(&["http", &url, "-c", "1", "-n", "20", "--timeout", "2s"]);
+    assert_eq!(r["operations"], 10, "{r}");
+    assert_eq!(r["errors"]["eof"], 10, "{r}");
+}
+
+#[test]
+fn json_has_the_documented_fields() {
+    let up = http_upstream(Duration::ZERO);
+    let url = format!("http://{}/", up.addr);
+    let r = load(&["http", &url, "-n", "100"]);
+    for key in [
+        "target",
+        "mode",
+        "connections",
+        "threads",
+        "measured_seconds",
+        "operations",
+        "operations_per_second",
+        "bytes",
+        "latency_us",
+        "errors",
+        "statuses",
+        "generator_cpu_utilisation",
+        "generator_saturated",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}: {r}");
+    }
+    for p in ["p50", "p75", "p90", "p99", "p99_9", "p99_99", "max"] {
+        assert!(r["latency_us"].get(p).is_some(), "missing latency {p}");
+    }
+}
