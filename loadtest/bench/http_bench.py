@@ -10,7 +10,7 @@ time per request from /proc.
 Usage: python3 loadtest/bench/http_bench.py [--runs 5] [--duration 5s]
 Needs: cargo build --release; nginx and wrk (apt-get install nginx-light wrk).
 """
-import argparse, os, re, signal, statistics, subprocess, tempfile, time
+import argparse, json, os, re, signal, statistics, subprocess, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release")
@@ -50,6 +50,14 @@ def wrk(url, duration, core):
         return v * {"us": 1, "ms": 1000, "s": 1e6}[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": lat(50), "p99": lat(99), "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def outrigger_load(url, duration, core, extra):
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(["taskset", "-c", core, f"{BIN}/outrigger-load", "http", url, "-c", "64", "-t", "1",
+                        "-d", duration, "--warmup", "1s", "--json", out.name] + extra,
+                       check=True, stdout=subprocess.DEVNULL)
+        return json.load(open(out.name))
 
 
 def main():
@@ -100,6 +108,22 @@ max_idle_connections = 128
                     # CPU over the whole wrk run (it has no warm-up), per request.
                     r["cpu_us_per_req"] = 1e6 * (c1 - c0) / (r["rps"] * secs) if pid else None
                     results.setdefault(size, {}).setdefault(name, []).append(r)
+        # Latency at a fixed rate of about half the lower maximum (open loop,
+        # corrected for coordinated omission), and the generator's accuracy.
+        med = statistics.median
+        lower = min(med([r["rps"] for r in results["128"]["outrigger"]]),
+                    med([r["rps"] for r in results["128"]["nginx"]]))
+        rate = round(lower / 2, -2)
+        fixed = {}
+        accuracy = {"wrk": [], "outrigger-load": []}
+        for _ in range(3):
+            for name in ("outrigger", "nginx"):
+                addr = targets[name][0]
+                r = outrigger_load(f"http://{addr}/128", a.duration, a.load_core, ["-R", str(rate)])
+                fixed.setdefault(name, []).append(r)
+            accuracy["wrk"].append(wrk("http://127.0.0.1:18100/128", a.duration, a.load_core)["rps"])
+            accuracy["outrigger-load"].append(
+                outrigger_load("http://127.0.0.1:18100/128", a.duration, a.load_core, [])["operations_per_second"])
     finally:
         for p in (og, px, up):
             p.send_signal(signal.SIGTERM)
@@ -114,6 +138,18 @@ max_idle_connections = 128
             cpu_s = f"{med(cpu):.1f}" if cpu else "-"
             print(f"| {size} B | {name} | {med([r['rps'] for r in rs]):.0f} | {med([r['p50'] for r in rs]):.0f} | "
                   f"{med([r['p99'] for r in rs]):.0f} | {cpu_s} | {sum(r['non2xx'] for r in rs)} |")
+    print(f"\nOpen loop at {rate:.0f} req/s (about half the lower maximum), 128 B, 64 connections, "
+          f"outrigger-load http -R, latency from the intended send time; median of 3:\n")
+    print("| proxy | achieved req/s | p50 us | p99 us | p99.9 us | uncorrected p99 us |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rs in fixed.items():
+        print(f"| {name} | {med([r['operations_per_second'] for r in rs]):.0f} | "
+              f"{med([r['latency_us']['p50'] for r in rs]):.0f} | {med([r['latency_us']['p99'] for r in rs]):.0f} | "
+              f"{med([r['latency_us']['p99_9'] for r in rs]):.0f} | "
+              f"{med([r['latency_uncorrected_us']['p99'] for r in rs]):.0f} |")
+    w, o = med(accuracy["wrk"]), med(accuracy["outrigger-load"])
+    print(f"\nGenerator accuracy, closed loop, 1 thread, 64 connections, direct to nginx /128: "
+          f"wrk {w:.0f} req/s, outrigger-load {o:.0f} req/s ({100 * o / w:.0f}% of wrk).")
 
 
 if __name__ == "__main__":
