@@ -187,13 +187,19 @@ impl Exchange<'_> {
             return Err(stale(e));
         }
         let mut up_buf = BytesMut::new();
-        let mut body_sent = !self.head.expect_continue;
-        if body_sent {
-            self.send_body(conn, &mut up)
+        // Expect: 100-continue is answered by the proxy itself (as Envoy and
+        // nginx do) and not forwarded: the client gets its 100 at once and the
+        // body streams on, whether or not the upstream would send one.
+        if self.head.expect_continue && self.head.framing != Framing::None && conn.buf.is_empty() {
+            write_all(&mut conn.stream, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                 .await
-                .map_err(ExchangeError::Failed)?;
+                .map_err(|e| ExchangeError::Failed(Failure::closing(HttpError::DownstreamIo(e))))?;
         }
-        // Read the final response head, passing 1xx interim responses on.
+        self.send_body(conn, &mut up)
+            .await
+            .map_err(ExchangeError::Failed)?;
+        let body_sent = true;
+        // Read the final response head; interim 1xx responses are consumed.
         let response = loop {
             let resp = self
                 .read_response_head(&mut up, &mut up_buf)
@@ -210,17 +216,6 @@ impl Exchange<'_> {
                 return Ok(Next::Upgrade(up, up_buf));
             }
             if (100..200).contains(&resp.status) {
-                if resp.status == 100 && !body_sent {
-                    body_sent = true;
-                    if self.head.version == Version::Http11 {
-                        let _ =
-                            write_all(&mut conn.stream, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                                .await;
-                    }
-                    self.send_body(conn, &mut up)
-                        .await
-                        .map_err(ExchangeError::Failed)?;
-                }
                 continue;
             }
             break resp;
@@ -546,7 +541,7 @@ pub fn serialize_request(
             via = Some(h.value.clone());
             continue;
         }
-        if h.is("x-forwarded-proto") || removed(edits, h) {
+        if h.is("x-forwarded-proto") || h.is("expect") || removed(edits, h) {
             continue;
         }
         if h.is("x-request-id") {
