@@ -61,8 +61,8 @@ pub struct HttpArgs {
     pub cpus: Vec<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub io: Io,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::OutputArgs,
 }
 
 /// Everything a connection task needs, shared read-only within a thread.
@@ -201,7 +201,9 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
 
 async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> ThreadResult {
     let plan = Rc::new(plan);
-    let result = Rc::new(RefCell::new(ThreadResult::new()));
+    let mut fresh = ThreadResult::new();
+    fresh.origin = plan.measure_from;
+    let result = Rc::new(RefCell::new(fresh));
     monoio::time::sleep(start.saturating_duration_since(Instant::now())).await;
     let n = budget.len().max(1) as u32;
     let mut tasks = Vec::new();

@@ -7,6 +7,7 @@
 //! own issue.
 
 mod http;
+mod output;
 mod report;
 mod tcp;
 
@@ -117,22 +118,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Http(args) => {
-            let json = args.json.clone();
+            let out = args.output.clone();
             let report = http::run(args)?;
             print!("{}", report.summary());
-            if let Some(path) = json {
-                write_json(&path, &report)?;
-            }
-            Ok(())
+            out.write(&report)
         }
         Cmd::Tcp(args) => {
-            let json = args.json.clone();
+            let out = args.output.clone();
             let report = tcp::run(args)?;
             print!("{}", report.summary());
-            if let Some(path) = json {
-                write_json(&path, &report)?;
-            }
-            Ok(())
+            out.write(&report)
         }
         Cmd::Serve {
             kind,
@@ -164,9 +159,29 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn write_json(path: &PathBuf, report: &report::Report) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(report)?;
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+/// Output files shared by the generators.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OutputArgs {
+    /// Write the whole report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an HdrHistogram interval log (one histogram per second, µs).
+    #[arg(long)]
+    pub hdr_log: Option<PathBuf>,
+    /// Draw latency by percentile and throughput per second as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    fn write(&self, report: &report::Report) -> anyhow::Result<()> {
+        output::write_all(
+            report,
+            self.json.as_deref(),
+            self.hdr_log.as_deref(),
+            self.plot.as_deref(),
+        )
+    }
 }
 
 /// The servers run on their own threads; the default SIGINT/SIGTERM action ends the process.

@@ -25,6 +25,16 @@ pub struct ThreadResult {
     pub behind_schedule: u64,
     /// When the last operation completed.
     pub last_done: Instant,
+    /// Start of the measured window; `intervals[i]` covers second i after it.
+    pub origin: Instant,
+    /// Per-second latency histograms (2 significant digits) for the
+    /// timeline and the interval log.
+    pub intervals: Vec<Histogram<u64>>,
+}
+
+fn interval_histogram() -> Histogram<u64> {
+    // 2 significant digits keep a second's histogram around 30 KiB.
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| unreachable!())
 }
 
 fn histogram() -> Histogram<u64> {
@@ -44,6 +54,8 @@ impl ThreadResult {
             statuses: BTreeMap::new(),
             behind_schedule: 0,
             last_done: Instant::now(),
+            origin: Instant::now(),
+            intervals: Vec::new(),
         }
     }
 
@@ -51,14 +63,20 @@ impl ThreadResult {
     /// actual send in closed loop) and service time from the actual send.
     pub fn record(&mut self, intended: Instant, sent: Instant, done: Instant, bytes: usize) {
         let us = |d: std::time::Duration| (d.as_micros() as u64).clamp(1, 3_600_000_000);
-        let _ = self
-            .latency
-            .record(us(done.saturating_duration_since(intended)));
+        let latency = us(done.saturating_duration_since(intended));
+        let _ = self.latency.record(latency);
         let _ = self
             .uncorrected
             .record(us(done.saturating_duration_since(sent)));
         self.ops += 1;
         self.bytes += bytes as u64;
+        let second = done.saturating_duration_since(self.origin).as_secs() as usize;
+        if second < 24 * 3600 {
+            while self.intervals.len() <= second {
+                self.intervals.push(interval_histogram());
+            }
+            let _ = self.intervals[second].record(latency);
+        }
     }
 
     /// Count a response status by class.
@@ -115,6 +133,18 @@ pub struct Report {
     pub statuses: BTreeMap<String, u64>,
     /// Open loop: sends more than four intervals behind schedule.
     pub behind_schedule: u64,
+    /// Completed operations in each second of the measured window.
+    pub timeline_ops_per_second: Vec<u64>,
+    /// Merged histograms, for the interval log and the plot.
+    #[serde(skip)]
+    pub histograms: Histograms,
+}
+
+/// The merged histograms behind a report.
+#[derive(Debug, Default)]
+pub struct Histograms {
+    pub latency: Option<Histogram<u64>>,
+    pub intervals: Vec<Histogram<u64>>,
 }
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -145,6 +175,7 @@ impl Report {
         let mut uncorrected = histogram();
         let mut statuses = BTreeMap::new();
         let mut behind = 0;
+        let mut intervals: Vec<Histogram<u64>> = Vec::new();
         let mut ops = 0;
         let mut bytes = 0;
         let mut errors = BTreeMap::new();
@@ -153,6 +184,12 @@ impl Report {
             let _ = latency.add(&r.latency);
             let _ = uncorrected.add(&r.uncorrected);
             behind += r.behind_schedule;
+            for (i, h) in r.intervals.iter().enumerate() {
+                if intervals.len() <= i {
+                    intervals.push(interval_histogram());
+                }
+                let _ = intervals[i].add(h);
+            }
             for (k, v) in r.statuses {
                 *statuses.entry(k).or_default() += v;
             }
@@ -185,6 +222,11 @@ impl Report {
             latency_uncorrected_us: (!uncorrected.is_empty()).then(|| percentiles(&uncorrected)),
             statuses,
             behind_schedule: behind,
+            timeline_ops_per_second: intervals.iter().map(|h| h.len()).collect(),
+            histograms: Histograms {
+                latency: Some(latency),
+                intervals,
+            },
         }
     }
 
@@ -253,6 +295,14 @@ impl Report {
             "  generator cpu: {:.0}% of its threads",
             self.generator_cpu_utilisation * 100.0
         );
+        if !self.timeline_ops_per_second.is_empty() {
+            let t: Vec<String> = self
+                .timeline_ops_per_second
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            let _ = writeln!(s, "  per second: {}", t.join(" "));
+        }
         if self.behind_schedule > 0 {
             let _ = writeln!(
                 s,

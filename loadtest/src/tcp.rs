@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -42,9 +41,8 @@ pub struct TcpArgs {
     pub cpus: Vec<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub io: Io,
-    /// Write the report as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::OutputArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -118,7 +116,9 @@ async fn thread_main(
     measure_from: Instant,
     end: Instant,
 ) -> ThreadResult {
-    let result = Rc::new(RefCell::new(ThreadResult::new()));
+    let mut fresh = ThreadResult::new();
+    fresh.origin = measure_from;
+    let result = Rc::new(RefCell::new(fresh));
     let wait = start.saturating_duration_since(Instant::now());
     monoio::time::sleep(wait).await;
     let mut tasks = Vec::new();
@@ -172,11 +172,8 @@ fn record(result: &RefCell<ThreadResult>, started: Instant, measure_from: Instan
     if started < measure_from {
         return;
     }
-    let mut r = result.borrow_mut();
-    let us = started.elapsed().as_micros().max(1) as u64;
-    let _ = r.latency.record(us.min(3_600_000_000));
-    r.ops += 1;
-    r.bytes += bytes as u64;
+    let now = Instant::now();
+    result.borrow_mut().record(started, started, now, bytes);
 }
 
 fn io_kind(e: &std::io::Error) -> &'static str {

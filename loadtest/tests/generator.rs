@@ -198,3 +198,54 @@ fn json_has_the_documented_fields() {
         assert!(r["latency_us"].get(p).is_some(), "missing latency {p}");
     }
 }
+
+#[test]
+fn hdr_log_plot_and_timeline() {
+    let up = http_upstream(Duration::ZERO);
+    let url = format!("http://{}/", up.addr);
+    let dir = std::env::temp_dir();
+    let (log, svg) = (
+        dir.join(format!("outrigger-load-{}.hlog", std::process::id())),
+        dir.join(format!("outrigger-load-{}.svg", std::process::id())),
+    );
+    let r = load(&[
+        "http",
+        &url,
+        "-c",
+        "2",
+        "-R",
+        "500",
+        "-d",
+        "2s",
+        "--warmup",
+        "0s",
+        "--hdr-log",
+        log.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let timeline: Vec<u64> = r["timeline_ops_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(timeline.len() >= 2, "{timeline:?}");
+    assert!(
+        timeline[..2].iter().all(|&n| (450..=550).contains(&n)),
+        "{timeline:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("#[StartTime:"), "{text}");
+    // One interval line per second: start,length,max,compressed histogram.
+    let intervals = text
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert!(intervals >= 2, "{text}");
+    assert!(text.lines().any(|l| l.contains(",HISTF")), "{text}");
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("<polyline") && plot.contains("99.9%"));
+    let _ = std::fs::remove_file(log);
+    let _ = std::fs::remove_file(svg);
+}
