@@ -68,7 +68,8 @@ pub struct HttpArgs {
 /// Everything a connection task needs, shared read-only within a thread.
 struct Plan {
     addr: SocketAddr,
-    request: Vec<u8>,
+    /// Shared, so that each send is a reference-count bump, not a copy.
+    request: bytes::Bytes,
     head_request: bool,
     timeout: Duration,
     /// Per-connection interval between intended sends (open loop).
@@ -151,7 +152,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             .collect();
         let plan = Plan {
             addr,
-            request: request.clone(),
+            request: bytes::Bytes::from(request.clone()),
             head_request: args.method.eq_ignore_ascii_case("HEAD"),
             timeout: args.timeout,
             interval,
@@ -301,6 +302,7 @@ async fn exchange(
     buf: &mut BytesMut,
 ) -> Result<(u16, bool), &'static str> {
     let (res, _) = s.write_all(plan.request.clone()).await;
+    // (Bytes: the clone above shares the buffer.)
     res.map_err(|_| "reset")?;
     let limits = HeadLimits {
         max_head_bytes: 64 * 1024,
