@@ -27,10 +27,7 @@ pub(super) fn compile_tables(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<Strin
         }
         out.insert(
             name.get_ref().clone(),
-            RouteTable {
-                name: name.get_ref().clone(),
-                routes: compiled,
-            },
+            RouteTable::new(name.get_ref().clone(), compiled),
         );
     }
     out

@@ -1,11 +1,13 @@
 //! Route tables: compiled `[[routes.NAME]]` entries and the first-match lookup.
 //!
 //! A table is built once per config generation with every matcher ready
-//! (regexes compiled, hosts lower-cased), so lookup only compares bytes and
-//! allocates nothing.
+//! (regexes compiled, hosts lower-cased) and an index from exact host to the
+//! routes that can match it, so lookup hashes the host, compares bytes over
+//! a few candidates, and allocates nothing.
 
 use bytes::Bytes;
 use regex::Regex;
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[cfg(test)]
@@ -16,7 +18,16 @@ mod tests;
 pub struct RouteTable {
     pub name: String,
     pub routes: Vec<Route>,
+    /// For each exact host named by some route: the indices (in order) of
+    /// the routes that can match a request for it: its exact-host routes
+    /// and every route without an exact host.
+    by_host: HashMap<Box<str>, Vec<u32>>,
+    /// Routes without an exact host (no host condition, or `*.suffix`).
+    any_host: Vec<u32>,
 }
+
+/// Longest host name looked up in the index (DNS names are at most 253).
+const MAX_INDEXED_HOST: usize = 255;
 
 /// One compiled route.
 #[derive(Debug)]
@@ -106,9 +117,55 @@ pub trait RouteRequest {
 }
 
 impl RouteTable {
-    /// The first route that matches `req`, or `None` (404).
+    /// Build a table and its host index.
+    pub fn new(name: String, routes: Vec<Route>) -> Self {
+        let mut by_host: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.host {
+                Some(HostMatch::Exact(h)) => {
+                    by_host.entry(h.as_str().into()).or_default().push(i as u32)
+                }
+                _ => any_host.push(i as u32),
+            }
+        }
+        for list in by_host.values_mut() {
+            list.extend_from_slice(&any_host);
+            list.sort_unstable();
+        }
+        RouteTable {
+            name,
+            routes,
+            by_host,
+            any_host,
+        }
+    }
+
+    /// The first route that matches `req`, or `None` (404). Only routes
+    /// that can match the request's host are tried; nothing is allocated.
     pub fn lookup<R: RouteRequest + ?Sized>(&self, req: &R) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(req))
+        let candidates = match req.host().map(strip_port) {
+            Some(host) if host.len() <= MAX_INDEXED_HOST => {
+                let mut lower = [0u8; MAX_INDEXED_HOST];
+                let lower = &mut lower[..host.len()];
+                lower.copy_from_slice(host.as_bytes());
+                lower.make_ascii_lowercase();
+                match std::str::from_utf8(lower)
+                    .ok()
+                    .and_then(|h| self.by_host.get(h))
+                {
+                    Some(list) => list.as_slice(),
+                    None => self.any_host.as_slice(),
+                }
+            }
+            // An over-long host matches no exact route.
+            Some(_) => self.any_host.as_slice(),
+            None => self.any_host.as_slice(),
+        };
+        candidates
+            .iter()
+            .map(|&i| &self.routes[i as usize])
+            .find(|r| r.matches(req))
     }
 }
 

@@ -45,9 +45,9 @@ fn table() -> RouteTable {
     canary.headers = vec![("x-canary".into(), "1".into())];
     let mut get_only = route("get", None, Some(PathMatch::Exact("/only-get".into())));
     get_only.methods = vec!["GET".into(), "HEAD".into()];
-    RouteTable {
-        name: "t".into(),
-        routes: vec![
+    RouteTable::new(
+        "t".into(),
+        vec![
             route(
                 "api",
                 Some(HostMatch::Exact("api.example.com".into())),
@@ -62,7 +62,7 @@ fn table() -> RouteTable {
             get_only,
             canary,
         ],
-    }
+    )
 }
 
 /// host, path, method, headers, expected route.
@@ -151,4 +151,58 @@ fn strip_port_forms() {
     assert_eq!(strip_port("a.com:80"), "a.com");
     assert_eq!(strip_port("a.com"), "a.com");
     assert_eq!(strip_port("[::1]:80"), "[::1]");
+}
+
+#[test]
+fn host_index_keeps_first_match_order() {
+    let mut catch_all_get = route("get-any", None, Some(PathMatch::Prefix("/".into())));
+    catch_all_get.methods = vec!["GET".into()];
+    let t = RouteTable::new(
+        "t".into(),
+        vec![
+            route(
+                "wild",
+                Some(HostMatch::Suffix(".example.com".into())),
+                Some(PathMatch::Prefix("/w/".into())),
+            ),
+            route(
+                "api",
+                Some(HostMatch::Exact("api.example.com".into())),
+                None,
+            ),
+            catch_all_get,
+            route("other", Some(HostMatch::Exact("other.test".into())), None),
+        ],
+    );
+    let req = |host: &'static str, path: &'static str, method: &'static str| Req {
+        host: Some(host),
+        path,
+        method,
+        headers: &[],
+    };
+    let name = |r: Req| t.lookup(&r).map(|r| r.name.clone());
+    assert_eq!(
+        name(req("api.example.com", "/w/x", "GET")).as_deref(),
+        Some("wild")
+    );
+    assert_eq!(
+        name(req("API.EXAMPLE.COM:443", "/x", "POST")).as_deref(),
+        Some("api")
+    );
+    assert_eq!(
+        name(req("other.test", "/x", "GET")).as_deref(),
+        Some("get-any"),
+        "earlier hostless route wins"
+    );
+    assert_eq!(
+        name(req("other.test", "/x", "POST")).as_deref(),
+        Some("other")
+    );
+    assert_eq!(name(req("unknown.test", "/x", "POST")), None);
+    assert_eq!(
+        name(req("unknown.test", "/x", "GET")).as_deref(),
+        Some("get-any")
+    );
+    let long: &'static str = Box::leak("a".repeat(300).into_boxed_str());
+    assert_eq!(name(req(long, "/x", "GET")).as_deref(), Some("get-any"));
 }
