@@ -349,11 +349,19 @@ impl Exchange<'_> {
             && body_sent
             && !self.ctx.draining.get()
             && !(framing == Framing::UntilClose && out_framing == Framing::UntilClose);
-        let out = serialize_response(&resp, self.route, out_framing, !client_keep, false);
+        let mut out = serialize_response(&resp, self.route, out_framing, !client_keep, false);
         let mut sink = BodySink {
             conn,
             chunked_out: out_framing == Framing::Chunked && framing != Framing::Chunked,
         };
+        // A small body that has fully arrived goes out with the head: one write.
+        let mut framing = framing;
+        if let Framing::Length(n) = framing {
+            if n <= 64 * 1024 && up_buf.len() as u64 >= n {
+                out.extend_from_slice(&up_buf.split_to(n as usize));
+                framing = Framing::None;
+            }
+        }
         write_all(&mut sink.conn.stream, out)
             .await
             .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))?;
