@@ -28,6 +28,7 @@ both_drivers!(
     websocket_upgrade_tunnels,
     head_and_no_body_statuses,
     expect_100_continue,
+    upstream_read_timeout_504,
 );
 
 fn http_backend(driver: Driver, name: &str) -> Backend {
@@ -443,6 +444,24 @@ endpoints = ["{}", "{}"]
     let r = c.get("/slow", "x", "");
     assert_eq!(r.status, 504);
     assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+fn upstream_read_timeout_504(driver: Driver) {
+    let slow = delayed_backend(driver, "slow", Duration::from_secs(3));
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"slow\"\n{}",
+        cluster("slow", &slow)
+    );
+    let (_s, addr) = proxy(driver, "upstream_read_timeout = \"300ms\"", &routes);
+    let mut c = Client::connect(addr);
+    let t = Instant::now();
+    let r = c.get("/", "x", "");
+    assert_eq!(
+        r.status, 504,
+        "no route timeout, but the upstream was silent too long"
+    );
+    assert_eq!(r.header("x-outrigger-error"), Some("upstream_timeout"));
+    assert!(t.elapsed() < Duration::from_secs(2));
 }
 
 fn websocket_upgrade_tunnels(driver: Driver) {

@@ -305,6 +305,9 @@ fn compile_listener(
             max_headers: l.max_headers.unwrap_or(100).min(10_000) as usize,
             header_timeout: l.header_timeout.map_or(Duration::from_secs(10), |d| d.0),
             max_request_body_bytes: l.max_request_body_bytes,
+            upstream_read_timeout: l
+                .upstream_read_timeout
+                .map_or(Duration::from_secs(60), |d| d.0),
         },
     })
 }

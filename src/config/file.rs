@@ -101,6 +101,9 @@ pub struct FileListener {
     /// http: largest request body in bytes (then 413). Default unlimited.
     #[serde(default, deserialize_with = "positive")]
     pub max_request_body_bytes: Option<u64>,
+    /// http: longest wait for the next bytes from an upstream (then 504
+    /// before the response head, a close after it). Default 60s.
+    pub upstream_read_timeout: Option<ConfigDuration>,
 }
 
 /// When a tcp listener relays with splice(2) instead of a user-space buffer.

@@ -85,6 +85,7 @@ pub struct HttpSettings {
     pub max_headers: usize,
     pub header_timeout: Duration,
     pub max_request_body_bytes: Option<u64>,
+    pub upstream_read_timeout: Duration,
 }
 
 /// What a listener does with its connections.

@@ -234,11 +234,13 @@ impl Exchange<'_> {
         }
     }
 
+    /// How long the next upstream read may take: the route's deadline, and
+    /// never more than `upstream_read_timeout` without a byte.
     fn remaining(&self) -> Duration {
-        self.deadline
-            .map_or(Duration::from_secs(365 * 24 * 3600), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
+        let idle = self.http.upstream_read_timeout;
+        self.deadline.map_or(idle, |d| {
+            d.saturating_duration_since(Instant::now()).min(idle)
+        })
     }
 
     async fn read_response_head(
