@@ -29,6 +29,7 @@ both_drivers!(
     head_and_no_body_statuses,
     expect_100_continue,
     upstream_read_timeout_504,
+    idle_keep_alive_is_not_a_slow_header,
 );
 
 fn http_backend(driver: Driver, name: &str) -> Backend {
@@ -546,4 +547,22 @@ fn expect_100_continue(driver: Driver) {
         r = c.read_response(false).unwrap();
     }
     assert_eq!(r.header("x-body-bytes"), Some("2"));
+}
+
+fn idle_keep_alive_is_not_a_slow_header(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let (_s, addr) = proxy(
+        driver,
+        "header_timeout = \"300ms\"\nidle_timeout = \"3s\"",
+        &routes,
+    );
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/", "x", "").status, 200);
+    // Idle longer than header_timeout but within idle_timeout: still usable.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(c.get("/", "x", "").status, 200);
 }

@@ -265,3 +265,36 @@ fn emfile_backs_off_and_recovers(driver: Driver) {
     }
     assert!(ok, "not served after fds were freed");
 }
+
+both_drivers!(drain_closes_idle_http_keep_alive);
+
+fn drain_closes_idle_http_keep_alive(driver: Driver) {
+    let up = outrigger::backends::start(
+        outrigger::backends::BackendKind::Http(outrigger::backends::HttpBackend::named("up")),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\nio = \"{}\"\ndrain_timeout = \"10s\"\n[listeners.l]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"c\"\n[clusters.c]\nendpoints = [\"{}\"]\n",
+        io_name(driver),
+        up.addr
+    );
+    let mut p = spawn(&cfg, None);
+    let mut c = common::http::Client::connect(p.addr);
+    assert_eq!(c.get("/", "x", "").status, 200);
+    // The connection is now idle between requests; a drain must not wait
+    // 10 s for it.
+    let t = Instant::now();
+    signal(&p, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(5)), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "drain waited for an idle keep-alive connection"
+    );
+    assert!(
+        c.read_response(false).is_none(),
+        "the idle connection was closed"
+    );
+}

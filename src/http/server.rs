@@ -18,6 +18,9 @@ use crate::config::{HttpSettings, Listener};
 use crate::route::{RouteAction, RouteRequest};
 use crate::worker::{Driver, WorkerCtx};
 
+/// How often an idle keep-alive connection checks whether the worker drains.
+const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How long a warm keep-alive connection keeps a read posted on io_uring.
 const WARM_READ_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -218,11 +221,8 @@ async fn read_head(
                 Err(_) => idle = idle.saturating_sub(WARM_READ_WINDOW),
             }
         }
-        if conn.buf.is_empty() {
-            match monoio::time::timeout(idle, conn.stream.readable(true)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Ok(None),
-            }
+        if conn.buf.is_empty() && !wait_for_request(ctx, conn, idle).await {
+            return Ok(None);
         }
     }
     let deadline = Instant::now() + http.header_timeout;
@@ -245,6 +245,30 @@ async fn read_head(
             Ok(0) => return Err(HttpError::BadRequest("connection closed mid-head")),
             Ok(_) => {}
             Err(e) => return Err(HttpError::DownstreamIo(e)),
+        }
+    }
+}
+
+/// Between requests: wait up to `idle` for the client's next bytes, holding
+/// no buffer. Returns false when the connection should close instead: idle
+/// timeout, an error, or the worker draining (idle keep-alive connections are
+/// closed at once on drain, so a drain does not wait for them).
+async fn wait_for_request(ctx: &WorkerCtx, conn: &Downstream, idle: std::time::Duration) -> bool {
+    let deadline = Instant::now() + idle;
+    loop {
+        if ctx.draining.get() {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Not relaxed: on epoll a relaxed check can report stale readiness, and
+        // an idle client would then be timed by header_timeout (408).
+        match monoio::time::timeout(left.min(DRAIN_CHECK), conn.stream.readable(false)).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => {}
         }
     }
 }
