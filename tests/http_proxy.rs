@@ -30,6 +30,7 @@ both_drivers!(
     expect_100_continue,
     upstream_read_timeout_504,
     idle_keep_alive_is_not_a_slow_header,
+    chunked_and_close_delimited_responses,
 );
 
 fn http_backend(driver: Driver, name: &str) -> Backend {
@@ -565,4 +566,34 @@ fn idle_keep_alive_is_not_a_slow_header(driver: Driver) {
     // Idle longer than header_timeout but within idle_timeout: still usable.
     std::thread::sleep(Duration::from_millis(900));
     assert_eq!(c.get("/", "x", "").status, 200);
+}
+
+fn chunked_and_close_delimited_responses(driver: Driver) {
+    let chunked = raw_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n");
+    let eof = raw_upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil close");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path = \"/chunked\"\ncluster = \"chunked\"\n[[routes.main]]\nmatch.path = \"/eof\"\ncluster = \"eof\"\n[clusters.chunked]\nendpoints = [\"{chunked}\"]\n[clusters.eof]\nendpoints = [\"{eof}\"]\n"
+    );
+    let (_s, addr) = proxy(driver, "", &routes);
+    // HTTP/1.1: chunked passes as chunked; close-delimited is re-chunked and
+    // the client connection stays open.
+    let mut c = Client::connect(addr);
+    let r = c.get("/chunked", "x", "");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, b"hello world");
+    let r = c.get("/eof", "x", "");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, b"until close");
+    assert_eq!(
+        c.get("/chunked", "x", "").body,
+        b"hello world",
+        "still open"
+    );
+    // HTTP/1.0 never sees chunked: the body is decoded and ends with a close.
+    let mut c = Client::connect(addr);
+    c.send(b"GET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.body, b"hello world");
 }

@@ -342,19 +342,22 @@ impl Exchange<'_> {
         let framing = resp
             .framing(self.head.is_head())
             .map_err(|e| self.before_response(e))?;
-        // A close-delimited body is re-framed as chunked for HTTP/1.1 clients.
-        let out_framing = match framing {
-            Framing::UntilClose if self.head.version == Version::Http11 => Framing::Chunked,
-            f => f,
+        // HTTP/1.1 clients get a close-delimited body re-framed as chunked;
+        // HTTP/1.0 clients, who do not know chunked, get a chunked body
+        // decoded and delimited by closing the connection.
+        let out_framing = match (framing, self.head.version) {
+            (Framing::UntilClose, Version::Http11) => Framing::Chunked,
+            (Framing::Chunked, Version::Http10) => Framing::UntilClose,
+            (f, _) => f,
         };
         let client_keep = self.head.keep_alive
             && body_sent
             && !self.ctx.draining.get()
-            && !(framing == Framing::UntilClose && out_framing == Framing::UntilClose);
+            && out_framing != Framing::UntilClose;
         let mut out = serialize_response(&resp, self.route, out_framing, !client_keep, false);
         let mut sink = BodySink {
             conn,
-            chunked_out: out_framing == Framing::Chunked && framing != Framing::Chunked,
+            chunked_out: out_framing == Framing::Chunked,
         };
         // A small body that has fully arrived goes out with the head: one write.
         let mut framing = framing;
@@ -448,8 +451,8 @@ impl Exchange<'_> {
                         )));
                     }
                 }
-                Some(Chunk::Data(d)) => sink.send_chunk(d).await?,
-                Some(Chunk::End(trailers)) => return sink.end_chunks(trailers).await,
+                Some(Chunk::Data(d)) => sink.send(d).await?,
+                Some(Chunk::End(trailers)) => return sink.finish_with(trailers).await,
             }
         }
     }
@@ -475,7 +478,7 @@ impl Exchange<'_> {
 /// Writes response body bytes to the client, chunk-encoding when asked.
 struct BodySink<'a> {
     conn: &'a mut Downstream,
-    /// Encode plain bytes as chunks (close-delimited body to an HTTP/1.1 client).
+    /// The client gets `transfer-encoding: chunked`: encode each piece.
     chunked_out: bool,
 }
 
@@ -513,8 +516,15 @@ impl BodySink<'_> {
     }
 
     async fn finish(&mut self) -> Result<(), Failure> {
+        self.finish_with(Bytes::new()).await
+    }
+
+    /// End the body: the last chunk and trailers when chunk-encoding (a
+    /// client without chunked loses the trailers; RFC 9110 allows dropping
+    /// them).
+    async fn finish_with(&mut self, trailers: Bytes) -> Result<(), Failure> {
         if self.chunked_out {
-            return self.end_chunks(Bytes::new()).await;
+            return self.end_chunks(trailers).await;
         }
         Ok(())
     }
