@@ -156,7 +156,7 @@ async fn serve(
         }
         ListenerProtocol::Http { routes } => {
             let _ = stream.set_nodelay(true);
-            crate::http::serve(&ctx, index, &listener, routes, stream, peer).await;
+            crate::http::serve(&ctx, &listener, routes, stream, peer).await;
         }
     }
 }

@@ -18,24 +18,14 @@ use monoio::net::TcpStream;
 use outrigger::http::chunked::{Chunk, ChunkedDecoder};
 use outrigger::http::codec::{parse_response, Framing, HeadLimits};
 
+use crate::parse_duration;
 use crate::report::{Report, ThreadResult};
-use crate::{parse_duration, Io};
 
 /// `outrigger-load http`.
 #[derive(Args, Debug, Clone)]
 pub struct HttpArgs {
     /// http://host:port/path
     pub url: String,
-    #[arg(short = 'c', long, default_value_t = 1)]
-    pub connections: usize,
-    #[arg(short = 't', long, default_value_t = 1)]
-    pub threads: usize,
-    /// Measured duration (ignored with -n).
-    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Load before measuring starts (not counted).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub warmup: Duration,
     /// Stop after this many requests in total (no warm-up).
     #[arg(short = 'n', long)]
     pub requests: Option<u64>,
@@ -56,11 +46,8 @@ pub struct HttpArgs {
     /// Give up on one request after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Pin generator threads to these cores.
-    #[arg(long, value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub io: Io,
+    #[command(flatten)]
+    pub load: crate::LoadArgs,
     #[command(flatten)]
     pub output: crate::OutputArgs,
 }
@@ -122,20 +109,20 @@ fn prepare(args: &HttpArgs) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
 
 /// Run the load and build the report.
 pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
-    let driver = args.io.driver()?;
+    let driver = args.load.io.driver()?;
     let (addr, request) = prepare(&args)?;
-    let conns = args.connections.max(1);
-    let threads = args.threads.max(1).min(conns);
+    let conns = args.load.connections.max(1);
+    let threads = args.load.threads.max(1).min(conns);
     let start = Instant::now() + Duration::from_millis(50);
     let warmup = if args.requests.is_some() {
         Duration::ZERO
     } else {
-        args.warmup
+        args.load.warmup
     };
     let measure_from = start + warmup;
     let end = match args.requests {
         Some(_) => start + Duration::from_secs(24 * 3600),
-        None => measure_from + args.duration,
+        None => measure_from + args.load.duration,
     };
     let interval = args
         .rate
@@ -159,7 +146,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             measure_from,
             end,
         };
-        let core = args.cpus.get(t % args.cpus.len().max(1)).copied();
+        let core = args.load.core_for(t);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
@@ -186,7 +173,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             .map(|r| r.last_done)
             .max()
             .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64()),
-        None => args.duration.as_secs_f64(),
+        None => args.load.duration.as_secs_f64(),
     };
     let mut report = Report::build(
         args.url.clone(),

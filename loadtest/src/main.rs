@@ -159,6 +159,33 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Load shape shared by the generators.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    #[arg(short = 'c', long, default_value_t = 1)]
+    pub connections: usize,
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Measured duration (http: ignored with -n).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring starts (not counted).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Pin generator threads to these cores (comma list), e.g. "0".
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io: Io,
+}
+
+impl LoadArgs {
+    /// The core generator thread `t` is pinned to, if any.
+    pub fn core_for(&self, t: usize) -> Option<usize> {
+        self.cpus.get(t % self.cpus.len().max(1)).copied()
+    }
+}
+
 /// Output files shared by the generators.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OutputArgs {

@@ -10,8 +10,8 @@ use clap::{Args, ValueEnum};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
+use crate::parse_size;
 use crate::report::{Report, ThreadResult};
-use crate::{parse_duration, parse_size, Io};
 
 /// `outrigger-load tcp`.
 #[derive(Args, Debug, Clone)]
@@ -26,21 +26,8 @@ pub struct TcpArgs {
     /// Message or transfer size: 64, 64KiB, 16MiB.
     #[arg(long, default_value = "64", value_parser = parse_size)]
     pub size: usize,
-    #[arg(short = 'c', long, default_value_t = 1)]
-    pub connections: usize,
-    #[arg(short = 't', long, default_value_t = 1)]
-    pub threads: usize,
-    /// Measured duration.
-    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Load before measuring starts (not counted).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub warmup: Duration,
-    /// Pin generator threads to these cores (comma list), e.g. "0".
-    #[arg(long, value_delimiter = ',')]
-    pub cpus: Vec<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub io: Io,
+    #[command(flatten)]
+    pub load: crate::LoadArgs,
     #[command(flatten)]
     pub output: crate::OutputArgs,
 }
@@ -54,16 +41,17 @@ pub enum TcpMode {
 
 /// Run the load and build the report.
 pub fn run(args: TcpArgs) -> anyhow::Result<Report> {
-    let driver = args.io.driver()?;
-    let threads = args.threads.max(1).min(args.connections.max(1));
+    let driver = args.load.io.driver()?;
+    let threads = args.load.threads.max(1).min(args.load.connections.max(1));
     let start = Instant::now() + Duration::from_millis(50);
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
+    let measure_from = start + args.load.warmup;
+    let end = measure_from + args.load.duration;
     let mut handles = Vec::new();
     for t in 0..threads {
-        let conns = args.connections / threads + usize::from(t < args.connections % threads);
+        let conns =
+            args.load.connections / threads + usize::from(t < args.load.connections % threads);
         let args = args.clone();
-        let core = args.cpus.get(t % args.cpus.len().max(1)).copied();
+        let core = args.load.core_for(t);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
@@ -89,9 +77,9 @@ pub fn run(args: TcpArgs) -> anyhow::Result<Report> {
         args.addr.to_string(),
         format!("tcp-{mode}"),
         args.size,
-        args.connections,
+        args.load.connections,
         results,
-        args.duration.as_secs_f64(),
+        args.load.duration.as_secs_f64(),
     ))
 }
 

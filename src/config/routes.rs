@@ -9,6 +9,7 @@ use serde_spanned::Spanned;
 
 use super::compile::Ctx;
 use super::file::{FileConfig, FileHeaderRewrite, FileRoute};
+use crate::http::codec::is_tchar;
 use crate::route::{
     HeaderRewrite, HostMatch, PathMatch, Route, RouteAction, RouteTable, WeightedClusters,
 };
@@ -187,11 +188,6 @@ fn methods(cx: &mut Ctx<'_>, key: &str, r: &FileRoute) -> Option<Vec<String>> {
         }
     }
     ok.then_some(out)
-}
-
-/// RFC 9110 token characters.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn header_name(cx: &mut Ctx<'_>, key: &str, n: &Spanned<String>) -> Option<String> {

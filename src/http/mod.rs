@@ -1,16 +1,20 @@
 //! HTTP/1.1 reverse proxying.
 //!
 //! `codec` parses and validates heads (the request-smuggling defences),
+//! `fields` holds the header rules they share,
 //! `chunked` decodes the chunked coding, `server` runs a client connection,
-//! `proxy` runs one upstream exchange, `pool` keeps upstream connections,
-//! and `error` maps every failure to what the client sees.
+//! `proxy` runs one upstream exchange, `serialize` rebuilds heads for the
+//! other side, `pool` keeps upstream connections, and `error` maps every
+//! failure to what the client sees.
 
 pub mod chunked;
 pub mod codec;
 pub mod error;
+mod fields;
 mod io;
 pub mod pool;
 mod proxy;
+mod serialize;
 mod server;
 
 use std::net::SocketAddr;
@@ -24,12 +28,10 @@ use crate::worker::WorkerCtx;
 /// Serve one accepted connection of an http listener.
 pub async fn serve(
     ctx: &Rc<WorkerCtx>,
-    index: usize,
     listener: &Listener,
     routes: &str,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let _ = index;
     server::serve_connection(ctx, listener, &listener.http, routes, stream, peer).await;
 }
