@@ -11,7 +11,7 @@ use monoio::io::CancelHandle;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Socket, Type};
 
-use crate::config::{Listener, ListenerProtocol};
+use crate::config::ListenerProtocol;
 use crate::worker::{Driver, WorkerCtx};
 
 /// A bound listening socket handed to one worker.
@@ -126,15 +126,13 @@ impl AcceptLoop {
             index: self.index,
         };
         self.ctx.active.set(self.ctx.active.get() + 1);
+        // The connection keeps the snapshot current at accept for its life.
         let snapshot = self.ctx.snapshot.load_full();
-        let Some(listener) = snapshot.listeners.get(self.index).cloned() else {
-            return;
-        };
         let ctx = self.ctx.clone();
         let index = self.index;
         monoio::spawn(async move {
             let _guard = guard;
-            serve(ctx, index, snapshot, listener, stream, peer).await;
+            serve(ctx, index, snapshot, stream, peer).await;
         });
     }
 }
@@ -143,20 +141,22 @@ async fn serve(
     ctx: Rc<WorkerCtx>,
     index: usize,
     snapshot: std::sync::Arc<crate::config::Snapshot>,
-    listener: Listener,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let Some(listener) = snapshot.listeners.get(index) else {
+        return;
+    };
+    // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
     match &listener.protocol {
         ListenerProtocol::Tcp { cluster } => {
-            let Some(cluster) = snapshot.clusters.get(cluster).cloned() else {
+            let Some(cluster) = snapshot.clusters.get(cluster) else {
                 return;
             };
-            crate::tcp::proxy(&ctx, index, &listener, &cluster, stream, peer).await;
+            crate::tcp::proxy(&ctx, index, listener, cluster, stream, peer).await;
         }
         ListenerProtocol::Http { routes } => {
-            let _ = stream.set_nodelay(true);
-            crate::http::serve(&ctx, &listener, routes, stream, peer).await;
+            crate::http::serve(&ctx, listener, routes, stream, peer).await;
         }
     }
 }

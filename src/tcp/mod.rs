@@ -47,7 +47,6 @@ pub async fn proxy(
         }
     };
     let _in_flight = ctx.balancers.track(endpoint);
-    let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let outcome = relay(
         client,
