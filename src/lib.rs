@@ -36,6 +36,8 @@
 //! - [`metrics`]: per-worker single-writer counters.
 //! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
 
+pub mod access_log;
+pub mod admin;
 pub mod backends;
 pub mod buffers;
 pub mod config;

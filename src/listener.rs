@@ -12,17 +12,13 @@ use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::ListenerProtocol;
-use crate::worker::{Driver, WorkerCtx};
+use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 
 /// A bound listening socket handed to one worker.
 #[derive(Debug)]
 pub struct ListenerSocket {
-    /// Position in `Snapshot::listeners` (and in `WorkerStats::listeners`).
-    pub index: usize,
     pub name: String,
     pub socket: std::net::TcpListener,
-    /// This worker's share of `max_connections`.
-    pub max_connections: u64,
 }
 
 /// Bind one SO_REUSEPORT socket for `addr`.
@@ -49,17 +45,15 @@ pub fn worker_share(max: u64, workers: usize, index: usize) -> u64 {
 /// The accept loop of one listener on one worker.
 pub struct AcceptLoop {
     ctx: Rc<WorkerCtx>,
-    index: usize,
-    name: String,
+    handle: Rc<ListenerHandle>,
     listener: TcpListener,
-    max_connections: u64,
-    cancel: CancelHandle,
+    cancel: Option<CancelHandle>,
 }
 
 impl std::fmt::Debug for AcceptLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AcceptLoop")
-            .field("listener", &self.name)
+            .field("listener", &self.handle.name)
             .finish_non_exhaustive()
     }
 }
@@ -70,81 +64,92 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl AcceptLoop {
     /// Wrap a bound socket for the current worker's runtime.
-    pub fn new(ctx: Rc<WorkerCtx>, s: ListenerSocket, cancel: CancelHandle) -> io::Result<Self> {
+    pub fn new(
+        ctx: Rc<WorkerCtx>,
+        s: ListenerSocket,
+        handle: Rc<ListenerHandle>,
+        cancel: Option<CancelHandle>,
+    ) -> io::Result<Self> {
         Ok(AcceptLoop {
             ctx,
-            index: s.index,
-            name: s.name,
+            handle,
             listener: TcpListener::from_std(s.socket)?,
-            max_connections: s.max_connections,
             cancel,
         })
     }
 
-    /// Accept until the worker drains. Returns (closing the socket) then.
+    /// Accept until the worker drains or the listener is removed; the
+    /// socket closes when this returns.
     pub async fn run(self) {
         let mut backoff = BACKOFF_START;
+        let Some(cancel) = self.cancel.clone() else {
+            return;
+        };
         loop {
-            if self.ctx.draining.get() {
+            if self.ctx.closing(&self.handle) {
                 break;
             }
-            match self.listener.cancelable_accept(self.cancel.clone()).await {
+            match self.listener.cancelable_accept(cancel.clone()).await {
                 Ok((stream, peer)) => {
                     backoff = BACKOFF_START;
                     self.admit(stream, peer);
                 }
-                Err(_) if self.ctx.draining.get() => break,
+                Err(_) if self.ctx.closing(&self.handle) => break,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => {
-                    self.counters().accept_errors.inc();
-                    tracing::warn!(listener = %self.name, error = %e, pause = ?backoff, "accept failed; pausing");
+                    if let Some(l) = self.ctx.snapshot.load().listener(&self.handle.name) {
+                        l.stats.worker(self.ctx.index).accept_errors.inc();
+                    }
+                    tracing::warn!(listener = %self.handle.name, error = %e, pause = ?backoff, "accept failed; pausing");
                     monoio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
-        tracing::debug!(listener = %self.name, worker = self.ctx.index, "stopped accepting");
-    }
-
-    fn counters(&self) -> &crate::metrics::ListenerCounters {
-        &self.ctx.stats.listeners[self.index]
+        tracing::debug!(listener = %self.handle.name, worker = self.ctx.index, "stopped accepting");
     }
 
     /// Enforce the connection limit, then hand the connection to its protocol.
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
-        let counters = self.counters();
-        if counters.active.get() >= self.max_connections {
-            counters.rejected.inc();
-            tracing::debug!(listener = %self.name, %peer, "max_connections reached; closing");
+        // The connection keeps the snapshot current at accept for its life
+        // (HTTP requests still route on the newest one).
+        let snapshot = self.ctx.snapshot.load_full();
+        let Some(listener) = snapshot.listener(&self.handle.name) else {
+            // Removed by a reload a moment ago; the loop stops on the next turn.
+            return;
+        };
+        let cells = listener.stats.worker(self.ctx.index);
+        let limit = worker_share(listener.max_connections, self.ctx.workers, self.ctx.index);
+        if cells.active.get() >= limit {
+            cells.rejected.inc();
+            tracing::debug!(listener = %self.handle.name, %peer, "max_connections reached; closing");
             drop(stream);
             return;
         }
-        counters.accepted.inc();
-        counters.active.inc();
+        cells.accepted.inc();
+        cells.active.inc();
+        self.ctx.stats.active.inc();
         let guard = ConnGuard {
             ctx: self.ctx.clone(),
-            index: self.index,
+            stats: listener.stats.clone(),
         };
-        self.ctx.active.set(self.ctx.active.get() + 1);
-        // The connection keeps the snapshot current at accept for its life.
-        let snapshot = self.ctx.snapshot.load_full();
         let ctx = self.ctx.clone();
-        let index = self.index;
+        let handle = self.handle.clone();
         monoio::spawn(async move {
             let _guard = guard;
-            serve(ctx, index, snapshot, stream, peer).await;
+            serve(ctx, handle, snapshot, stream, peer).await;
         });
     }
 }
 
 async fn serve(
     ctx: Rc<WorkerCtx>,
-    index: usize,
+    handle: Rc<ListenerHandle>,
     snapshot: std::sync::Arc<crate::config::Snapshot>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(listener) = snapshot.listeners.get(index) else {
+    let Some(listener) = snapshot.listener(&handle.name) else {
         return;
     };
     // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
@@ -153,10 +158,10 @@ async fn serve(
             let Some(cluster) = snapshot.clusters.get(cluster) else {
                 return;
             };
-            crate::tcp::proxy(&ctx, index, listener, cluster, stream, peer).await;
+            crate::tcp::proxy(&ctx, listener, cluster, stream, peer).await;
         }
-        ListenerProtocol::Http { routes } => {
-            crate::http::serve(&ctx, listener, routes, stream, peer).await;
+        ListenerProtocol::Http { .. } => {
+            crate::http::serve(&ctx, &handle, listener, stream, peer).await;
         }
     }
 }
@@ -164,13 +169,13 @@ async fn serve(
 /// Decrements the connection gauges when a connection task ends, however it ends.
 struct ConnGuard {
     ctx: Rc<WorkerCtx>,
-    index: usize,
+    stats: std::sync::Arc<crate::metrics::ListenerStats>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.ctx.stats.listeners[self.index].active.dec();
-        self.ctx.active.set(self.ctx.active.get().saturating_sub(1));
+        self.stats.worker(self.ctx.index).active.dec();
+        self.ctx.stats.active.dec();
     }
 }
 

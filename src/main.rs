@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outrigger::backends::{self, BackendKind};
 use outrigger::config::{self, ConfigErrors, Snapshot};
+use outrigger::control::{Options, Proxy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,11 +27,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the proxy until SIGINT or SIGTERM.
+    /// Run the proxy until SIGINT or SIGTERM; SIGHUP, a change of the
+    /// config file or POST /reload on the admin API reloads it.
     Run {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not watch the config file's directory for changes.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file without binding anything.
     Check {
@@ -45,7 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, no_watch } => run(&config, !no_watch),
         Command::Check { file } => Ok(check(&file)),
         Command::Demo => demo(),
     };
@@ -96,7 +101,7 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-fn run(file: &Path) -> anyhow::Result<ExitCode> {
+fn run(file: &Path, watch: bool) -> anyhow::Result<ExitCode> {
     let snapshot = match config::load(file) {
         Ok(s) => s,
         Err(errors) => {
@@ -104,17 +109,19 @@ fn run(file: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    serve(snapshot)
+    let options = Options {
+        config_path: Some(file.to_path_buf()),
+        watch,
+    };
+    serve(snapshot, options)
 }
 
-fn serve(snapshot: Snapshot) -> anyhow::Result<ExitCode> {
+fn serve(snapshot: Snapshot, options: Options) -> anyhow::Result<ExitCode> {
     tracing::info!(config = %snapshot.source.display(), summary = %snapshot.summary(), "starting");
-    let drain = snapshot.runtime.drain_timeout;
-    let watch =
+    let signals =
         outrigger::control::SignalWatch::install().context("cannot install signal handlers")?;
-    let server = outrigger::start(snapshot)?;
-    let code = outrigger::control::run_until_signal(watch, server, drain)
-        .context("cannot start the control thread")?;
+    let proxy = Proxy::launch(snapshot, options, Some(signals))?;
+    let code = proxy.wait();
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
@@ -161,12 +168,17 @@ fn demo() -> anyhow::Result<ExitCode> {
          TCP on {echo}: an echo service behind a round-robin L4 proxy:\n\n  \
          printf 'hello through outrigger\\n' | nc -q1 {eip} {eport}\n  \
          python3 -c \"import socket; s=socket.create_connection(('{eip}',{eport})); s.sendall(b'hi\\n'); s.shutdown(1); print(s.recv(100))\"\n\n\
-         Press Ctrl-C to stop.\n",
+         Admin API on {admin}:\n\n  \
+         curl -s http://{admin}/stats                   # counters and latency percentiles\n  \
+         curl -s http://{admin}/metrics | grep route    # Prometheus\n  \
+         curl -s http://{admin}/clusters                # endpoints, per worker\n\n\
+         Access log lines (text format) follow on stdout. Press Ctrl-C to stop.\n",
         n = upstreams.len(),
+        admin = snapshot.admin.address,
         eip = echo.ip(),
         eport = echo.port(),
     );
-    let code = serve(snapshot)?;
+    let code = serve(snapshot, Options::default())?;
     drop(upstreams);
     Ok(code)
 }

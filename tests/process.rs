@@ -52,6 +52,12 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
         std::process::id(),
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
+    // Tests run in parallel: each proxy's admin API gets a port of its own.
+    let config = if config.contains("[admin]") {
+        config.to_string()
+    } else {
+        format!("[admin]\naddress = \"127.0.0.1:0\"\n{config}")
+    };
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
     let level = std::env::var("OUTRIGGER_TEST_LOG").unwrap_or_else(|_| "info".into());

@@ -11,8 +11,12 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, SourceMap};
-use super::file::{FileCluster, FileConfig, FileListener, Protocol};
-use super::{AdminSettings, HttpSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
+use super::file::{FileAccessLog, FileCluster, FileConfig, FileListener, Protocol};
+use super::{
+    AccessLogSettings, AccessLogTarget, AdminSettings, HttpSettings, Listener, ListenerProtocol,
+    RuntimeSettings, Snapshot,
+};
+use crate::metrics::{ClusterStats, EndpointStats, ListenerStats};
 use crate::upstream::{Cluster, Endpoint};
 
 /// Default `[admin] address`.
@@ -37,6 +41,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Collects errors with positions while compiling one file.
 pub(super) struct Ctx<'a> {
     file: PathBuf,
+    /// Worker count, to size per-worker metric cells.
+    pub(super) workers: usize,
     map: SourceMap<'a>,
     errors: Vec<(usize, ConfigError)>,
 }
@@ -69,16 +75,21 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         Ok(f) => f,
         Err(e) => return Err(ConfigErrors(vec![parse_error(file, &map, &e)])),
     };
+    let runtime = compile_runtime(&parsed);
     let mut cx = Ctx {
         file: file.to_path_buf(),
         map,
+        workers: runtime.worker_count(),
         errors: Vec::new(),
     };
-    let runtime = compile_runtime(&parsed);
     let admin = compile_admin(&mut cx, &parsed);
     let clusters = compile_clusters(&mut cx, &parsed);
     let route_tables = super::routes::compile_tables(&mut cx, &parsed);
     let listeners = compile_listeners(&mut cx, &parsed);
+    let access_log = parsed
+        .access_log
+        .as_ref()
+        .and_then(|a| compile_access_log(&mut cx, a));
     if !cx.errors.is_empty() {
         cx.errors.sort_by_key(|(off, _)| *off);
         return Err(ConfigErrors(
@@ -87,6 +98,10 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     }
     Ok(Snapshot {
         source: file.to_path_buf(),
+        generation: 1,
+        loaded_at: std::time::SystemTime::now(),
+        text: text.to_string(),
+        access_log,
         content_hash: fnv1a(text.as_bytes()),
         runtime,
         admin,
@@ -147,6 +162,37 @@ fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
     AdminSettings { address }
 }
 
+/// Default `access_log.buffer_bytes`.
+pub const DEFAULT_ACCESS_LOG_BUFFER: u64 = 64 * 1024;
+/// Default `access_log.flush_interval`.
+pub const DEFAULT_ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+
+fn compile_access_log(cx: &mut Ctx<'_>, a: &Spanned<FileAccessLog>) -> Option<AccessLogSettings> {
+    let a = a.get_ref();
+    let path = a.path.get_ref();
+    let target = if path == "stdout" {
+        AccessLogTarget::Stdout
+    } else if path.is_empty() {
+        cx.error(
+            a.path.span(),
+            "access_log.path",
+            "expected a file path or \"stdout\"",
+        );
+        return None;
+    } else {
+        AccessLogTarget::File(PathBuf::from(path))
+    };
+    Some(AccessLogSettings {
+        target,
+        format: a.format,
+        buffer_bytes: a
+            .buffer_bytes
+            .unwrap_or(DEFAULT_ACCESS_LOG_BUFFER)
+            .clamp(512, 16 << 20) as usize,
+        flush_interval: a.flush_interval.map_or(DEFAULT_ACCESS_LOG_FLUSH, |d| d.0),
+    })
+}
+
 /// Listener addresses are literal `ip:port` (IPv6 as `[::1]:port`).
 pub(super) fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>().map_err(|_| {
@@ -192,6 +238,7 @@ fn compile_cluster(
                         endpoints.push(Endpoint {
                             address,
                             written: ep.get_ref().clone(),
+                            stats: Arc::new(EndpointStats::new(cx.workers)),
                         });
                     }
                 }
@@ -214,6 +261,7 @@ fn compile_cluster(
             .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
         max_idle_connections: c_ref.max_idle_connections.unwrap_or(64).min(1 << 20) as usize,
         pool_idle_timeout: c_ref.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        stats: Arc::new(ClusterStats::new(cx.workers)),
     })
 }
 
@@ -290,6 +338,7 @@ fn compile_listener(
         Protocol::Http => DEFAULT_HTTP_IDLE_TIMEOUT,
     };
     Some(Listener {
+        stats: Arc::new(ListenerStats::new(cx.workers)),
         name: name.to_string(),
         address: address?,
         protocol: protocol?,

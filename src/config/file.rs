@@ -23,6 +23,34 @@ pub struct FileConfig {
     pub routes: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<FileRoute>>>>,
     #[serde(default)]
     pub clusters: BTreeMap<Spanned<String>, Spanned<FileCluster>>,
+    pub access_log: Option<Spanned<FileAccessLog>>,
+}
+
+/// `[access_log]`: one line per HTTP request (and per TCP connection).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// A file path (appended to, created if missing) or `"stdout"`.
+    pub path: Spanned<String>,
+    /// `"json"` (default) or `"text"`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Bytes a worker buffers before handing lines to the writer. Default 65536.
+    #[serde(default, deserialize_with = "positive")]
+    pub buffer_bytes: Option<u64>,
+    /// Longest time a line waits in a worker's buffer. Default "1s".
+    pub flush_interval: Option<ConfigDuration>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Space-separated fields in a fixed order, `-` for an empty one.
+    Text,
 }
 
 /// `[runtime]`: static settings, fixed for the life of the process.
@@ -133,6 +161,8 @@ pub enum Protocol {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
+    /// The route's name in metrics and access logs; default `TABLE#INDEX`.
+    pub name: Option<Spanned<String>>,
     #[serde(default, rename = "match")]
     pub matches: FileMatch,
     pub cluster: Option<Spanned<String>>,

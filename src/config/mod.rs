@@ -34,6 +34,14 @@ pub const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 pub struct Snapshot {
     /// Where it came from.
     pub source: PathBuf,
+    /// 1 for the config the process started with, +1 per successful reload.
+    pub generation: u64,
+    /// When it was compiled.
+    pub loaded_at: std::time::SystemTime,
+    /// The file's text as read (served by the admin API's `/config`).
+    pub text: String,
+    /// `[access_log]`; `None` when absent.
+    pub access_log: Option<AccessLogSettings>,
     /// FNV-1a hash of the file's bytes, to tell configs apart in logs.
     pub content_hash: u64,
     pub runtime: RuntimeSettings,
@@ -55,6 +63,35 @@ pub struct RuntimeSettings {
     pub buffer_pool_size: usize,
 }
 
+impl RuntimeSettings {
+    /// The number of workers `workers` resolves to on this machine.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            Workers::Count(n) => n,
+            Workers::Auto => match core_affinity::get_core_ids() {
+                Some(c) if !c.is_empty() => c.len(),
+                _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+        }
+    }
+}
+
+/// `[access_log]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    pub format: file::AccessLogFormat,
+    pub buffer_bytes: usize,
+    pub flush_interval: Duration,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
 /// `[admin]`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
@@ -62,9 +99,11 @@ pub struct AdminSettings {
 }
 
 /// One listener, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
+    /// Per-worker counters, carried across reloads by name.
+    pub stats: Arc<crate::metrics::ListenerStats>,
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
     /// Across all workers; see `docs/configuration.md` for how it is split.
@@ -101,6 +140,41 @@ impl Snapshot {
     /// The listener with this name.
     pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// Take over the metric cells of `previous` for every listener, route,
+    /// cluster and endpoint that keeps its name (endpoints: cluster and
+    /// address), so counters run on across a reload. Called on a freshly
+    /// compiled snapshot, whose `Arc`s nothing else holds yet.
+    pub fn adopt_stats(&mut self, previous: &Snapshot) {
+        for l in &mut self.listeners {
+            if let Some(old) = previous.listener(&l.name) {
+                l.stats = old.stats.clone();
+            }
+        }
+        for (name, cluster) in &mut self.clusters {
+            let (Some(old), Some(new)) = (previous.clusters.get(name), Arc::get_mut(cluster))
+            else {
+                continue;
+            };
+            new.stats = old.stats.clone();
+            for ep in &mut new.endpoints {
+                if let Some(o) = old.endpoints.iter().find(|o| o.address == ep.address) {
+                    ep.stats = o.stats.clone();
+                }
+            }
+        }
+        for (name, table) in &mut self.route_tables {
+            let (Some(old), Some(new)) = (previous.route_tables.get(name), Arc::get_mut(table))
+            else {
+                continue;
+            };
+            for r in &mut new.routes {
+                if let Some(o) = old.routes.iter().find(|o| o.name == r.name) {
+                    r.stats = o.stats.clone();
+                }
+            }
+        }
     }
 
     /// One line for `outrigger check` and the start-up log.

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use regex::Regex;
 use serde_spanned::Spanned;
@@ -10,6 +12,7 @@ use serde_spanned::Spanned;
 use super::compile::Ctx;
 use super::file::{FileConfig, FileHeaderRewrite, FileRoute};
 use crate::http::codec::is_tchar;
+use crate::metrics::RouteStats;
 use crate::route::{
     HeaderRewrite, HostMatch, PathMatch, Route, RouteAction, RouteTable, WeightedClusters,
 };
@@ -19,9 +22,30 @@ pub(super) fn compile_tables(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<Strin
     for (name, routes) in &f.routes {
         let table_key = format!("routes.{}", name.get_ref());
         let mut compiled = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for (i, r) in routes.get_ref().iter().enumerate() {
             let key = format!("{table_key}[{i}]");
-            let route_name = format!("{}#{i}", name.get_ref());
+            let route_name = match &r.get_ref().name {
+                Some(n) if n.get_ref().is_empty() || n.get_ref().contains(char::is_control) => {
+                    cx.error(
+                        n.span(),
+                        format!("{key}.name"),
+                        "a route name must be non-empty printable text",
+                    );
+                    continue;
+                }
+                Some(n) => n.get_ref().clone(),
+                None => format!("{}#{i}", name.get_ref()),
+            };
+            if !names.insert(route_name.clone()) {
+                let span = r.get_ref().name.as_ref().map_or(r.span(), |n| n.span());
+                cx.error(
+                    span,
+                    format!("{key}.name"),
+                    format!("another route of this table is named \"{route_name}\""),
+                );
+                continue;
+            }
             if let Some(route) = compile_route(cx, f, &key, route_name, r) {
                 compiled.push(route);
             }
@@ -71,6 +95,7 @@ fn compile_route(
         None => None,
     };
     Some(Route {
+        stats: Arc::new(RouteStats::new(cx.workers)),
         name,
         host,
         path: path?,

@@ -1,21 +1,30 @@
 //! The control side: start the workers (the supervisor), hold the published
-//! snapshot, and turn SIGINT/SIGTERM into a drain. Never on the data path.
+//! snapshot, apply reloads, and run the `outrigger-control` thread that
+//! turns signals, file changes and admin requests into reloads and drains.
+//! Never on the data path.
 
+mod reload;
+mod run;
 mod signals;
+mod watch;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-pub use signals::{run_until_signal, SignalWatch, EXIT_FORCED};
+pub use reload::ReloadError;
+pub use run::{Event, Options, Proxy, ReloadOutcome};
+pub use signals::{SignalWatch, EXIT_FORCED};
 
-use crate::config::{Snapshot, Workers};
+use crate::access_log::{self, LogMsg, WorkerLog};
+use crate::config::Snapshot;
 use crate::listener::{self, ListenerSocket};
-use crate::metrics::{ListenerCounters, ListenerTotals};
-use crate::worker::{self, driver, Control, WorkerInfo, WorkerSpec, WorkerStats};
+use crate::metrics::{ExportSource, ListenerTotals, ReloadStats, WorkerCells};
+use crate::worker::{self, driver, Control, Driver, WorkerInfo, WorkerSpec};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +37,64 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start worker thread: {0}")]
+    #[error("cannot bind the admin API on {address}: {source}")]
+    Admin {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("cannot start a thread: {0}")]
     Spawn(std::io::Error),
     #[error("worker failed to start: {0}")]
     Worker(String),
+}
+
+/// What the admin API and tests read: the published snapshot, the workers
+/// and every counter. Written only by the control thread and the workers'
+/// single-writer cells.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub workers: Vec<WorkerInfo>,
+    pub worker_stats: Vec<Arc<WorkerCells>>,
+    pub reloads: ReloadStats,
+    /// The last failed reload, cleared by the next success.
+    pub last_reload_error: ArcSwapOption<ReloadFailure>,
+    /// Bound address of each listener (port 0 resolved).
+    pub addresses: ArcSwap<Vec<(String, SocketAddr)>>,
+    /// Set when draining starts (`/ready` turns 503).
+    pub draining: AtomicBool,
+    pub started_at: SystemTime,
+}
+
+/// A reload that was rejected.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    pub at: SystemTime,
+    pub message: String,
+}
+
+impl Shared {
+    /// The data an export reads.
+    pub fn export<R>(&self, f: impl FnOnce(&ExportSource<'_>) -> R) -> R {
+        let snapshot = self.snapshot.load();
+        f(&ExportSource {
+            snapshot: &snapshot,
+            workers: &self.workers,
+            worker_stats: &self.worker_stats,
+            reloads: &self.reloads,
+            started_at: self.started_at,
+        })
+    }
+}
+
+/// One listener as bound: its configured and actual address.
+#[derive(Debug, Clone)]
+struct Bound {
+    name: String,
+    configured: SocketAddr,
+    local: SocketAddr,
 }
 
 /// A running proxy: its workers, their sockets and counters.
@@ -39,10 +102,11 @@ pub enum StartError {
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
     controls: Vec<flume::Sender<Control>>,
-    workers: Vec<WorkerInfo>,
-    stats: Vec<Arc<WorkerStats>>,
-    addresses: Vec<(String, SocketAddr)>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    shared: Arc<Shared>,
+    bound: Vec<Bound>,
+    driver: Driver,
+    log_tx: flume::Sender<LogMsg>,
+    log_thread: Option<JoinHandle<()>>,
 }
 
 /// How long start-up waits for every worker to report in.
@@ -52,13 +116,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let driver = driver::choose(snapshot.runtime.io)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let n = match snapshot.runtime.workers {
-        Workers::Count(n) => n,
-        Workers::Auto if cores.is_empty() => {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-        Workers::Auto => cores.len(),
-    };
+    let n = snapshot.runtime.worker_count();
     if snapshot.runtime.pin_workers && n > cores.len() {
         tracing::warn!(
             workers = n,
@@ -66,41 +124,39 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
             "more workers than cores; some share a core"
         );
     }
-    let sockets = bind_all(&snapshot, n, driver)?;
+    if let Some(a) = &snapshot.access_log {
+        access_log::check_target(&a.target).map_err(StartError::AccessLog)?;
+    }
+    let mut bound = Vec::new();
+    let mut sockets: Vec<Vec<ListenerSocket>> = (0..n).map(|_| Vec::new()).collect();
+    for l in &snapshot.listeners {
+        let (b, per_worker) = bind_listener(&l.name, l.address, l.backlog, n, driver)?;
+        bound.push(b);
+        for (w, s) in per_worker.into_iter().enumerate() {
+            sockets[w].push(s);
+        }
+    }
+    let (log_tx, log_thread) = access_log::spawn_writer().map_err(StartError::Spawn)?;
+    let _ = log_tx.send(LogMsg::Target(
+        snapshot.access_log.as_ref().map(|a| a.target.clone()),
+    ));
+    let pin = snapshot.runtime.pin_workers;
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let mut server = Server {
-        threads: Vec::with_capacity(n),
-        controls: Vec::with_capacity(n),
-        workers: Vec::with_capacity(n),
-        stats: Vec::with_capacity(n),
-        addresses: Vec::new(),
-        snapshot: snapshot.clone(),
-    };
-    let listener_count = snapshot.load().listeners.len();
+    let mut threads = Vec::with_capacity(n);
+    let mut controls = Vec::with_capacity(n);
+    let mut worker_stats = Vec::with_capacity(n);
     for (index, worker_sockets) in sockets.into_iter().enumerate() {
-        if index == 0 {
-            server.addresses = worker_sockets
-                .iter()
-                .filter_map(|s| Some((s.name.clone(), s.socket.local_addr().ok()?)))
-                .collect();
-        }
-        let stats = Arc::new(WorkerStats {
-            listeners: (0..listener_count)
-                .map(|_| ListenerCounters::default())
-                .collect(),
-        });
+        let stats = Arc::new(WorkerCells::default());
         let (tx, rx) = flume::unbounded();
         let spec = WorkerSpec {
             index,
-            core: if snapshot.load().runtime.pin_workers && !cores.is_empty() {
-                Some(cores[index % cores.len()])
-            } else {
-                None
-            },
+            workers: n,
+            core: (pin && !cores.is_empty()).then(|| cores[index % cores.len()]),
             driver,
             sockets: worker_sockets,
             snapshot: snapshot.clone(),
+            log: WorkerLog::new(log_tx.clone(), stats.clone()),
             stats: stats.clone(),
             control: rx,
             ready: ready_tx.clone(),
@@ -109,23 +165,23 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
             .name(format!("outrigger-worker-{index}"))
             .spawn(move || worker::run(spec))
             .map_err(StartError::Spawn)?;
-        server.threads.push(thread);
-        server.controls.push(tx);
-        server.stats.push(stats);
+        threads.push(thread);
+        controls.push(tx);
+        worker_stats.push(stats);
     }
     drop(ready_tx);
+    let mut workers = Vec::with_capacity(n);
     let deadline = Instant::now() + START_TIMEOUT;
-    while server.workers.len() < n {
+    while workers.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match ready_rx.recv_timeout(left) {
-            Ok(Ok(info)) => server.workers.push(info),
+            Ok(Ok(info)) => workers.push(info),
             Ok(Err(e)) => return Err(StartError::Worker(e)),
             Err(_) => return Err(StartError::Worker("a worker did not report in time".into())),
         }
     }
-    server.workers.sort_by_key(|w| w.index);
-    let cores_used: Vec<String> = server
-        .workers
+    workers.sort_by_key(|w: &WorkerInfo| w.index);
+    let cores_used: Vec<String> = workers
         .iter()
         .map(|w| w.core.map_or("-".into(), |c| c.to_string()))
         .collect();
@@ -136,94 +192,113 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
         driver = %driver,
         "workers started"
     );
-    for (name, addr) in &server.addresses {
-        tracing::info!(listener = %name, address = %addr, "listening");
+    for b in &bound {
+        tracing::info!(listener = %b.name, address = %b.local, "listening");
     }
-    Ok(server)
+    let shared = Arc::new(Shared {
+        snapshot,
+        workers,
+        worker_stats,
+        reloads: ReloadStats::default(),
+        last_reload_error: ArcSwapOption::empty(),
+        addresses: ArcSwap::from_pointee(addresses(&bound)),
+        draining: AtomicBool::new(false),
+        started_at: SystemTime::now(),
+    });
+    Ok(Server {
+        threads,
+        controls,
+        shared,
+        bound,
+        driver,
+        log_tx,
+        log_thread: Some(log_thread),
+    })
 }
 
-/// Bind every listener once per worker. The first socket of a listener
-/// binds the configured address; the rest bind the address it got, so that
-/// port 0 means one port shared by all workers.
-fn bind_all(
-    snapshot: &Snapshot,
+fn addresses(bound: &[Bound]) -> Vec<(String, SocketAddr)> {
+    bound.iter().map(|b| (b.name.clone(), b.local)).collect()
+}
+
+/// Bind one listener once per worker. The first socket binds the configured
+/// address; the rest bind the address it got, so that port 0 means one port
+/// shared by all workers.
+fn bind_listener(
+    name: &str,
+    configured: SocketAddr,
+    backlog: u32,
     workers: usize,
-    driver: worker::Driver,
-) -> Result<Vec<Vec<ListenerSocket>>, StartError> {
-    let mut per_worker: Vec<Vec<ListenerSocket>> = (0..workers).map(|_| Vec::new()).collect();
-    for (index, l) in snapshot.listeners.iter().enumerate() {
-        let mut addr = l.address;
-        for (w, sockets) in per_worker.iter_mut().enumerate() {
-            let socket = listener::bind(addr, l.backlog as i32, driver).map_err(|source| {
-                StartError::Bind {
-                    listener: l.name.clone(),
-                    address: addr,
-                    source,
-                }
-            })?;
-            if w == 0 {
-                addr = socket.local_addr().map_err(|source| StartError::Bind {
-                    listener: l.name.clone(),
-                    address: addr,
-                    source,
-                })?;
-            }
-            sockets.push(ListenerSocket {
-                index,
-                name: l.name.clone(),
-                socket,
-                max_connections: listener::worker_share(l.max_connections, workers, w),
-            });
+    driver: Driver,
+) -> Result<(Bound, Vec<ListenerSocket>), StartError> {
+    let mut addr = configured;
+    let mut sockets = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let err = |source| StartError::Bind {
+            listener: name.to_string(),
+            address: addr,
+            source,
+        };
+        let socket = listener::bind(addr, backlog as i32, driver).map_err(err)?;
+        if w == 0 {
+            addr = socket.local_addr().map_err(err)?;
         }
+        sockets.push(ListenerSocket {
+            name: name.to_string(),
+            socket,
+        });
     }
-    Ok(per_worker)
+    let bound = Bound {
+        name: name.to_string(),
+        configured,
+        local: addr,
+    };
+    Ok((bound, sockets))
 }
 
 impl Server {
     /// The bound address of a listener (port 0 resolved).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addresses
+        self.bound
             .iter()
-            .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
+            .find(|b| b.name == listener)
+            .map(|b| b.local)
     }
 
     /// The running workers.
     pub fn workers(&self) -> &[WorkerInfo] {
-        &self.workers
+        &self.shared.workers
     }
 
     /// The snapshot in use.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.shared.snapshot.load_full()
+    }
+
+    /// What the admin API reads.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// A listener's counters summed over workers.
     pub fn listener_totals(&self, listener: &str) -> Option<ListenerTotals> {
-        let index = self
-            .snapshot
-            .load()
-            .listeners
-            .iter()
-            .position(|l| l.name == listener)?;
-        let mut t = ListenerTotals::default();
-        for s in &self.stats {
-            t.add(&s.listeners[index]);
-        }
-        Some(t)
+        let snapshot = self.shared.snapshot.load();
+        Some(ListenerTotals::of(&snapshot.listener(listener)?.stats))
     }
 
     /// Open downstream connections, all listeners, all workers.
     pub fn active_connections(&self) -> u64 {
-        self.stats
+        self.shared
+            .worker_stats
             .iter()
-            .flat_map(|s| s.listeners.iter())
-            .map(|c| c.active.get())
+            .map(|w| w.active.get())
             .sum()
     }
 
     /// Stop accepting everywhere; workers exit once their connections end.
     pub fn drain(&self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for c in &self.controls {
             let _ = c.send(Control::Drain);
         }
@@ -235,7 +310,7 @@ impl Server {
     }
 
     /// Drain and wait up to `timeout`; true when every worker exited in time.
-    pub fn shutdown(self, timeout: Duration) -> bool {
+    pub fn shutdown(mut self, timeout: Duration) -> bool {
         self.drain();
         let deadline = Instant::now() + timeout;
         while !self.finished() && Instant::now() < deadline {
@@ -244,9 +319,21 @@ impl Server {
         if !self.finished() {
             return false;
         }
-        for t in self.threads {
+        self.join();
+        true
+    }
+
+    /// Join exited workers and the log writer (after its last lines).
+    pub(crate) fn join(&mut self) {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        true
+        self.controls.clear();
+        // The workers flushed their buffers before exiting; everything they
+        // sent is ahead of this message.
+        let _ = self.log_tx.send(LogMsg::Shutdown);
+        if let Some(t) = self.log_thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -94,6 +94,22 @@ impl HttpError {
         }
     }
 
+    /// The access log flag for this error (docs/operations.md lists them).
+    pub fn flag(&self) -> &'static str {
+        use HttpError::*;
+        match self {
+            BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => "DP",
+            BodyTooLarge => "DB",
+            HeaderTimeout => "DT",
+            NoRoute => "NR",
+            BadResponse(_) => "UP",
+            NoUpstream(_) => "UF",
+            UpstreamTimeout => "UT",
+            UpstreamIo(_) => "UR",
+            DownstreamIo(_) => "DR",
+        }
+    }
+
     /// Whether the connection to the client must be closed after answering
     /// (its framing can no longer be trusted).
     pub fn closes_connection(&self) -> bool {

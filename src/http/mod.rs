@@ -23,15 +23,16 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 
 use crate::config::Listener;
-use crate::worker::WorkerCtx;
+use crate::worker::{ListenerHandle, WorkerCtx};
 
-/// Serve one accepted connection of an http listener.
+/// Serve one accepted connection of an http listener (`listener` as it was
+/// at accept; each request routes on the snapshot current when it arrives).
 pub async fn serve(
     ctx: &Rc<WorkerCtx>,
+    handle: &Rc<ListenerHandle>,
     listener: &Listener,
-    routes: &str,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    server::serve_connection(ctx, listener, &listener.http, routes, stream, peer).await;
+    server::serve_connection(ctx, handle, listener, stream, peer).await;
 }

@@ -3,6 +3,7 @@
 //! body, read the response and stream it back, then pool the connection if
 //! it is clean.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::io::{read_more, write_all, write_bytes};
 use super::serialize::{serialize_request, serialize_response};
 use super::server::Downstream;
 use crate::config::{HttpSettings, Snapshot};
+use crate::metrics::{ClusterCells, EndpointCells};
 use crate::route::Route;
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
@@ -37,6 +39,55 @@ impl Failure {
         Failure {
             error,
             close: false,
+        }
+    }
+}
+
+/// What the upstream side of one request did, for metrics and the access log.
+#[derive(Debug, Default)]
+pub struct Upstream {
+    /// The endpoint of the last attempt.
+    pub address: Cell<Option<SocketAddr>>,
+    /// The upstream's final status (0: none received).
+    pub status: Cell<u16>,
+    /// When the request was sent and when the response ended.
+    pub sent: Cell<Option<Instant>>,
+    pub done: Cell<Option<Instant>>,
+    /// The x-request-id sent upstream (the client's or a generated one).
+    pub request_id: Option<Bytes>,
+}
+
+impl Upstream {
+    /// From sending the request to the response's last byte (or the failure).
+    pub fn duration(&self) -> Option<Duration> {
+        let sent = self.sent.get()?;
+        Some(self.done.get().unwrap_or_else(Instant::now) - sent)
+    }
+}
+
+/// Counts an in-flight exchange on the cluster and endpoint of this worker.
+struct Tracked<'a> {
+    cluster: &'a ClusterCells,
+    endpoint: Option<&'a EndpointCells>,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(cluster: &'a ClusterCells, endpoint: Option<&'a EndpointCells>) -> Self {
+        cluster.requests.inc();
+        cluster.active.inc();
+        if let Some(e) = endpoint {
+            e.requests.inc();
+            e.in_flight.inc();
+        }
+        Tracked { cluster, endpoint }
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.cluster.active.dec();
+        if let Some(e) = self.endpoint {
+            e.in_flight.dec();
         }
     }
 }
@@ -68,6 +119,7 @@ pub async fn forward(
     conn: &mut Downstream,
     head: &RequestHead,
     started: Instant,
+    out: &mut Upstream,
 ) -> Result<Next, Failure> {
     let Some(cluster) = snapshot.clusters.get(cluster_name) else {
         return Err(Failure::keep(HttpError::NoUpstream(format!(
@@ -79,23 +131,37 @@ pub async fn forward(
         .first()
         .map_or("localhost", |e| e.written.as_str());
     // Serialised once; each attempt shares it (a retry sends the same bytes).
-    let request = Bytes::from(serialize_request(head, route, conn.peer, upstream_host));
+    let (request, request_id) = serialize_request(head, route, conn.peer, upstream_host);
+    let request = Bytes::from(request);
+    out.request_id = Some(request_id);
+    let ccells = cluster.stats.worker(ctx.index);
     let deadline = route.timeout.map(|t| started + t);
     let order = ctx.balancers.attempt_order(cluster);
     let mut last_error = String::from("no endpoints");
     let mut retried = false;
     let mut i = 0;
     while i < order.len() {
-        let addr = cluster.endpoints[order[i]].address;
+        let endpoint = &cluster.endpoints[order[i]];
+        let addr = endpoint.address;
+        let ecells = endpoint.stats.worker(ctx.index);
+        out.address.set(Some(addr));
         let (stream, reused) = match checkout(ctx, cluster, addr).await {
             Ok(s) => s,
             Err(e) => {
                 last_error = format!("{addr}: {e}");
+                ccells.connect_failures.inc();
+                ecells.error(last_error.clone());
                 i += 1;
                 continue;
             }
         };
+        if reused {
+            ecells.pooled.set(ctx.http_pool.idle_count(addr) as u64);
+        } else {
+            ccells.connections_opened.inc();
+        }
         let _in_flight = ctx.balancers.track(addr);
+        let _tracked = Tracked::new(ccells, Some(ecells));
         let exchange = Exchange {
             ctx,
             http,
@@ -104,8 +170,27 @@ pub async fn forward(
             addr,
             head,
             deadline,
+            out,
         };
-        match exchange.run(conn, stream, request.clone()).await {
+        let sent = Instant::now();
+        out.sent.set(Some(sent));
+        let result = exchange.run(conn, stream, request.clone()).await;
+        out.done.set(Some(Instant::now()));
+        ccells.duration.record(sent.elapsed());
+        if out.status.get() != 0 {
+            ccells.responses.inc(out.status.get());
+        }
+        match &result {
+            Err(ExchangeError::Failed(f)) if f.error.side() == super::error::Side::Upstream => {
+                if matches!(f.error, HttpError::UpstreamTimeout) {
+                    ccells.timeouts.inc();
+                }
+                ecells.error(f.error.to_string());
+            }
+            Err(ExchangeError::StaleConnection(e)) => ecells.error(e.to_string()),
+            _ => {}
+        }
+        match result {
             Ok(next) => return Ok(next),
             // A pooled connection the upstream had closed while idle: retry
             // once on a fresh connection when replaying is safe.
@@ -172,6 +257,7 @@ struct Exchange<'a> {
     addr: SocketAddr,
     head: &'a RequestHead,
     deadline: Option<Instant>,
+    out: &'a Upstream,
 }
 
 impl Exchange<'_> {
@@ -190,7 +276,7 @@ impl Exchange<'_> {
         // nginx do) and not forwarded: the client gets its 100 at once and the
         // body streams on, whether or not the upstream would send one.
         if self.head.expect_continue && self.head.framing != Framing::None && conn.buf.is_empty() {
-            write_all(&mut conn.stream, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            conn.write_vec(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                 .await
                 .map_err(|e| ExchangeError::Failed(Failure::closing(HttpError::DownstreamIo(e))))?;
         }
@@ -208,8 +294,10 @@ impl Exchange<'_> {
                     other => ExchangeError::Failed(self.before_response(other)),
                 })?;
             if resp.status == 101 && self.head.upgrade_websocket {
+                self.out.status.set(101);
                 let out = serialize_response(&resp, self.route, Framing::None, false, true);
-                write_all(&mut conn.stream, out).await.map_err(|e| {
+                conn.responded = true;
+                conn.write_vec(out).await.map_err(|e| {
                     ExchangeError::Failed(Failure::closing(HttpError::DownstreamIo(e)))
                 })?;
                 return Ok(Next::Upgrade(up, up_buf));
@@ -217,6 +305,7 @@ impl Exchange<'_> {
             if (100..200).contains(&resp.status) {
                 continue;
             }
+            self.out.status.set(resp.status);
             break resp;
         };
         self.respond(conn, up, up_buf, response, body_sent)
@@ -351,7 +440,7 @@ impl Exchange<'_> {
         };
         let client_keep = self.head.keep_alive
             && body_sent
-            && !self.ctx.draining.get()
+            && !self.ctx.closing(&conn.handle)
             && out_framing != Framing::UntilClose;
         let mut out = serialize_response(&resp, self.route, out_framing, !client_keep, false);
         let mut sink = BodySink {
@@ -366,7 +455,9 @@ impl Exchange<'_> {
                 framing = Framing::None;
             }
         }
-        write_all(&mut sink.conn.stream, out)
+        sink.conn.responded = true;
+        sink.conn
+            .write_vec(out)
             .await
             .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))?;
         let upstream_clean = match framing {
@@ -389,6 +480,17 @@ impl Exchange<'_> {
             self.ctx
                 .http_pool
                 .put(self.addr, up, self.cluster.max_idle_connections);
+            if let Some(ep) = self
+                .cluster
+                .endpoints
+                .iter()
+                .find(|e| e.address == self.addr)
+            {
+                ep.stats
+                    .worker(self.ctx.index)
+                    .pooled
+                    .set(self.ctx.http_pool.idle_count(self.addr) as u64);
+            }
         }
         Ok(if client_keep {
             Next::KeepAlive
@@ -486,7 +588,8 @@ impl BodySink<'_> {
         if self.chunked_out {
             return self.send_chunk(data).await;
         }
-        write_bytes(&mut self.conn.stream, data)
+        self.conn
+            .write_bytes(data)
             .await
             .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
     }
@@ -498,9 +601,9 @@ impl BodySink<'_> {
         let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
         frame.extend_from_slice(&data);
         frame.extend_from_slice(b"\r\n");
-        write_all(&mut self.conn.stream, frame)
+        self.conn
+            .write_vec(frame)
             .await
-            .map(|_| ())
             .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
     }
 
@@ -508,9 +611,9 @@ impl BodySink<'_> {
         let mut frame = b"0\r\n".to_vec();
         frame.extend_from_slice(&trailers);
         frame.extend_from_slice(b"\r\n");
-        write_all(&mut self.conn.stream, frame)
+        self.conn
+            .write_vec(frame)
             .await
-            .map(|_| ())
             .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
     }
 
@@ -531,9 +634,7 @@ impl BodySink<'_> {
 
 /// Read more from the client into `conn.buf`; EOF mid-body is an error.
 async fn read_client(conn: &mut Downstream) -> Result<(), Failure> {
-    let (res, b) = read_more(&mut conn.stream, std::mem::take(&mut conn.buf), 64 * 1024).await;
-    conn.buf = b;
-    match res {
+    match conn.read_more(64 * 1024).await {
         Ok(0) => Err(Failure::closing(HttpError::DownstreamIo(
             std::io::ErrorKind::UnexpectedEof.into(),
         ))),

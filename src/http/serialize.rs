@@ -18,7 +18,7 @@ pub fn serialize_request(
     route: &Route,
     peer: SocketAddr,
     upstream_host: &str,
-) -> Vec<u8> {
+) -> (Vec<u8>, Bytes) {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&head.method);
     out.push(b' ');
@@ -28,7 +28,7 @@ pub fn serialize_request(
     let edits = &route.request_headers;
     let mut xff: Option<Bytes> = None;
     let mut via: Option<Bytes> = None;
-    let mut has_request_id = false;
+    let mut request_id_value: Option<Bytes> = None;
     for h in &head.headers {
         if is_hop_by_hop(h, &listed) && !(head.upgrade_websocket && h.is("upgrade")) {
             continue;
@@ -44,8 +44,8 @@ pub fn serialize_request(
         if h.is("x-forwarded-proto") || h.is("expect") || removed(edits, h) {
             continue;
         }
-        if h.is("x-request-id") {
-            has_request_id = true;
+        if h.is("x-request-id") && request_id_value.is_none() {
+            request_id_value = Some(h.value.clone());
         }
         push_header(&mut out, &h.name, &h.value);
     }
@@ -60,9 +60,14 @@ pub fn serialize_request(
         None => push_header(&mut out, b"x-forwarded-for", ip.as_bytes()),
     }
     push_header(&mut out, b"x-forwarded-proto", b"http");
-    if !has_request_id {
-        push_header(&mut out, b"x-request-id", request_id().as_bytes());
-    }
+    let request_id = match request_id_value {
+        Some(v) => v,
+        None => {
+            let id = Bytes::from(request_id().into_bytes());
+            push_header(&mut out, b"x-request-id", &id);
+            id
+        }
+    };
     let via_value = match via {
         Some(v) => format!("{}, 1.1 outrigger", String::from_utf8_lossy(&v)),
         None => "1.1 outrigger".to_string(),
@@ -86,7 +91,7 @@ pub fn serialize_request(
         push_header(&mut out, b"connection", b"upgrade");
     }
     out.extend_from_slice(b"\r\n");
-    out
+    (out, request_id)
 }
 
 fn removed(edits: &HeaderRewrite, h: &Header) -> bool {

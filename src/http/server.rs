@@ -5,18 +5,20 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 
-use super::codec::{parse_request, Framing, HeadLimits, RequestHead};
+use super::codec::{parse_request, Framing, HeadLimits, RequestHead, Version};
 use super::error::{error_response, reason, HttpError};
 use super::io::{read_more, write_all};
 use super::proxy::{self, Next};
-use crate::config::{HttpSettings, Listener};
+use crate::access_log::Record;
+use crate::config::{HttpSettings, Listener, ListenerProtocol, Snapshot};
 use crate::route::{RouteAction, RouteRequest};
-use crate::worker::{Driver, WorkerCtx};
+use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 
 /// How often an idle keep-alive connection checks whether the worker drains.
 const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
@@ -29,14 +31,49 @@ pub struct Downstream {
     pub stream: TcpStream,
     pub buf: BytesMut,
     pub peer: SocketAddr,
+    /// Bytes read from and written to the client so far.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The listener's accept loop on this worker: once it is removed (or
+    /// the worker drains), responses carry `Connection: close`.
+    pub handle: Rc<ListenerHandle>,
+    /// A final response head went out for the current request (an error
+    /// can no longer be sent in its place).
+    pub responded: bool,
+}
+
+impl Downstream {
+    /// Write all of `data` to the client.
+    pub async fn write_vec(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        let n = data.len() as u64;
+        write_all(&mut self.stream, data).await?;
+        self.bytes_out += n;
+        Ok(())
+    }
+
+    /// Write all of `data` to the client.
+    pub async fn write_bytes(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
+        let n = data.len() as u64;
+        super::io::write_bytes(&mut self.stream, data).await?;
+        self.bytes_out += n;
+        Ok(())
+    }
+
+    /// Read more from the client into `buf`.
+    pub async fn read_more(&mut self, spare: usize) -> std::io::Result<usize> {
+        let (res, buf) = read_more(&mut self.stream, std::mem::take(&mut self.buf), spare).await;
+        self.buf = buf;
+        let n = res?;
+        self.bytes_in += n as u64;
+        Ok(n)
+    }
 }
 
 /// Serve HTTP/1.1 on one accepted connection until it closes.
 pub async fn serve_connection(
     ctx: &Rc<WorkerCtx>,
+    handle: &Rc<ListenerHandle>,
     listener: &Listener,
-    http: &HttpSettings,
-    routes: &str,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -44,23 +81,39 @@ pub async fn serve_connection(
         stream,
         buf: BytesMut::new(),
         peer,
+        bytes_in: 0,
+        bytes_out: 0,
+        handle: handle.clone(),
+        responded: false,
     };
+    let http = &listener.http;
     let limits = HeadLimits {
         max_head_bytes: http.max_request_header_bytes,
         max_headers: http.max_headers,
     };
     let mut warm = false;
     loop {
-        let head = match read_head(ctx, &mut conn, limits, http, listener, warm).await {
+        let (in0, out0) = (conn.bytes_in, conn.bytes_out);
+        let start = (Instant::now(), SystemTime::now());
+        let head = match read_head(ctx, handle, &mut conn, limits, http, listener, warm).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
                 respond_error(&mut conn, &e, true).await;
+                let status = if e.status().is_some() && conn.bytes_out > out0 {
+                    e.status().unwrap_or(0)
+                } else {
+                    0
+                };
+                let mut rec = RequestRecord::new(listener, start);
+                rec.status = status;
+                rec.flags = e.flag();
+                rec.finish(ctx, &conn, in0, out0, None);
                 return;
             }
         };
-        match handle(ctx, http, routes, &mut conn, head).await {
-            Next::KeepAlive if !ctx.draining.get() => {}
+        match handle_request(ctx, handle, listener, &mut conn, head, (in0, out0), start).await {
+            Next::KeepAlive if !ctx.closing(handle) => {}
             Next::KeepAlive | Next::Close => return,
             Next::Upgrade(up, up_buf) => {
                 tunnel(ctx, listener, conn, up, up_buf).await;
@@ -72,6 +125,90 @@ pub async fn serve_connection(
             conn.buf = BytesMut::new();
         }
         warm = true;
+    }
+}
+
+/// What the access log and metrics record about one request.
+struct RequestRecord<'a> {
+    listener: &'a Listener,
+    started: Instant,
+    start_time: SystemTime,
+    status: u16,
+    flags: &'static str,
+    route: Option<&'a crate::route::Route>,
+    cluster: Option<&'a str>,
+}
+
+impl<'a> RequestRecord<'a> {
+    fn new(listener: &'a Listener, start: (Instant, SystemTime)) -> Self {
+        RequestRecord {
+            listener,
+            started: start.0,
+            start_time: start.1,
+            status: 0,
+            flags: "-",
+            route: None,
+            cluster: None,
+        }
+    }
+
+    /// Count the request and write its access log line.
+    fn finish(
+        &self,
+        ctx: &WorkerCtx,
+        conn: &Downstream,
+        in0: u64,
+        out0: u64,
+        exchange: Option<(&RequestHead, &proxy::Upstream)>,
+    ) {
+        let duration = self.started.elapsed();
+        let cells = self.listener.stats.worker(ctx.index);
+        let (bytes_in, bytes_out) = (conn.bytes_in - in0, conn.bytes_out - out0);
+        cells.bytes_in.add(bytes_in);
+        cells.bytes_out.add(bytes_out);
+        if self.status != 0 {
+            cells.requests.inc(self.status);
+        }
+        if let Some(route) = self.route {
+            let rc = route.stats.worker(ctx.index);
+            if self.status != 0 {
+                rc.requests.inc(self.status);
+            }
+            rc.duration.record(duration);
+        }
+        let snapshot = ctx.snapshot.load();
+        if snapshot.access_log.is_none() {
+            return;
+        }
+        let (head, up) = match exchange {
+            Some((h, u)) => (Some(h), Some(u)),
+            None => (None, None),
+        };
+        ctx.log.log(
+            &snapshot,
+            &Record {
+                start: self.start_time,
+                request_id: up.and_then(|u| u.request_id.as_deref()),
+                client: conn.peer,
+                method: head.map(RequestHead::method_str),
+                authority: head.and_then(RequestHead::host),
+                path: head.map(RequestHead::path),
+                protocol: match head.map(|h| h.version) {
+                    Some(Version::Http10) => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                status: self.status,
+                bytes_in,
+                bytes_out,
+                duration,
+                upstream: up.and_then(|u| u.address.get()),
+                upstream_duration: up.and_then(proxy::Upstream::duration),
+                listener: &self.listener.name,
+                route: self.route.map(|r| r.name.as_str()),
+                cluster: self.cluster,
+                flags: self.flags,
+            },
+        );
     }
 }
 
@@ -97,7 +234,7 @@ async fn tunnel(
     {
         return;
     }
-    crate::tcp::relay(
+    let outcome = crate::tcp::relay(
         conn.stream,
         up,
         listener.idle_timeout,
@@ -106,46 +243,112 @@ async fn tunnel(
         &ctx.buffers,
     )
     .await;
+    let cells = listener.stats.worker(ctx.index);
+    cells.bytes_in.add(outcome.downstream_to_upstream);
+    cells.bytes_out.add(outcome.upstream_to_downstream);
 }
 
-/// Route and answer one request.
-async fn handle(
+/// Route and answer one request. The listener's newest settings are used
+/// when it still exists; a request on a listener a reload removed is
+/// answered with the snapshot of its accept, and the connection closes.
+async fn handle_request(
     ctx: &Rc<WorkerCtx>,
-    http: &HttpSettings,
-    routes: &str,
+    handle: &ListenerHandle,
+    accepted: &Listener,
     conn: &mut Downstream,
     head: RequestHead,
+    (in0, out0): (u64, u64),
+    start: (Instant, SystemTime),
 ) -> Next {
-    let started = Instant::now();
-    if let (Some(max), Framing::Length(n)) = (http.max_request_body_bytes, head.framing) {
-        if n > max {
-            respond_error(conn, &HttpError::BodyTooLarge, true).await;
-            return Next::Close;
-        }
-    }
     // Each request sees the snapshot current when it arrives.
     let snapshot = ctx.snapshot.load_full();
+    let listener = match snapshot.listener(&handle.name) {
+        Some(l) if matches!(l.protocol, ListenerProtocol::Http { .. }) => l,
+        _ => accepted,
+    };
+    let mut up = proxy::Upstream::default();
+    conn.responded = false;
+    let mut rec = RequestRecord::new(listener, start);
+    let next = route_and_answer(ctx, &snapshot, &mut rec, conn, &head, &mut up).await;
+    rec.finish(ctx, conn, in0, out0, Some((&head, &up)));
+    if std::ptr::eq(listener, accepted) && snapshot.listener(&handle.name).is_none() {
+        return match next {
+            Next::KeepAlive => Next::Close,
+            other => other,
+        };
+    }
+    next
+}
+
+async fn route_and_answer<'a>(
+    ctx: &Rc<WorkerCtx>,
+    snapshot: &'a Arc<Snapshot>,
+    rec: &mut RequestRecord<'a>,
+    conn: &mut Downstream,
+    head: &RequestHead,
+    up: &mut proxy::Upstream,
+) -> Next {
+    let http = &rec.listener.http;
+    if let (Some(max), Framing::Length(n)) = (http.max_request_body_bytes, head.framing) {
+        if n > max {
+            return fail(rec, conn, head, HttpError::BodyTooLarge, true).await;
+        }
+    }
+    let routes = match &rec.listener.protocol {
+        ListenerProtocol::Http { routes } => routes.as_str(),
+        ListenerProtocol::Tcp { .. } => "",
+    };
     let route = snapshot
         .route_tables
         .get(routes)
-        .and_then(|t| t.lookup(&head));
+        .and_then(|t| t.lookup(head));
     let Some(route) = route else {
+        rec.listener.stats.worker(ctx.index).no_route.inc();
         let close = !head.keep_alive || head.framing != Framing::None;
-        respond_error(conn, &HttpError::NoRoute, close).await;
-        return if close { Next::Close } else { Next::KeepAlive };
+        return fail(rec, conn, head, HttpError::NoRoute, close).await;
     };
+    rec.route = Some(route);
     let result = match &route.action {
         RouteAction::Direct { status, body } => {
-            direct(conn, &head, *status, body, ctx.draining.get()).await
+            rec.status = *status;
+            let closing = ctx.closing(&conn.handle);
+            direct(conn, head, *status, body, closing).await
         }
         RouteAction::Cluster(name) => {
-            proxy::forward(ctx, http, &snapshot, route, name, conn, &head, started).await
+            rec.cluster = Some(name);
+            proxy::forward(
+                ctx,
+                http,
+                snapshot,
+                route,
+                name,
+                conn,
+                head,
+                rec.started,
+                up,
+            )
+            .await
         }
         RouteAction::Split(split) => {
             let name = split.pick(fastrand::u32(..split.total.max(1)));
-            proxy::forward(ctx, http, &snapshot, route, name, conn, &head, started).await
+            rec.cluster = Some(name);
+            proxy::forward(
+                ctx,
+                http,
+                snapshot,
+                route,
+                name,
+                conn,
+                head,
+                rec.started,
+                up,
+            )
+            .await
         }
     };
+    if up.status.get() != 0 {
+        rec.status = up.status.get();
+    }
     match result {
         Ok(Next::KeepAlive) if head.keep_alive => Next::KeepAlive,
         Ok(Next::KeepAlive) => Next::Close,
@@ -153,13 +356,30 @@ async fn handle(
         Err(e) => {
             tracing::debug!(route = %route.name, error = %e.error, "request failed");
             let close = e.close || !head.keep_alive;
-            respond_error(conn, &e.error, close).await;
-            if close {
-                Next::Close
-            } else {
-                Next::KeepAlive
-            }
+            fail(rec, conn, head, e.error, close).await
         }
+    }
+}
+
+/// Answer with the proxy's own error (when nothing was sent yet) and record it.
+async fn fail(
+    rec: &mut RequestRecord<'_>,
+    conn: &mut Downstream,
+    head: &RequestHead,
+    error: HttpError,
+    close: bool,
+) -> Next {
+    rec.flags = error.flag();
+    // A response already under way cannot be replaced by an error.
+    if let (Some(status), false) = (error.status(), conn.responded) {
+        rec.status = status;
+        respond_error(conn, &error, close).await;
+    }
+    let _ = head;
+    if close {
+        Next::Close
+    } else {
+        Next::KeepAlive
     }
 }
 
@@ -183,7 +403,8 @@ async fn direct(
     if !head.is_head() {
         out.extend_from_slice(body);
     }
-    write_all(&mut conn.stream, out)
+    conn.responded = true;
+    conn.write_vec(out)
         .await
         .map_err(|e| proxy::Failure::closing(HttpError::DownstreamIo(e)))?;
     Ok(if close { Next::Close } else { Next::KeepAlive })
@@ -194,7 +415,8 @@ pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) 
     if err.status().is_none() {
         return;
     }
-    let _ = write_all(&mut conn.stream, error_response(err, close)).await;
+    conn.responded = true;
+    let _ = conn.write_vec(error_response(err, close)).await;
 }
 
 /// Read one request head: wait up to `idle_timeout` for its first byte
@@ -202,6 +424,7 @@ pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) 
 /// `Ok(None)`: the client closed or idled out between requests.
 async fn read_head(
     ctx: &WorkerCtx,
+    handle: &ListenerHandle,
     conn: &mut Downstream,
     limits: HeadLimits,
     http: &HttpSettings,
@@ -217,11 +440,14 @@ async fn read_head(
             let read = read_more(&mut conn.stream, BytesMut::new(), 4096);
             match monoio::time::timeout(WARM_READ_WINDOW.min(idle), read).await {
                 Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
-                Ok((Ok(_), buf)) => conn.buf = buf,
+                Ok((Ok(n), buf)) => {
+                    conn.bytes_in += n as u64;
+                    conn.buf = buf;
+                }
                 Err(_) => idle = idle.saturating_sub(WARM_READ_WINDOW),
             }
         }
-        if conn.buf.is_empty() && !wait_for_request(ctx, conn, idle).await {
+        if conn.buf.is_empty() && !wait_for_request(ctx, handle, conn, idle).await {
             return Ok(None);
         }
     }
@@ -233,13 +459,10 @@ async fn read_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let buf = std::mem::take(&mut conn.buf);
-        let read = read_more(&mut conn.stream, buf, 4096);
-        let (res, buf) = match monoio::time::timeout(left, read).await {
+        let res = match monoio::time::timeout(left, conn.read_more(4096)).await {
             Ok(done) => done,
             Err(_) => return Err(HttpError::HeaderTimeout),
         };
-        conn.buf = buf;
         match res {
             Ok(0) if conn.buf.is_empty() => return Ok(None),
             Ok(0) => return Err(HttpError::BadRequest("connection closed mid-head")),
@@ -253,10 +476,15 @@ async fn read_head(
 /// no buffer. Returns false when the connection should close instead: idle
 /// timeout, an error, or the worker draining (idle keep-alive connections are
 /// closed at once on drain, so a drain does not wait for them).
-async fn wait_for_request(ctx: &WorkerCtx, conn: &Downstream, idle: std::time::Duration) -> bool {
+async fn wait_for_request(
+    ctx: &WorkerCtx,
+    handle: &ListenerHandle,
+    conn: &Downstream,
+    idle: std::time::Duration,
+) -> bool {
     let deadline = Instant::now() + idle;
     loop {
-        if ctx.draining.get() {
+        if ctx.closing(handle) {
             return false;
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -32,8 +32,10 @@ const MAX_INDEXED_HOST: usize = 255;
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
-    /// `table#index`, used in logs and metrics.
+    /// `name` from the config, else `table#index`; used in logs and metrics.
     pub name: String,
+    /// Per-worker counters, carried across reloads by name.
+    pub stats: std::sync::Arc<crate::metrics::RouteStats>,
     pub host: Option<HostMatch>,
     pub path: Option<PathMatch>,
     /// Upper-case method names; empty means any method.

@@ -28,6 +28,7 @@ impl RouteRequest for Req<'_> {
 fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route {
     Route {
         name: name.into(),
+        stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),
         host,
         path,
         methods: vec![],

@@ -31,21 +31,54 @@ pub enum ConnectError {
 /// Serve one downstream connection of a tcp listener.
 pub async fn proxy(
     ctx: &Rc<WorkerCtx>,
-    index: usize,
     listener: &Listener,
     cluster: &Cluster,
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let counters = &ctx.stats.listeners[index];
+    let counters = listener.stats.worker(ctx.index);
+    let started = std::time::Instant::now();
+    let start_time = std::time::SystemTime::now();
     let (upstream, endpoint) = match connect(ctx, cluster, counters).await {
         Ok(ok) => ok,
         Err(e) => {
             counters.no_upstream.inc();
             tracing::warn!(listener = %listener.name, %peer, error = %e, "closing client");
+            ctx.log.log(
+                &ctx.snapshot.load(),
+                &crate::access_log::Record {
+                    start: start_time,
+                    client: peer,
+                    request_id: None,
+                    method: None,
+                    authority: None,
+                    path: None,
+                    protocol: "TCP",
+                    status: 0,
+                    upstream_duration: None,
+                    route: None,
+                    listener: &listener.name,
+                    cluster: Some(&cluster.name),
+                    upstream: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    duration: started.elapsed(),
+                    flags: "UF",
+                },
+            );
             return;
         }
     };
+    let ccells = cluster.stats.worker(ctx.index);
+    let ep = cluster.endpoints.iter().find(|e| e.address == endpoint);
+    ccells.requests.inc();
+    ccells.connections_opened.inc();
+    ccells.active.inc();
+    if let Some(ep) = ep {
+        let c = ep.stats.worker(ctx.index);
+        c.requests.inc();
+        c.in_flight.inc();
+    }
     let _in_flight = ctx.balancers.track(endpoint);
     let _ = upstream.set_nodelay(true);
     let outcome = relay(
@@ -62,6 +95,32 @@ pub async fn proxy(
     if outcome.idle_timeout {
         counters.idle_timeouts.inc();
     }
+    ccells.active.dec();
+    if let Some(ep) = ep {
+        ep.stats.worker(ctx.index).in_flight.dec();
+    }
+    ctx.log.log(
+        &ctx.snapshot.load(),
+        &crate::access_log::Record {
+            start: start_time,
+            client: peer,
+            request_id: None,
+            method: None,
+            authority: None,
+            path: None,
+            protocol: "TCP",
+            status: 0,
+            upstream_duration: None,
+            route: None,
+            listener: &listener.name,
+            cluster: Some(&cluster.name),
+            upstream: Some(endpoint),
+            bytes_in: outcome.downstream_to_upstream,
+            bytes_out: outcome.upstream_to_downstream,
+            duration: started.elapsed(),
+            flags: if outcome.idle_timeout { "IT" } else { "-" },
+        },
+    );
     tracing::debug!(
         listener = %listener.name, %peer, upstream = %endpoint,
         bytes_in = outcome.downstream_to_upstream, bytes_out = outcome.upstream_to_downstream,
@@ -73,7 +132,7 @@ pub async fn proxy(
 async fn connect(
     ctx: &WorkerCtx,
     cluster: &Cluster,
-    counters: &crate::metrics::ListenerCounters,
+    counters: &crate::metrics::ListenerCells,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let order = ctx.balancers.attempt_order(cluster);
     let mut last = String::from("no endpoints");
@@ -90,6 +149,11 @@ async fn connect(
             }
         }
         counters.upstream_connect_failures.inc();
+        cluster.stats.worker(ctx.index).connect_failures.inc();
+        cluster.endpoints[i]
+            .stats
+            .worker(ctx.index)
+            .error(last.clone());
         tracing::debug!(cluster = %cluster.name, error = %last, "upstream connect failed");
     }
     Err(ConnectError::AllFailed {

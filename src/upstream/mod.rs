@@ -4,7 +4,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::metrics::{ClusterStats, EndpointStats};
 
 pub use crate::config::file::Balance;
 
@@ -19,14 +22,18 @@ pub struct Cluster {
     pub max_idle_connections: usize,
     /// http: pooled connections idle longer than this are closed.
     pub pool_idle_timeout: Duration,
+    /// Per-worker counters, carried across reloads by name.
+    pub stats: Arc<ClusterStats>,
 }
 
 /// One upstream address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub address: SocketAddr,
     /// The `host:port` as written in the config.
     pub written: String,
+    /// Per-worker state, carried across reloads by cluster and address.
+    pub stats: Arc<EndpointStats>,
 }
 
 /// Per-worker balancer state for every cluster, keyed by cluster name so it
@@ -123,12 +130,14 @@ mod tests {
                 .map(|i| Endpoint {
                     address: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
                     written: format!("127.0.0.1:{}", 9000 + i),
+                    stats: Arc::new(EndpointStats::new(1)),
                 })
                 .collect(),
             balance,
             connect_timeout: Duration::from_secs(1),
             max_idle_connections: 8,
             pool_idle_timeout: Duration::from_secs(30),
+            stats: Arc::new(ClusterStats::new(1)),
         }
     }
 

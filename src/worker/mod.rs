@@ -4,25 +4,35 @@
 
 pub mod driver;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 pub use driver::Driver;
 
+use crate::access_log::WorkerLog;
 use crate::buffers::BufferPool;
 use crate::config::Snapshot;
 use crate::listener::{self, ListenerSocket};
-use crate::metrics::ListenerCounters;
+use crate::metrics::WorkerCells;
 use crate::upstream::Balancers;
 
 /// Messages from the control thread. Rare; never per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Control {
     /// Stop accepting, let open connections finish, then exit.
     Drain,
+    /// A listener added (or moved) by a reload: accept on this socket. The
+    /// snapshot that names it is published before this is sent.
+    AddListener(ListenerSocket),
+    /// A listener removed (or moved) by a reload: stop accepting on it and
+    /// let its connections finish (keep-alive ones close after their
+    /// current request).
+    RemoveListener(String),
 }
 
 /// What a worker reports once its runtime is up.
@@ -38,47 +48,98 @@ pub struct WorkerInfo {
     pub tid: i32,
 }
 
-/// Counters of one worker, readable from other threads.
-#[derive(Debug)]
-pub struct WorkerStats {
-    /// Indexed like `Snapshot::listeners` at start.
-    pub listeners: Vec<ListenerCounters>,
-}
-
 /// Everything a worker thread starts with.
 #[derive(Debug)]
 pub struct WorkerSpec {
     pub index: usize,
+    pub workers: usize,
     pub core: Option<core_affinity::CoreId>,
     pub driver: Driver,
     pub sockets: Vec<ListenerSocket>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub stats: Arc<WorkerStats>,
+    pub stats: Arc<WorkerCells>,
+    pub log: WorkerLog,
     pub control: flume::Receiver<Control>,
     pub ready: std::sync::mpsc::Sender<Result<WorkerInfo, String>>,
 }
 
 /// Per-worker state shared by the worker's tasks (never across threads,
-/// except `stats`, whose counters have this worker as their only writer).
+/// except `stats`, whose cells have this worker as their only writer).
 #[derive(Debug)]
 pub struct WorkerCtx {
     pub index: usize,
+    /// Number of workers (to split per-listener limits).
+    pub workers: usize,
     pub driver: Driver,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub balancers: Balancers,
-    pub stats: Arc<WorkerStats>,
+    pub stats: Arc<WorkerCells>,
     /// Set once draining starts.
     pub draining: Cell<bool>,
-    /// Open downstream connections on this worker, all listeners.
-    pub active: Cell<u64>,
     /// Relay buffers, rented while bytes move.
     pub buffers: BufferPool,
     /// Idle keep-alive connections to HTTP upstreams.
     pub http_pool: crate::http::pool::Pool,
+    /// This worker's access log buffer.
+    pub log: WorkerLog,
+    /// Accept loops by listener name.
+    listeners: RefCell<HashMap<String, Rc<ListenerHandle>>>,
+}
+
+/// A listener's accept loop on one worker, and the flag its connections
+/// watch to learn that the listener was removed.
+pub struct ListenerHandle {
+    pub name: String,
+    /// Set when a reload removed the listener: stop accepting, close
+    /// keep-alive connections after their current request.
+    pub draining: Cell<bool>,
+    canceller: RefCell<Option<monoio::io::Canceller>>,
+}
+
+impl std::fmt::Debug for ListenerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerHandle")
+            .field("name", &self.name)
+            .field("draining", &self.draining.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerHandle {
+    fn new(name: String) -> Self {
+        ListenerHandle {
+            name,
+            draining: Cell::new(false),
+            canceller: RefCell::new(Some(monoio::io::Canceller::new())),
+        }
+    }
+
+    fn cancel_handle(&self) -> Option<monoio::io::CancelHandle> {
+        self.canceller.borrow().as_ref().map(|c| c.handle())
+    }
+
+    /// Stop the accept loop (its pending accept is cancelled).
+    pub fn stop(&self) {
+        self.draining.set(true);
+        if let Some(c) = self.canceller.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+    }
+}
+
+impl WorkerCtx {
+    /// Whether a connection of `listener` should stop taking requests.
+    #[inline]
+    pub fn closing(&self, listener: &ListenerHandle) -> bool {
+        self.draining.get() || listener.draining.get()
+    }
 }
 
 /// io_uring submission queue size per worker.
 const RING_ENTRIES: u32 = 1024;
+
+/// How often the worker's housekeeping tick runs (event-loop lag, log flush).
+const TICK: Duration = Duration::from_millis(100);
 
 /// Thread body of `outrigger-worker-{index}`.
 pub fn run(spec: WorkerSpec) {
@@ -116,34 +177,85 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         buffers: BufferPool::new(runtime.buffer_size, runtime.buffer_pool_size),
         http_pool: crate::http::pool::Pool::default(),
         index: spec.index,
+        workers: spec.workers,
         driver: spec.driver,
         snapshot: spec.snapshot,
         balancers: Balancers::default(),
         stats: spec.stats,
         draining: Cell::new(false),
-        active: Cell::new(0),
+        log: spec.log,
+        listeners: RefCell::new(HashMap::new()),
     });
-    let canceller = monoio::io::Canceller::new();
     let mut loops = Vec::new();
     for socket in spec.sockets {
-        match listener::AcceptLoop::new(ctx.clone(), socket, canceller.handle()) {
-            Ok(l) => loops.push(monoio::spawn(l.run())),
+        match add_listener(&ctx, socket) {
+            Ok(l) => loops.push(l),
             Err(e) => {
                 let _ = spec.ready.send(Err(format!("worker {}: {e}", spec.index)));
                 return;
             }
         }
     }
+    monoio::spawn(tick(ctx.clone()));
     let _ = spec.ready.send(Ok(info));
-    // Any message, or the control side going away, starts the drain.
-    let _ = spec.control.recv_async().await;
+    // Any Drain, or the control side going away, starts the drain.
+    while let Ok(msg) = spec.control.recv_async().await {
+        match msg {
+            Control::Drain => break,
+            Control::AddListener(socket) => match add_listener(&ctx, socket) {
+                Ok(l) => loops.push(l),
+                Err(e) => tracing::error!(worker = ctx.index, error = %e, "cannot add listener"),
+            },
+            Control::RemoveListener(name) => {
+                if let Some(h) = ctx.listeners.borrow_mut().remove(&name) {
+                    h.stop();
+                }
+            }
+        }
+    }
     ctx.draining.set(true);
-    let _canceller = canceller.cancel();
+    for h in ctx.listeners.borrow_mut().drain() {
+        h.1.stop();
+    }
     for l in loops {
         l.await;
     }
-    while ctx.active.get() > 0 {
-        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+    while ctx.stats.active.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    ctx.log.flush(true);
     tracing::debug!(worker = ctx.index, "worker drained");
+}
+
+/// Start accepting on `socket`; a listener of the same name is replaced.
+fn add_listener(
+    ctx: &Rc<WorkerCtx>,
+    socket: ListenerSocket,
+) -> std::io::Result<monoio::task::JoinHandle<()>> {
+    let handle = Rc::new(ListenerHandle::new(socket.name.clone()));
+    let cancel = handle.cancel_handle();
+    let accept = listener::AcceptLoop::new(ctx.clone(), socket, handle.clone(), cancel)?;
+    if let Some(old) = ctx
+        .listeners
+        .borrow_mut()
+        .insert(handle.name.clone(), handle)
+    {
+        old.stop();
+    }
+    Ok(monoio::spawn(accept.run()))
+}
+
+/// Housekeeping every `TICK`: measure how late the timer fires (event-loop
+/// lag: a busy or blocked worker shows here) and flush the access log by time.
+async fn tick(ctx: Rc<WorkerCtx>) {
+    while !ctx.draining.get() {
+        let start = Instant::now();
+        monoio::time::sleep(TICK).await;
+        let lag = start.elapsed().saturating_sub(TICK);
+        ctx.stats
+            .lag_last_us
+            .set(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+        ctx.stats.lag.record(lag);
+        ctx.log.flush_if_due(&ctx.snapshot.load());
+    }
 }

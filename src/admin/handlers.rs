@@ -1,0 +1,173 @@
+//! One function per admin endpoint.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::{Request, Response};
+use crate::control::{Event, Shared};
+
+/// Dispatch by path, then method.
+pub(super) fn route(req: &Request, shared: &Shared, inbox: &flume::Sender<Event>) -> Response {
+    let path = req.path.split('?').next().unwrap_or("");
+    let get = |f: &dyn Fn() -> Response| match req.method.as_str() {
+        "GET" | "HEAD" => f(),
+        _ => method_not_allowed("GET, HEAD"),
+    };
+    let post = |f: &dyn Fn() -> Response| match req.method.as_str() {
+        "POST" => f(),
+        _ => method_not_allowed("POST"),
+    };
+    match path {
+        "/healthz" => get(&|| Response::text(200, "ok\n")),
+        "/ready" => get(&|| ready(shared)),
+        "/metrics" => get(&|| metrics(shared)),
+        "/stats" => get(&|| Response::json(200, &shared.export(crate::metrics::stats_json))),
+        "/config" => get(&|| Response::json(200, &config(shared))),
+        "/clusters" => get(&|| Response::json(200, &clusters(shared))),
+        "/reload" => post(&|| reload(inbox)),
+        "/drain" => post(&|| {
+            let _ = inbox.send(Event::Drain);
+            Response::json(202, &json!({ "draining": true }))
+        }),
+        "/" => get(&|| Response::text(200, INDEX)),
+        _ => Response::text(404, "not found; GET / lists the endpoints\n"),
+    }
+}
+
+const INDEX: &str = "outrigger admin API\n\
+GET  /healthz   200 while the process is alive\n\
+GET  /ready     200 when serving, 503 while draining\n\
+GET  /metrics   Prometheus text format\n\
+GET  /stats     counters and latency percentiles (JSON)\n\
+GET  /config    the running config, generation, last reload error (JSON)\n\
+GET  /clusters  endpoints and their per-worker state (JSON)\n\
+POST /reload    reload the config file now\n\
+POST /drain     stop accepting and exit when connections end\n";
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = Response::text(405, "method not allowed\n");
+    r.allow = Some(allow);
+    r
+}
+
+fn ready(shared: &Shared) -> Response {
+    if shared.draining.load(Ordering::Relaxed) {
+        Response::text(503, "draining\n")
+    } else {
+        Response::text(200, "ready\n")
+    }
+}
+
+fn metrics(shared: &Shared) -> Response {
+    Response {
+        status: 200,
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        body: shared.export(crate::metrics::prometheus).into_bytes(),
+        allow: None,
+    }
+}
+
+fn time(t: SystemTime) -> String {
+    let mut out = Vec::new();
+    crate::access_log::write_time(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn config(shared: &Shared) -> Value {
+    let s = shared.snapshot.load();
+    // The text compiled once already; parsing it again cannot fail, but a
+    // failure would only leave "config" null.
+    let parsed = toml::from_str::<toml::Value>(&s.text)
+        .ok()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or(Value::Null);
+    let last_error = shared
+        .last_reload_error
+        .load_full()
+        .map(|e| json!({ "at": time(e.at), "message": e.message }));
+    json!({
+        "generation": s.generation,
+        "source": s.source.display().to_string(),
+        "loaded_at": time(s.loaded_at),
+        "content_hash": format!("{:016x}", s.content_hash),
+        "last_reload_error": last_error,
+        "reloads": {
+            "succeeded": shared.reloads.succeeded.get(),
+            "failed": shared.reloads.failed.get(),
+        },
+        "config": parsed,
+    })
+}
+
+fn clusters(shared: &Shared) -> Value {
+    let s = shared.snapshot.load();
+    let mut out = serde_json::Map::new();
+    for (name, c) in &s.clusters {
+        let endpoints: Vec<Value> = c
+            .endpoints
+            .iter()
+            .map(|e| {
+                let workers: Vec<Value> = e
+                    .stats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        let last = w
+                            .last_error
+                            .load_full()
+                            .map(|l| json!({ "at": time(l.at), "message": l.message }));
+                        json!({
+                            "worker": i,
+                            "in_flight": w.in_flight.get(),
+                            "pooled": w.pooled.get(),
+                            "requests": w.requests.get(),
+                            "errors": w.errors.get(),
+                            "last_error": last,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "address": e.address.to_string(),
+                    "configured_as": e.written,
+                    "in_flight": e.stats.sum(|w| w.in_flight.get()),
+                    "pooled": e.stats.sum(|w| w.pooled.get()),
+                    "requests": e.stats.sum(|w| w.requests.get()),
+                    "errors": e.stats.sum(|w| w.errors.get()),
+                    "workers": workers,
+                })
+            })
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({
+                "balance": format!("{:?}", c.balance).to_lowercase(),
+                "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+                "endpoints": endpoints,
+            }),
+        );
+    }
+    json!({ "generation": s.generation, "clusters": out })
+}
+
+fn reload(inbox: &flume::Sender<Event>) -> Response {
+    let (tx, rx) = flume::bounded(1);
+    if inbox.send(Event::Reload(Some(tx))).is_err() {
+        return Response::json(503, &json!({ "error": "the control thread has exited" }));
+    }
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(done)) => Response::json(
+            200,
+            &json!({
+                "generation": done.generation,
+                "duration_ms": done.duration.as_secs_f64() * 1e3,
+            }),
+        ),
+        Ok(Err(message)) => Response::json(400, &json!({ "error": message })),
+        Err(_) => Response::json(
+            503,
+            &json!({ "error": "no answer from the control thread" }),
+        ),
+    }
+}

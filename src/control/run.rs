@@ -1,0 +1,326 @@
+//! The `outrigger-control` thread: the one owner of the [`Server`]. Signals,
+//! the file watcher and the admin API send it [`Event`]s; it reloads,
+//! drains, and decides the exit status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{ReloadError, ReloadFailure, Server, Shared, SignalWatch, StartError, EXIT_FORCED};
+use crate::config::{self, Snapshot};
+
+/// Something the control thread acts on.
+#[derive(Debug)]
+pub enum Event {
+    /// SIGINT or SIGTERM: drain; a second one exits at once.
+    Signal(i32),
+    /// Something changed in the config file's directory.
+    FileChanged,
+    /// SIGHUP (`None`) or `POST /reload` (answered on the channel).
+    Reload(Option<flume::Sender<ReloadOutcome>>),
+    /// `POST /drain`: what SIGTERM does.
+    Drain,
+}
+
+/// The answer to a reload request.
+pub type ReloadOutcome = Result<ReloadDone, String>;
+
+/// A successful reload.
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadDone {
+    pub generation: u64,
+    pub duration: Duration,
+}
+
+/// How the proxy is run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The file the config came from; reloads read it again. `None` (the
+    /// demo's embedded config) makes every reload fail with a message.
+    pub config_path: Option<PathBuf>,
+    /// Watch the file's directory and reload on changes.
+    pub watch: bool,
+}
+
+/// Quiet time after a file event before the file is read: editors and
+/// ConfigMap updates touch several files in a burst.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// A proxy with its control thread, admin API and watchers running.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    inbox: flume::Sender<Event>,
+    thread: Option<JoinHandle<i32>>,
+    admin: crate::admin::AdminHandle,
+    addresses: Vec<(String, SocketAddr)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Bind the admin API, start the workers, the watcher and the control
+    /// thread. `signals`, when given, are forwarded to the control thread.
+    pub fn launch(
+        snapshot: Snapshot,
+        options: Options,
+        signals: Option<SignalWatch>,
+    ) -> Result<Proxy, StartError> {
+        let admin_address = snapshot.admin.address;
+        let admin_listener =
+            std::net::TcpListener::bind(admin_address).map_err(|source| StartError::Admin {
+                address: admin_address,
+                source,
+            })?;
+        if !admin_address.ip().is_loopback() {
+            tracing::warn!(address = %admin_address, "the admin API is bound to a non-loopback address: anyone who can reach it can reload and drain this proxy");
+        }
+        let server = super::start(snapshot)?;
+        let shared = server.shared().clone();
+        let (inbox, events) = flume::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let admin = crate::admin::spawn(admin_listener, shared.clone(), inbox.clone())
+            .map_err(StartError::Spawn)?;
+        tracing::info!(address = %admin.address(), "admin API listening");
+        if let (true, Some(path)) = (options.watch, &options.config_path) {
+            super::watch::spawn(path, inbox.clone(), stop.clone()).map_err(StartError::Spawn)?;
+        }
+        if let Some(s) = signals {
+            s.forward(inbox.clone()).map_err(StartError::Spawn)?;
+        }
+        let addresses = shared.addresses.load().as_ref().clone();
+        let keep = inbox.clone();
+        let thread = std::thread::Builder::new()
+            .name("outrigger-control".into())
+            .spawn(move || {
+                let _keep = keep;
+                Control::new(server, options).run(&events)
+            })
+            .map_err(StartError::Spawn)?;
+        Ok(Proxy {
+            shared,
+            inbox,
+            thread: Some(thread),
+            admin,
+            addresses,
+            stop,
+        })
+    }
+
+    /// The admin API's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.address()
+    }
+
+    /// A listener's bound address as of now (reloads may add listeners).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.shared
+            .addresses
+            .load()
+            .iter()
+            .chain(self.addresses.iter())
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// Counters, snapshot and workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Reload from the config file now, as `POST /reload` does.
+    pub fn reload(&self) -> ReloadOutcome {
+        let (tx, rx) = flume::bounded(1);
+        self.inbox
+            .send(Event::Reload(Some(tx)))
+            .map_err(|_| "the control thread has exited".to_string())?;
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "no answer from the control thread".to_string())?
+    }
+
+    /// Start draining, as SIGTERM does.
+    pub fn drain(&self) {
+        let _ = self.inbox.send(Event::Drain);
+    }
+
+    /// Wait for the control thread to finish; returns the exit status.
+    pub fn wait(mut self) -> i32 {
+        let code = self.thread.take().map_or(1, |t| t.join().unwrap_or(1));
+        self.stop.store(true, Ordering::Relaxed);
+        code
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.admin.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = self.inbox.send(Event::Drain);
+            let _ = t.join();
+        }
+    }
+}
+
+/// The control thread's state.
+struct Control {
+    server: Server,
+    options: Options,
+    drain_deadline: Option<Instant>,
+    file_due: Option<Instant>,
+}
+
+impl Control {
+    fn new(server: Server, options: Options) -> Self {
+        Control {
+            server,
+            options,
+            drain_deadline: None,
+            file_due: None,
+        }
+    }
+
+    /// Serve events until drained; returns the exit status: 0 after a drain
+    /// (complete or timed out), [`EXIT_FORCED`] when a second signal
+    /// arrived, 1 when the workers died on their own.
+    fn run(mut self, events: &flume::Receiver<Event>) -> i32 {
+        loop {
+            match events.recv_timeout(Duration::from_millis(20)) {
+                Ok(Event::Signal(sig)) => {
+                    if self.drain_deadline.is_some() {
+                        tracing::warn!(
+                            signal = sig,
+                            open_connections = self.server.active_connections(),
+                            "second signal: exiting now"
+                        );
+                        return EXIT_FORCED;
+                    }
+                    self.start_drain(&format!("signal {sig}"));
+                }
+                Ok(Event::Drain) => {
+                    if self.drain_deadline.is_none() {
+                        self.start_drain("POST /drain");
+                    }
+                }
+                Ok(Event::FileChanged) => self.file_due = Some(Instant::now() + DEBOUNCE),
+                Ok(Event::Reload(reply)) => {
+                    let outcome = self.reload(
+                        Instant::now(),
+                        if reply.is_some() { "admin" } else { "SIGHUP" },
+                    );
+                    if let Some(r) = reply {
+                        let _ = r.send(outcome);
+                    }
+                }
+                Err(_) => {}
+            }
+            if self.file_due.is_some_and(|d| Instant::now() >= d) {
+                self.file_due = None;
+                self.reload_if_changed();
+            }
+            if let Some(code) = self.check_exit() {
+                // After a drain timeout the workers still run: exit without
+                // them (the process ends); otherwise wait for the log writer.
+                if self.server.finished() {
+                    self.server.join();
+                }
+                return code;
+            }
+        }
+    }
+
+    fn start_drain(&mut self, why: &str) {
+        let timeout = self.server.snapshot().runtime.drain_timeout;
+        tracing::info!(
+            trigger = why,
+            open_connections = self.server.active_connections(),
+            ?timeout,
+            "draining: stopped accepting, waiting for open connections"
+        );
+        self.server.drain();
+        self.drain_deadline = Some(Instant::now() + timeout);
+    }
+
+    fn check_exit(&self) -> Option<i32> {
+        if self.server.finished() {
+            if self.drain_deadline.is_none() {
+                tracing::error!("workers exited unexpectedly");
+                return Some(1);
+            }
+            tracing::info!("drained; exiting");
+            return Some(0);
+        }
+        if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                open_connections = self.server.active_connections(),
+                "drain timeout reached; exiting with connections still open"
+            );
+            return Some(0);
+        }
+        None
+    }
+
+    /// A file event: reload only when the content changed.
+    fn reload_if_changed(&mut self) {
+        let Some(path) = &self.options.config_path else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(path) else {
+            // Mid-swap, or removed: the next event will tell.
+            return;
+        };
+        if config::compile::fnv1a(&bytes) == self.server.snapshot().content_hash {
+            return;
+        }
+        let _ = self.reload(Instant::now(), "file change");
+    }
+
+    fn reload(&mut self, trigger: Instant, why: &str) -> ReloadOutcome {
+        if self.drain_deadline.is_some() {
+            return Err("draining: reloads are refused".into());
+        }
+        let result = match &self.options.config_path {
+            None => Err(ReloadError::NoFile),
+            Some(path) => config::load(path)
+                .map_err(ReloadError::Config)
+                .and_then(|s| self.server.apply(s)),
+        };
+        let shared = self.server.shared().clone();
+        match result {
+            Ok(snapshot) => {
+                let duration = trigger.elapsed();
+                shared.reloads.succeeded.inc();
+                shared.reloads.duration.record(duration);
+                shared.last_reload_error.store(None);
+                tracing::info!(
+                    trigger = why,
+                    generation = snapshot.generation,
+                    ?duration,
+                    summary = %snapshot.summary(),
+                    "config reloaded"
+                );
+                Ok(ReloadDone {
+                    generation: snapshot.generation,
+                    duration,
+                })
+            }
+            Err(e) => {
+                shared.reloads.failed.inc();
+                let message = e.to_string();
+                for line in message.lines() {
+                    tracing::error!(
+                        trigger = why,
+                        "reload rejected, running config kept: {line}"
+                    );
+                }
+                shared.last_reload_error.store(Some(Arc::new(ReloadFailure {
+                    at: SystemTime::now(),
+                    message: message.clone(),
+                })));
+                Err(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Config file watching. The directory holding the file is watched (inotify),
+//! not the file: editors save by writing a new file and renaming it over the
+//! old one, and Kubernetes ConfigMaps swap a `..data` symlink, and in both
+//! cases a watch on the old file's inode would see nothing. Any event in the
+//! directory tells the control thread to look; it debounces, re-reads the
+//! file and reloads only when the content hash changed. Without inotify the
+//! watcher polls the file's content once a second instead.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::run::Event;
+
+/// How often the poll fallback looks, and how often the inotify thread
+/// checks whether it should stop.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Start watching the directory of `file`; events go to `inbox` until `stop`.
+pub fn spawn(
+    file: &Path,
+    inbox: flume::Sender<Event>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file = file.to_path_buf();
+    // The watch is in place before this returns: no change after start is missed.
+    let watch = Inotify::watch(&dir);
+    std::thread::Builder::new()
+        .name("outrigger-watch".into())
+        .spawn(move || match watch {
+            Ok(fd) => {
+                tracing::debug!(dir = %dir.display(), "watching the config directory");
+                fd.run(&inbox, &stop);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "inotify unavailable; polling the config file every second");
+                poll(&file, &inbox, &stop);
+            }
+        })?;
+    Ok(())
+}
+
+fn poll(file: &Path, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
+    let mut last = std::fs::read(file).ok();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(POLL);
+        let now = std::fs::read(file).ok();
+        if now != last {
+            last = now;
+            if inbox.send(Event::FileChanged).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// An inotify instance watching one directory.
+struct Inotify(libc::c_int);
+
+impl Drop for Inotify {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor and close it once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+impl Inotify {
+    fn watch(dir: &Path) -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let me = Inotify(fd);
+        let path = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MODIFY
+            | libc::IN_ATTRIB;
+        // SAFETY: fd is a live inotify descriptor and path a valid C string.
+        if unsafe { libc::inotify_add_watch(me.0, path.as_ptr(), mask) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(me)
+    }
+
+    fn run(&self, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd: self.0,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as libc::c_int) };
+            if ready <= 0 {
+                continue;
+            }
+            // SAFETY: reading into a buffer we own, with its length.
+            let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 && inbox.send(Event::FileChanged).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! Gathering the per-worker cells into what the admin API serves: the
+//! Prometheus text exposition format (`/metrics`) and JSON (`/stats`).
+//! Readers only load relaxed atomics; no worker is ever asked or stopped.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{json, Map, Value};
+
+use super::histogram::{Merged, LE_BUCKETS_US};
+use super::{ByClass, Histogram, PerWorker, WorkerCells, STATUS_CLASSES};
+use crate::config::Snapshot;
+use crate::worker::WorkerInfo;
+
+/// Control-plane counters: reloads and their duration. The control thread
+/// is their only writer.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub succeeded: super::Counter,
+    pub failed: super::Counter,
+    /// From the trigger (signal, file change, POST /reload) to publish.
+    pub duration: Histogram,
+}
+
+/// Everything an export reads.
+#[derive(Debug)]
+pub struct ExportSource<'a> {
+    pub snapshot: &'a Snapshot,
+    pub workers: &'a [WorkerInfo],
+    pub worker_stats: &'a [Arc<WorkerCells>],
+    pub reloads: &'a ReloadStats,
+    pub started_at: SystemTime,
+}
+
+/// Prometheus text exposition format, version 0.0.4.
+pub fn prometheus(src: &ExportSource<'_>) -> String {
+    let mut p = Prom::default();
+    let s = src.snapshot;
+    p.family(
+        "outrigger_build_info",
+        "gauge",
+        "Build information; always 1.",
+    );
+    p.sample(
+        "outrigger_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    p.family(
+        "outrigger_config_generation",
+        "gauge",
+        "Generation of the running config: 1 at start, +1 per successful reload.",
+    );
+    p.sample("outrigger_config_generation", &[], s.generation);
+    p.family(
+        "outrigger_config_reloads_total",
+        "counter",
+        "Config reloads by result.",
+    );
+    p.sample(
+        "outrigger_config_reloads_total",
+        &[("result", "success")],
+        src.reloads.succeeded.get(),
+    );
+    p.sample(
+        "outrigger_config_reloads_total",
+        &[("result", "failure")],
+        src.reloads.failed.get(),
+    );
+    let mut m = Merged::default();
+    src.reloads.duration.merge_into(&mut m);
+    p.histogram(
+        "outrigger_config_reload_duration_seconds",
+        "Time from a reload trigger to the new config's publication.",
+        &[],
+        &m,
+    );
+
+    listener_metrics(&mut p, s);
+    route_metrics(&mut p, s);
+    cluster_metrics(&mut p, s);
+    worker_metrics(&mut p, src);
+    p.out
+}
+
+fn listener_metrics(p: &mut Prom, s: &Snapshot) {
+    type Get = fn(&super::ListenerCells) -> u64;
+    let simple: [(&str, &str, &str, Get); 8] = [
+        (
+            "outrigger_listener_connections_total",
+            "counter",
+            "Downstream connections accepted.",
+            |c| c.accepted.get(),
+        ),
+        (
+            "outrigger_listener_connections_active",
+            "gauge",
+            "Downstream connections open now.",
+            |c| c.active.get(),
+        ),
+        (
+            "outrigger_listener_connections_rejected_total",
+            "counter",
+            "Connections closed at once because max_connections was reached.",
+            |c| c.rejected.get(),
+        ),
+        (
+            "outrigger_listener_accept_errors_total",
+            "counter",
+            "accept() calls that failed (EMFILE and friends).",
+            |c| c.accept_errors.get(),
+        ),
+        (
+            "outrigger_listener_idle_timeouts_total",
+            "counter",
+            "Connections closed by idle_timeout.",
+            |c| c.idle_timeouts.get(),
+        ),
+        (
+            "outrigger_listener_bytes_received_total",
+            "counter",
+            "Bytes received from downstream clients.",
+            |c| c.bytes_in.get(),
+        ),
+        (
+            "outrigger_listener_bytes_sent_total",
+            "counter",
+            "Bytes sent to downstream clients.",
+            |c| c.bytes_out.get(),
+        ),
+        (
+            "outrigger_listener_no_route_total",
+            "counter",
+            "HTTP requests no route matched (answered 404).",
+            |c| c.no_route.get(),
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        p.family(name, kind, help);
+        for l in &s.listeners {
+            p.sample(name, &[("listener", &l.name)], l.stats.sum(get));
+        }
+    }
+    let name = "outrigger_listener_requests_total";
+    p.family(
+        name,
+        "counter",
+        "HTTP responses sent, by status class (the proxy's own included).",
+    );
+    for l in &s.listeners {
+        class_samples(p, name, &[("listener", &l.name)], &l.stats, |c| &c.requests);
+    }
+}
+
+fn route_metrics(p: &mut Prom, s: &Snapshot) {
+    let name = "outrigger_route_requests_total";
+    p.family(
+        name,
+        "counter",
+        "HTTP requests by route and response status class.",
+    );
+    for (table, t) in &s.route_tables {
+        for r in &t.routes {
+            class_samples(
+                p,
+                name,
+                &[("table", table), ("route", &r.name)],
+                &r.stats,
+                |c| &c.requests,
+            );
+        }
+    }
+    let name = "outrigger_route_request_duration_seconds";
+    p.family(
+        name,
+        "histogram",
+        "From a request head's arrival to the response's last byte, by route.",
+    );
+    for (table, t) in &s.route_tables {
+        for r in &t.routes {
+            let m = merge(&r.stats, |c| &c.duration);
+            p.histogram_samples(name, &[("table", table), ("route", &r.name)], &m);
+        }
+    }
+}
+
+fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
+    type Get = fn(&super::ClusterCells) -> u64;
+    let simple: [(&str, &str, &str, Get); 5] = [
+        (
+            "outrigger_cluster_upstream_requests_total",
+            "counter",
+            "Requests (http) or connections (tcp) sent to the cluster's endpoints.",
+            |c| c.requests.get(),
+        ),
+        (
+            "outrigger_cluster_upstream_connect_failures_total",
+            "counter",
+            "Upstream connect attempts that failed or timed out.",
+            |c| c.connect_failures.get(),
+        ),
+        (
+            "outrigger_cluster_upstream_connections_opened_total",
+            "counter",
+            "New upstream connections (pooled ones reused are not counted).",
+            |c| c.connections_opened.get(),
+        ),
+        (
+            "outrigger_cluster_upstream_timeouts_total",
+            "counter",
+            "HTTP exchanges that hit the route timeout or upstream_read_timeout.",
+            |c| c.timeouts.get(),
+        ),
+        (
+            "outrigger_cluster_upstream_active",
+            "gauge",
+            "Upstream requests or connections in flight now.",
+            |c| c.active.get(),
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        p.family(name, kind, help);
+        for (cname, c) in &s.clusters {
+            p.sample(name, &[("cluster", cname)], c.stats.sum(get));
+        }
+    }
+    let name = "outrigger_cluster_upstream_responses_total";
+    p.family(name, "counter", "Upstream HTTP responses by status class.");
+    for (cname, c) in &s.clusters {
+        class_samples(p, name, &[("cluster", cname)], &c.stats, |c| &c.responses);
+    }
+    let name = "outrigger_cluster_upstream_request_duration_seconds";
+    p.family(
+        name,
+        "histogram",
+        "From sending a request upstream to the response's last byte.",
+    );
+    for (cname, c) in &s.clusters {
+        let m = merge(&c.stats, |c| &c.duration);
+        p.histogram_samples(name, &[("cluster", cname)], &m);
+    }
+}
+
+fn worker_metrics(p: &mut Prom, src: &ExportSource<'_>) {
+    p.family(
+        "outrigger_worker_info",
+        "gauge",
+        "One series per worker: its core (\"none\" when unpinned) and I/O driver; always 1.",
+    );
+    for w in src.workers {
+        let core = w.core.map_or_else(|| "none".to_string(), |c| c.to_string());
+        let index = w.index.to_string();
+        let driver = w.driver.to_string();
+        p.sample(
+            "outrigger_worker_info",
+            &[("worker", &index), ("core", &core), ("driver", &driver)],
+            1,
+        );
+    }
+    type Get = fn(&WorkerCells) -> u64;
+    let simple: [(&str, &str, &str, Get); 3] = [
+        (
+            "outrigger_worker_connections_active",
+            "gauge",
+            "Downstream connections open on the worker, all listeners.",
+            |c| c.active.get(),
+        ),
+        (
+            "outrigger_access_log_lines_total",
+            "counter",
+            "Access log lines produced by the worker.",
+            |c| c.access_log_lines.get(),
+        ),
+        (
+            "outrigger_access_log_dropped_lines_total",
+            "counter",
+            "Access log lines dropped because the log writer fell behind.",
+            |c| c.access_log_dropped.get(),
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        p.family(name, kind, help);
+        for (i, c) in src.worker_stats.iter().enumerate() {
+            p.sample(name, &[("worker", &i.to_string())], get(c));
+        }
+    }
+    let name = "outrigger_worker_event_loop_lag_last_seconds";
+    p.family(
+        name,
+        "gauge",
+        "How late the worker's last 100 ms housekeeping tick fired.",
+    );
+    for (i, c) in src.worker_stats.iter().enumerate() {
+        p.sample_f(
+            name,
+            &[("worker", &i.to_string())],
+            c.lag_last_us.get() as f64 / 1e6,
+        );
+    }
+    let name = "outrigger_worker_event_loop_lag_seconds";
+    p.family(
+        name,
+        "histogram",
+        "How late each 100 ms housekeeping tick fired: a busy or blocked worker shows here.",
+    );
+    for (i, c) in src.worker_stats.iter().enumerate() {
+        let mut m = Merged::default();
+        c.lag.merge_into(&mut m);
+        p.histogram_samples(name, &[("worker", &i.to_string())], &m);
+    }
+}
+
+fn class_samples<T>(
+    p: &mut Prom,
+    name: &str,
+    labels: &[(&str, &str)],
+    stats: &PerWorker<T>,
+    get: impl Fn(&T) -> &ByClass,
+) {
+    for (i, class) in STATUS_CLASSES.iter().enumerate() {
+        let mut l = labels.to_vec();
+        l.push(("class", class));
+        p.sample(name, &l, stats.sum(|c| get(c).0[i].get()));
+    }
+}
+
+fn merge<T>(stats: &PerWorker<T>, get: impl Fn(&T) -> &Histogram) -> Merged {
+    let mut m = Merged::default();
+    for c in stats.iter() {
+        get(c).merge_into(&mut m);
+    }
+    m
+}
+
+/// A Prometheus text writer.
+#[derive(Default)]
+struct Prom {
+    out: String,
+}
+
+impl Prom {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)]) {
+        if labels.is_empty() {
+            return;
+        }
+        self.out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            let _ = write!(self.out, "{k}=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => self.out.push_str("\\\\"),
+                    '"' => self.out.push_str("\\\""),
+                    '\n' => self.out.push_str("\\n"),
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+        self.out.push('}');
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: u64) {
+        self.out.push_str(name);
+        self.labels(labels);
+        let _ = writeln!(self.out, " {v}");
+    }
+
+    fn sample_f(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.out.push_str(name);
+        self.labels(labels);
+        let _ = writeln!(self.out, " {v}");
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, labels: &[(&str, &str)], m: &Merged) {
+        self.family(name, "histogram", help);
+        self.histogram_samples(name, labels, m);
+    }
+
+    fn histogram_samples(&mut self, name: &str, labels: &[(&str, &str)], m: &Merged) {
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (i, le_us) in LE_BUCKETS_US.iter().enumerate() {
+            cumulative += m.le[i];
+            let le = format!("{}", *le_us as f64 / 1e6);
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&bucket, &l, cumulative);
+        }
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        self.sample(&bucket, &l, m.count);
+        self.sample_f(&format!("{name}_sum"), labels, m.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), labels, m.count);
+    }
+}
+
+/// `/stats`: counters and latency percentiles per listener, route, cluster
+/// and worker, each in total and per worker.
+pub fn stats_json(src: &ExportSource<'_>) -> Value {
+    let s = src.snapshot;
+    let mut listeners = Map::new();
+    for l in &s.listeners {
+        let per: Vec<Value> = l.stats.iter().map(listener_json).collect();
+        listeners.insert(
+            l.name.clone(),
+            json!({ "total": sum_json(&per), "workers": per }),
+        );
+    }
+    let mut routes = Vec::new();
+    for (table, t) in &s.route_tables {
+        for r in &t.routes {
+            let per: Vec<Value> = r
+                .stats
+                .iter()
+                .map(|c| json!({ "requests": classes(&c.requests), "latency_us": latency(&[&c.duration]) }))
+                .collect();
+            let all: Vec<&Histogram> = r.stats.iter().map(|c| &c.duration).collect();
+            routes.push(json!({
+                "table": table,
+                "route": r.name,
+                "total": { "requests": sum_json(&per.iter().map(|v| v["requests"].clone()).collect::<Vec<_>>()), "latency_us": latency(&all) },
+                "workers": per,
+            }));
+        }
+    }
+    let mut clusters = Map::new();
+    for (name, c) in &s.clusters {
+        let per: Vec<Value> = c
+            .stats
+            .iter()
+            .map(|c| {
+                json!({
+                    "requests": c.requests.get(),
+                    "responses": classes(&c.responses),
+                    "connect_failures": c.connect_failures.get(),
+                    "connections_opened": c.connections_opened.get(),
+                    "timeouts": c.timeouts.get(),
+                    "active": c.active.get(),
+                    "latency_us": latency(&[&c.duration]),
+                })
+            })
+            .collect();
+        let all: Vec<&Histogram> = c.stats.iter().map(|c| &c.duration).collect();
+        let mut total = sum_json(&per);
+        total["latency_us"] = latency(&all);
+        clusters.insert(name.clone(), json!({ "total": total, "workers": per }));
+    }
+    let workers: Vec<Value> = src
+        .workers
+        .iter()
+        .zip(src.worker_stats)
+        .map(|(w, c)| {
+            json!({
+                "index": w.index,
+                "core": w.core,
+                "driver": w.driver.to_string(),
+                "active_connections": c.active.get(),
+                "event_loop_lag_us": latency(&[&c.lag]),
+                "access_log_lines": c.access_log_lines.get(),
+                "access_log_dropped": c.access_log_dropped.get(),
+            })
+        })
+        .collect();
+    json!({
+        "generation": s.generation,
+        "uptime_seconds": src.started_at.elapsed().unwrap_or_default().as_secs_f64(),
+        "reloads": {
+            "succeeded": src.reloads.succeeded.get(),
+            "failed": src.reloads.failed.get(),
+            "duration_us": latency(&[&src.reloads.duration]),
+        },
+        "listeners": listeners,
+        "routes": routes,
+        "clusters": clusters,
+        "workers": workers,
+    })
+}
+
+fn listener_json(c: &super::ListenerCells) -> Value {
+    json!({
+        "connections": c.accepted.get(),
+        "active": c.active.get(),
+        "rejected": c.rejected.get(),
+        "accept_errors": c.accept_errors.get(),
+        "idle_timeouts": c.idle_timeouts.get(),
+        "upstream_connect_failures": c.upstream_connect_failures.get(),
+        "no_upstream": c.no_upstream.get(),
+        "bytes_in": c.bytes_in.get(),
+        "bytes_out": c.bytes_out.get(),
+        "requests": classes(&c.requests),
+        "no_route": c.no_route.get(),
+    })
+}
+
+fn classes(b: &ByClass) -> Value {
+    let mut m = Map::new();
+    for (i, class) in STATUS_CLASSES.iter().enumerate() {
+        m.insert((*class).to_string(), json!(b.0[i].get()));
+    }
+    m.insert("total".into(), json!(b.total()));
+    Value::Object(m)
+}
+
+/// Percentiles in microseconds from the merged HdrHistogram.
+fn latency(hs: &[&Histogram]) -> Value {
+    let mut m = Merged::default();
+    for h in hs {
+        h.merge_into(&mut m);
+    }
+    json!({
+        "count": m.count,
+        "p50": m.quantile_us(0.5),
+        "p90": m.quantile_us(0.9),
+        "p99": m.quantile_us(0.99),
+        "p999": m.quantile_us(0.999),
+        "max": m.max_us,
+        "mean": if m.count == 0 { 0.0 } else { m.sum_us as f64 / m.count as f64 },
+    })
+}
+
+/// Field-wise sum of JSON objects of numbers (nested objects summed too).
+fn sum_json(items: &[Value]) -> Value {
+    let mut out = Map::new();
+    for item in items {
+        let Value::Object(o) = item else { continue };
+        for (k, v) in o {
+            match v {
+                Value::Number(n) => {
+                    let acc = out.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    out.insert(k.clone(), json!(acc + n.as_u64().unwrap_or(0)));
+                }
+                Value::Object(_) => {
+                    let prev = out.remove(k).unwrap_or(Value::Null);
+                    let merged = sum_json(&[prev, v.clone()]);
+                    out.insert(k.clone(), merged);
+                }
+                _ => {}
+            }
+        }
+    }
+    Value::Object(out)
+}

@@ -1,0 +1,288 @@
+//! Per-worker metrics. Every cell has exactly one writer (its worker
+//! thread), so an increment is a relaxed load and store: no read-modify-write,
+//! no lock, no cache line shared between workers (each worker's cells are
+//! padded to their own lines). Readers (the admin thread, tests) load them
+//! relaxed and sum over workers.
+//!
+//! The cells hang off the compiled config: each listener, route, cluster and
+//! endpoint of a [`Snapshot`](crate::config::Snapshot) carries an `Arc` of its
+//! per-worker cells, and a reload hands the same `Arc` to the object of the
+//! same name in the new snapshot ([`crate::config::Snapshot::adopt_stats`]),
+//! so counters survive reloads and the data path never looks a name up.
+
+mod export;
+pub mod histogram;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+
+pub use export::{prometheus, stats_json, ExportSource, ReloadStats};
+pub use histogram::{Histogram, Merged};
+
+/// A single-writer counter or gauge.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`. Only the owning worker calls this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Add one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtract one (for gauges).
+    #[inline]
+    pub fn dec(&self) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.saturating_sub(1), Ordering::Relaxed);
+    }
+
+    /// Set a gauge.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One worker's cells, alone on their cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+/// One `T` per worker, indexed by worker number.
+#[derive(Debug)]
+pub struct PerWorker<T> {
+    cells: Box<[Padded<T>]>,
+}
+
+impl<T: Default> PerWorker<T> {
+    /// Cells for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        PerWorker {
+            cells: (0..workers.max(1)).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The cells of worker `index`. A worker index past the end (which start-up
+    /// never produces) shares the last cell rather than panicking.
+    #[inline]
+    pub fn worker(&self, index: usize) -> &T {
+        let i = index.min(self.cells.len() - 1);
+        &self.cells[i].0
+    }
+
+    /// Every worker's cells, in worker order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.cells.iter().map(|p| &p.0)
+    }
+
+    /// Sum `f` over workers.
+    pub fn sum(&self, f: impl Fn(&T) -> u64) -> u64 {
+        self.iter().map(f).sum()
+    }
+}
+
+/// Status classes used as label values.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Responses counted by status class.
+#[derive(Debug, Default)]
+pub struct ByClass(pub [Counter; 5]);
+
+impl ByClass {
+    /// Count one response with `status` (100..=599; others count as 5xx).
+    #[inline]
+    pub fn inc(&self, status: u16) {
+        let i = usize::from(status / 100).saturating_sub(1).min(4);
+        self.0[i].inc();
+    }
+
+    /// All classes together.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
+}
+
+/// Counters of one listener on one worker.
+#[derive(Debug, Default)]
+pub struct ListenerCells {
+    /// Connections accepted and served.
+    pub accepted: Counter,
+    /// Connections open now (gauge).
+    pub active: Counter,
+    /// Connections closed at once because `max_connections` was reached.
+    pub rejected: Counter,
+    /// Accept calls that failed (EMFILE and friends).
+    pub accept_errors: Counter,
+    /// tcp: upstream connect attempts that failed or timed out.
+    pub upstream_connect_failures: Counter,
+    /// tcp: connections closed because no endpoint could be reached.
+    pub no_upstream: Counter,
+    /// Connections closed by `idle_timeout`.
+    pub idle_timeouts: Counter,
+    /// Bytes received from downstream clients.
+    pub bytes_in: Counter,
+    /// Bytes sent to downstream clients.
+    pub bytes_out: Counter,
+    /// http: responses sent, by status class (the proxy's own included).
+    pub requests: ByClass,
+    /// http: requests no route matched (404).
+    pub no_route: Counter,
+}
+
+/// Counters of one route on one worker.
+#[derive(Debug, Default)]
+pub struct RouteCells {
+    pub requests: ByClass,
+    /// From the request head's arrival to the response's last byte.
+    pub duration: Histogram,
+}
+
+/// Counters of one cluster on one worker.
+#[derive(Debug, Default)]
+pub struct ClusterCells {
+    /// Requests (http) or connections (tcp) sent to an endpoint.
+    pub requests: Counter,
+    /// http: upstream responses by status class.
+    pub responses: ByClass,
+    /// Connect attempts that failed or timed out.
+    pub connect_failures: Counter,
+    /// New upstream connections opened (pooled ones are reused, not counted).
+    pub connections_opened: Counter,
+    /// http: exchanges that hit the route timeout or upstream_read_timeout.
+    pub timeouts: Counter,
+    /// Requests or connections in flight now (gauge).
+    pub active: Counter,
+    /// http: from sending the request to the response's last byte.
+    pub duration: Histogram,
+}
+
+/// State of one endpoint of a cluster on one worker.
+#[derive(Debug, Default)]
+pub struct EndpointCells {
+    /// Requests or connections in flight now (gauge).
+    pub in_flight: Counter,
+    /// Idle pooled connections now (gauge).
+    pub pooled: Counter,
+    pub requests: Counter,
+    /// Connect failures, timeouts, resets and malformed responses.
+    pub errors: Counter,
+    /// The most recent error and when it happened.
+    pub last_error: ArcSwapOption<EndpointError>,
+}
+
+/// An endpoint's most recent error.
+#[derive(Debug)]
+pub struct EndpointError {
+    pub at: SystemTime,
+    pub message: String,
+}
+
+impl EndpointCells {
+    /// Count an error and keep its message (an error path; allocates).
+    pub fn error(&self, message: impl Into<String>) {
+        self.errors.inc();
+        self.last_error.store(Some(Arc::new(EndpointError {
+            at: SystemTime::now(),
+            message: message.into(),
+        })));
+    }
+}
+
+/// Counters of one worker as a whole.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerCells {
+    /// Access log lines written into this worker's buffer.
+    pub access_log_lines: Counter,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+    /// Open downstream connections, all listeners (gauge).
+    pub active: Counter,
+    /// How late the last periodic tick fired, in microseconds (gauge).
+    pub lag_last_us: Counter,
+    /// Event-loop lag samples: how late each periodic tick fired.
+    pub lag: Histogram,
+}
+
+pub type ListenerStats = PerWorker<ListenerCells>;
+pub type RouteStats = PerWorker<RouteCells>;
+pub type ClusterStats = PerWorker<ClusterCells>;
+pub type EndpointStats = PerWorker<EndpointCells>;
+
+/// Sum of one listener's counters over workers, as a plain value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerTotals {
+    pub accepted: u64,
+    pub active: u64,
+    pub rejected: u64,
+    pub accept_errors: u64,
+    pub upstream_connect_failures: u64,
+    pub no_upstream: u64,
+    pub idle_timeouts: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub requests: u64,
+}
+
+impl ListenerTotals {
+    /// Sum a listener's cells over workers.
+    pub fn of(stats: &ListenerStats) -> Self {
+        ListenerTotals {
+            accepted: stats.sum(|c| c.accepted.get()),
+            active: stats.sum(|c| c.active.get()),
+            rejected: stats.sum(|c| c.rejected.get()),
+            accept_errors: stats.sum(|c| c.accept_errors.get()),
+            upstream_connect_failures: stats.sum(|c| c.upstream_connect_failures.get()),
+            no_upstream: stats.sum(|c| c.no_upstream.get()),
+            idle_timeouts: stats.sum(|c| c.idle_timeouts.get()),
+            bytes_in: stats.sum(|c| c.bytes_in.get()),
+            bytes_out: stats.sum(|c| c.bytes_out.get()),
+            requests: stats.sum(|c| c.requests.total()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_worker_cells_do_not_share_lines() {
+        assert!(std::mem::align_of::<Padded<ListenerCells>>() >= 128);
+        let s = ListenerStats::new(3);
+        s.worker(0).accepted.inc();
+        s.worker(2).accepted.add(5);
+        // An out-of-range index is clamped, not a panic.
+        s.worker(9).accepted.inc();
+        assert_eq!(s.sum(|c| c.accepted.get()), 7);
+    }
+
+    #[test]
+    fn status_classes() {
+        let b = ByClass::default();
+        for s in [100, 204, 301, 404, 503, 999, 0] {
+            b.inc(s);
+        }
+        let got: Vec<u64> = b.0.iter().map(Counter::get).collect();
+        assert_eq!(got, vec![2, 1, 1, 1, 2]);
+    }
+}

@@ -1,0 +1,425 @@
+//! The admin API and the access log, through the library's entry point:
+//! every endpoint answers what docs/operations.md says, `/metrics` passes a
+//! strict Prometheus text parser, and access log lines carry every field.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::admin::{self, TempDir};
+use common::http::Client;
+use common::*;
+use outrigger::backends::{self, BackendKind, HttpBackend};
+use outrigger::control::{Options, Proxy};
+use outrigger::worker::Driver;
+
+both_drivers!(endpoints_metrics_and_access_log, text_access_log_and_drain);
+
+fn setup(driver: Driver, dir: &TempDir, format: &str) -> (Proxy, backends::Backend) {
+    let up = backends::start(
+        BackendKind::Http(HttpBackend::named("app")),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap();
+    let log = dir.path("access.log");
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 2
+io = "{io}"
+drain_timeout = "3s"
+
+[admin]
+address = "127.0.0.1:0"
+
+[access_log]
+path = "{log}"
+format = "{format}"
+flush_interval = "100ms"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+
+[[routes.r]]
+name = "app \"quoted\""
+match.path_prefix = "/app"
+cluster = "app"
+
+[[routes.r]]
+match.path = "/dead"
+cluster = "dead"
+
+[clusters.app]
+endpoints = ["{up}"]
+
+[clusters.dead]
+endpoints = ["{dead}"]
+"#,
+        io = io_name(driver),
+        log = log.display(),
+        up = up.addr,
+        dead = closed_port(),
+    );
+    let path = dir.path("config.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap();
+    let options = Options {
+        config_path: Some(path),
+        watch: false,
+    };
+    (Proxy::launch(snapshot, options, None).unwrap(), up)
+}
+
+fn read_log(dir: &TempDir, lines: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    assert!(
+        eventually(|| {
+            out = std::fs::read_to_string(dir.path("access.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            out.len() >= lines
+        }),
+        "access log has {} of {lines} lines",
+        out.len()
+    );
+    out
+}
+
+fn endpoints_metrics_and_access_log(driver: Driver) {
+    let dir = TempDir::new("admin");
+    let (proxy, up) = setup(driver, &dir, "json");
+    let web = proxy.local_addr("web").unwrap();
+    let adm = proxy.admin_addr();
+    let mut c = Client::connect(web);
+    for i in 0..10 {
+        let r = c.get(
+            &format!("/app/{i}?q=1"),
+            "svc.local",
+            "x-request-id: req-7\r\n",
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(c.get("/nowhere", "svc.local", "").status, 404);
+    assert_eq!(c.get("/nowhere", "svc.local", "").status, 404);
+    assert_eq!(c.get("/dead", "svc.local", "").status, 503);
+
+    assert_eq!(admin::request(adm, "GET", "/healthz"), (200, "ok\n".into()));
+    assert_eq!(admin::request(adm, "GET", "/ready").0, 200);
+    assert_eq!(admin::request(adm, "POST", "/stats").0, 405);
+    assert_eq!(admin::request(adm, "GET", "/reload").0, 405);
+    assert_eq!(admin::request(adm, "GET", "/nope").0, 404);
+
+    // /metrics: strict parse, then the values a user would look for.
+    let m = admin::parse_prometheus(&admin::request(adm, "GET", "/metrics").1);
+    let route = [("table", "r"), ("route", "app \"quoted\"")];
+    let v = |name: &str, labels: &[(&str, &str)]| {
+        m.value(name, labels)
+            .unwrap_or_else(|| panic!("{name} {labels:?}"))
+    };
+    assert_eq!(
+        v(
+            "outrigger_route_requests_total",
+            &[route[0], route[1], ("class", "2xx")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        v("outrigger_route_request_duration_seconds_count", &route),
+        10.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_listener_requests_total",
+            &[("listener", "web"), ("class", "2xx")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_listener_requests_total",
+            &[("listener", "web"), ("class", "4xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_listener_requests_total",
+            &[("listener", "web"), ("class", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v("outrigger_listener_no_route_total", &[("listener", "web")]),
+        2.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_listener_connections_total",
+            &[("listener", "web")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_listener_connections_active",
+            &[("listener", "web")]
+        ),
+        1.0
+    );
+    assert!(
+        v(
+            "outrigger_listener_bytes_received_total",
+            &[("listener", "web")]
+        ) > 500.0
+    );
+    assert!(
+        v(
+            "outrigger_listener_bytes_sent_total",
+            &[("listener", "web")]
+        ) > 500.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_cluster_upstream_requests_total",
+            &[("cluster", "app")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_cluster_upstream_responses_total",
+            &[("cluster", "app"), ("class", "2xx")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_cluster_upstream_connect_failures_total",
+            &[("cluster", "dead")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_cluster_upstream_connections_opened_total",
+            &[("cluster", "app")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "outrigger_cluster_upstream_request_duration_seconds_count",
+            &[("cluster", "app")]
+        ),
+        10.0
+    );
+    assert_eq!(v("outrigger_config_generation", &[]), 1.0);
+    let driver_name = io_name(driver);
+    assert_eq!(
+        v(
+            "outrigger_worker_info",
+            &[("worker", "1"), ("driver", driver_name)]
+        ),
+        1.0
+    );
+    assert!(
+        v(
+            "outrigger_worker_event_loop_lag_seconds_count",
+            &[("worker", "0")]
+        ) >= 0.0
+    );
+    for (name, kind) in &m.types {
+        assert!(name.starts_with("outrigger_"), "{name}");
+        assert!(!kind.is_empty());
+    }
+    // Label values come from config names and classes only.
+    for (_, labels, _) in &m.samples {
+        for (k, v) in labels {
+            assert!(!v.contains("/app") && !v.contains("127.0.0.1"), "{k}={v}");
+        }
+    }
+
+    // /stats
+    let s = admin::get_json(adm, "/stats");
+    assert_eq!(s["generation"], 1);
+    let l = &s["listeners"]["web"];
+    assert_eq!(l["total"]["requests"]["2xx"], 10, "{l}");
+    assert_eq!(l["workers"].as_array().unwrap().len(), 2);
+    let r = s["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "app \"quoted\"")
+        .unwrap();
+    assert_eq!(r["table"], "r");
+    let lat = &r["total"]["latency_us"];
+    assert_eq!(lat["count"], 10);
+    for k in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(lat[k].as_u64().unwrap() > 0, "{k}: {lat}");
+    }
+    assert!(
+        lat["p50"].as_u64() <= lat["p99"].as_u64() && lat["p99"].as_u64() <= lat["max"].as_u64()
+    );
+    assert_eq!(s["clusters"]["app"]["total"]["requests"], 10);
+    assert_eq!(s["clusters"]["dead"]["total"]["connect_failures"], 1);
+    let w = &s["workers"][0];
+    assert_eq!(w["driver"], driver_name);
+    assert!(w["event_loop_lag_us"]["count"].as_u64().is_some());
+
+    // /config
+    let cfg = admin::get_json(adm, "/config");
+    assert_eq!(cfg["generation"], 1);
+    assert!(cfg["source"].as_str().unwrap().ends_with("config.toml"));
+    assert_eq!(cfg["content_hash"].as_str().unwrap().len(), 16);
+    assert!(cfg["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert!(cfg["last_reload_error"].is_null());
+    assert_eq!(cfg["config"]["listeners"]["web"]["protocol"], "http");
+
+    // /clusters
+    let cl = admin::get_json(adm, "/clusters");
+    let ep = &cl["clusters"]["app"]["endpoints"][0];
+    assert_eq!(ep["address"], up.addr.to_string());
+    assert_eq!(ep["requests"], 10);
+    assert_eq!(ep["in_flight"], 0);
+    assert_eq!(ep["workers"].as_array().unwrap().len(), 2);
+    let dead = &cl["clusters"]["dead"]["endpoints"][0];
+    assert_eq!(dead["errors"], 1);
+    let last = dead["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["errors"] == 1)
+        .unwrap();
+    assert!(
+        last["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{last}"
+    );
+
+    // A failed reload shows in /reload's answer and in /config.
+    let path = dir.path("config.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("cluster = \"app\"", "cluster = \"missing\""),
+    )
+    .unwrap();
+    let (status, body) = admin::request(adm, "POST", "/reload");
+    assert_eq!(status, 400, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("config.toml:"),
+        "{err}"
+    );
+    let cfg = admin::get_json(adm, "/config");
+    assert_eq!(cfg["generation"], 1);
+    assert!(cfg["last_reload_error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
+    std::fs::write(&path, good).unwrap();
+    let (status, body) = admin::request(adm, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let ok: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ok["generation"], 2);
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+
+    // The access log: 13 JSON lines with every field.
+    let lines = read_log(&dir, 13);
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok = parsed.iter().find(|v| v["status"] == 200).unwrap();
+    assert_eq!(ok["request_id"], "req-7");
+    assert_eq!(ok["client"], c.stream.local_addr().unwrap().to_string());
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["authority"], "svc.local");
+    assert!(ok["path"].as_str().unwrap().starts_with("/app/"));
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert!(ok["bytes_in"].as_u64().unwrap() > 30);
+    assert!(ok["bytes_out"].as_u64().unwrap() > 30);
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(ok["upstream"], up.addr.to_string());
+    assert!(ok["upstream_duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(ok["listener"], "web");
+    assert_eq!(ok["route"], "app \"quoted\"");
+    assert_eq!(ok["cluster"], "app");
+    assert_eq!(ok["flags"], "-");
+    assert!(ok["start_time"].as_str().unwrap().ends_with('Z'));
+    let nr: Vec<_> = parsed.iter().filter(|v| v["status"] == 404).collect();
+    assert_eq!(nr.len(), 2);
+    assert_eq!(
+        (&nr[0]["flags"], &nr[0]["route"], &nr[0]["cluster"]),
+        (
+            &"NR".into(),
+            &serde_json::Value::Null,
+            &serde_json::Value::Null
+        )
+    );
+    let uf = parsed.iter().find(|v| v["status"] == 503).unwrap();
+    assert_eq!(
+        (&uf["flags"], &uf["cluster"]),
+        (&"UF".into(), &"dead".into())
+    );
+    // A generated request id for requests without one.
+    assert_eq!(uf["request_id"].as_str().unwrap().len(), 32);
+}
+
+fn text_access_log_and_drain(driver: Driver) {
+    let dir = TempDir::new("admin-text");
+    let (proxy, _up) = setup(driver, &dir, "text");
+    let web = proxy.local_addr("web").unwrap();
+    let adm = proxy.admin_addr();
+    let mut c = Client::connect(web);
+    assert_eq!(c.get("/app/x", "svc", "x-request-id: a b\r\n").status, 200);
+    let lines = read_log(&dir, 1);
+    let f: Vec<&str> = lines[0].split(' ').collect();
+    // time id client "METHOD authority path proto" status in out ms upstream ms listener route cluster flags
+    assert_eq!(f.len(), 17, "{}", lines[0]);
+    assert_eq!(f[1], "a%20b");
+    assert_eq!(
+        (f[3], f[4], f[5], f[6]),
+        ("\"GET", "svc", "/app/x", "HTTP/1.1\"")
+    );
+    assert_eq!(f[7], "200");
+    assert_eq!(f[11], _up.addr.to_string());
+    assert_eq!(
+        (f[13], f[14], f[15], f[16]),
+        ("web", "app%20%22quoted%22", "app", "-")
+    );
+
+    // POST /drain: ready turns 503, keep-alive gets Connection: close on its
+    // next response, new connections are refused, the proxy exits 0.
+    let (status, _) = admin::request(adm, "POST", "/drain");
+    assert_eq!(status, 202);
+    assert!(eventually(|| admin::request(adm, "GET", "/ready").0 == 503));
+    // (An idle keep-alive connection may already be closed by the drain.)
+    let sent =
+        std::io::Write::write_all(&mut c.stream, b"GET /app/y HTTP/1.1\r\nHost: svc\r\n\r\n");
+    if let Some(r) = sent.ok().and_then(|_| c.read_response(false)) {
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert!(eventually(|| std::net::TcpStream::connect(web).is_err()));
+    let waited = std::time::Instant::now();
+    assert_eq!(proxy.wait(), 0);
+    assert!(waited.elapsed() < Duration::from_secs(3));
+    // Every line was flushed before the exit.
+    assert!(
+        std::fs::read_to_string(dir.path("access.log"))
+            .unwrap()
+            .lines()
+            .count()
+            >= 1
+    );
+}
