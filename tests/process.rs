@@ -24,6 +24,9 @@ both_drivers!(
 struct Proxy {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
+    /// Log lines after start-up.
+    lines: std::sync::mpsc::Receiver<String>,
     _config: tempfile_path::TempPath,
 }
 
@@ -82,9 +85,8 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
     }
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
         let mut reader = BufReader::new(stderr);
         let mut raw = Vec::new();
         // Keep draining until EOF: a full pipe would block the proxy's logging.
@@ -92,20 +94,31 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
             let line = String::from_utf8_lossy(&raw).trim_end().to_string();
             raw.clear();
             eprintln!("[proxy] {line}");
-            if !sent && line.contains("listening") {
-                if let Some(a) = line.split("address=").nth(1) {
-                    let _ = tx.send(a.trim().parse::<SocketAddr>().unwrap());
-                    sent = true;
-                }
-            }
+            let _ = tx.send(line);
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("proxy reports its address");
+    let (mut addr, mut admin) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addr.is_none() || admin.is_none() {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("proxy reports its listener and admin addresses");
+        let Some(a) = line.split("address=").nth(1) else {
+            continue;
+        };
+        let a: SocketAddr = a.trim().parse().unwrap();
+        if line.contains("admin API listening") {
+            admin = Some(a);
+        } else if line.contains("listening") && addr.is_none() {
+            addr = Some(a);
+        }
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
     Proxy {
         child,
         addr,
+        admin,
+        lines,
         _config: tempfile_path::TempPath(path),
     }
 }
@@ -303,4 +316,98 @@ fn drain_closes_idle_http_keep_alive(driver: Driver) {
         c.read_response(false).is_none(),
         "the idle connection was closed"
     );
+}
+
+both_drivers!(
+    sighup_reloads_and_keeps_the_last_good_config,
+    admin_drain_finishes_in_flight
+);
+
+fn http_config(driver: Driver, up: SocketAddr, tag: &str) -> String {
+    format!(
+        "[runtime]\nworkers = 2\nio = \"{}\"\ndrain_timeout = \"10s\"\n[listeners.l]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"c\"\nresponse_headers = {{ set = {{ \"x-tag\" = \"{tag}\" }} }}\n[clusters.c]\nendpoints = [\"{up}\"]\n",
+        io_name(driver),
+    )
+}
+
+fn http_upstream(driver: Driver, delay: Duration) -> outrigger::backends::Backend {
+    let mut b = outrigger::backends::HttpBackend::named("up");
+    b.delay = delay;
+    outrigger::backends::start(
+        outrigger::backends::BackendKind::Http(b),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap()
+}
+
+/// Wait for a log line containing `needle`.
+fn log_line(p: &Proxy, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = p
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+fn sighup_reloads_and_keeps_the_last_good_config(driver: Driver) {
+    let up = http_upstream(driver, Duration::ZERO);
+    let p = spawn(&http_config(driver, up.addr, "one"), None);
+    let path = p._config.0.clone();
+    let tag = |p: &Proxy| {
+        let r = common::http::Client::connect(p.addr).get("/", "x", "");
+        r.header("x-tag").map(str::to_string)
+    };
+    assert_eq!(tag(&p).as_deref(), Some("one"));
+    // A broken config: the error names file:line:column, the old one serves on.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("cluster = \"c\"\nresponse", "cluster = \"nope\"\nresponse"),
+    )
+    .unwrap();
+    signal(&p, libc::SIGHUP);
+    let line = log_line(&p, "reload rejected");
+    let position = format!("{}:", path.display());
+    assert!(line.contains(&position) && line.contains("nope"), "{line}");
+    assert_eq!(tag(&p).as_deref(), Some("one"));
+    // A good one is applied on the next SIGHUP.
+    std::fs::write(&path, text.replace("\"one\"", "\"two\"")).unwrap();
+    signal(&p, libc::SIGHUP);
+    let line = log_line(&p, "config reloaded");
+    assert!(line.contains("generation=2"), "{line}");
+    assert_eq!(tag(&p).as_deref(), Some("two"));
+    let (status, body) = common::admin::request(p.admin, "GET", "/config");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["reloads"]["failed"], 1);
+}
+
+fn admin_drain_finishes_in_flight(driver: Driver) {
+    let up = http_upstream(driver, Duration::from_millis(800));
+    let mut p = spawn(&http_config(driver, up.addr, "one"), None);
+    let mut c = common::http::Client::connect(p.addr);
+    c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(common::admin::request(p.admin, "POST", "/drain").0, 202);
+    assert!(eventually(|| common::admin::request(
+        p.admin, "GET", "/ready"
+    )
+    .0 == 503));
+    assert!(
+        eventually(|| std::net::TcpStream::connect(p.addr).is_err()),
+        "still accepting while draining"
+    );
+    let r = c
+        .read_response(false)
+        .expect("the in-flight request completes");
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(5)), Some(0));
 }

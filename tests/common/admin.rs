@@ -207,13 +207,16 @@ fn parse_labels(s: &str, at: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// A series' labels without `le`.
+type Labels = Vec<(String, String)>;
+
 fn check_histograms(e: &Exposition) {
     for (family, kind) in &e.types {
         if kind != "histogram" {
             continue;
         }
         let bucket = format!("{family}_bucket");
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for (n, l, v) in &e.samples {
             if *n == bucket {
                 let le: f64 = match l["le"].as_str() {
