@@ -19,13 +19,20 @@
 //!         direct_response, or http::proxy: cluster → endpoint → pooled or new
 //!         upstream connection → re-serialised head + streamed body → response
 //!         head and body back → pool the clean connection → next request
-//! control::run_until_signal ─ SIGINT/SIGTERM: drain up to drain_timeout
+//!         → metrics (per-worker cells on the snapshot) + access_log line
+//! control::Proxy ─ the outrigger-control thread: SIGHUP / file change /
+//!   POST /reload → load → compile → Server::apply (bind new listeners,
+//!   publish generation + 1); SIGTERM / POST /drain → drain up to drain_timeout
+//! admin ─ /ready /healthz /metrics /stats /config /clusters on its own thread
 //! ```
 //!
 //! ## Module map
 //!
 //! - [`config`]: TOML types, `compile()` to [`config::Snapshot`], errors with positions.
-//! - [`control`]: supervisor (start workers, drain) and signal handling.
+//! - [`control`]: supervisor (start workers, reload, drain), the control
+//!   thread, signals and the config file watch.
+//! - [`admin`]: the admin HTTP API.
+//! - [`access_log`]: per-worker access log buffers and the writer thread.
 //! - [`worker`]: worker threads, driver choice, per-worker context.
 //! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
 //! - [`tcp`]: the L4 relay.
@@ -33,7 +40,8 @@
 //! - [`route`]: HTTP route tables and the first-match lookup.
 //! - [`upstream`]: clusters, endpoints, balancers.
 //! - [`buffers`]: the per-worker I/O buffer pool.
-//! - [`metrics`]: per-worker single-writer counters.
+//! - [`metrics`]: per-worker single-writer counters and histograms, exported
+//!   as Prometheus text and JSON.
 //! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
 
 pub mod access_log;

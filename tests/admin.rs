@@ -117,8 +117,10 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     assert_eq!(admin::request(adm, "GET", "/reload").0, 405);
     assert_eq!(admin::request(adm, "GET", "/nope").0, 404);
 
-    // /metrics: strict parse, then the values a user would look for.
-    let m = admin::parse_prometheus(&admin::request(adm, "GET", "/metrics").1);
+    // /metrics: strict parse, promtool's lint, then the values a user would look for.
+    let text = admin::request(adm, "GET", "/metrics").1;
+    promtool_check(&text);
+    let m = admin::parse_prometheus(&text);
     let route = [("table", "r"), ("route", "app \"quoted\"")];
     let v = |name: &str, labels: &[(&str, &str)]| {
         m.value(name, labels)
@@ -421,5 +423,41 @@ fn text_access_log_and_drain(driver: Driver) {
             .lines()
             .count()
             >= 1
+    );
+}
+
+/// `promtool check metrics` when installed (required in CI, where
+/// OUTRIGGER_REQUIRE_INTEROP=1 and .ci/run installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_some() => {
+            panic!("promtool is required here: {e}")
+        }
+        Err(_) => {
+            eprintln!("promtool not installed; skipping its check (apt-get install prometheus)");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
