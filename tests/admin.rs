@@ -18,6 +18,7 @@ use outrigger::worker::Driver;
 both_drivers!(endpoints_metrics_and_access_log, text_access_log_and_drain);
 
 fn setup(driver: Driver, dir: &TempDir, format: &str) -> (Proxy, backends::Backend) {
+    let echo_up = echo(driver);
     let up = backends::start(
         BackendKind::Http(HttpBackend::named("app")),
         "127.0.0.1:0".parse().unwrap(),
@@ -46,6 +47,14 @@ address = "127.0.0.1:0"
 protocol = "http"
 routes = "r"
 
+[listeners.tcp]
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "echo"
+
+[clusters.echo]
+endpoints = ["{echo_addr}"]
+
 [[routes.r]]
 name = "app \"quoted\""
 match.path_prefix = "/app"
@@ -65,6 +74,7 @@ endpoints = ["{dead}"]
         log = log.display(),
         up = up.addr,
         dead = closed_port(),
+        echo_addr = echo_up.addr,
     );
     let path = dir.path("config.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -73,7 +83,13 @@ endpoints = ["{dead}"]
         config_path: Some(path),
         watch: false,
     };
-    (Proxy::launch(snapshot, options, None).unwrap(), up)
+    let proxy = Proxy::launch(snapshot, options, None).unwrap();
+    // A TCP connection through the echo cluster: one access log line when it ends.
+    let mut t = connect(proxy.local_addr("tcp").unwrap());
+    assert_eq!(round_trip(&mut t, b"hello"), b"hello");
+    drop(t);
+    std::mem::forget(echo_up);
+    (proxy, up)
 }
 
 fn read_log(dir: &TempDir, lines: usize) -> Vec<String> {
@@ -336,8 +352,8 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     assert_eq!(ok["generation"], 2);
     assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
 
-    // The access log: 13 JSON lines with every field.
-    let lines = read_log(&dir, 13);
+    // The access log: 13 HTTP lines and 1 TCP line, every field present.
+    let lines = read_log(&dir, 14);
     let parsed: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -374,6 +390,16 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
         (&uf["flags"], &uf["cluster"]),
         (&"UF".into(), &"dead".into())
     );
+    let tcp = parsed.iter().find(|v| v["protocol"] == "TCP").unwrap();
+    assert_eq!(
+        (&tcp["listener"], &tcp["cluster"], &tcp["flags"]),
+        (&"tcp".into(), &"echo".into(), &"-".into())
+    );
+    assert_eq!(
+        (&tcp["bytes_in"], &tcp["bytes_out"], &tcp["status"]),
+        (&5.into(), &5.into(), &0.into())
+    );
+    assert!(tcp["method"].is_null() && tcp["upstream"].is_string());
     // A generated request id for requests without one.
     assert_eq!(uf["request_id"].as_str().unwrap().len(), 32);
 }
@@ -385,10 +411,11 @@ fn text_access_log_and_drain(driver: Driver) {
     let adm = proxy.admin_addr();
     let mut c = Client::connect(web);
     assert_eq!(c.get("/app/x", "svc", "x-request-id: a b\r\n").status, 200);
-    let lines = read_log(&dir, 1);
-    let f: Vec<&str> = lines[0].split(' ').collect();
+    let lines = read_log(&dir, 2);
+    let line = lines.iter().find(|l| l.contains("HTTP/1.1")).unwrap();
+    let f: Vec<&str> = line.split(' ').collect();
     // time id client "METHOD authority path proto" status in out ms upstream ms listener route cluster flags
-    assert_eq!(f.len(), 17, "{}", lines[0]);
+    assert_eq!(f.len(), 17, "{line}");
     assert_eq!(f[1], "a%20b");
     assert_eq!(
         (f[3], f[4], f[5], f[6]),
