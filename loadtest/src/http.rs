@@ -7,19 +7,19 @@ use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::BytesMut;
 use clap::Args;
-use monoio::buf::SliceMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use outrigger::http::chunked::{Chunk, ChunkedDecoder};
 use outrigger::http::codec::{parse_response, Framing, HeadLimits};
 
 use crate::parse_duration;
 use crate::report::{Report, ThreadResult};
+use crate::tls::{Conn, TlsConn};
 
 /// `outrigger-load http`.
 #[derive(Args, Debug, Clone)]
@@ -46,6 +46,14 @@ pub struct HttpArgs {
     /// Give up on one request after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// https: trust only the certificates in this PEM file (default: the
+    /// system's roots).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// https: accept any server certificate (handshake signatures are still
+    /// checked). For test targets only.
+    #[arg(long)]
+    pub insecure: bool,
     #[command(flatten)]
     pub load: crate::LoadArgs,
     #[command(flatten)]
@@ -59,26 +67,62 @@ struct Plan {
     request: bytes::Bytes,
     head_request: bool,
     timeout: Duration,
+    /// https: the client config and the server name to verify.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// Per-connection interval between intended sends (open loop).
     interval: Option<Duration>,
     measure_from: Instant,
     end: Instant,
 }
 
-/// Build the request bytes and target address from the arguments.
-fn prepare(args: &HttpArgs) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
-    let rest = args
-        .url
-        .strip_prefix("http://")
-        .context("only http:// URLs are supported in this release")?;
+/// The parsed target.
+struct Target {
+    addr: SocketAddr,
+    request: Vec<u8>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// Build the request bytes, target address and TLS settings from the arguments.
+fn prepare(args: &HttpArgs) -> anyhow::Result<Target> {
+    let (https, rest) = if let Some(r) = args.url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = args.url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        anyhow::bail!("the URL must start with http:// or https://");
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let with_port = if authority.contains(':') {
+    let has_port = match authority.rfind(':') {
+        Some(i) => !authority[i..].contains(']'),
+        None => false,
+    };
+    let with_port = if has_port {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if https { 443 } else { 80 })
+    };
+    let host = with_port
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .to_string();
+    let tls = if https {
+        let config = crate::tls::client_config(args.insecure, args.ca.as_deref())?;
+        Some((config, crate::tls::server_name(&host)?))
+    } else {
+        anyhow::ensure!(
+            !args.insecure && args.ca.is_none(),
+            "--insecure and --ca need an https:// URL"
+        );
+        None
     };
     let addr = with_port
         .to_socket_addrs()
@@ -104,13 +148,17 @@ fn prepare(args: &HttpArgs) -> anyhow::Result<(SocketAddr, Vec<u8>)> {
     } else {
         req.extend_from_slice(b"\r\n");
     }
-    Ok((addr, req))
+    Ok(Target {
+        addr,
+        request: req,
+        tls,
+    })
 }
 
 /// Run the load and build the report.
 pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
     let driver = args.load.io.driver()?;
-    let (addr, request) = prepare(&args)?;
+    let Target { addr, request, tls } = prepare(&args)?;
     let conns = args.load.connections.max(1);
     let threads = args.load.threads.max(1).min(conns);
     let start = Instant::now() + Duration::from_millis(50);
@@ -142,6 +190,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             request: bytes::Bytes::from(request.clone()),
             head_request: args.method.eq_ignore_ascii_case("HEAD"),
             timeout: args.timeout,
+            tls: tls.clone(),
             interval,
             measure_from,
             end,
@@ -222,7 +271,7 @@ async fn connection(
     first: Instant,
 ) {
     let mut next_send = first;
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Conn> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     while Instant::now() < plan.end && budget != Some(0) {
         if let Some(iv) = plan.interval {
@@ -243,15 +292,17 @@ async fn connection(
         }
         let mut s = match stream.take() {
             Some(s) => s,
-            None => match monoio::time::timeout(plan.timeout, TcpStream::connect_addr(plan.addr))
-                .await
-            {
+            None => match monoio::time::timeout(plan.timeout, open(plan)).await {
                 Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
                     buf.clear();
                     s
                 }
-                _ => {
+                Ok(Err(kind)) => {
+                    result.borrow_mut().error(kind);
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(_) => {
                     result.borrow_mut().error("connect");
                     monoio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -282,15 +333,31 @@ async fn connection(
     }
 }
 
+/// Connect (and for https, complete the TLS handshake).
+async fn open(plan: &Plan) -> Result<Conn, &'static str> {
+    let s = TcpStream::connect_addr(plan.addr)
+        .await
+        .map_err(|_| "connect")?;
+    let _ = s.set_nodelay(true);
+    match &plan.tls {
+        None => Ok(Conn::Plain(s)),
+        Some((config, name)) => TlsConn::connect(s, config.clone(), name.clone())
+            .await
+            .map(|t| Conn::Tls(Box::new(t)))
+            .map_err(|_| "tls"),
+    }
+}
+
 /// Send the request, read one response. Returns (status, keep-alive).
 async fn exchange(
-    s: &mut TcpStream,
+    s: &mut Conn,
     plan: &Plan,
     buf: &mut BytesMut,
 ) -> Result<(u16, bool), &'static str> {
-    let (res, _) = s.write_all(plan.request.clone()).await;
-    // (Bytes: the clone above shares the buffer.)
-    res.map_err(|_| "reset")?;
+    // (Bytes: the clone shares the buffer.)
+    s.write_all(plan.request.clone())
+        .await
+        .map_err(|_| "reset")?;
     let limits = HeadLimits {
         max_head_bytes: 64 * 1024,
         max_headers: 256,
@@ -337,15 +404,8 @@ async fn exchange(
     Ok((head.status, head.keep_alive))
 }
 
-async fn read_more(s: &mut TcpStream, buf: &mut BytesMut) -> Result<(), &'static str> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
-    }
-    let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
-    let (res, slice) = s.read(SliceMut::new(owned, len, cap)).await;
-    *buf = slice.into_inner();
-    match res {
+async fn read_more(s: &mut Conn, buf: &mut BytesMut) -> Result<(), &'static str> {
+    match s.read(buf).await {
         Ok(0) => Err("eof"),
         Ok(_) => Ok(()),
         Err(_) => Err("reset"),

@@ -3,13 +3,14 @@
 //! Generators: `http` (HTTP/1.1 keep-alive, closed loop or open loop at a
 //! fixed rate with coordinated-omission correction) and `tcp` (echo
 //! ping-pong, echo transfers, one-way bulk). Test upstreams: `serve
-//! echo|sink|http`. Comparisons, interval logs and plots arrive with their
-//! own issue.
+//! echo|sink|http`. Side-by-side comparisons: `compare`.
 
+mod compare;
 mod http;
 mod output;
 mod report;
 mod tcp;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ enum Cmd {
     Http(http::HttpArgs),
     /// Raw TCP load against ADDR.
     Tcp(tcp::TcpArgs),
+    /// One HTTP workload against the upstream directly and through
+    /// outrigger, nginx and haproxy, side by side.
+    Compare(compare::CompareArgs),
     /// Serve a test upstream until Ctrl-C.
     Serve {
         #[arg(value_enum)]
@@ -123,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", report.summary());
             out.write(&report)
         }
+        Cmd::Compare(args) => compare::run(args),
         Cmd::Tcp(args) => {
             let out = args.output.clone();
             let report = tcp::run(args)?;

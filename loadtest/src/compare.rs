@@ -1,0 +1,550 @@
+//! `outrigger-load compare`: one HTTP workload against several targets side
+//! by side: the upstream directly, and through Outrigger, nginx and HAProxy
+//! (each when installed), with configs written here. The proxies run pinned
+//! to `--proxy-cpus`; the upstream and the generator to `--load-cpus`. Runs
+//! interleave (A B C A B C …) so that drift on a noisy host hits every
+//! target alike; medians and ratios to the direct run are reported as a
+//! markdown table and JSON, with each proxy's CPU time per request (from
+//! /proc) and peak RSS (VmHWM).
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use outrigger::backends::{self, BackendKind, HttpBackend};
+use serde::Serialize;
+
+use crate::http::HttpArgs;
+use crate::{parse_duration, parse_size, Io, LoadArgs, OutputArgs};
+
+/// `outrigger-load compare`.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Targets, in run order: direct, outrigger, nginx, haproxy. Proxies not
+    /// installed are skipped with a note.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,outrigger,nginx,haproxy"
+    )]
+    pub targets: Vec<String>,
+    /// Rounds; each round runs every target once.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Measured time of one run.
+    #[arg(short = 'd', long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load sent to each target before its first run (not counted).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Open loop at this rate instead of closed loop.
+    #[arg(short = 'R', long)]
+    pub rate: Option<f64>,
+    /// Response body size of the upstream.
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    pub body_size: usize,
+    /// Cores for the proxy under test (its worker count is their number).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub proxy_cpus: Vec<usize>,
+    /// Cores for the upstream and the generator.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub load_cpus: Vec<usize>,
+    /// The outrigger binary (default: next to this one).
+    #[arg(long)]
+    pub outrigger: Option<PathBuf>,
+    /// Write the table as markdown here too.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Write every run and the medians as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io: Io,
+}
+
+/// One run against one target.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    requests_per_second: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p99_9_us: u64,
+    errors: u64,
+    non_2xx: u64,
+    proxy_cpu_us_per_request: Option<f64>,
+    generator_cpu_us_per_request: f64,
+    generator_saturated: bool,
+}
+
+/// Medians over a target's runs.
+#[derive(Debug, Clone, Serialize)]
+struct Summary {
+    target: String,
+    requests_per_second: f64,
+    ratio_to_direct: Option<f64>,
+    p50_us: u64,
+    p99_us: u64,
+    p99_9_us: u64,
+    errors: u64,
+    proxy_cpu_us_per_request: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    generator_cpu_us_per_request: f64,
+    runs: Vec<Run>,
+}
+
+/// A proxy process under test.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the comparison and print the table.
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    for t in &args.targets {
+        anyhow::ensure!(
+            ["direct", "outrigger", "nginx", "haproxy"].contains(&t.as_str()),
+            "unknown target {t:?} (direct, outrigger, nginx, haproxy)"
+        );
+    }
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    let driver = args.io.driver()?;
+    pin_current(&args.load_cpus)?;
+    let upstream = backends::start(
+        BackendKind::Http(HttpBackend {
+            name: "upstream".into(),
+            body_size: Some(args.body_size),
+            delay: Duration::ZERO,
+        }),
+        "127.0.0.1:0".parse()?,
+        args.load_cpus.len().max(1),
+        driver,
+    )
+    .context("cannot start the upstream")?;
+    let dir = std::env::temp_dir().join(format!("outrigger-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut targets: Vec<(String, SocketAddr, Option<Proxy>)> = Vec::new();
+    for name in &args.targets {
+        let started = match name.as_str() {
+            "direct" => {
+                targets.push((name.clone(), upstream.addr, None));
+                continue;
+            }
+            "outrigger" => start_outrigger(&args, &dir, upstream.addr),
+            "nginx" => start_nginx(&args, &dir, upstream.addr),
+            "haproxy" => start_haproxy(&args, &dir, upstream.addr),
+            other => anyhow::bail!("unknown target {other:?}"),
+        };
+        match started {
+            Ok(p) => targets.push((name.clone(), p.addr, Some(p))),
+            Err(e) => eprintln!("skipping {name}: {e:#}"),
+        }
+    }
+    let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for (name, addr, _) in &targets {
+        wait_ready(*addr).with_context(|| format!("{name} does not answer"))?;
+        let _ = load(&args, *addr, args.warmup)?;
+    }
+    for round in 0..args.runs {
+        for (name, addr, proxy) in &targets {
+            let pids = proxy.as_ref().map(|p| process_tree(p.child.id()));
+            let cpu0 = pids.as_ref().map(|p| cpu_seconds(p));
+            let report = load(&args, *addr, args.duration)?;
+            let cpu1 = pids.as_ref().map(|p| cpu_seconds(p));
+            let ops = report.operations.max(1) as f64;
+            let run = Run {
+                requests_per_second: report.operations_per_second,
+                p50_us: report.latency_us.p50,
+                p99_us: report.latency_us.p99,
+                p99_9_us: report.latency_us.p99_9,
+                errors: report.errors.values().sum(),
+                non_2xx: report
+                    .statuses
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "2xx")
+                    .map(|(_, v)| v)
+                    .sum(),
+                proxy_cpu_us_per_request: cpu0.zip(cpu1).map(|(a, b)| 1e6 * (b - a) / ops),
+                generator_cpu_us_per_request: 1e6
+                    * report.generator_cpu_utilisation
+                    * report.threads as f64
+                    * report.measured_seconds
+                    / ops,
+                generator_saturated: report.generator_saturated,
+            };
+            eprintln!(
+                "round {}/{} {name}: {:.0} req/s, p99 {} us",
+                round + 1,
+                args.runs,
+                run.requests_per_second,
+                run.p99_us
+            );
+            runs.entry(name.clone()).or_default().push(run);
+        }
+    }
+    let mut summaries = Vec::new();
+    for (name, _, proxy) in &targets {
+        let rs = runs.remove(name).unwrap_or_default();
+        let rss = proxy
+            .as_ref()
+            .map(|p| peak_rss_kib(&process_tree(p.child.id())) as f64 / 1024.0);
+        summaries.push(summarize(name, rs, rss));
+    }
+    let direct = summaries
+        .iter()
+        .find(|s| s.target == "direct")
+        .map(|s| s.requests_per_second);
+    for s in &mut summaries {
+        s.ratio_to_direct = direct.map(|d| s.requests_per_second / d.max(1e-9));
+    }
+    let table = markdown(&args, &summaries);
+    print!("{table}");
+    if let Some(p) = &args.markdown {
+        std::fs::write(p, &table).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &args.json {
+        let v = serde_json::json!({ "workload": workload(&args), "targets": summaries });
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    drop(targets);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn workload(args: &CompareArgs) -> String {
+    format!(
+        "GET, {} B responses, {} connections, {} generator thread(s), {}, {:?} per run, {} round(s); proxies on cores {:?}, upstream and generator on {:?}",
+        args.body_size,
+        args.connections,
+        args.threads,
+        args.rate.map_or("closed loop".to_string(), |r| format!("open loop at {r} req/s")),
+        args.duration,
+        args.runs,
+        args.proxy_cpus,
+        args.load_cpus
+    )
+}
+
+fn median_f(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+fn median_u(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn summarize(name: &str, runs: Vec<Run>, rss: Option<f64>) -> Summary {
+    let f = |g: fn(&Run) -> f64| median_f(&mut runs.iter().map(g).collect::<Vec<_>>());
+    let u = |g: fn(&Run) -> u64| median_u(&mut runs.iter().map(g).collect::<Vec<_>>());
+    let cpu: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.proxy_cpu_us_per_request)
+        .collect();
+    Summary {
+        target: name.to_string(),
+        requests_per_second: f(|r| r.requests_per_second),
+        ratio_to_direct: None,
+        p50_us: u(|r| r.p50_us),
+        p99_us: u(|r| r.p99_us),
+        p99_9_us: u(|r| r.p99_9_us),
+        errors: runs.iter().map(|r| r.errors + r.non_2xx).sum(),
+        proxy_cpu_us_per_request: (!cpu.is_empty()).then(|| median_f(&mut cpu.clone())),
+        peak_rss_mib: rss,
+        generator_cpu_us_per_request: f(|r| r.generator_cpu_us_per_request),
+        runs,
+    }
+}
+
+fn markdown(args: &CompareArgs, s: &[Summary]) -> String {
+    let mut out = format!("\n{}; medians.\n\n", workload(args));
+    out.push_str("| target | req/s | vs direct | p50 us | p99 us | p99.9 us | proxy CPU us/req | peak RSS MiB | errors |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for t in s {
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            t.target,
+            t.requests_per_second,
+            t.ratio_to_direct
+                .map_or("-".into(), |r| format!("{:.0}%", 100.0 * r)),
+            t.p50_us,
+            t.p99_us,
+            t.p99_9_us,
+            opt(t.proxy_cpu_us_per_request, 1),
+            opt(t.peak_rss_mib, 1),
+            t.errors
+        ));
+    }
+    let saturated = s
+        .iter()
+        .flat_map(|t| &t.runs)
+        .any(|r| r.generator_saturated);
+    out.push_str(&format!(
+        "\nGenerator CPU per request (median over targets): {:.1} us.{}\n",
+        median_f(&mut s.iter().map(|t| t.generator_cpu_us_per_request).collect::<Vec<_>>()),
+        if saturated {
+            " WARNING: the generator was saturated in some runs; their numbers measure it, not the target."
+        } else {
+            ""
+        }
+    ));
+    out
+}
+
+/// One generator run against `addr` for `duration` (no warm-up).
+fn load(
+    args: &CompareArgs,
+    addr: SocketAddr,
+    duration: Duration,
+) -> anyhow::Result<crate::report::Report> {
+    crate::http::run(HttpArgs {
+        url: format!("http://{addr}/"),
+        requests: None,
+        rate: args.rate,
+        method: "GET".into(),
+        headers: Vec::new(),
+        body: None,
+        body_file: None,
+        timeout: Duration::from_secs(10),
+        ca: None,
+        insecure: false,
+        load: LoadArgs {
+            connections: args.connections,
+            threads: args.threads,
+            duration,
+            warmup: Duration::ZERO,
+            cpus: args.load_cpus.clone(),
+            io: args.io,
+        },
+        output: OutputArgs::default(),
+    })
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .chain(extra.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+/// Pin a child to `cpus` before it execs.
+fn pinned(cmd: &mut Command, cpus: &[usize]) {
+    let cpus = cpus.to_vec();
+    // SAFETY: sched_setaffinity is async-signal-safe; the set lives on the stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in &cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn pin_current(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: as above, on this thread; threads spawned later inherit it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        anyhow::ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "cannot pin to cores {cpus:?}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn spawn(name: &str, mut cmd: Command, cpus: &[usize], addr: SocketAddr) -> anyhow::Result<Proxy> {
+    pinned(&mut cmd, cpus);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Proxy { child, addr })
+}
+
+fn start_outrigger(args: &CompareArgs, dir: &Path, up: SocketAddr) -> anyhow::Result<Proxy> {
+    let bin = match &args.outrigger {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("outrigger"),
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "no outrigger binary at {} (build it, or pass --outrigger)",
+        bin.display()
+    );
+    let addr = free_port()?;
+    let cfg = dir.join("outrigger.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[runtime]\nworkers = {w}\n[admin]\naddress = \"127.0.0.1:0\"\n[listeners.web]\naddress = \"{addr}\"\nprotocol = \"http\"\nroutes = \"main\"\n[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n[clusters.up]\nendpoints = [\"{up}\"]\nmax_idle_connections = 1024\n",
+            w = args.proxy_cpus.len().max(1)
+        ),
+    )?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--no-watch", "--log-level", "warn", "--config"])
+        .arg(&cfg);
+    spawn("outrigger", cmd, &args.proxy_cpus, addr)
+}
+
+fn start_nginx(args: &CompareArgs, dir: &Path, up: SocketAddr) -> anyhow::Result<Proxy> {
+    let bin = find("nginx", &["/usr/sbin/nginx"]).context("nginx is not installed")?;
+    let addr = free_port()?;
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d)?;
+    let d = d.display();
+    let n = args.proxy_cpus.len().max(1);
+    let conf = format!(
+        "daemon off; master_process {master}; worker_processes {n}; pid {d}/pid; error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+  upstream up {{ server {up}; keepalive 1024; }}
+  server {{ listen {addr} reuseport; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}
+",
+        master = if n == 1 { "off" } else { "on" },
+    );
+    let path = format!("{d}/nginx.conf");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["-p", &d.to_string(), "-c", &path]);
+    spawn("nginx", cmd, &args.proxy_cpus, addr)
+}
+
+fn start_haproxy(args: &CompareArgs, dir: &Path, up: SocketAddr) -> anyhow::Result<Proxy> {
+    let bin = find("haproxy", &["/usr/sbin/haproxy"]).context("haproxy is not installed")?;
+    let addr = free_port()?;
+    let conf = format!(
+        "global\n  nbthread {n}\n  maxconn 8192\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend web\n  bind {addr}\n  default_backend up\nbackend up\n  server s1 {up}\n",
+        n = args.proxy_cpus.len().max(1)
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-db").arg("-f").arg(&path);
+    spawn("haproxy", cmd, &args.proxy_cpus, addr)
+}
+
+/// Wait until `addr` answers an HTTP request (up to 10 s).
+fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = (|| -> std::io::Result<bool> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out)?;
+            Ok(out.starts_with(b"HTTP/1.1 200"))
+        })();
+        if matches!(ok, Ok(true)) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no 200 from {addr} within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pid` and its descendants (nginx's and haproxy's workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    out
+}
+
+/// User + system CPU seconds of these processes (all their threads).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((ut + st) / tick)
+        })
+        .sum()
+}
+
+/// Peak resident set (VmHWM), summed over the processes, in KiB.
+fn peak_rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}

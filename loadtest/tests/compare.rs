@@ -1,0 +1,105 @@
+//! `outrigger-load compare`: runs every target, interleaved, and reports
+//! medians, ratios, proxy CPU per request and peak RSS as markdown and JSON.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn compare_direct_and_outrigger() {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_outrigger-load"));
+    let outrigger = load.with_file_name("outrigger");
+    if !outrigger.is_file() {
+        // `cargo test --workspace` (the README's command) builds it.
+        eprintln!("no outrigger binary next to outrigger-load; skipping");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("outrigger-compare-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, md) = (dir.join("c.json"), dir.join("c.md"));
+    let out = Command::new(&load)
+        .args([
+            "compare",
+            "--targets",
+            "direct,outrigger,nosuchproxy",
+            "--runs",
+            "2",
+            "-d",
+            "500ms",
+            "--warmup",
+            "200ms",
+            "-c",
+            "4",
+            "--proxy-cpus",
+            "0",
+            "--load-cpus",
+            "0",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&md)
+        .output()
+        .unwrap();
+    // An unknown target is an error before anything runs.
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchproxy"));
+
+    let out = Command::new(&load)
+        .args([
+            "compare",
+            "--targets",
+            "direct,outrigger",
+            "--runs",
+            "2",
+            "-d",
+            "500ms",
+            "--warmup",
+            "200ms",
+            "-c",
+            "4",
+            "--proxy-cpus",
+            "0",
+            "--load-cpus",
+            "0",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&md)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let targets = v["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    let (direct, proxy) = (&targets[0], &targets[1]);
+    assert_eq!(
+        (direct["target"].as_str(), proxy["target"].as_str()),
+        (Some("direct"), Some("outrigger"))
+    );
+    assert_eq!(direct["ratio_to_direct"], 1.0);
+    for t in targets {
+        assert_eq!(t["runs"].as_array().unwrap().len(), 2, "{t}");
+        assert!(t["requests_per_second"].as_f64().unwrap() > 100.0, "{t}");
+        assert_eq!(t["errors"], 0, "{t}");
+        assert!(t["p99_us"].as_u64().unwrap() >= t["p50_us"].as_u64().unwrap());
+    }
+    assert!(direct["proxy_cpu_us_per_request"].is_null());
+    assert!(
+        proxy["proxy_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+        "{proxy}"
+    );
+    assert!(proxy["peak_rss_mib"].as_f64().unwrap() > 1.0, "{proxy}");
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        table.contains("| outrigger |") && table.contains("vs direct"),
+        "{table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
