@@ -20,7 +20,8 @@ pub struct ThreadResult {
     /// Open loop: service time from the actual send (no correction).
     pub uncorrected: Histogram<u64>,
     /// Responses by status class ("2xx", …).
-    pub statuses: BTreeMap<String, u64>,
+    /// Responses by status class: index 0 for 1xx … 4 for 5xx, 5 for others.
+    pub statuses: [u64; 6],
     /// Open loop: sends that left more than four intervals late.
     pub behind_schedule: u64,
     /// When the last operation completed.
@@ -51,7 +52,7 @@ impl ThreadResult {
             errors: BTreeMap::new(),
             cpu_seconds: 0.0,
             uncorrected: histogram(),
-            statuses: BTreeMap::new(),
+            statuses: [0; 6],
             behind_schedule: 0,
             last_done: Instant::now(),
             origin: Instant::now(),
@@ -79,12 +80,13 @@ impl ThreadResult {
         }
     }
 
-    /// Count a response status by class.
+    /// Count a response status by class (no allocation: this is per request).
     pub fn status(&mut self, status: u16) {
-        *self
-            .statuses
-            .entry(format!("{}xx", status / 100))
-            .or_default() += 1;
+        let i = match status / 100 {
+            c @ 1..=5 => usize::from(c) - 1,
+            _ => 5,
+        };
+        self.statuses[i] += 1;
     }
 
     pub fn error(&mut self, kind: &str) {
@@ -190,8 +192,11 @@ impl Report {
                 }
                 let _ = intervals[i].add(h);
             }
-            for (k, v) in r.statuses {
-                *statuses.entry(k).or_default() += v;
+            for (i, v) in r.statuses.iter().enumerate() {
+                if *v > 0 {
+                    let class = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"][i];
+                    *statuses.entry(class.to_string()).or_default() += v;
+                }
             }
             ops += r.ops;
             bytes += r.bytes;

@@ -151,6 +151,10 @@ pub struct TlsConn {
     tcp: TcpStream,
     tls: ClientConnection,
     raw: Vec<u8>,
+    /// Decrypted bytes land here first. On the heap: a buffer on the stack
+    /// of an async fn would make every request's future that large, and
+    /// moving futures would copy it.
+    plain: Box<[u8]>,
 }
 
 fn tls_error(e: rustls::Error) -> std::io::Error {
@@ -169,6 +173,7 @@ impl TlsConn {
             tcp,
             tls,
             raw: Vec::with_capacity(16 * 1024),
+            plain: vec![0u8; 16 * 1024].into_boxed_slice(),
         };
         while me.tls.is_handshaking() {
             me.flush().await?;
@@ -212,12 +217,11 @@ impl TlsConn {
     }
 
     async fn read(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
         loop {
-            match self.tls.reader().read(&mut chunk) {
+            match self.tls.reader().read(&mut self.plain) {
                 Ok(0) => return Ok(0),
                 Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
+                    buf.extend_from_slice(&self.plain[..n]);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
