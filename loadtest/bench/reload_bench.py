@@ -109,6 +109,10 @@ def main():
     ap.add_argument("--proxy-core", default="1")
     ap.add_argument("--load-core", default="0")
     a = ap.parse_args()
+    # The reloader (this process) stays off the proxy's core; the proxy's own
+    # control-plane threads share core PROXY_CORE with its worker, as they
+    # would in production with one worker per core.
+    os.sched_setaffinity(0, {int(c) for c in a.load_core.split(",")})
     med = statistics.median
     d = tempfile.mkdtemp(prefix="outrigger-reload-bench-")
     up = nginx(d, a.load_core)

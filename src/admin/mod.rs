@@ -97,6 +97,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("outrigger-admin".into())
         .spawn(move || {
+            crate::control::deprioritize_current_thread();
             for stream in listener.incoming() {
                 if stop2.load(Ordering::Relaxed) {
                     return;
@@ -113,6 +114,7 @@ pub fn spawn(
                 let spawned = std::thread::Builder::new()
                     .name("outrigger-admin-conn".into())
                     .spawn(move || {
+                        crate::control::deprioritize_current_thread();
                         serve(stream, &shared, &inbox);
                         done.fetch_sub(1, Ordering::AcqRel);
                     });
@@ -127,9 +129,9 @@ pub fn spawn(
 fn serve(mut stream: TcpStream, shared: &Shared, inbox: &flume::Sender<Event>) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let response = match read_request(&mut stream) {
-        Ok(req) => handlers::route(&req, shared, inbox),
-        Err(status) => Response::text(status, "bad request\n"),
+    let (response, head_only) = match read_request(&mut stream) {
+        Ok(req) => (handlers::route(&req, shared, inbox), req.method == "HEAD"),
+        Err(status) => (Response::text(status, "bad request\n"), false),
     };
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n",
@@ -143,7 +145,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, inbox: &flume::Sender<Event>) {
     }
     head.push_str("\r\n");
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&response.body);
+    if !head_only {
+        let _ = stream.write_all(&response.body);
+    }
     let _ = stream.flush();
 }
 

@@ -96,6 +96,7 @@ impl Proxy {
             .name("outrigger-control".into())
             .spawn(move || {
                 let _keep = keep;
+                super::deprioritize_current_thread();
                 Control::new(server, options).run(&events)
             })
             .map_err(StartError::Spawn)?;

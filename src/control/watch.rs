@@ -34,17 +34,30 @@ pub fn spawn(
     let watch = Inotify::watch(&dir);
     std::thread::Builder::new()
         .name("outrigger-watch".into())
-        .spawn(move || match watch {
-            Ok(fd) => {
-                tracing::debug!(dir = %dir.display(), "watching the config directory");
-                fd.run(&inbox, &stop);
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "inotify unavailable; polling the config file every second");
-                poll(&file, &inbox, &stop);
-            }
+        .spawn(move || {
+            super::deprioritize_current_thread();
+            run(watch, &dir, &file, &inbox, &stop)
         })?;
     Ok(())
+}
+
+fn run(
+    watch: std::io::Result<Inotify>,
+    dir: &Path,
+    file: &Path,
+    inbox: &flume::Sender<Event>,
+    stop: &AtomicBool,
+) {
+    match watch {
+        Ok(fd) => {
+            tracing::debug!(dir = %dir.display(), "watching the config directory");
+            fd.run(inbox, stop);
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "inotify unavailable; polling the config file every second");
+            poll(file, inbox, stop);
+        }
+    }
 }
 
 fn poll(file: &Path, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
