@@ -8,9 +8,20 @@ use serde_json::{json, Value};
 use super::{Request, Response};
 use crate::control::{Event, Shared};
 
-/// Dispatch by path, then method.
-pub(super) fn route(req: &Request, shared: &Shared, inbox: &flume::Sender<Event>) -> Response {
+/// Dispatch by path, then method. `shared` is `None` while the workers
+/// start: only `/healthz` answers 200 then.
+pub(super) fn route(
+    req: &Request,
+    shared: Option<&Shared>,
+    inbox: &flume::Sender<Event>,
+) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
+    let Some(shared) = shared else {
+        return match path {
+            "/healthz" => Response::text(200, "ok\n"),
+            _ => Response::text(503, "starting\n"),
+        };
+    };
     let get = |f: &dyn Fn() -> Response| match req.method.as_str() {
         "GET" | "HEAD" => f(),
         _ => method_not_allowed("GET, HEAD"),
@@ -169,5 +180,39 @@ fn reload(inbox: &flume::Sender<Event>) -> Response {
             503,
             &json!({ "error": "no answer from the control thread" }),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn while_starting_only_healthz_is_ok() {
+        let (tx, rx) = flume::unbounded();
+        assert_eq!(route(&req("GET", "/healthz"), None, &tx).status, 200);
+        for path in [
+            "/ready",
+            "/metrics",
+            "/stats",
+            "/config",
+            "/clusters",
+            "/reload",
+        ] {
+            let r = route(&req("GET", path), None, &tx);
+            assert_eq!(
+                (path, r.status, r.body.as_slice()),
+                (path, 503, &b"starting\n"[..])
+            );
+        }
+        // Nothing reached the control thread.
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+
 use crate::control::{Event, Shared};
 
 /// Connections served at once; more wait in the accept queue.
@@ -30,12 +32,18 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminHandle {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
+    state: Arc<ArcSwapOption<Shared>>,
 }
 
 impl AdminHandle {
     /// Where it listens.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The workers are up: serve every endpoint from now on.
+    pub fn set_ready(&self, shared: Arc<Shared>) {
+        self.state.store(Some(shared));
     }
 
     /// Stop accepting (the accept loop is woken by a connection to itself).
@@ -84,15 +92,15 @@ impl Response {
     }
 }
 
-/// Start the `outrigger-admin` thread on a bound listener.
-pub fn spawn(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    inbox: flume::Sender<Event>,
-) -> std::io::Result<AdminHandle> {
+/// Start the `outrigger-admin` thread on a bound listener. Until
+/// [`AdminHandle::set_ready`] it answers `/healthz` 200 and everything else
+/// 503 `starting`.
+pub fn spawn(listener: TcpListener, inbox: flume::Sender<Event>) -> std::io::Result<AdminHandle> {
     let address = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let state: Arc<ArcSwapOption<Shared>> = Arc::new(ArcSwapOption::empty());
+    let shared = state.clone();
     let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("outrigger-admin".into())
@@ -115,7 +123,7 @@ pub fn spawn(
                     .name("outrigger-admin-conn".into())
                     .spawn(move || {
                         crate::control::deprioritize_current_thread();
-                        serve(stream, &shared, &inbox);
+                        serve(stream, shared.load_full().as_deref(), &inbox);
                         done.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -123,10 +131,14 @@ pub fn spawn(
                 }
             }
         })?;
-    Ok(AdminHandle { address, stop })
+    Ok(AdminHandle {
+        address,
+        stop,
+        state,
+    })
 }
 
-fn serve(mut stream: TcpStream, shared: &Shared, inbox: &flume::Sender<Event>) {
+fn serve(mut stream: TcpStream, shared: Option<&Shared>, inbox: &flume::Sender<Event>) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let (response, head_only) = match read_request(&mut stream) {

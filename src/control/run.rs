@@ -77,12 +77,21 @@ impl Proxy {
         if !admin_address.ip().is_loopback() {
             tracing::warn!(address = %admin_address, "the admin API is bound to a non-loopback address: anyone who can reach it can reload and drain this proxy");
         }
-        let server = super::start(snapshot)?;
-        let shared = server.shared().clone();
+        // The admin API answers from the start: /healthz 200, /ready 503
+        // until every worker serves every listener.
         let (inbox, events) = flume::unbounded();
+        let admin =
+            crate::admin::spawn(admin_listener, inbox.clone()).map_err(StartError::Spawn)?;
+        let server = match super::start(snapshot) {
+            Ok(s) => s,
+            Err(e) => {
+                admin.stop();
+                return Err(e);
+            }
+        };
+        let shared = server.shared().clone();
+        admin.set_ready(shared.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let admin = crate::admin::spawn(admin_listener, shared.clone(), inbox.clone())
-            .map_err(StartError::Spawn)?;
         tracing::info!(address = %admin.address(), "admin API listening");
         if let (true, Some(path)) = (options.watch, &options.config_path) {
             super::watch::spawn(path, inbox.clone(), stop.clone()).map_err(StartError::Spawn)?;
