@@ -271,6 +271,8 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     let l = &s["listeners"]["web"];
     assert_eq!(l["total"]["requests"]["2xx"], 10, "{l}");
     assert_eq!(l["workers"].as_array().unwrap().len(), 2);
+    // Every HTTP request of the listener, routed or not: 10 + 2 + 1.
+    assert_eq!(l["total"]["latency_us"]["count"], 13, "{l}");
     let r = s["routes"]
         .as_array()
         .unwrap()

@@ -169,6 +169,7 @@ impl<'a> RequestRecord<'a> {
         if self.status != 0 {
             cells.requests.inc(self.status);
         }
+        cells.duration.record(duration);
         if let Some(route) = self.route {
             let rc = route.stats.worker(ctx.index);
             if self.status != 0 {
@@ -262,16 +263,18 @@ async fn handle_request(
 ) -> Next {
     // Each request sees the snapshot current when it arrives.
     let snapshot = ctx.snapshot.load_full();
-    let listener = match snapshot.listener(&handle.name) {
-        Some(l) if matches!(l.protocol, ListenerProtocol::Http { .. }) => l,
-        _ => accepted,
+    // Removed by a reload, or no longer http: answer on the accept-time
+    // settings, then close.
+    let (listener, gone) = match snapshot.listener(&handle.name) {
+        Some(l) if matches!(l.protocol, ListenerProtocol::Http { .. }) => (l, false),
+        _ => (accepted, true),
     };
     let mut up = proxy::Upstream::default();
     conn.responded = false;
     let mut rec = RequestRecord::new(listener, start);
     let next = route_and_answer(ctx, &snapshot, &mut rec, conn, &head, &mut up).await;
     rec.finish(ctx, conn, in0, out0, Some((&head, &up)));
-    if std::ptr::eq(listener, accepted) && snapshot.listener(&handle.name).is_none() {
+    if gone {
         return match next {
             Next::KeepAlive => Next::Close,
             other => other,

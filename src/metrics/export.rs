@@ -410,10 +410,10 @@ pub fn stats_json(src: &ExportSource<'_>) -> Value {
     let mut listeners = Map::new();
     for l in &s.listeners {
         let per: Vec<Value> = l.stats.iter().map(listener_json).collect();
-        listeners.insert(
-            l.name.clone(),
-            json!({ "total": sum_json(&per), "workers": per }),
-        );
+        let all: Vec<&Histogram> = l.stats.iter().map(|c| &c.duration).collect();
+        let mut total = sum_json(&per);
+        total["latency_us"] = latency(&all);
+        listeners.insert(l.name.clone(), json!({ "total": total, "workers": per }));
     }
     let mut routes = Vec::new();
     for (table, t) in &s.route_tables {
@@ -498,6 +498,7 @@ fn listener_json(c: &super::ListenerCells) -> Value {
         "bytes_out": c.bytes_out.get(),
         "requests": classes(&c.requests),
         "no_route": c.no_route.get(),
+        "latency_us": latency(&[&c.duration]),
     })
 }
 

@@ -146,6 +146,9 @@ pub struct ListenerCells {
     pub requests: ByClass,
     /// http: requests no route matched (404).
     pub no_route: Counter,
+    /// http: from a request head's arrival to the response's last byte,
+    /// every request (routed or not).
+    pub duration: Histogram,
 }
 
 /// Counters of one route on one worker.
