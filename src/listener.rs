@@ -161,7 +161,7 @@ async fn serve(
             crate::tcp::proxy(&ctx, listener, cluster, stream, peer).await;
         }
         ListenerProtocol::Http { .. } => {
-            crate::http::serve(&ctx, &handle, listener, stream, peer).await;
+            crate::http::serve(&ctx, &handle, &snapshot, listener, stream, peer).await;
         }
     }
 }

@@ -30,9 +30,10 @@ use crate::worker::{ListenerHandle, WorkerCtx};
 pub async fn serve(
     ctx: &Rc<WorkerCtx>,
     handle: &Rc<ListenerHandle>,
+    accept_snapshot: &std::sync::Arc<crate::config::Snapshot>,
     listener: &Listener,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    server::serve_connection(ctx, handle, listener, stream, peer).await;
+    server::serve_connection(ctx, handle, accept_snapshot, listener, stream, peer).await;
 }

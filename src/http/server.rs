@@ -73,6 +73,7 @@ impl Downstream {
 pub async fn serve_connection(
     ctx: &Rc<WorkerCtx>,
     handle: &Rc<ListenerHandle>,
+    accept_snapshot: &Arc<Snapshot>,
     listener: &Listener,
     stream: TcpStream,
     peer: SocketAddr,
@@ -112,7 +113,8 @@ pub async fn serve_connection(
                 return;
             }
         };
-        match handle_request(ctx, handle, listener, &mut conn, head, (in0, out0), start).await {
+        let accepted = (accept_snapshot, listener);
+        match handle_request(ctx, handle, accepted, &mut conn, head, (in0, out0), start).await {
             Next::KeepAlive if !ctx.closing(handle) => {}
             Next::KeepAlive | Next::Close => return,
             Next::Upgrade(up, up_buf) => {
@@ -255,19 +257,28 @@ async fn tunnel(
 async fn handle_request(
     ctx: &Rc<WorkerCtx>,
     handle: &ListenerHandle,
-    accepted: &Listener,
+    accepted: (&Arc<Snapshot>, &Listener),
     conn: &mut Downstream,
     head: RequestHead,
     (in0, out0): (u64, u64),
     start: (Instant, SystemTime),
 ) -> Next {
     // Each request sees the snapshot current when it arrives.
-    let snapshot = ctx.snapshot.load_full();
-    // Removed by a reload, or no longer http: answer on the accept-time
-    // settings, then close.
-    let (listener, gone) = match snapshot.listener(&handle.name) {
-        Some(l) if matches!(l.protocol, ListenerProtocol::Http { .. }) => (l, false),
-        _ => (accepted, true),
+    let current = ctx.snapshot.load_full();
+    // Removed by a reload, or no longer http: answer on the snapshot of the
+    // accept (its routes and clusters), then close.
+    let http_now = current
+        .listener(&handle.name)
+        .is_some_and(|l| matches!(l.protocol, ListenerProtocol::Http { .. }));
+    let (snapshot, gone) = if http_now {
+        (current, false)
+    } else {
+        (accepted.0.clone(), true)
+    };
+    let listener = if gone {
+        accepted.1
+    } else {
+        snapshot.listener(&handle.name).unwrap_or(accepted.1)
     };
     let mut up = proxy::Upstream::default();
     conn.responded = false;
