@@ -18,6 +18,8 @@ use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 #[derive(Debug)]
 pub struct ListenerSocket {
     pub name: String,
+    /// The address as configured (port 0 before binding).
+    pub configured: SocketAddr,
     pub socket: std::net::TcpListener,
 }
 
@@ -114,7 +116,7 @@ impl AcceptLoop {
         // The connection keeps the snapshot current at accept for its life
         // (HTTP requests still route on the newest one).
         let snapshot = self.ctx.snapshot.load_full();
-        let Some(listener) = snapshot.listener(&self.handle.name) else {
+        let Some(listener) = self.handle.resolve(&snapshot) else {
             // Removed by a reload a moment ago; the loop stops on the next turn.
             return;
         };
@@ -149,7 +151,7 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let Some(listener) = snapshot.listener(&handle.name) else {
+    let Some(listener) = handle.resolve(&snapshot) else {
         return;
     };
     // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).

@@ -26,6 +26,7 @@ both_drivers!(
     runtime_keys_need_a_restart,
     file_watch_rename_and_symlink_swap,
     pools_survive_a_route_only_reload,
+    renamed_listener_keeps_serving,
 );
 
 fn backend(driver: Driver, name: &str, delay: Duration) -> Backend {
@@ -405,4 +406,45 @@ fn pools_survive_a_route_only_reload(driver: Driver) {
     let ep = &clusters["clusters"]["a"]["endpoints"][0];
     assert_eq!(ep["requests"], 200, "{ep}");
     assert_eq!(ep["pooled"].as_u64(), Some(opened), "{ep}");
+}
+
+fn renamed_listener_keeps_serving(driver: Driver) {
+    let (a, b) = (
+        backend(driver, "a", Duration::ZERO),
+        backend(driver, "b", Duration::ZERO),
+    );
+    let addr = closed_port();
+    let named = |name: &str, tag: u32| {
+        config(driver, tag, "a", a.addr, b.addr, "").replace(
+            "[listeners.web]\naddress = \"127.0.0.1:0\"",
+            &format!("[listeners.{name}]\naddress = \"{addr}\""),
+        )
+    };
+    let dir = TempDir::new("reload-rename");
+    let path = dir.path("config.toml");
+    std::fs::write(&path, named("web", 1)).unwrap();
+    let proxy = launch(&path, false);
+    assert_eq!(proxy.local_addr("web"), Some(addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    // New connections all through the rename: none may fail.
+    let client = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s2.load(Ordering::Relaxed) {
+            let r = Client::connect(addr).get("/", "svc", "connection: close\r\n");
+            assert_eq!(r.status, 200);
+            n += 1;
+        }
+        n
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::write(&path, named("renamed", 2)).unwrap();
+    assert_eq!(proxy.reload().unwrap().generation, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    assert!(client.join().unwrap() > 10);
+    assert_eq!(proxy.local_addr("renamed"), Some(addr));
+    assert!(proxy.local_addr("web").is_none());
+    let r = Client::connect(addr).get("/", "svc", "");
+    assert_eq!(r.header("x-tag"), Some("2"));
 }

@@ -261,6 +261,7 @@ fn bind_listener(
         }
         sockets.push(ListenerSocket {
             name: name.to_string(),
+            configured,
             socket,
         });
     }

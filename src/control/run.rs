@@ -56,7 +56,6 @@ pub struct Proxy {
     inbox: flume::Sender<Event>,
     thread: Option<JoinHandle<i32>>,
     admin: crate::admin::AdminHandle,
-    addresses: Vec<(String, SocketAddr)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -99,7 +98,6 @@ impl Proxy {
         if let Some(s) = signals {
             s.forward(inbox.clone()).map_err(StartError::Spawn)?;
         }
-        let addresses = shared.addresses.load().as_ref().clone();
         let keep = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("outrigger-control".into())
@@ -114,7 +112,6 @@ impl Proxy {
             inbox,
             thread: Some(thread),
             admin,
-            addresses,
             stop,
         })
     }
@@ -130,7 +127,6 @@ impl Proxy {
             .addresses
             .load()
             .iter()
-            .chain(self.addresses.iter())
             .find(|(n, _)| n == listener)
             .map(|(_, a)| *a)
     }

@@ -90,6 +90,9 @@ pub struct WorkerCtx {
 /// watch to learn that the listener was removed.
 pub struct ListenerHandle {
     pub name: String,
+    /// The configured address: a listener renamed by a reload (same
+    /// address, new name) is found by it until this socket is closed.
+    pub configured: std::net::SocketAddr,
     /// Set when a reload removed the listener: stop accepting, close
     /// keep-alive connections after their current request.
     pub draining: Cell<bool>,
@@ -106,12 +109,25 @@ impl std::fmt::Debug for ListenerHandle {
 }
 
 impl ListenerHandle {
-    fn new(name: String) -> Self {
+    fn new(name: String, configured: std::net::SocketAddr) -> Self {
         ListenerHandle {
             name,
+            configured,
             draining: Cell::new(false),
             canceller: RefCell::new(Some(monoio::io::Canceller::new())),
         }
+    }
+
+    /// This listener in `snapshot`: by name, else (renamed by a reload that
+    /// has not reached this worker yet) by configured address, when that
+    /// names a port (port 0 may be shared by several listeners).
+    pub fn resolve<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a crate::config::Listener> {
+        snapshot.listener(&self.name).or_else(|| {
+            snapshot
+                .listeners
+                .iter()
+                .find(|l| self.configured.port() != 0 && l.address == self.configured)
+        })
     }
 
     fn cancel_handle(&self) -> Option<monoio::io::CancelHandle> {
@@ -232,7 +248,7 @@ fn add_listener(
     ctx: &Rc<WorkerCtx>,
     socket: ListenerSocket,
 ) -> std::io::Result<monoio::task::JoinHandle<()>> {
-    let handle = Rc::new(ListenerHandle::new(socket.name.clone()));
+    let handle = Rc::new(ListenerHandle::new(socket.name.clone(), socket.configured));
     let cancel = handle.cancel_handle();
     let accept = listener::AcceptLoop::new(ctx.clone(), socket, handle.clone(), cancel)?;
     if let Some(old) = ctx
