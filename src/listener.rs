@@ -160,7 +160,9 @@ async fn serve(
             let Some(cluster) = snapshot.clusters.get(cluster) else {
                 return;
             };
-            crate::tcp::proxy(&ctx, listener, cluster, stream, peer).await;
+            // Boxed: the relay's future is large, and inline it would size
+            // every connection's task, http ones included.
+            Box::pin(crate::tcp::proxy(&ctx, listener, cluster, stream, peer)).await;
         }
         ListenerProtocol::Http { .. } => {
             crate::http::serve(&ctx, &handle, &snapshot, listener, stream, peer).await;

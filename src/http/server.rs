@@ -100,7 +100,7 @@ pub async fn serve_connection(
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
-                respond_error(&mut conn, &e, true).await;
+                Box::pin(respond_error(&mut conn, &e, true)).await;
                 let status = if e.status().is_some() && conn.bytes_out > out0 {
                     e.status().unwrap_or(0)
                 } else {
@@ -114,11 +114,24 @@ pub async fn serve_connection(
             }
         };
         let accepted = (accept_snapshot, listener);
-        match handle_request(ctx, handle, accepted, &mut conn, head, (in0, out0), start).await {
+        // Boxed: the request's future (upstream exchange, body copies) is
+        // several KiB; inline, every connection would carry it for its whole
+        // life, idle or not. Boxed, an idle keep-alive connection's task
+        // holds only the small state of waiting for its next request.
+        let request = Box::pin(handle_request(
+            ctx,
+            handle,
+            accepted,
+            &mut conn,
+            head,
+            (in0, out0),
+            start,
+        ));
+        match request.await {
             Next::KeepAlive if !ctx.closing(handle) => {}
             Next::KeepAlive | Next::Close => return,
             Next::Upgrade(up, up_buf) => {
-                tunnel(ctx, listener, conn, up, up_buf).await;
+                Box::pin(tunnel(ctx, listener, conn, up, up_buf)).await;
                 return;
             }
         }
@@ -452,7 +465,9 @@ async fn read_head(
         // only for WARM_READ_WINDOW; after that it waits holding no buffer.
         if warm && ctx.driver == Driver::IoUring {
             let read = read_more(&mut conn.stream, BytesMut::new(), 4096);
-            match monoio::time::timeout(WARM_READ_WINDOW.min(idle), read).await {
+            // Boxed (here and below): a timed read's future is large, and
+            // inline it would be part of every idle connection's task.
+            match Box::pin(monoio::time::timeout(WARM_READ_WINDOW.min(idle), read)).await {
                 Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
                 Ok((Ok(n), buf)) => {
                     conn.bytes_in += n as u64;
@@ -473,7 +488,7 @@ async fn read_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let res = match monoio::time::timeout(left, conn.read_more(4096)).await {
+        let res = match Box::pin(monoio::time::timeout(left, conn.read_more(4096))).await {
             Ok(done) => done,
             Err(_) => return Err(HttpError::HeaderTimeout),
         };

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Memory per idle keep-alive HTTP connection: outrigger (1 worker) vs nginx
+(1 worker) as the proxy, both in front of the same nginx upstream. N client
+connections each send one request, read the response, and stay open; the
+proxy's RSS (summed over its processes) is read before and after.
+
+Usage: python3 loadtest/bench/idle_memory.py [--connections 5000]
+Needs: cargo build --release; nginx; `ulimit -n` above 2 × connections.
+"""
+import argparse, os, resource, signal, socket, subprocess, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def nginx(d, name, body, conns):
+    os.makedirs(f"{d}/{name}", exist_ok=True)
+    conf = f"{d}/{name}/nginx.conf"
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; master_process off; worker_processes 1; pid {d}/{name}/pid; error_log stderr error;
+worker_rlimit_nofile {conns * 3};
+events {{ worker_connections {conns * 2 + 100}; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path {d}/{name}/b; proxy_temp_path {d}/{name}/p; fastcgi_temp_path {d}/{name}/f;
+  uwsgi_temp_path {d}/{name}/u; scgi_temp_path {d}/{name}/s;
+  {body} }}
+""")
+    return subprocess.Popen([NGINX, "-p", f"{d}/{name}", "-c", conf])
+
+
+def hold(port, n):
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"ok"):
+            data += s.recv(4096)
+        socks.append(s)
+    return socks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--connections", type=int, default=5000)
+    a = ap.parse_args()
+    n = a.connections
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n * 3, n * 3))
+    d = tempfile.mkdtemp(prefix="outrigger-idle-")
+    up = nginx(d, "up", 'server { listen 127.0.0.1:18500; location / { return 200 "ok"; } }', n)
+    px = nginx(d, "px", """upstream up { server 127.0.0.1:18500; keepalive 64; }
+      server { listen 127.0.0.1:18502; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }""", n)
+    cfg = f"{d}/o.toml"
+    with open(cfg, "w") as f:
+        f.write(f"""[runtime]
+workers = 1
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:18501"
+protocol = "http"
+routes = "main"
+max_connections = {n * 2}
+idle_timeout = "300s"
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "up"
+[clusters.up]
+endpoints = ["127.0.0.1:18500"]
+""")
+    og = subprocess.Popen([f"{ROOT}/target/release/outrigger", "run", "--no-watch", "--config", cfg, "--log-level", "warn"],
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n * 3, n * 3)))
+    time.sleep(1)
+    try:
+        for name, port, pid in (("outrigger", 18501, og.pid), ("nginx", 18502, px.pid)):
+            hold(port, 10)  # warm: pools, first allocations
+            before = rss_kib(pid)
+            socks = hold(port, n)
+            time.sleep(1)
+            after = rss_kib(pid)
+            print(f"{name}: {n} idle keep-alive connections: RSS {before} -> {after} KiB, "
+                  f"{1024 * (after - before) / n:.0f} bytes per connection")
+            for s in socks:
+                s.close()
+            time.sleep(0.5)
+    finally:
+        for p in (og, px, up):
+            p.send_signal(signal.SIGTERM)
+            p.wait(10)
+
+
+if __name__ == "__main__":
+    main()
