@@ -114,20 +114,10 @@ pub async fn serve_connection(
             }
         };
         let accepted = (accept_snapshot, listener);
-        // Boxed: the request's future (upstream exchange, body copies) is
-        // several KiB; inline, every connection would carry it for its whole
-        // life, idle or not. Boxed, an idle keep-alive connection's task
-        // holds only the small state of waiting for its next request.
-        let request = Box::pin(handle_request(
-            ctx,
-            handle,
-            accepted,
-            &mut conn,
-            head,
-            (in0, out0),
-            start,
-        ));
-        match request.await {
+        // Not boxed: boxing this future would shrink an idle connection's
+        // task (docs/benchmarks.md, idle memory) but costs an allocation and
+        // a copy of several KiB per request (measured +1.8 µs CPU/request).
+        match handle_request(ctx, handle, accepted, &mut conn, head, (in0, out0), start).await {
             Next::KeepAlive if !ctx.closing(handle) => {}
             Next::KeepAlive | Next::Close => return,
             Next::Upgrade(up, up_buf) => {
@@ -465,9 +455,7 @@ async fn read_head(
         // only for WARM_READ_WINDOW; after that it waits holding no buffer.
         if warm && ctx.driver == Driver::IoUring {
             let read = read_more(&mut conn.stream, BytesMut::new(), 4096);
-            // Boxed (here and below): a timed read's future is large, and
-            // inline it would be part of every idle connection's task.
-            match Box::pin(monoio::time::timeout(WARM_READ_WINDOW.min(idle), read)).await {
+            match monoio::time::timeout(WARM_READ_WINDOW.min(idle), read).await {
                 Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
                 Ok((Ok(n), buf)) => {
                     conn.bytes_in += n as u64;
@@ -488,7 +476,7 @@ async fn read_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let res = match Box::pin(monoio::time::timeout(left, conn.read_more(4096))).await {
+        let res = match monoio::time::timeout(left, conn.read_more(4096)).await {
             Ok(done) => done,
             Err(_) => return Err(HttpError::HeaderTimeout),
         };
