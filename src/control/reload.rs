@@ -134,3 +134,92 @@ fn check_static(old: &Snapshot, new: &Snapshot) -> Result<(), ReloadError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn snapshot(extra_route: &str, runtime: &str) -> Snapshot {
+        let text = format!(
+            r#"
+[runtime]
+workers = 2
+{runtime}
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+
+[[routes.r]]
+name = "main"
+match.path_prefix = "/api"
+cluster = "c"
+{extra_route}
+
+[clusters.c]
+endpoints = ["127.0.0.1:9000", "127.0.0.1:9001"]
+"#
+        );
+        crate::config::compile(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn counters_follow_names_across_a_reload() {
+        let old = snapshot("", "");
+        let route = &old.route_tables["r"].routes[0];
+        route.stats.worker(1).requests.inc(200);
+        old.listeners[0].stats.worker(0).accepted.add(3);
+        old.clusters["c"].endpoints[1]
+            .stats
+            .worker(0)
+            .requests
+            .add(5);
+        // The new config adds a route: "main" keeps its counters, the new
+        // route starts at zero.
+        let mut new = snapshot("[[routes.r]]\nmatch.path = \"/x\"\ncluster = \"c\"", "");
+        new.adopt_stats(&old);
+        let routes = &new.route_tables["r"].routes;
+        assert_eq!(routes.len(), 2);
+        let main = routes.iter().find(|r| r.name == "main").unwrap();
+        assert_eq!(main.stats.sum(|c| c.requests.total()), 1);
+        let added = routes.iter().find(|r| r.name == "r#1").unwrap();
+        assert_eq!(added.stats.sum(|c| c.requests.total()), 0);
+        assert!(!std::sync::Arc::ptr_eq(&main.stats, &added.stats));
+        assert_eq!(new.listeners[0].stats.sum(|c| c.accepted.get()), 3);
+        assert_eq!(
+            new.clusters["c"].endpoints[1]
+                .stats
+                .sum(|c| c.requests.get()),
+            5
+        );
+        assert_eq!(
+            new.clusters["c"].endpoints[0]
+                .stats
+                .sum(|c| c.requests.get()),
+            0
+        );
+    }
+
+    #[test]
+    fn static_keys_are_named() {
+        let old = snapshot("", "");
+        assert!(check_static(
+            &old,
+            &snapshot("[[routes.r]]\nmatch.path = \"/x\"\ncluster = \"c\"", "")
+        )
+        .is_ok());
+        for (runtime, key) in [
+            ("io = \"epoll\"", "runtime.io"),
+            ("pin_workers = false", "runtime.pin_workers"),
+            ("buffer_size = 8192", "runtime.buffer_size"),
+            ("buffer_pool_size = 7", "runtime.buffer_pool_size"),
+        ] {
+            let err = check_static(&old, &snapshot("", runtime))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+    }
+}
