@@ -61,6 +61,41 @@ pub struct Record<'a> {
     pub flags: &'a str,
 }
 
+impl<'a> Record<'a> {
+    /// A TCP connection's entry: the HTTP fields empty.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp(
+        start: SystemTime,
+        client: SocketAddr,
+        listener: &'a str,
+        cluster: &'a str,
+        upstream: Option<SocketAddr>,
+        (bytes_in, bytes_out): (u64, u64),
+        duration: Duration,
+        flags: &'a str,
+    ) -> Self {
+        Record {
+            start,
+            request_id: None,
+            client,
+            method: None,
+            authority: None,
+            path: None,
+            protocol: "TCP",
+            status: 0,
+            bytes_in,
+            bytes_out,
+            duration,
+            upstream,
+            upstream_duration: None,
+            listener,
+            route: None,
+            cluster: Some(cluster),
+            flags,
+        }
+    }
+}
+
 /// One worker's access log buffer.
 #[derive(Debug)]
 pub struct WorkerLog {

@@ -195,18 +195,9 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             measure_from,
             end,
         };
-        let core = args.load.core_for(t);
         handles.push(
-            std::thread::Builder::new()
-                .name(format!("load-{t}"))
-                .spawn(move || {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: c });
-                    }
-                    outrigger::worker::driver::block_on(driver, 1024, move || {
-                        thread_main(plan, budget, start)
-                    })
-                })?,
+            args.load
+                .spawn(t, driver, move || thread_main(plan, budget, start))?,
         );
     }
     let mut results = Vec::new();

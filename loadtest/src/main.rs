@@ -189,6 +189,30 @@ impl LoadArgs {
     pub fn core_for(&self, t: usize) -> Option<usize> {
         self.cpus.get(t % self.cpus.len().max(1)).copied()
     }
+
+    /// Start generator thread `t` (`load-{t}`, pinned per `--cpus`) running
+    /// `f` on its own runtime.
+    pub fn spawn<F, Fut>(
+        &self,
+        t: usize,
+        driver: outrigger::worker::Driver,
+        f: F,
+    ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<Fut::Output>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let core = self.core_for(t);
+        std::thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                }
+                outrigger::worker::driver::block_on(driver, 1024, f)
+            })
+    }
 }
 
 /// Output files shared by the generators.

@@ -50,20 +50,10 @@ pub fn run(args: TcpArgs) -> anyhow::Result<Report> {
     for t in 0..threads {
         let conns =
             args.load.connections / threads + usize::from(t < args.load.connections % threads);
-        let args = args.clone();
-        let core = args.load.core_for(t);
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("load-{t}"))
-                .spawn(move || {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: c });
-                    }
-                    outrigger::worker::driver::block_on(driver, 1024, move || {
-                        thread_main(args, conns, start, measure_from, end)
-                    })
-                })?,
-        );
+        let thread_args = args.clone();
+        handles.push(args.load.spawn(t, driver, move || {
+            thread_main(thread_args, conns, start, measure_from, end)
+        })?);
     }
     let mut results = Vec::new();
     for h in handles {

@@ -18,58 +18,40 @@ fn compare_direct_and_outrigger() {
     let dir = std::env::temp_dir().join(format!("outrigger-compare-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, md) = (dir.join("c.json"), dir.join("c.md"));
-    let out = Command::new(&load)
-        .args([
-            "compare",
-            "--targets",
-            "direct,outrigger,nosuchproxy",
-            "--runs",
-            "2",
-            "-d",
-            "500ms",
-            "--warmup",
-            "200ms",
-            "-c",
-            "4",
-            "--proxy-cpus",
-            "0",
-            "--load-cpus",
-            "0",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg("--markdown")
-        .arg(&md)
-        .output()
-        .unwrap();
+    let compare = |targets: &str| {
+        Command::new(&load)
+            .args([
+                "compare",
+                "--targets",
+                targets,
+                "--runs",
+                "2",
+                "-d",
+                "500ms",
+            ])
+            .args([
+                "--warmup",
+                "200ms",
+                "-c",
+                "4",
+                "--proxy-cpus",
+                "0",
+                "--load-cpus",
+                "0",
+            ])
+            .arg("--json")
+            .arg(&json)
+            .arg("--markdown")
+            .arg(&md)
+            .output()
+            .unwrap()
+    };
     // An unknown target is an error before anything runs.
+    let out = compare("direct,outrigger,nosuchproxy");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchproxy"));
 
-    let out = Command::new(&load)
-        .args([
-            "compare",
-            "--targets",
-            "direct,outrigger",
-            "--runs",
-            "2",
-            "-d",
-            "500ms",
-            "--warmup",
-            "200ms",
-            "-c",
-            "4",
-            "--proxy-cpus",
-            "0",
-            "--load-cpus",
-            "0",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg("--markdown")
-        .arg(&md)
-        .output()
-        .unwrap();
+    let out = compare("direct,outrigger");
     assert!(
         out.status.success(),
         "{}",

@@ -111,38 +111,23 @@ fn https_with_ca_insecure_and_untrusted() {
     assert_eq!(v["operations"], 100, "{v}");
     assert_eq!(count.load(Ordering::Relaxed), 400);
 
-    // An untrusted certificate: handshakes fail and are counted, no request sent.
-    let (_, v, _) = run(&[
-        "http",
-        &url,
-        "-c",
-        "1",
-        "-d",
-        "1s",
-        "--warmup",
-        "0s",
-        "--ca",
-        &format!("{}/../../Cargo.toml", env!("CARGO_MANIFEST_DIR")),
-    ]);
+    // One connection for one second, trusting only `ca`.
+    let with_ca = |ca: &str| {
+        run(&[
+            "http", &url, "-c", "1", "-d", "1s", "--warmup", "0s", "--ca", ca,
+        ])
+    };
+    // A file without certificates is refused up front (no report).
+    let (_, v, _) = with_ca(&format!("{}/../Cargo.toml", env!("CARGO_MANIFEST_DIR")));
     assert!(
         v.is_null(),
         "a CA file without certificates is refused up front"
     );
+    // An untrusted certificate: handshakes fail and are counted, no request sent.
     let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let other_ca = dir.join("other.pem");
     std::fs::write(&other_ca, other.cert.pem()).unwrap();
-    let (_, v, _) = run(&[
-        "http",
-        &url,
-        "-c",
-        "1",
-        "-d",
-        "1s",
-        "--warmup",
-        "0s",
-        "--ca",
-        other_ca.to_str().unwrap(),
-    ]);
+    let (_, v, _) = with_ca(other_ca.to_str().unwrap());
     assert_eq!(v["operations"], 0, "{v}");
     assert!(v["errors"]["tls"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(count.load(Ordering::Relaxed), 400);

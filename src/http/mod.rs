@@ -3,10 +3,11 @@
 //! `codec` parses and validates heads (the request-smuggling defences),
 //! `fields` holds the header rules they share,
 //! `chunked` decodes the chunked coding, `server` runs a client connection,
-//! `proxy` runs one upstream exchange, `serialize` rebuilds heads for the
+//! `proxy` runs one upstream exchange, `body` streams its bodies, `serialize` rebuilds heads for the
 //! other side, `pool` keeps upstream connections, and `error` maps every
 //! failure to what the client sees.
 
+mod body;
 pub mod chunked;
 pub mod codec;
 pub mod error;

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
-use super::chunked::{Chunk, ChunkedDecoder};
+use super::body::BodySink;
 use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use super::error::HttpError;
-use super::io::{read_more, write_all, write_bytes};
+use super::io::{read_more, write_bytes};
 use super::serialize::{serialize_request, serialize_response};
 use super::server::Downstream;
 use crate::config::{HttpSettings, Snapshot};
-use crate::metrics::{ClusterCells, EndpointCells};
+use crate::metrics::Active;
 use crate::route::Route;
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
@@ -62,33 +62,6 @@ impl Upstream {
     pub fn duration(&self) -> Option<Duration> {
         let sent = self.sent.get()?;
         Some(self.done.get().unwrap_or_else(Instant::now) - sent)
-    }
-}
-
-/// Counts an in-flight exchange on the cluster and endpoint of this worker.
-struct Tracked<'a> {
-    cluster: &'a ClusterCells,
-    endpoint: Option<&'a EndpointCells>,
-}
-
-impl<'a> Tracked<'a> {
-    fn new(cluster: &'a ClusterCells, endpoint: Option<&'a EndpointCells>) -> Self {
-        cluster.requests.inc();
-        cluster.active.inc();
-        if let Some(e) = endpoint {
-            e.requests.inc();
-            e.in_flight.inc();
-        }
-        Tracked { cluster, endpoint }
-    }
-}
-
-impl Drop for Tracked<'_> {
-    fn drop(&mut self) {
-        self.cluster.active.dec();
-        if let Some(e) = self.endpoint {
-            e.in_flight.dec();
-        }
     }
 }
 
@@ -161,7 +134,7 @@ pub async fn forward(
             ccells.connections_opened.inc();
         }
         let _in_flight = ctx.balancers.track(addr);
-        let _tracked = Tracked::new(ccells, Some(ecells));
+        let _active = Active::new(ccells, ecells);
         let exchange = Exchange {
             ctx,
             http,
@@ -249,15 +222,15 @@ enum ExchangeError {
     Failed(Failure),
 }
 
-struct Exchange<'a> {
-    ctx: &'a Rc<WorkerCtx>,
-    http: &'a HttpSettings,
-    route: &'a Route,
-    cluster: &'a Cluster,
-    addr: SocketAddr,
-    head: &'a RequestHead,
-    deadline: Option<Instant>,
-    out: &'a Upstream,
+pub(super) struct Exchange<'a> {
+    pub(super) ctx: &'a Rc<WorkerCtx>,
+    pub(super) http: &'a HttpSettings,
+    pub(super) route: &'a Route,
+    pub(super) cluster: &'a Cluster,
+    pub(super) addr: SocketAddr,
+    pub(super) head: &'a RequestHead,
+    pub(super) deadline: Option<Instant>,
+    pub(super) out: &'a Upstream,
 }
 
 impl Exchange<'_> {
@@ -324,7 +297,7 @@ impl Exchange<'_> {
 
     /// How long the next upstream read may take: the route's deadline, and
     /// never more than `upstream_read_timeout` without a byte.
-    fn remaining(&self) -> Duration {
+    pub(super) fn remaining(&self) -> Duration {
         let idle = self.http.upstream_read_timeout;
         self.deadline.map_or(idle, |d| {
             d.saturating_duration_since(Instant::now()).min(idle)
@@ -357,62 +330,6 @@ impl Exchange<'_> {
                 Ok(0) => return Err(HttpError::BadResponse("connection closed mid-head")),
                 Ok(_) => {}
                 Err(e) => return Err(HttpError::UpstreamIo(e)),
-            }
-        }
-    }
-
-    /// Stream the request body from the client to the upstream.
-    async fn send_body(&self, conn: &mut Downstream, up: &mut TcpStream) -> Result<(), Failure> {
-        let limit = self.http.max_request_body_bytes.unwrap_or(u64::MAX);
-        match self.head.framing {
-            Framing::None | Framing::UntilClose => Ok(()),
-            Framing::Length(n) => {
-                let mut left = n;
-                while left > 0 {
-                    if conn.buf.is_empty() {
-                        read_client(conn).await?;
-                    }
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    let chunk = conn.buf.split_to(take).freeze();
-                    left -= take as u64;
-                    write_bytes(up, chunk)
-                        .await
-                        .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
-                }
-                Ok(())
-            }
-            Framing::Chunked => {
-                let mut decoder = ChunkedDecoder::default();
-                let mut total: u64 = 0;
-                loop {
-                    let step = decoder
-                        .decode(&mut conn.buf)
-                        .map_err(|m| Failure::closing(HttpError::BadRequest(m)))?;
-                    match step {
-                        None => read_client(conn).await?,
-                        Some(Chunk::Data(data)) => {
-                            total += data.len() as u64;
-                            if total > limit {
-                                return Err(Failure::closing(HttpError::BodyTooLarge));
-                            }
-                            let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
-                            frame.extend_from_slice(&data);
-                            frame.extend_from_slice(b"\r\n");
-                            write_all(up, frame)
-                                .await
-                                .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
-                        }
-                        Some(Chunk::End(trailers)) => {
-                            let mut frame = b"0\r\n".to_vec();
-                            frame.extend_from_slice(&trailers);
-                            frame.extend_from_slice(b"\r\n");
-                            write_all(up, frame)
-                                .await
-                                .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
-                            return Ok(());
-                        }
-                    }
-                }
             }
         }
     }
@@ -497,148 +414,5 @@ impl Exchange<'_> {
         } else {
             Next::Close
         })
-    }
-
-    async fn read_upstream(
-        &self,
-        up: &mut TcpStream,
-        buf: &mut BytesMut,
-    ) -> Result<usize, Failure> {
-        let read = read_more(up, std::mem::take(buf), 64 * 1024);
-        let (res, b) = monoio::time::timeout(self.remaining(), read)
-            .await
-            .map_err(|_| Failure::closing(HttpError::UpstreamTimeout))?;
-        *buf = b;
-        res.map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))
-    }
-
-    async fn copy_length(
-        &self,
-        up: &mut TcpStream,
-        buf: &mut BytesMut,
-        sink: &mut BodySink<'_>,
-        n: u64,
-    ) -> Result<(), Failure> {
-        let mut left = n;
-        while left > 0 {
-            if buf.is_empty() && self.read_upstream(up, buf).await? == 0 {
-                return Err(Failure::closing(HttpError::BadResponse(
-                    "body shorter than Content-Length",
-                )));
-            }
-            let take = (buf.len() as u64).min(left) as usize;
-            left -= take as u64;
-            sink.send(buf.split_to(take).freeze()).await?;
-        }
-        Ok(())
-    }
-
-    async fn copy_chunked(
-        &self,
-        up: &mut TcpStream,
-        buf: &mut BytesMut,
-        sink: &mut BodySink<'_>,
-    ) -> Result<(), Failure> {
-        let mut decoder = ChunkedDecoder::default();
-        loop {
-            match decoder
-                .decode(buf)
-                .map_err(|m| Failure::closing(HttpError::BadResponse(m)))?
-            {
-                None => {
-                    if self.read_upstream(up, buf).await? == 0 {
-                        return Err(Failure::closing(HttpError::BadResponse(
-                            "chunked body cut short",
-                        )));
-                    }
-                }
-                Some(Chunk::Data(d)) => sink.send(d).await?,
-                Some(Chunk::End(trailers)) => return sink.finish_with(trailers).await,
-            }
-        }
-    }
-
-    async fn copy_until_close(
-        &self,
-        up: &mut TcpStream,
-        buf: &mut BytesMut,
-        sink: &mut BodySink<'_>,
-    ) -> Result<(), Failure> {
-        loop {
-            if !buf.is_empty() {
-                let data = buf.split().freeze();
-                sink.send(data).await?;
-            }
-            if self.read_upstream(up, buf).await? == 0 {
-                return sink.finish().await;
-            }
-        }
-    }
-}
-
-/// Writes response body bytes to the client, chunk-encoding when asked.
-struct BodySink<'a> {
-    conn: &'a mut Downstream,
-    /// The client gets `transfer-encoding: chunked`: encode each piece.
-    chunked_out: bool,
-}
-
-impl BodySink<'_> {
-    async fn send(&mut self, data: Bytes) -> Result<(), Failure> {
-        if self.chunked_out {
-            return self.send_chunk(data).await;
-        }
-        self.conn
-            .write_bytes(data)
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
-    }
-
-    async fn send_chunk(&mut self, data: Bytes) -> Result<(), Failure> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
-        frame.extend_from_slice(&data);
-        frame.extend_from_slice(b"\r\n");
-        self.conn
-            .write_vec(frame)
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
-    }
-
-    async fn end_chunks(&mut self, trailers: Bytes) -> Result<(), Failure> {
-        let mut frame = b"0\r\n".to_vec();
-        frame.extend_from_slice(&trailers);
-        frame.extend_from_slice(b"\r\n");
-        self.conn
-            .write_vec(frame)
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
-    }
-
-    async fn finish(&mut self) -> Result<(), Failure> {
-        self.finish_with(Bytes::new()).await
-    }
-
-    /// End the body: the last chunk and trailers when chunk-encoding (a
-    /// client without chunked loses the trailers; RFC 9110 allows dropping
-    /// them).
-    async fn finish_with(&mut self, trailers: Bytes) -> Result<(), Failure> {
-        if self.chunked_out {
-            return self.end_chunks(trailers).await;
-        }
-        Ok(())
-    }
-}
-
-/// Read more from the client into `conn.buf`; EOF mid-body is an error.
-async fn read_client(conn: &mut Downstream) -> Result<(), Failure> {
-    match conn.read_more(64 * 1024).await {
-        Ok(0) => Err(Failure::closing(HttpError::DownstreamIo(
-            std::io::ErrorKind::UnexpectedEof.into(),
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) => Err(Failure::closing(HttpError::DownstreamIo(e))),
     }
 }

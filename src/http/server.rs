@@ -109,7 +109,7 @@ pub async fn serve_connection(
                 let mut rec = RequestRecord::new(listener, start);
                 rec.status = status;
                 rec.flags = e.flag();
-                rec.finish(ctx, &conn, in0, out0, None);
+                rec.finish(ctx, &ctx.snapshot.load(), &conn, (in0, out0), None);
                 return;
             }
         };
@@ -157,13 +157,14 @@ impl<'a> RequestRecord<'a> {
         }
     }
 
-    /// Count the request and write its access log line.
+    /// Count the request and write its access log line (with the access
+    /// log settings of `snapshot`, the one the request was served on).
     fn finish(
         &self,
         ctx: &WorkerCtx,
+        snapshot: &Snapshot,
         conn: &Downstream,
-        in0: u64,
-        out0: u64,
+        (in0, out0): (u64, u64),
         exchange: Option<(&RequestHead, &proxy::Upstream)>,
     ) {
         let duration = self.started.elapsed();
@@ -182,7 +183,6 @@ impl<'a> RequestRecord<'a> {
             }
             rc.duration.record(duration);
         }
-        let snapshot = ctx.snapshot.load();
         if snapshot.access_log.is_none() {
             return;
         }
@@ -191,7 +191,7 @@ impl<'a> RequestRecord<'a> {
             None => (None, None),
         };
         ctx.log.log(
-            &snapshot,
+            snapshot,
             &Record {
                 start: self.start_time,
                 request_id: up.and_then(|u| u.request_id.as_deref()),
@@ -287,7 +287,7 @@ async fn handle_request(
     conn.responded = false;
     let mut rec = RequestRecord::new(listener, start);
     let next = route_and_answer(ctx, &snapshot, &mut rec, conn, &head, &mut up).await;
-    rec.finish(ctx, conn, in0, out0, Some((&head, &up)));
+    rec.finish(ctx, &snapshot, conn, (in0, out0), Some((&head, &up)));
     if gone {
         return match next {
             Next::KeepAlive => Next::Close,
@@ -331,36 +331,11 @@ async fn route_and_answer<'a>(
             let closing = ctx.closing(&conn.handle);
             direct(conn, head, *status, body, closing).await
         }
-        RouteAction::Cluster(name) => {
+        action => {
+            let name = action.pick_cluster().unwrap_or_default();
             rec.cluster = Some(name);
-            proxy::forward(
-                ctx,
-                http,
-                snapshot,
-                route,
-                name,
-                conn,
-                head,
-                rec.started,
-                up,
-            )
-            .await
-        }
-        RouteAction::Split(split) => {
-            let name = split.pick(fastrand::u32(..split.total.max(1)));
-            rec.cluster = Some(name);
-            proxy::forward(
-                ctx,
-                http,
-                snapshot,
-                route,
-                name,
-                conn,
-                head,
-                rec.started,
-                up,
-            )
-            .await
+            let started = rec.started;
+            proxy::forward(ctx, http, snapshot, route, name, conn, head, started, up).await
         }
     };
     if up.status.get() != 0 {

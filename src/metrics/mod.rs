@@ -210,6 +210,32 @@ impl EndpointCells {
     }
 }
 
+/// Counts one request (http) or connection (tcp) sent to an endpoint:
+/// requests on the cluster and the endpoint now, in-flight gauges until
+/// the guard drops, however the exchange ends.
+#[derive(Debug)]
+pub struct Active<'a> {
+    cluster: &'a ClusterCells,
+    endpoint: &'a EndpointCells,
+}
+
+impl<'a> Active<'a> {
+    pub fn new(cluster: &'a ClusterCells, endpoint: &'a EndpointCells) -> Self {
+        cluster.requests.inc();
+        cluster.active.inc();
+        endpoint.requests.inc();
+        endpoint.in_flight.inc();
+        Active { cluster, endpoint }
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.cluster.active.dec();
+        self.endpoint.in_flight.dec();
+    }
+}
+
 /// Counters of one worker as a whole.
 #[derive(Debug, Default)]
 #[repr(align(128))]

@@ -84,6 +84,18 @@ pub struct WeightedClusters {
     pub total: u32,
 }
 
+impl RouteAction {
+    /// The cluster this request goes to: the route's, or a weighted random
+    /// pick of a split. `None` for a direct response.
+    pub fn pick_cluster(&self) -> Option<&str> {
+        match self {
+            RouteAction::Cluster(name) => Some(name),
+            RouteAction::Split(split) => Some(split.pick(fastrand::u32(..split.total.max(1)))),
+            RouteAction::Direct { .. } => None,
+        }
+    }
+}
+
 impl WeightedClusters {
     /// The cluster owning point `n` (taken modulo the total weight).
     pub fn pick(&self, n: u32) -> &str {

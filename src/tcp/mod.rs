@@ -5,13 +5,16 @@ mod relay;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Instant, SystemTime};
 
 use monoio::net::TcpStream;
 
 pub use relay::{relay, RelayOutcome, SpliceMode};
 
+use crate::access_log::Record;
 use crate::config::Listener;
-use crate::upstream::Cluster;
+use crate::metrics::Active;
+use crate::upstream::{Cluster, Endpoint};
 use crate::worker::WorkerCtx;
 
 /// Why no upstream connection could be made.
@@ -37,49 +40,37 @@ pub async fn proxy(
     peer: SocketAddr,
 ) {
     let counters = listener.stats.worker(ctx.index);
-    let started = std::time::Instant::now();
-    let start_time = std::time::SystemTime::now();
+    let started = Instant::now();
+    let start_time = SystemTime::now();
+    let log = |upstream, bytes, flags| {
+        let record = Record::tcp(
+            start_time,
+            peer,
+            &listener.name,
+            &cluster.name,
+            upstream,
+            bytes,
+            started.elapsed(),
+            flags,
+        );
+        ctx.log.log(&ctx.snapshot.load(), &record);
+    };
     let (upstream, endpoint) = match connect(ctx, cluster, counters).await {
         Ok(ok) => ok,
         Err(e) => {
             counters.no_upstream.inc();
             tracing::warn!(listener = %listener.name, %peer, error = %e, "closing client");
-            ctx.log.log(
-                &ctx.snapshot.load(),
-                &crate::access_log::Record {
-                    start: start_time,
-                    client: peer,
-                    request_id: None,
-                    method: None,
-                    authority: None,
-                    path: None,
-                    protocol: "TCP",
-                    status: 0,
-                    upstream_duration: None,
-                    route: None,
-                    listener: &listener.name,
-                    cluster: Some(&cluster.name),
-                    upstream: None,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    duration: started.elapsed(),
-                    flags: "UF",
-                },
-            );
+            log(None, (0, 0), "UF");
             return;
         }
     };
-    let ccells = cluster.stats.worker(ctx.index);
-    let ep = cluster.endpoints.iter().find(|e| e.address == endpoint);
-    ccells.requests.inc();
-    ccells.connections_opened.inc();
-    ccells.active.inc();
-    if let Some(ep) = ep {
-        let c = ep.stats.worker(ctx.index);
-        c.requests.inc();
-        c.in_flight.inc();
-    }
-    let _in_flight = ctx.balancers.track(endpoint);
+    let addr = endpoint.address;
+    cluster.stats.worker(ctx.index).connections_opened.inc();
+    let active = Active::new(
+        cluster.stats.worker(ctx.index),
+        endpoint.stats.worker(ctx.index),
+    );
+    let in_flight = ctx.balancers.track(addr);
     let _ = upstream.set_nodelay(true);
     let outcome = relay(
         client,
@@ -90,56 +81,41 @@ pub async fn proxy(
         &ctx.buffers,
     )
     .await;
-    counters.bytes_in.add(outcome.downstream_to_upstream);
-    counters.bytes_out.add(outcome.upstream_to_downstream);
+    drop((active, in_flight));
+    let bytes = (
+        outcome.downstream_to_upstream,
+        outcome.upstream_to_downstream,
+    );
+    counters.bytes_in.add(bytes.0);
+    counters.bytes_out.add(bytes.1);
     if outcome.idle_timeout {
         counters.idle_timeouts.inc();
     }
-    ccells.active.dec();
-    if let Some(ep) = ep {
-        ep.stats.worker(ctx.index).in_flight.dec();
-    }
-    ctx.log.log(
-        &ctx.snapshot.load(),
-        &crate::access_log::Record {
-            start: start_time,
-            client: peer,
-            request_id: None,
-            method: None,
-            authority: None,
-            path: None,
-            protocol: "TCP",
-            status: 0,
-            upstream_duration: None,
-            route: None,
-            listener: &listener.name,
-            cluster: Some(&cluster.name),
-            upstream: Some(endpoint),
-            bytes_in: outcome.downstream_to_upstream,
-            bytes_out: outcome.upstream_to_downstream,
-            duration: started.elapsed(),
-            flags: if outcome.idle_timeout { "IT" } else { "-" },
-        },
+    log(
+        Some(addr),
+        bytes,
+        if outcome.idle_timeout { "IT" } else { "-" },
     );
     tracing::debug!(
-        listener = %listener.name, %peer, upstream = %endpoint,
-        bytes_in = outcome.downstream_to_upstream, bytes_out = outcome.upstream_to_downstream,
+        listener = %listener.name, %peer, upstream = %addr,
+        bytes_in = bytes.0, bytes_out = bytes.1,
         idle_timeout = outcome.idle_timeout, "tcp connection closed"
     );
 }
 
 /// Try the balancer's pick, then every other endpoint once.
-async fn connect(
+async fn connect<'c>(
     ctx: &WorkerCtx,
-    cluster: &Cluster,
+    cluster: &'c Cluster,
     counters: &crate::metrics::ListenerCells,
-) -> Result<(TcpStream, SocketAddr), ConnectError> {
+) -> Result<(TcpStream, &'c Endpoint), ConnectError> {
     let order = ctx.balancers.attempt_order(cluster);
     let mut last = String::from("no endpoints");
     for &i in &order {
-        let addr = cluster.endpoints[i].address;
+        let endpoint = &cluster.endpoints[i];
+        let addr = endpoint.address;
         match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await {
-            Ok(Ok(stream)) => return Ok((stream, addr)),
+            Ok(Ok(stream)) => return Ok((stream, endpoint)),
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => {
                 last = format!(
@@ -150,10 +126,7 @@ async fn connect(
         }
         counters.upstream_connect_failures.inc();
         cluster.stats.worker(ctx.index).connect_failures.inc();
-        cluster.endpoints[i]
-            .stats
-            .worker(ctx.index)
-            .error(last.clone());
+        endpoint.stats.worker(ctx.index).error(last.clone());
         tracing::debug!(cluster = %cluster.name, error = %last, "upstream connect failed");
     }
     Err(ConnectError::AllFailed {
