@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -108,7 +109,49 @@ impl AcceptLoop {
                 }
             }
         }
+        if !self.ctx.draining.get() {
+            // Removed or renamed by a reload: serve what the kernel already
+            // queued on this socket instead of letting the close reset it.
+            self.accept_backlog();
+        }
         tracing::debug!(listener = %self.handle.name, worker = self.ctx.index, "stopped accepting");
+    }
+
+    /// Accept, without waiting, every connection queued on the socket, and
+    /// admit each (under a renamed listener's new name it is served; with
+    /// the listener gone it is closed).
+    fn accept_backlog(&self) {
+        let fd = self.listener.as_raw_fd();
+        let flags = libc::SOCK_CLOEXEC
+            | if self.ctx.driver == Driver::Epoll {
+                libc::SOCK_NONBLOCK
+            } else {
+                0
+            };
+        // SAFETY: fcntl and accept4 on the listening socket we own; the
+        // accepted descriptor is owned by the std stream built from it.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                return;
+            }
+            loop {
+                let cfd = libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags);
+                if cfd < 0 {
+                    // Queue empty: stop listening now rather than when the
+                    // runtime gets to close the descriptor (io_uring closes
+                    // asynchronously), so nothing more queues here.
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                    return;
+                }
+                let std = std::net::TcpStream::from_raw_fd(cfd);
+                let Ok(peer) = std.peer_addr() else { continue };
+                match TcpStream::from_std(std) {
+                    Ok(stream) => self.admit(stream, peer),
+                    Err(_) => continue,
+                }
+            }
+        }
     }
 
     /// Enforce the connection limit, then hand the connection to its protocol.

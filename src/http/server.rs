@@ -23,6 +23,10 @@ use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 /// How often an idle keep-alive connection checks whether the worker drains.
 const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// While draining, how long a just-accepted connection may take to send its
+/// first request.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a warm keep-alive connection keeps a read posted on io_uring.
 const WARM_READ_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -439,7 +443,7 @@ async fn read_head(
                 Err(_) => idle = idle.saturating_sub(WARM_READ_WINDOW),
             }
         }
-        if conn.buf.is_empty() && !wait_for_request(ctx, handle, conn, idle).await {
+        if conn.buf.is_empty() && !wait_for_request(ctx, handle, conn, idle, warm).await {
             return Ok(None);
         }
     }
@@ -473,11 +477,19 @@ async fn wait_for_request(
     handle: &ListenerHandle,
     conn: &Downstream,
     idle: std::time::Duration,
+    served: bool,
 ) -> bool {
-    let deadline = Instant::now() + idle;
+    let mut deadline = Instant::now() + idle;
     loop {
+        // Only a connection that already had its answer is idle: a new one
+        // (accepted just before the drain or listener removal) gets up to
+        // FIRST_REQUEST_GRACE for its first request, served with
+        // `Connection: close`.
         if ctx.closing(handle) {
-            return false;
+            if served {
+                return false;
+            }
+            deadline = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
