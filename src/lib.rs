@@ -40,6 +40,8 @@
 //! - [`route`]: HTTP route tables and the first-match lookup.
 //! - [`upstream`]: clusters, endpoints, balancers.
 //! - [`buffers`]: the per-worker I/O buffer pool.
+//! - [`sockio`]: timed reads that lose no bytes when cancelled, timed
+//!   writes, readiness waits on split sockets (shared by http and tcp).
 //! - [`metrics`]: per-worker single-writer counters and histograms, exported
 //!   as Prometheus text and JSON.
 //! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
@@ -54,6 +56,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod route;
+pub mod sockio;
 pub mod tcp;
 pub mod upstream;
 pub mod worker;

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::io::CancelHandle;
 use monoio::net::{TcpListener, TcpStream};
@@ -64,6 +64,9 @@ impl std::fmt::Debug for AcceptLoop {
 /// Back-off after a resource error such as EMFILE: starts here, doubles, capped.
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a stopped listener keeps retrying its queued connections after
+/// resource errors.
+const BACKLOG_RETRY: Duration = Duration::from_secs(2);
 
 impl AcceptLoop {
     /// Wrap a bound socket for the current worker's runtime.
@@ -112,15 +115,18 @@ impl AcceptLoop {
         if !self.ctx.draining.get() {
             // Removed or renamed by a reload: serve what the kernel already
             // queued on this socket instead of letting the close reset it.
-            self.accept_backlog();
+            self.accept_backlog().await;
         }
         tracing::debug!(listener = %self.handle.name, worker = self.ctx.index, "stopped accepting");
     }
 
-    /// Accept, without waiting, every connection queued on the socket, and
-    /// admit each (under a renamed listener's new name it is served; with
-    /// the listener gone it is closed).
-    fn accept_backlog(&self) {
+    /// Accept, without waiting for new arrivals, every connection queued on
+    /// the socket, and admit each (under a renamed listener's new name it is
+    /// served; with the listener gone it is closed). Only EAGAIN means the
+    /// queue is empty; a resource error (EMFILE, ENOBUFS…) is retried with
+    /// back-off for up to `BACKLOG_RETRY`, since queued clients are owed an
+    /// answer; then listening stops.
+    async fn accept_backlog(&self) {
         let fd = self.listener.as_raw_fd();
         let flags = libc::SOCK_CLOEXEC
             | if self.ctx.driver == Driver::Epoll {
@@ -128,30 +134,52 @@ impl AcceptLoop {
             } else {
                 0
             };
-        // SAFETY: fcntl and accept4 on the listening socket we own; the
-        // accepted descriptor is owned by the std stream built from it.
-        unsafe {
+        // SAFETY: fcntl on the listening socket this loop owns (open until
+        // `self.listener` drops, after this returns); no memory is passed.
+        let nonblocking = unsafe {
             let fl = libc::fcntl(fd, libc::F_GETFL);
-            if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-                return;
-            }
-            loop {
-                let cfd = libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags);
-                if cfd < 0 {
-                    // Queue empty: stop listening now rather than when the
-                    // runtime gets to close the descriptor (io_uring closes
-                    // asynchronously), so nothing more queues here.
-                    libc::shutdown(fd, libc::SHUT_RDWR);
-                    return;
-                }
-                let std = std::net::TcpStream::from_raw_fd(cfd);
+            fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) >= 0
+        };
+        if !nonblocking {
+            return;
+        }
+        let give_up = Instant::now() + BACKLOG_RETRY;
+        let mut backoff = BACKOFF_START;
+        loop {
+            // SAFETY: accept4 on the listening socket we own, with null
+            // address pointers (no memory written); a returned descriptor is
+            // owned at once by the std stream built from it below.
+            let cfd =
+                unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
+            if cfd >= 0 {
+                // SAFETY: `cfd` is a fresh descriptor nothing else owns.
+                let std = unsafe { std::net::TcpStream::from_raw_fd(cfd) };
                 let Ok(peer) = std.peer_addr() else { continue };
-                match TcpStream::from_std(std) {
-                    Ok(stream) => self.admit(stream, peer),
-                    Err(_) => continue,
+                if let Ok(stream) = TcpStream::from_std(std) {
+                    self.admit(stream, peer);
+                }
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => break,
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                _ if Instant::now() < give_up => {
+                    tracing::warn!(listener = %self.handle.name, error = %e, "accepting queued connections failed; retrying");
+                    monoio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                _ => {
+                    tracing::warn!(listener = %self.handle.name, error = %e, "giving up on queued connections");
+                    break;
                 }
             }
         }
+        // Queue empty: stop listening now rather than when the runtime gets
+        // to close the descriptor (io_uring closes asynchronously), so
+        // nothing more queues here.
+        // SAFETY: shutdown on our own open listening socket; no memory.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 
     /// Enforce the connection limit, then hand the connection to its protocol.

@@ -357,6 +357,10 @@ fn compile_listener(
             upstream_read_timeout: l
                 .upstream_read_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
+            request_body_timeout: l
+                .request_body_timeout
+                .map_or(Duration::from_secs(60), |d| d.0),
+            send_timeout: l.send_timeout.map_or(Duration::from_secs(60), |d| d.0),
         },
     })
 }

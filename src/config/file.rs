@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::value::{buffer_size, positive, ConfigDuration, Workers};
+use super::value::{buffer_size, positive, positive_duration, ConfigDuration, Workers};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
@@ -132,6 +132,16 @@ pub struct FileListener {
     /// http: longest wait for the next bytes from an upstream (then 504
     /// before the response head, a close after it). Default 60s.
     pub upstream_read_timeout: Option<ConfigDuration>,
+    /// http: longest wait for the next bytes of a request body the client
+    /// declared (then 408 and a close, or a close when the response had
+    /// started). Default 60s.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub request_body_timeout: Option<ConfigDuration>,
+    /// http: longest time a write to the client or to an upstream may make
+    /// no progress (the peer stopped reading) before the connection is
+    /// closed. Default 60s.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub send_timeout: Option<ConfigDuration>,
 }
 
 /// When a tcp listener relays with splice(2) instead of a user-space buffer.

@@ -125,6 +125,8 @@ pub struct HttpSettings {
     pub header_timeout: Duration,
     pub max_request_body_bytes: Option<u64>,
     pub upstream_read_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub send_timeout: Duration,
 }
 
 /// What a listener does with its connections.

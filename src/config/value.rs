@@ -117,6 +117,18 @@ pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
     Ok(Some(v as u64))
 }
 
+/// A timeout that must be more than zero (a zero timeout would fail every
+/// operation at once).
+pub fn positive_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ConfigDuration>, D::Error> {
+    let v = ConfigDuration::deserialize(d)?;
+    if v.0.is_zero() {
+        return Err(de::Error::custom("must be more than 0 (it is a timeout)"));
+    }
+    Ok(Some(v))
+}
+
 /// `buffer_size`: 4 KiB to 16 MiB.
 pub fn buffer_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = i64::deserialize(d)?;

@@ -9,76 +9,74 @@ use monoio::net::TcpStream;
 use super::chunked::{Chunk, ChunkedDecoder};
 use super::codec::Framing;
 use super::error::HttpError;
-use super::io::{read_more, write_all, write_bytes};
-use super::proxy::{Exchange, Failure};
+use std::io::Write;
+
+use super::io::read_more;
+use super::proxy::Exchange;
 use super::server::Downstream;
 
 impl Exchange<'_> {
-    /// Stream the request body from the client to the upstream.
+    /// Stream the request body from the client to the upstream; marks the
+    /// body complete on the connection once its last byte was read.
     pub(super) async fn send_body(
         &self,
         conn: &mut Downstream,
         up: &mut TcpStream,
-    ) -> Result<(), Failure> {
-        let limit = self.http.max_request_body_bytes.unwrap_or(u64::MAX);
-        match self.head.framing {
-            Framing::None | Framing::UntilClose => Ok(()),
+    ) -> Result<(), HttpError> {
+        let limit = self.req.http.max_request_body_bytes.unwrap_or(u64::MAX);
+        match self.req.head.framing {
+            Framing::None | Framing::UntilClose => {}
             Framing::Length(n) => {
                 let mut left = n;
                 while left > 0 {
                     if conn.buf.is_empty() {
-                        read_client(conn).await?;
+                        conn.read_body().await?;
                     }
                     let take = (conn.buf.len() as u64).min(left) as usize;
                     let chunk = conn.buf.split_to(take).freeze();
                     left -= take as u64;
-                    write_bytes(up, chunk)
-                        .await
-                        .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
+                    self.write_upstream(up, chunk).await?;
                 }
-                Ok(())
             }
             Framing::Chunked => {
                 let mut decoder = ChunkedDecoder::default();
                 let mut total: u64 = 0;
                 loop {
-                    let step = decoder
+                    match decoder
                         .decode(&mut conn.buf)
-                        .map_err(|m| Failure::closing(HttpError::BadRequest(m)))?;
-                    match step {
-                        None => read_client(conn).await?,
+                        .map_err(HttpError::BadRequest)?
+                    {
+                        None => conn.read_body().await?,
                         Some(Chunk::Data(data)) => {
                             total += data.len() as u64;
                             if total > limit {
-                                return Err(Failure::closing(HttpError::BodyTooLarge));
+                                return Err(HttpError::BodyTooLarge);
                             }
-                            write_all(up, chunk_frame(&data))
-                                .await
-                                .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
+                            self.write_upstream(up, chunk_frame(&data)).await?;
                         }
                         Some(Chunk::End(trailers)) => {
-                            write_all(up, last_chunk(&trailers))
-                                .await
-                                .map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))?;
-                            return Ok(());
+                            self.write_upstream(up, last_chunk(&trailers)).await?;
+                            break;
                         }
                     }
                 }
             }
         }
+        conn.body_complete = true;
+        Ok(())
     }
 
     async fn read_upstream(
         &self,
         up: &mut TcpStream,
         buf: &mut BytesMut,
-    ) -> Result<usize, Failure> {
+    ) -> Result<usize, HttpError> {
         let read = read_more(up, std::mem::take(buf), 64 * 1024);
         let (res, b) = monoio::time::timeout(self.remaining(), read)
             .await
-            .map_err(|_| Failure::closing(HttpError::UpstreamTimeout))?;
+            .map_err(|_| HttpError::UpstreamTimeout)?;
         *buf = b;
-        res.map_err(|e| Failure::closing(HttpError::UpstreamIo(e)))
+        res.map_err(HttpError::UpstreamIo)
     }
 
     pub(super) async fn copy_length(
@@ -87,13 +85,11 @@ impl Exchange<'_> {
         buf: &mut BytesMut,
         sink: &mut BodySink<'_>,
         n: u64,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), HttpError> {
         let mut left = n;
         while left > 0 {
             if buf.is_empty() && self.read_upstream(up, buf).await? == 0 {
-                return Err(Failure::closing(HttpError::BadResponse(
-                    "body shorter than Content-Length",
-                )));
+                return Err(HttpError::BadResponse("body shorter than Content-Length"));
             }
             let take = (buf.len() as u64).min(left) as usize;
             left -= take as u64;
@@ -107,18 +103,13 @@ impl Exchange<'_> {
         up: &mut TcpStream,
         buf: &mut BytesMut,
         sink: &mut BodySink<'_>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), HttpError> {
         let mut decoder = ChunkedDecoder::default();
         loop {
-            match decoder
-                .decode(buf)
-                .map_err(|m| Failure::closing(HttpError::BadResponse(m)))?
-            {
+            match decoder.decode(buf).map_err(HttpError::BadResponse)? {
                 None => {
                     if self.read_upstream(up, buf).await? == 0 {
-                        return Err(Failure::closing(HttpError::BadResponse(
-                            "chunked body cut short",
-                        )));
+                        return Err(HttpError::BadResponse("chunked body cut short"));
                     }
                 }
                 Some(Chunk::Data(d)) => sink.send(d).await?,
@@ -132,7 +123,7 @@ impl Exchange<'_> {
         up: &mut TcpStream,
         buf: &mut BytesMut,
         sink: &mut BodySink<'_>,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), HttpError> {
         loop {
             if !buf.is_empty() {
                 let data = buf.split().freeze();
@@ -153,41 +144,32 @@ pub(super) struct BodySink<'a> {
 }
 
 impl BodySink<'_> {
-    async fn send(&mut self, data: Bytes) -> Result<(), Failure> {
+    async fn send(&mut self, data: Bytes) -> Result<(), HttpError> {
         if self.chunked_out {
             return self.send_chunk(data).await;
         }
-        self.conn
-            .write_bytes(data)
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
+        self.conn.write_bytes(data).await
     }
 
-    async fn send_chunk(&mut self, data: Bytes) -> Result<(), Failure> {
+    async fn send_chunk(&mut self, data: Bytes) -> Result<(), HttpError> {
         if data.is_empty() {
             return Ok(());
         }
-        self.conn
-            .write_vec(chunk_frame(&data))
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
+        self.conn.write_bytes(chunk_frame(&data)).await
     }
 
-    async fn end_chunks(&mut self, trailers: Bytes) -> Result<(), Failure> {
-        self.conn
-            .write_vec(last_chunk(&trailers))
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))
+    async fn end_chunks(&mut self, trailers: Bytes) -> Result<(), HttpError> {
+        self.conn.write_bytes(last_chunk(&trailers)).await
     }
 
-    pub(super) async fn finish(&mut self) -> Result<(), Failure> {
+    pub(super) async fn finish(&mut self) -> Result<(), HttpError> {
         self.finish_with(Bytes::new()).await
     }
 
     /// End the body: the last chunk and trailers when chunk-encoding (a
     /// client without chunked loses the trailers; RFC 9110 allows dropping
     /// them).
-    async fn finish_with(&mut self, trailers: Bytes) -> Result<(), Failure> {
+    async fn finish_with(&mut self, trailers: Bytes) -> Result<(), HttpError> {
         if self.chunked_out {
             return self.end_chunks(trailers).await;
         }
@@ -195,29 +177,22 @@ impl BodySink<'_> {
     }
 }
 
-/// Read more from the client into `conn.buf`; EOF mid-body is an error.
-async fn read_client(conn: &mut Downstream) -> Result<(), Failure> {
-    match conn.read_more(64 * 1024).await {
-        Ok(0) => Err(Failure::closing(HttpError::DownstreamIo(
-            std::io::ErrorKind::UnexpectedEof.into(),
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) => Err(Failure::closing(HttpError::DownstreamIo(e))),
-    }
-}
-
 /// One chunk of the chunked coding: size line, data, CRLF.
-fn chunk_frame(data: &[u8]) -> Vec<u8> {
-    let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+fn chunk_frame(data: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(data.len() + 20);
+    let _ = write!(frame, "{:x}\r\n", data.len());
     frame.extend_from_slice(data);
     frame.extend_from_slice(b"\r\n");
-    frame
+    Bytes::from(frame)
 }
 
 /// The last chunk, the trailer section and the final CRLF.
-fn last_chunk(trailers: &[u8]) -> Vec<u8> {
+fn last_chunk(trailers: &[u8]) -> Bytes {
+    if trailers.is_empty() {
+        return Bytes::from_static(b"0\r\n\r\n");
+    }
     let mut frame = b"0\r\n".to_vec();
     frame.extend_from_slice(trailers);
     frame.extend_from_slice(b"\r\n");
-    frame
+    Bytes::from(frame)
 }

@@ -117,8 +117,11 @@ pub fn parse_request(
     }
     // Most requests have few headers: try a small table first.
     let small = limits.max_headers.min(SMALL_HEADER_TABLE);
-    let mut headers = vec![httparse::EMPTY_HEADER; small];
-    let mut req = httparse::Request::new(&mut headers);
+    // On the stack: a partial head is parsed again on every read, and a heap
+    // table would be allocated each time.
+    let mut table = [httparse::EMPTY_HEADER; SMALL_HEADER_TABLE];
+    let headers = &mut table[..small];
+    let mut req = httparse::Request::new(headers);
     let mut first = req.parse(buf);
     let mut big;
     if matches!(first, Err(httparse::Error::TooManyHeaders)) && limits.max_headers > small {
@@ -374,8 +377,11 @@ pub fn parse_response(
     limits: HeadLimits,
 ) -> Result<Option<ResponseHead>, HttpError> {
     let small = limits.max_headers.min(SMALL_HEADER_TABLE);
-    let mut headers = vec![httparse::EMPTY_HEADER; small];
-    let mut resp = httparse::Response::new(&mut headers);
+    // On the stack: a partial head is parsed again on every read, and a heap
+    // table would be allocated each time.
+    let mut table = [httparse::EMPTY_HEADER; SMALL_HEADER_TABLE];
+    let headers = &mut table[..small];
+    let mut resp = httparse::Response::new(headers);
     let mut first = resp.parse(buf);
     let mut big;
     if matches!(first, Err(httparse::Error::TooManyHeaders)) && limits.max_headers > small {

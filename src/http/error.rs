@@ -26,6 +26,12 @@ pub enum HttpError {
     BodyTooLarge,
     #[error("request head not received in time")]
     HeaderTimeout,
+    /// The client stopped sending a declared body for `request_body_timeout`.
+    #[error("request body stalled longer than request_body_timeout")]
+    BodyTimeout,
+    /// A write to the client made no progress for `send_timeout`.
+    #[error("client stopped reading for longer than send_timeout")]
+    SendTimeout,
     #[error("no route for this request")]
     NoRoute,
     /// The upstream answered something that is not valid HTTP.
@@ -51,7 +57,7 @@ impl HttpError {
         use HttpError::*;
         match self {
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented | BodyTooLarge
-            | HeaderTimeout | DownstreamIo(_) => Side::Downstream,
+            | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) => Side::Downstream,
             NoRoute => Side::Internal,
             BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_) => Side::Upstream,
         }
@@ -66,12 +72,12 @@ impl HttpError {
             HeadTooLarge | TooManyHeaders => 431,
             NotImplemented => 501,
             BodyTooLarge => 413,
-            HeaderTimeout => 408,
+            HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
             BadResponse(_) | UpstreamIo(_) => 502,
             NoUpstream(_) => 503,
             UpstreamTimeout => 504,
-            DownstreamIo(_) => return None,
+            DownstreamIo(_) | SendTimeout => return None,
         })
     }
 
@@ -85,6 +91,8 @@ impl HttpError {
             NotImplemented => "transfer_coding_not_implemented",
             BodyTooLarge => "request_body_too_large",
             HeaderTimeout => "request_header_timeout",
+            BodyTimeout => "request_body_timeout",
+            SendTimeout => "send_timeout",
             NoRoute => "no_route",
             BadResponse(_) => "upstream_bad_response",
             UpstreamIo(_) => "upstream_reset",
@@ -100,7 +108,7 @@ impl HttpError {
         match self {
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => "DP",
             BodyTooLarge => "DB",
-            HeaderTimeout => "DT",
+            HeaderTimeout | BodyTimeout | SendTimeout => "DT",
             NoRoute => "NR",
             BadResponse(_) => "UP",
             NoUpstream(_) => "UF",
@@ -110,8 +118,9 @@ impl HttpError {
         }
     }
 
-    /// Whether the connection to the client must be closed after answering
-    /// (its framing can no longer be trusted).
+    /// Whether the error by itself ends the client connection (its framing
+    /// can no longer be trusted, or the client is gone or stuck). The whole
+    /// close-or-keep decision is [`keeps_connection`].
     pub fn closes_connection(&self) -> bool {
         use HttpError::*;
         matches!(
@@ -122,9 +131,34 @@ impl HttpError {
                 | NotImplemented
                 | BodyTooLarge
                 | HeaderTimeout
+                | BodyTimeout
+                | SendTimeout
                 | DownstreamIo(_)
         )
     }
+}
+
+/// Where a request stood when it failed: what the close-or-keep decision
+/// needs to know about the client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorContext {
+    /// The request's body was read to its end (or it had none). When it was
+    /// not, the unread rest would be parsed as the client's next request:
+    /// keeping the connection would let a body smuggle a request.
+    pub body_complete: bool,
+    /// A response head already went to the client; an error can no longer
+    /// be sent in its place and the response cannot be completed.
+    pub response_started: bool,
+    /// The client asked for keep-alive and the listener is not closing.
+    pub client_keep_alive: bool,
+}
+
+/// The one owner of the close-or-keep decision after an error: a client
+/// connection is kept only when the error allows it, the request body was
+/// fully read (or there was none), no response had started, and the client
+/// wants to keep it.
+pub fn keeps_connection(error: &HttpError, at: ErrorContext) -> bool {
+    !error.closes_connection() && at.body_complete && !at.response_started && at.client_keep_alive
 }
 
 /// The response the proxy sends for an error: status, a header naming the

@@ -22,12 +22,6 @@ pub async fn read_more(
     (res, slice.into_inner())
 }
 
-/// Write all of `data`.
-pub async fn write_all(stream: &mut TcpStream, data: Vec<u8>) -> io::Result<Vec<u8>> {
-    let (res, data) = stream.write_all(data).await;
-    res.map(|_| data)
-}
-
 /// Write all of a `Bytes`.
 pub async fn write_bytes(stream: &mut TcpStream, data: bytes::Bytes) -> io::Result<()> {
     let (res, _) = stream.write_all(data).await;

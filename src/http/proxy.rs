@@ -6,7 +6,6 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -15,33 +14,15 @@ use monoio::net::TcpStream;
 use super::body::BodySink;
 use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use super::error::HttpError;
-use super::io::{read_more, write_bytes};
+use super::io::read_more;
 use super::serialize::{serialize_request, serialize_response};
 use super::server::Downstream;
 use crate::config::{HttpSettings, Snapshot};
 use crate::metrics::Active;
 use crate::route::Route;
+use crate::sockio::write_all_within;
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
-
-/// An error plus whether the client connection must close after it.
-#[derive(Debug)]
-pub struct Failure {
-    pub error: HttpError,
-    pub close: bool,
-}
-
-impl Failure {
-    pub fn closing(error: HttpError) -> Self {
-        Failure { error, close: true }
-    }
-    fn keep(error: HttpError) -> Self {
-        Failure {
-            error,
-            close: false,
-        }
-    }
-}
 
 /// What the upstream side of one request did, for metrics and the access log.
 #[derive(Debug, Default)]
@@ -81,50 +62,58 @@ const RESPONSE_LIMITS: HeadLimits = HeadLimits {
     max_headers: 200,
 };
 
-/// Forward `head` (and its body, read from `conn`) to cluster `cluster_name`.
-#[allow(clippy::too_many_arguments)]
+/// One request being forwarded: what every stage of its exchange reads.
+#[derive(Clone, Copy)]
+pub struct Forward<'a> {
+    pub ctx: &'a Rc<WorkerCtx>,
+    pub http: &'a HttpSettings,
+    pub snapshot: &'a Snapshot,
+    pub route: &'a Route,
+    pub head: &'a RequestHead,
+    /// When the request head arrived (the route `timeout` counts from here).
+    pub started: Instant,
+}
+
+/// Forward the request (and its body, read from `conn`) to cluster
+/// `cluster_name`. On error the caller decides, through
+/// `error::keeps_connection`, whether the client connection stays open.
 pub async fn forward(
-    ctx: &Rc<WorkerCtx>,
-    http: &HttpSettings,
-    snapshot: &Arc<Snapshot>,
-    route: &Route,
+    req: Forward<'_>,
     cluster_name: &str,
     conn: &mut Downstream,
-    head: &RequestHead,
-    started: Instant,
     out: &mut Upstream,
-) -> Result<Next, Failure> {
-    let Some(cluster) = snapshot.clusters.get(cluster_name) else {
-        return Err(Failure::keep(HttpError::NoUpstream(format!(
-            "no cluster {cluster_name}"
-        ))));
+) -> Result<Next, HttpError> {
+    let ctx = req.ctx;
+    let Some(cluster) = req.snapshot.clusters.get(cluster_name) else {
+        return Err(HttpError::NoUpstream(format!("no cluster {cluster_name}")));
     };
     let upstream_host = cluster
         .endpoints
         .first()
         .map_or("localhost", |e| e.written.as_str());
     // Serialised once; each attempt shares it (a retry sends the same bytes).
-    let (request, request_id) = serialize_request(head, route, conn.peer, upstream_host);
-    let request = Bytes::from(request);
+    let (request, request_id) = serialize_request(req.head, req.route, conn.peer, upstream_host);
     out.request_id = Some(request_id);
     let ccells = cluster.stats.worker(ctx.index);
-    let deadline = route.timeout.map(|t| started + t);
-    let order = ctx.balancers.attempt_order(cluster);
+    let deadline = req.route.timeout.map(|t| req.started + t);
+    let mut attempt = ctx.balancers.attempt_order(cluster);
     let mut last_error = String::from("no endpoints");
+    // After a pooled connection turned out dead, the retry takes a new one.
+    let mut fresh = false;
     let mut retried = false;
-    let mut i = 0;
-    while i < order.len() {
-        let endpoint = &cluster.endpoints[order[i]];
+    let mut next_endpoint = attempt.next();
+    while let Some(index) = next_endpoint {
+        let endpoint = &cluster.endpoints[index];
         let addr = endpoint.address;
         let ecells = endpoint.stats.worker(ctx.index);
         out.address.set(Some(addr));
-        let (stream, reused) = match checkout(ctx, cluster, addr).await {
+        let (stream, reused) = match checkout(ctx, cluster, addr, fresh).await {
             Ok(s) => s,
             Err(e) => {
                 last_error = format!("{addr}: {e}");
                 ccells.connect_failures.inc();
                 ecells.error(last_error.clone());
-                i += 1;
+                next_endpoint = attempt.next();
                 continue;
             }
         };
@@ -136,12 +125,9 @@ pub async fn forward(
         let _in_flight = ctx.balancers.track(addr);
         let _active = Active::new(ccells, ecells);
         let exchange = Exchange {
-            ctx,
-            http,
-            route,
+            req,
             cluster,
             addr,
-            head,
             deadline,
             out,
         };
@@ -154,34 +140,32 @@ pub async fn forward(
             ccells.responses.inc(out.status.get());
         }
         match &result {
-            Err(ExchangeError::Failed(f)) if f.error.side() == super::error::Side::Upstream => {
-                if matches!(f.error, HttpError::UpstreamTimeout) {
+            Err(ExchangeError::Failed(e)) if e.side() == super::error::Side::Upstream => {
+                if matches!(e, HttpError::UpstreamTimeout) {
                     ccells.timeouts.inc();
                 }
-                ecells.error(f.error.to_string());
+                ecells.error(e.to_string());
             }
-            Err(ExchangeError::StaleConnection(e)) => ecells.error(e.to_string()),
+            Err(ExchangeError::Stale { error, .. }) => ecells.error(error.to_string()),
             _ => {}
         }
         match result {
             Ok(next) => return Ok(next),
             // A pooled connection the upstream had closed while idle: retry
-            // once on a fresh connection when replaying is safe.
-            Err(ExchangeError::StaleConnection(e)) if reused && !retried && replayable(head) => {
-                tracing::debug!(upstream = %addr, error = %e, "pooled connection was closed; retrying");
+            // once, on a new connection to the same endpoint, when the
+            // request can be sent again.
+            Err(ExchangeError::Stale { error, replay_safe })
+                if reused && !retried && replay_safe =>
+            {
+                tracing::debug!(upstream = %addr, %error, "pooled connection was closed; retrying on a new one");
                 retried = true;
-                continue;
+                fresh = true;
             }
-            Err(ExchangeError::StaleConnection(e)) => {
-                return Err(Failure::keep(HttpError::UpstreamIo(e)));
-            }
-            Err(ExchangeError::Failed(f)) => return Err(f),
+            Err(ExchangeError::Stale { error, .. }) => return Err(HttpError::UpstreamIo(error)),
+            Err(ExchangeError::Failed(e)) => return Err(e),
         }
     }
-    Err(Failure {
-        error: HttpError::NoUpstream(last_error),
-        close: head.framing != Framing::None,
-    })
+    Err(HttpError::NoUpstream(last_error))
 }
 
 /// Safe to send twice: no body (nothing of it was consumed) and idempotent.
@@ -193,14 +177,17 @@ fn replayable(head: &RequestHead) -> bool {
         )
 }
 
-/// A pooled connection (`true`) or a new one.
+/// A pooled connection (`true`) or a new one; `fresh` skips the pool.
 async fn checkout(
     ctx: &WorkerCtx,
     cluster: &Cluster,
     addr: SocketAddr,
+    fresh: bool,
 ) -> std::io::Result<(TcpStream, bool)> {
-    if let Some(s) = ctx.http_pool.take(addr, cluster.pool_idle_timeout) {
-        return Ok((s, true));
+    if !fresh {
+        if let Some(s) = ctx.http_pool.take(addr, cluster.pool_idle_timeout) {
+            return Ok((s, true));
+        }
     }
     match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => {
@@ -216,19 +203,20 @@ async fn checkout(
 }
 
 enum ExchangeError {
-    /// Failed before any response byte on a connection that may have been
-    /// closed by the upstream while pooled.
-    StaleConnection(std::io::Error),
-    Failed(Failure),
+    /// Failed before any response byte on a connection that the upstream
+    /// may have closed while it was pooled. `replay_safe`: sending the
+    /// request again cannot make the upstream process it twice.
+    Stale {
+        error: std::io::Error,
+        replay_safe: bool,
+    },
+    Failed(HttpError),
 }
 
 pub(super) struct Exchange<'a> {
-    pub(super) ctx: &'a Rc<WorkerCtx>,
-    pub(super) http: &'a HttpSettings,
-    pub(super) route: &'a Route,
+    pub(super) req: Forward<'a>,
     pub(super) cluster: &'a Cluster,
     pub(super) addr: SocketAddr,
-    pub(super) head: &'a RequestHead,
     pub(super) deadline: Option<Instant>,
     pub(super) out: &'a Upstream,
 }
@@ -240,39 +228,50 @@ impl Exchange<'_> {
         mut up: TcpStream,
         request: Bytes,
     ) -> Result<Next, ExchangeError> {
-        let stale = |e: std::io::Error| ExchangeError::StaleConnection(e);
-        if let Err(e) = write_bytes(&mut up, request).await {
-            return Err(stale(e));
+        let head = self.req.head;
+        // Nothing of the body was consumed yet, and a write error on the
+        // head means the upstream had closed the connection: resending the
+        // whole request elsewhere cannot make it run twice.
+        if let Err(e) = self.write_upstream(&mut up, request).await {
+            return Err(match e {
+                HttpError::UpstreamIo(error) => ExchangeError::Stale {
+                    error,
+                    replay_safe: true,
+                },
+                other => ExchangeError::Failed(other),
+            });
         }
         let mut up_buf = BytesMut::new();
         // Expect: 100-continue is answered by the proxy itself (as Envoy and
         // nginx do) and not forwarded: the client gets its 100 at once and the
         // body streams on, whether or not the upstream would send one.
-        if self.head.expect_continue && self.head.framing != Framing::None && conn.buf.is_empty() {
+        if head.expect_continue && head.framing != Framing::None && conn.buf.is_empty() {
             conn.write_vec(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                 .await
-                .map_err(|e| ExchangeError::Failed(Failure::closing(HttpError::DownstreamIo(e))))?;
+                .map_err(ExchangeError::Failed)?;
         }
         self.send_body(conn, &mut up)
             .await
             .map_err(ExchangeError::Failed)?;
-        let body_sent = true;
         // Read the final response head; interim 1xx responses are consumed.
         let response = loop {
             let resp = self
                 .read_response_head(&mut up, &mut up_buf)
                 .await
                 .map_err(|e| match e {
-                    HttpError::UpstreamIo(io) if up_buf.is_empty() => stale(io),
-                    other => ExchangeError::Failed(self.before_response(other)),
+                    HttpError::UpstreamIo(error) if up_buf.is_empty() => ExchangeError::Stale {
+                        error,
+                        replay_safe: replayable(head),
+                    },
+                    other => ExchangeError::Failed(other),
                 })?;
-            if resp.status == 101 && self.head.upgrade_websocket {
+            if resp.status == 101 && head.upgrade_websocket {
                 self.out.status.set(101);
-                let out = serialize_response(&resp, self.route, Framing::None, false, true);
+                let out = serialize_response(&resp, self.req.route, Framing::None, false, true);
                 conn.responded = true;
-                conn.write_vec(out).await.map_err(|e| {
-                    ExchangeError::Failed(Failure::closing(HttpError::DownstreamIo(e)))
-                })?;
+                conn.write_bytes(out.freeze())
+                    .await
+                    .map_err(ExchangeError::Failed)?;
                 return Ok(Next::Upgrade(up, up_buf));
             }
             if (100..200).contains(&resp.status) {
@@ -281,24 +280,28 @@ impl Exchange<'_> {
             self.out.status.set(resp.status);
             break resp;
         };
-        self.respond(conn, up, up_buf, response, body_sent)
+        self.respond(conn, up, up_buf, response)
             .await
             .map_err(ExchangeError::Failed)
     }
 
-    /// A failure before any response byte reached the client: the client
-    /// connection stays usable when its request was read completely.
-    fn before_response(&self, error: HttpError) -> Failure {
-        Failure {
-            error,
-            close: self.head.framing != Framing::None,
+    /// Write to the upstream, failing when it stops reading for `send_timeout`.
+    pub(super) async fn write_upstream(
+        &self,
+        up: &mut TcpStream,
+        data: Bytes,
+    ) -> Result<(), HttpError> {
+        match write_all_within(up, data, self.req.http.send_timeout).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
+            Err(e) => Err(HttpError::UpstreamIo(e)),
         }
     }
 
     /// How long the next upstream read may take: the route's deadline, and
     /// never more than `upstream_read_timeout` without a byte.
     pub(super) fn remaining(&self) -> Duration {
-        let idle = self.http.upstream_read_timeout;
+        let idle = self.req.http.upstream_read_timeout;
         self.deadline.map_or(idle, |d| {
             d.saturating_duration_since(Instant::now()).min(idle)
         })
@@ -342,24 +345,21 @@ impl Exchange<'_> {
         mut up: TcpStream,
         mut up_buf: BytesMut,
         resp: ResponseHead,
-        body_sent: bool,
-    ) -> Result<Next, Failure> {
-        let framing = resp
-            .framing(self.head.is_head())
-            .map_err(|e| self.before_response(e))?;
+    ) -> Result<Next, HttpError> {
+        let head = self.req.head;
+        let framing = resp.framing(head.is_head())?;
         // HTTP/1.1 clients get a close-delimited body re-framed as chunked;
         // HTTP/1.0 clients, who do not know chunked, get a chunked body
         // decoded and delimited by closing the connection.
-        let out_framing = match (framing, self.head.version) {
+        let out_framing = match (framing, head.version) {
             (Framing::UntilClose, Version::Http11) => Framing::Chunked,
             (Framing::Chunked, Version::Http10) => Framing::UntilClose,
             (f, _) => f,
         };
-        let client_keep = self.head.keep_alive
-            && body_sent
-            && !self.ctx.closing(&conn.handle)
+        let client_keep = head.keep_alive
+            && !self.req.ctx.closing(&conn.handle)
             && out_framing != Framing::UntilClose;
-        let mut out = serialize_response(&resp, self.route, out_framing, !client_keep, false);
+        let mut out = serialize_response(&resp, self.req.route, out_framing, !client_keep, false);
         let mut sink = BodySink {
             conn,
             chunked_out: out_framing == Framing::Chunked,
@@ -373,10 +373,7 @@ impl Exchange<'_> {
             }
         }
         sink.conn.responded = true;
-        sink.conn
-            .write_vec(out)
-            .await
-            .map_err(|e| Failure::closing(HttpError::DownstreamIo(e)))?;
+        sink.conn.write_bytes(out.freeze()).await?;
         let upstream_clean = match framing {
             Framing::None => true,
             Framing::Length(n) => {
@@ -393,26 +390,31 @@ impl Exchange<'_> {
                 false
             }
         };
-        if upstream_clean && resp.keep_alive && body_sent && up_buf.is_empty() {
-            self.ctx
-                .http_pool
-                .put(self.addr, up, self.cluster.max_idle_connections);
-            if let Some(ep) = self
-                .cluster
-                .endpoints
-                .iter()
-                .find(|e| e.address == self.addr)
-            {
-                ep.stats
-                    .worker(self.ctx.index)
-                    .pooled
-                    .set(self.ctx.http_pool.idle_count(self.addr) as u64);
-            }
+        if upstream_clean && resp.keep_alive && up_buf.is_empty() {
+            self.pool(up);
         }
         Ok(if client_keep {
             Next::KeepAlive
         } else {
             Next::Close
         })
+    }
+
+    /// Return a clean upstream connection to the worker's pool.
+    fn pool(&self, up: TcpStream) {
+        let ctx = self.req.ctx;
+        ctx.http_pool
+            .put(self.addr, up, self.cluster.max_idle_connections);
+        if let Some(ep) = self
+            .cluster
+            .endpoints
+            .iter()
+            .find(|e| e.address == self.addr)
+        {
+            ep.stats
+                .worker(ctx.index)
+                .pooled
+                .set(ctx.http_pool.idle_count(self.addr) as u64);
+        }
     }
 }

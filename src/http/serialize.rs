@@ -5,80 +5,76 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
+use std::fmt::Write as _;
+
+use bytes::{Bytes, BytesMut};
 
 use super::codec::{connection_listed, is_hop_by_hop, Framing, Header, RequestHead, ResponseHead};
 use crate::route::{HeaderRewrite, PathMatch, Route};
 
 /// The request as sent upstream: re-serialised from the parsed head, never
-/// the client's bytes. Hop-by-hop headers dropped, forwarding headers added,
-/// route edits applied, framing re-declared.
+/// the client's bytes. Hop-by-hop headers dropped, forwarding headers added
+/// (repeated `X-Forwarded-For` and `Via` lines joined, in order, with the
+/// proxy's own entry last), route edits applied, framing re-declared.
+/// Everything is written straight into one buffer; the returned request id
+/// is a slice of it (or of the client's header).
 pub fn serialize_request(
     head: &RequestHead,
     route: &Route,
     peer: SocketAddr,
     upstream_host: &str,
-) -> (Vec<u8>, Bytes) {
-    let mut out = Vec::with_capacity(512);
+) -> (Bytes, Bytes) {
+    let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(&head.method);
-    out.push(b' ');
-    out.extend_from_slice(rewrite_target(head, route).as_bytes());
+    out.extend_from_slice(b" ");
+    write_target(&mut out, head, route);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let listed = connection_listed(&head.headers);
     let edits = &route.request_headers;
-    let mut xff: Option<Bytes> = None;
-    let mut via: Option<Bytes> = None;
-    let mut request_id_value: Option<Bytes> = None;
+    let mut request_id: Option<Bytes> = None;
     for h in &head.headers {
         if is_hop_by_hop(h, &listed) && !(head.upgrade_websocket && h.is("upgrade")) {
             continue;
         }
-        if h.is("x-forwarded-for") {
-            xff = Some(h.value.clone());
+        if h.is("x-forwarded-for")
+            || h.is("via")
+            || h.is("x-forwarded-proto")
+            || h.is("expect")
+            || removed(edits, h)
+        {
             continue;
         }
-        if h.is("via") {
-            via = Some(h.value.clone());
-            continue;
-        }
-        if h.is("x-forwarded-proto") || h.is("expect") || removed(edits, h) {
-            continue;
-        }
-        if h.is("x-request-id") && request_id_value.is_none() {
-            request_id_value = Some(h.value.clone());
+        if h.is("x-request-id") && request_id.is_none() {
+            request_id = Some(h.value.clone());
         }
         push_header(&mut out, &h.name, &h.value);
     }
-    let ip = peer.ip().to_string();
-    match xff {
-        Some(v) => {
-            let mut joined = v.to_vec();
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ip.as_bytes());
-            push_header(&mut out, b"x-forwarded-for", &joined);
-        }
-        None => push_header(&mut out, b"x-forwarded-for", ip.as_bytes()),
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for v in head.headers.iter().filter(|h| h.is("x-forwarded-for")) {
+        out.extend_from_slice(&v.value);
+        out.extend_from_slice(b", ");
     }
+    let _ = write!(out, "{}\r\n", peer.ip());
     push_header(&mut out, b"x-forwarded-proto", b"http");
-    let request_id = match request_id_value {
-        Some(v) => v,
+    let generated_id = match request_id {
+        Some(_) => None,
         None => {
-            let id = Bytes::from(request_id().into_bytes());
-            push_header(&mut out, b"x-request-id", &id);
-            id
+            out.extend_from_slice(b"x-request-id: ");
+            let start = out.len();
+            let _ = write!(out, "{:032x}", fastrand::u128(..));
+            let end = out.len();
+            out.extend_from_slice(b"\r\n");
+            Some(start..end)
         }
     };
-    let via_value = match via {
-        Some(v) => format!("{}, 1.1 outrigger", String::from_utf8_lossy(&v)),
-        None => "1.1 outrigger".to_string(),
-    };
-    push_header(&mut out, b"via", via_value.as_bytes());
-    apply_set_add(&mut out, edits);
-    match head.framing {
-        Framing::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
-        Framing::None | Framing::UntilClose => {}
+    out.extend_from_slice(b"via: ");
+    for v in head.headers.iter().filter(|h| h.is("via")) {
+        out.extend_from_slice(&v.value);
+        out.extend_from_slice(b", ");
     }
+    out.extend_from_slice(b"1.1 outrigger\r\n");
+    apply_set_add(&mut out, edits);
+    write_framing(&mut out, head.framing);
     if head.header("host").is_none() {
         // HTTP/1.0 without Host: HTTP/1.1 upstreams need one.
         push_header(
@@ -91,20 +87,37 @@ pub fn serialize_request(
         push_header(&mut out, b"connection", b"upgrade");
     }
     out.extend_from_slice(b"\r\n");
+    let out = out.freeze();
+    let request_id = match (request_id, generated_id) {
+        (Some(id), _) => id,
+        (None, Some(range)) => out.slice(range),
+        (None, None) => Bytes::new(),
+    };
     (out, request_id)
+}
+
+/// `content-length` or `transfer-encoding: chunked` for a body's framing.
+fn write_framing(out: &mut BytesMut, framing: Framing) {
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => push_header(out, b"transfer-encoding", b"chunked"),
+        Framing::None | Framing::UntilClose => {}
+    }
 }
 
 fn removed(edits: &HeaderRewrite, h: &Header) -> bool {
     edits.remove.iter().any(|n| h.is(n)) || edits.set.iter().any(|(n, _)| h.is(n))
 }
 
-fn apply_set_add(out: &mut Vec<u8>, edits: &HeaderRewrite) {
+fn apply_set_add(out: &mut BytesMut, edits: &HeaderRewrite) {
     for (n, v) in edits.set.iter().chain(edits.add.iter()) {
         push_header(out, n.as_bytes(), v.as_bytes());
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -119,33 +132,31 @@ fn authority_of(head: &RequestHead) -> Option<&str> {
 }
 
 /// Origin-form target with the route's prefix rewrite applied.
-fn rewrite_target(head: &RequestHead, route: &Route) -> String {
+fn write_target(out: &mut BytesMut, head: &RequestHead, route: &Route) {
     let raw = std::str::from_utf8(&head.target).unwrap_or("/");
     // absolute-form → origin-form
     let origin = match raw.find("://") {
         Some(i) => raw[i + 3..].find('/').map_or("/", |j| &raw[i + 3 + j..]),
         None => raw,
     };
-    let (Some(new_prefix), Some(PathMatch::Prefix(prefix))) =
-        (&route.rewrite_path_prefix, &route.path)
-    else {
-        return origin.to_string();
+    let rest = match (&route.rewrite_path_prefix, &route.path) {
+        (Some(new_prefix), Some(PathMatch::Prefix(prefix))) => origin
+            .strip_prefix(prefix.as_str())
+            .map(|rest| (new_prefix, rest)),
+        _ => None,
     };
-    match origin.strip_prefix(prefix.as_str()) {
-        Some(rest) => {
-            if new_prefix.ends_with('/') && rest.starts_with('/') {
-                format!("{new_prefix}{}", &rest[1..])
+    match rest {
+        Some((new_prefix, rest)) => {
+            out.extend_from_slice(new_prefix.as_bytes());
+            let rest = if new_prefix.ends_with('/') {
+                rest.strip_prefix('/').unwrap_or(rest)
             } else {
-                format!("{new_prefix}{rest}")
-            }
+                rest
+            };
+            out.extend_from_slice(rest.as_bytes());
         }
-        None => origin.to_string(),
+        None => out.extend_from_slice(origin.as_bytes()),
     }
-}
-
-/// A 128-bit random id in hex.
-fn request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
 }
 
 /// The response head as sent to the client.
@@ -155,9 +166,9 @@ pub fn serialize_response(
     framing: Framing,
     close: bool,
     upgrade: bool,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(format!("HTTP/1.1 {} ", resp.status).as_bytes());
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
     out.extend_from_slice(&resp.reason);
     out.extend_from_slice(b"\r\n");
     let listed = connection_listed(&resp.headers);
@@ -170,8 +181,7 @@ pub fn serialize_response(
     }
     apply_set_add(&mut out, edits);
     match framing {
-        Framing::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
+        Framing::Length(_) | Framing::Chunked => write_framing(&mut out, framing),
         Framing::None => {
             // HEAD / 304 responses keep the upstream's Content-Length.
             if let Some(cl) = resp.header("content-length") {

@@ -6,29 +6,27 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use super::codec::{parse_request, Framing, HeadLimits, RequestHead, Version};
-use super::error::{error_response, reason, HttpError};
-use super::io::{read_more, write_all};
+use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpError};
+use super::io::read_more;
 use super::proxy::{self, Next};
 use crate::access_log::Record;
-use crate::config::{HttpSettings, Listener, ListenerProtocol, Snapshot};
+use crate::config::{Listener, ListenerProtocol, Snapshot};
 use crate::route::{RouteAction, RouteRequest};
+use crate::sockio::{read_within, write_all_within};
 use crate::worker::{Driver, ListenerHandle, WorkerCtx};
-
-/// How often an idle keep-alive connection checks whether the worker drains.
-const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// While draining, how long a just-accepted connection may take to send its
 /// first request.
-const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a warm keep-alive connection keeps a read posted on io_uring.
-const WARM_READ_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+const WARM_READ_WINDOW: Duration = Duration::from_millis(250);
 
 /// A client connection and the bytes read from it but not yet used.
 pub struct Downstream {
@@ -44,23 +42,49 @@ pub struct Downstream {
     /// A final response head went out for the current request (an error
     /// can no longer be sent in its place).
     pub responded: bool,
+    /// The current request's body was read to its end (or it has none).
+    pub body_complete: bool,
+    /// `send_timeout` and `request_body_timeout` of the listener.
+    pub send_timeout: Duration,
+    pub body_timeout: Duration,
 }
 
 impl Downstream {
     /// Write all of `data` to the client.
-    pub async fn write_vec(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+    pub async fn write_vec(&mut self, data: Vec<u8>) -> Result<(), HttpError> {
         let n = data.len() as u64;
-        write_all(&mut self.stream, data).await?;
+        self.write(data).await?;
         self.bytes_out += n;
         Ok(())
     }
 
     /// Write all of `data` to the client.
-    pub async fn write_bytes(&mut self, data: bytes::Bytes) -> std::io::Result<()> {
+    pub async fn write_bytes(&mut self, data: bytes::Bytes) -> Result<(), HttpError> {
         let n = data.len() as u64;
-        super::io::write_bytes(&mut self.stream, data).await?;
+        self.write(data).await?;
         self.bytes_out += n;
         Ok(())
+    }
+
+    async fn write<B: monoio::buf::IoBuf + 'static>(&mut self, data: B) -> Result<(), HttpError> {
+        match write_all_within(&mut self.stream, data, self.send_timeout).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::SendTimeout),
+            Err(e) => Err(HttpError::DownstreamIo(e)),
+        }
+    }
+
+    /// Read more of a request body into `buf`; EOF mid-body is an error, and
+    /// so is `request_body_timeout` without a byte.
+    pub async fn read_body(&mut self) -> Result<(), HttpError> {
+        match monoio::time::timeout(self.body_timeout, self.read_more(64 * 1024)).await {
+            Err(_) => Err(HttpError::BodyTimeout),
+            Ok(Ok(0)) => Err(HttpError::DownstreamIo(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(HttpError::DownstreamIo(e)),
+        }
     }
 
     /// Read more from the client into `buf`.
@@ -82,6 +106,7 @@ pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let http = &listener.http;
     let mut conn = Downstream {
         stream,
         buf: BytesMut::new(),
@@ -90,38 +115,35 @@ pub async fn serve_connection(
         bytes_out: 0,
         handle: handle.clone(),
         responded: false,
+        body_complete: true,
+        send_timeout: http.send_timeout,
+        body_timeout: http.request_body_timeout,
     };
-    let http = &listener.http;
-    let limits = HeadLimits {
-        max_head_bytes: http.max_request_header_bytes,
-        max_headers: http.max_headers,
+    let accepted = Accepted {
+        snapshot: accept_snapshot,
+        listener,
     };
-    let mut warm = false;
+    let mut phase = Phase::New;
     loop {
-        let (in0, out0) = (conn.bytes_in, conn.bytes_out);
-        let start = (Instant::now(), SystemTime::now());
-        let head = match read_head(ctx, handle, &mut conn, limits, http, listener, warm).await {
+        let mark = Mark::of(&conn);
+        let head = match read_head(ctx, handle, &mut conn, listener, phase).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
                 Box::pin(respond_error(&mut conn, &e, true)).await;
-                let status = if e.status().is_some() && conn.bytes_out > out0 {
-                    e.status().unwrap_or(0)
-                } else {
-                    0
-                };
-                let mut rec = RequestRecord::new(listener, start);
-                rec.status = status;
+                let mut rec = RequestRecord::new(listener, mark);
+                if conn.responded {
+                    rec.status = e.status().unwrap_or(0);
+                }
                 rec.flags = e.flag();
-                rec.finish(ctx, &ctx.snapshot.load(), &conn, (in0, out0), None);
+                rec.finish(ctx, &ctx.current(), &conn, None);
                 return;
             }
         };
-        let accepted = (accept_snapshot, listener);
         // Not boxed: boxing this future would shrink an idle connection's
         // task (docs/benchmarks.md, idle memory) but costs an allocation and
         // a copy of several KiB per request (measured +1.8 µs CPU/request).
-        match handle_request(ctx, handle, accepted, &mut conn, head, (in0, out0), start).await {
+        match handle_request(ctx, handle, accepted, &mut conn, head, mark).await {
             Next::KeepAlive if !ctx.closing(handle) => {}
             Next::KeepAlive | Next::Close => return,
             Next::Upgrade(up, up_buf) => {
@@ -133,15 +155,55 @@ pub async fn serve_connection(
         if conn.buf.is_empty() {
             conn.buf = BytesMut::new();
         }
-        warm = true;
+        phase = Phase::Served;
+    }
+}
+
+/// Where a connection stands before its next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Accepted, no request yet. When its listener stops, it still gets
+    /// `FIRST_REQUEST_GRACE` for a first request (answered with
+    /// `Connection: close`): it was accepted, so it is owed an answer.
+    New,
+    /// Answered at least one request: when its listener stops while it is
+    /// idle, it closes at once. On io_uring its next read is posted right
+    /// away for `WARM_READ_WINDOW` (one ring operation instead of poll +
+    /// read), after which it waits for readability holding no buffer.
+    Served,
+}
+
+/// The snapshot and listener a connection was accepted with.
+#[derive(Clone, Copy)]
+struct Accepted<'a> {
+    snapshot: &'a Arc<Snapshot>,
+    listener: &'a Listener,
+}
+
+/// Where a request began: time, and the connection's byte counters.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Instant,
+    wall: SystemTime,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Mark {
+    fn of(conn: &Downstream) -> Self {
+        Mark {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+            bytes_in: conn.bytes_in,
+            bytes_out: conn.bytes_out,
+        }
     }
 }
 
 /// What the access log and metrics record about one request.
 struct RequestRecord<'a> {
     listener: &'a Listener,
-    started: Instant,
-    start_time: SystemTime,
+    mark: Mark,
     status: u16,
     flags: &'static str,
     route: Option<&'a crate::route::Route>,
@@ -149,11 +211,10 @@ struct RequestRecord<'a> {
 }
 
 impl<'a> RequestRecord<'a> {
-    fn new(listener: &'a Listener, start: (Instant, SystemTime)) -> Self {
+    fn new(listener: &'a Listener, mark: Mark) -> Self {
         RequestRecord {
             listener,
-            started: start.0,
-            start_time: start.1,
+            mark,
             status: 0,
             flags: "-",
             route: None,
@@ -168,12 +229,12 @@ impl<'a> RequestRecord<'a> {
         ctx: &WorkerCtx,
         snapshot: &Snapshot,
         conn: &Downstream,
-        (in0, out0): (u64, u64),
         exchange: Option<(&RequestHead, &proxy::Upstream)>,
     ) {
-        let duration = self.started.elapsed();
+        let duration = self.mark.at.elapsed();
         let cells = self.listener.stats.worker(ctx.index);
-        let (bytes_in, bytes_out) = (conn.bytes_in - in0, conn.bytes_out - out0);
+        let bytes_in = conn.bytes_in - self.mark.bytes_in;
+        let bytes_out = conn.bytes_out - self.mark.bytes_out;
         cells.bytes_in.add(bytes_in);
         cells.bytes_out.add(bytes_out);
         if self.status != 0 {
@@ -197,7 +258,7 @@ impl<'a> RequestRecord<'a> {
         ctx.log.log(
             snapshot,
             &Record {
-                start: self.start_time,
+                start: self.mark.wall,
                 request_id: up.and_then(|u| u.request_id.as_deref()),
                 client: conn.peer,
                 method: head.map(RequestHead::method_str),
@@ -264,46 +325,43 @@ async fn tunnel(
 async fn handle_request(
     ctx: &Rc<WorkerCtx>,
     handle: &ListenerHandle,
-    accepted: (&Arc<Snapshot>, &Listener),
+    accepted: Accepted<'_>,
     conn: &mut Downstream,
     head: RequestHead,
-    (in0, out0): (u64, u64),
-    start: (Instant, SystemTime),
+    mark: Mark,
 ) -> Next {
     // Each request sees the snapshot current when it arrives.
-    let current = ctx.snapshot.load_full();
+    let current = ctx.current();
     // Removed by a reload, or no longer http: answer on the snapshot of the
     // accept (its routes and clusters), then close.
     let http_now = current
         .listener(&handle.name)
         .is_some_and(|l| matches!(l.protocol, ListenerProtocol::Http { .. }));
-    let (snapshot, gone) = if http_now {
-        (current, false)
+    let snapshot: &Snapshot = if http_now {
+        &current
     } else {
-        (accepted.0.clone(), true)
+        accepted.snapshot
     };
-    let listener = if gone {
-        accepted.1
+    let listener = if http_now {
+        snapshot.listener(&handle.name).unwrap_or(accepted.listener)
     } else {
-        snapshot.listener(&handle.name).unwrap_or(accepted.1)
+        accepted.listener
     };
     let mut up = proxy::Upstream::default();
     conn.responded = false;
-    let mut rec = RequestRecord::new(listener, start);
-    let next = route_and_answer(ctx, &snapshot, &mut rec, conn, &head, &mut up).await;
-    rec.finish(ctx, &snapshot, conn, (in0, out0), Some((&head, &up)));
-    if gone {
-        return match next {
-            Next::KeepAlive => Next::Close,
-            other => other,
-        };
+    conn.body_complete = matches!(head.framing, Framing::None | Framing::Length(0));
+    let mut rec = RequestRecord::new(listener, mark);
+    let next = route_and_answer(ctx, snapshot, &mut rec, conn, &head, &mut up).await;
+    rec.finish(ctx, snapshot, conn, Some((&head, &up)));
+    match next {
+        Next::KeepAlive if !http_now => Next::Close,
+        other => other,
     }
-    next
 }
 
 async fn route_and_answer<'a>(
     ctx: &Rc<WorkerCtx>,
-    snapshot: &'a Arc<Snapshot>,
+    snapshot: &'a Snapshot,
     rec: &mut RequestRecord<'a>,
     conn: &mut Downstream,
     head: &RequestHead,
@@ -312,7 +370,7 @@ async fn route_and_answer<'a>(
     let http = &rec.listener.http;
     if let (Some(max), Framing::Length(n)) = (http.max_request_body_bytes, head.framing) {
         if n > max {
-            return fail(rec, conn, head, HttpError::BodyTooLarge, true).await;
+            return fail(ctx, rec, conn, head, HttpError::BodyTooLarge).await;
         }
     }
     let routes = match &rec.listener.protocol {
@@ -325,8 +383,7 @@ async fn route_and_answer<'a>(
         .and_then(|t| t.lookup(head));
     let Some(route) = route else {
         rec.listener.stats.worker(ctx.index).no_route.inc();
-        let close = !head.keep_alive || head.framing != Framing::None;
-        return fail(rec, conn, head, HttpError::NoRoute, close).await;
+        return fail(ctx, rec, conn, head, HttpError::NoRoute).await;
     };
     rec.route = Some(route);
     let result = match &route.action {
@@ -338,8 +395,24 @@ async fn route_and_answer<'a>(
         action => {
             let name = action.pick_cluster().unwrap_or_default();
             rec.cluster = Some(name);
-            let started = rec.started;
-            proxy::forward(ctx, http, snapshot, route, name, conn, head, started, up).await
+            let req = proxy::Forward {
+                ctx,
+                http,
+                snapshot,
+                route,
+                head,
+                started: rec.mark.at,
+            };
+            let forward = proxy::forward(req, name, conn, up);
+            // The route timeout covers the whole exchange: connecting,
+            // reading the client's body, the upstream's answer and sending
+            // it back.
+            match route.timeout {
+                Some(t) => monoio::time::timeout_at((rec.mark.at + t).into(), forward)
+                    .await
+                    .unwrap_or(Err(HttpError::UpstreamTimeout)),
+                None => forward.await,
+            }
         }
     };
     if up.status.get() != 0 {
@@ -350,32 +423,40 @@ async fn route_and_answer<'a>(
         Ok(Next::KeepAlive) => Next::Close,
         Ok(next) => next,
         Err(e) => {
-            tracing::debug!(route = %route.name, error = %e.error, "request failed");
-            let close = e.close || !head.keep_alive;
-            fail(rec, conn, head, e.error, close).await
+            tracing::debug!(route = %route.name, error = %e, "request failed");
+            fail(ctx, rec, conn, head, e).await
         }
     }
 }
 
-/// Answer with the proxy's own error (when nothing was sent yet) and record it.
+/// Answer with the proxy's own error (when nothing was sent yet), record
+/// it, and decide, in the one place that does, whether the connection
+/// stays open.
 async fn fail(
+    ctx: &WorkerCtx,
     rec: &mut RequestRecord<'_>,
     conn: &mut Downstream,
     head: &RequestHead,
     error: HttpError,
-    close: bool,
 ) -> Next {
     rec.flags = error.flag();
+    let keep = keeps_connection(
+        &error,
+        ErrorContext {
+            body_complete: conn.body_complete,
+            response_started: conn.responded,
+            client_keep_alive: head.keep_alive && !ctx.closing(&conn.handle),
+        },
+    );
     // A response already under way cannot be replaced by an error.
     if let (Some(status), false) = (error.status(), conn.responded) {
         rec.status = status;
-        respond_error(conn, &error, close).await;
+        respond_error(conn, &error, !keep).await;
     }
-    let _ = head;
-    if close {
-        Next::Close
-    } else {
+    if keep {
         Next::KeepAlive
+    } else {
+        Next::Close
     }
 }
 
@@ -387,8 +468,8 @@ async fn direct(
     status: u16,
     body: &bytes::Bytes,
     draining: bool,
-) -> Result<Next, proxy::Failure> {
-    let close = head.framing != Framing::None || !head.keep_alive || draining;
+) -> Result<Next, HttpError> {
+    let close = !conn.body_complete || !head.keep_alive || draining;
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{}\r\n",
         reason(status),
@@ -400,9 +481,7 @@ async fn direct(
         out.extend_from_slice(body);
     }
     conn.responded = true;
-    conn.write_vec(out)
-        .await
-        .map_err(|e| proxy::Failure::closing(HttpError::DownstreamIo(e)))?;
+    conn.write_vec(out).await?;
     Ok(if close { Next::Close } else { Next::KeepAlive })
 }
 
@@ -422,28 +501,32 @@ async fn read_head(
     ctx: &WorkerCtx,
     handle: &ListenerHandle,
     conn: &mut Downstream,
-    limits: HeadLimits,
-    http: &HttpSettings,
     listener: &Listener,
-    warm: bool,
+    phase: Phase,
 ) -> Result<Option<RequestHead>, HttpError> {
+    let http = &listener.http;
+    let limits = HeadLimits {
+        max_head_bytes: http.max_request_header_bytes,
+        max_headers: http.max_headers,
+    };
     if conn.buf.is_empty() {
         let mut idle = listener.idle_timeout;
-        // On io_uring a keep-alive connection that just finished a request
-        // posts its read at once (one operation instead of poll + read), but
-        // only for WARM_READ_WINDOW; after that it waits holding no buffer.
-        if warm && ctx.driver == Driver::IoUring {
-            let read = read_more(&mut conn.stream, BytesMut::new(), 4096);
-            match monoio::time::timeout(WARM_READ_WINDOW.min(idle), read).await {
-                Ok((Ok(0), _)) | Ok((Err(_), _)) => return Ok(None),
-                Ok((Ok(n), buf)) => {
+        if phase == Phase::Served && ctx.driver == Driver::IoUring {
+            let window = WARM_READ_WINDOW.min(idle);
+            // Cancelled and then awaited: bytes that arrive at the window's
+            // edge are kept (sockio::read_within).
+            let (res, buf) =
+                read_within(&mut conn.stream, BytesMut::with_capacity(4096), window).await;
+            match res {
+                Some(Ok(0)) | Some(Err(_)) => return Ok(None),
+                Some(Ok(n)) => {
                     conn.bytes_in += n as u64;
                     conn.buf = buf;
                 }
-                Err(_) => idle = idle.saturating_sub(WARM_READ_WINDOW),
+                None => idle = idle.saturating_sub(window),
             }
         }
-        if conn.buf.is_empty() && !wait_for_request(ctx, handle, conn, idle, warm).await {
+        if conn.buf.is_empty() && !wait_for_request(ctx, handle, conn, idle, phase).await {
             return Ok(None);
         }
     }
@@ -455,6 +538,8 @@ async fn read_head(
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        // A timeout here ends the connection (408), so bytes a cancelled
+        // read might have taken do not matter.
         let res = match monoio::time::timeout(left, conn.read_more(4096)).await {
             Ok(done) => done,
             Err(_) => return Err(HttpError::HeaderTimeout),
@@ -470,23 +555,21 @@ async fn read_head(
 
 /// Between requests: wait up to `idle` for the client's next bytes, holding
 /// no buffer. Returns false when the connection should close instead: idle
-/// timeout, an error, or the worker draining (idle keep-alive connections are
-/// closed at once on drain, so a drain does not wait for them).
+/// timeout, an error, or its listener stopping (idle keep-alive connections
+/// close at once on drain, so a drain does not wait for them). The wait is
+/// woken by the listener's stop; nothing polls.
 async fn wait_for_request(
     ctx: &WorkerCtx,
     handle: &ListenerHandle,
     conn: &Downstream,
-    idle: std::time::Duration,
-    served: bool,
+    idle: Duration,
+    phase: Phase,
 ) -> bool {
     let mut deadline = Instant::now() + idle;
     loop {
-        // Only a connection that already had its answer is idle: a new one
-        // (accepted just before the drain or listener removal) gets up to
-        // FIRST_REQUEST_GRACE for its first request, served with
-        // `Connection: close`.
-        if ctx.closing(handle) {
-            if served {
+        let closing = ctx.closing(handle);
+        if closing {
+            if phase == Phase::Served {
                 return false;
             }
             deadline = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
@@ -497,10 +580,10 @@ async fn wait_for_request(
         }
         // Not relaxed: on epoll a relaxed check can report stale readiness, and
         // an idle client would then be timed by header_timeout (408).
-        match monoio::time::timeout(left.min(DRAIN_CHECK), conn.stream.readable(false)).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) => {}
+        monoio::select! {
+            r = conn.stream.readable(false) => return r.is_ok(),
+            _ = monoio::time::sleep(left) => return false,
+            _ = handle.stopped(), if !closing => {}
         }
     }
 }

@@ -111,7 +111,9 @@ async fn connect<'c>(
 ) -> Result<(TcpStream, &'c Endpoint), ConnectError> {
     let order = ctx.balancers.attempt_order(cluster);
     let mut last = String::from("no endpoints");
-    for &i in &order {
+    let mut attempts = 0;
+    for i in order {
+        attempts += 1;
         let endpoint = &cluster.endpoints[i];
         let addr = endpoint.address;
         match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await {
@@ -131,7 +133,7 @@ async fn connect<'c>(
     }
     Err(ConnectError::AllFailed {
         cluster: cluster.name.clone(),
-        attempts: order.len(),
+        attempts,
         last,
     })
 }

@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 
 use crate::buffers::BufferPool;
 pub use crate::config::file::SpliceMode;
+use crate::sockio::{read_within, Readiness};
 use crate::worker::Driver;
 
 /// Full buffers in a row after which `auto` switches a direction to splice.
@@ -53,12 +54,38 @@ pub async fn relay(
     pool: &BufferPool,
 ) -> RelayOutcome {
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    // Readiness of each socket through a second descriptor: the halves are
+    // moved into in-flight reads and writes, so waiting on them would need a
+    // reference into a half that another operation borrows.
+    let ready = match (Readiness::of(&client), Readiness::of(&upstream)) {
+        (Ok(c), Ok(u)) => [c, u],
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot duplicate a relayed socket; closing");
+            return RelayOutcome::default();
+        }
+    };
     let activity = Cell::new(Instant::now());
     let timed_out = Cell::new(false);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let down = Pump::new(fds, &activity, mode, driver, pool);
-    let up = Pump::new([fds[1], fds[0]], &activity, mode, driver, pool);
+    let shared = Shared {
+        activity: &activity,
+        mode,
+        driver,
+        pool,
+    };
+    let down = Pump {
+        fds,
+        from: &ready[0],
+        to: &ready[1],
+        shared: &shared,
+    };
+    let up = Pump {
+        fds: [fds[1], fds[0]],
+        from: &ready[1],
+        to: &ready[0],
+        shared: &shared,
+    };
     let both = async { monoio::join!(down.run(cr, uw), up.run(ur, cw)) };
     let mut outcome = RelayOutcome::default();
     monoio::select! {
@@ -103,39 +130,31 @@ fn shutdown_both(fds: [RawFd; 2]) {
     }
 }
 
-/// One direction: reads from `fds[0]`'s stream, writes to `fds[1]`'s.
-struct Pump<'a> {
-    fds: [RawFd; 2],
+/// What both directions of one relay share.
+struct Shared<'a> {
     activity: &'a Cell<Instant>,
     mode: SpliceMode,
     driver: Driver,
     pool: &'a BufferPool,
 }
 
-impl<'a> Pump<'a> {
-    fn new(
-        fds: [RawFd; 2],
-        activity: &'a Cell<Instant>,
-        mode: SpliceMode,
-        driver: Driver,
-        pool: &'a BufferPool,
-    ) -> Self {
-        Pump {
-            fds,
-            activity,
-            mode,
-            driver,
-            pool,
-        }
-    }
+/// One direction: reads from `fds[0]`'s stream, writes to `fds[1]`'s.
+struct Pump<'a> {
+    fds: [RawFd; 2],
+    /// Readiness of the socket read from and of the one written to.
+    from: &'a Readiness,
+    to: &'a Readiness,
+    shared: &'a Shared<'a>,
+}
 
+impl Pump<'_> {
     /// Returns bytes moved and whether splice was used. On error both
     /// sockets are shut down so the other direction ends too.
     async fn run(&self, mut r: TcpOwnedReadHalf, mut w: TcpOwnedWriteHalf) -> (u64, bool) {
         let mut total = 0u64;
         let mut spliced = false;
         let result = async {
-            if self.mode != SpliceMode::Always {
+            if self.shared.mode != SpliceMode::Always {
                 match self.buffered(&mut r, &mut w, &mut total).await? {
                     Step::Done => return Ok(()),
                     Step::SwitchToSplice => {}
@@ -164,7 +183,7 @@ impl<'a> Pump<'a> {
         w: &mut TcpOwnedWriteHalf,
         total: &mut u64,
     ) -> io::Result<Step> {
-        let size = self.pool.buffer_size();
+        let size = self.shared.pool.buffer_size();
         let mut full_reads = 0;
         // After a full read more bytes are likely waiting: read again at once.
         // A direction that moved bytes recently is warm: on io_uring its next
@@ -175,46 +194,46 @@ impl<'a> Pump<'a> {
         let mut warm = false;
         loop {
             if !hot && !warm {
-                readable(r).await?;
+                self.from.readable().await?;
             }
-            let read = r.read(self.pool.get());
             let (res, buf) = if warm && !hot {
-                match monoio::time::timeout(WARM_READ_WINDOW, read).await {
-                    Ok(done) => done,
-                    Err(_) => {
-                        // The read was cancelled; its buffer is freed once
-                        // the kernel lets go of it.
+                // Cancelled and then awaited: bytes that arrive at the
+                // window's edge are relayed, never dropped.
+                match read_within(r, self.shared.pool.get(), WARM_READ_WINDOW).await {
+                    (Some(res), buf) => (res, buf),
+                    (None, buf) => {
+                        self.shared.pool.put(buf);
                         warm = false;
                         continue;
                     }
                 }
             } else {
-                read.await
+                r.read(self.shared.pool.get()).await
             };
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.pool.put(buf);
+                    self.shared.pool.put(buf);
                     continue;
                 }
                 Err(e) => {
-                    self.pool.put(buf);
+                    self.shared.pool.put(buf);
                     return Err(e);
                 }
             };
             if n == 0 {
-                self.pool.put(buf);
+                self.shared.pool.put(buf);
                 return Ok(Step::Done);
             }
-            self.activity.set(Instant::now());
+            self.shared.activity.set(Instant::now());
             let (res, buf) = w.write_all(buf).await;
-            self.pool.put(buf);
+            self.shared.pool.put(buf);
             res?;
             *total += n as u64;
-            self.activity.set(Instant::now());
+            self.shared.activity.set(Instant::now());
             hot = n == size;
-            warm = self.driver == Driver::IoUring;
-            if self.mode == SpliceMode::Auto {
+            warm = self.shared.driver == Driver::IoUring;
+            if self.shared.mode == SpliceMode::Auto {
                 full_reads = if hot { full_reads + 1 } else { 0 };
                 if full_reads >= SPLICE_AFTER_FULL_READS {
                     return Ok(Step::SwitchToSplice);
@@ -235,8 +254,8 @@ impl<'a> Pump<'a> {
             // data arrives; waiting for readability first keeps idle
             // connections from parking such threads. epoll's splice already
             // waits for readiness.
-            if self.driver == Driver::IoUring {
-                readable(r).await?;
+            if self.shared.driver == Driver::IoUring {
+                self.from.readable().await?;
             }
             let n = match r.splice_to_pipe(&mut pipe_w, PIPE_CHUNK).await {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -245,9 +264,15 @@ impl<'a> Pump<'a> {
             if n == 0 {
                 return Ok(());
             }
-            self.activity.set(Instant::now());
+            self.shared.activity.set(Instant::now());
             let mut left = n;
             while left > 0 {
+                // The same for the write side: a slow reader must not park
+                // a kernel thread in a blocking splice (the watchdog's
+                // shutdown ends this wait at idle_timeout).
+                if self.shared.driver == Driver::IoUring {
+                    self.to.writable().await?;
+                }
                 let m = match w.splice_from_pipe(&mut pipe_r, left).await {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     other => other?,
@@ -256,7 +281,7 @@ impl<'a> Pump<'a> {
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 left -= m;
-                self.activity.set(Instant::now());
+                self.shared.activity.set(Instant::now());
             }
             *total += u64::from(n);
         }
@@ -266,14 +291,4 @@ impl<'a> Pump<'a> {
 enum Step {
     Done,
     SwitchToSplice,
-}
-
-/// Wait until the read half has bytes (or EOF, or an error) to read.
-async fn readable(r: &TcpOwnedReadHalf) -> io::Result<()> {
-    // SAFETY: monoio's owned halves share the stream through
-    // `Rc<UnsafeCell<_>>` and dereference it the same way for every operation;
-    // `readable` only submits a poll on the shared fd and never touches the
-    // write side's state. This half is the only reader of the stream.
-    let stream: &TcpStream = unsafe { &*r.0.get() };
-    stream.readable(true).await
 }

@@ -50,10 +50,10 @@ pub struct Balancers {
 impl Balancers {
     /// The order in which to try the cluster's endpoints for one connection:
     /// the balancer's pick first, then every other endpoint once.
-    pub fn attempt_order(&self, cluster: &Cluster) -> Vec<usize> {
+    pub fn attempt_order(&self, cluster: &Cluster) -> AttemptOrder {
         let n = cluster.endpoints.len();
         if n == 0 {
-            return Vec::new();
+            return AttemptOrder { first: 0, n, k: 0 };
         }
         let first = match cluster.balance {
             Balance::RoundRobin => {
@@ -85,7 +85,15 @@ impl Balancers {
                 }
             }
         };
-        (0..n).map(|k| (first + k) % n).collect()
+        AttemptOrder { first, n, k: 0 }
+    }
+
+    /// Forget per-endpoint state of addresses that no cluster of the
+    /// current config names (called on the worker's housekeeping tick).
+    pub fn retain_endpoints(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.in_flight
+            .borrow_mut()
+            .retain(|addr, n| *n > 0 || keep(addr));
     }
 
     /// Count one more in-flight connection/request on an endpoint; the guard
@@ -104,6 +112,26 @@ impl Balancers {
     }
 }
 
+/// Endpoint indexes in the order to try them (no allocation per request).
+#[derive(Debug, Clone)]
+pub struct AttemptOrder {
+    first: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Iterator for AttemptOrder {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        if self.k >= self.n {
+            return None;
+        }
+        let i = (self.first + self.k) % self.n;
+        self.k += 1;
+        Some(i)
+    }
+}
+
 /// Guard returned by [`Balancers::track`].
 #[derive(Debug)]
 pub struct InFlight<'a> {
@@ -113,8 +141,13 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.balancers.in_flight.borrow_mut().get_mut(&self.addr) {
+        let mut in_flight = self.balancers.in_flight.borrow_mut();
+        if let Some(c) = in_flight.get_mut(&self.addr) {
             *c = c.saturating_sub(1);
+            if *c == 0 {
+                // Pruned at zero: endpoints a reload removed leave no entry.
+                in_flight.remove(&self.addr);
+            }
         }
     }
 }
@@ -145,10 +178,10 @@ mod tests {
     fn round_robin_rotates_and_tries_each_once() {
         let b = Balancers::default();
         let c = cluster(Balance::RoundRobin, 3);
-        assert_eq!(b.attempt_order(&c), vec![0, 1, 2]);
-        assert_eq!(b.attempt_order(&c), vec![1, 2, 0]);
-        assert_eq!(b.attempt_order(&c), vec![2, 0, 1]);
-        assert_eq!(b.attempt_order(&c), vec![0, 1, 2]);
+        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![2, 0, 1]);
+        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![0, 1, 2]);
     }
 
     #[test]
@@ -157,7 +190,7 @@ mod tests {
         let c = cluster(Balance::Random, 4);
         let mut seen = [0usize; 4];
         for _ in 0..4000 {
-            let order = b.attempt_order(&c);
+            let order: Vec<usize> = b.attempt_order(&c).collect();
             let mut sorted = order.clone();
             sorted.sort();
             assert_eq!(sorted, vec![0, 1, 2, 3]);
@@ -171,7 +204,9 @@ mod tests {
         let b = Balancers::default();
         let c = cluster(Balance::LeastRequest, 2);
         let _busy: Vec<_> = (0..5).map(|_| b.track(c.endpoints[0].address)).collect();
-        let picks0 = (0..1000).filter(|_| b.attempt_order(&c)[0] == 0).count();
+        let picks0 = (0..1000)
+            .filter(|_| b.attempt_order(&c).next() == Some(0))
+            .count();
         // Endpoint 0 wins only when both choices land on it (about 1 in 4).
         assert!(picks0 < 400, "{picks0}");
         drop(_busy);

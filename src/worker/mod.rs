@@ -6,8 +6,11 @@ pub mod driver;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -84,6 +87,11 @@ pub struct WorkerCtx {
     pub log: WorkerLog,
     /// Accept loops by listener name.
     listeners: RefCell<HashMap<String, Rc<ListenerHandle>>>,
+    /// This worker's handle on the current snapshot (see `current`). The
+    /// extra `Rc` is deliberate: one allocation per reload buys a counter
+    /// that only this core writes.
+    #[allow(clippy::redundant_allocation)]
+    current: RefCell<Rc<Arc<Snapshot>>>,
 }
 
 /// A listener's accept loop on one worker, and the flag its connections
@@ -97,6 +105,9 @@ pub struct ListenerHandle {
     /// keep-alive connections after their current request.
     pub draining: Cell<bool>,
     canceller: RefCell<Option<monoio::io::Canceller>>,
+    /// Idle connections waiting for `stop` (woken once, not polled).
+    waiters: RefCell<HashMap<u64, Waker>>,
+    next_waiter: Cell<u64>,
 }
 
 impl std::fmt::Debug for ListenerHandle {
@@ -115,6 +126,18 @@ impl ListenerHandle {
             configured,
             draining: Cell::new(false),
             canceller: RefCell::new(Some(monoio::io::Canceller::new())),
+            waiters: RefCell::new(HashMap::new()),
+            next_waiter: Cell::new(0),
+        }
+    }
+
+    /// Completes once the listener stops (a reload removed it, or the worker
+    /// drains): idle keep-alive connections wait on this instead of waking
+    /// periodically to check.
+    pub fn stopped(&self) -> Stopped<'_> {
+        Stopped {
+            handle: self,
+            key: None,
         }
     }
 
@@ -134,16 +157,73 @@ impl ListenerHandle {
         self.canceller.borrow().as_ref().map(|c| c.handle())
     }
 
-    /// Stop the accept loop (its pending accept is cancelled).
+    /// Stop the accept loop (its pending accept is cancelled) and wake the
+    /// connections waiting in [`ListenerHandle::stopped`].
     pub fn stop(&self) {
         self.draining.set(true);
         if let Some(c) = self.canceller.borrow_mut().take() {
             let _ = c.cancel();
         }
+        let waiters: Vec<Waker> = self.waiters.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// Future returned by [`ListenerHandle::stopped`].
+#[derive(Debug)]
+pub struct Stopped<'a> {
+    handle: &'a ListenerHandle,
+    key: Option<u64>,
+}
+
+impl Future for Stopped<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.handle.draining.get() {
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(k) => k,
+            None => {
+                let k = self.handle.next_waiter.get();
+                self.handle.next_waiter.set(k.wrapping_add(1));
+                self.key = Some(k);
+                k
+            }
+        };
+        self.handle
+            .waiters
+            .borrow_mut()
+            .insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.handle.waiters.borrow_mut().remove(&k);
+        }
     }
 }
 
 impl WorkerCtx {
+    /// The current snapshot, through a worker-local handle: cloning it per
+    /// request bumps a counter no other core touches, where cloning the
+    /// shared `Arc` would move its cache line between cores on every request.
+    /// The handle is replaced when the published pointer changes.
+    #[allow(clippy::redundant_allocation)]
+    pub fn current(&self) -> Rc<Arc<Snapshot>> {
+        let published = self.snapshot.load();
+        let mut current = self.current.borrow_mut();
+        if !Arc::ptr_eq(&published, &current) {
+            *current = Rc::new(arc_swap::Guard::into_inner(published));
+        }
+        current.clone()
+    }
+
     /// Whether a connection of `listener` should stop taking requests.
     #[inline]
     pub fn closing(&self, listener: &ListenerHandle) -> bool {
@@ -195,12 +275,13 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         index: spec.index,
         workers: spec.workers,
         driver: spec.driver,
-        snapshot: spec.snapshot,
         balancers: Balancers::default(),
         stats: spec.stats,
         draining: Cell::new(false),
         log: spec.log,
         listeners: RefCell::new(HashMap::new()),
+        current: RefCell::new(Rc::new(spec.snapshot.load_full())),
+        snapshot: spec.snapshot,
     });
     let mut loops = Vec::new();
     for socket in spec.sockets {
@@ -262,8 +343,11 @@ fn add_listener(
 }
 
 /// Housekeeping every `TICK`: measure how late the timer fires (event-loop
-/// lag: a busy or blocked worker shows here) and flush the access log by time.
+/// lag: a busy or blocked worker shows here), flush the access log by time,
+/// and, after a reload, let go of upstream state of removed endpoints.
+#[allow(clippy::redundant_allocation)]
 async fn tick(ctx: Rc<WorkerCtx>) {
+    let mut swept: Option<Rc<Arc<Snapshot>>> = None;
     while !ctx.draining.get() {
         let start = Instant::now();
         monoio::time::sleep(TICK).await;
@@ -272,6 +356,30 @@ async fn tick(ctx: Rc<WorkerCtx>) {
             .lag_last_us
             .set(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
         ctx.stats.lag.record(lag);
-        ctx.log.flush_if_due(&ctx.snapshot.load());
+        let current = ctx.current();
+        ctx.log.flush_if_due(&current);
+        if !swept.as_ref().is_some_and(|s| Rc::ptr_eq(s, &current)) {
+            sweep_endpoints(&ctx, &current);
+            swept = Some(current);
+        }
+    }
+}
+
+/// Close pooled connections to, and forget balancer state of, endpoints
+/// that no cluster of `snapshot` names any more.
+fn sweep_endpoints(ctx: &WorkerCtx, snapshot: &Snapshot) {
+    let named: std::collections::HashSet<std::net::SocketAddr> = snapshot
+        .clusters
+        .values()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+        .collect();
+    let closed = ctx.http_pool.retain(|addr| named.contains(addr));
+    ctx.balancers.retain_endpoints(|addr| named.contains(addr));
+    if closed > 0 {
+        tracing::debug!(
+            worker = ctx.index,
+            closed,
+            "closed pooled connections to removed endpoints"
+        );
     }
 }
