@@ -94,6 +94,36 @@ where
     Ok(buf)
 }
 
+/// Bytes to write with `writev` that can move past a short write.
+pub trait Vectored: monoio::buf::IoVecBuf {
+    /// Bytes not yet written.
+    fn remaining(&self) -> usize;
+    /// Skip `n` written bytes.
+    fn advance(&mut self, n: usize);
+}
+
+/// [`write_all_within`] for scattered bytes: one `writev` per attempt.
+pub async fn write_vectored_within<W, B>(w: &mut W, mut buf: B, idle: Duration) -> io::Result<()>
+where
+    W: AsyncWriteRent,
+    B: Vectored,
+{
+    while buf.remaining() > 0 {
+        let (res, b) = match monoio::time::timeout(idle, w.writev(buf)).await {
+            Ok(done) => done,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        buf = b;
+        match res {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A second descriptor (`dup`) of a connected socket, used only to wait
 /// for readiness while the socket's own halves are moved into in-flight
 /// reads and writes. Readiness is a property of the socket, not of the

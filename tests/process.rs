@@ -395,7 +395,12 @@ fn admin_drain_finishes_in_flight(driver: Driver) {
     let mut p = spawn(&http_config(driver, up.addr, "one"), None);
     let mut c = common::http::Client::connect(p.addr);
     c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    // The (delayed) upstream holds the request: it is in flight.
+    assert!(eventually(|| up
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 1));
     assert_eq!(common::admin::request(p.admin, "POST", "/drain").0, 202);
     assert!(eventually(|| common::admin::request(
         p.admin, "GET", "/ready"

@@ -27,6 +27,7 @@ both_drivers!(
     file_watch_rename_and_symlink_swap,
     pools_survive_a_route_only_reload,
     renamed_listener_keeps_serving,
+    pooled_connections_to_removed_endpoints_close,
 );
 
 fn backend(driver: Driver, name: &str, delay: Duration) -> Backend {
@@ -169,7 +170,13 @@ fn reload_under_load_loses_nothing(driver: Driver) {
         }
         std::thread::sleep(Duration::from_millis(15));
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
     while total.load(Ordering::Relaxed) < 5000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} requests in 30 s",
+            total.load(Ordering::Relaxed)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
@@ -253,8 +260,12 @@ fn listeners_added_removed_and_failed_bind_changes_nothing(driver: Driver) {
     std::fs::write(&path, config(driver, 4, "a", a.addr, b.addr, two)).unwrap();
     proxy.reload().unwrap();
     let mut slow = Client::connect(web);
+    let before = a.stats.requests.load(Ordering::SeqCst);
     slow.send(b"GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(100));
+    // The (delayed) upstream holds the request: it is in flight.
+    assert!(eventually(
+        || a.stats.requests.load(Ordering::SeqCst) > before
+    ));
     let no_web = config(driver, 5, "a", a.addr, b.addr, two).replace(
         "[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n",
         "",
@@ -426,25 +437,68 @@ fn renamed_listener_keeps_serving(driver: Driver) {
     let proxy = launch(&path, false);
     assert_eq!(proxy.local_addr("web"), Some(addr));
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
+    let count = Arc::new(AtomicU64::new(0));
+    let (s2, c2) = (stop.clone(), count.clone());
     // New connections all through the rename: none may fail.
     let client = std::thread::spawn(move || {
-        let mut n = 0;
         while !s2.load(Ordering::Relaxed) {
             let r = Client::connect(addr).get("/", "svc", "connection: close\r\n");
             assert_eq!(r.status, 200);
-            n += 1;
+            c2.fetch_add(1, Ordering::SeqCst);
         }
-        n
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // Connections are flowing before the rename, and go on after it.
+    assert!(eventually(|| count.load(Ordering::SeqCst) >= 10));
     std::fs::write(&path, named("renamed", 2)).unwrap();
     assert_eq!(proxy.reload().unwrap().generation, 2);
-    std::thread::sleep(Duration::from_millis(200));
+    let at_reload = count.load(Ordering::SeqCst);
+    assert!(eventually(|| count.load(Ordering::SeqCst) >= at_reload + 10));
     stop.store(true, Ordering::Relaxed);
-    assert!(client.join().unwrap() > 10);
+    client.join().unwrap();
     assert_eq!(proxy.local_addr("renamed"), Some(addr));
     assert!(proxy.local_addr("web").is_none());
     let r = Client::connect(addr).get("/", "svc", "");
     assert_eq!(r.header("x-tag"), Some("2"));
+}
+
+/// A reload that removes an endpoint closes the idle pooled connections to
+/// it (nothing else would: the pool is keyed by address), while requests
+/// go to the endpoint that replaced it.
+fn pooled_connections_to_removed_endpoints_close(driver: Driver) {
+    use std::io::{Read, Write};
+    let old = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let old_addr = old.local_addr().unwrap();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = old.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nold")
+            .unwrap();
+        // Pooled by the proxy now: wait for it to close the connection.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let eof = matches!(s.read(&mut buf), Ok(0));
+        let _ = closed_tx.send(eof);
+    });
+    let new = backend(driver, "new", Duration::ZERO);
+    let cfg = |endpoint: SocketAddr| {
+        format!(
+            "[runtime]\nworkers = 1\nio = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"c\"\n[clusters.c]\nendpoints = [\"{endpoint}\"]\n",
+            io_name(driver)
+        )
+    };
+    let dir = TempDir::new("reload-sweep");
+    let path = dir.path("config.toml");
+    std::fs::write(&path, cfg(old_addr)).unwrap();
+    let proxy = launch(&path, false);
+    let web = proxy.local_addr("web").unwrap();
+    assert_eq!(Client::connect(web).get("/", "svc", "").body, b"old");
+    std::fs::write(&path, cfg(new.addr)).unwrap();
+    assert_eq!(proxy.reload().unwrap().generation, 2);
+    assert_eq!(
+        closed_rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the pooled connection to the removed endpoint stayed open"
+    );
+    assert_eq!(Client::connect(web).get("/", "svc", "").body, b"new");
 }

@@ -35,7 +35,9 @@ pub struct BackendStats {
     pub connections: AtomicU64,
     /// Bytes read from clients (HTTP: request body bytes).
     pub bytes_read: AtomicU64,
-    /// HTTP requests answered.
+    /// HTTP request heads received, counted on arrival (before the body and
+    /// any configured delay): a test can wait on it to know that a request
+    /// is in flight.
     pub requests: AtomicU64,
 }
 

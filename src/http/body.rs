@@ -6,7 +6,7 @@
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
-use super::chunked::{Chunk, ChunkedDecoder};
+use super::chunked::{Chunk, ChunkFrame, ChunkedDecoder};
 use super::codec::Framing;
 use super::error::HttpError;
 use std::io::Write;
@@ -52,7 +52,11 @@ impl Exchange<'_> {
                             if total > limit {
                                 return Err(HttpError::BodyTooLarge);
                             }
-                            self.write_upstream(up, chunk_frame(&data)).await?;
+                            if data.len() >= VECTORED_CHUNK {
+                                self.write_upstream_frame(up, ChunkFrame::new(data)).await?;
+                            } else {
+                                self.write_upstream(up, chunk_frame(&data)).await?;
+                            }
                         }
                         Some(Chunk::End(trailers)) => {
                             self.write_upstream(up, last_chunk(&trailers)).await?;
@@ -155,6 +159,9 @@ impl BodySink<'_> {
         if data.is_empty() {
             return Ok(());
         }
+        if data.len() >= VECTORED_CHUNK {
+            return self.conn.write_frame(ChunkFrame::new(data)).await;
+        }
         self.conn.write_bytes(chunk_frame(&data)).await
     }
 
@@ -177,7 +184,13 @@ impl BodySink<'_> {
     }
 }
 
-/// One chunk of the chunked coding: size line, data, CRLF.
+/// Chunks at least this large are written with `writev` (size line,
+/// payload, CRLF) instead of being copied into one buffer; below it the copy
+/// costs less than the vectored write's bookkeeping.
+const VECTORED_CHUNK: usize = 1024;
+
+/// One chunk of the chunked coding, copied into one buffer: size line,
+/// data, CRLF.
 fn chunk_frame(data: &[u8]) -> Bytes {
     let mut frame = Vec::with_capacity(data.len() + 20);
     let _ = write!(frame, "{:x}\r\n", data.len());

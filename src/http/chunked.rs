@@ -184,3 +184,153 @@ fn parse_size_line(line: &[u8]) -> Result<u64, &'static str> {
     }
     Ok(n)
 }
+
+/// One chunk of the chunked coding, written with a single `writev`: size
+/// line, payload and CRLF as three slices, so the payload is never copied.
+/// After a short write, [`ChunkFrame::advance`] moves past what went out.
+#[derive(Debug)]
+pub struct ChunkFrame {
+    /// The iovecs and the size line they point into, in one allocation that
+    /// does not move while the runtime owns the frame.
+    parts: Box<FrameParts>,
+    /// Keeps the payload's memory alive; `parts.iov[1]` points into it.
+    _data: Bytes,
+    /// The first iovec with bytes left.
+    first: usize,
+    left: usize,
+}
+
+#[derive(Debug)]
+struct FrameParts {
+    iov: [libc::iovec; 3],
+    /// Hex size (at most 16 digits for a u64) and CRLF.
+    line: [u8; 18],
+}
+
+impl ChunkFrame {
+    /// The frame for `data` (non-empty: an empty chunk is the last chunk).
+    pub fn new(data: Bytes) -> Self {
+        let mut parts = Box::new(FrameParts {
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 3],
+            line: [0; 18],
+        });
+        let mut digits = [0u8; 16];
+        let mut n = data.len();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[n & 0xf];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        let hex = &digits[i..];
+        parts.line[..hex.len()].copy_from_slice(hex);
+        parts.line[hex.len()..hex.len() + 2].copy_from_slice(b"\r\n");
+        let line_len = hex.len() + 2;
+        parts.iov[0] = libc::iovec {
+            iov_base: parts.line.as_mut_ptr().cast(),
+            iov_len: line_len,
+        };
+        parts.iov[1] = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        parts.iov[2] = libc::iovec {
+            iov_base: b"\r\n".as_ptr() as *mut libc::c_void,
+            iov_len: 2,
+        };
+        ChunkFrame {
+            left: line_len + data.len() + 2,
+            parts,
+            _data: data,
+            first: 0,
+        }
+    }
+}
+
+impl crate::sockio::Vectored for ChunkFrame {
+    fn remaining(&self) -> usize {
+        self.left
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.left -= n.min(self.left);
+        while n > 0 && self.first < 3 {
+            let iov = &mut self.parts.iov[self.first];
+            if n < iov.iov_len {
+                // SAFETY: `n < iov_len`, so the new base stays inside the
+                // slice this iovec describes.
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                iov.iov_len -= n;
+                return;
+            }
+            n -= iov.iov_len;
+            self.first += 1;
+        }
+    }
+}
+
+// SAFETY: the iovecs live in `parts`, a heap allocation that neither moves
+// nor changes while the runtime owns the frame (advance takes `&mut self`,
+// which the runtime's ownership excludes); each points into memory the
+// frame keeps alive: its own size line (same allocation), the payload
+// (`_data`, whose heap buffer a `Bytes` never moves) or a static CRLF.
+unsafe impl monoio::buf::IoVecBuf for ChunkFrame {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.parts.iov[self.first.min(2)..].as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        3 - self.first.min(3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sockio::Vectored;
+    use monoio::buf::IoVecBuf;
+
+    /// The bytes the frame's iovecs describe now.
+    fn pending(frame: &ChunkFrame) -> Vec<u8> {
+        let ptr = frame.read_iovec_ptr();
+        let mut out = Vec::new();
+        for i in 0..frame.read_iovec_len() {
+            // SAFETY: the frame guarantees `read_iovec_len` valid iovecs at
+            // `ptr`, each describing live memory it owns.
+            let iov = unsafe { &*ptr.add(i) };
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn frame_encodes_and_advances_through_short_writes() {
+        for len in [1usize, 15, 16, 255, 4096, 70_000] {
+            let data = Bytes::from(vec![b'x'; len]);
+            let whole = format!("{len:x}\r\n{}\r\n", "x".repeat(len)).into_bytes();
+            let frame = ChunkFrame::new(data.clone());
+            assert_eq!(pending(&frame), whole);
+            assert_eq!(frame.remaining(), whole.len());
+            // Every step size, including ones that end mid-iovec.
+            for step in [1usize, 2, 3, 7, 1000] {
+                let mut frame = ChunkFrame::new(data.clone());
+                let mut written = 0;
+                while frame.remaining() > 0 {
+                    let n = step.min(frame.remaining());
+                    frame.advance(n);
+                    written += n;
+                    assert_eq!(pending(&frame), &whole[written..], "len {len} step {step}");
+                }
+                assert_eq!(frame.read_iovec_len(), 0);
+            }
+        }
+    }
+}

@@ -214,6 +214,56 @@ fn chunked_valid() {
     assert_eq!(trailers, b"X-T: 1\r\n");
 }
 
+/// Decode `raw` fed in pieces: the bytes up to `split`, then the rest.
+/// The decoder must give the same result as from one buffer.
+fn decode_split(raw: &[u8], split: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+    let mut dec = ChunkedDecoder::default();
+    let mut buf = BytesMut::from(&raw[..split]);
+    let mut rest = Some(&raw[split..]);
+    let mut body = Vec::new();
+    loop {
+        match dec.decode(&mut buf)? {
+            Some(Chunk::Data(d)) => body.extend_from_slice(&d),
+            Some(Chunk::End(t)) => return Ok((body, t.to_vec())),
+            None => match rest.take() {
+                Some(r) => buf.extend_from_slice(r),
+                None => return Err("incomplete"),
+            },
+        }
+    }
+}
+
+/// Every split point of every table case, valid and invalid: a read
+/// boundary anywhere (mid size line, mid CRLF, mid data, mid trailers)
+/// changes nothing.
+#[test]
+fn chunked_split_at_every_point() {
+    let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(5000));
+    let cases: Vec<&[u8]> = vec![
+        b"5\r\nhello\r\n6;a=b\r\n world\r\n0\r\n\r\n",
+        b"A\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n",
+        b"1\r\na\r\n1\r\nb\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n",
+        b"zz\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\rhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"0\r\nbad trailer\r\n\r\n",
+        long_ext.as_bytes(),
+    ];
+    for raw in cases {
+        let whole = decode_all(raw);
+        for split in 0..=raw.len() {
+            assert_eq!(
+                decode_split(raw, split),
+                whole,
+                "split at {split} of {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(80)])
+            );
+        }
+    }
+}
+
 #[test]
 fn chunked_invalid() {
     let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(5000));

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use super::body::BodySink;
+use super::chunked::ChunkFrame;
 use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use super::error::HttpError;
 use super::io::read_more;
@@ -20,7 +21,7 @@ use super::server::Downstream;
 use crate::config::{HttpSettings, Snapshot};
 use crate::metrics::Active;
 use crate::route::Route;
-use crate::sockio::write_all_within;
+use crate::sockio::{write_all_within, write_vectored_within};
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
 
@@ -293,6 +294,19 @@ impl Exchange<'_> {
     ) -> Result<(), HttpError> {
         match write_all_within(up, data, self.req.http.send_timeout).await {
             Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
+            Err(e) => Err(HttpError::UpstreamIo(e)),
+        }
+    }
+
+    /// Write one chunk frame to the upstream (payload not copied).
+    pub(super) async fn write_upstream_frame(
+        &self,
+        up: &mut TcpStream,
+        frame: ChunkFrame,
+    ) -> Result<(), HttpError> {
+        match write_vectored_within(up, frame, self.req.http.send_timeout).await {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
             Err(e) => Err(HttpError::UpstreamIo(e)),
         }

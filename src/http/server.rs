@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 
+use super::chunked::ChunkFrame;
 use super::codec::{parse_request, Framing, HeadLimits, RequestHead, Version};
 use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpError};
 use super::io::read_more;
@@ -18,7 +19,7 @@ use super::proxy::{self, Next};
 use crate::access_log::Record;
 use crate::config::{Listener, ListenerProtocol, Snapshot};
 use crate::route::{RouteAction, RouteRequest};
-use crate::sockio::{read_within, write_all_within};
+use crate::sockio::{read_within, write_all_within, write_vectored_within, Vectored as _};
 use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 
 /// While draining, how long a just-accepted connection may take to send its
@@ -64,6 +65,19 @@ impl Downstream {
         self.write(data).await?;
         self.bytes_out += n;
         Ok(())
+    }
+
+    /// Write one chunk of a chunk-encoded body (payload not copied).
+    pub async fn write_frame(&mut self, frame: ChunkFrame) -> Result<(), HttpError> {
+        let n = frame.remaining() as u64;
+        match write_vectored_within(&mut self.stream, frame, self.send_timeout).await {
+            Ok(()) => {
+                self.bytes_out += n;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::SendTimeout),
+            Err(e) => Err(HttpError::DownstreamIo(e)),
+        }
     }
 
     async fn write<B: monoio::buf::IoBuf + 'static>(&mut self, data: B) -> Result<(), HttpError> {
