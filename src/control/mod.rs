@@ -312,6 +312,15 @@ impl Server {
             .sum()
     }
 
+    /// Relay buffers held by connections, all workers.
+    pub fn buffers_rented(&self) -> u64 {
+        self.shared
+            .worker_stats
+            .iter()
+            .map(|w| w.buffers_rented.get())
+            .sum()
+    }
+
     /// Stop accepting everywhere; workers exit once their connections end.
     pub fn drain(&self) {
         self.shared

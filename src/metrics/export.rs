@@ -259,12 +259,18 @@ fn worker_metrics(p: &mut Prom, src: &ExportSource<'_>) {
         );
     }
     type Get = fn(&WorkerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 3] = [
+    let simple: [(&str, &str, &str, Get); 4] = [
         (
             "outrigger_worker_connections_active",
             "gauge",
             "Downstream connections open on the worker, all listeners.",
             |c| c.active.get(),
+        ),
+        (
+            "outrigger_worker_relay_buffers_rented",
+            "gauge",
+            "Relay buffers held by connections moving bytes.",
+            |c| c.buffers_rented.get(),
         ),
         (
             "outrigger_access_log_lines_total",
@@ -464,6 +470,7 @@ pub fn stats_json(src: &ExportSource<'_>) -> Value {
                 "core": w.core,
                 "driver": w.driver.to_string(),
                 "active_connections": c.active.get(),
+                "relay_buffers_rented": c.buffers_rented.get(),
                 "event_loop_lag_us": latency(&[&c.lag]),
                 "access_log_lines": c.access_log_lines.get(),
                 "access_log_dropped": c.access_log_dropped.get(),

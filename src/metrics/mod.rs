@@ -248,6 +248,9 @@ pub struct WorkerCells {
     pub active: Counter,
     /// How late the last periodic tick fired, in microseconds (gauge).
     pub lag_last_us: Counter,
+    /// Relay buffers rented by connections now (gauge): idle connections
+    /// hold none.
+    pub buffers_rented: Counter,
     /// Event-loop lag samples: how late each periodic tick fired.
     pub lag: Histogram,
 }

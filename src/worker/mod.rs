@@ -270,7 +270,11 @@ pub fn run(spec: WorkerSpec) {
 async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
     let runtime = spec.snapshot.load().runtime.clone();
     let ctx = Rc::new(WorkerCtx {
-        buffers: BufferPool::new(runtime.buffer_size, runtime.buffer_pool_size),
+        buffers: BufferPool::with_gauge(
+            runtime.buffer_size,
+            runtime.buffer_pool_size,
+            spec.stats.clone(),
+        ),
         http_pool: crate::http::pool::Pool::default(),
         index: spec.index,
         workers: spec.workers,
