@@ -24,6 +24,29 @@ pub struct ListenerSocket {
     pub socket: std::net::TcpListener,
 }
 
+/// Make sure no other socket holds `addr` before this process binds its
+/// SO_REUSEPORT sockets there: Linux lets any process of the same user join
+/// a SO_REUSEPORT group, which would silently split the port's connections
+/// with it. A probe bound *without* SO_REUSEPORT fails when anything else is
+/// bound there. Returns the address to bind (port 0 resolved to a free port).
+pub fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "address already in use by another socket (another process, or another program sharing it with SO_REUSEPORT)",
+            ))
+        }
+        Err(e) => return Err(e),
+    }
+    let local = probe.local_addr()?.as_socket();
+    local.ok_or_else(|| io::Error::new(io::ErrorKind::Other, "probe has no inet address"))
+}
+
 /// Bind one SO_REUSEPORT socket for `addr`.
 pub fn bind(addr: SocketAddr, backlog: i32, driver: Driver) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;

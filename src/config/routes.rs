@@ -308,6 +308,14 @@ fn action(
         );
         return None;
     }
+    if matches!(status, 204 | 304) && !d.get_ref().body.is_empty() {
+        cx.error(
+            d.get_ref().status.span(),
+            format!("{key}.direct_response.body"),
+            format!("a {status} response has no body (RFC 9110); remove `body` or use another status"),
+        );
+        return None;
+    }
     Some(RouteAction::Direct {
         status: status as u16,
         body: Bytes::from(d.get_ref().body.clone()),

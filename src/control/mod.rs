@@ -31,16 +31,18 @@ use crate::worker::{self, driver, Control, Driver, WorkerInfo, WorkerSpec};
 pub enum StartError {
     #[error(transparent)]
     Driver(#[from] driver::DriverUnavailable),
-    #[error("cannot bind listener \"{listener}\" on {address}: {source}")]
+    // `cause`, not `source`: the message already names it, and a source
+    // would be printed a second time by the error chain.
+    #[error("cannot bind listener \"{listener}\" on {address}: {cause}")]
     Bind {
         listener: String,
         address: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot bind the admin API on {address}: {source}")]
+    #[error("cannot bind the admin API on {address}: {cause}")]
     Admin {
         address: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
@@ -147,7 +149,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let mut bound = Vec::new();
     let mut sockets: Vec<Vec<ListenerSocket>> = (0..n).map(|_| Vec::new()).collect();
     for l in &snapshot.listeners {
-        let (b, per_worker) = bind_listener(&l.name, l.address, l.backlog, n, driver)?;
+        let (b, per_worker) = bind_listener(&l.name, l.address, l.backlog, n, driver, false)?;
         bound.push(b);
         for (w, s) in per_worker.into_iter().enumerate() {
             sockets[w].push(s);
@@ -246,19 +248,23 @@ fn bind_listener(
     backlog: u32,
     workers: usize,
     driver: Driver,
+    ours: bool,
 ) -> Result<(Bound, Vec<ListenerSocket>), StartError> {
-    let mut addr = configured;
+    let err = |address, cause| StartError::Bind {
+        listener: name.to_string(),
+        address,
+        cause,
+    };
+    // Only this process's own worker sockets may share a port: first make
+    // sure no other socket holds it (unless one of our listeners does).
+    let addr = if ours {
+        configured
+    } else {
+        listener::probe_exclusive(configured).map_err(|e| err(configured, e))?
+    };
     let mut sockets = Vec::with_capacity(workers);
-    for w in 0..workers {
-        let err = |source| StartError::Bind {
-            listener: name.to_string(),
-            address: addr,
-            source,
-        };
-        let socket = listener::bind(addr, backlog as i32, driver).map_err(err)?;
-        if w == 0 {
-            addr = socket.local_addr().map_err(err)?;
-        }
+    for _ in 0..workers {
+        let socket = listener::bind(addr, backlog as i32, driver).map_err(|e| err(addr, e))?;
         sockets.push(ListenerSocket {
             name: name.to_string(),
             configured,

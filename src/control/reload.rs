@@ -47,8 +47,12 @@ impl Server {
                 .iter()
                 .any(|b| b.name == l.name && b.configured == l.address);
             if !kept {
-                let sockets = bind_listener(&l.name, l.address, l.backlog, workers, self.driver)
-                    .map_err(ReloadError::Bind)?;
+                // Moved onto (or renamed at) an address one of our
+                // listeners holds: sharing it with ourselves is the point.
+                let ours = l.address.port() != 0 && self.bound.iter().any(|b| b.local == l.address);
+                let sockets =
+                    bind_listener(&l.name, l.address, l.backlog, workers, self.driver, ours)
+                        .map_err(ReloadError::Bind)?;
                 added.push(sockets);
             }
         }

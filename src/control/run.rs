@@ -69,9 +69,9 @@ impl Proxy {
     ) -> Result<Proxy, StartError> {
         let admin_address = snapshot.admin.address;
         let admin_listener =
-            std::net::TcpListener::bind(admin_address).map_err(|source| StartError::Admin {
+            std::net::TcpListener::bind(admin_address).map_err(|cause| StartError::Admin {
                 address: admin_address,
-                source,
+                cause,
             })?;
         if !admin_address.ip().is_loopback() {
             tracing::warn!(address = %admin_address, "the admin API is bound to a non-loopback address: anyone who can reach it can reload and drain this proxy");

@@ -3,6 +3,7 @@
 //! directly or through `proxy::forward`. Keep-alive and pipelined requests
 //! are answered in order, one at a time.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -484,14 +485,18 @@ async fn direct(
     draining: bool,
 ) -> Result<Next, HttpError> {
     let close = !conn.body_complete || !head.keep_alive || draining;
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{}\r\n",
-        reason(status),
-        body.len(),
-        if close { "connection: close\r\n" } else { "" }
-    )
-    .into_bytes();
-    if !head.is_head() {
+    // 204 and 304 have no body and no content-length (config refuses a
+    // body for them).
+    let bodiless = matches!(status, 204 | 304);
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
+    if !bodiless {
+        let _ = write!(out, "content-length: {}\r\ncontent-type: text/plain\r\n", body.len());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head.is_head() && !bodiless {
         out.extend_from_slice(body);
     }
     conn.responded = true;
