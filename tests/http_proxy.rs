@@ -166,8 +166,10 @@ direct_response = { status = 418, body = "short and stout" }
     assert_eq!(cl.get("/gone", "x", "").status, 410);
     // 204: no body and no content-length, and the connection stays in step.
     let mut raw = connect(addr);
-    raw.write_all(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    raw.write_all(
+        b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
     let mut got = Vec::new();
     while !got.ends_with(b"\r\n\r\nok") {
         let mut b = [0u8; 1024];
@@ -176,9 +178,13 @@ direct_response = { status = 418, body = "short and stout" }
         got.extend_from_slice(&b[..n]);
     }
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{text}"
+    );
     // The registered reason phrase, not an empty one.
-    raw.write_all(b"GET /teapot HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    raw.write_all(b"GET /teapot HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut b = [0u8; 27];
     raw.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"HTTP/1.1 418 I'm a teapot\r\n");

@@ -38,13 +38,18 @@ fn config(driver: Driver, address: &str, echo: SocketAddr) -> String {
 fn start_refuses_a_shared_port(driver: Driver) {
     let up = echo(driver);
     let (_held, addr) = squatter();
-    let snapshot =
-        outrigger::config::compile(Path::new("<test>"), &config(driver, &addr.to_string(), up.addr))
-            .unwrap();
+    let snapshot = outrigger::config::compile(
+        Path::new("<test>"),
+        &config(driver, &addr.to_string(), up.addr),
+    )
+    .unwrap();
     match outrigger::start(snapshot) {
         Err(e @ StartError::Bind { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("\"l\"") && msg.contains(&addr.to_string()), "{msg}");
+            assert!(
+                msg.contains("\"l\"") && msg.contains(&addr.to_string()),
+                "{msg}"
+            );
             assert!(msg.contains("already in use"), "{msg}");
             // Said once, not twice through the error chain.
             assert!(std::error::Error::source(&e).is_none(), "{msg}");
@@ -69,7 +74,10 @@ fn reload_refuses_a_shared_port(driver: Driver) {
     let (_held, addr) = squatter();
     std::fs::write(&path, config(driver, &addr.to_string(), up.addr)).unwrap();
     let err = proxy.reload().unwrap_err();
-    assert!(err.contains("\"l\"") && err.contains("already in use"), "{err}");
+    assert!(
+        err.contains("\"l\"") && err.contains("already in use"),
+        "{err}"
+    );
     // Nothing changed: the listener still serves on its old port.
     assert_eq!(proxy.local_addr("l"), Some(before));
     let mut s = connect(before);

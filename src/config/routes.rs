@@ -312,7 +312,9 @@ fn action(
         cx.error(
             d.get_ref().status.span(),
             format!("{key}.direct_response.body"),
-            format!("a {status} response has no body (RFC 9110); remove `body` or use another status"),
+            format!(
+                "a {status} response has no body (RFC 9110); remove `body` or use another status"
+            ),
         );
         return None;
     }

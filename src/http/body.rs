@@ -93,7 +93,9 @@ impl Exchange<'_> {
         let mut left = n;
         while left > 0 {
             if buf.is_empty() && self.read_upstream(up, buf).await? == 0 {
-                return Err(HttpError::BadResponse("body shorter than Content-Length"));
+                return Err(cut_short(
+                    "upstream closed before the end of its Content-Length body",
+                ));
             }
             let take = (buf.len() as u64).min(left) as usize;
             left -= take as u64;
@@ -113,7 +115,7 @@ impl Exchange<'_> {
             match decoder.decode(buf).map_err(HttpError::BadResponse)? {
                 None => {
                     if self.read_upstream(up, buf).await? == 0 {
-                        return Err(HttpError::BadResponse("chunked body cut short"));
+                        return Err(cut_short("upstream closed before the last chunk"));
                     }
                 }
                 Some(Chunk::Data(d)) => sink.send(d).await?,
@@ -182,6 +184,12 @@ impl BodySink<'_> {
         }
         Ok(())
     }
+}
+
+/// The upstream closed mid-body: a connection failure (`UR`), not an
+/// invalid response.
+fn cut_short(what: &'static str) -> HttpError {
+    HttpError::UpstreamIo(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what))
 }
 
 /// Chunks at least this large are written with `writev` (size line,

@@ -82,14 +82,20 @@ impl RequestHead {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// The path of the target without the query, as text.
-    pub fn path(&self) -> &str {
+    /// The target in origin form (path and query), as text: an
+    /// absolute-form target loses its scheme and authority.
+    pub fn origin_target(&self) -> &str {
         let t = std::str::from_utf8(&self.target).unwrap_or("/");
-        let t = match t.find("://") {
+        match t.find("://") {
             // absolute-form: skip scheme and authority
             Some(i) => t[i + 3..].find('/').map_or("/", |j| &t[i + 3 + j..]),
             None => t,
-        };
+        }
+    }
+
+    /// The path of the target without the query, as text.
+    pub fn path(&self) -> &str {
+        let t = self.origin_target();
         t.split('?').next().unwrap_or(t)
     }
 

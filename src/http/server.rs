@@ -278,7 +278,7 @@ impl<'a> RequestRecord<'a> {
                 client: conn.peer,
                 method: head.map(RequestHead::method_str),
                 authority: head.and_then(RequestHead::host),
-                path: head.map(RequestHead::path),
+                path: head.map(RequestHead::origin_target),
                 protocol: match head.map(|h| h.version) {
                     Some(Version::Http10) => "HTTP/1.0",
                     _ => "HTTP/1.1",
@@ -490,7 +490,11 @@ async fn direct(
     let bodiless = matches!(status, 204 | 304);
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status)).into_bytes();
     if !bodiless {
-        let _ = write!(out, "content-length: {}\r\ncontent-type: text/plain\r\n", body.len());
+        let _ = write!(
+            out,
+            "content-length: {}\r\ncontent-type: text/plain\r\n",
+            body.len()
+        );
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
