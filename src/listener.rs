@@ -44,7 +44,7 @@ pub fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
         Err(e) => return Err(e),
     }
     let local = probe.local_addr()?.as_socket();
-    local.ok_or_else(|| io::Error::new(io::ErrorKind::Other, "probe has no inet address"))
+    local.ok_or_else(|| io::Error::other("probe has no inet address"))
 }
 
 /// Bind one SO_REUSEPORT socket for `addr`.

@@ -179,7 +179,16 @@ pub fn error_response(err: &HttpError, close: bool) -> Vec<u8> {
 /// The registered reason phrase of a status (RFC 9110 and the IANA
 /// registry); a generic phrase for the class of an unregistered one.
 pub fn reason(status: u16) -> &'static str {
-    match status {
+    registered_reason(status).unwrap_or(match status {
+        200..=299 => "Success",
+        300..=399 => "Redirection",
+        400..=499 => "Client Error",
+        _ => "Server Error",
+    })
+}
+
+fn registered_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
         100 => "Continue",
         101 => "Switching Protocols",
         102 => "Processing",
@@ -242,9 +251,6 @@ pub fn reason(status: u16) -> &'static str {
         508 => "Loop Detected",
         510 => "Not Extended",
         511 => "Network Authentication Required",
-        200..=299 => "Success",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
-        _ => "Server Error",
-    }
+        _ => return None,
+    })
 }
