@@ -71,9 +71,9 @@ impl Ctx<'_> {
 /// Compile config text read from `file` (used in messages only).
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let map = SourceMap::new(text);
-    let parsed: FileConfig = match toml::from_str(text) {
+    let parsed: FileConfig = match super::parse::parse(file, &map, text) {
         Ok(f) => f,
-        Err(e) => return Err(ConfigErrors(vec![parse_error(file, &map, &e)])),
+        Err(errors) => return Err(ConfigErrors(errors)),
     };
     let runtime = compile_runtime(&parsed);
     let mut cx = Ctx {
@@ -115,18 +115,6 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
             .map(|(k, v)| (k, Arc::new(v)))
             .collect(),
     })
-}
-
-fn parse_error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigError {
-    let span = e.span().unwrap_or(0..0);
-    // toml's messages end with a newline and sometimes repeat the key; keep them short.
-    let message = e.message().trim().lines().collect::<Vec<_>>().join("; ");
-    ConfigError {
-        file: file.to_path_buf(),
-        position: Some(map.position(span.start)),
-        key: map.key_at(span.start),
-        message,
-    }
 }
 
 fn compile_runtime(f: &FileConfig) -> RuntimeSettings {

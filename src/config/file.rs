@@ -88,6 +88,17 @@ pub enum IoMode {
     Epoll,
 }
 
+/// As written in the config.
+impl std::fmt::Display for IoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoMode::Auto => "\"auto\"",
+            IoMode::IoUring => "\"io_uring\"",
+            IoMode::Epoll => "\"epoll\"",
+        })
+    }
+}
+
 /// `[admin]`: the admin API (served by a later release; validated now).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -9,6 +9,7 @@
 pub mod compile;
 pub mod error;
 pub mod file;
+mod parse;
 mod routes;
 pub mod value;
 

@@ -11,6 +11,18 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
+/// A duration as a config would write it: `"5s"`, `"250ms"`, `"1.5s"`.
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if us % 1_000_000 == 0 {
+        format!("\"{}s\"", us / 1_000_000)
+    } else if us % 1000 == 0 {
+        format!("\"{}ms\"", us / 1000)
+    } else {
+        format!("\"{us}us\"")
+    }
+}
+
 /// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"10us"`, `"2m"`, `"1h"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -73,6 +85,16 @@ pub enum Workers {
     Auto,
     /// Exactly this many workers.
     Count(usize),
+}
+
+/// As written in the config: `"auto"` or the number.
+impl fmt::Display for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workers::Auto => f.write_str("\"auto\""),
+            Workers::Count(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Workers {

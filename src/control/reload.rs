@@ -101,10 +101,10 @@ fn check_static(old: &Snapshot, new: &Snapshot) -> Result<(), ReloadError> {
     let checks: [(&'static str, String, String); 7] = [
         (
             "runtime.workers",
-            format!("{:?}", o.workers),
-            format!("{:?}", n.workers),
+            o.workers.to_string(),
+            n.workers.to_string(),
         ),
-        ("runtime.io", format!("{:?}", o.io), format!("{:?}", n.io)),
+        ("runtime.io", o.io.to_string(), n.io.to_string()),
         (
             "runtime.pin_workers",
             o.pin_workers.to_string(),
@@ -112,8 +112,8 @@ fn check_static(old: &Snapshot, new: &Snapshot) -> Result<(), ReloadError> {
         ),
         (
             "runtime.drain_timeout",
-            format!("{:?}", o.drain_timeout),
-            format!("{:?}", n.drain_timeout),
+            crate::config::value::format_duration(o.drain_timeout),
+            crate::config::value::format_duration(n.drain_timeout),
         ),
         (
             "runtime.buffer_size",
@@ -145,10 +145,14 @@ mod tests {
     use std::path::Path;
 
     fn snapshot(extra_route: &str, runtime: &str) -> Snapshot {
+        let runtime = if runtime.starts_with("workers") {
+            runtime.to_string()
+        } else {
+            format!("workers = 2\n{runtime}")
+        };
         let text = format!(
             r#"
 [runtime]
-workers = 2
 {runtime}
 
 [listeners.web]
@@ -225,5 +229,18 @@ endpoints = ["127.0.0.1:9000", "127.0.0.1:9001"]
                 .to_string();
             assert!(err.starts_with(key), "{err}");
         }
+        // Values as the config writes them, not Rust's debug form.
+        let err = check_static(&old, &snapshot("", "workers = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(running: 2, new: 3)"), "{err}");
+        let err = check_static(&old, &snapshot("", "drain_timeout = \"1500ms\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("new: \"1500ms\")"), "{err}");
+        let err = check_static(&old, &snapshot("", "io = \"io_uring\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("new: \"io_uring\")"), "{err}");
     }
 }
