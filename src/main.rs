@@ -90,6 +90,9 @@ fn print_errors(errors: &ConfigErrors) {
 fn check(file: &Path) -> ExitCode {
     match config::load(file) {
         Ok(snapshot) => {
+            for w in snapshot.warnings() {
+                eprintln!("warning: {}: {w}", file.display());
+            }
             println!("{}: ok: {}", file.display(), snapshot.summary());
             ExitCode::SUCCESS
         }

@@ -123,6 +123,27 @@ fn check_exit_codes_and_output() {
 }
 
 #[test]
+fn check_warns_about_a_public_admin_address() {
+    let dir = std::env::temp_dir().join(format!("outrigger-check-warn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("public-admin.toml");
+    std::fs::write(
+        &path,
+        "[admin]\naddress = \"0.0.0.0:9901\"\n[listeners.db]\naddress = \"127.0.0.1:15432\"\nprotocol = \"tcp\"\ncluster = \"db\"\n[clusters.db]\nendpoints = [\"127.0.0.1:5432\"]\n",
+    )
+    .unwrap();
+    let out = outrigger().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "a warning is not an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("admin.address: 0.0.0.0:9901 is not a loopback address"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn run_with_invalid_config_exits_nonzero_without_binding() {
     let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/invalid/bad-address.toml");
     let out = outrigger()

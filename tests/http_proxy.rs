@@ -405,6 +405,18 @@ fn smuggling_attempts_get_400(driver: Driver) {
         assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
     }
     assert_eq!(up.requests(), 0, "nothing ambiguous reached the upstream");
+    // A 400 says why, in one line.
+    let r = one_shot(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap();
+    assert_eq!(r.body, b"bad_request: more than one Host header\n");
+    let r = one_shot(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        r.body,
+        b"bad_request: both Content-Length and Transfer-Encoding\n"
+    );
     // A bad chunk is found only while streaming the body: the head has been
     // forwarded, so the upstream connection is abandoned, never reused.
     let before = up.connections();

@@ -168,7 +168,14 @@ fn compile_access_log(cx: &mut Ctx<'_>, a: &Spanned<FileAccessLog>) -> Option<Ac
         );
         return None;
     } else {
-        AccessLogTarget::File(PathBuf::from(path))
+        let file = PathBuf::from(path);
+        // What opening the file would refuse, found here so that `check`
+        // says it (with the key's position) instead of `run` failing later.
+        if let Err(why) = writable_location(&file) {
+            cx.error(a.path.span(), "access_log.path", why);
+            return None;
+        }
+        AccessLogTarget::File(file)
     };
     Some(AccessLogSettings {
         target,
@@ -179,6 +186,27 @@ fn compile_access_log(cx: &mut Ctx<'_>, a: &Spanned<FileAccessLog>) -> Option<Ac
             .clamp(512, 16 << 20) as usize,
         flush_interval: a.flush_interval.map_or(DEFAULT_ACCESS_LOG_FLUSH, |d| d.0),
     })
+}
+
+/// Whether a log file could be opened for appending at `file`: its
+/// directory exists, and the file is not a directory. (Permissions are left
+/// to the open at start, which names the path when it fails.)
+fn writable_location(file: &std::path::Path) -> Result<(), String> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot write \"{}\": the directory \"{}\" does not exist",
+            file.display(),
+            dir.display()
+        ));
+    }
+    if file.is_dir() {
+        return Err(format!("\"{}\" is a directory, not a file", file.display()));
+    }
+    Ok(())
 }
 
 /// Listener addresses are literal `ip:port` (IPv6 as `[::1]:port`).

@@ -93,6 +93,15 @@ pub enum AccessLogTarget {
     File(PathBuf),
 }
 
+impl std::fmt::Display for AccessLogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessLogTarget::Stdout => f.write_str("stdout"),
+            AccessLogTarget::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// `[admin]`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
@@ -178,6 +187,19 @@ impl Snapshot {
                 }
             }
         }
+    }
+
+    /// Things that are valid but probably not what the operator wants;
+    /// `check` prints them and `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.admin.address.ip().is_loopback() {
+            out.push(format!(
+                "admin.address: {} is not a loopback address: anyone who can reach it can reload and drain this proxy",
+                self.admin.address
+            ));
+        }
+        out
     }
 
     /// One line for `outrigger check` and the start-up log.

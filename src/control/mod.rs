@@ -44,8 +44,8 @@ pub enum StartError {
         address: SocketAddr,
         cause: std::io::Error,
     },
-    #[error("cannot open the access log: {0}")]
-    AccessLog(std::io::Error),
+    #[error("access_log.path: cannot open \"{path}\": {cause}")]
+    AccessLog { path: String, cause: std::io::Error },
     #[error("cannot start a thread: {0}")]
     Spawn(std::io::Error),
     #[error("worker failed to start: {0}")]
@@ -144,7 +144,10 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
         );
     }
     if let Some(a) = &snapshot.access_log {
-        access_log::check_target(&a.target).map_err(StartError::AccessLog)?;
+        access_log::check_target(&a.target).map_err(|cause| StartError::AccessLog {
+            path: a.target.to_string(),
+            cause,
+        })?;
     }
     let mut bound = Vec::new();
     let mut sockets: Vec<Vec<ListenerSocket>> = (0..n).map(|_| Vec::new()).collect();

@@ -23,8 +23,8 @@ pub enum ReloadError {
     },
     #[error("{0}")]
     Bind(StartError),
-    #[error("access_log.path: cannot open: {0}")]
-    AccessLog(std::io::Error),
+    #[error("access_log.path: cannot open \"{path}\": {cause}")]
+    AccessLog { path: String, cause: std::io::Error },
     #[error("nothing to reload: the config did not come from a file")]
     NoFile,
 }
@@ -35,7 +35,10 @@ impl Server {
         let old = self.shared.snapshot.load_full();
         check_static(&old, &new)?;
         if let Some(a) = &new.access_log {
-            access_log::check_target(&a.target).map_err(ReloadError::AccessLog)?;
+            access_log::check_target(&a.target).map_err(|cause| ReloadError::AccessLog {
+                path: a.target.to_string(),
+                cause,
+            })?;
         }
         // Listeners that keep their name and configured address keep their
         // sockets; the others are bound now, before anything changes.

@@ -73,8 +73,8 @@ impl Proxy {
                 address: admin_address,
                 cause,
             })?;
-        if !admin_address.ip().is_loopback() {
-            tracing::warn!(address = %admin_address, "the admin API is bound to a non-loopback address: anyone who can reach it can reload and drain this proxy");
+        for w in snapshot.warnings() {
+            tracing::warn!("{w}");
         }
         // The admin API answers from the start: /healthz 200, /ready 503
         // until every worker serves every listener.

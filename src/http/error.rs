@@ -165,7 +165,11 @@ pub fn keeps_connection(error: &HttpError, at: ErrorContext) -> bool {
 /// proxy as its author, and a one-line body saying what happened.
 pub fn error_response(err: &HttpError, close: bool) -> Vec<u8> {
     let status = err.status().unwrap_or(500);
-    let body = format!("{}\n", err.code());
+    // A 400 names its cause (a fixed text of the codec, never client bytes).
+    let body = match err {
+        HttpError::BadRequest(cause) => format!("{}: {cause}\n", err.code()),
+        _ => format!("{}\n", err.code()),
+    };
     format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-outrigger-error: {}\r\n{}\r\n{body}",
         reason(status),

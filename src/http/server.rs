@@ -145,6 +145,8 @@ pub async fn serve_connection(
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
+                // Like nginx's error log: the cause, never the client's bytes.
+                tracing::debug!(client = %peer, listener = %listener.name, error = %e, "request head rejected");
                 Box::pin(respond_error(&mut conn, &e, true)).await;
                 let mut rec = RequestRecord::new(listener, mark);
                 if conn.responded {
