@@ -178,6 +178,11 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
         v("outrigger_listener_no_route_total", &[("listener", "web")]),
         2.0
     );
+    // HTTP-only families leave tcp listeners out.
+    assert_eq!(
+        m.value("outrigger_listener_no_route_total", &[("listener", "tcp")]),
+        None
+    );
     assert_eq!(
         v(
             "outrigger_listener_connections_total",
@@ -311,6 +316,8 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
 
     // /clusters
     let cl = admin::get_json(adm, "/clusters");
+    // Named as the config names it.
+    assert_eq!(cl["clusters"]["app"]["balance"], "round_robin");
     let ep = &cl["clusters"]["app"]["endpoints"][0];
     assert_eq!(ep["address"], up.addr.to_string());
     assert_eq!(ep["requests"], 10);
@@ -358,7 +365,18 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     assert_eq!(status, 200, "{body}");
     let ok: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ok["generation"], 2);
-    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    let ms = ok["duration_ms"].as_f64().unwrap();
+    assert!(ms > 0.0);
+    // Microsecond precision: no long float tails.
+    assert!(
+        ok["duration_ms"]
+            .to_string()
+            .split('.')
+            .nth(1)
+            .map_or(0, str::len)
+            <= 3,
+        "{ok}"
+    );
 
     // The access log: 13 HTTP lines and 1 TCP line, every field present.
     let lines = read_log(&dir, 14);

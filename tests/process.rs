@@ -147,6 +147,12 @@ fn sigterm_drains_open_connections(driver: Driver) {
     let mut open = connect(p.addr);
     assert_eq!(round_trip(&mut open, b"before"), b"before");
     signal(&p, libc::SIGTERM);
+    // The log names the signal, not its number.
+    let line = log_line(&p, "draining");
+    assert!(
+        line.contains("trigger=\"SIGTERM\"") || line.contains("trigger=SIGTERM"),
+        "{line}"
+    );
     // New connections are refused once every worker closed its socket.
     assert!(
         eventually(|| std::net::TcpStream::connect(p.addr).is_err()),

@@ -28,6 +28,7 @@ both_drivers!(
     pools_survive_a_route_only_reload,
     renamed_listener_keeps_serving,
     pooled_connections_to_removed_endpoints_close,
+    restoring_the_file_clears_the_reload_error,
 );
 
 fn backend(driver: Driver, name: &str, delay: Duration) -> Backend {
@@ -501,4 +502,27 @@ fn pooled_connections_to_removed_endpoints_close(driver: Driver) {
         "the pooled connection to the removed endpoint stayed open"
     );
     assert_eq!(Client::connect(web).get("/", "svc", "").body, b"new");
+}
+
+/// After a failed reload, putting the running content back needs no reload
+/// (nothing changed) but clears `last_reload_error` in /config.
+fn restoring_the_file_clears_the_reload_error(driver: Driver) {
+    let (a, b) = (
+        backend(driver, "a", Duration::ZERO),
+        backend(driver, "b", Duration::ZERO),
+    );
+    let dir = TempDir::new("reload-restore");
+    let path = dir.path("config.toml");
+    let good = config(driver, 1, "a", a.addr, b.addr, "");
+    std::fs::write(&path, &good).unwrap();
+    let proxy = launch(&path, true);
+    let error = || admin::get_json(proxy.admin_addr(), "/config")["last_reload_error"].clone();
+    admin::write_atomic(&path, &good.replace("[clusters.b]", "[clusters.b"));
+    assert!(
+        eventually(|| !error().is_null()),
+        "the bad edit was not reported"
+    );
+    admin::write_atomic(&path, &good);
+    assert!(eventually(|| error().is_null()), "{}", error());
+    assert_eq!(generation(&proxy), 1);
 }

@@ -153,7 +153,7 @@ fn clusters(shared: &Shared) -> Value {
         out.insert(
             name.clone(),
             json!({
-                "balance": format!("{:?}", c.balance).to_lowercase(),
+                "balance": c.balance.to_string(),
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
                 "endpoints": endpoints,
             }),
@@ -172,7 +172,8 @@ fn reload(inbox: &flume::Sender<Event>) -> Response {
             200,
             &json!({
                 "generation": done.generation,
-                "duration_ms": done.duration.as_secs_f64() * 1e3,
+                // Microsecond precision, as the access log writes it.
+                "duration_ms": (done.duration.as_secs_f64() * 1e6).round() / 1e3,
             }),
         ),
         Ok(Err(message)) => Response::json(400, &json!({ "error": message })),

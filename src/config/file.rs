@@ -123,6 +123,7 @@ pub struct FileListener {
     #[serde(default, deserialize_with = "positive")]
     pub max_connections: Option<u64>,
     /// Close a connection after this long without traffic. Default 1h (tcp), 60s (http).
+    #[serde(default, deserialize_with = "positive_duration")]
     pub idle_timeout: Option<ConfigDuration>,
     /// tcp: `"auto"` (default), `"always"` or `"never"`; see [`SpliceMode`].
     pub splice: Option<SpliceMode>,
@@ -136,12 +137,14 @@ pub struct FileListener {
     #[serde(default, deserialize_with = "positive")]
     pub max_headers: Option<u64>,
     /// http: time to receive a whole request head (then 408). Default 10s.
+    #[serde(default, deserialize_with = "positive_duration")]
     pub header_timeout: Option<ConfigDuration>,
     /// http: largest request body in bytes (then 413). Default unlimited.
     #[serde(default, deserialize_with = "positive")]
     pub max_request_body_bytes: Option<u64>,
     /// http: longest wait for the next bytes from an upstream (then 504
     /// before the response head, a close after it). Default 60s.
+    #[serde(default, deserialize_with = "positive_duration")]
     pub upstream_read_timeout: Option<ConfigDuration>,
     /// http: longest wait for the next bytes of a request body the client
     /// declared (then 408 and a close, or a close when the response had
@@ -189,6 +192,7 @@ pub struct FileRoute {
     pub cluster: Option<Spanned<String>>,
     pub split: Option<Spanned<Vec<Spanned<FileSplit>>>>,
     pub direct_response: Option<Spanned<FileDirectResponse>>,
+    #[serde(default, deserialize_with = "positive_duration")]
     pub timeout: Option<ConfigDuration>,
     pub request_headers: Option<FileHeaderRewrite>,
     pub response_headers: Option<FileHeaderRewrite>,
@@ -254,11 +258,13 @@ pub struct FileCluster {
     #[serde(default)]
     pub balance: Balance,
     /// Give up connecting to one endpoint after this long. Default 1s.
+    #[serde(default, deserialize_with = "positive_duration")]
     pub connect_timeout: Option<ConfigDuration>,
     /// http: idle keep-alive connections kept per endpoint per worker. Default 64.
     #[serde(default, deserialize_with = "positive")]
     pub max_idle_connections: Option<u64>,
     /// http: close pooled connections idle longer than this. Default 30s.
+    #[serde(default, deserialize_with = "positive_duration")]
     pub idle_timeout: Option<ConfigDuration>,
 }
 
@@ -273,4 +279,15 @@ pub enum Balance {
     Random,
     /// Power of two choices over in-flight requests (HTTP; tcp uses in-flight connections).
     LeastRequest,
+}
+
+/// As written in the config (`round_robin`, ...).
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Random => "random",
+            Balance::LeastRequest => "least_request",
+        })
+    }
 }

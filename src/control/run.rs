@@ -197,13 +197,13 @@ impl Control {
                 Ok(Event::Signal(sig)) => {
                     if self.drain_deadline.is_some() {
                         tracing::warn!(
-                            signal = sig,
+                            signal = signal_name(sig),
                             open_connections = self.server.active_connections(),
                             "second signal: exiting now"
                         );
                         return EXIT_FORCED;
                     }
-                    self.start_drain(&format!("signal {sig}"));
+                    self.start_drain(signal_name(sig));
                 }
                 Ok(Event::Drain) => {
                     if self.drain_deadline.is_none() {
@@ -278,6 +278,15 @@ impl Control {
             return;
         };
         if config::compile::fnv1a(&bytes) == self.server.snapshot().content_hash {
+            // Back to what is running (after a failed edit, say): nothing to
+            // reload, and the last error no longer describes the file.
+            let shared = self.server.shared();
+            if shared.last_reload_error.load().is_some() {
+                shared.last_reload_error.store(None);
+                tracing::info!(
+                    "the config file matches the running config again; last reload error cleared"
+                );
+            }
             return;
         }
         let _ = self.reload(Instant::now(), "file change");
@@ -328,5 +337,16 @@ impl Control {
                 Err(message)
             }
         }
+    }
+}
+
+/// The name of a signal the control thread handles (`SIGTERM`, ...).
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        _ => "a signal",
     }
 }

@@ -138,7 +138,12 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
     ];
     for (name, kind, help, get) in simple {
         p.family(name, kind, help);
+        // HTTP-only families list only http listeners.
+        let http_only = name == "outrigger_listener_no_route_total";
         for l in &s.listeners {
+            if http_only && !matches!(l.protocol, crate::config::ListenerProtocol::Http { .. }) {
+                continue;
+            }
             p.sample(name, &[("listener", &l.name)], l.stats.sum(get));
         }
     }
