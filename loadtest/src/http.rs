@@ -231,6 +231,11 @@ async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> Th
     let plan = Rc::new(plan);
     let mut fresh = ThreadResult::new();
     fresh.origin = plan.measure_from;
+    // A duration run counts what completed within it (a --requests run
+    // counts every request).
+    if budget.iter().all(Option::is_none) {
+        fresh.window_end = Some(plan.end);
+    }
     let result = Rc::new(RefCell::new(fresh));
     monoio::time::sleep(start.saturating_duration_since(Instant::now())).await;
     let n = budget.len().max(1) as u32;

@@ -14,6 +14,7 @@ mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -118,21 +119,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     outrigger::config::value::parse_duration(s)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Http(args) => {
             let out = args.output.clone();
             let report = http::run(args)?;
-            print!("{}", report.summary());
-            out.write(&report)
+            finish(&report, &out)
         }
-        Cmd::Compare(args) => compare::run(args),
+        Cmd::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Tcp(args) => {
             let out = args.output.clone();
             let report = tcp::run(args)?;
-            print!("{}", report.summary());
-            out.write(&report)
+            finish(&report, &out)
         }
         Cmd::Serve {
             kind,
@@ -159,9 +158,27 @@ fn main() -> anyhow::Result<()> {
                 b.addr
             );
             wait_for_ctrl_c();
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Print and write the report; the exit status says whether the run
+/// measured anything: 1 when no operation succeeded, or (with
+/// `--fail-on-errors`) when any failed.
+fn finish(report: &report::Report, out: &OutputArgs) -> anyhow::Result<ExitCode> {
+    print!("{}", report.summary());
+    out.write(report)?;
+    if report.operations == 0 {
+        eprintln!("outrigger-load: no operation succeeded; nothing was measured");
+        return Ok(ExitCode::FAILURE);
+    }
+    let failed: u64 = report.errors.values().sum();
+    if out.fail_on_errors && failed > 0 {
+        eprintln!("outrigger-load: {failed} operation(s) failed (--fail-on-errors)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Load shape shared by the generators.
@@ -227,6 +244,10 @@ pub struct OutputArgs {
     /// Draw latency by percentile and throughput per second as SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Exit 1 when any operation failed (connect, timeout, I/O or protocol
+    /// errors), not only when none succeeded.
+    #[arg(long)]
+    pub fail_on_errors: bool,
 }
 
 impl OutputArgs {

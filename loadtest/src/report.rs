@@ -31,6 +31,11 @@ pub struct ThreadResult {
     /// Per-second latency histograms (2 significant digits) for the
     /// timeline and the interval log.
     pub intervals: Vec<Histogram<u64>>,
+    /// End of the measured window (duration runs): operations completing
+    /// after it were in flight when the time was up and are not counted.
+    pub window_end: Option<Instant>,
+    /// Operations that completed after `window_end`.
+    pub after_window: u64,
 }
 
 fn interval_histogram() -> Histogram<u64> {
@@ -57,12 +62,18 @@ impl ThreadResult {
             last_done: Instant::now(),
             origin: Instant::now(),
             intervals: Vec::new(),
+            window_end: None,
+            after_window: 0,
         }
     }
 
     /// One completed request: latency from the intended send (equal to the
     /// actual send in closed loop) and service time from the actual send.
     pub fn record(&mut self, intended: Instant, sent: Instant, done: Instant, bytes: usize) {
+        if self.window_end.is_some_and(|end| done > end) {
+            self.after_window += 1;
+            return;
+        }
         let us = |d: std::time::Duration| (d.as_micros() as u64).clamp(1, 3_600_000_000);
         let latency = us(done.saturating_duration_since(intended));
         let _ = self.latency.record(latency);
@@ -137,6 +148,9 @@ pub struct Report {
     pub behind_schedule: u64,
     /// Completed operations in each second of the measured window.
     pub timeline_ops_per_second: Vec<u64>,
+    /// Operations in flight when the duration ended that completed after
+    /// it: not counted in `operations` or the latency figures.
+    pub completed_after_window: u64,
     /// Merged histograms, for the interval log and the plot.
     #[serde(skip)]
     pub histograms: Histograms,
@@ -182,7 +196,9 @@ impl Report {
         let mut bytes = 0;
         let mut errors = BTreeMap::new();
         let mut cpu = 0.0;
+        let mut after_window = 0;
         for r in results {
+            after_window += r.after_window;
             let _ = latency.add(&r.latency);
             let _ = uncorrected.add(&r.uncorrected);
             behind += r.behind_schedule;
@@ -228,6 +244,7 @@ impl Report {
             statuses,
             behind_schedule: behind,
             timeline_ops_per_second: intervals.iter().map(|h| h.len()).collect(),
+            completed_after_window: after_window,
             histograms: Histograms {
                 latency: Some(latency),
                 intervals,
@@ -307,6 +324,13 @@ impl Report {
                 .map(u64::to_string)
                 .collect();
             let _ = writeln!(s, "  per second: {}", t.join(" "));
+        }
+        if self.completed_after_window > 0 {
+            let _ = writeln!(
+                s,
+                "  {} operations in flight when the time was up completed after it (not counted)",
+                self.completed_after_window
+            );
         }
         if self.behind_schedule > 0 {
             let _ = writeln!(

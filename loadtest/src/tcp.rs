@@ -96,6 +96,7 @@ async fn thread_main(
 ) -> ThreadResult {
     let mut fresh = ThreadResult::new();
     fresh.origin = measure_from;
+    fresh.window_end = Some(end);
     let result = Rc::new(RefCell::new(fresh));
     let wait = start.saturating_duration_since(Instant::now());
     monoio::time::sleep(wait).await;

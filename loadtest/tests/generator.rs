@@ -249,3 +249,77 @@ fn hdr_log_plot_and_timeline() {
     let _ = std::fs::remove_file(log);
     let _ = std::fs::remove_file(svg);
 }
+
+#[test]
+fn in_flight_at_the_end_is_not_counted() {
+    let up = http_upstream(Duration::ZERO);
+    let url = format!("http://{}/", up.addr);
+    let r = load(&["http", &url, "-c", "8", "-d", "2s", "--warmup", "0s"]);
+    let timeline: Vec<u64> = r["timeline_ops_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // Two whole seconds, no partial bucket of the requests still in flight.
+    assert_eq!(timeline.len(), 2, "{timeline:?}");
+    assert_eq!(
+        r["operations"].as_u64().unwrap(),
+        timeline.iter().sum::<u64>()
+    );
+    assert!(r["completed_after_window"].as_u64().unwrap() <= 8, "{r}");
+}
+
+fn load_status(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_outrigger-load"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn exit_status_says_whether_anything_was_measured() {
+    // Nothing listens: every request fails, and the exit status says so.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (code, stderr) = load_status(&[
+        "http",
+        &format!("http://{dead}/"),
+        "-d",
+        "300ms",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no operation succeeded"), "{stderr}");
+    // Some failures: exit 0 unless --fail-on-errors.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            n += 1;
+            let reply: &[u8] = if n % 2 == 0 {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhal"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            };
+            let _ = s.write_all(reply);
+        }
+    });
+    let url = format!("http://{addr}/");
+    let (code, stderr) = load_status(&["http", &url, "-n", "10"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = load_status(&["http", &url, "-n", "10", "--fail-on-errors"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("failed (--fail-on-errors)"), "{stderr}");
+}
