@@ -6,7 +6,7 @@
 //! a few candidates, and allocates nothing.
 
 use bytes::Bytes;
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -24,7 +24,19 @@ pub struct RouteTable {
     by_host: HashMap<Box<str>, Vec<u32>>,
     /// Routes without an exact host (no host condition, or `*.suffix`).
     any_host: Vec<u32>,
+    /// Every `path_regex` of the table in one set, run once per lookup that
+    /// reaches a regex route, instead of one regex per route tried; with its
+    /// pattern index per route (`NO_REGEX` for routes without one).
+    regexes: Option<RegexSet>,
+    regex_slot: Vec<u32>,
 }
+
+/// `regex_slot` of a route without a path regex (or of any route when the
+/// table has no set).
+const NO_REGEX: u32 = u32::MAX;
+
+/// Tables with at least this many regex routes match them as one set.
+const REGEX_SET_MIN: usize = 4;
 
 /// Longest host name looked up in the index (DNS names are at most 253).
 const MAX_INDEXED_HOST: usize = 255;
@@ -147,11 +159,14 @@ impl RouteTable {
             list.extend_from_slice(&any_host);
             list.sort_unstable();
         }
+        let (regexes, regex_slot) = regex_set(&routes);
         RouteTable {
             name,
             routes,
             by_host,
             any_host,
+            regexes,
+            regex_slot,
         }
     }
 
@@ -176,26 +191,71 @@ impl RouteTable {
             Some(_) => self.any_host.as_slice(),
             None => self.any_host.as_slice(),
         };
-        candidates
-            .iter()
-            .map(|&i| &self.routes[i as usize])
-            .find(|r| r.matches(req))
+        // The regex set runs at most once, when the first regex route is
+        // reached; first-match order is kept.
+        let mut set_matches: Option<regex::SetMatches> = None;
+        candidates.iter().find_map(|&i| {
+            let route = &self.routes[i as usize];
+            let slot = self.regex_slot.get(i as usize).copied().unwrap_or(NO_REGEX);
+            let matched = match (&self.regexes, slot) {
+                (Some(set), slot) if slot != NO_REGEX => route.matches_where(req, || {
+                    set_matches
+                        .get_or_insert_with(|| set.matches(req.path()))
+                        .matched(slot as usize)
+                }),
+                _ => route.matches(req),
+            };
+            matched.then_some(route)
+        })
+    }
+}
+
+/// The table's path regexes as one set, when there are enough of them to
+/// be worth it (and the set compiles within the regex crate's size limits;
+/// otherwise each route keeps matching its own regex).
+fn regex_set(routes: &[Route]) -> (Option<RegexSet>, Vec<u32>) {
+    let mut patterns = Vec::new();
+    let mut slots = vec![NO_REGEX; routes.len()];
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(PathMatch::Regex(re)) = &r.path {
+            slots[i] = patterns.len() as u32;
+            patterns.push(re.as_str());
+        }
+    }
+    if patterns.len() < REGEX_SET_MIN {
+        return (None, vec![NO_REGEX; routes.len()]);
+    }
+    match RegexSet::new(&patterns) {
+        Ok(set) => (Some(set), slots),
+        Err(_) => (None, vec![NO_REGEX; routes.len()]),
     }
 }
 
 impl Route {
     /// Whether every condition of this route holds for `req`.
     pub fn matches<R: RouteRequest + ?Sized>(&self, req: &R) -> bool {
+        self.matches_where(req, || {
+            self.path
+                .as_ref()
+                .map_or(true, |path| path.matches(req.path()))
+        })
+    }
+
+    /// The same, with the path condition decided by `path_matches` (a
+    /// table's regex set); the cheaper host check runs first.
+    fn matches_where<R: RouteRequest + ?Sized>(
+        &self,
+        req: &R,
+        path_matches: impl FnOnce() -> bool,
+    ) -> bool {
         if let Some(host) = &self.host {
             match req.host() {
                 Some(h) if host.matches(h) => {}
                 _ => return false,
             }
         }
-        if let Some(path) = &self.path {
-            if !path.matches(req.path()) {
-                return false;
-            }
+        if self.path.is_some() && !path_matches() {
+            return false;
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
             return false;

@@ -207,3 +207,73 @@ fn host_index_keeps_first_match_order() {
     let long: &'static str = Box::leak("a".repeat(300).into_boxed_str());
     assert_eq!(name(req(long, "/x", "GET")).as_deref(), Some("get-any"));
 }
+
+/// A table with many regex routes matches them as one set and still returns
+/// the first route (in table order) whose every condition holds: regex,
+/// host, method, headers.
+#[test]
+fn regex_set_keeps_first_match_order() {
+    let re = |p: &str| Some(PathMatch::Regex(Regex::new(p).unwrap()));
+    let mut routes = Vec::new();
+    for i in 0..50 {
+        routes.push(route(
+            &format!("re{i}"),
+            None,
+            re(&format!("^/r{i}/[0-9]+$")),
+        ));
+        routes.push(route(
+            &format!("prefix{i}"),
+            None,
+            Some(PathMatch::Prefix(format!("/p{i}/"))),
+        ));
+    }
+    // Two regexes that both match /both/1: the earlier one wins.
+    routes.push(route("both-a", None, re("^/both/")));
+    routes.push(route("both-b", None, re("^/both/[0-9]$")));
+    // A regex route with a method condition that fails: the next one wins.
+    let mut post_only = route("post-only", None, re("^/m/"));
+    post_only.methods = vec!["POST".into()];
+    routes.push(post_only);
+    routes.push(route("m-any", None, re("^/m/x$")));
+    // A host-bound regex route.
+    routes.push(route(
+        "host-re",
+        Some(HostMatch::Exact("h.example.com".into())),
+        re("^/h$"),
+    ));
+    let t = RouteTable::new("big".into(), routes);
+    assert!(t.regexes.is_some(), "the set is built for a big table");
+    let get = |path: &str, host: Option<&str>| {
+        t.lookup(&Req {
+            host,
+            path,
+            method: "GET",
+            headers: &[],
+        })
+        .map(|r| r.name.as_str())
+    };
+    assert_eq!(get("/r0/1", None), Some("re0"));
+    assert_eq!(get("/r49/123", None), Some("re49"));
+    assert_eq!(get("/r49/x", None), None);
+    assert_eq!(get("/p7/anything", None), Some("prefix7"));
+    assert_eq!(get("/both/1", None), Some("both-a"));
+    assert_eq!(get("/m/x", None), Some("m-any"));
+    assert_eq!(get("/h", Some("h.example.com")), Some("host-re"));
+    assert_eq!(get("/h", Some("other.example.com")), None);
+    // The same answers as matching each route alone.
+    for path in ["/r3/9", "/p3/", "/both/7", "/m/x", "/h", "/none"] {
+        let alone = t
+            .routes
+            .iter()
+            .find(|r| {
+                r.matches(&Req {
+                    host: None,
+                    path,
+                    method: "GET",
+                    headers: &[],
+                })
+            })
+            .map(|r| r.name.as_str());
+        assert_eq!(get(path, None), alone, "{path}");
+    }
+}
