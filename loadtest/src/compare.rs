@@ -67,6 +67,10 @@ pub struct CompareArgs {
     /// Write every run and the medians as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw every target's latency by percentile (all rounds merged) on one
+    /// SVG chart.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub io: Io,
 }
@@ -165,6 +169,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
     }
     let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    let mut latencies: BTreeMap<String, hdrhistogram::Histogram<u64>> = BTreeMap::new();
     for (name, addr, _) in &targets {
         wait_ready(*addr).with_context(|| format!("{name} does not answer"))?;
         let _ = load(&args, *addr, args.warmup)?;
@@ -175,6 +180,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             let cpu0 = pids.as_ref().map(|p| cpu_seconds(p));
             let report = load(&args, *addr, args.duration)?;
             let cpu1 = pids.as_ref().map(|p| cpu_seconds(p));
+            if let Some(h) = &report.histograms.latency {
+                match latencies.get_mut(name) {
+                    Some(all) => {
+                        let _ = all.add(h);
+                    }
+                    None => {
+                        latencies.insert(name.clone(), h.clone());
+                    }
+                }
+            }
             let ops = report.operations.max(1) as f64;
             let run = Run {
                 requests_per_second: report.operations_per_second,
@@ -225,6 +240,26 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     print!("{table}");
     if let Some(p) = &args.markdown {
         std::fs::write(p, &table).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        let series = targets
+            .iter()
+            .filter_map(|(name, _, _)| {
+                latencies.get(name).map(|h| crate::plot::Series {
+                    name: name.clone(),
+                    latency: h,
+                    dashed: false,
+                })
+            })
+            .collect();
+        let chart = crate::plot::Chart {
+            title: "outrigger-load compare: latency by percentile".into(),
+            subtitle: format!("{}; all rounds merged", workload(&args)),
+            series,
+            timeline: None,
+        };
+        std::fs::write(p, crate::plot::svg(&chart))
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &args.json {
         let v = serde_json::json!({ "workload": workload(&args), "targets": summaries });

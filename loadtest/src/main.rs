@@ -8,6 +8,7 @@
 mod compare;
 mod http;
 mod output;
+mod plot;
 mod report;
 mod tcp;
 mod tls;

@@ -160,6 +160,8 @@ pub struct Report {
 #[derive(Debug, Default)]
 pub struct Histograms {
     pub latency: Option<Histogram<u64>>,
+    /// Open loop: service time from the actual send.
+    pub uncorrected: Option<Histogram<u64>>,
     pub intervals: Vec<Histogram<u64>>,
 }
 
@@ -247,6 +249,7 @@ impl Report {
             completed_after_window: after_window,
             histograms: Histograms {
                 latency: Some(latency),
+                uncorrected: (!uncorrected.is_empty()).then_some(uncorrected),
                 intervals,
             },
         }

@@ -17,7 +17,7 @@ fn compare_direct_and_outrigger() {
     }
     let dir = std::env::temp_dir().join(format!("outrigger-compare-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (json, md) = (dir.join("c.json"), dir.join("c.md"));
+    let (json, md, svg) = (dir.join("c.json"), dir.join("c.md"), dir.join("c.svg"));
     let compare = |targets: &str| {
         Command::new(&load)
             .args([
@@ -43,6 +43,8 @@ fn compare_direct_and_outrigger() {
             .arg(&json)
             .arg("--markdown")
             .arg(&md)
+            .arg("--plot")
+            .arg(&svg)
             .output()
             .unwrap()
     };
@@ -83,5 +85,10 @@ fn compare_direct_and_outrigger() {
         table.contains("| outrigger |") && table.contains("vs direct"),
         "{table}"
     );
+    // One chart, one curve per target, named in the legend.
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(plot.matches("<polyline").count(), 2, "{plot}");
+    assert!(plot.contains(">direct<") && plot.contains(">outrigger<"));
+    assert!(plot.contains("4 connections"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -246,6 +246,19 @@ fn hdr_log_plot_and_timeline() {
     assert!(text.lines().any(|l| l.contains(",HISTF")), "{text}");
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("<polyline") && plot.contains("99.9%"));
+    // Readable: a title naming the target, the workload, a legend with the
+    // corrected and uncorrected curves (open loop), p50/p99 marks, latency
+    // ticks with units on a log axis, per-second labels on the throughput.
+    assert!(plot.contains(&format!("http {url}")), "title");
+    assert!(plot.contains("2 connections") && plot.contains("open loop at 500/s"));
+    assert!(plot.contains("latency from the intended send (corrected)"));
+    assert!(plot.contains("service time from the actual send (uncorrected)"));
+    assert!(plot.contains("stroke-dasharray"));
+    assert!(plot.contains(">p50 ") && plot.contains(">p99 "));
+    assert!(plot.contains(" µs<") || plot.contains(" ms<"));
+    assert!(plot.contains("latency (log scale)") && plot.contains(">percentile<"));
+    assert!(plot.contains(">0-1s<") && plot.contains(">1-2s<"));
+    assert!(!plot.contains("0.000"), "no tick labels like 0.000 ms");
     let _ = std::fs::remove_file(log);
     let _ = std::fs::remove_file(svg);
 }
