@@ -95,10 +95,23 @@ where
 {
     match driver {
         Driver::IoUring => {
-            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(ring_entries)
-                .enable_timer()
-                .build()?;
+            let build = |flags: RingFlags| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(ring_entries)
+                    .uring_builder(flags.builder())
+                    .enable_timer()
+                    .build()
+            };
+            // Kernels before 6.0 refuse the newer setup flags (EINVAL):
+            // such a ring runs with none, as before.
+            let mut rt = match build(RingFlags::Cooperative) {
+                Ok(rt) => rt,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!("io_uring setup flags unsupported; using a plain ring");
+                    build(RingFlags::None)?
+                }
+                Err(e) => return Err(e),
+            };
             Ok(rt.block_on(f()))
         }
         Driver::Epoll => {
@@ -108,5 +121,35 @@ where
                 .build()?;
             Ok(rt.block_on(f()))
         }
+    }
+}
+
+/// How a worker's ring is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RingFlags {
+    /// No setup flags (kernels before 6.0).
+    None,
+    /// `COOP_TASKRUN | TASKRUN_FLAG | SINGLE_ISSUER`: completions are not
+    /// delivered by interrupting the worker (an inter-processor interrupt
+    /// per completion, a VM exit on virtual machines) but run when the
+    /// worker next enters the kernel, which a busy worker does constantly;
+    /// only the worker's own thread submits. Measured in docs/benchmarks.md
+    /// ("ring setup flags"): without them the io_uring driver saturated its
+    /// core at 20k req/s where epoll did not. `DEFER_TASKRUN` is left out:
+    /// it delivers completions only on an entry that waits for events, and
+    /// monoio's submit-only entries (taken while tasks are ready) would hold
+    /// them back.
+    Cooperative,
+}
+
+impl RingFlags {
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        if self == RingFlags::Cooperative {
+            b.setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_single_issuer();
+        }
+        b
     }
 }
