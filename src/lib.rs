@@ -40,6 +40,8 @@
 //! - [`route`]: HTTP route tables and the first-match lookup.
 //! - [`upstream`]: clusters, endpoints, balancers.
 //! - [`buffers`]: the per-worker I/O buffer pool.
+//! - [`deadline`]: coarse per-worker deadlines (a slab swept every 100 ms)
+//!   for long waits that rarely fire.
 //! - [`sockio`]: timed reads that lose no bytes when cancelled, timed
 //!   writes, readiness waits on split sockets (shared by http and tcp).
 //! - [`metrics`]: per-worker single-writer counters and histograms, exported
@@ -52,6 +54,7 @@ pub mod backends;
 pub mod buffers;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod http;
 pub mod listener;
 pub mod metrics;

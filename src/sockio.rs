@@ -16,19 +16,23 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-/// Read into `buf`, giving up after `window` without a byte. `None`: the
+use crate::deadline::Deadlines;
+
+/// Read into `buf`, giving up after `window` (a coarse deadline: up to
+/// ~100 ms more) without a byte. `None`: the
 /// window passed and nothing was read (the read was cancelled and its
 /// cancellation confirmed); `Some(result)` otherwise, including a read that
 /// completed while its cancellation was on the way.
 pub async fn read_within<R, B>(
     r: &mut R,
     buf: B,
+    deadlines: &Deadlines,
     window: Duration,
 ) -> (Option<io::Result<usize>>, B)
 where
@@ -38,17 +42,18 @@ where
     let canceller = Canceller::new();
     let read = r.cancelable_read(buf, canceller.handle());
     let mut read = std::pin::pin!(read);
-    let mut timer = std::pin::pin!(monoio::time::sleep(window));
+    let mut deadline = deadlines.arm(Instant::now() + window);
     let first = std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = read.as_mut().poll(cx) {
             return Poll::Ready(Some(done));
         }
-        if timer.as_mut().poll(cx).is_ready() {
+        if deadline.poll_expired(cx).is_ready() {
             return Poll::Ready(None);
         }
         Poll::Pending
     })
     .await;
+    drop(deadline);
     if let Some((res, buf)) = first {
         return (Some(res), buf);
     }
@@ -67,10 +72,15 @@ fn is_cancelled(e: &io::Error) -> bool {
 }
 
 /// Write all of `buf`; fail with `TimedOut` when one write makes no
-/// progress for `idle` (the peer stopped reading and the socket buffer is
+/// progress for `idle` (a coarse deadline: up to ~100 ms more) (the peer stopped reading and the socket buffer is
 /// full). After such a failure the connection must be closed: part of `buf`
 /// may have been written.
-pub async fn write_all_within<W, B>(w: &mut W, mut buf: B, idle: Duration) -> io::Result<B>
+pub async fn write_all_within<W, B>(
+    w: &mut W,
+    mut buf: B,
+    deadlines: &Deadlines,
+    idle: Duration,
+) -> io::Result<B>
 where
     W: AsyncWriteRent,
     B: IoBuf + 'static,
@@ -79,7 +89,7 @@ where
     let mut pos = 0;
     while pos < len {
         let write = w.write(buf.slice(pos..));
-        let (res, slice) = match monoio::time::timeout(idle, write).await {
+        let (res, slice) = match deadlines.within(Instant::now() + idle, write).await {
             Ok(done) => done,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         };
@@ -103,13 +113,18 @@ pub trait Vectored: monoio::buf::IoVecBuf {
 }
 
 /// [`write_all_within`] for scattered bytes: one `writev` per attempt.
-pub async fn write_vectored_within<W, B>(w: &mut W, mut buf: B, idle: Duration) -> io::Result<()>
+pub async fn write_vectored_within<W, B>(
+    w: &mut W,
+    mut buf: B,
+    deadlines: &Deadlines,
+    idle: Duration,
+) -> io::Result<()>
 where
     W: AsyncWriteRent,
     B: Vectored,
 {
     while buf.remaining() > 0 {
-        let (res, b) = match monoio::time::timeout(idle, w.writev(buf)).await {
+        let (res, b) = match deadlines.within(Instant::now() + idle, w.writev(buf)).await {
             Ok(done) => done,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         };

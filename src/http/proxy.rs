@@ -292,7 +292,8 @@ impl Exchange<'_> {
         up: &mut TcpStream,
         data: Bytes,
     ) -> Result<(), HttpError> {
-        match write_all_within(up, data, self.req.http.send_timeout).await {
+        let deadlines = &self.req.ctx.deadlines;
+        match write_all_within(up, data, deadlines, self.req.http.send_timeout).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
             Err(e) => Err(HttpError::UpstreamIo(e)),
@@ -305,7 +306,8 @@ impl Exchange<'_> {
         up: &mut TcpStream,
         frame: ChunkFrame,
     ) -> Result<(), HttpError> {
-        match write_vectored_within(up, frame, self.req.http.send_timeout).await {
+        let deadlines = &self.req.ctx.deadlines;
+        match write_vectored_within(up, frame, deadlines, self.req.http.send_timeout).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
             Err(e) => Err(HttpError::UpstreamIo(e)),

@@ -19,6 +19,7 @@ use super::io::read_more;
 use super::proxy::{self, Next};
 use crate::access_log::Record;
 use crate::config::{Listener, ListenerProtocol, Snapshot};
+use crate::deadline::Deadlines;
 use crate::route::{RouteAction, RouteRequest};
 use crate::sockio::{read_within, write_all_within, write_vectored_within, Vectored as _};
 use crate::worker::{Driver, ListenerHandle, WorkerCtx};
@@ -46,9 +47,11 @@ pub struct Downstream {
     pub responded: bool,
     /// The current request's body was read to its end (or it has none).
     pub body_complete: bool,
-    /// `send_timeout` and `request_body_timeout` of the listener.
+    /// `send_timeout` and `request_body_timeout` of the listener, kept on
+    /// the worker's coarse deadlines.
     pub send_timeout: Duration,
     pub body_timeout: Duration,
+    pub deadlines: Rc<Deadlines>,
 }
 
 impl Downstream {
@@ -71,7 +74,9 @@ impl Downstream {
     /// Write one chunk of a chunk-encoded body (payload not copied).
     pub async fn write_frame(&mut self, frame: ChunkFrame) -> Result<(), HttpError> {
         let n = frame.remaining() as u64;
-        match write_vectored_within(&mut self.stream, frame, self.send_timeout).await {
+        match write_vectored_within(&mut self.stream, frame, &self.deadlines, self.send_timeout)
+            .await
+        {
             Ok(()) => {
                 self.bytes_out += n;
                 Ok(())
@@ -82,7 +87,7 @@ impl Downstream {
     }
 
     async fn write<B: monoio::buf::IoBuf + 'static>(&mut self, data: B) -> Result<(), HttpError> {
-        match write_all_within(&mut self.stream, data, self.send_timeout).await {
+        match write_all_within(&mut self.stream, data, &self.deadlines, self.send_timeout).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::SendTimeout),
             Err(e) => Err(HttpError::DownstreamIo(e)),
@@ -92,7 +97,9 @@ impl Downstream {
     /// Read more of a request body into `buf`; EOF mid-body is an error, and
     /// so is `request_body_timeout` without a byte.
     pub async fn read_body(&mut self) -> Result<(), HttpError> {
-        match monoio::time::timeout(self.body_timeout, self.read_more(64 * 1024)).await {
+        let at = Instant::now() + self.body_timeout;
+        let deadlines = self.deadlines.clone();
+        match deadlines.within(at, self.read_more(64 * 1024)).await {
             Err(_) => Err(HttpError::BodyTimeout),
             Ok(Ok(0)) => Err(HttpError::DownstreamIo(
                 std::io::ErrorKind::UnexpectedEof.into(),
@@ -133,6 +140,7 @@ pub async fn serve_connection(
         body_complete: true,
         send_timeout: http.send_timeout,
         body_timeout: http.request_body_timeout,
+        deadlines: ctx.deadlines.clone(),
     };
     let accepted = Accepted {
         snapshot: accept_snapshot,
@@ -329,6 +337,7 @@ async fn tunnel(
         crate::tcp::SpliceMode::Never,
         ctx.driver,
         &ctx.buffers,
+        &ctx.deadlines,
     )
     .await;
     let cells = listener.stats.worker(ctx.index);
@@ -540,8 +549,13 @@ async fn read_head(
             let window = WARM_READ_WINDOW.min(idle);
             // Cancelled and then awaited: bytes that arrive at the window's
             // edge are kept (sockio::read_within).
-            let (res, buf) =
-                read_within(&mut conn.stream, BytesMut::with_capacity(4096), window).await;
+            let (res, buf) = read_within(
+                &mut conn.stream,
+                BytesMut::with_capacity(4096),
+                &ctx.deadlines,
+                window,
+            )
+            .await;
             match res {
                 Some(Ok(0)) | Some(Err(_)) => return Ok(None),
                 Some(Ok(n)) => {

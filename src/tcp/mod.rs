@@ -79,6 +79,7 @@ pub async fn proxy(
         listener.splice,
         ctx.driver,
         &ctx.buffers,
+        &ctx.deadlines,
     )
     .await;
     drop((active, in_flight));

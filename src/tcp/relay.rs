@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 
 use crate::buffers::BufferPool;
 pub use crate::config::file::SpliceMode;
+use crate::deadline::Deadlines;
 use crate::sockio::{read_within, Readiness};
 use crate::worker::Driver;
 
@@ -52,6 +53,7 @@ pub async fn relay(
     mode: SpliceMode,
     driver: Driver,
     pool: &BufferPool,
+    deadlines: &Deadlines,
 ) -> RelayOutcome {
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
     // Readiness of each socket through a second descriptor: the halves are
@@ -70,6 +72,7 @@ pub async fn relay(
     let (ur, uw) = upstream.into_split();
     let shared = Shared {
         activity: &activity,
+        deadlines,
         mode,
         driver,
         pool,
@@ -133,6 +136,7 @@ fn shutdown_both(fds: [RawFd; 2]) {
 /// What both directions of one relay share.
 struct Shared<'a> {
     activity: &'a Cell<Instant>,
+    deadlines: &'a Deadlines,
     mode: SpliceMode,
     driver: Driver,
     pool: &'a BufferPool,
@@ -199,7 +203,14 @@ impl Pump<'_> {
             let (res, buf) = if warm && !hot {
                 // Cancelled and then awaited: bytes that arrive at the
                 // window's edge are relayed, never dropped.
-                match read_within(r, self.shared.pool.get(), WARM_READ_WINDOW).await {
+                match read_within(
+                    r,
+                    self.shared.pool.get(),
+                    self.shared.deadlines,
+                    WARM_READ_WINDOW,
+                )
+                .await
+                {
                     (Some(res), buf) => (res, buf),
                     (None, buf) => {
                         self.shared.pool.put(buf);

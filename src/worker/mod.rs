@@ -83,6 +83,10 @@ pub struct WorkerCtx {
     pub buffers: BufferPool,
     /// Idle keep-alive connections to HTTP upstreams.
     pub http_pool: crate::http::pool::Pool,
+    /// Coarse deadlines (send and body timeouts, warm reads), swept by the tick.
+    pub deadlines: Rc<crate::deadline::Deadlines>,
+    /// Set once the worker has drained: the housekeeping tick stops.
+    finished: Cell<bool>,
     /// This worker's access log buffer.
     pub log: WorkerLog,
     /// Accept loops by listener name.
@@ -276,6 +280,8 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
             spec.stats.clone(),
         ),
         http_pool: crate::http::pool::Pool::default(),
+        deadlines: Rc::default(),
+        finished: Cell::new(false),
         index: spec.index,
         workers: spec.workers,
         driver: spec.driver,
@@ -324,6 +330,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
     while ctx.stats.active.get() > 0 {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    ctx.finished.set(true);
     ctx.log.flush(true);
     tracing::debug!(worker = ctx.index, "worker drained");
 }
@@ -346,15 +353,19 @@ fn add_listener(
     Ok(monoio::spawn(accept.run()))
 }
 
-/// Housekeeping every `TICK`: measure how late the timer fires (event-loop
-/// lag: a busy or blocked worker shows here), flush the access log by time,
-/// and, after a reload, let go of upstream state of removed endpoints.
+/// Housekeeping every `TICK`: expire coarse deadlines, measure how late the
+/// timer fires (event-loop lag: a busy or blocked worker shows here), flush
+/// the access log by time, and, after a reload, let go of upstream state of
+/// removed endpoints.
 #[allow(clippy::redundant_allocation)]
 async fn tick(ctx: Rc<WorkerCtx>) {
     let mut swept: Option<Rc<Arc<Snapshot>>> = None;
-    while !ctx.draining.get() {
+    // Runs through the drain too: connections still finishing rely on the
+    // deadline sweep.
+    while !ctx.finished.get() {
         let start = Instant::now();
         monoio::time::sleep(TICK).await;
+        ctx.deadlines.sweep(Instant::now());
         let lag = start.elapsed().saturating_sub(TICK);
         ctx.stats
             .lag_last_us
