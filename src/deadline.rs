@@ -2,7 +2,7 @@
 //! client's stalled body (`request_body_timeout`), a write that makes no
 //! progress (`send_timeout`), the warm-read window. Arming one is a slot in
 //! a per-worker slab instead of an entry in the runtime's timer wheel
-//! (measured: a `monoio::time::timeout` around each write cost about 950
+//! (measured: a `monoio::time::timeout` around each write cost about 880
 //! instructions, see docs/benchmarks.md); the worker's 100 ms housekeeping
 //! tick sweeps the slab and wakes what expired. So a deadline fires between
 //! 0 and ~100 ms late, which is nothing against the 60 s defaults; waits
