@@ -17,6 +17,7 @@ use monoio::net::TcpStream;
 use outrigger::http::chunked::{Chunk, ChunkedDecoder};
 use outrigger::http::codec::{parse_response, Framing, HeadLimits};
 
+use crate::pacer::Pacer;
 use crate::parse_duration;
 use crate::report::{Report, ThreadResult};
 use crate::tls::{Conn, TlsConn};
@@ -228,6 +229,9 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
 }
 
 async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> ThreadResult {
+    if plan.interval.is_some() {
+        crate::pacer::precise_timers_for_this_thread();
+    }
     let plan = Rc::new(plan);
     let mut fresh = ThreadResult::new();
     fresh.origin = plan.measure_from;
@@ -269,11 +273,25 @@ async fn connection(
     let mut next_send = first;
     let mut stream: Option<Conn> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Open loop: sends are paced by a timerfd, not by the runtime's
+    // millisecond timers (see pacer.rs).
+    let pacer = match plan.interval {
+        Some(_) => match Pacer::new() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                result.borrow_mut().error("pacer");
+                return;
+            }
+        },
+        None => None,
+    };
     while Instant::now() < plan.end && budget != Some(0) {
-        if let Some(iv) = plan.interval {
+        if let (Some(iv), Some(pacer)) = (plan.interval, &pacer) {
             let now = Instant::now();
             if next_send > now {
-                monoio::time::sleep(next_send - now).await;
+                if pacer.until(next_send).await.is_err() {
+                    monoio::time::sleep(next_send.saturating_duration_since(Instant::now())).await;
+                }
             } else if now - next_send > iv * 4 {
                 result.borrow_mut().behind_schedule += 1;
             }
@@ -317,6 +335,9 @@ async fn connection(
                 if sent >= plan.measure_from {
                     r.record(intended, sent, done, plan.request.len());
                     r.status(status);
+                    if plan.interval.is_some() {
+                        r.lateness(intended, sent);
+                    }
                 }
                 r.last_done = r.last_done.max(done);
                 if keep {

@@ -8,6 +8,7 @@
 mod compare;
 mod http;
 mod output;
+mod pacer;
 mod plot;
 mod report;
 mod tcp;

@@ -36,11 +36,23 @@ pub struct ThreadResult {
     pub window_end: Option<Instant>,
     /// Operations that completed after `window_end`.
     pub after_window: u64,
+    /// Open loop: how late each send left after its intended time (µs).
+    pub send_lateness: Histogram<u64>,
 }
 
 fn interval_histogram() -> Histogram<u64> {
     // 2 significant digits keep a second's histogram around 30 KiB.
     Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| unreachable!())
+}
+
+fn lateness_histogram() -> Histogram<u64> {
+    // From 0 µs (on time), 1 µs to 1 h.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .map(|mut h| {
+            h.auto(true);
+            h
+        })
+        .unwrap_or_else(|_| unreachable!())
 }
 
 fn histogram() -> Histogram<u64> {
@@ -64,7 +76,14 @@ impl ThreadResult {
             intervals: Vec::new(),
             window_end: None,
             after_window: 0,
+            send_lateness: lateness_histogram(),
         }
+    }
+
+    /// Open loop: a send that left `sent - intended` after its time.
+    pub fn lateness(&mut self, intended: Instant, sent: Instant) {
+        let us = sent.saturating_duration_since(intended).as_micros() as u64;
+        let _ = self.send_lateness.record(us.min(3_600_000_000));
     }
 
     /// One completed request: latency from the intended send (equal to the
@@ -142,6 +161,9 @@ pub struct Report {
     pub target_rate: Option<f64>,
     /// Open loop: service time from the actual send, without correction.
     pub latency_uncorrected_us: Option<Percentiles>,
+    /// Open loop: how late sends left after their intended time (the
+    /// generator's own error), in µs.
+    pub send_lateness_us: Option<Percentiles>,
     /// Responses by status class.
     pub statuses: BTreeMap<String, u64>,
     /// Open loop: sends more than four intervals behind schedule.
@@ -199,8 +221,10 @@ impl Report {
         let mut errors = BTreeMap::new();
         let mut cpu = 0.0;
         let mut after_window = 0;
+        let mut lateness = lateness_histogram();
         for r in results {
             after_window += r.after_window;
+            let _ = lateness.add(&r.send_lateness);
             let _ = latency.add(&r.latency);
             let _ = uncorrected.add(&r.uncorrected);
             behind += r.behind_schedule;
@@ -243,6 +267,7 @@ impl Report {
             generator_saturated: utilisation > 0.95 || behind * 100 > ops.max(1),
             target_rate: None,
             latency_uncorrected_us: (!uncorrected.is_empty()).then(|| percentiles(&uncorrected)),
+            send_lateness_us: (!lateness.is_empty()).then(|| percentiles(&lateness)),
             statuses,
             behind_schedule: behind,
             timeline_ops_per_second: intervals.iter().map(|h| h.len()).collect(),
@@ -294,6 +319,13 @@ impl Report {
                     s,
                     "  uncorrected service time us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
                     u.p50, u.p90, u.p99, u.p99_9, u.max
+                );
+            }
+            if let Some(l) = &self.send_lateness_us {
+                let _ = writeln!(
+                    s,
+                    "  send lateness us (the generator's own error): p50 {}  p99 {}  p99.9 {}  max {}",
+                    l.p50, l.p99, l.p99_9, l.max
                 );
             }
         }

@@ -197,6 +197,24 @@ fn json_has_the_documented_fields() {
     for p in ["p50", "p75", "p90", "p99", "p99_9", "p99_99", "max"] {
         assert!(r["latency_us"].get(p).is_some(), "missing latency {p}");
     }
+    // Closed loop has no schedule, so no send lateness.
+    assert!(r["send_lateness_us"].is_null(), "{r}");
+}
+
+#[test]
+fn open_loop_reports_its_own_send_lateness() {
+    let up = http_upstream(Duration::ZERO);
+    let url = format!("http://{}/", up.addr);
+    let r = load(&[
+        "http", &url, "-c", "2", "-R", "400", "-d", "1s", "--warmup", "0s",
+    ]);
+    let l = &r["send_lateness_us"];
+    for p in ["p50", "p99", "p99_9", "max"] {
+        assert!(l[p].is_u64(), "missing lateness {p}: {r}");
+    }
+    // Every send is counted once in the lateness histogram (a figure, not
+    // a timing: how late they were is reported, never asserted).
+    assert!(l["max"].as_u64().unwrap() >= l["p50"].as_u64().unwrap());
 }
 
 #[test]
