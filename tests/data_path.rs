@@ -358,9 +358,9 @@ fn warm_window_edge_loses_no_request(driver: Driver) {
     for i in 0..24u64 {
         let r = c.get("/", "x", "");
         assert_eq!(r.status, 200, "request {i}");
-        // The window ends 250-350 ms after the response (a coarse deadline
+        // The window ends 200-300 ms after the response (a coarse deadline
         // swept every 100 ms): sweep it in 10 ms steps, twice.
-        std::thread::sleep(Duration::from_millis(245 + 10 * (i % 12)));
+        std::thread::sleep(Duration::from_millis(195 + 10 * (i % 12)));
     }
 }
 
@@ -374,7 +374,7 @@ fn warm_window_edge_loses_no_relayed_bytes(driver: Driver) {
     for i in 0..24u64 {
         let msg = format!("message {i}");
         assert_eq!(round_trip(&mut s, msg.as_bytes()), msg.as_bytes());
-        std::thread::sleep(Duration::from_millis(245 + 10 * (i % 12)));
+        std::thread::sleep(Duration::from_millis(195 + 10 * (i % 12)));
     }
 }
 

@@ -3,10 +3,12 @@
 //! directly or through `proxy::forward`. Keep-alive and pipelined requests
 //! are answered in order, one at a time.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -29,7 +31,9 @@ use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a warm keep-alive connection keeps a read posted on io_uring.
-const WARM_READ_WINDOW: Duration = Duration::from_millis(250);
+/// A coarse deadline (fires 0-100 ms after it), so the window is 200-300 ms,
+/// 250 ms on average, as measured best (docs/benchmarks.md).
+const WARM_READ_WINDOW: Duration = Duration::from_millis(200);
 
 /// A client connection and the bytes read from it but not yet used.
 pub struct Downstream {
@@ -432,9 +436,12 @@ async fn route_and_answer<'a>(
             let forward = proxy::forward(req, name, conn, up);
             // The route timeout covers the whole exchange: connecting,
             // reading the client's body, the upstream's answer and sending
-            // it back.
+            // it back. Upstream reads honour it exactly (`Exchange::remaining`);
+            // this coarse deadline (up to ~100 ms late) catches the rest.
             match route.timeout {
-                Some(t) => monoio::time::timeout_at((rec.mark.at + t).into(), forward)
+                Some(t) => ctx
+                    .deadlines
+                    .within(rec.mark.at + t, forward)
                     .await
                     .unwrap_or(Err(HttpError::UpstreamTimeout)),
                 None => forward.await,
@@ -576,10 +583,10 @@ async fn read_head(
                 return Ok(Some(head));
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
         // A timeout here ends the connection (408), so bytes a cancelled
-        // read might have taken do not matter.
-        let res = match monoio::time::timeout(left, conn.read_more(4096)).await {
+        // read might have taken do not matter. Coarse: up to ~100 ms late.
+        let deadlines = ctx.deadlines.clone();
+        let res = match deadlines.within(deadline, conn.read_more(4096)).await {
             Ok(done) => done,
             Err(_) => return Err(HttpError::HeaderTimeout),
         };
@@ -613,18 +620,42 @@ async fn wait_for_request(
             }
             deadline = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return false;
         }
         // Not relaxed: on epoll a relaxed check can report stale readiness, and
-        // an idle client would then be timed by header_timeout (408).
-        monoio::select! {
-            r = conn.stream.readable(false) => return r.is_ok(),
-            _ = monoio::time::sleep(left) => return false,
-            _ = handle.stopped(), if !closing => {}
+        // an idle client would then be timed by header_timeout (408). The
+        // idle deadline is coarse (up to ~100 ms late): no timer per idle
+        // connection.
+        let mut readable = std::pin::pin!(conn.stream.readable(false));
+        let mut stopped = std::pin::pin!(handle.stopped());
+        let mut expiry = ctx.deadlines.arm(deadline);
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                return Poll::Ready(Wake::Readable(r.is_ok()));
+            }
+            if !closing && stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Stopped);
+            }
+            if expiry.poll_expired(cx).is_ready() {
+                return Poll::Ready(Wake::Expired);
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Wake::Readable(ok) => return ok,
+            Wake::Expired => return false,
+            Wake::Stopped => {}
         }
     }
+}
+
+/// What ended an idle wait.
+enum Wake {
+    Readable(bool),
+    Stopped,
+    Expired,
 }
 
 impl RouteRequest for RequestHead {
