@@ -1,23 +1,32 @@
-//! Coarse per-worker deadlines for waits that are long and rarely hit: a
-//! client's stalled body (`request_body_timeout`), a write that makes no
-//! progress (`send_timeout`), the warm-read window. Arming one is a slot in
-//! a per-worker slab instead of an entry in the runtime's timer wheel
-//! (measured: a `monoio::time::timeout` around each write cost about 880
-//! instructions, see docs/benchmarks.md); the worker's 100 ms housekeeping
-//! tick sweeps the slab and wakes what expired. So a deadline fires between
-//! 0 and ~100 ms late, which is nothing against the 60 s defaults; waits
-//! that need precision (the route timeout, upstream reads) keep real timers.
+//! Per-worker deadlines without a runtime timer each. Arming one is a slot
+//! in a slab instead of an entry in monoio's timer wheel (measured: a
+//! `monoio::time::timeout` cost about 880 instructions, and its `Sleep` is
+//! 640 bytes, 128-aligned, inside every connection's task; see
+//! docs/benchmarks.md). Two slabs: deadlines less than `SHORT` away (route
+//! timeouts, upstream reads, connects) are swept every `SHORT_SWEEP` by a
+//! per-worker task that runs only while such a deadline is armed; longer
+//! ones (idle keep-alive, `send_timeout`, `request_body_timeout`) are swept
+//! by the worker's 100 ms housekeeping tick. A deadline so fires up to
+//! 10 ms late (short) or 100 ms late (long, at least 2 s away: under 5%).
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Deadlines nearer than this are kept precise (swept every `SHORT_SWEEP`).
+pub const SHORT: Duration = Duration::from_secs(2);
+/// How often the short deadlines are swept while any is armed.
+pub const SHORT_SWEEP: Duration = Duration::from_millis(10);
 
 /// A worker's armed deadlines.
 #[derive(Debug, Default)]
 pub struct Deadlines {
-    slots: RefCell<Slots>,
+    /// [long, short]
+    slots: [RefCell<Slots>; 2],
+    /// The short sweeper, parked while no short deadline is armed.
+    sweeper: RefCell<Option<Waker>>,
 }
 
 #[derive(Debug, Default)]
@@ -41,7 +50,15 @@ pub struct Elapsed;
 impl Deadlines {
     /// Arm a deadline at `at`; it is disarmed when the guard drops.
     pub fn arm(&self, at: Instant) -> Deadline<'_> {
-        let mut s = self.slots.borrow_mut();
+        let short = at.saturating_duration_since(Instant::now()) < SHORT;
+        let level = usize::from(short);
+        let mut s = self.slots[level].borrow_mut();
+        if short && s.entries.len() == s.free.len() {
+            // The first short deadline: start the sweeper.
+            if let Some(w) = self.sweeper.borrow_mut().take() {
+                w.wake();
+            }
+        }
         let slot = Slot {
             at,
             waker: None,
@@ -60,6 +77,7 @@ impl Deadlines {
         };
         Deadline {
             deadlines: self,
+            level,
             key,
         }
     }
@@ -74,13 +92,45 @@ impl Deadlines {
         }
     }
 
-    /// Mark every deadline at or before `now` expired and wake its task.
-    /// Returns how many expired.
+    /// Mark every long deadline at or before `now` expired and wake its
+    /// task (the housekeeping tick). Returns how many expired.
     pub fn sweep(&self, now: Instant) -> usize {
+        self.sweep_level(0, now)
+    }
+
+    /// The short deadlines' sweeper: runs every `SHORT_SWEEP` while any is
+    /// armed, parks otherwise, until `stop()` says the worker is done.
+    pub async fn run_short_sweeper(&self, stop: impl Fn() -> bool) {
+        while !stop() {
+            if self.armed_level(1) == 0 {
+                // Park until `arm` wakes us (or the long tick's check below).
+                std::future::poll_fn(|cx| {
+                    if self.armed_level(1) > 0 || stop() {
+                        return Poll::Ready(());
+                    }
+                    *self.sweeper.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await;
+                continue;
+            }
+            monoio::time::sleep(SHORT_SWEEP).await;
+            self.sweep_level(1, Instant::now());
+        }
+    }
+
+    /// Wake the short sweeper so it sees a stop.
+    pub fn wake_sweeper(&self) {
+        if let Some(w) = self.sweeper.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn sweep_level(&self, level: usize, now: Instant) -> usize {
         let mut wake = Vec::new();
         let mut expired = 0;
         {
-            let mut s = self.slots.borrow_mut();
+            let mut s = self.slots[level].borrow_mut();
             for slot in s.entries.iter_mut() {
                 if slot.used && !slot.expired && slot.at <= now {
                     slot.expired = true;
@@ -95,10 +145,14 @@ impl Deadlines {
         expired
     }
 
+    fn armed_level(&self, level: usize) -> usize {
+        let s = self.slots[level].borrow();
+        s.entries.len() - s.free.len()
+    }
+
     /// Deadlines armed now.
     pub fn armed(&self) -> usize {
-        let s = self.slots.borrow();
-        s.entries.len() - s.free.len()
+        self.armed_level(0) + self.armed_level(1)
     }
 }
 
@@ -130,6 +184,7 @@ impl<F: Future> Future for Within<'_, F> {
 #[derive(Debug)]
 pub struct Deadline<'a> {
     deadlines: &'a Deadlines,
+    level: usize,
     key: u32,
 }
 
@@ -137,7 +192,7 @@ impl Deadline<'_> {
     /// Ready once the deadline has been swept as expired; otherwise the
     /// task is woken when it is.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut s = self.deadlines.slots.borrow_mut();
+        let mut s = self.deadlines.slots[self.level].borrow_mut();
         let slot = &mut s.entries[self.key as usize];
         if slot.expired {
             return Poll::Ready(());
@@ -152,7 +207,7 @@ impl Deadline<'_> {
 
 impl Drop for Deadline<'_> {
     fn drop(&mut self) {
-        let mut s = self.deadlines.slots.borrow_mut();
+        let mut s = self.deadlines.slots[self.level].borrow_mut();
         let slot = &mut s.entries[self.key as usize];
         slot.used = false;
         slot.waker = None;
@@ -163,26 +218,37 @@ impl Drop for Deadline<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn slots_are_reused_and_swept() {
         let d = Deadlines::default();
         let now = Instant::now();
-        let a = d.arm(now + Duration::from_secs(1));
-        let b = d.arm(now + Duration::from_secs(3));
+        let a = d.arm(now + Duration::from_secs(10));
+        let b = d.arm(now + Duration::from_secs(30));
         assert_eq!(d.armed(), 2);
         assert_eq!(d.sweep(now), 0);
         drop(a);
         assert_eq!(d.armed(), 1);
-        let c = d.arm(now + Duration::from_secs(2));
-        assert_eq!(c.key, 0, "the freed slot is reused");
+        let c = d.arm(now + Duration::from_secs(20));
+        assert_eq!((c.level, c.key), (0, 0), "the freed slot is reused");
         // Only armed, due deadlines expire; a freed slot never does.
-        assert_eq!(d.sweep(now + Duration::from_millis(2500)), 1);
-        let s = d.slots.borrow();
+        assert_eq!(d.sweep(now + Duration::from_secs(25)), 1);
+        let s = d.slots[0].borrow();
         assert!(s.entries[0].expired && !s.entries[1].expired);
         drop(s);
         drop((b, c));
         assert_eq!(d.armed(), 0);
+    }
+
+    #[test]
+    fn near_deadlines_go_to_the_short_level() {
+        let d = Deadlines::default();
+        let now = Instant::now();
+        let near = d.arm(now + Duration::from_millis(250));
+        let far = d.arm(now + Duration::from_secs(60));
+        assert_eq!((near.level, far.level), (1, 0));
+        // The long sweep leaves short deadlines to their own sweeper.
+        assert_eq!(d.sweep(now + Duration::from_secs(1)), 0);
+        assert_eq!(d.sweep_level(1, now + Duration::from_secs(1)), 1);
     }
 }

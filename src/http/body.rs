@@ -10,6 +10,7 @@ use super::chunked::{Chunk, ChunkFrame, ChunkedDecoder};
 use super::codec::Framing;
 use super::error::HttpError;
 use std::io::Write;
+use std::time::Instant;
 
 use super::io::read_more;
 use super::proxy::Exchange;
@@ -76,7 +77,12 @@ impl Exchange<'_> {
         buf: &mut BytesMut,
     ) -> Result<usize, HttpError> {
         let read = read_more(up, std::mem::take(buf), 64 * 1024);
-        let (res, b) = monoio::time::timeout(self.remaining(), read)
+        let at = Instant::now() + self.remaining();
+        let (res, b) = self
+            .req
+            .ctx
+            .deadlines
+            .within(at, read)
             .await
             .map_err(|_| HttpError::UpstreamTimeout)?;
         *buf = b;

@@ -190,7 +190,12 @@ async fn checkout(
             return Ok((s, true));
         }
     }
-    match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await {
+    let at = Instant::now() + cluster.connect_timeout;
+    match ctx
+        .deadlines
+        .within(at, TcpStream::connect_addr(addr))
+        .await
+    {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok((s, false))
@@ -335,7 +340,8 @@ impl Exchange<'_> {
                 }
             }
             let read = read_more(up, std::mem::take(buf), 8192);
-            let (res, b) = match monoio::time::timeout(self.remaining(), read).await {
+            let at = Instant::now() + self.remaining();
+            let (res, b) = match self.req.ctx.deadlines.within(at, read).await {
                 Ok(done) => done,
                 Err(_) => return Err(HttpError::UpstreamTimeout),
             };

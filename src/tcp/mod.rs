@@ -117,7 +117,12 @@ async fn connect<'c>(
         attempts += 1;
         let endpoint = &cluster.endpoints[i];
         let addr = endpoint.address;
-        match monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await {
+        let at = std::time::Instant::now() + cluster.connect_timeout;
+        match ctx
+            .deadlines
+            .within(at, TcpStream::connect_addr(addr))
+            .await
+        {
             Ok(Ok(stream)) => return Ok((stream, endpoint)),
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => {

@@ -304,6 +304,11 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         }
     }
     monoio::spawn(tick(ctx.clone()));
+    let sweeper_ctx = ctx.clone();
+    monoio::spawn(async move {
+        let ctx = sweeper_ctx;
+        ctx.deadlines.run_short_sweeper(|| ctx.finished.get()).await;
+    });
     let _ = spec.ready.send(Ok(info));
     // Any Drain, or the control side going away, starts the drain.
     while let Ok(msg) = spec.control.recv_async().await {
@@ -331,6 +336,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     ctx.finished.set(true);
+    ctx.deadlines.wake_sweeper();
     ctx.log.flush(true);
     tracing::debug!(worker = ctx.index, "worker drained");
 }
