@@ -414,10 +414,17 @@ fn pools_survive_a_route_only_reload(driver: Driver) {
         opened,
         "a route-only reload opened upstream connections"
     );
-    let clusters = admin::get_json(proxy.admin_addr(), "/clusters");
-    let ep = &clusters["clusters"]["a"]["endpoints"][0];
-    assert_eq!(ep["requests"], 200, "{ep}");
-    assert_eq!(ep["pooled"].as_u64(), Some(opened), "{ep}");
+    // The last connection returns to the pool just after its response
+    // reached the client: poll for it.
+    let mut ep = serde_json::Value::Null;
+    assert!(
+        eventually(|| {
+            let clusters = admin::get_json(proxy.admin_addr(), "/clusters");
+            ep = clusters["clusters"]["a"]["endpoints"][0].clone();
+            ep["requests"] == 200 && ep["pooled"].as_u64() == Some(opened)
+        }),
+        "{ep}"
+    );
 }
 
 fn renamed_listener_keeps_serving(driver: Driver) {
