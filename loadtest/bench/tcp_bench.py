@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--load-core", default="0")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--load-threads", type=int, default=1)
+    ap.add_argument("--outrigger", default=f"{BIN}/outrigger", help="the proxy binary (another build, say)")
     a = ap.parse_args()
     io_cfg = {"auto": "auto", "io-uring": "io_uring", "epoll": "epoll"}[a.io]
     cfg = f"""
@@ -84,7 +85,7 @@ endpoints = ["127.0.0.1:17100"]
     cfg_file.close()
     echo = subprocess.Popen(["taskset", "-c", a.load_core, f"{BIN}/outrigger-load", "serve", "echo",
                              "--addr", "127.0.0.1:17100", "--io", a.io], stdout=subprocess.DEVNULL)
-    proxy = subprocess.Popen(["taskset", "-c", a.proxy_core, f"{BIN}/outrigger", "run", "--config",
+    proxy = subprocess.Popen(["taskset", "-c", a.proxy_core, a.outrigger, "run", "--config",
                               cfg_file.name, "--log-level", "warn"])
     time.sleep(1.0)
     targets = {"direct": "127.0.0.1:17100", "never": "127.0.0.1:17001",

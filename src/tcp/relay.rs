@@ -58,15 +58,20 @@ pub async fn relay(
     deadlines: &Deadlines,
 ) -> RelayOutcome {
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
-    // Readiness of each socket through a second descriptor: the halves are
-    // moved into in-flight reads and writes, so waiting on them would need a
-    // reference into a half that another operation borrows.
-    let ready = match (Readiness::of(&client), Readiness::of(&upstream)) {
-        (Ok(c), Ok(u)) => [c, u],
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot duplicate a relayed socket; closing");
-            return RelayOutcome::default();
-        }
+    // On io_uring, readiness of each socket is waited on through a second
+    // descriptor (a PollAdd on the dup), so no reference into a split half
+    // is ever made. On epoll a dup registered beside the original cost 3x
+    // the relay's throughput (docs/benchmarks.md), so there the read half's
+    // own stream is used; see `Pump::readable` for why that is sound.
+    let ready = match driver {
+        Driver::IoUring => match (Readiness::of(&client), Readiness::of(&upstream)) {
+            (Ok(c), Ok(u)) => Some([c, u]),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot duplicate a relayed socket; closing");
+                return RelayOutcome::default();
+            }
+        },
+        Driver::Epoll => None,
     };
     let activity = Cell::new(Instant::now());
     let timed_out = Cell::new(false);
@@ -81,14 +86,14 @@ pub async fn relay(
     };
     let down = Pump {
         fds,
-        from: &ready[0],
-        to: &ready[1],
+        from: ready.as_ref().map(|r| &r[0]),
+        to: ready.as_ref().map(|r| &r[1]),
         shared: &shared,
     };
     let up = Pump {
         fds: [fds[1], fds[0]],
-        from: &ready[1],
-        to: &ready[0],
+        from: ready.as_ref().map(|r| &r[1]),
+        to: ready.as_ref().map(|r| &r[0]),
         shared: &shared,
     };
     let both = async { monoio::join!(down.run(cr, uw), up.run(ur, cw)) };
@@ -147,9 +152,10 @@ struct Shared<'a> {
 /// One direction: reads from `fds[0]`'s stream, writes to `fds[1]`'s.
 struct Pump<'a> {
     fds: [RawFd; 2],
-    /// Readiness of the socket read from and of the one written to.
-    from: &'a Readiness,
-    to: &'a Readiness,
+    /// io_uring: readiness of the socket read from and of the one written
+    /// to, through dups (`None` on epoll).
+    from: Option<&'a Readiness>,
+    to: Option<&'a Readiness>,
     shared: &'a Shared<'a>,
 }
 
@@ -200,7 +206,7 @@ impl Pump<'_> {
         let mut warm = false;
         loop {
             if !hot && !warm {
-                self.from.readable().await?;
+                self.readable(r).await?;
             }
             let (res, buf) = if warm && !hot {
                 // Cancelled and then awaited: bytes that arrive at the
@@ -255,6 +261,27 @@ impl Pump<'_> {
         }
     }
 
+    /// Wait until the read half has bytes (or EOF, or an error). Strict on
+    /// epoll: a relaxed check can report stale readiness, and the read that
+    /// follows would then wait holding a buffer.
+    async fn readable(&self, r: &TcpOwnedReadHalf) -> io::Result<()> {
+        if let Some(from) = self.from {
+            return from.readable().await;
+        }
+        // SAFETY: monoio's owned halves share the stream through
+        // `Rc<UnsafeCell<TcpStream>>`. Their `read`/`write` create a
+        // `&mut TcpStream` only for the duration of the call that builds
+        // the operation, which then holds a clone of the stream's `SharedFd`,
+        // not a reference to the stream; so while the other half's write is
+        // in flight no `&mut` to the stream is live, and this shared
+        // reference aliases nothing. `readable(&self)` builds its poll from
+        // the shared fd the same way. This half is the stream's only reader.
+        // Checked against monoio 0.2.4 (pinned in Cargo.lock): re-check on
+        // an upgrade.
+        let stream: &TcpStream = unsafe { &*r.0.get() };
+        stream.readable(false).await
+    }
+
     async fn spliced(
         &self,
         r: &mut TcpOwnedReadHalf,
@@ -267,8 +294,8 @@ impl Pump<'_> {
             // data arrives; waiting for readability first keeps idle
             // connections from parking such threads. epoll's splice already
             // waits for readiness.
-            if self.shared.driver == Driver::IoUring {
-                self.from.readable().await?;
+            if let Some(from) = self.from {
+                from.readable().await?;
             }
             let n = match r.splice_to_pipe(&mut pipe_w, PIPE_CHUNK).await {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -283,8 +310,8 @@ impl Pump<'_> {
                 // The same for the write side: a slow reader must not park
                 // a kernel thread in a blocking splice (the watchdog's
                 // shutdown ends this wait at idle_timeout).
-                if self.shared.driver == Driver::IoUring {
-                    self.to.writable().await?;
+                if let Some(to) = self.to {
+                    to.writable().await?;
                 }
                 let m = match w.splice_from_pipe(&mut pipe_r, left).await {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
