@@ -62,6 +62,31 @@ pub struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// A connection the listener refused at `max_connections` (flag `LR`):
+    /// nothing read or written; `protocol` "TCP" with the cluster on a tcp
+    /// listener, empty on an http one.
+    pub fn refused(client: SocketAddr, listener: &'a str, tcp_cluster: Option<&'a str>) -> Self {
+        Record {
+            start: SystemTime::now(),
+            request_id: None,
+            client,
+            method: None,
+            authority: None,
+            path: None,
+            protocol: if tcp_cluster.is_some() { "TCP" } else { "" },
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            upstream_duration: None,
+            listener,
+            route: None,
+            cluster: tcp_cluster,
+            flags: "LR",
+        }
+    }
+
     /// A TCP connection's entry: the HTTP fields empty.
     #[allow(clippy::too_many_arguments)]
     pub fn tcp(

@@ -222,22 +222,11 @@ impl AcceptLoop {
             drop(stream);
             // One access log line for every connection, refused ones too.
             if snapshot.access_log.is_some() {
-                let (protocol, cluster) = match &listener.protocol {
-                    ListenerProtocol::Tcp { cluster } => ("TCP", Some(cluster.as_str())),
-                    ListenerProtocol::Http { .. } => ("", None),
+                let cluster = match &listener.protocol {
+                    ListenerProtocol::Tcp { cluster } => Some(cluster.as_str()),
+                    ListenerProtocol::Http { .. } => None,
                 };
-                let mut record = crate::access_log::Record::tcp(
-                    std::time::SystemTime::now(),
-                    peer,
-                    &listener.name,
-                    cluster.unwrap_or(""),
-                    None,
-                    (0, 0),
-                    Duration::ZERO,
-                    "LR",
-                );
-                record.protocol = protocol;
-                record.cluster = cluster;
+                let record = crate::access_log::Record::refused(peer, &listener.name, cluster);
                 self.ctx.log.log(&snapshot, &record);
             }
             return;

@@ -8,9 +8,11 @@
 //!   that arrived at the window's edge are returned, never dropped.
 //! - [`write_all_within`]: a write that fails when it makes no progress for
 //!   a while (a client that stopped reading must not hold a task forever).
-//! - [`Readiness`]: readiness waits for a socket whose halves are owned by
-//!   in-flight operations (the relay), through a second descriptor, so no
-//!   reference into a half that another operation borrows is ever made.
+//! - [`Readiness`]: on io_uring, readiness waits for a socket whose halves
+//!   are owned by in-flight operations (the relay), through a second
+//!   descriptor, so no reference into a half that another operation borrows
+//!   is ever made. (Not on epoll: a dup registered beside the original lost
+//!   wake-ups there; see `tcp::relay`.)
 
 use std::future::Future;
 use std::io;
@@ -142,7 +144,7 @@ where
 /// A second descriptor (`dup`) of a connected socket, used only to wait
 /// for readiness while the socket's own halves are moved into in-flight
 /// reads and writes. Readiness is a property of the socket, not of the
-/// descriptor, so both see the same state.
+/// descriptor, so a POLL_ADD on either sees the same state. io_uring only.
 #[derive(Debug)]
 pub struct Readiness(TcpStream);
 

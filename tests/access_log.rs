@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::admin::TempDir;
+use common::admin::{self, TempDir};
 use common::http::Client;
 use common::*;
 use outrigger::backends::{self, BackendKind, HttpBackend};
@@ -31,25 +31,6 @@ fn cut_short_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-fn read_log(dir: &TempDir, lines: usize) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    assert!(
-        eventually(|| {
-            out = std::fs::read_to_string(dir.path("access.log"))
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect();
-            out.len() >= lines
-        }),
-        "access log has {} of {lines} lines",
-        out.len()
-    );
-    out.iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn access_log_fields_match_the_docs(driver: Driver) {
@@ -124,7 +105,10 @@ endpoints = ["{cut}"]
     assert_eq!(read_to_eof(&mut second).unwrap(), b"");
     drop(first);
 
-    let lines = read_log(&dir, 4);
+    let lines: Vec<serde_json::Value> = admin::read_log(&dir, 4)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let q = lines
         .iter()
         .find(|v| v["status"] == 200 && v["cluster"] == "app")

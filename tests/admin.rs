@@ -92,23 +92,6 @@ endpoints = ["{dead}"]
     (proxy, up)
 }
 
-fn read_log(dir: &TempDir, lines: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    assert!(
-        eventually(|| {
-            out = std::fs::read_to_string(dir.path("access.log"))
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect();
-            out.len() >= lines
-        }),
-        "access log has {} of {lines} lines",
-        out.len()
-    );
-    out
-}
-
 fn endpoints_metrics_and_access_log(driver: Driver) {
     let dir = TempDir::new("admin");
     let (proxy, up) = setup(driver, &dir, "json");
@@ -379,7 +362,7 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     );
 
     // The access log: 13 HTTP lines and 1 TCP line, every field present.
-    let lines = read_log(&dir, 14);
+    let lines = admin::read_log(&dir, 14);
     let parsed: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -437,7 +420,7 @@ fn text_access_log_and_drain(driver: Driver) {
     let adm = proxy.admin_addr();
     let mut c = Client::connect(web);
     assert_eq!(c.get("/app/x", "svc", "x-request-id: a b\r\n").status, 200);
-    let lines = read_log(&dir, 2);
+    let lines = admin::read_log(&dir, 2);
     let line = lines.iter().find(|l| l.contains("HTTP/1.1")).unwrap();
     let f: Vec<&str> = line.split(' ').collect();
     // time id client "METHOD authority path proto" status in out ms upstream ms listener route cluster flags

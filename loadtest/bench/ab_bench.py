@@ -18,58 +18,24 @@ Usage:
       [--runs 3] [--duration 5s] [--rate 20000]
 Needs: nginx and wrk (apt-get install nginx-light wrk), cargo build --release.
 """
-import argparse, json, os, re, signal, statistics, subprocess, tempfile, time
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import cpu_seconds  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOAD = os.path.join(ROOT, "target", "release", "outrigger-load")
-TICK = os.sysconf("SC_CLK_TCK")
-NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def start_nginx(d, core):
-    conf = f"{d}/nginx.conf"
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; master_process off; worker_processes 1; pid {d}/pid;
-error_log stderr error;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
-  uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-  server {{ listen 127.0.0.1:18300;
+def start_nginx_upstream(d, core):
+    return benchlib.start_nginx(d, core, f"""server {{ listen 127.0.0.1:18300;
     location = /128 {{ return 200 "{'x' * 128}"; }}
-    location = /1024 {{ return 200 "{'x' * 1024}"; }} }} }}
-""")
-    return subprocess.Popen(["taskset", "-c", core, NGINX, "-p", d, "-c", conf])
+    location = /1024 {{ return 200 "{'x' * 1024}"; }} }}""")
 
 
 def start_variant(d, name, binary, io, port, core):
-    cfg = f"{d}/{name}.toml"
-    with open(cfg, "w") as f:
-        f.write(f"""[runtime]
-workers = 1
-io = "{io}"
-pin_workers = false
-[admin]
-address = "127.0.0.1:0"
-[listeners.web]
-address = "127.0.0.1:{port}"
-protocol = "http"
-routes = "main"
-[[routes.main]]
-match.path_prefix = "/"
-cluster = "up"
-[clusters.up]
-endpoints = ["127.0.0.1:18300"]
-max_idle_connections = 128
-""")
-    return subprocess.Popen(["taskset", "-c", core, binary, "run", "--config", cfg, "--no-watch",
-                             "--log-level", "warn"])
+    return benchlib.start_outrigger(binary, f"{d}/{name}.toml", io, port, "127.0.0.1:18300", core)
 
 
 def wrk(url, duration, core):
@@ -97,7 +63,7 @@ def main():
     a = ap.parse_args()
     secs = float(a.duration.rstrip("s"))
     d = tempfile.mkdtemp(prefix="outrigger-ab-")
-    procs = [start_nginx(d, a.load_core)]
+    procs = [start_nginx_upstream(d, a.load_core)]
     variants = {}
     for i, v in enumerate(a.variant):
         name, rest = v.split("=", 1)

@@ -16,49 +16,21 @@ Usage: python3 loadtest/bench/syscalls_per_request.py [--requests 20000]
 Needs: root (perf tracepoints, strace -p), nginx, strace, perf,
 cargo build --release.
 """
-import argparse, collections, os, re, signal, subprocess, tempfile, time
+import argparse, collections, os, re, signal, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release")
-NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
 
 
 def nginx(d, name, body):
-    os.makedirs(f"{d}/{name}", exist_ok=True)
-    conf = f"{d}/{name}/nginx.conf"
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; master_process off; worker_processes 1; pid {d}/{name}/pid;
-error_log stderr error;
-events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000;
-  client_body_temp_path {d}/{name}/b; proxy_temp_path {d}/{name}/p; fastcgi_temp_path {d}/{name}/f;
-  uwsgi_temp_path {d}/{name}/u; scgi_temp_path {d}/{name}/s;
-  {body} }}
-""")
-    return subprocess.Popen(["taskset", "-c", "0", NGINX, "-p", f"{d}/{name}", "-c", conf])
+    return benchlib.start_nginx(f"{d}/{name}", "0", body)
 
 
 def outrigger(d, io, port):
-    cfg = f"{d}/{io}.toml"
-    with open(cfg, "w") as f:
-        f.write(f"""[runtime]
-workers = 1
-io = "{io}"
-pin_workers = false
-[admin]
-address = "127.0.0.1:0"
-[listeners.web]
-address = "127.0.0.1:{port}"
-protocol = "http"
-routes = "main"
-[[routes.main]]
-match.path_prefix = "/"
-cluster = "up"
-[clusters.up]
-endpoints = ["127.0.0.1:18700"]
-""")
-    return subprocess.Popen(["taskset", "-c", "1", f"{BIN}/outrigger", "run", "--config", cfg, "--no-watch",
-                             "--log-level", "warn"])
+    return benchlib.start_outrigger(f"{BIN}/outrigger", f"{d}/{io}.toml", io, port, "127.0.0.1:18700", "1")
 
 
 def load(port, n):

@@ -145,9 +145,9 @@ fn coordinated_omission_is_corrected() {
     assert!(uncorrected < 50_000, "uncorrected p99 {uncorrected} us");
 }
 
-#[test]
-fn mid_response_closes_are_counted_and_reconnected() {
-    // Answers every other request with half a response, then closes.
+/// An upstream that answers every other connection with half a response
+/// and closes; the others get a whole response and `connection: close`.
+fn half_response_upstream() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -166,6 +166,12 @@ fn mid_response_closes_are_counted_and_reconnected() {
             }
         }
     });
+    addr
+}
+
+#[test]
+fn mid_response_closes_are_counted_and_reconnected() {
+    let addr = half_response_upstream();
     let url = format!("http://{addr}/");
     let r = load(&["http", &url, "-c", "1", "-n", "20", "--timeout", "2s"]);
     assert_eq!(r["operations"], 10, "{r}");
@@ -330,24 +336,7 @@ fn exit_status_says_whether_anything_was_measured() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no operation succeeded"), "{stderr}");
     // Some failures: exit 0 unless --fail-on-errors.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut n = 0;
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            n += 1;
-            let reply: &[u8] = if n % 2 == 0 {
-                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhal"
-            } else {
-                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-            };
-            let _ = s.write_all(reply);
-        }
-    });
-    let url = format!("http://{addr}/");
+    let url = format!("http://{}/", half_response_upstream());
     let (code, stderr) = load_status(&["http", &url, "-n", "10"]);
     assert_eq!(code, Some(0), "{stderr}");
     let (code, stderr) = load_status(&["http", &url, "-n", "10", "--fail-on-errors"]);

@@ -12,9 +12,9 @@ use super::error::HttpError;
 use std::io::Write;
 use std::time::Instant;
 
+use super::downstream::Downstream;
 use super::io::read_more;
 use super::proxy::Exchange;
-use super::server::Downstream;
 
 impl Exchange<'_> {
     /// Stream the request body from the client to the upstream; marks the

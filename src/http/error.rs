@@ -138,6 +138,26 @@ impl HttpError {
     }
 }
 
+impl HttpError {
+    /// A failed write to the client: `send_timeout` passed, or the client
+    /// is gone.
+    pub fn client_write(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::TimedOut => HttpError::SendTimeout,
+            _ => HttpError::DownstreamIo(e),
+        }
+    }
+
+    /// A failed write to an upstream: `send_timeout` passed (504), or the
+    /// connection failed.
+    pub fn upstream_write(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::TimedOut => HttpError::UpstreamTimeout,
+            _ => HttpError::UpstreamIo(e),
+        }
+    }
+}
+
 /// Where a request stood when it failed: what the close-or-keep decision
 /// needs to know about the client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

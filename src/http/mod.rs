@@ -3,6 +3,9 @@
 //! `codec` parses and validates heads (the request-smuggling defences),
 //! `fields` holds the header rules they share,
 //! `chunked` decodes the chunked coding, `server` runs a client connection,
+//! `head` reads the next request head (warm read, idle wait),
+//! `downstream` owns the client socket's reads and writes, `record` the
+//! access log line and metrics of a request,
 //! `proxy` runs one upstream exchange, `body` streams its bodies, `serialize` rebuilds heads for the
 //! other side, `pool` keeps upstream connections, and `error` maps every
 //! failure to what the client sees.
@@ -10,11 +13,14 @@
 mod body;
 pub mod chunked;
 pub mod codec;
+mod downstream;
 pub mod error;
 mod fields;
+mod head;
 mod io;
 pub mod pool;
 mod proxy;
+mod record;
 mod serialize;
 mod server;
 

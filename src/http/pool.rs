@@ -56,11 +56,6 @@ impl Pool {
         }
     }
 
-    /// Idle connections held in all.
-    pub fn total(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
-
     /// Idle connections held for `addr`.
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
         self.idle.borrow().get(&addr).map_or(0, Vec::len)

@@ -14,10 +14,10 @@ use monoio::net::TcpStream;
 use super::body::BodySink;
 use super::chunked::ChunkFrame;
 use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHead, Version};
+use super::downstream::Downstream;
 use super::error::HttpError;
 use super::io::read_more;
 use super::serialize::{serialize_request, serialize_response};
-use super::server::Downstream;
 use crate::config::{HttpSettings, Snapshot};
 use crate::metrics::Active;
 use crate::route::Route;
@@ -298,11 +298,10 @@ impl Exchange<'_> {
         data: Bytes,
     ) -> Result<(), HttpError> {
         let deadlines = &self.req.ctx.deadlines;
-        match write_all_within(up, data, deadlines, self.req.http.send_timeout).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
-            Err(e) => Err(HttpError::UpstreamIo(e)),
-        }
+        write_all_within(up, data, deadlines, self.req.http.send_timeout)
+            .await
+            .map(drop)
+            .map_err(HttpError::upstream_write)
     }
 
     /// Write one chunk frame to the upstream (payload not copied).
@@ -312,11 +311,9 @@ impl Exchange<'_> {
         frame: ChunkFrame,
     ) -> Result<(), HttpError> {
         let deadlines = &self.req.ctx.deadlines;
-        match write_vectored_within(up, frame, deadlines, self.req.http.send_timeout).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(HttpError::UpstreamTimeout),
-            Err(e) => Err(HttpError::UpstreamIo(e)),
-        }
+        write_vectored_within(up, frame, deadlines, self.req.http.send_timeout)
+            .await
+            .map_err(HttpError::upstream_write)
     }
 
     /// How long the next upstream read may take: the route's deadline, and

@@ -67,6 +67,25 @@ impl Drop for TempDir {
     }
 }
 
+/// The access log `access.log` in `dir` once it holds at least `lines`
+/// lines (workers flush by time, so poll for up to 5 s).
+pub fn read_log(dir: &TempDir, lines: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    assert!(
+        super::eventually(|| {
+            out = std::fs::read_to_string(dir.path("access.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            out.len() >= lines
+        }),
+        "access log has {} of {lines} lines",
+        out.len()
+    );
+    out
+}
+
 /// Write `text` to `path` the way editors do: a new file renamed over the old.
 pub fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");

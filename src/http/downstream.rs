@@ -1,0 +1,109 @@
+//! The client side of one HTTP connection: its socket, the bytes read but
+//! not yet used, its counters, and every read and write the exchange makes
+//! on it, each bounded by the listener's `send_timeout` or
+//! `request_body_timeout`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+
+use super::chunked::ChunkFrame;
+use super::error::HttpError;
+use super::io::read_more;
+use crate::deadline::Deadlines;
+use crate::sockio::{write_all_within, write_vectored_within, Vectored as _};
+use crate::worker::ListenerHandle;
+
+/// A client connection and the bytes read from it but not yet used.
+pub struct Downstream {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub peer: SocketAddr,
+    /// Bytes read from and written to the client so far.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The listener's accept loop on this worker: once it is removed (or
+    /// the worker drains), responses carry `Connection: close`.
+    pub handle: Rc<ListenerHandle>,
+    /// A final response head went out for the current request (an error
+    /// can no longer be sent in its place).
+    pub responded: bool,
+    /// The current request's body was read to its end (or it has none).
+    pub body_complete: bool,
+    /// `send_timeout` and `request_body_timeout` of the listener, kept on
+    /// the worker's coarse deadlines.
+    pub send_timeout: Duration,
+    pub body_timeout: Duration,
+    pub deadlines: Rc<Deadlines>,
+}
+
+impl Downstream {
+    /// Write all of `data` to the client.
+    pub async fn write_vec(&mut self, data: Vec<u8>) -> Result<(), HttpError> {
+        let n = data.len() as u64;
+        self.write(data).await?;
+        self.bytes_out += n;
+        Ok(())
+    }
+
+    /// Write all of `data` to the client.
+    pub async fn write_bytes(&mut self, data: bytes::Bytes) -> Result<(), HttpError> {
+        let n = data.len() as u64;
+        self.write(data).await?;
+        self.bytes_out += n;
+        Ok(())
+    }
+
+    /// Write one chunk of a chunk-encoded body (payload not copied).
+    pub async fn write_frame(&mut self, frame: ChunkFrame) -> Result<(), HttpError> {
+        let n = frame.remaining() as u64;
+        write_vectored_within(&mut self.stream, frame, &self.deadlines, self.send_timeout)
+            .await
+            .map_err(HttpError::client_write)?;
+        self.bytes_out += n;
+        Ok(())
+    }
+
+    async fn write<B: monoio::buf::IoBuf + 'static>(&mut self, data: B) -> Result<(), HttpError> {
+        write_all_within(&mut self.stream, data, &self.deadlines, self.send_timeout)
+            .await
+            .map(drop)
+            .map_err(HttpError::client_write)
+    }
+
+    /// Read more of a request body into `buf`; EOF mid-body is an error, and
+    /// so is `request_body_timeout` without a byte (the connection then
+    /// closes, so the bytes a cancelled read might hold do not matter).
+    pub async fn read_body(&mut self) -> Result<(), HttpError> {
+        let at = Instant::now() + self.body_timeout;
+        let read = read_more(&mut self.stream, std::mem::take(&mut self.buf), 64 * 1024);
+        let (res, buf) = self
+            .deadlines
+            .within(at, read)
+            .await
+            .map_err(|_| HttpError::BodyTimeout)?;
+        self.buf = buf;
+        match res {
+            Ok(0) => Err(HttpError::DownstreamIo(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                Ok(())
+            }
+            Err(e) => Err(HttpError::DownstreamIo(e)),
+        }
+    }
+
+    /// Read more from the client into `buf`.
+    pub async fn read_more(&mut self, spare: usize) -> std::io::Result<usize> {
+        let (res, buf) = read_more(&mut self.stream, std::mem::take(&mut self.buf), spare).await;
+        self.buf = buf;
+        let n = res?;
+        self.bytes_in += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,114 @@
+//! What the access log and metrics record about one request, and where it
+//! began.
+
+use std::time::{Instant, SystemTime};
+
+use super::codec::{RequestHead, Version};
+use super::downstream::Downstream;
+use super::proxy;
+use crate::access_log::Record;
+use crate::config::{Listener, Snapshot};
+use crate::worker::WorkerCtx;
+
+/// Where a request began: time, and the connection's byte counters.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mark {
+    pub(super) at: Instant,
+    pub(super) wall: SystemTime,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+}
+
+impl Mark {
+    pub(super) fn of(conn: &Downstream) -> Self {
+        Mark {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+            bytes_in: conn.bytes_in,
+            bytes_out: conn.bytes_out,
+        }
+    }
+}
+
+/// What the access log and metrics record about one request.
+pub(super) struct RequestRecord<'a> {
+    pub(super) listener: &'a Listener,
+    pub(super) mark: Mark,
+    pub(super) status: u16,
+    pub(super) flags: &'static str,
+    pub(super) route: Option<&'a crate::route::Route>,
+    pub(super) cluster: Option<&'a str>,
+}
+
+impl<'a> RequestRecord<'a> {
+    pub(super) fn new(listener: &'a Listener, mark: Mark) -> Self {
+        RequestRecord {
+            listener,
+            mark,
+            status: 0,
+            flags: "-",
+            route: None,
+            cluster: None,
+        }
+    }
+
+    /// Count the request and write its access log line (with the access
+    /// log settings of `snapshot`, the one the request was served on).
+    pub(super) fn finish(
+        &self,
+        ctx: &WorkerCtx,
+        snapshot: &Snapshot,
+        conn: &Downstream,
+        exchange: Option<(&RequestHead, &proxy::Upstream)>,
+    ) {
+        let duration = self.mark.at.elapsed();
+        let cells = self.listener.stats.worker(ctx.index);
+        let bytes_in = conn.bytes_in - self.mark.bytes_in;
+        let bytes_out = conn.bytes_out - self.mark.bytes_out;
+        cells.bytes_in.add(bytes_in);
+        cells.bytes_out.add(bytes_out);
+        if self.status != 0 {
+            cells.requests.inc(self.status);
+        }
+        cells.duration.record(duration);
+        if let Some(route) = self.route {
+            let rc = route.stats.worker(ctx.index);
+            if self.status != 0 {
+                rc.requests.inc(self.status);
+            }
+            rc.duration.record(duration);
+        }
+        if snapshot.access_log.is_none() {
+            return;
+        }
+        let (head, up) = match exchange {
+            Some((h, u)) => (Some(h), Some(u)),
+            None => (None, None),
+        };
+        ctx.log.log(
+            snapshot,
+            &Record {
+                start: self.mark.wall,
+                request_id: up.and_then(|u| u.request_id.as_deref()),
+                client: conn.peer,
+                method: head.map(RequestHead::method_str),
+                authority: head.and_then(RequestHead::host),
+                path: head.map(RequestHead::origin_target),
+                protocol: match head.map(|h| h.version) {
+                    Some(Version::Http10) => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                status: self.status,
+                bytes_in,
+                bytes_out,
+                duration,
+                upstream: up.and_then(|u| u.address.get()),
+                upstream_duration: up.and_then(proxy::Upstream::duration),
+                listener: &self.listener.name,
+                route: self.route.map(|r| r.name.as_str()),
+                cluster: self.cluster,
+                flags: self.flags,
+            },
+        );
+    }
+}
