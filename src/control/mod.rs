@@ -65,8 +65,9 @@ pub struct Shared {
     pub last_reload_error: ArcSwapOption<ReloadFailure>,
     /// Bound address of each listener (port 0 resolved).
     pub addresses: ArcSwap<Vec<(String, SocketAddr)>>,
-    /// Set when draining starts (`/ready` turns 503).
-    pub draining: AtomicBool,
+    /// Set when draining starts (`/ready` turns 503); the workers read it
+    /// too, so a response after that instant says `Connection: close`.
+    pub draining: Arc<AtomicBool>,
     pub started_at: SystemTime,
 }
 
@@ -165,6 +166,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let pin = snapshot.runtime.pin_workers;
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let draining = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(n);
     let mut controls = Vec::with_capacity(n);
     let mut worker_stats = Vec::with_capacity(n);
@@ -182,6 +184,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
             stats: stats.clone(),
             control: rx,
             ready: ready_tx.clone(),
+            process_draining: draining.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("outrigger-worker-{index}"))
@@ -224,7 +227,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
         reloads: ReloadStats::default(),
         last_reload_error: ArcSwapOption::empty(),
         addresses: ArcSwap::from_pointee(addresses(&bound)),
-        draining: AtomicBool::new(false),
+        draining,
         started_at: SystemTime::now(),
     });
     Ok(Server {

@@ -64,6 +64,8 @@ pub struct WorkerSpec {
     pub log: WorkerLog,
     pub control: flume::Receiver<Control>,
     pub ready: std::sync::mpsc::Sender<Result<WorkerInfo, String>>,
+    /// The process-wide drain flag, set before the workers get `Drain`.
+    pub process_draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Per-worker state shared by the worker's tasks (never across threads,
@@ -79,6 +81,9 @@ pub struct WorkerCtx {
     pub stats: Arc<WorkerCells>,
     /// Set once draining starts.
     pub draining: Cell<bool>,
+    /// Set by the control side when a drain starts, a moment before this
+    /// worker's `Drain` message arrives.
+    process_draining: Arc<std::sync::atomic::AtomicBool>,
     /// Relay buffers, rented while bytes move.
     pub buffers: BufferPool,
     /// Idle keep-alive connections to HTTP upstreams.
@@ -231,7 +236,11 @@ impl WorkerCtx {
     /// Whether a connection of `listener` should stop taking requests.
     #[inline]
     pub fn closing(&self, listener: &ListenerHandle) -> bool {
-        self.draining.get() || listener.draining.get()
+        self.draining.get()
+            || listener.draining.get()
+            || self
+                .process_draining
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -288,6 +297,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         balancers: Balancers::default(),
         stats: spec.stats,
         draining: Cell::new(false),
+        process_draining: spec.process_draining.clone(),
         log: spec.log,
         listeners: RefCell::new(HashMap::new()),
         current: RefCell::new(Rc::new(spec.snapshot.load_full())),
