@@ -62,10 +62,16 @@ pub struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// A connection the listener refused at `max_connections` (flag `LR`):
+    /// A connection the listener refused at `max_connections` (flag `LR`)
+    /// or by its rate limit (`RL`):
     /// nothing read or written; `protocol` "TCP" with the cluster on a tcp
     /// listener, empty on an http one.
-    pub fn refused(client: SocketAddr, listener: &'a str, tcp_cluster: Option<&'a str>) -> Self {
+    pub fn refused(
+        client: SocketAddr,
+        listener: &'a str,
+        tcp_cluster: Option<&'a str>,
+        flags: &'a str,
+    ) -> Self {
         Record {
             start: SystemTime::now(),
             request_id: None,
@@ -83,7 +89,7 @@ impl<'a> Record<'a> {
             listener,
             route: None,
             cluster: tcp_cluster,
-            flags: "LR",
+            flags,
         }
     }
 

@@ -58,6 +58,7 @@ pub mod deadline;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod resilience;
 pub mod route;
 pub mod sockio;
 pub mod tcp;

@@ -216,9 +216,22 @@ impl AcceptLoop {
         };
         let cells = listener.stats.worker(self.ctx.index);
         let limit = worker_share(listener.max_connections, self.ctx.workers, self.ctx.index);
-        if cells.active.get() >= limit {
+        let refused = if cells.active.get() >= limit {
             cells.rejected.inc();
             tracing::debug!(listener = %self.handle.name, %peer, "max_connections reached; closing");
+            Some("LR")
+        } else if listener
+            .rate_limit
+            .as_ref()
+            .is_some_and(|r| r.acquire().is_err())
+        {
+            cells.rate_limited.inc();
+            tracing::debug!(listener = %self.handle.name, %peer, "connection rate limit; closing");
+            Some("RL")
+        } else {
+            None
+        };
+        if let Some(flag) = refused {
             drop(stream);
             // One access log line for every connection, refused ones too.
             if snapshot.access_log.is_some() {
@@ -226,7 +239,8 @@ impl AcceptLoop {
                     ListenerProtocol::Tcp { cluster } => Some(cluster.as_str()),
                     ListenerProtocol::Http { .. } => None,
                 };
-                let record = crate::access_log::Record::refused(peer, &listener.name, cluster);
+                let record =
+                    crate::access_log::Record::refused(peer, &listener.name, cluster, flag);
                 self.ctx.log.log(&snapshot, &record);
             }
             return;

@@ -114,6 +114,7 @@ fn config(shared: &Shared) -> Value {
 
 fn clusters(shared: &Shared) -> Value {
     let s = shared.snapshot.load();
+    let now = crate::resilience::now_ms();
     let mut out = serde_json::Map::new();
     for (name, c) in &s.clusters {
         let endpoints: Vec<Value> = c
@@ -139,9 +140,20 @@ fn clusters(shared: &Shared) -> Value {
                         })
                     })
                     .collect();
+                let h = &e.health;
+                let health = match (c.health_check.is_some(), h.healthy()) {
+                    (false, _) => "unchecked",
+                    (true, true) => "healthy",
+                    (true, false) => "unhealthy",
+                };
                 json!({
                     "address": e.address.to_string(),
                     "configured_as": e.written,
+                    "health": health,
+                    "ejected": h.ejected(now),
+                    "ejection_left_ms": h.ejection_left_ms(now),
+                    "ejections": h.ejections.load(std::sync::atomic::Ordering::Relaxed),
+                    "usable": h.usable(now),
                     "in_flight": e.stats.sum(|w| w.in_flight.get()),
                     "pooled": e.stats.sum(|w| w.pooled.get()),
                     "requests": e.stats.sum(|w| w.requests.get()),
@@ -155,6 +167,21 @@ fn clusters(shared: &Shared) -> Value {
             json!({
                 "balance": c.balance.to_string(),
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+                "outlier_detection": c.outlier.is_some(),
+                "health_check": c.health_check.as_ref().map(|h| json!({
+                    "protocol": match h.protocol {
+                        crate::resilience::HealthProtocol::Http => "http",
+                        crate::resilience::HealthProtocol::Tcp => "tcp",
+                    },
+                    "path": h.path,
+                    "interval_ms": h.interval.as_millis() as u64,
+                })),
+                "retries": c.stats.sum(|w| w.retries.get()),
+                "retries_budget_refused": c.stats.sum(|w| w.retries_budget_refused.get()),
+                "overflow": crate::resilience::Overflow::ALL
+                    .iter()
+                    .map(|o| (o.key().to_string(), json!(c.stats.sum(|w| w.overflow[o.index()].get()))))
+                    .collect::<serde_json::Map<_, _>>(),
                 "endpoints": endpoints,
             }),
         );

@@ -255,6 +255,7 @@ fn compile_cluster(
                             address,
                             written: ep.get_ref().clone(),
                             stats: Arc::new(EndpointStats::new(cx.workers)),
+                            health: Arc::default(),
                         });
                     }
                 }
@@ -265,9 +266,11 @@ fn compile_cluster(
             }
         }
     }
+    let resilience = super::resilience::cluster(cx, key, c_ref);
     if !ok {
         return None;
     }
+    let resilience = resilience?;
     Some(Cluster {
         name: name.to_string(),
         endpoints,
@@ -278,6 +281,10 @@ fn compile_cluster(
         max_idle_connections: c_ref.max_idle_connections.unwrap_or(64).min(1 << 20) as usize,
         pool_idle_timeout: c_ref.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
         stats: Arc::new(ClusterStats::new(cx.workers)),
+        retry_budget: resilience.retry_budget,
+        breaker: resilience.breaker,
+        outlier: resilience.outlier,
+        health_check: resilience.health_check,
     })
 }
 
@@ -353,7 +360,22 @@ fn compile_listener(
         Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
         Protocol::Http => DEFAULT_HTTP_IDLE_TIMEOUT,
     };
+    let rate_limit = l
+        .rate_limit
+        .as_ref()
+        .and_then(|r| {
+            r.get_ref()
+                .connections_per_second
+                .map(|n| (n, r.get_ref().burst))
+        })
+        .map(|(n, burst)| {
+            Arc::new(crate::resilience::RateLimiter::new(
+                n,
+                burst.unwrap_or((n / 10).max(1)),
+            ))
+        });
     Some(Listener {
+        rate_limit,
         stats: Arc::new(ListenerStats::new(cx.workers)),
         name: name.to_string(),
         address: address?,

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::value::{buffer_size, positive, positive_duration, ConfigDuration, Workers};
+use super::value::{
+    buffer_size, count, duration, percent, positive, positive_duration, ratio, ConfigDuration,
+    Workers,
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
@@ -156,6 +159,104 @@ pub struct FileListener {
     /// closed. Default 60s.
     #[serde(default, deserialize_with = "positive_duration")]
     pub send_timeout: Option<ConfigDuration>,
+    /// `rate_limit.connections_per_second` (and `burst`) for the whole proxy.
+    pub rate_limit: Option<Spanned<FileListenerRateLimit>>,
+}
+
+/// `rate_limit.*` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenerRateLimit {
+    #[serde(deserialize_with = "positive")]
+    pub connections_per_second: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub burst: Option<u64>,
+}
+
+/// `rate_limit.*` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    #[serde(deserialize_with = "positive")]
+    pub requests_per_second: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub burst: Option<u64>,
+}
+
+/// `retry.*` of a route.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetry {
+    #[serde(default, deserialize_with = "count")]
+    pub attempts: Option<u64>,
+    pub on: Option<Vec<Spanned<String>>>,
+    pub statuses: Option<Vec<Spanned<i64>>>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub per_try_timeout: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub backoff: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "count")]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// `retry_budget.*` of a cluster.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetryBudget {
+    #[serde(default, deserialize_with = "ratio")]
+    pub ratio: Option<f64>,
+    #[serde(default, deserialize_with = "count")]
+    pub min_retries_per_second: Option<u64>,
+}
+
+/// `circuit_breaker.*` of a cluster.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileCircuitBreaker {
+    #[serde(default, deserialize_with = "positive")]
+    pub max_connections: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_pending_requests: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_requests: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_retries: Option<u64>,
+}
+
+/// `outlier_detection.*` of a cluster.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlierDetection {
+    #[serde(default, deserialize_with = "positive")]
+    pub consecutive_5xx: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub consecutive_gateway_errors: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub consecutive_connect_failures: Option<u64>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub base_ejection_time: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "percent")]
+    pub max_ejection_percent: Option<u64>,
+}
+
+/// `health_check.*` of a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    pub protocol: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expected_statuses: Option<Vec<Spanned<i64>>>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub interval: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub timeout: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "positive")]
+    pub healthy_threshold: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub unhealthy_threshold: Option<u64>,
+    #[serde(default, deserialize_with = "percent")]
+    pub panic_threshold: Option<u64>,
 }
 
 /// When a tcp listener relays with splice(2) instead of a user-space buffer.
@@ -197,6 +298,8 @@ pub struct FileRoute {
     pub request_headers: Option<FileHeaderRewrite>,
     pub response_headers: Option<FileHeaderRewrite>,
     pub rewrite: Option<FileRewrite>,
+    pub retry: Option<Spanned<FileRetry>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
 }
 
 /// `match.*` of a route; every condition given must hold.
@@ -266,6 +369,10 @@ pub struct FileCluster {
     /// http: close pooled connections idle longer than this. Default 30s.
     #[serde(default, deserialize_with = "positive_duration")]
     pub idle_timeout: Option<ConfigDuration>,
+    pub retry_budget: Option<FileRetryBudget>,
+    pub circuit_breaker: Option<FileCircuitBreaker>,
+    pub outlier_detection: Option<FileOutlierDetection>,
+    pub health_check: Option<Spanned<FileHealthCheck>>,
 }
 
 /// How a cluster picks an endpoint.

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod error;
 pub mod file;
 mod parse;
+mod resilience;
 mod routes;
 pub mod value;
 
@@ -125,6 +126,8 @@ pub struct Listener {
     pub backlog: u32,
     /// http listeners: codec limits and timeouts.
     pub http: HttpSettings,
+    /// `rate_limit.connections_per_second`, shared by every worker.
+    pub rate_limit: Option<Arc<crate::resilience::RateLimiter>>,
 }
 
 /// Limits of an http listener.
@@ -162,6 +165,7 @@ impl Snapshot {
         for l in &mut self.listeners {
             if let Some(old) = previous.listener(&l.name) {
                 l.stats = old.stats.clone();
+                l.rate_limit = same_limiter(&l.rate_limit, &old.rate_limit);
             }
         }
         for (name, cluster) in &mut self.clusters {
@@ -173,6 +177,10 @@ impl Snapshot {
             for ep in &mut new.endpoints {
                 if let Some(o) = old.endpoints.iter().find(|o| o.address == ep.address) {
                     ep.stats = o.stats.clone();
+                    ep.health = o.health.clone();
+                    if new.health_check.is_none() {
+                        ep.health.clear_check();
+                    }
                 }
             }
         }
@@ -184,6 +192,7 @@ impl Snapshot {
             for r in &mut new.routes {
                 if let Some(o) = old.routes.iter().find(|o| o.name == r.name) {
                     r.stats = o.stats.clone();
+                    r.rate_limit = same_limiter(&r.rate_limit, &o.rate_limit);
                 }
             }
         }
@@ -214,6 +223,17 @@ impl Snapshot {
             self.route_tables.len(),
             routes
         )
+    }
+}
+
+/// The previous limiter (with its state) when the settings did not change.
+fn same_limiter(
+    new: &Option<Arc<crate::resilience::RateLimiter>>,
+    old: &Option<Arc<crate::resilience::RateLimiter>>,
+) -> Option<Arc<crate::resilience::RateLimiter>> {
+    match (new, old) {
+        (Some(n), Some(o)) if n.per_second == o.per_second && n.burst == o.burst => Some(o.clone()),
+        _ => new.clone(),
     }
 }
 

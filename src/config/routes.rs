@@ -94,7 +94,20 @@ fn compile_route(
         Some(p) => Some(p.get_ref().clone()),
         None => None,
     };
+    let retry = r
+        .retry
+        .as_ref()
+        .map(|rt| super::resilience::retry(cx, key, rt));
+    let rate_limit = r
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| super::resilience::route_rate_limit(rl.get_ref()));
     Some(Route {
+        retry: match retry {
+            Some(p) => Some(p?),
+            None => None,
+        },
+        rate_limit,
         stats: Arc::new(RouteStats::new(cx.workers)),
         name,
         host,

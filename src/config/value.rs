@@ -151,6 +151,55 @@ pub fn positive_duration<'de, D: Deserializer<'de>>(
     Ok(Some(v))
 }
 
+/// A count that may be zero (`retry.attempts = 0`).
+pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = i64::deserialize(d)?;
+    if v < 0 {
+        return Err(de::Error::custom(format!(
+            "must be an integer >= 0, not {v}"
+        )));
+    }
+    Ok(Some(v as u64))
+}
+
+/// A percentage from 0 to 100.
+pub fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = i64::deserialize(d)?;
+    if !(0..=100).contains(&v) {
+        return Err(de::Error::custom(format!(
+            "must be a percentage from 0 to 100, not {v}"
+        )));
+    }
+    Ok(Some(v as u64))
+}
+
+/// A ratio from 0 to 1 (an integer 0 or 1 is accepted too).
+pub fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number from 0 to 1")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(E::custom(format!("must be a number from 0 to 1, not {v}")))
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            self.visit_f64(v as f64)
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+/// A duration that may be zero (`retry.backoff = "0s"`: no wait).
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ConfigDuration>, D::Error> {
+    ConfigDuration::deserialize(d).map(Some)
+}
+
 /// `buffer_size`: 4 KiB to 16 MiB.
 pub fn buffer_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = i64::deserialize(d)?;

@@ -165,6 +165,8 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     ));
     let pin = snapshot.runtime.pin_workers;
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    // Ends by itself once the snapshot is gone; never joined.
+    crate::upstream::prober::spawn(Arc::downgrade(&snapshot)).map_err(StartError::Spawn)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let draining = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(n);

@@ -49,6 +49,15 @@ pub enum HttpError {
     /// The client went away.
     #[error("client connection failed: {0}")]
     DownstreamIo(io::Error),
+    /// Every endpoint of the cluster is ejected or failing health checks.
+    #[error("no healthy endpoint in the cluster")]
+    NoHealthyUpstream,
+    /// A circuit-breaker limit of the cluster was reached.
+    #[error("circuit breaker: {} reached", .0.key())]
+    Overflow(crate::resilience::Overflow),
+    /// The route's rate limit; a token would be there after this long.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
 }
 
 impl HttpError {
@@ -58,7 +67,7 @@ impl HttpError {
         match self {
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented | BodyTooLarge
             | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) => Side::Downstream,
-            NoRoute => Side::Internal,
+            NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) => Side::Internal,
             BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_) => Side::Upstream,
         }
     }
@@ -75,7 +84,8 @@ impl HttpError {
             HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
             BadResponse(_) | UpstreamIo(_) => 502,
-            NoUpstream(_) => 503,
+            NoUpstream(_) | NoHealthyUpstream | Overflow(_) => 503,
+            RateLimited(_) => 429,
             UpstreamTimeout => 504,
             DownstreamIo(_) | SendTimeout => return None,
         })
@@ -99,6 +109,9 @@ impl HttpError {
             NoUpstream(_) => "no_healthy_upstream",
             UpstreamTimeout => "upstream_timeout",
             DownstreamIo(_) => "downstream_reset",
+            NoHealthyUpstream => "no_healthy_upstream",
+            Overflow(_) => "overflow",
+            RateLimited(_) => "rate_limited",
         }
     }
 
@@ -115,6 +128,9 @@ impl HttpError {
             UpstreamTimeout => "UT",
             UpstreamIo(_) => "UR",
             DownstreamIo(_) => "DR",
+            NoHealthyUpstream => "UH",
+            Overflow(_) => "UO",
+            RateLimited(_) => "RL",
         }
     }
 
@@ -190,8 +206,16 @@ pub fn error_response(err: &HttpError, close: bool) -> Vec<u8> {
         HttpError::BadRequest(cause) => format!("{}: {cause}\n", err.code()),
         _ => format!("{}\n", err.code()),
     };
+    // Whole seconds, rounded up: a client that waits this long gets a token.
+    let retry_after = match err {
+        HttpError::RateLimited(wait) => format!(
+            "retry-after: {}\r\n",
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        ),
+        _ => String::new(),
+    };
     format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-outrigger-error: {}\r\n{}\r\n{body}",
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-outrigger-error: {}\r\n{retry_after}{}\r\n{body}",
         reason(status),
         body.len(),
         err.code(),

@@ -16,6 +16,7 @@ pub mod codec;
 mod downstream;
 pub mod error;
 mod fields;
+mod forward;
 mod head;
 mod io;
 pub mod pool;

@@ -17,9 +17,8 @@ use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHea
 use super::downstream::Downstream;
 use super::error::HttpError;
 use super::io::read_more;
-use super::serialize::{serialize_request, serialize_response};
+use super::serialize::serialize_response;
 use crate::config::{HttpSettings, Snapshot};
-use crate::metrics::Active;
 use crate::route::Route;
 use crate::sockio::{write_all_within, write_vectored_within};
 use crate::upstream::Cluster;
@@ -37,6 +36,10 @@ pub struct Upstream {
     pub done: Cell<Option<Instant>>,
     /// The x-request-id sent upstream (the client's or a generated one).
     pub request_id: Option<Bytes>,
+    /// Tries made (1 without retries).
+    pub attempts: Cell<u32>,
+    /// Why a wanted retry was not sent (`URX`, `RB`, `UO`), for the log.
+    pub retry_flag: Cell<Option<&'static str>>,
 }
 
 impl Upstream {
@@ -75,147 +78,25 @@ pub struct Forward<'a> {
     pub started: Instant,
 }
 
-/// Forward the request (and its body, read from `conn`) to cluster
-/// `cluster_name`. On error the caller decides, through
-/// `error::keeps_connection`, whether the client connection stays open.
-pub async fn forward(
-    req: Forward<'_>,
-    cluster_name: &str,
-    conn: &mut Downstream,
-    out: &mut Upstream,
-) -> Result<Next, HttpError> {
-    let ctx = req.ctx;
-    let Some(cluster) = req.snapshot.clusters.get(cluster_name) else {
-        return Err(HttpError::NoUpstream(format!("no cluster {cluster_name}")));
-    };
-    let upstream_host = cluster
-        .endpoints
-        .first()
-        .map_or("localhost", |e| e.written.as_str());
-    // Serialised once; each attempt shares it (a retry sends the same bytes).
-    let (request, request_id) = serialize_request(req.head, req.route, conn.peer, upstream_host);
-    out.request_id = Some(request_id);
-    let ccells = cluster.stats.worker(ctx.index);
-    let deadline = req.route.timeout.map(|t| req.started + t);
-    let mut attempt = ctx.balancers.attempt_order(cluster);
-    let mut last_error = String::from("no endpoints");
-    // After a pooled connection turned out dead, the retry takes a new one.
-    let mut fresh = false;
-    let mut retried = false;
-    let mut next_endpoint = attempt.next();
-    while let Some(index) = next_endpoint {
-        let endpoint = &cluster.endpoints[index];
-        let addr = endpoint.address;
-        let ecells = endpoint.stats.worker(ctx.index);
-        out.address.set(Some(addr));
-        let (stream, reused) = match checkout(ctx, cluster, addr, fresh).await {
-            Ok(s) => s,
-            Err(e) => {
-                last_error = format!("{addr}: {e}");
-                ccells.connect_failures.inc();
-                ecells.error(last_error.clone());
-                next_endpoint = attempt.next();
-                continue;
-            }
-        };
-        if reused {
-            ecells.pooled.set(ctx.http_pool.idle_count(addr) as u64);
-        } else {
-            ccells.connections_opened.inc();
-        }
-        let _in_flight = ctx.balancers.track(addr);
-        let _active = Active::new(ccells, ecells);
-        let exchange = Exchange {
-            req,
-            cluster,
-            addr,
-            deadline,
-            out,
-        };
-        let sent = Instant::now();
-        out.sent.set(Some(sent));
-        let result = exchange.run(conn, stream, request.clone()).await;
-        out.done.set(Some(Instant::now()));
-        ccells.duration.record(sent.elapsed());
-        if out.status.get() != 0 {
-            ccells.responses.inc(out.status.get());
-        }
-        match &result {
-            Err(ExchangeError::Failed(e)) if e.side() == super::error::Side::Upstream => {
-                if matches!(e, HttpError::UpstreamTimeout) {
-                    ccells.timeouts.inc();
-                }
-                ecells.error(e.to_string());
-            }
-            Err(ExchangeError::Stale { error, .. }) => ecells.error(error.to_string()),
-            _ => {}
-        }
-        match result {
-            Ok(next) => return Ok(next),
-            // A pooled connection the upstream had closed while idle: retry
-            // once, on a new connection to the same endpoint, when the
-            // request can be sent again.
-            Err(ExchangeError::Stale { error, replay_safe })
-                if reused && !retried && replay_safe =>
-            {
-                tracing::debug!(upstream = %addr, %error, "pooled connection was closed; retrying on a new one");
-                retried = true;
-                fresh = true;
-            }
-            Err(ExchangeError::Stale { error, .. }) => return Err(HttpError::UpstreamIo(error)),
-            Err(ExchangeError::Failed(e)) => return Err(e),
-        }
-    }
-    Err(HttpError::NoUpstream(last_error))
-}
-
 /// Safe to send twice: no body (nothing of it was consumed) and idempotent.
 fn replayable(head: &RequestHead) -> bool {
-    head.framing == Framing::None
-        && matches!(
-            &head.method[..],
-            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
-        )
+    head.framing == Framing::None && crate::resilience::retry::idempotent(&head.method)
 }
 
-/// A pooled connection (`true`) or a new one; `fresh` skips the pool.
-async fn checkout(
-    ctx: &WorkerCtx,
-    cluster: &Cluster,
-    addr: SocketAddr,
-    fresh: bool,
-) -> std::io::Result<(TcpStream, bool)> {
-    if !fresh {
-        if let Some(s) = ctx.http_pool.take(addr, cluster.pool_idle_timeout) {
-            return Ok((s, true));
-        }
-    }
-    let at = Instant::now() + cluster.connect_timeout;
-    match ctx
-        .deadlines
-        .within(at, TcpStream::connect_addr(addr))
-        .await
-    {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok((s, false))
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        )),
-    }
-}
-
-enum ExchangeError {
+pub(super) enum ExchangeError {
     /// Failed before any response byte on a connection that the upstream
     /// may have closed while it was pooled. `replay_safe`: sending the
-    /// request again cannot make the upstream process it twice.
+    /// request again cannot make the upstream process it twice (the head
+    /// could not be written, or the request is idempotent and bodiless).
     Stale {
         error: std::io::Error,
         replay_safe: bool,
+        /// The head could not be written: the upstream saw nothing.
+        unsent: bool,
     },
+    /// The upstream answered a status the route retries, and a retry was
+    /// granted: the response was dropped (its connection closed).
+    RetryStatus(u16),
     Failed(HttpError),
 }
 
@@ -223,12 +104,18 @@ pub(super) struct Exchange<'a> {
     pub(super) req: Forward<'a>,
     pub(super) cluster: &'a Cluster,
     pub(super) addr: SocketAddr,
+    /// The route's deadline for the whole exchange.
     pub(super) deadline: Option<Instant>,
+    /// `retry.per_try_timeout`: the response head must arrive by then.
+    pub(super) head_deadline: Option<Instant>,
     pub(super) out: &'a Upstream,
+    /// The request body, buffered for replay (else it streams from the client).
+    pub(super) body: Option<Bytes>,
+    pub(super) retry: Option<&'a super::forward::Retries<'a>>,
 }
 
 impl Exchange<'_> {
-    async fn run(
+    pub(super) async fn run(
         &self,
         conn: &mut Downstream,
         mut up: TcpStream,
@@ -243,6 +130,7 @@ impl Exchange<'_> {
                 HttpError::UpstreamIo(error) => ExchangeError::Stale {
                     error,
                     replay_safe: true,
+                    unsent: true,
                 },
                 other => ExchangeError::Failed(other),
             });
@@ -251,14 +139,26 @@ impl Exchange<'_> {
         // Expect: 100-continue is answered by the proxy itself (as Envoy and
         // nginx do) and not forwarded: the client gets its 100 at once and the
         // body streams on, whether or not the upstream would send one.
-        if head.expect_continue && head.framing != Framing::None && conn.buf.is_empty() {
+        if self.body.is_none()
+            && head.expect_continue
+            && head.framing != Framing::None
+            && conn.buf.is_empty()
+        {
             conn.write_vec(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                 .await
                 .map_err(ExchangeError::Failed)?;
         }
-        self.send_body(conn, &mut up)
-            .await
-            .map_err(ExchangeError::Failed)?;
+        match &self.body {
+            Some(body) if !body.is_empty() => self
+                .write_upstream(&mut up, body.clone())
+                .await
+                .map_err(ExchangeError::Failed)?,
+            Some(_) => {}
+            None => self
+                .send_body(conn, &mut up)
+                .await
+                .map_err(ExchangeError::Failed)?,
+        }
         // Read the final response head; interim 1xx responses are consumed.
         let response = loop {
             let resp = self
@@ -268,6 +168,7 @@ impl Exchange<'_> {
                     HttpError::UpstreamIo(error) if up_buf.is_empty() => ExchangeError::Stale {
                         error,
                         replay_safe: replayable(head),
+                        unsent: false,
                     },
                     other => ExchangeError::Failed(other),
                 })?;
@@ -286,6 +187,11 @@ impl Exchange<'_> {
             self.out.status.set(resp.status);
             break resp;
         };
+        if let Some(r) = self.retry {
+            if r.wants_status(response.status) && r.grant() {
+                return Err(ExchangeError::RetryStatus(response.status));
+            }
+        }
         self.respond(conn, up, up_buf, response)
             .await
             .map_err(ExchangeError::Failed)
@@ -337,7 +243,10 @@ impl Exchange<'_> {
                 }
             }
             let read = read_more(up, std::mem::take(buf), 8192);
-            let at = Instant::now() + self.remaining();
+            let mut at = Instant::now() + self.remaining();
+            if let Some(d) = self.head_deadline {
+                at = at.min(d);
+            }
             let (res, b) = match self.req.ctx.deadlines.within(at, read).await {
                 Ok(done) => done,
                 Err(_) => return Err(HttpError::UpstreamTimeout),

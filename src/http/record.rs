@@ -36,6 +36,8 @@ pub(super) struct RequestRecord<'a> {
     pub(super) mark: Mark,
     pub(super) status: u16,
     pub(super) flags: &'static str,
+    /// Why a wanted retry was not sent, logged after `flags`.
+    pub(super) retry_flag: Option<&'static str>,
     pub(super) route: Option<&'a crate::route::Route>,
     pub(super) cluster: Option<&'a str>,
 }
@@ -47,6 +49,7 @@ impl<'a> RequestRecord<'a> {
             mark,
             status: 0,
             flags: "-",
+            retry_flag: None,
             route: None,
             cluster: None,
         }
@@ -81,6 +84,15 @@ impl<'a> RequestRecord<'a> {
         if snapshot.access_log.is_none() {
             return;
         }
+        let joined;
+        let flags = match (self.flags, self.retry_flag) {
+            (f, None) => f,
+            ("-", Some(r)) => r,
+            (f, Some(r)) => {
+                joined = format!("{f},{r}");
+                joined.as_str()
+            }
+        };
         let (head, up) = match exchange {
             Some((h, u)) => (Some(h), Some(u)),
             None => (None, None),
@@ -107,7 +119,7 @@ impl<'a> RequestRecord<'a> {
                 listener: &self.listener.name,
                 route: self.route.map(|r| r.name.as_str()),
                 cluster: self.cluster,
-                flags: self.flags,
+                flags,
             },
         );
     }

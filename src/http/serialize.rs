@@ -12,6 +12,16 @@ use bytes::{Bytes, BytesMut};
 use super::codec::{connection_listed, is_hop_by_hop, Framing, Header, RequestHead, ResponseHead};
 use crate::route::{HeaderRewrite, PathMatch, Route};
 
+/// The request of a retry: `request` with `x-outrigger-attempts: N` (the
+/// try's number, 2 for the first retry) before the blank line.
+pub fn with_attempt_count(request: &Bytes, attempt: u32) -> Bytes {
+    let head = request.strip_suffix(b"\r\n").unwrap_or(request);
+    let mut out = BytesMut::with_capacity(head.len() + 32);
+    out.extend_from_slice(head);
+    let _ = write!(out, "x-outrigger-attempts: {attempt}\r\n\r\n");
+    out.freeze()
+}
+
 /// The request as sent upstream: re-serialised from the parsed head, never
 /// the client's bytes. Hop-by-hop headers dropped, forwarding headers added
 /// (repeated `X-Forwarded-For` and `Via` lines joined, in order, with the
@@ -40,6 +50,7 @@ pub fn serialize_request(
             || h.is("via")
             || h.is("x-forwarded-proto")
             || h.is("expect")
+            || h.is("x-outrigger-attempts")
             || removed(edits, h)
         {
             continue;

@@ -192,6 +192,12 @@ async fn route_and_answer<'a>(
         return fail(ctx, rec, conn, head, HttpError::NoRoute).await;
     };
     rec.route = Some(route);
+    if let Some(limit) = &route.rate_limit {
+        if let Err(wait) = limit.acquire() {
+            route.stats.worker(ctx.index).rate_limited.inc();
+            return fail(ctx, rec, conn, head, HttpError::RateLimited(wait)).await;
+        }
+    }
     let result = match &route.action {
         RouteAction::Direct { status, body } => {
             rec.status = *status;
@@ -209,7 +215,7 @@ async fn route_and_answer<'a>(
                 head,
                 started: rec.mark.at,
             };
-            let forward = proxy::forward(req, name, conn, up);
+            let forward = super::forward::forward(req, name, conn, up);
             // The route timeout covers the whole exchange: connecting,
             // reading the client's body, the upstream's answer and sending
             // it back. Upstream reads honour it exactly (`Exchange::remaining`);
@@ -227,6 +233,7 @@ async fn route_and_answer<'a>(
     if up.status.get() != 0 {
         rec.status = up.status.get();
     }
+    rec.retry_flag = up.retry_flag.get();
     match result {
         Ok(Next::KeepAlive) if head.keep_alive => Next::KeepAlive,
         Ok(Next::KeepAlive) => Next::Close,

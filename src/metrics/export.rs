@@ -86,7 +86,7 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
 
 fn listener_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&super::ListenerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 8] = [
+    let simple: [(&str, &str, &str, Get); 9] = [
         (
             "outrigger_listener_connections_total",
             "counter",
@@ -110,6 +110,12 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
             "counter",
             "accept() calls that failed (EMFILE and friends).",
             |c| c.accept_errors.get(),
+        ),
+        (
+            "outrigger_listener_connections_rate_limited_total",
+            "counter",
+            "Connections closed at once by rate_limit.connections_per_second.",
+            |c| c.rate_limited.get(),
         ),
         (
             "outrigger_listener_idle_timeouts_total",
@@ -176,6 +182,21 @@ fn route_metrics(p: &mut Prom, s: &Snapshot) {
             );
         }
     }
+    let name = "outrigger_route_rate_limited_total";
+    p.family(
+        name,
+        "counter",
+        "HTTP requests refused (429) by the route's rate limit.",
+    );
+    for (table, t) in &s.route_tables {
+        for r in &t.routes {
+            p.sample(
+                name,
+                &[("table", table), ("route", &r.name)],
+                r.stats.sum(|c| c.rate_limited.get()),
+            );
+        }
+    }
     let name = "outrigger_route_request_duration_seconds";
     p.family(
         name,
@@ -192,7 +213,25 @@ fn route_metrics(p: &mut Prom, s: &Snapshot) {
 
 fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&super::ClusterCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 5] = [
+    let simple: [(&str, &str, &str, Get); 8] = [
+        (
+            "outrigger_cluster_retries_total",
+            "counter",
+            "HTTP retries sent (tries after the first).",
+            |c| c.retries.get(),
+        ),
+        (
+            "outrigger_cluster_retries_budget_refused_total",
+            "counter",
+            "HTTP retries wanted but refused by the cluster's retry budget.",
+            |c| c.retries_budget_refused.get(),
+        ),
+        (
+            "outrigger_cluster_retries_succeeded_total",
+            "counter",
+            "HTTP requests answered by the upstream after at least one retry.",
+            |c| c.retries_succeeded.get(),
+        ),
         (
             "outrigger_cluster_upstream_requests_total",
             "counter",
@@ -230,6 +269,22 @@ fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
             p.sample(name, &[("cluster", cname)], c.stats.sum(get));
         }
     }
+    let name = "outrigger_cluster_overflow_total";
+    p.family(
+        name,
+        "counter",
+        "Requests or connections refused (503 overflow, or a close) by a circuit-breaker limit.",
+    );
+    for (cname, c) in &s.clusters {
+        for o in crate::resilience::Overflow::ALL {
+            p.sample(
+                name,
+                &[("cluster", cname), ("limit", o.key())],
+                c.stats.sum(|w| w.overflow[o.index()].get()),
+            );
+        }
+    }
+    endpoint_health_metrics(p, s);
     let name = "outrigger_cluster_upstream_responses_total";
     p.family(name, "counter", "Upstream HTTP responses by status class.");
     for (cname, c) in &s.clusters {
@@ -244,6 +299,59 @@ fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
     for (cname, c) in &s.clusters {
         let m = merge(&c.stats, |c| &c.duration);
         p.histogram_samples(name, &[("cluster", cname)], &m);
+    }
+}
+
+fn endpoint_health_metrics(p: &mut Prom, s: &Snapshot) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::resilience::now_ms();
+    let name = "outrigger_endpoint_ejections_total";
+    p.family(
+        name,
+        "counter",
+        "Outlier detection ejections of the endpoint.",
+    );
+    for (cname, c) in s.clusters.iter().filter(|(_, c)| c.outlier.is_some()) {
+        for e in &c.endpoints {
+            let addr = e.address.to_string();
+            let labels = [("cluster", cname.as_str()), ("endpoint", addr.as_str())];
+            p.sample(name, &labels, e.health.ejections.load(Relaxed));
+        }
+    }
+    let name = "outrigger_endpoint_health_checks_total";
+    p.family(
+        name,
+        "counter",
+        "Active health check results of the endpoint.",
+    );
+    for (cname, c) in s.clusters.iter().filter(|(_, c)| c.health_check.is_some()) {
+        for e in &c.endpoints {
+            let addr = e.address.to_string();
+            for (result, v) in [
+                ("passed", e.health.checks_passed.load(Relaxed)),
+                ("failed", e.health.checks_failed.load(Relaxed)),
+            ] {
+                let labels = [
+                    ("cluster", cname.as_str()),
+                    ("endpoint", addr.as_str()),
+                    ("result", result),
+                ];
+                p.sample(name, &labels, v);
+            }
+        }
+    }
+    let name = "outrigger_endpoint_usable";
+    p.family(
+        name,
+        "gauge",
+        "1 when the endpoint takes traffic (not ejected, not failing health checks).",
+    );
+    for (cname, c) in &s.clusters {
+        for e in &c.endpoints {
+            let addr = e.address.to_string();
+            let labels = [("cluster", cname.as_str()), ("endpoint", addr.as_str())];
+            p.sample(name, &labels, u64::from(e.health.usable(now)));
+        }
     }
 }
 

@@ -138,6 +138,8 @@ pub struct ListenerCells {
     pub no_upstream: Counter,
     /// Connections closed by `idle_timeout`.
     pub idle_timeouts: Counter,
+    /// Connections closed at once by `rate_limit.connections_per_second`.
+    pub rate_limited: Counter,
     /// Bytes received from downstream clients.
     pub bytes_in: Counter,
     /// Bytes sent to downstream clients.
@@ -155,6 +157,8 @@ pub struct ListenerCells {
 #[derive(Debug, Default)]
 pub struct RouteCells {
     pub requests: ByClass,
+    /// Requests refused by the route's rate limit (429).
+    pub rate_limited: Counter,
     /// From the request head's arrival to the response's last byte.
     pub duration: Histogram,
 }
@@ -176,6 +180,21 @@ pub struct ClusterCells {
     pub active: Counter,
     /// http: from sending the request to the response's last byte.
     pub duration: Histogram,
+    /// http: retries sent, refused by the retry budget, and requests that
+    /// succeeded after at least one retry.
+    pub retries: Counter,
+    pub retries_budget_refused: Counter,
+    pub retries_succeeded: Counter,
+    /// Requests (or tcp connections) refused by a circuit-breaker limit,
+    /// by `resilience::Overflow::index`.
+    pub overflow: [Counter; 4],
+    /// Circuit-breaker gauges: requests in flight, requests waiting for a
+    /// new connection, retries in flight.
+    pub breaker_requests: Counter,
+    pub breaker_pending: Counter,
+    pub breaker_retries: Counter,
+    /// This worker's retry budget window.
+    pub budget: crate::resilience::BudgetCells,
 }
 
 /// State of one endpoint of a cluster on one worker.
@@ -190,6 +209,10 @@ pub struct EndpointCells {
     pub errors: Counter,
     /// The most recent error and when it happened.
     pub last_error: ArcSwapOption<EndpointError>,
+    /// Outlier detection streaks seen by this worker.
+    pub consecutive_5xx: Counter,
+    pub consecutive_gateway: Counter,
+    pub consecutive_connect: Counter,
 }
 
 /// An endpoint's most recent error.

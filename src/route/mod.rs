@@ -59,6 +59,10 @@ pub struct Route {
     pub request_headers: HeaderRewrite,
     pub response_headers: HeaderRewrite,
     pub rewrite_path_prefix: Option<String>,
+    /// `retry.*`; `None`: no retries.
+    pub retry: Option<crate::resilience::RetryPolicy>,
+    /// `rate_limit.*`, shared by every worker.
+    pub rate_limit: Option<std::sync::Arc<crate::resilience::RateLimiter>>,
 }
 
 /// Host condition, compared without the port and ignoring ASCII case.

@@ -27,6 +27,8 @@ impl RouteRequest for Req<'_> {
 
 fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route {
     Route {
+        retry: None,
+        rate_limit: None,
         name: name.into(),
         stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),
         host,

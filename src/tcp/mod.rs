@@ -29,6 +29,15 @@ pub enum ConnectError {
         attempts: usize,
         last: String,
     },
+    /// Every endpoint is ejected or failing its health checks.
+    #[error("no healthy endpoint in cluster \"{0}\"")]
+    NoHealthy(String),
+    /// A circuit-breaker limit of the cluster was reached.
+    #[error("cluster \"{cluster}\": circuit breaker {} reached", .limit.key())]
+    Overflow {
+        cluster: String,
+        limit: crate::resilience::Overflow,
+    },
 }
 
 /// Serve one downstream connection of a tcp listener.
@@ -60,7 +69,12 @@ pub async fn proxy(
         Err(e) => {
             counters.no_upstream.inc();
             tracing::warn!(listener = %listener.name, %peer, error = %e, "closing client");
-            log(None, (0, 0), "UF");
+            let flag = match e {
+                ConnectError::AllFailed { .. } => "UF",
+                ConnectError::NoHealthy(_) => "UH",
+                ConnectError::Overflow { .. } => "UO",
+            };
+            log(None, (0, 0), flag);
             return;
         }
     };
@@ -104,18 +118,59 @@ pub async fn proxy(
     );
 }
 
-/// Try the balancer's pick, then every other endpoint once.
+/// Try the balancer's pick, then every other endpoint once (skipping
+/// ejected and unhealthy ones), within the cluster's circuit-breaker limits.
 async fn connect<'c>(
     ctx: &WorkerCtx,
     cluster: &'c Cluster,
     counters: &crate::metrics::ListenerCells,
 ) -> Result<(TcpStream, &'c Endpoint), ConnectError> {
+    use crate::resilience::Overflow;
+    use crate::upstream::Availability;
+    let cells = cluster.stats.worker(ctx.index);
+    let share = |max| crate::listener::worker_share(max, ctx.workers, ctx.index);
+    let limit = if cells.active.get() >= share(cluster.breaker.max_connections) {
+        Some(Overflow::Connections)
+    } else if cells.breaker_pending.get() >= share(cluster.breaker.max_pending_requests) {
+        Some(Overflow::PendingRequests)
+    } else {
+        None
+    };
+    if let Some(limit) = limit {
+        cells.overflow[limit.index()].inc();
+        return Err(ConnectError::Overflow {
+            cluster: cluster.name.clone(),
+            limit,
+        });
+    }
+    let now = crate::resilience::now_ms();
+    let availability = cluster.availability(now);
+    if availability == Availability::None {
+        return Err(ConnectError::NoHealthy(cluster.name.clone()));
+    }
+    cells.breaker_pending.inc();
+    let result = connect_any(ctx, cluster, counters, availability, now).await;
+    cells.breaker_pending.dec();
+    result
+}
+
+async fn connect_any<'c>(
+    ctx: &WorkerCtx,
+    cluster: &'c Cluster,
+    counters: &crate::metrics::ListenerCells,
+    availability: crate::upstream::Availability,
+    now: u64,
+) -> Result<(TcpStream, &'c Endpoint), ConnectError> {
+    use crate::resilience::health::Outcome;
     let order = ctx.balancers.attempt_order(cluster);
     let mut last = String::from("no endpoints");
     let mut attempts = 0;
     for i in order {
-        attempts += 1;
         let endpoint = &cluster.endpoints[i];
+        if availability != crate::upstream::Availability::All && !endpoint.health.usable(now) {
+            continue;
+        }
+        attempts += 1;
         let addr = endpoint.address;
         let at = std::time::Instant::now() + cluster.connect_timeout;
         match ctx
@@ -123,7 +178,10 @@ async fn connect<'c>(
             .within(at, TcpStream::connect_addr(addr))
             .await
         {
-            Ok(Ok(stream)) => return Ok((stream, endpoint)),
+            Ok(Ok(stream)) => {
+                cluster.record_outcome(ctx.index, i, Outcome::Success);
+                return Ok((stream, endpoint));
+            }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => {
                 last = format!(
@@ -135,6 +193,7 @@ async fn connect<'c>(
         counters.upstream_connect_failures.inc();
         cluster.stats.worker(ctx.index).connect_failures.inc();
         endpoint.stats.worker(ctx.index).error(last.clone());
+        cluster.record_outcome(ctx.index, i, Outcome::ConnectFailure);
         tracing::debug!(cluster = %cluster.name, error = %last, "upstream connect failed");
     }
     Err(ConnectError::AllFailed {

@@ -1,6 +1,8 @@
 //! Upstream clusters: their endpoints (compiled, immutable) and the
 //! per-worker balancer state that picks among them.
 
+pub mod prober;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,6 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::{ClusterStats, EndpointStats};
+use crate::resilience::health::Outcome;
+use crate::resilience::{
+    BreakerLimits, EndpointHealth, HealthCheck, OutlierDetection, RetryBudget,
+};
 
 pub use crate::config::file::Balance;
 
@@ -24,6 +30,117 @@ pub struct Cluster {
     pub pool_idle_timeout: Duration,
     /// Per-worker counters, carried across reloads by name.
     pub stats: Arc<ClusterStats>,
+    /// `retry_budget.*`.
+    pub retry_budget: RetryBudget,
+    /// `circuit_breaker.*` (whole-proxy figures).
+    pub breaker: BreakerLimits,
+    /// `outlier_detection.*`, when the table is present.
+    pub outlier: Option<OutlierDetection>,
+    /// `health_check.*`, when the table is present.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Which endpoints a pick may choose from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Skip endpoints that are ejected or failing their health checks.
+    Usable,
+    /// Panic mode (`health_check.panic_threshold`): every endpoint.
+    All,
+    /// No endpoint may take traffic.
+    None,
+}
+
+impl Cluster {
+    /// Whether any endpoint can be skipped at all (no outlier detection
+    /// and no health check: never, and no atomic is read).
+    #[inline]
+    fn guarded(&self) -> bool {
+        self.outlier.is_some() || self.health_check.is_some()
+    }
+
+    /// Which endpoints requests may go to now.
+    pub fn availability(&self, now_ms: u64) -> Availability {
+        if !self.guarded() {
+            return Availability::All;
+        }
+        let usable = self
+            .endpoints
+            .iter()
+            .filter(|e| e.health.usable(now_ms))
+            .count();
+        let n = self.endpoints.len();
+        let panic = self.health_check.as_ref().map_or(0, |h| h.panic_threshold) as usize;
+        // Everything usable, or below the panic threshold: every endpoint.
+        if usable == n || usable * 100 < panic * n {
+            Availability::All
+        } else if usable == 0 {
+            Availability::None
+        } else {
+            Availability::Usable
+        }
+    }
+
+    /// Feed one try's outcome to outlier detection: count it on this
+    /// worker and eject the endpoint for the whole proxy when a streak
+    /// reaches its threshold (and `max_ejection_percent` allows).
+    pub fn record_outcome(&self, worker: usize, index: usize, outcome: Outcome) {
+        let Some(od) = &self.outlier else { return };
+        let Some(ep) = self.endpoints.get(index) else {
+            return;
+        };
+        let c = ep.stats.worker(worker);
+        let tripped = match outcome {
+            Outcome::Success => {
+                c.consecutive_5xx.set(0);
+                c.consecutive_gateway.set(0);
+                c.consecutive_connect.set(0);
+                return;
+            }
+            Outcome::ConnectFailure => {
+                c.consecutive_connect.inc();
+                c.consecutive_connect.get() >= u64::from(od.consecutive_connect_failures)
+            }
+            Outcome::Status(_) | Outcome::LocalFailure => {
+                // A reset or a timeout counts as a gateway error (502/504).
+                let gateway = matches!(outcome, Outcome::LocalFailure | Outcome::Status(502..=504));
+                c.consecutive_connect.set(0);
+                c.consecutive_5xx.inc();
+                if gateway {
+                    c.consecutive_gateway.inc();
+                } else {
+                    c.consecutive_gateway.set(0);
+                }
+                c.consecutive_5xx.get() >= u64::from(od.consecutive_5xx)
+                    || c.consecutive_gateway.get() >= u64::from(od.consecutive_gateway_errors)
+            }
+        };
+        if !tripped {
+            return;
+        }
+        let now = crate::resilience::now_ms();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.health.ejected(now))
+            .count();
+        let allowed = self.endpoints.len() * od.max_ejection_percent as usize / 100;
+        if ejected + 1 > allowed {
+            return;
+        }
+        if ep.health.eject(od.base_ejection_time, now) {
+            c.consecutive_5xx.set(0);
+            c.consecutive_gateway.set(0);
+            c.consecutive_connect.set(0);
+            tracing::warn!(
+                cluster = %self.name,
+                endpoint = %ep.address,
+                ?outcome,
+                for_ms = ep.health.ejection_left_ms(now),
+                "outlier ejected"
+            );
+        }
+    }
 }
 
 /// One upstream address.
@@ -34,6 +151,9 @@ pub struct Endpoint {
     pub written: String,
     /// Per-worker state, carried across reloads by cluster and address.
     pub stats: Arc<EndpointStats>,
+    /// Ejection and health-check state for the whole proxy, carried the
+    /// same way.
+    pub health: Arc<EndpointHealth>,
 }
 
 /// Per-worker balancer state for every cluster, keyed by cluster name so it
@@ -164,6 +284,7 @@ mod tests {
                     address: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
                     written: format!("127.0.0.1:{}", 9000 + i),
                     stats: Arc::new(EndpointStats::new(1)),
+                    health: Arc::default(),
                 })
                 .collect(),
             balance,
@@ -171,6 +292,10 @@ mod tests {
             max_idle_connections: 8,
             pool_idle_timeout: Duration::from_secs(30),
             stats: Arc::new(ClusterStats::new(1)),
+            retry_budget: RetryBudget::default(),
+            breaker: BreakerLimits::default(),
+            outlier: None,
+            health_check: None,
         }
     }
 

@@ -1,0 +1,512 @@
+//! The retry loop of one request: circuit-breaker limits, endpoint choice
+//! (skipping ejected and unhealthy endpoints), connect failover, retries
+//! with back-off under the cluster's budget, and the outcome of every try
+//! fed to outlier detection. One try's exchange is `proxy::Exchange`.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+
+use super::codec::Framing;
+use super::downstream::Downstream;
+use super::error::HttpError;
+use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
+use super::serialize::{serialize_request, with_attempt_count};
+use crate::listener::worker_share;
+use crate::metrics::{Active, ClusterCells, Counter};
+use crate::resilience::health::Outcome;
+use crate::resilience::{retry::idempotent, Overflow, RetryOn, RetryPolicy};
+use crate::upstream::{AttemptOrder, Availability, Cluster};
+use crate::worker::WorkerCtx;
+
+/// Holds one unit of a gauge until dropped.
+struct Held<'a>(&'a Counter);
+
+impl<'a> Held<'a> {
+    fn new(c: &'a Counter) -> Self {
+        c.inc();
+        Held(c)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The retry state of one request.
+pub(super) struct Retries<'a> {
+    policy: Option<&'a RetryPolicy>,
+    cluster: &'a Cluster,
+    cells: &'a ClusterCells,
+    ctx: &'a WorkerCtx,
+    /// Retries granted so far.
+    done: Cell<u32>,
+    /// Why a wanted retry was not sent (access log flag).
+    pub(super) refused: Cell<Option<&'static str>>,
+    /// The request can be sent again after its bytes reached an upstream:
+    /// idempotent, with no body or a buffered one.
+    resendable: bool,
+}
+
+impl Retries<'_> {
+    /// Whether a response with this status should be retried (if granted).
+    pub(super) fn wants_status(&self, status: u16) -> bool {
+        self.resendable && self.policy.is_some_and(|p| p.retries_status(status))
+    }
+
+    /// Ask for one more try: attempts left, the `max_retries` breaker and
+    /// the retry budget. Counts the retry when granted, the refusal when not.
+    pub(super) fn grant(&self) -> bool {
+        let Some(p) = self.policy else { return false };
+        if self.done.get() >= p.attempts {
+            self.refused.set(Some("URX"));
+            return false;
+        }
+        let ctx = self.ctx;
+        let share = |max| worker_share(max, ctx.workers, ctx.index);
+        if self.cells.breaker_retries.get() >= share(self.cluster.breaker.max_retries) {
+            self.cells.overflow[Overflow::Retries.index()].inc();
+            self.refused.set(Some("UO"));
+            return false;
+        }
+        let budget = &self.cluster.retry_budget;
+        let floor = worker_share(
+            u64::from(budget.min_retries_per_second) * crate::resilience::budget::WINDOW_SECS,
+            ctx.workers,
+            ctx.index,
+        );
+        if !self
+            .cells
+            .budget
+            .withdraw(budget, floor, crate::resilience::now_ms())
+        {
+            self.cells.retries_budget_refused.inc();
+            self.refused.set(Some("RB"));
+            return false;
+        }
+        self.done.set(self.done.get() + 1);
+        self.cells.retries.inc();
+        true
+    }
+
+    /// Whether a failure after the request was sent may be retried.
+    fn retriable_failure(&self, error: &HttpError, proven_unprocessed: bool) -> bool {
+        let Some(p) = self.policy else { return false };
+        let reset = matches!(error, HttpError::UpstreamIo(_));
+        let status = error.status().unwrap_or(502);
+        if proven_unprocessed {
+            return reset && p.on.contains(RetryOn::RESET);
+        }
+        self.resendable && p.retries_failure(reset, status)
+    }
+}
+
+/// How one try ended, when it did not produce the response.
+enum TryError {
+    /// Return this to the client.
+    Fatal(HttpError),
+    /// May be retried if the budget allows.
+    Retriable(HttpError),
+    /// A retry was already granted (a retriable status; its response was
+    /// dropped).
+    Granted(HttpError),
+}
+
+/// Forward the request (and its body, read from `conn`) to cluster
+/// `cluster_name`, retrying as the route's `retry` allows. On error the
+/// caller decides, through `error::keeps_connection`, whether the client
+/// connection stays open.
+pub async fn forward(
+    req: Forward<'_>,
+    cluster_name: &str,
+    conn: &mut Downstream,
+    out: &mut Upstream,
+) -> Result<Next, HttpError> {
+    let ctx = req.ctx;
+    let Some(cluster) = req.snapshot.clusters.get(cluster_name) else {
+        return Err(HttpError::NoUpstream(format!("no cluster {cluster_name}")));
+    };
+    let cells = cluster.stats.worker(ctx.index);
+    if cells.breaker_requests.get()
+        >= worker_share(cluster.breaker.max_requests, ctx.workers, ctx.index)
+    {
+        cells.overflow[Overflow::Requests.index()].inc();
+        return Err(HttpError::Overflow(Overflow::Requests));
+    }
+    let _request = Held::new(&cells.breaker_requests);
+    let now = crate::resilience::now_ms();
+    cells.budget.deposit(now);
+    let availability = cluster.availability(now);
+    if availability == Availability::None {
+        return Err(HttpError::NoHealthyUpstream);
+    }
+    let upstream_host = cluster
+        .endpoints
+        .first()
+        .map_or("localhost", |e| e.written.as_str());
+    // Serialised once; each try shares it (a retry adds its attempt count).
+    let (request, request_id) = serialize_request(req.head, req.route, conn.peer, upstream_host);
+    out.request_id = Some(request_id);
+    let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
+    let body = match policy {
+        Some(p) => buffer_body(req, conn, p.max_body_bytes).await?,
+        None => None,
+    };
+    let retries = Retries {
+        policy,
+        cluster,
+        cells,
+        ctx,
+        done: Cell::new(0),
+        refused: Cell::new(None),
+        resendable: idempotent(&req.head.method)
+            && (req.head.framing == Framing::None || body.is_some()),
+    };
+    let deadline = req.route.timeout.map(|t| req.started + t);
+    let mut order = ctx.balancers.attempt_order(cluster);
+    let mut failed: Option<usize> = None;
+    loop {
+        let attempt = retries.done.get() + 1;
+        let bytes = if attempt == 1 {
+            request.clone()
+        } else {
+            with_attempt_count(&request, attempt)
+        };
+        let _retry = (attempt > 1).then(|| Held::new(&cells.breaker_retries));
+        let t = Try {
+            req,
+            cluster,
+            availability,
+            retries: &retries,
+            deadline,
+        };
+        let error = match t
+            .run(&mut order, &mut failed, conn, out, bytes, body.clone())
+            .await
+        {
+            Ok(next) => {
+                if attempt > 1 {
+                    cells.retries_succeeded.inc();
+                }
+                out.attempts.set(attempt);
+                out.retry_flag.set(retries.refused.get());
+                return Ok(next);
+            }
+            Err(TryError::Fatal(e)) => e,
+            Err(TryError::Granted(e)) => {
+                tracing::debug!(cluster = %cluster.name, error = %e, attempt, "retrying");
+                backoff(ctx, &retries, deadline).await;
+                continue;
+            }
+            Err(TryError::Retriable(e)) => {
+                if retries.grant() {
+                    tracing::debug!(cluster = %cluster.name, error = %e, attempt, "retrying");
+                    backoff(ctx, &retries, deadline).await;
+                    continue;
+                }
+                e
+            }
+        };
+        out.attempts.set(attempt);
+        out.retry_flag.set(retries.refused.get());
+        return Err(error);
+    }
+}
+
+/// Wait the policy's back-off before the next try (cut short by the
+/// route's deadline, which then fails the request).
+async fn backoff(ctx: &WorkerCtx, retries: &Retries<'_>, deadline: Option<Instant>) {
+    let Some(p) = retries.policy else { return };
+    let wait = p.backoff(retries.done.get());
+    if wait.is_zero() {
+        return;
+    }
+    let mut until = Instant::now() + wait;
+    if let Some(d) = deadline {
+        until = until.min(d);
+    }
+    let _ = ctx
+        .deadlines
+        .within(until, std::future::pending::<()>())
+        .await;
+}
+
+/// Read a request body of at most `max` bytes (declared by Content-Length)
+/// into memory so that a retry can send it again. `None`: no body, a
+/// chunked one or a larger one (streamed; such a request is not retried
+/// once its bytes were sent).
+async fn buffer_body(
+    req: Forward<'_>,
+    conn: &mut Downstream,
+    max: u64,
+) -> Result<Option<Bytes>, HttpError> {
+    let Framing::Length(n) = req.head.framing else {
+        return Ok(None);
+    };
+    if n > max {
+        return Ok(None);
+    }
+    if req.head.expect_continue && conn.buf.is_empty() && n > 0 {
+        conn.write_vec(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await?;
+    }
+    let mut body = BytesMut::with_capacity(n as usize);
+    while (body.len() as u64) < n {
+        if conn.buf.is_empty() {
+            conn.read_body().await?;
+        }
+        let take = (conn.buf.len()).min(n as usize - body.len());
+        body.extend_from_slice(&conn.buf.split_to(take));
+    }
+    conn.body_complete = true;
+    Ok(Some(body.freeze()))
+}
+
+/// One try: the next usable endpoint, failing over to the others while
+/// connecting fails (nothing was sent), as the cluster always has.
+struct Try<'a> {
+    req: Forward<'a>,
+    cluster: &'a Cluster,
+    availability: Availability,
+    retries: &'a Retries<'a>,
+    deadline: Option<Instant>,
+}
+
+impl Try<'_> {
+    /// The next endpoint to try: in the balancer's order, skipping those
+    /// that may not take traffic; a new order once this one is used up,
+    /// avoiding the endpoint that failed last when there is another.
+    fn next_endpoint(&self, order: &mut AttemptOrder, failed: Option<usize>) -> Option<usize> {
+        let n = self.cluster.endpoints.len();
+        let now = crate::resilience::now_ms();
+        let usable = |i: usize| {
+            self.availability == Availability::All || self.cluster.endpoints[i].health.usable(now)
+        };
+        if let Some(i) = order.by_ref().find(|&i| usable(i)) {
+            return Some(i);
+        }
+        *order = self.req.ctx.balancers.attempt_order(self.cluster);
+        let mut fresh = order.clone().filter(|&i| usable(i));
+        let first = fresh.next()?;
+        match (failed, fresh.next()) {
+            (Some(f), Some(other)) if f == first && n > 1 => {
+                order.find(|&i| i == other);
+                Some(other)
+            }
+            _ => {
+                order.find(|&i| i == first);
+                Some(first)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        order: &mut AttemptOrder,
+        failed: &mut Option<usize>,
+        conn: &mut Downstream,
+        out: &mut Upstream,
+        request: Bytes,
+        body: Option<Bytes>,
+    ) -> Result<Next, TryError> {
+        let ctx = self.req.ctx;
+        let cluster = self.cluster;
+        let cells = cluster.stats.worker(ctx.index);
+        let mut last_error = String::from("no endpoints");
+        let per_try = self
+            .retries
+            .policy
+            .and_then(|p| p.per_try_timeout)
+            .map(|t| Instant::now() + t);
+        for _ in 0..cluster.endpoints.len() {
+            let Some(index) = self.next_endpoint(order, *failed) else {
+                break;
+            };
+            let endpoint = &cluster.endpoints[index];
+            let addr = endpoint.address;
+            let ecells = endpoint.stats.worker(ctx.index);
+            out.address.set(Some(addr));
+            // After a pooled connection turned out dead, one more go on a
+            // new connection to the same endpoint (not a retry: the upstream
+            // never saw the request).
+            let mut fresh = false;
+            loop {
+                let (stream, reused) = match self.checkout(cells, addr, fresh).await {
+                    Ok(s) => s,
+                    Err(Checkout::Overflow(o)) => {
+                        cells.overflow[o.index()].inc();
+                        return Err(TryError::Fatal(HttpError::Overflow(o)));
+                    }
+                    Err(Checkout::Failed(e)) => {
+                        last_error = format!("{addr}: {e}");
+                        cells.connect_failures.inc();
+                        ecells.error(last_error.clone());
+                        cluster.record_outcome(ctx.index, index, Outcome::ConnectFailure);
+                        *failed = Some(index);
+                        break;
+                    }
+                };
+                if reused {
+                    ecells.pooled.set(ctx.http_pool.idle_count(addr) as u64);
+                } else {
+                    cells.connections_opened.inc();
+                }
+                let _in_flight = ctx.balancers.track(addr);
+                let _active = Active::new(cells, ecells);
+                let exchange = Exchange {
+                    req: self.req,
+                    cluster,
+                    addr,
+                    deadline: self.deadline,
+                    head_deadline: per_try,
+                    out,
+                    body: body.clone(),
+                    retry: Some(self.retries),
+                };
+                let sent = Instant::now();
+                out.sent.set(Some(sent));
+                let result = exchange.run(conn, stream, request.clone()).await;
+                out.done.set(Some(Instant::now()));
+                cells.duration.record(sent.elapsed());
+                let status = out.status.get();
+                if status != 0 {
+                    cells.responses.inc(status);
+                }
+                let outcome = match &result {
+                    Ok(_) if status >= 500 => Outcome::Status(status),
+                    Ok(_) => Outcome::Success,
+                    Err(ExchangeError::RetryStatus(s)) => Outcome::Status(*s),
+                    Err(ExchangeError::Failed(e)) if e.side() == super::error::Side::Upstream => {
+                        if matches!(e, HttpError::UpstreamTimeout) {
+                            cells.timeouts.inc();
+                        }
+                        ecells.error(e.to_string());
+                        Outcome::LocalFailure
+                    }
+                    Err(ExchangeError::Stale { error, .. }) => {
+                        ecells.error(error.to_string());
+                        Outcome::LocalFailure
+                    }
+                    Err(ExchangeError::Failed(_)) => Outcome::Success,
+                };
+                if !(reused && matches!(result, Err(ExchangeError::Stale { .. }))) {
+                    cluster.record_outcome(ctx.index, index, outcome);
+                }
+                return match result {
+                    Ok(next) => Ok(next),
+                    Err(ExchangeError::Stale {
+                        error, replay_safe, ..
+                    }) if reused && !fresh && replay_safe => {
+                        tracing::debug!(upstream = %addr, %error, "pooled connection was closed; retrying on a new one");
+                        fresh = true;
+                        continue;
+                    }
+                    Err(ExchangeError::RetryStatus(s)) => {
+                        *failed = Some(index);
+                        Err(TryError::Granted(HttpError::BadResponse(status_text(s))))
+                    }
+                    Err(ExchangeError::Stale { error, unsent, .. }) => {
+                        *failed = Some(index);
+                        let e = HttpError::UpstreamIo(error);
+                        if self.retries.retriable_failure(&e, unsent) {
+                            Err(TryError::Retriable(e))
+                        } else {
+                            Err(TryError::Fatal(e))
+                        }
+                    }
+                    Err(ExchangeError::Failed(e)) => {
+                        *failed = Some(index);
+                        if !conn.responded
+                            && e.side() == super::error::Side::Upstream
+                            && self.retries.retriable_failure(&e, false)
+                            && self.deadline.map_or(true, |d| Instant::now() < d)
+                        {
+                            Err(TryError::Retriable(e))
+                        } else {
+                            Err(TryError::Fatal(e))
+                        }
+                    }
+                };
+            }
+        }
+        let e = HttpError::NoUpstream(last_error);
+        if self
+            .retries
+            .policy
+            .is_some_and(|p| p.on.contains(RetryOn::CONNECT_FAILURE))
+        {
+            Err(TryError::Retriable(e))
+        } else {
+            Err(TryError::Fatal(e))
+        }
+    }
+
+    /// A pooled connection (`true`) or a new one; `fresh` skips the pool.
+    /// A new connection must fit the cluster's `max_connections` and
+    /// `max_pending_requests` shares on this worker.
+    async fn checkout(
+        &self,
+        cells: &ClusterCells,
+        addr: SocketAddr,
+        fresh: bool,
+    ) -> Result<(TcpStream, bool), Checkout> {
+        let ctx = self.req.ctx;
+        let cluster = self.cluster;
+        if !fresh {
+            if let Some(s) = ctx.http_pool.take(addr, cluster.pool_idle_timeout) {
+                return Ok((s, true));
+            }
+        }
+        let share = |max| worker_share(max, ctx.workers, ctx.index);
+        let open = cells.active.get()
+            + cluster
+                .endpoints
+                .iter()
+                .map(|e| ctx.http_pool.idle_count(e.address) as u64)
+                .sum::<u64>();
+        if open >= share(cluster.breaker.max_connections) {
+            return Err(Checkout::Overflow(Overflow::Connections));
+        }
+        if cells.breaker_pending.get() >= share(cluster.breaker.max_pending_requests) {
+            return Err(Checkout::Overflow(Overflow::PendingRequests));
+        }
+        let _pending = Held::new(&cells.breaker_pending);
+        let at = Instant::now() + cluster.connect_timeout;
+        match ctx
+            .deadlines
+            .within(at, TcpStream::connect_addr(addr))
+            .await
+        {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok((s, false))
+            }
+            Ok(Err(e)) => Err(Checkout::Failed(e)),
+            Err(_) => Err(Checkout::Failed(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        }
+    }
+}
+
+enum Checkout {
+    Overflow(Overflow),
+    Failed(std::io::Error),
+}
+
+/// For the log line of a dropped retriable response.
+fn status_text(status: u16) -> &'static str {
+    match status {
+        502 => "retriable status 502",
+        503 => "retriable status 503",
+        504 => "retriable status 504",
+        500..=599 => "retriable 5xx status",
+        _ => "retriable status",
+    }
+}

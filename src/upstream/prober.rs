@@ -1,0 +1,174 @@
+//! Active health checks: one prober thread for the whole proxy (a host
+//! with 64 workers sends one probe per endpoint and interval, not 64). It
+//! runs a small monoio runtime of its own (epoll), one task per checked
+//! endpoint, and writes each verdict into the endpoint's
+//! [`EndpointHealth`](crate::resilience::EndpointHealth), which the
+//! workers read with one relaxed load.
+//!
+//! The set of probed endpoints follows the current snapshot: reconciled
+//! every 250 ms, so an endpoint added by a reload is probed at once, and a
+//! removed one stops being probed. The thread ends when the proxy's
+//! snapshot is gone (every worker and the control side exited).
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Weak;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::config::Snapshot;
+use crate::resilience::{HealthCheck, HealthProtocol};
+
+/// How often the set of probed endpoints is compared with the snapshot.
+const RECONCILE: Duration = Duration::from_millis(250);
+
+/// Start the prober thread.
+pub fn spawn(snapshot: Weak<ArcSwap<Snapshot>>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("outrigger-health".into())
+        .spawn(move || {
+            crate::control::deprioritize_current_thread();
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            match rt {
+                Ok(mut rt) => rt.block_on(run(snapshot)),
+                Err(e) => tracing::error!(error = %e, "cannot start the health check runtime"),
+            }
+        })
+}
+
+type Key = (String, SocketAddr);
+
+async fn run(weak: Weak<ArcSwap<Snapshot>>) {
+    let mut probes: HashMap<Key, Rc<Cell<bool>>> = HashMap::new();
+    loop {
+        let Some(swap) = weak.upgrade() else { break };
+        let snapshot = swap.load_full();
+        drop(swap);
+        let mut wanted = HashSet::new();
+        for (name, c) in &snapshot.clusters {
+            if c.health_check.is_some() {
+                for ep in &c.endpoints {
+                    wanted.insert((name.clone(), ep.address));
+                }
+            }
+        }
+        drop(snapshot);
+        probes.retain(|k, stop| {
+            let keep = wanted.contains(k);
+            if !keep {
+                stop.set(true);
+            }
+            keep
+        });
+        for key in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = probes.entry(key) {
+                let stop = Rc::new(Cell::new(false));
+                monoio::spawn(probe_loop(weak.clone(), slot.key().clone(), stop.clone()));
+                slot.insert(stop);
+            }
+        }
+        monoio::time::sleep(RECONCILE).await;
+    }
+    for stop in probes.values() {
+        stop.set(true);
+    }
+}
+
+/// Probe one endpoint every `interval` while its cluster checks it.
+async fn probe_loop(weak: Weak<ArcSwap<Snapshot>>, key: Key, stop: Rc<Cell<bool>>) {
+    let (cluster, addr) = key;
+    while !stop.get() {
+        let Some(swap) = weak.upgrade() else { return };
+        let snapshot = swap.load_full();
+        drop(swap);
+        let Some(c) = snapshot.clusters.get(&cluster) else {
+            return;
+        };
+        let Some(ep) = c.endpoints.iter().find(|e| e.address == addr) else {
+            return;
+        };
+        let Some(check) = c.health_check.clone() else {
+            return;
+        };
+        let health = ep.health.clone();
+        let host = check.host.clone().unwrap_or_else(|| ep.written.clone());
+        drop(snapshot);
+        let passed = probe(&check, addr, &host).await;
+        match health.probe_result(passed, &check) {
+            Some(false) => tracing::warn!(
+                %cluster, endpoint = %addr, failures = check.unhealthy_threshold,
+                "endpoint failed its health checks; it gets no traffic"
+            ),
+            Some(true) => tracing::info!(
+                %cluster, endpoint = %addr, "endpoint passes its health checks again"
+            ),
+            None => {}
+        }
+        monoio::time::sleep(check.interval).await;
+    }
+}
+
+/// One probe: connect (tcp), or `GET path` and a status in
+/// `expected_statuses` (http), all within `timeout`.
+async fn probe(check: &HealthCheck, addr: SocketAddr, host: &str) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect_addr(addr).await.ok()?;
+        if check.protocol == HealthProtocol::Tcp {
+            return Some(true);
+        }
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: outrigger-health-check\r\nconnection: close\r\n\r\n",
+            check.path
+        );
+        let (res, _) = stream.write_all(request.into_bytes()).await;
+        res.ok()?;
+        let mut head = Vec::new();
+        // The status line is all that is needed: "HTTP/1.1 200 ...".
+        while head.len() < 12 {
+            let (res, buf) = stream.read(Vec::with_capacity(1024)).await;
+            let n = res.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Some(status_of(&head).is_some_and(|s| check.expected_statuses.contains(&s)))
+    };
+    monoio::time::timeout(check.timeout, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The status code of an HTTP/1.x status line.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let rest = head
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
+    let digits = rest.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_of;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(status_of(b"HTTP/1.0 503 x"), Some(503));
+        assert_eq!(status_of(b"HTTP/2 200"), None);
+        assert_eq!(status_of(b"HTTP/1.1 2x0"), None);
+    }
+}
