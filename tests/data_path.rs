@@ -9,13 +9,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::http::Client;
+use common::script::{ok, read_request, reset, scripted};
 use common::*;
 use outrigger::worker::Driver;
 use outrigger::Server;
@@ -31,101 +32,6 @@ both_drivers!(
     client_that_stops_reading_is_cut_off,
     repeated_forwarding_headers_are_joined,
 );
-
-/// What a scripted upstream saw.
-#[derive(Default)]
-struct Seen {
-    /// Request lines, in arrival order.
-    lines: Mutex<Vec<String>>,
-    /// Connections accepted.
-    connections: AtomicUsize,
-    /// Connections the script closed on purpose.
-    closed: AtomicUsize,
-}
-
-impl Seen {
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-/// One request read off a raw connection: its line, headers, and body.
-struct RawRequest {
-    line: String,
-    head: String,
-    body: Vec<u8>,
-}
-
-/// Read one request (Content-Length bodies only); `None` on EOF.
-fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 8192];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    buf.drain(..end);
-    let line = head.lines().next().unwrap_or("").to_string();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < len {
-        let mut chunk = [0u8; 8192];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = buf.drain(..len).collect();
-    Some(RawRequest { line, head, body })
-}
-
-/// A scripted upstream: each connection runs `script` on its own thread.
-fn scripted<F>(script: F) -> (SocketAddr, Arc<Seen>)
-where
-    F: Fn(TcpStream, &Seen) + Send + Sync + 'static,
-{
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let script = Arc::new(script);
-    let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { return };
-            seen2.connections.fetch_add(1, Ordering::SeqCst);
-            let (seen, script) = (seen2.clone(), script.clone());
-            std::thread::spawn(move || script(s, &seen));
-        }
-    });
-    (addr, seen)
-}
-
-/// Close with RST (SO_LINGER 0), as a crashed or restarted upstream does.
-fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(s);
-}
-
-fn ok(s: &mut TcpStream, body: &str) {
-    let _ = write!(
-        s,
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-}
 
 /// A proxy with listener "web" routing everything to one endpoint.
 fn proxy(

@@ -206,7 +206,7 @@ mod tests {
         t += 300_000 + 300_001;
         assert!(h.eject(base, t));
         assert_eq!(h.ejection_left_ms(t), 30_000);
-        assert_eq!(h.ejections.load(Relaxed), 24);
+        assert_eq!(h.ejections.load(Relaxed), 23);
     }
 
     #[test]

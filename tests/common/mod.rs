@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod http;
+pub mod script;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
