@@ -385,13 +385,15 @@ fn outlier_is_ejected_and_returns(driver: Driver) {
     let before = bad_seen.lines().len();
     // Two workers: each ejects on its own evidence or honours the other's.
     assert!(before <= 6, "{before} requests reached the bad endpoint");
-    let bad_label = bad.to_string();
-    let labels = [("cluster", "c"), ("endpoint", bad_label.as_str())];
+    let labels = [("cluster", "c")];
     assert_eq!(
-        metric(&s, "outrigger_endpoint_ejections_total", &labels),
+        metric(&s, "outrigger_cluster_ejections_total", &labels),
         1.0
     );
-    assert_eq!(metric(&s, "outrigger_endpoint_usable", &labels), 0.0);
+    assert_eq!(
+        metric(&s, "outrigger_cluster_endpoints_usable", &labels),
+        1.0
+    );
     for i in 0..20 {
         let r = c.get("/o", "svc", "");
         assert_eq!(r.status, 200, "{i}: {}", String::from_utf8_lossy(&r.body));
@@ -465,12 +467,9 @@ fn health_checked_endpoint_leaves_and_returns(driver: Driver) {
     stop.store(true, Ordering::SeqCst);
     t.join().unwrap();
     let killed = Instant::now();
-    let labels = [("cluster", "c"), ("endpoint", &victim.to_string()[..])];
-    assert!(eventually(|| metric(
-        &s,
-        "outrigger_endpoint_usable",
-        &labels
-    ) == 0.0));
+    let labels = [("cluster", "c")];
+    let usable = |n: f64| metric(&s, "outrigger_cluster_endpoints_usable", &labels) == n;
+    assert!(eventually(|| usable(1.0)));
     assert!(
         killed.elapsed() < Duration::from_millis(1500),
         "{:?}",
@@ -484,25 +483,12 @@ fn health_checked_endpoint_leaves_and_returns(driver: Driver) {
     // Restarted on the same port: traffic returns after one passing probe.
     stop.store(false, Ordering::SeqCst);
     let t = killable(victim, stop.clone(), hits.clone());
-    assert!(eventually(|| metric(
-        &s,
-        "outrigger_endpoint_usable",
-        &labels
-    ) == 1.0));
+    assert!(eventually(|| usable(2.0)));
     assert!(spread(10) >= 3);
     stop.store(true, Ordering::SeqCst);
     t.join().unwrap();
-    assert!(
-        metric(
-            &s,
-            "outrigger_endpoint_health_checks_total",
-            &[
-                ("cluster", "c"),
-                ("endpoint", &victim.to_string()[..]),
-                ("result", "failed")
-            ]
-        ) >= 2.0
-    );
+    let failed = [("cluster", "c"), ("result", "failed")];
+    assert!(metric(&s, "outrigger_cluster_health_checks_total", &failed) >= 2.0);
 }
 
 /// Hammered from two connections for 3 s, a 50/s limit (burst 5) lets

@@ -302,56 +302,54 @@ fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
     }
 }
 
+/// Outlier and health-check figures per cluster (per-endpoint detail is in
+/// the admin API's `/clusters`: label values stay config names).
 fn endpoint_health_metrics(p: &mut Prom, s: &Snapshot) {
     use std::sync::atomic::Ordering::Relaxed;
     let now = crate::resilience::now_ms();
-    let name = "outrigger_endpoint_ejections_total";
+    let name = "outrigger_cluster_ejections_total";
     p.family(
         name,
         "counter",
-        "Outlier detection ejections of the endpoint.",
+        "Outlier detection ejections of the cluster's endpoints.",
     );
     for (cname, c) in s.clusters.iter().filter(|(_, c)| c.outlier.is_some()) {
-        for e in &c.endpoints {
-            let addr = e.address.to_string();
-            let labels = [("cluster", cname.as_str()), ("endpoint", addr.as_str())];
-            p.sample(name, &labels, e.health.ejections.load(Relaxed));
-        }
+        let n = c
+            .endpoints
+            .iter()
+            .map(|e| e.health.ejections.load(Relaxed))
+            .sum();
+        p.sample(name, &[("cluster", cname)], n);
     }
-    let name = "outrigger_endpoint_health_checks_total";
+    let name = "outrigger_cluster_health_checks_total";
     p.family(
         name,
         "counter",
-        "Active health check results of the endpoint.",
+        "Active health check results of the cluster's endpoints.",
     );
     for (cname, c) in s.clusters.iter().filter(|(_, c)| c.health_check.is_some()) {
-        for e in &c.endpoints {
-            let addr = e.address.to_string();
-            for (result, v) in [
-                ("passed", e.health.checks_passed.load(Relaxed)),
-                ("failed", e.health.checks_failed.load(Relaxed)),
-            ] {
-                let labels = [
-                    ("cluster", cname.as_str()),
-                    ("endpoint", addr.as_str()),
-                    ("result", result),
-                ];
-                p.sample(name, &labels, v);
-            }
-        }
+        let passed = c
+            .endpoints
+            .iter()
+            .map(|e| e.health.checks_passed.load(Relaxed))
+            .sum();
+        let failed = c
+            .endpoints
+            .iter()
+            .map(|e| e.health.checks_failed.load(Relaxed))
+            .sum();
+        p.sample(name, &[("cluster", cname), ("result", "passed")], passed);
+        p.sample(name, &[("cluster", cname), ("result", "failed")], failed);
     }
-    let name = "outrigger_endpoint_usable";
+    let name = "outrigger_cluster_endpoints_usable";
     p.family(
         name,
         "gauge",
-        "1 when the endpoint takes traffic (not ejected, not failing health checks).",
+        "Endpoints taking traffic now (not ejected, not failing health checks).",
     );
     for (cname, c) in &s.clusters {
-        for e in &c.endpoints {
-            let addr = e.address.to_string();
-            let labels = [("cluster", cname.as_str()), ("endpoint", addr.as_str())];
-            p.sample(name, &labels, u64::from(e.health.usable(now)));
-        }
+        let n = c.endpoints.iter().filter(|e| e.health.usable(now)).count();
+        p.sample(name, &[("cluster", cname)], n as u64);
     }
 }
 
