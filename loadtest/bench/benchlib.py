@@ -30,9 +30,10 @@ http {{ access_log off; keepalive_requests 1000000;
     return subprocess.Popen(["taskset", "-c", core, NGINX, "-p", d, "-c", conf])
 
 
-def start_outrigger(binary, cfg_path, io, port, upstream, core):
+def start_outrigger(binary, cfg_path, io, port, upstream, core, route_extra="", cluster_extra=""):
     """One outrigger worker (not self-pinned) pinned to `core` by taskset,
-    one HTTP listener on `port` routing everything to `upstream`."""
+    one HTTP listener on `port` routing everything to `upstream`; the
+    extras are appended to the route and the cluster."""
     with open(cfg_path, "w") as f:
         f.write(f"""[runtime]
 workers = 1
@@ -47,9 +48,11 @@ routes = "main"
 [[routes.main]]
 match.path_prefix = "/"
 cluster = "up"
+{route_extra}
 [clusters.up]
 endpoints = ["{upstream}"]
 max_idle_connections = 128
+{cluster_extra}
 """)
     return subprocess.Popen(["taskset", "-c", core, binary, "run", "--config", cfg_path, "--no-watch",
                              "--log-level", "warn"])
