@@ -149,6 +149,7 @@ fn clusters(shared: &Shared) -> Value {
                 json!({
                     "address": e.address.to_string(),
                     "configured_as": e.written,
+                    "weight": e.weight,
                     "health": health,
                     "ejected": h.ejected(now),
                     "ejection_left_ms": h.ejection_left_ms(now),
@@ -166,6 +167,7 @@ fn clusters(shared: &Shared) -> Value {
             name.clone(),
             json!({
                 "balance": c.balance.to_string(),
+                "hash_on": c.balance.hashes().then(|| c.hash_on.to_string()),
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
                 "outlier_detection": c.outlier.is_some(),
                 "health_check": c.health_check.as_ref().map(|h| json!({

@@ -11,12 +11,13 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, SourceMap};
-use super::file::{FileAccessLog, FileCluster, FileConfig, FileListener, Protocol};
+use super::file::{FileAccessLog, FileCluster, FileConfig, FileEndpoint, FileListener, Protocol};
 use super::{
     AccessLogSettings, AccessLogTarget, AdminSettings, HttpSettings, Listener, ListenerProtocol,
     RuntimeSettings, Snapshot,
 };
 use crate::metrics::{ClusterStats, EndpointStats, ListenerStats};
+use crate::upstream::balance::{HashOn, Plan};
 use crate::upstream::{Cluster, Endpoint};
 
 /// Default `[admin] address`.
@@ -247,13 +248,31 @@ fn compile_cluster(
     let mut endpoints: Vec<Endpoint> = Vec::new();
     let mut ok = true;
     for ep in c_ref.endpoints.get_ref() {
-        match resolve_endpoint(ep.get_ref()) {
+        let weight = match ep.get_ref() {
+            FileEndpoint::Weighted(w) => match w.weight {
+                None => 1,
+                Some(v @ 1..=1000) => v as u32,
+                Some(v) => {
+                    cx.error(
+                        ep.span(),
+                        format!("{key}.endpoints"),
+                        format!("weight must be from 1 to 1000, not {v}"),
+                    );
+                    ok = false;
+                    1
+                }
+            },
+            FileEndpoint::Address(_) => 1,
+        };
+        let written = ep.get_ref().address();
+        match resolve_endpoint(written) {
             Ok(addrs) => {
                 for address in addrs {
                     if !endpoints.iter().any(|e| e.address == address) {
                         endpoints.push(Endpoint {
                             address,
-                            written: ep.get_ref().clone(),
+                            written: written.to_string(),
+                            weight,
                             stats: Arc::new(EndpointStats::new(cx.workers)),
                             health: Arc::default(),
                         });
@@ -266,13 +285,36 @@ fn compile_cluster(
             }
         }
     }
+    let hash_on = match &c_ref.hash_on {
+        Some(h) if !c_ref.balance.hashes() => {
+            cx.error(
+                h.span(),
+                format!("{key}.hash_on"),
+                "only used with balance = \"ring_hash\" or \"maglev\"",
+            );
+            ok = false;
+            HashOn::default()
+        }
+        Some(h) => HashOn::parse(h.get_ref()).unwrap_or_else(|msg| {
+            cx.error(h.span(), format!("{key}.hash_on"), msg);
+            ok = false;
+            HashOn::default()
+        }),
+        None => HashOn::default(),
+    };
     let resilience = super::resilience::cluster(cx, key, c_ref);
     if !ok {
         return None;
     }
     let resilience = resilience?;
+    let ids: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
     Some(Cluster {
         name: name.to_string(),
+        plan: Plan::new(c_ref.balance, &ids),
+        hash_on,
         endpoints,
         balance: c_ref.balance,
         connect_timeout: c_ref

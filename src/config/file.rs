@@ -199,6 +199,31 @@ pub struct FileRetry {
     pub max_body_bytes: Option<u64>,
 }
 
+/// One entry of `endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileEndpoint {
+    Address(String),
+    Weighted(FileWeightedEndpoint),
+}
+
+/// `{ address = "h:p", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWeightedEndpoint {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+impl FileEndpoint {
+    pub fn address(&self) -> &str {
+        match self {
+            FileEndpoint::Address(a) => a,
+            FileEndpoint::Weighted(w) => &w.address,
+        }
+    }
+}
+
 /// `retry_budget.*` of a cluster.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -355,8 +380,11 @@ pub struct FileRewrite {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
-    /// `host:port` list; host names are resolved when the config is compiled.
-    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    /// `host:port` list (or `{ address, weight }` tables); host names are
+    /// resolved when the config is compiled.
+    pub endpoints: Spanned<Vec<Spanned<FileEndpoint>>>,
+    /// ring_hash and maglev: what to hash (`"source_ip"` by default).
+    pub hash_on: Option<Spanned<String>>,
     /// `"round_robin"` (default), `"random"` or `"least_request"`.
     #[serde(default)]
     pub balance: Balance,
@@ -375,26 +403,4 @@ pub struct FileCluster {
     pub health_check: Option<Spanned<FileHealthCheck>>,
 }
 
-/// How a cluster picks an endpoint.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Per-worker rotation.
-    #[default]
-    RoundRobin,
-    /// Uniformly random, per worker.
-    Random,
-    /// Power of two choices over in-flight requests (HTTP; tcp uses in-flight connections).
-    LeastRequest,
-}
-
-/// As written in the config (`round_robin`, ...).
-impl std::fmt::Display for Balance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Balance::RoundRobin => "round_robin",
-            Balance::Random => "random",
-            Balance::LeastRequest => "least_request",
-        })
-    }
-}
+pub use crate::upstream::balance::Balance;

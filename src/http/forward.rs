@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
-use super::codec::Framing;
+use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
 use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
@@ -19,7 +19,8 @@ use crate::listener::worker_share;
 use crate::metrics::{Active, ClusterCells, Counter};
 use crate::resilience::health::Outcome;
 use crate::resilience::{retry::idempotent, Overflow, RetryOn, RetryPolicy};
-use crate::upstream::{AttemptOrder, Availability, Cluster};
+use crate::upstream::balance::{cookie, hash64};
+use crate::upstream::{AttemptOrder, Availability, Cluster, HashOn};
 use crate::worker::WorkerCtx;
 
 /// Holds one unit of a gauge until dropped.
@@ -168,7 +169,12 @@ pub async fn forward(
             && (req.head.framing == Framing::None || body.is_some()),
     };
     let deadline = req.route.timeout.map(|t| req.started + t);
-    let mut order = ctx.balancers.attempt_order(cluster);
+    let key = cluster
+        .balance
+        .hashes()
+        .then(|| request_key(&cluster.hash_on, req.head, conn.peer))
+        .flatten();
+    let mut order = ctx.balancers.attempt_order(cluster, key);
     let mut failed: Option<usize> = None;
     loop {
         let attempt = retries.done.get() + 1;
@@ -180,6 +186,7 @@ pub async fn forward(
         let _retry = (attempt > 1).then(|| Held::new(&cells.breaker_retries));
         let t = Try {
             req,
+            key,
             cluster,
             availability,
             retries: &retries,
@@ -215,6 +222,31 @@ pub async fn forward(
         out.attempts.set(attempt);
         out.retry_flag.set(retries.refused.get());
         return Err(error);
+    }
+}
+
+/// The hash of what `hash_on` names; `None` when the request lacks it
+/// (the pick is then a weighted random one).
+fn request_key(on: &HashOn, head: &RequestHead, peer: SocketAddr) -> Option<u64> {
+    match on {
+        HashOn::SourceIp => Some(ip_key(peer)),
+        HashOn::Path => Some(hash64(head.path().as_bytes())),
+        HashOn::Header(name) => head.header(name).map(|v| hash64(v)),
+        HashOn::Cookie(name) => head
+            .headers
+            .iter()
+            .filter(|h| h.is("cookie"))
+            .filter_map(|h| std::str::from_utf8(&h.value).ok())
+            .find_map(|v| cookie(v, name))
+            .map(|v| hash64(v.as_bytes())),
+    }
+}
+
+/// The hash of a client's IP address (the port is left out).
+pub fn ip_key(peer: SocketAddr) -> u64 {
+    match peer.ip() {
+        std::net::IpAddr::V4(a) => hash64(&a.octets()),
+        std::net::IpAddr::V6(a) => hash64(&a.octets()),
     }
 }
 
@@ -271,6 +303,8 @@ async fn buffer_body(
 /// connecting fails (nothing was sent), as the cluster always has.
 struct Try<'a> {
     req: Forward<'a>,
+    /// ring_hash and maglev: the request's key.
+    key: Option<u64>,
     cluster: &'a Cluster,
     availability: Availability,
     retries: &'a Retries<'a>,
@@ -290,7 +324,7 @@ impl Try<'_> {
         if let Some(i) = order.by_ref().find(|&i| usable(i)) {
             return Some(i);
         }
-        *order = self.req.ctx.balancers.attempt_order(self.cluster);
+        *order = self.req.ctx.balancers.attempt_order(self.cluster, self.key);
         let mut fresh = order.clone().filter(|&i| usable(i));
         let first = fresh.next()?;
         match (failed, fresh.next()) {
@@ -372,6 +406,12 @@ impl Try<'_> {
                 out.sent.set(Some(sent));
                 let result = exchange.run(conn, stream, request.clone()).await;
                 out.done.set(Some(Instant::now()));
+                if let Some(head_at) = out.head_at.take() {
+                    if cluster.balance == crate::upstream::Balance::PeakEwma {
+                        ctx.balancers
+                            .observe(addr, head_at.saturating_duration_since(sent));
+                    }
+                }
                 cells.duration.record(sent.elapsed());
                 let status = out.status.get();
                 if status != 0 {

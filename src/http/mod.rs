@@ -17,6 +17,7 @@ mod downstream;
 pub mod error;
 mod fields;
 mod forward;
+pub use forward::ip_key;
 mod head;
 mod io;
 pub mod pool;

@@ -31,8 +31,10 @@ pub struct Upstream {
     pub address: Cell<Option<SocketAddr>>,
     /// The upstream's final status (0: none received).
     pub status: Cell<u16>,
-    /// When the request was sent and when the response ended.
+    /// When the request was sent, its response head arrived (taken by
+    /// the balancer's latency estimate), and the response ended.
     pub sent: Cell<Option<Instant>>,
+    pub head_at: Cell<Option<Instant>>,
     pub done: Cell<Option<Instant>>,
     /// The x-request-id sent upstream (the client's or a generated one).
     pub request_id: Option<Bytes>,
@@ -185,6 +187,7 @@ impl Exchange<'_> {
                 continue;
             }
             self.out.status.set(resp.status);
+            self.out.head_at.set(Some(Instant::now()));
             break resp;
         };
         if let Some(r) = self.retry {

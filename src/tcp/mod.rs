@@ -64,7 +64,7 @@ pub async fn proxy(
         );
         ctx.log.log(&ctx.snapshot.load(), &record);
     };
-    let (upstream, endpoint) = match connect(ctx, cluster, counters).await {
+    let (upstream, endpoint) = match connect(ctx, cluster, counters, peer).await {
         Ok(ok) => ok,
         Err(e) => {
             counters.no_upstream.inc();
@@ -124,6 +124,7 @@ async fn connect<'c>(
     ctx: &WorkerCtx,
     cluster: &'c Cluster,
     counters: &crate::metrics::ListenerCells,
+    peer: SocketAddr,
 ) -> Result<(TcpStream, &'c Endpoint), ConnectError> {
     use crate::resilience::Overflow;
     use crate::upstream::Availability;
@@ -149,7 +150,10 @@ async fn connect<'c>(
         return Err(ConnectError::NoHealthy(cluster.name.clone()));
     }
     cells.breaker_pending.inc();
-    let result = connect_any(ctx, cluster, counters, availability, now).await;
+    // Only the client's address can key a tcp connection.
+    let key = (cluster.balance.hashes() && cluster.hash_on == crate::upstream::HashOn::SourceIp)
+        .then(|| crate::http::ip_key(peer));
+    let result = connect_any(ctx, cluster, counters, availability, now, key).await;
     cells.breaker_pending.dec();
     result
 }
@@ -160,9 +164,10 @@ async fn connect_any<'c>(
     counters: &crate::metrics::ListenerCells,
     availability: crate::upstream::Availability,
     now: u64,
+    key: Option<u64>,
 ) -> Result<(TcpStream, &'c Endpoint), ConnectError> {
     use crate::resilience::health::Outcome;
-    let order = ctx.balancers.attempt_order(cluster);
+    let order = ctx.balancers.attempt_order(cluster, key);
     let mut last = String::from("no endpoints");
     let mut attempts = 0;
     for i in order {
@@ -172,7 +177,8 @@ async fn connect_any<'c>(
         }
         attempts += 1;
         let addr = endpoint.address;
-        let at = std::time::Instant::now() + cluster.connect_timeout;
+        let started = std::time::Instant::now();
+        let at = started + cluster.connect_timeout;
         match ctx
             .deadlines
             .within(at, TcpStream::connect_addr(addr))
@@ -180,6 +186,9 @@ async fn connect_any<'c>(
         {
             Ok(Ok(stream)) => {
                 cluster.record_outcome(ctx.index, i, Outcome::Success);
+                if cluster.balance == crate::upstream::Balance::PeakEwma {
+                    ctx.balancers.observe(addr, started.elapsed());
+                }
                 return Ok((stream, endpoint));
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),

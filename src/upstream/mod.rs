@@ -1,6 +1,7 @@
 //! Upstream clusters: their endpoints (compiled, immutable) and the
 //! per-worker balancer state that picks among them.
 
+pub mod balance;
 pub mod prober;
 
 use std::cell::RefCell;
@@ -15,7 +16,7 @@ use crate::resilience::{
     BreakerLimits, EndpointHealth, HealthCheck, OutlierDetection, RetryBudget,
 };
 
-pub use crate::config::file::Balance;
+pub use balance::{Balance, HashOn, Plan};
 
 /// A named group of interchangeable endpoints.
 #[derive(Debug)]
@@ -23,6 +24,10 @@ pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub balance: Balance,
+    /// Weighted schedule, cumulative weights, hash ring or Maglev table.
+    pub plan: Plan,
+    /// ring_hash and maglev: what the key is.
+    pub hash_on: HashOn,
     pub connect_timeout: Duration,
     /// http: idle pooled connections per endpoint per worker.
     pub max_idle_connections: usize,
@@ -149,6 +154,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The `host:port` as written in the config.
     pub written: String,
+    /// Share of the traffic relative to the cluster's other endpoints (1..1000).
+    pub weight: u32,
     /// Per-worker state, carried across reloads by cluster and address.
     pub stats: Arc<EndpointStats>,
     /// Ejection and health-check state for the whole proxy, carried the
@@ -165,16 +172,41 @@ pub struct Balancers {
     /// In-flight connections/requests per endpoint address on this worker
     /// (an address shared by two clusters is one server, with one load).
     in_flight: RefCell<HashMap<SocketAddr, u32>>,
+    /// Peak-EWMA latency estimates per endpoint address (peak_ewma clusters).
+    ewma: RefCell<HashMap<SocketAddr, balance::Ewma>>,
 }
 
 impl Balancers {
     /// The order in which to try the cluster's endpoints for one connection:
-    /// the balancer's pick first, then every other endpoint once.
-    pub fn attempt_order(&self, cluster: &Cluster) -> AttemptOrder {
+    /// the balancer's pick first, then every other endpoint once. `key` is
+    /// the request's hash for ring_hash and maglev (`None`: a weighted
+    /// random pick).
+    pub fn attempt_order(&self, cluster: &Cluster, key: Option<u64>) -> AttemptOrder {
         let n = cluster.endpoints.len();
         if n == 0 {
             return AttemptOrder { first: 0, n, k: 0 };
         }
+        let plan = &cluster.plan;
+        let pick = || {
+            if plan.weighted {
+                plan.random()
+            } else {
+                fastrand::usize(..n)
+            }
+        };
+        // Two different endpoints for the power of two choices (the same
+        // one twice would be no choice at all).
+        let two = || {
+            let a = pick();
+            if n == 1 {
+                return (a, a);
+            }
+            if !plan.weighted {
+                return (a, (a + 1 + fastrand::usize(..n - 1)) % n);
+            }
+            let b = (0..8).map(|_| pick()).find(|&b| b != a);
+            (a, b.unwrap_or((a + 1) % n))
+        };
         let first = match cluster.balance {
             Balance::RoundRobin => {
                 let mut next = self.next.borrow_mut();
@@ -183,29 +215,63 @@ impl Balancers {
                     Some(slot) => slot,
                     None => next.entry(cluster.name.clone()).or_default(),
                 };
-                let i = *slot % n;
+                let i = plan.scheduled(*slot).unwrap_or(*slot % n);
                 *slot = slot.wrapping_add(1);
                 i
             }
-            Balance::Random => fastrand::usize(..n),
+            Balance::Random => pick(),
             Balance::LeastRequest => {
-                let a = fastrand::usize(..n);
-                let b = fastrand::usize(..n);
+                let (a, b) = two();
                 let in_flight = self.in_flight.borrow();
+                // In flight per unit of weight: a / wa < b / wb.
                 let load = |i: usize| {
-                    in_flight
-                        .get(&cluster.endpoints[i].address)
-                        .copied()
-                        .unwrap_or(0)
+                    let e = &cluster.endpoints[i];
+                    u64::from(in_flight.get(&e.address).copied().unwrap_or(0))
                 };
-                if load(b) < load(a) {
+                let w = |i: usize| u64::from(cluster.endpoints[i].weight.max(1));
+                if load(b) * w(a) < load(a) * w(b) {
                     b
                 } else {
                     a
                 }
             }
+            Balance::PeakEwma => {
+                let (a, b) = two();
+                if self.ewma_cost(cluster, b) < self.ewma_cost(cluster, a) {
+                    b
+                } else {
+                    a
+                }
+            }
+            Balance::RingHash | Balance::Maglev => {
+                key.and_then(|k| plan.lookup(k)).unwrap_or_else(pick)
+            }
         };
         AttemptOrder { first, n, k: 0 }
+    }
+
+    /// Peak-EWMA cost of an endpoint on this worker: latency estimate x
+    /// (requests in flight + 1) / weight.
+    fn ewma_cost(&self, cluster: &Cluster, i: usize) -> f64 {
+        let e = &cluster.endpoints[i];
+        let rtt = self
+            .ewma
+            .borrow()
+            .get(&e.address)
+            .map_or(balance::EWMA_DEFAULT.as_nanos() as f64, |m| m.cost_ns);
+        rtt * f64::from(self.in_flight(e.address) + 1) / f64::from(e.weight.max(1))
+    }
+
+    /// Feed a latency sample (request sent to response head, or a tcp
+    /// connect) to the endpoint's peak-EWMA estimate on this worker.
+    pub fn observe(&self, addr: SocketAddr, sample: Duration) {
+        let mut ewma = self.ewma.borrow_mut();
+        match ewma.get_mut(&addr) {
+            Some(m) => m.observe(sample),
+            None => {
+                ewma.insert(addr, balance::Ewma::new(sample));
+            }
+        }
     }
 
     /// Forget per-endpoint state of addresses that no cluster of the
@@ -214,6 +280,7 @@ impl Balancers {
         self.in_flight
             .borrow_mut()
             .retain(|addr, n| *n > 0 || keep(addr));
+        self.ewma.borrow_mut().retain(|addr, _| keep(addr));
     }
 
     /// Count one more in-flight connection/request on an endpoint; the guard
@@ -283,11 +350,14 @@ mod tests {
                 .map(|i| Endpoint {
                     address: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
                     written: format!("127.0.0.1:{}", 9000 + i),
+                    weight: 1,
                     stats: Arc::new(EndpointStats::new(1)),
                     health: Arc::default(),
                 })
                 .collect(),
             balance,
+            plan: Plan::default(),
+            hash_on: HashOn::default(),
             connect_timeout: Duration::from_secs(1),
             max_idle_connections: 8,
             pool_idle_timeout: Duration::from_secs(30),
@@ -303,10 +373,10 @@ mod tests {
     fn round_robin_rotates_and_tries_each_once() {
         let b = Balancers::default();
         let c = cluster(Balance::RoundRobin, 3);
-        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![1, 2, 0]);
-        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![2, 0, 1]);
-        assert_eq!(b.attempt_order(&c).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(b.attempt_order(&c, None).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(b.attempt_order(&c, None).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(b.attempt_order(&c, None).collect::<Vec<_>>(), vec![2, 0, 1]);
+        assert_eq!(b.attempt_order(&c, None).collect::<Vec<_>>(), vec![0, 1, 2]);
     }
 
     #[test]
@@ -315,7 +385,7 @@ mod tests {
         let c = cluster(Balance::Random, 4);
         let mut seen = [0usize; 4];
         for _ in 0..4000 {
-            let order: Vec<usize> = b.attempt_order(&c).collect();
+            let order: Vec<usize> = b.attempt_order(&c, None).collect();
             let mut sorted = order.clone();
             sorted.sort();
             assert_eq!(sorted, vec![0, 1, 2, 3]);
@@ -330,10 +400,10 @@ mod tests {
         let c = cluster(Balance::LeastRequest, 2);
         let _busy: Vec<_> = (0..5).map(|_| b.track(c.endpoints[0].address)).collect();
         let picks0 = (0..1000)
-            .filter(|_| b.attempt_order(&c).next() == Some(0))
+            .filter(|_| b.attempt_order(&c, None).next() == Some(0))
             .count();
-        // Endpoint 0 wins only when both choices land on it (about 1 in 4).
-        assert!(picks0 < 400, "{picks0}");
+        // The two choices differ: the loaded endpoint never wins.
+        assert_eq!(picks0, 0);
         drop(_busy);
         assert_eq!(b.in_flight(c.endpoints[0].address), 0);
     }
