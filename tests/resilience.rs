@@ -33,6 +33,7 @@ both_drivers!(
     health_checked_endpoint_leaves_and_returns,
     rate_limit_converges,
     connection_rate_limit_closes,
+    ejection_and_health_survive_a_reload,
 );
 
 /// An upstream that answers `status(n)` to its n-th request (0-based),
@@ -491,7 +492,7 @@ fn health_checked_endpoint_leaves_and_returns(driver: Driver) {
     assert!(metric(&s, "outrigger_cluster_health_checks_total", &failed) >= 2.0);
 }
 
-/// Hammered from two connections for 3 s, a 50/s limit (burst 5) lets
+/// Hammered from two connections for 5 s, a 50/s limit (burst 5) lets
 /// through 50/s within 10%; refused requests get 429 with retry-after.
 fn rate_limit_converges(driver: Driver) {
     let (up, seen) = upstream(|_| 200, no_delay);
@@ -503,7 +504,7 @@ fn rate_limit_converges(driver: Driver) {
         "",
         &[up],
     );
-    let window = Duration::from_secs(3);
+    let window = Duration::from_secs(5);
     let start = Instant::now();
     let clients: Vec<_> = (0..2)
         .map(|_| {
@@ -575,5 +576,94 @@ fn connection_rate_limit_closes(driver: Driver) {
             &labels
         ),
         3.0
+    );
+}
+
+/// An ejected endpoint stays ejected, and an unhealthy one unhealthy,
+/// across a reload that keeps them and changes the thresholds; the new
+/// threshold applies to the next decision without a reset.
+fn ejection_and_health_survive_a_reload(driver: Driver) {
+    let (bad, bad_seen) = upstream(|_| 503, no_delay);
+    let (good, _) = upstream(|_| 200, no_delay);
+    let dead = closed_port();
+    let dir = admin::TempDir::new("resilience-reload");
+    let path = dir.path("config.toml");
+    let config = |consecutive: u32, extra_route: &str| {
+        format!(
+            r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+{extra_route}
+[[routes.main]]
+name = "all"
+match.path_prefix = "/"
+cluster = "c"
+[[routes.main]]
+name = "checked"
+match.path_prefix = "/"
+cluster = "hc"
+[clusters.c]
+endpoints = ["{bad}", "{good}"]
+outlier_detection = {{ consecutive_5xx = {consecutive}, base_ejection_time = "60s" }}
+[clusters.hc]
+endpoints = ["{dead}", "{good}"]
+health_check = {{ protocol = "tcp", interval = "100ms", unhealthy_threshold = 1 }}
+"#,
+            io = io_name(driver)
+        )
+    };
+    std::fs::write(&path, config(3, "")).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap();
+    let options = Options {
+        config_path: Some(path.clone()),
+        watch: false,
+    };
+    let s = Proxy::launch(snapshot, options, None).unwrap();
+    let addr = s.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    for _ in 0..10 {
+        c.get("/", "svc", "");
+    }
+    let ejected_after = bad_seen.lines().len();
+    assert_eq!(ejected_after, 3);
+    let labels = [("cluster", "hc")];
+    assert!(eventually(|| metric(
+        &s,
+        "outrigger_cluster_endpoints_usable",
+        &labels
+    ) == 1.0));
+    // Reload: a new route first (the generation changes), a new threshold.
+    let extra = "[[routes.main]]\nname = \"new\"\nmatch.path = \"/new\"\ndirect_response = { status = 200, body = \"new\" }";
+    admin::write_atomic(&path, &config(1, extra));
+    let (status, body) = admin::request(s.admin_addr(), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let clusters = admin::get_json(s.admin_addr(), "/clusters");
+    assert_eq!(clusters["generation"], 2);
+    assert_eq!(
+        clusters["clusters"]["c"]["endpoints"][0]["ejected"], true,
+        "{clusters}"
+    );
+    assert_eq!(
+        clusters["clusters"]["hc"]["endpoints"][0]["health"], "unhealthy",
+        "{clusters}"
+    );
+    assert_eq!(
+        metric(&s, "outrigger_cluster_endpoints_usable", &labels),
+        1.0
+    );
+    for _ in 0..10 {
+        assert_eq!(c.get("/", "svc", "").status, 200);
+    }
+    assert_eq!(bad_seen.lines().len(), ejected_after);
+    assert_eq!(
+        metric(&s, "outrigger_cluster_ejections_total", &[("cluster", "c")]),
+        1.0
     );
 }

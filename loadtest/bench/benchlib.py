@@ -32,8 +32,11 @@ http {{ access_log off; keepalive_requests 1000000;
 
 def start_outrigger(binary, cfg_path, io, port, upstream, core, route_extra="", cluster_extra=""):
     """One outrigger worker (not self-pinned) pinned to `core` by taskset,
-    one HTTP listener on `port` routing everything to `upstream`; the
-    extras are appended to the route and the cluster."""
+    one HTTP listener on `port` routing everything to `upstream` (an
+    address or a list of them); the extras are appended to the route and
+    the cluster."""
+    ups = upstream if isinstance(upstream, list) else [upstream]
+    endpoints = ", ".join(f'"{u}"' for u in ups)
     with open(cfg_path, "w") as f:
         f.write(f"""[runtime]
 workers = 1
@@ -50,7 +53,7 @@ match.path_prefix = "/"
 cluster = "up"
 {route_extra}
 [clusters.up]
-endpoints = ["{upstream}"]
+endpoints = [{endpoints}]
 max_idle_connections = 128
 {cluster_extra}
 """)

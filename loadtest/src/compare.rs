@@ -143,6 +143,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             name: "upstream".into(),
             body_size: Some(args.body_size),
             delay: Duration::ZERO,
+            status: 200,
         }),
         "127.0.0.1:0".parse()?,
         args.load_cpus.len().max(1),

@@ -66,6 +66,9 @@ enum Cmd {
         /// http: the name sent in `x-backend`.
         #[arg(long, default_value = "outrigger-load")]
         name: String,
+        /// http: the status of every response (503 makes a failing upstream).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+        status: u16,
     },
 }
 
@@ -143,6 +146,7 @@ fn main() -> anyhow::Result<ExitCode> {
             body_size,
             delay,
             name,
+            status,
         } => {
             let backend = match kind {
                 ServeKind::Echo => BackendKind::Echo,
@@ -151,6 +155,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     name,
                     body_size,
                     delay,
+                    status,
                 }),
             };
             let b = backends::start(backend, addr, threads, io.driver()?)

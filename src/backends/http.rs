@@ -30,6 +30,8 @@ pub struct HttpBackend {
     pub body_size: Option<usize>,
     /// Wait this long before answering each request.
     pub delay: Duration,
+    /// The status of every response (a failing upstream answers 503).
+    pub status: u16,
 }
 
 impl HttpBackend {
@@ -39,6 +41,7 @@ impl HttpBackend {
             name: name.to_string(),
             body_size: None,
             delay: Duration::ZERO,
+            status: 200,
         }
     }
 }
@@ -80,7 +83,13 @@ pub(super) async fn serve_http(
         if !cfg.delay.is_zero() {
             monoio::time::sleep(cfg.delay).await;
         }
-        let mut out = format!("HTTP/1.1 200 OK\r\nx-backend: {}\r\n", cfg.name).into_bytes();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nx-backend: {}\r\n",
+            cfg.status,
+            crate::http::error::reason(cfg.status),
+            cfg.name
+        )
+        .into_bytes();
         echo_headers(&mut out, &head);
         let streamed = head
             .path()
