@@ -62,6 +62,7 @@ pub mod resilience;
 pub mod route;
 pub mod sockio;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

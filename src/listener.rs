@@ -13,6 +13,7 @@ use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::ListenerProtocol;
+use crate::http::downstream::ClientIo;
 use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 
 /// A bound listening socket handed to one worker.
@@ -272,6 +273,21 @@ async fn serve(
         return;
     };
     // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
+    let stream = match &listener.tls {
+        None => ClientIo::Plain(stream),
+        Some(tls) => match Box::pin(crate::tls::accept(stream, tls, &ctx.deadlines)).await {
+            Ok(s) => {
+                listener.stats.worker(ctx.index).tls_handshakes.inc();
+                ClientIo::Tls(Box::new(s))
+            }
+            Err(reason) => {
+                let cells = listener.stats.worker(ctx.index);
+                cells.tls_handshake_failures[reason.index()].inc();
+                tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
+                return;
+            }
+        },
+    };
     match &listener.protocol {
         ListenerProtocol::Tcp { cluster } => {
             let Some(cluster) = snapshot.clusters.get(cluster) else {

@@ -49,6 +49,18 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A path from the config, relative to the config file's directory.
+    pub(super) fn path(&self, written: &str) -> PathBuf {
+        let p = Path::new(written);
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        self.file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| p.to_path_buf(), |d| d.join(p))
+    }
+
     /// Record an error at a span, under a key path.
     pub(super) fn error(
         &mut self,
@@ -402,6 +414,16 @@ fn compile_listener(
         Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
         Protocol::Http => DEFAULT_HTTP_IDLE_TIMEOUT,
     };
+    let tls = l.tls.as_ref().and_then(|t| {
+        let alpn_default: &[&str] = match l.protocol.get_ref() {
+            Protocol::Http => &["http/1.1"],
+            Protocol::Tcp => &[],
+        };
+        super::tls::listener_tls(cx, key, t, alpn_default)
+    });
+    if l.tls.is_some() && tls.is_none() {
+        return None;
+    }
     let rate_limit = l
         .rate_limit
         .as_ref()
@@ -418,6 +440,7 @@ fn compile_listener(
         });
     Some(Listener {
         rate_limit,
+        tls,
         stats: Arc::new(ListenerStats::new(cx.workers)),
         name: name.to_string(),
         address: address?,

@@ -161,6 +161,38 @@ pub struct FileListener {
     pub send_timeout: Option<ConfigDuration>,
     /// `rate_limit.connections_per_second` (and `burst`) for the whole proxy.
     pub rate_limit: Option<Spanned<FileListenerRateLimit>>,
+    /// TLS termination.
+    pub tls: Option<Spanned<FileListenerTls>>,
+}
+
+/// `tls.*` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListenerTls {
+    /// PEM certificate chain (leaf first) and its key: the default
+    /// certificate.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// More certificates, chosen by the client's SNI.
+    pub certificates: Option<Vec<Spanned<FileSniCertificate>>>,
+    /// PEM roots: require and verify client certificates.
+    pub client_ca: Option<Spanned<String>>,
+    /// `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<Spanned<String>>,
+    /// ALPN protocols offered, in order of preference.
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// Limit for the whole handshake. Default 10s.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub handshake_timeout: Option<ConfigDuration>,
+}
+
+/// One entry of `tls.certificates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSniCertificate {
+    pub server_names: Vec<Spanned<String>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `rate_limit.*` of a listener.

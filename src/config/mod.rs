@@ -12,6 +12,7 @@ pub mod file;
 mod parse;
 mod resilience;
 mod routes;
+mod tls;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -128,6 +129,8 @@ pub struct Listener {
     pub http: HttpSettings,
     /// `rate_limit.connections_per_second`, shared by every worker.
     pub rate_limit: Option<Arc<crate::resilience::RateLimiter>>,
+    /// `tls`: terminate TLS on this listener.
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Limits of an http listener.

@@ -253,6 +253,21 @@ impl ChunkFrame {
     }
 }
 
+impl ChunkFrame {
+    /// The bytes still to send, part by part (size line, payload, CRLF).
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iov[self.first.min(3)..]
+            .iter()
+            .filter(|iov| iov.iov_len > 0)
+            // SAFETY: each iovec points at `iov_len` initialised bytes that
+            // the frame keeps alive (see the `IoVecBuf` impl), and `&self`
+            // excludes any change while the slices live.
+            .map(|iov| unsafe {
+                std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len)
+            })
+    }
+}
+
 impl crate::sockio::Vectored for ChunkFrame {
     fn remaining(&self) -> usize {
         self.left

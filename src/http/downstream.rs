@@ -17,9 +17,40 @@ use crate::deadline::Deadlines;
 use crate::sockio::{write_all_within, write_vectored_within, Vectored as _};
 use crate::worker::ListenerHandle;
 
+/// The client's socket: plain, or TLS terminated here.
+#[derive(Debug)]
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::ServerStream>),
+}
+
+impl ClientIo {
+    /// The TCP socket under it (readiness waits, the peer address).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientIo::Plain(s) => s,
+            ClientIo::Tls(t) => &t.tcp,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientIo::Tls(_))
+    }
+
+    /// Bytes are waiting inside the TLS layer (a readiness wait on the
+    /// socket would not see them).
+    pub fn has_buffered(&mut self) -> bool {
+        match self {
+            ClientIo::Plain(_) => false,
+            ClientIo::Tls(t) => t.has_buffered(),
+        }
+    }
+}
+
 /// A client connection and the bytes read from it but not yet used.
+#[derive(Debug)]
 pub struct Downstream {
-    pub stream: TcpStream,
+    pub stream: ClientIo,
     pub buf: BytesMut,
     pub peer: SocketAddr,
     /// Bytes read from and written to the client so far.
@@ -57,21 +88,44 @@ impl Downstream {
         Ok(())
     }
 
-    /// Write one chunk of a chunk-encoded body (payload not copied).
+    /// Write one chunk of a chunk-encoded body (payload not copied on a
+    /// plain connection).
     pub async fn write_frame(&mut self, frame: ChunkFrame) -> Result<(), HttpError> {
         let n = frame.remaining() as u64;
-        write_vectored_within(&mut self.stream, frame, &self.deadlines, self.send_timeout)
-            .await
-            .map_err(HttpError::client_write)?;
+        match &mut self.stream {
+            ClientIo::Plain(s) => {
+                write_vectored_within(s, frame, &self.deadlines, self.send_timeout)
+                    .await
+                    .map_err(HttpError::client_write)?;
+            }
+            ClientIo::Tls(t) => {
+                for part in frame.parts() {
+                    t.write_all(part, &self.deadlines, self.send_timeout)
+                        .await
+                        .map_err(HttpError::client_write)?;
+                }
+            }
+        }
         self.bytes_out += n;
         Ok(())
     }
 
     async fn write<B: monoio::buf::IoBuf + 'static>(&mut self, data: B) -> Result<(), HttpError> {
-        write_all_within(&mut self.stream, data, &self.deadlines, self.send_timeout)
-            .await
-            .map(drop)
-            .map_err(HttpError::client_write)
+        match &mut self.stream {
+            ClientIo::Plain(s) => write_all_within(s, data, &self.deadlines, self.send_timeout)
+                .await
+                .map(drop)
+                .map_err(HttpError::client_write),
+            ClientIo::Tls(t) => {
+                // SAFETY: `data` is an initialised buffer of `bytes_init()`
+                // bytes at `read_ptr()`, alive for this borrow.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(data.read_ptr(), data.bytes_init()) };
+                t.write_all(bytes, &self.deadlines, self.send_timeout)
+                    .await
+                    .map_err(HttpError::client_write)
+            }
+        }
     }
 
     /// Read more of a request body into `buf`; EOF mid-body is an error, and
@@ -79,30 +133,30 @@ impl Downstream {
     /// closes, so the bytes a cancelled read might hold do not matter).
     pub async fn read_body(&mut self) -> Result<(), HttpError> {
         let at = Instant::now() + self.body_timeout;
-        let read = read_more(&mut self.stream, std::mem::take(&mut self.buf), 64 * 1024);
-        let (res, buf) = self
-            .deadlines
-            .within(at, read)
+        let deadlines = self.deadlines.clone();
+        let res = deadlines
+            .within(at, self.read_more(64 * 1024))
             .await
             .map_err(|_| HttpError::BodyTimeout)?;
-        self.buf = buf;
         match res {
             Ok(0) => Err(HttpError::DownstreamIo(
                 std::io::ErrorKind::UnexpectedEof.into(),
             )),
-            Ok(n) => {
-                self.bytes_in += n as u64;
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) => Err(HttpError::DownstreamIo(e)),
         }
     }
 
     /// Read more from the client into `buf`.
     pub async fn read_more(&mut self, spare: usize) -> std::io::Result<usize> {
-        let (res, buf) = read_more(&mut self.stream, std::mem::take(&mut self.buf), spare).await;
-        self.buf = buf;
-        let n = res?;
+        let n = match &mut self.stream {
+            ClientIo::Plain(s) => {
+                let (res, buf) = read_more(s, std::mem::take(&mut self.buf), spare).await;
+                self.buf = buf;
+                res?
+            }
+            ClientIo::Tls(t) => t.read_plain(&mut self.buf, spare).await?,
+        };
         self.bytes_in += n as u64;
         Ok(n)
     }

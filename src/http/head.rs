@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::codec::{parse_request, HeadLimits, RequestHead};
-use super::downstream::Downstream;
+use super::downstream::{ClientIo, Downstream};
 use super::error::HttpError;
 use crate::config::Listener;
 use crate::sockio::read_within;
@@ -55,12 +55,14 @@ pub(super) async fn read_head(
     };
     if conn.buf.is_empty() {
         let mut idle = listener.idle_timeout;
-        if phase == Phase::Served && ctx.driver == Driver::IoUring {
+        if let (Phase::Served, Driver::IoUring, ClientIo::Plain(stream)) =
+            (phase, ctx.driver, &mut conn.stream)
+        {
             let window = WARM_READ_WINDOW.min(idle);
             // Cancelled and then awaited: bytes that arrive at the window's
             // edge are kept (sockio::read_within).
             let (res, buf) = read_within(
-                &mut conn.stream,
+                stream,
                 BytesMut::with_capacity(4096),
                 &ctx.deadlines,
                 window,
@@ -109,10 +111,14 @@ pub(super) async fn read_head(
 async fn wait_for_request(
     ctx: &WorkerCtx,
     handle: &ListenerHandle,
-    conn: &Downstream,
+    conn: &mut Downstream,
     idle: Duration,
     phase: Phase,
 ) -> bool {
+    // Decrypted bytes (or ciphertext) already inside the TLS layer.
+    if conn.stream.has_buffered() {
+        return true;
+    }
     let mut deadline = Instant::now() + idle;
     loop {
         let closing = ctx.closing(handle);
@@ -129,7 +135,7 @@ async fn wait_for_request(
         // an idle client would then be timed by header_timeout (408). The
         // idle deadline is coarse (up to ~100 ms late): no timer per idle
         // connection.
-        let mut readable = std::pin::pin!(conn.stream.readable(false));
+        let mut readable = std::pin::pin!(conn.stream.tcp().readable(false));
         let mut stopped = std::pin::pin!(handle.stopped());
         let mut expiry = ctx.deadlines.arm(deadline);
         let woke = std::future::poll_fn(|cx| {

@@ -13,7 +13,7 @@
 mod body;
 pub mod chunked;
 pub mod codec;
-mod downstream;
+pub mod downstream;
 pub mod error;
 mod fields;
 mod forward;
@@ -29,8 +29,6 @@ mod server;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use monoio::net::TcpStream;
-
 use crate::config::Listener;
 use crate::worker::{ListenerHandle, WorkerCtx};
 
@@ -41,7 +39,7 @@ pub async fn serve(
     handle: &Rc<ListenerHandle>,
     accept_snapshot: &std::sync::Arc<crate::config::Snapshot>,
     listener: &Listener,
-    stream: TcpStream,
+    stream: downstream::ClientIo,
     peer: SocketAddr,
 ) {
     server::serve_connection(ctx, handle, accept_snapshot, listener, stream, peer).await;

@@ -33,6 +33,7 @@ pub fn serialize_request(
     route: &Route,
     peer: SocketAddr,
     upstream_host: &str,
+    https: bool,
 ) -> (Bytes, Bytes) {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(&head.method);
@@ -66,7 +67,8 @@ pub fn serialize_request(
         out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}\r\n", peer.ip());
-    push_header(&mut out, b"x-forwarded-proto", b"http");
+    let proto: &[u8] = if https { b"https" } else { b"http" };
+    push_header(&mut out, b"x-forwarded-proto", proto);
     let generated_id = match request_id {
         Some(_) => None,
         None => {

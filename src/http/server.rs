@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use super::codec::{Framing, RequestHead};
-use super::downstream::Downstream;
+use super::downstream::{ClientIo, Downstream};
 use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpError};
 use super::head::{read_head, Phase};
 use super::proxy::{self, Next};
@@ -27,7 +27,7 @@ pub async fn serve_connection(
     handle: &Rc<ListenerHandle>,
     accept_snapshot: &Arc<Snapshot>,
     listener: &Listener,
-    stream: TcpStream,
+    stream: ClientIo,
     peer: SocketAddr,
 ) {
     let http = &listener.http;
@@ -108,23 +108,33 @@ async fn tunnel(
             return;
         }
     }
-    if !up_buf.is_empty()
-        && super::io::write_bytes(&mut conn.stream, up_buf.freeze())
-            .await
-            .is_err()
-    {
+    if !up_buf.is_empty() && conn.write_bytes(up_buf.freeze()).await.is_err() {
         return;
     }
-    let outcome = crate::tcp::relay(
-        conn.stream,
-        up,
-        listener.idle_timeout,
-        crate::tcp::SpliceMode::Never,
-        ctx.driver,
-        &ctx.buffers,
-        &ctx.deadlines,
-    )
-    .await;
+    let outcome = match conn.stream {
+        ClientIo::Plain(stream) => {
+            crate::tcp::relay(
+                stream,
+                up,
+                listener.idle_timeout,
+                crate::tcp::SpliceMode::Never,
+                ctx.driver,
+                &ctx.buffers,
+                &ctx.deadlines,
+            )
+            .await
+        }
+        ClientIo::Tls(tls) => {
+            crate::tls::relay::relay(
+                *tls,
+                up,
+                listener.idle_timeout,
+                listener.http.send_timeout,
+                &ctx.deadlines,
+            )
+            .await
+        }
+    };
     let cells = listener.stats.worker(ctx.index);
     cells.bytes_in.add(outcome.downstream_to_upstream);
     cells.bytes_out.add(outcome.upstream_to_downstream);

@@ -153,6 +153,30 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
             p.sample(name, &[("listener", &l.name)], l.stats.sum(get));
         }
     }
+    let name = "outrigger_listener_tls_handshakes_total";
+    p.family(
+        name,
+        "counter",
+        "TLS handshakes completed on listeners with tls.",
+    );
+    for l in s.listeners.iter().filter(|l| l.tls.is_some()) {
+        p.sample(
+            name,
+            &[("listener", &l.name)],
+            l.stats.sum(|c| c.tls_handshakes.get()),
+        );
+    }
+    let name = "outrigger_listener_tls_handshake_failures_total";
+    p.family(name, "counter", "TLS handshakes that failed, by reason.");
+    for l in s.listeners.iter().filter(|l| l.tls.is_some()) {
+        for r in crate::tls::HandshakeFailure::ALL {
+            p.sample(
+                name,
+                &[("listener", &l.name), ("reason", r.label())],
+                l.stats.sum(|c| c.tls_handshake_failures[r.index()].get()),
+            );
+        }
+    }
     let name = "outrigger_listener_requests_total";
     p.family(
         name,

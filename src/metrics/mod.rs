@@ -140,6 +140,9 @@ pub struct ListenerCells {
     pub idle_timeouts: Counter,
     /// Connections closed at once by `rate_limit.connections_per_second`.
     pub rate_limited: Counter,
+    /// TLS handshakes completed, and failed by `tls::HandshakeFailure`.
+    pub tls_handshakes: Counter,
+    pub tls_handshake_failures: [Counter; 9],
     /// Bytes received from downstream clients.
     pub bytes_in: Counter,
     /// Bytes sent to downstream clients.

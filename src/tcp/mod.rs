@@ -45,7 +45,7 @@ pub async fn proxy(
     ctx: &Rc<WorkerCtx>,
     listener: &Listener,
     cluster: &Cluster,
-    client: TcpStream,
+    client: crate::http::downstream::ClientIo,
     peer: SocketAddr,
 ) {
     let counters = listener.stats.worker(ctx.index);
@@ -86,16 +86,30 @@ pub async fn proxy(
     );
     let in_flight = ctx.balancers.track(addr);
     let _ = upstream.set_nodelay(true);
-    let outcome = relay(
-        client,
-        upstream,
-        listener.idle_timeout,
-        listener.splice,
-        ctx.driver,
-        &ctx.buffers,
-        &ctx.deadlines,
-    )
-    .await;
+    let outcome = match client {
+        crate::http::downstream::ClientIo::Plain(client) => {
+            relay(
+                client,
+                upstream,
+                listener.idle_timeout,
+                listener.splice,
+                ctx.driver,
+                &ctx.buffers,
+                &ctx.deadlines,
+            )
+            .await
+        }
+        crate::http::downstream::ClientIo::Tls(tls) => {
+            crate::tls::relay::relay(
+                *tls,
+                upstream,
+                listener.idle_timeout,
+                listener.http.send_timeout,
+                &ctx.deadlines,
+            )
+            .await
+        }
+    };
     drop((active, in_flight));
     let bytes = (
         outcome.downstream_to_upstream,

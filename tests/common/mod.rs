@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod http;
 pub mod script;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

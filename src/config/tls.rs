@@ -1,0 +1,131 @@
+//! Compiling a listener's `tls` table: files read and checked now, so a
+//! missing file, a bad PEM or a key that does not match its certificate
+//! fails `check`, start-up and reloads with the key's position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+
+use super::compile::Ctx;
+use super::file::FileListenerTls;
+use crate::tls::{server_config, ListenerTls, ServerSettings};
+
+/// Default `tls.handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) fn listener_tls(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    t: &Spanned<FileListenerTls>,
+    alpn_default: &[&str],
+) -> Option<Arc<ListenerTls>> {
+    let f = t.get_ref();
+    let key = format!("{key}.tls");
+    let mut ok = true;
+    let tls13_only = match f
+        .min_version
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None | Some(("1.2", _)) => false,
+        Some(("1.3", _)) => true,
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.min_version"),
+                format!("must be \"1.2\" or \"1.3\", not \"{other}\""),
+            );
+            ok = false;
+            false
+        }
+    };
+    let cert_key = match (&f.cert, &f.key) {
+        (Some(c), Some(k)) => Some((cx.path(c.get_ref()), cx.path(k.get_ref()), c.span())),
+        (None, None) => None,
+        (Some(c), None) | (None, Some(c)) => {
+            cx.error(c.span(), format!("{key}.cert"), "cert and key go together");
+            ok = false;
+            None
+        }
+    };
+    let sni: Vec<_> = f
+        .certificates
+        .iter()
+        .flatten()
+        .map(|e| {
+            let e_ref = e.get_ref();
+            let names: Vec<String> = e_ref
+                .server_names
+                .iter()
+                .map(|n| n.get_ref().clone())
+                .collect();
+            (
+                names,
+                cx.path(e_ref.cert.get_ref()),
+                cx.path(e_ref.key.get_ref()),
+                e.span(),
+            )
+        })
+        .collect();
+    if cert_key.is_none() && sni.is_empty() && ok {
+        cx.error(
+            t.span(),
+            key.clone(),
+            "needs cert and key, or certificates = [{ server_names, cert, key }]",
+        );
+        ok = false;
+    }
+    for (names, _, _, span) in &sni {
+        if names.is_empty() {
+            cx.error(
+                span.clone(),
+                format!("{key}.certificates"),
+                "server_names must name at least one host",
+            );
+            ok = false;
+        }
+    }
+    let client_ca = f
+        .client_ca
+        .as_ref()
+        .map(|c| (cx.path(c.get_ref()), c.span()));
+    let alpn: Vec<Vec<u8>> = match &f.alpn {
+        Some(list) => list
+            .iter()
+            .map(|a| a.get_ref().as_bytes().to_vec())
+            .collect(),
+        None => alpn_default.iter().map(|a| a.as_bytes().to_vec()).collect(),
+    };
+    if !ok {
+        return None;
+    }
+    // Each file is read once here; the first one at fault is reported at
+    // its key.
+    let settings = ServerSettings {
+        cert_key: cert_key
+            .as_ref()
+            .map(|(c, k, _)| (c.as_path(), k.as_path())),
+        certificates: sni
+            .iter()
+            .map(|(n, c, k, _)| (n.clone(), c.as_path(), k.as_path()))
+            .collect(),
+        client_ca: client_ca.as_ref().map(|(c, _)| c.as_path()),
+        tls13_only,
+        alpn,
+        handshake_timeout: f
+            .handshake_timeout
+            .map_or(DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0),
+    };
+    match server_config(&settings) {
+        Ok(tls) => Some(Arc::new(tls)),
+        Err(msg) => {
+            let span = cert_key
+                .as_ref()
+                .map(|(_, _, s)| s.clone())
+                .unwrap_or_else(|| t.span());
+            cx.error(span, key, msg);
+            None
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! TLS on listeners: the server settings compiled from a listener's `tls`
+//! table (certificates chosen by SNI, client certificates, versions, ALPN),
+//! the handshake with its timeout and failure reasons, and the stream that
+//! drives rustls over monoio ([`stream`]). docs/security.md.
+
+pub mod relay;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+
+pub use stream::TlsStream;
+
+/// A server-side TLS connection.
+pub type ServerStream = TlsStream<ServerConnection>;
+
+/// A listener's compiled `tls` table.
+#[derive(Debug)]
+pub struct ListenerTls {
+    pub config: Arc<ServerConfig>,
+    pub handshake_timeout: Duration,
+    /// Client certificates are required and verified (`client_ca`).
+    pub verifies_clients: bool,
+}
+
+/// The crypto provider (ring), shared by every config.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// Read a PEM certificate chain (leaf first).
+pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let iter = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let chain: Vec<_> = iter
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in {}: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(chain)
+}
+
+/// Read a certificate chain and its key, and check that they match.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = load_chain(cert)?;
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, der, &provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "{} and {} do not make a usable pair: {e}",
+                cert.display(),
+                key.display()
+            )
+        })
+}
+
+/// Read PEM roots (a CA bundle).
+pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_chain(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Certificates by SNI: exact names, then `*.suffix` names, then the
+/// default (the table's own `cert`/`key`) for clients that send no name or
+/// one no entry covers.
+#[derive(Debug, Default)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `.example.com` for `*.example.com`.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    pub fn new(default: Option<Arc<CertifiedKey>>) -> Self {
+        SniResolver {
+            default,
+            ..SniResolver::default()
+        }
+    }
+
+    /// Serve `key` for `name` (`a.example.com` or `*.example.com`).
+    pub fn add(&mut self, name: &str, key: Arc<CertifiedKey>) {
+        let name = name.to_ascii_lowercase();
+        match name.strip_prefix('*') {
+            Some(suffix) => self.wildcard.push((suffix.to_string(), key)),
+            None => {
+                self.exact.insert(name, key);
+            }
+        }
+    }
+
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = name {
+            let name = name.to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(k.clone());
+            }
+            // `*.example.com` covers exactly one more label.
+            if let Some((_, rest)) = name.split_once('.') {
+                let suffix = format!(".{rest}");
+                if let Some((_, k)) = self.wildcard.iter().find(|(s, _)| *s == suffix) {
+                    return Some(k.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// What a listener's `tls` table says, with paths resolved.
+#[derive(Debug, Default)]
+pub struct ServerSettings<'a> {
+    pub cert_key: Option<(&'a Path, &'a Path)>,
+    pub certificates: Vec<(Vec<String>, &'a Path, &'a Path)>,
+    pub client_ca: Option<&'a Path>,
+    pub tls13_only: bool,
+    pub alpn: Vec<Vec<u8>>,
+    pub handshake_timeout: Duration,
+}
+
+/// Build a listener's server config; errors name the file at fault.
+pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
+    let default = match s.cert_key {
+        Some((c, k)) => Some(load_certified_key(c, k)?),
+        None => None,
+    };
+    let mut resolver = SniResolver::new(default);
+    for (names, c, k) in &s.certificates {
+        let key = load_certified_key(c, k)?;
+        for n in names {
+            resolver.add(n, key.clone());
+        }
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if s.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match s.client_ca {
+        Some(ca) => {
+            let roots = Arc::new(load_roots(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = s.alpn.clone();
+    Ok(ListenerTls {
+        config: Arc::new(config),
+        handshake_timeout: s.handshake_timeout,
+        verifies_clients: s.client_ca.is_some(),
+    })
+}
+
+/// Why a handshake failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Timeout,
+    /// The client closed or reset the connection.
+    Closed,
+    /// Not TLS, or a malformed message.
+    Protocol,
+    /// No common version, cipher suite or ALPN protocol.
+    Incompatible,
+    /// A client certificate was required and not sent.
+    NoClientCertificate,
+    /// The client's certificate did not verify.
+    BadClientCertificate,
+    /// The client sent an alert (it rejected our certificate, say).
+    AlertReceived,
+    /// No certificate for the name the client asked for.
+    NoCertificate,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 9] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Incompatible,
+        HandshakeFailure::NoClientCertificate,
+        HandshakeFailure::BadClientCertificate,
+        HandshakeFailure::AlertReceived,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::NoClientCertificate => "no_client_certificate",
+            HandshakeFailure::BadClientCertificate => "bad_client_certificate",
+            HandshakeFailure::AlertReceived => "alert_received",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Classify a failed handshake's error.
+    pub fn of(e: &std::io::Error) -> Self {
+        use rustls::Error as E;
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+            return HandshakeFailure::Closed;
+        };
+        match tls {
+            E::NoCertificatesPresented => HandshakeFailure::NoClientCertificate,
+            E::InvalidCertificate(_) => HandshakeFailure::BadClientCertificate,
+            E::AlertReceived(_) => HandshakeFailure::AlertReceived,
+            E::PeerIncompatible(_) | E::NoApplicationProtocol => HandshakeFailure::Incompatible,
+            E::InvalidMessage(_)
+            | E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. }
+            | E::PeerMisbehaved(_) => HandshakeFailure::Protocol,
+            E::General(m) if m.contains("no server certificate") => HandshakeFailure::NoCertificate,
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+/// Accept a TLS connection: the handshake within `handshake_timeout`.
+pub async fn accept(
+    tcp: monoio::net::TcpStream,
+    tls: &ListenerTls,
+    deadlines: &crate::deadline::Deadlines,
+) -> Result<ServerStream, HandshakeFailure> {
+    let conn = ServerConnection::new(tls.config.clone()).map_err(|_| HandshakeFailure::Other)?;
+    let mut s = TlsStream::new(tcp, conn);
+    let at = std::time::Instant::now() + tls.handshake_timeout;
+    match deadlines.within(at, s.handshake()).await {
+        Ok(Ok(())) => Ok(s),
+        Ok(Err(e)) => Err(HandshakeFailure::of(&e)),
+        Err(_) => Err(HandshakeFailure::Timeout),
+    }
+}

@@ -1,0 +1,431 @@
+//! TLS termination end to end on both I/O drivers, with certificates made
+//! here (rcgen) and clients nobody here wrote (rustls's own blocking
+//! client, curl, openssl s_client): HTTP over TLS, SNI certificates,
+//! client certificates, versions, ALPN, TCP over TLS, and bad handshakes.
+
+// Test peers run on plain threads, outside the data path: a Mutex is fine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::admin::TempDir;
+use common::script::{read_request, scripted};
+use common::tls::{connect, request, Ca, ClientOpts};
+use common::*;
+use outrigger::control::{Options, Proxy};
+use outrigger::worker::Driver;
+
+both_drivers!(
+    https_keep_alive_and_large_bodies,
+    sni_picks_the_certificate,
+    client_certificates_are_required_and_verified,
+    min_version_and_alpn,
+    tcp_over_tls_relays_plaintext,
+    bad_handshakes_are_cut_and_counted,
+    curl_and_openssl_interoperate,
+);
+
+/// An upstream that answers each request with a body saying what it saw:
+/// `proto=<x-forwarded-proto> body=<length>`, padded to `?size=N` bytes.
+fn upstream() -> SocketAddr {
+    scripted(|mut s, _| {
+        s.set_nodelay(true).unwrap();
+        let mut buf = Vec::new();
+        while let Some(req) = read_request(&mut s, &mut buf) {
+            let proto = req
+                .head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-forwarded-proto: "))
+                .unwrap_or("-")
+                .to_string();
+            let size: usize = req
+                .line
+                .split("size=")
+                .nth(1)
+                .and_then(|v| v.split(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = format!("proto={proto} body={}", req.body.len()).into_bytes();
+            if body.len() < size {
+                body.resize(size, b'.');
+            }
+            let mut out =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+            out.extend_from_slice(&body);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    })
+    .0
+}
+
+/// A proxy whose listener `web` (http) or `raw` (tcp) terminates TLS with
+/// the `tls` table given; files live in `dir`.
+fn proxy(
+    driver: Driver,
+    dir: &TempDir,
+    protocol: &str,
+    tls: &str,
+    up: SocketAddr,
+) -> (Proxy, SocketAddr) {
+    let target = match protocol {
+        "http" => "routes = \"main\"".to_string(),
+        _ => "cluster = \"c\"".to_string(),
+    };
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.l]
+address = "127.0.0.1:0"
+protocol = "{protocol}"
+{target}
+tls = {tls}
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "c"
+[clusters.c]
+endpoints = ["{up}"]
+"#,
+        io = io_name(driver)
+    );
+    let path = dir.path("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let options = Options {
+        config_path: Some(path),
+        watch: false,
+    };
+    let p = Proxy::launch(snapshot, options, None).unwrap();
+    let addr = p.local_addr("l").unwrap();
+    (p, addr)
+}
+
+fn failures(p: &Proxy, reason: &str) -> f64 {
+    let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
+    admin::parse_prometheus(&text)
+        .value(
+            "outrigger_listener_tls_handshake_failures_total",
+            &[("listener", "l"), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+}
+
+/// Several requests on one TLS connection, a 1 MiB request body and a
+/// 1 MiB response (more than rustls takes or gives in one call), and
+/// `x-forwarded-proto: https` upstream.
+fn https_keep_alive_and_large_bodies(driver: Driver) {
+    let dir = TempDir::new("tls-basic");
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["localhost"]);
+    leaf.write(&dir.0, "server");
+    let (_p, addr) = proxy(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key" }"#,
+        upstream(),
+    );
+    let mut c = connect(addr, "localhost", &ClientOpts::trusting(&ca)).unwrap();
+    for _ in 0..3 {
+        let (status, _, body) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"proto=https body=0");
+    }
+    let big = vec![b'x'; 1 << 20];
+    let mut raw = format!(
+        "POST /?size={} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        1 << 20,
+        big.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&big);
+    let (status, _, body) = request(&mut c, &raw);
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 1 << 20);
+    assert!(body.starts_with(b"proto=https body=1048576"));
+    let (status, _, _) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status, 200);
+}
+
+/// `tls.certificates` by SNI: exact name, wildcard (one label), and the
+/// default certificate for other names.
+fn sni_picks_the_certificate(driver: Driver) {
+    let dir = TempDir::new("tls-sni");
+    let ca = Ca::new("test CA");
+    let (d, a, b) = (
+        ca.leaf(&["default.test"]),
+        ca.leaf(&["a.example.com"]),
+        ca.leaf(&["*.b.example.com"]),
+    );
+    d.write(&dir.0, "d");
+    a.write(&dir.0, "a");
+    b.write(&dir.0, "b");
+    let tls = r#"{ cert = "d.pem", key = "d.key", certificates = [{ server_names = ["a.example.com"], cert = "a.pem", key = "a.key" }, { server_names = ["*.b.example.com"], cert = "b.pem", key = "b.key" }] }"#;
+    let (_p, addr) = proxy(driver, &dir, "http", tls, upstream());
+    let served = |sni: &str| {
+        let c = connect(
+            addr,
+            sni,
+            &ClientOpts {
+                roots: ca.roots(),
+                client: None,
+                tls12_only: false,
+                alpn: vec![],
+            },
+        );
+        c.map(|c| c.conn.peer_certificates().unwrap()[0].clone())
+    };
+    assert_eq!(served("a.example.com").unwrap(), a.der);
+    assert_eq!(served("x.b.example.com").unwrap(), b.der);
+    assert_eq!(served("default.test").unwrap(), d.der);
+    // Another name gets the default certificate, which does not cover it:
+    // the client refuses it.
+    assert!(served("other.test").is_err());
+}
+
+/// `client_ca`: no certificate, one from another CA, and a good one.
+fn client_certificates_are_required_and_verified(driver: Driver) {
+    let dir = TempDir::new("tls-mtls");
+    let ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    let other = Ca::new("other CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    std::fs::write(dir.path("clients.pem"), clients.pem()).unwrap();
+    let tls = r#"{ cert = "server.pem", key = "server.key", client_ca = "clients.pem" }"#;
+    let (p, addr) = proxy(driver, &dir, "http", tls, upstream());
+    let try_with = |leaf: Option<&common::tls::Leaf>| {
+        let opts = ClientOpts {
+            roots: ca.roots(),
+            client: leaf,
+            tls12_only: false,
+            alpn: vec![],
+        };
+        // TLS 1.3: the server's verdict on the client certificate arrives
+        // after the client's handshake ends; a request surfaces it.
+        let mut c = connect(addr, "localhost", &opts)?;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf)?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    assert!(try_with(None).is_err());
+    let stranger = other.leaf(&["client"]);
+    assert!(try_with(Some(&stranger)).is_err());
+    let good = clients.leaf(&["client"]);
+    assert!(try_with(Some(&good)).unwrap().starts_with("HTTP/1.1 200"));
+    assert!(eventually(|| failures(&p, "no_client_certificate") == 1.0));
+    assert!(eventually(|| failures(&p, "bad_client_certificate") == 1.0));
+}
+
+/// `min_version = "1.3"` refuses a TLS 1.2 client; ALPN offers http/1.1
+/// on http listeners by default.
+fn min_version_and_alpn(driver: Driver) {
+    let dir = TempDir::new("tls-version");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let (p, addr) = proxy(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key", min_version = "1.3" }"#,
+        upstream(),
+    );
+    let old = ClientOpts {
+        roots: ca.roots(),
+        client: None,
+        tls12_only: true,
+        alpn: vec![],
+    };
+    assert!(connect(addr, "localhost", &old).is_err());
+    assert!(eventually(|| failures(&p, "incompatible") == 1.0));
+    let h = ClientOpts {
+        roots: ca.roots(),
+        client: None,
+        tls12_only: false,
+        alpn: vec!["h2", "http/1.1"],
+    };
+    let c = connect(addr, "localhost", &h).unwrap();
+    assert_eq!(c.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(
+        c.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+/// A tcp listener with `tls`: plaintext to the upstream, both ways, and
+/// the client's close ends the relay.
+fn tcp_over_tls_relays_plaintext(driver: Driver) {
+    let dir = TempDir::new("tls-tcp");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let echo = echo(driver);
+    let (_p, addr) = proxy(
+        driver,
+        &dir,
+        "tcp",
+        r#"{ cert = "server.pem", key = "server.key" }"#,
+        echo.addr,
+    );
+    let mut c = connect(addr, "localhost", &ClientOpts::trusting(&ca)).unwrap();
+    let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let msg = msg.clone();
+        // Write and read at once: the echo sends back while we send.
+        let mut got = Vec::new();
+        c.write_all(&msg[..1000]).unwrap();
+        let mut buf = [0u8; 1000];
+        c.read_exact(&mut buf).unwrap();
+        got.extend_from_slice(&buf);
+        c.write_all(&msg[1000..]).unwrap();
+        c.conn.send_close_notify();
+        c.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        got.extend_from_slice(&rest);
+        got
+    };
+    assert_eq!(writer.len(), msg.len());
+    assert!(writer == msg);
+}
+
+/// A client that never finishes its handshake is cut at
+/// `handshake_timeout`; garbage instead of a ClientHello is closed at once;
+/// a ClientHello split into one-byte writes still works.
+fn bad_handshakes_are_cut_and_counted(driver: Driver) {
+    let dir = TempDir::new("tls-bad");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let (p, addr) = proxy(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key", handshake_timeout = "300ms" }"#,
+        upstream(),
+    );
+    // Stalls: connects, sends nothing.
+    let mut stall = std::net::TcpStream::connect(addr).unwrap();
+    stall
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(stall.read(&mut buf).unwrap_or(0), 0);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(eventually(|| failures(&p, "timeout") == 1.0));
+    // Garbage: an HTTP request on the TLS port.
+    let mut g = std::net::TcpStream::connect(addr).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = g.read_to_end(&mut out);
+    assert!(!String::from_utf8_lossy(&out).contains("200"));
+    assert!(eventually(|| failures(&p, "protocol") == 1.0));
+    // A ClientHello dribbled one byte at a time.
+    let opts = ClientOpts::trusting(&ca);
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(opts.config(), "localhost".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut tcp2 = tcp.try_clone().unwrap();
+    for b in &hello {
+        tcp2.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    let (status, _, _) = request(&mut s, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status, 200);
+}
+
+/// curl (with --cacert) and openssl s_client against the listener, when
+/// installed (required in CI).
+fn curl_and_openssl_interoperate(driver: Driver) {
+    let required = std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_some();
+    let have = |bin: &str| {
+        std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok()
+            || std::process::Command::new(bin)
+                .arg("version")
+                .output()
+                .is_ok()
+    };
+    if !have("curl") || !have("openssl") {
+        assert!(
+            !required,
+            "curl and openssl are required (OUTRIGGER_REQUIRE_INTEROP)"
+        );
+        return;
+    }
+    let dir = TempDir::new("tls-interop");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let (_p, addr) = proxy(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key" }"#,
+        upstream(),
+    );
+    let port = addr.port();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(dir.path("ca.pem"))
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "proto=https body=0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for version in ["-tls1_2", "-tls1_3"] {
+        let mut child = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                version,
+                "-CAfile",
+            ])
+            .arg(dir.path("ca.pem"))
+            .args(["-verify_return_error", "-quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "{version}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
