@@ -429,3 +429,23 @@ fn curl_and_openssl_interoperate(driver: Driver) {
         );
     }
 }
+
+/// A key that is not the certificate's is refused with the file names
+/// (check, start-up and reload all compile the same way).
+#[test]
+fn mismatched_key_is_a_config_error() {
+    let dir = TempDir::new("tls-mismatch");
+    let ca = Ca::new("test CA");
+    let (a, b) = (ca.leaf(&["a"]), ca.leaf(&["b"]));
+    std::fs::write(dir.path("a.pem"), &a.cert_pem).unwrap();
+    std::fs::write(dir.path("b.key"), &b.key_pem).unwrap();
+    let path = dir.path("config.toml");
+    std::fs::write(
+        &path,
+        "[listeners.l]\naddress = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"c\"\ntls = { cert = \"a.pem\", key = \"b.key\" }\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let err = outrigger::config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("5:16: listeners.l.tls:"), "{err}");
+    assert!(err.contains("a.pem and") && err.contains("b.key do not make a usable pair"), "{err}");
+}
