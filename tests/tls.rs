@@ -27,6 +27,7 @@ both_drivers!(
     tcp_over_tls_relays_plaintext,
     bad_handshakes_are_cut_and_counted,
     curl_and_openssl_interoperate,
+    reload_rotates_the_certificate,
 );
 
 /// An upstream that answers each request with a body saying what it saw:
@@ -447,5 +448,34 @@ fn mismatched_key_is_a_config_error() {
     .unwrap();
     let err = outrigger::config::load(&path).unwrap_err().to_string();
     assert!(err.contains("5:16: listeners.l.tls:"), "{err}");
-    assert!(err.contains("a.pem and") && err.contains("b.key do not make a usable pair"), "{err}");
+    assert!(
+        err.contains("a.pem and") && err.contains("b.key do not make a usable pair"),
+        "{err}"
+    );
+}
+
+/// Certificate files replaced, then `POST /reload`: new handshakes get the
+/// new certificate, a connection opened before keeps working.
+fn reload_rotates_the_certificate(driver: Driver) {
+    let dir = TempDir::new("tls-rotate");
+    let ca = Ca::new("test CA");
+    let (first, second) = (ca.leaf(&["localhost"]), ca.leaf(&["localhost"]));
+    first.write(&dir.0, "server");
+    let (p, addr) = proxy(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key" }"#,
+        upstream(),
+    );
+    let opts = ClientOpts::trusting(&ca);
+    let mut old = connect(addr, "localhost", &opts).unwrap();
+    assert_eq!(old.conn.peer_certificates().unwrap()[0], first.der);
+    second.write(&dir.0, "server");
+    let (status, body) = admin::request(p.admin_addr(), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let new = connect(addr, "localhost", &opts).unwrap();
+    assert_eq!(new.conn.peer_certificates().unwrap()[0], second.der);
+    let (status, _, _) = request(&mut old, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status, 200);
 }
