@@ -237,7 +237,7 @@ impl AcceptLoop {
             // One access log line for every connection, refused ones too.
             if snapshot.access_log.is_some() {
                 let cluster = match &listener.protocol {
-                    ListenerProtocol::Tcp { cluster } => Some(cluster.as_str()),
+                    ListenerProtocol::Tcp { cluster, .. } => cluster.as_deref(),
                     ListenerProtocol::Http { .. } => None,
                 };
                 let record =
@@ -289,13 +289,36 @@ async fn serve(
         },
     };
     match &listener.protocol {
-        ListenerProtocol::Tcp { cluster } => {
-            let Some(cluster) = snapshot.clusters.get(cluster) else {
+        ListenerProtocol::Tcp { cluster, sni } => {
+            let mut stream = stream;
+            let mut initial = None;
+            let mut name = cluster.as_deref();
+            if let (Some(sni), ClientIo::Plain(tcp)) = (sni, &mut stream) {
+                match crate::tls::sni::read_hello(tcp, sni.timeout, &ctx.deadlines).await {
+                    Ok((bytes, hello)) => {
+                        if let crate::tls::sni::Hello::Tls(Some(server)) = &hello {
+                            name = sni.pick(server).or(name);
+                        }
+                        tracing::debug!(listener = %listener.name, %peer, ?hello, cluster = ?name, "SNI route");
+                        initial = Some(bytes.freeze());
+                    }
+                    Err(why) => {
+                        tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
+                        return;
+                    }
+                }
+            }
+            let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)) else {
+                listener.stats.worker(ctx.index).no_upstream.inc();
+                tracing::debug!(listener = %listener.name, %peer, "no SNI route and no default cluster; closing");
                 return;
             };
             // Boxed: the relay's future is large, and inline it would size
             // every connection's task, http ones included.
-            Box::pin(crate::tcp::proxy(&ctx, listener, cluster, stream, peer)).await;
+            Box::pin(crate::tcp::proxy(
+                &ctx, listener, cluster, stream, peer, initial,
+            ))
+            .await;
         }
         ListenerProtocol::Http { .. } => {
             crate::http::serve(&ctx, &handle, &snapshot, listener, stream, peer).await;

@@ -28,6 +28,7 @@ both_drivers!(
     bad_handshakes_are_cut_and_counted,
     curl_and_openssl_interoperate,
     reload_rotates_the_certificate,
+    sni_routes_pass_tls_through,
 );
 
 /// An upstream that answers each request with a body saying what it saw:
@@ -478,4 +479,96 @@ fn reload_rotates_the_certificate(driver: Driver) {
     assert_eq!(new.conn.peer_certificates().unwrap()[0], second.der);
     let (status, _, _) = request(&mut old, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status, 200);
+}
+
+/// A TLS server on a thread (rustls, blocking) that answers each
+/// connection's first line with `TAG:line`.
+fn tls_backend(tag: &'static str, leaf: &common::tls::Leaf) -> SocketAddr {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der.clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
+        )
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while tls.read(&mut b).is_ok_and(|n| n == 1) && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                let _ = writeln!(tls, "{tag}:{}", String::from_utf8_lossy(&line));
+                let _ = tls.flush();
+            });
+        }
+    });
+    addr
+}
+
+/// `sni_routes`: each name reaches its cluster with the TLS bytes
+/// untouched (the client completes a handshake with the backend itself);
+/// no SNI goes to the default cluster.
+fn sni_routes_pass_tls_through(driver: Driver) {
+    let ca = Ca::new("test CA");
+    let a = tls_backend("A", &ca.leaf(&["a.example.com"]));
+    let b = tls_backend("B", &ca.leaf(&["x.b.example.com", "127.0.0.1"]));
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[listeners.l]
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "b"
+sni_routes = [{{ server_names = ["a.example.com"], cluster = "a" }}, {{ server_names = ["*.b.example.com"], cluster = "b" }}]
+[clusters.a]
+endpoints = ["{a}"]
+[clusters.b]
+endpoints = ["{b}"]
+"#,
+        io = io_name(driver)
+    );
+    let s = start(&config);
+    let addr = s.local_addr("l").unwrap();
+    let ask = |sni: &str| {
+        let mut c = connect(addr, sni, &ClientOpts::trusting(&ca)).unwrap();
+        c.write_all(b"hello\n").unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    assert_eq!(ask("a.example.com"), "A:hello\n");
+    assert_eq!(ask("x.b.example.com"), "B:hello\n");
+    // No SNI (an IP): the listener's cluster.
+    assert_eq!(ask("127.0.0.1"), "B:hello\n");
+    // Without a default cluster: a client with an unknown name, and one
+    // that does not speak TLS, are closed at once.
+    let config = config.replace("cluster = \"b\"\nsni_routes", "sni_routes");
+    let s2 = start(&config);
+    let addr2 = s2.local_addr("l").unwrap();
+    assert!(connect(addr2, "unknown.example.com", &ClientOpts::trusting(&ca)).is_err());
+    let mut raw = std::net::TcpStream::connect(addr2).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let _ = raw.read_to_end(&mut out);
+    assert!(
+        out.is_empty() && t.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
 }

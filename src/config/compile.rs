@@ -482,29 +482,72 @@ fn tcp_target(
         );
         return None;
     }
-    let Some(cluster) = &l.cluster else {
-        cx.error(
-            l.protocol.span(),
-            format!("{key}.cluster"),
-            "a tcp listener needs `cluster`: the cluster to forward connections to",
-        );
-        return None;
+    let known = |c: &Spanned<String>, cx: &mut Ctx<'_>, k: &str| {
+        let ok = f.clusters.keys().any(|n| n.get_ref() == c.get_ref());
+        if !ok {
+            cx.error(
+                c.span(),
+                k.to_string(),
+                format!(
+                    "no cluster named \"{}\" (define [clusters.{}])",
+                    c.get_ref(),
+                    c.get_ref()
+                ),
+            );
+        }
+        ok
     };
-    if !f.clusters.keys().any(|k| k.get_ref() == cluster.get_ref()) {
-        cx.error(
-            cluster.span(),
-            format!("{key}.cluster"),
-            format!(
-                "no cluster named \"{}\" (define [clusters.{}])",
-                cluster.get_ref(),
-                cluster.get_ref()
-            ),
-        );
-        return None;
-    }
-    Some(ListenerProtocol::Tcp {
-        cluster: cluster.get_ref().clone(),
-    })
+    let mut ok = true;
+    let sni = match &l.sni_routes {
+        None => None,
+        Some(routes) => {
+            if let Some(t) = &l.tls {
+                cx.error(
+                    t.span(),
+                    format!("{key}.tls"),
+                    "sni_routes pass TLS through untouched; a listener cannot also terminate it",
+                );
+                ok = false;
+            }
+            let timeout = l.sni_read_timeout.map_or(Duration::from_secs(5), |d| d.0);
+            let mut sni = crate::tls::sni::SniRouting::new(timeout);
+            for r in routes {
+                let r_ref = r.get_ref();
+                ok &= known(&r_ref.cluster, cx, &format!("{key}.sni_routes.cluster"));
+                if r_ref.server_names.is_empty() {
+                    cx.error(
+                        r.span(),
+                        format!("{key}.sni_routes"),
+                        "server_names must name at least one host",
+                    );
+                    ok = false;
+                }
+                let names: Vec<String> = r_ref
+                    .server_names
+                    .iter()
+                    .map(|n| n.get_ref().clone())
+                    .collect();
+                sni.add(&names, r_ref.cluster.get_ref().clone());
+            }
+            Some(Arc::new(sni))
+        }
+    };
+    let cluster = match &l.cluster {
+        Some(c) => {
+            ok &= known(c, cx, &format!("{key}.cluster"));
+            Some(c.get_ref().clone())
+        }
+        None if sni.is_some() => None,
+        None => {
+            cx.error(
+                l.protocol.span(),
+                format!("{key}.cluster"),
+                "a tcp listener needs `cluster`: the cluster to forward connections to",
+            );
+            return None;
+        }
+    };
+    ok.then_some(ListenerProtocol::Tcp { cluster, sni })
 }
 
 fn http_target(

@@ -163,6 +163,20 @@ pub struct FileListener {
     pub rate_limit: Option<Spanned<FileListenerRateLimit>>,
     /// TLS termination.
     pub tls: Option<Spanned<FileListenerTls>>,
+    /// tcp: pick the cluster by the ClientHello's SNI, without terminating.
+    pub sni_routes: Option<Vec<Spanned<FileSniRoute>>>,
+    /// tcp with sni_routes: how long a client may take to send its
+    /// ClientHello. Default 5s.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub sni_read_timeout: Option<ConfigDuration>,
+}
+
+/// One entry of `sni_routes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSniRoute {
+    pub server_names: Vec<Spanned<String>>,
+    pub cluster: Spanned<String>,
 }
 
 /// `tls.*` of a listener.

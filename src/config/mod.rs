@@ -148,8 +148,12 @@ pub struct HttpSettings {
 /// What a listener does with its connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerProtocol {
-    /// Relay bytes to this cluster.
-    Tcp { cluster: String },
+    /// Relay bytes to this cluster (the default when `sni` names none).
+    Tcp {
+        cluster: Option<String>,
+        /// `sni_routes`: the cluster by the ClientHello's server name.
+        sni: Option<Arc<crate::tls::sni::SniRouting>>,
+    },
     /// Route HTTP requests with this table.
     Http { routes: String },
 }

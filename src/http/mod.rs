@@ -18,6 +18,7 @@ pub mod error;
 mod fields;
 mod forward;
 pub use forward::ip_key;
+pub use io::read_more as io_read_more;
 mod head;
 mod io;
 pub mod pool;

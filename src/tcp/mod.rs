@@ -47,6 +47,7 @@ pub async fn proxy(
     cluster: &Cluster,
     client: crate::http::downstream::ClientIo,
     peer: SocketAddr,
+    initial: Option<bytes::Bytes>,
 ) {
     let counters = listener.stats.worker(ctx.index);
     let started = Instant::now();
@@ -86,6 +87,18 @@ pub async fn proxy(
     );
     let in_flight = ctx.balancers.track(addr);
     let _ = upstream.set_nodelay(true);
+    // Bytes read before the cluster was known (a ClientHello) go first.
+    let mut upstream = upstream;
+    let mut early = 0u64;
+    if let Some(bytes) = initial {
+        early = bytes.len() as u64;
+        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut upstream, bytes).await;
+        if res.is_err() {
+            drop((active, in_flight));
+            log(Some(addr), (0, 0), "UR");
+            return;
+        }
+    }
     let outcome = match client {
         crate::http::downstream::ClientIo::Plain(client) => {
             relay(
@@ -112,7 +125,7 @@ pub async fn proxy(
     };
     drop((active, in_flight));
     let bytes = (
-        outcome.downstream_to_upstream,
+        outcome.downstream_to_upstream + early,
         outcome.upstream_to_downstream,
     );
     counters.bytes_in.add(bytes.0);

@@ -4,6 +4,7 @@
 //! drives rustls over monoio ([`stream`]). docs/security.md.
 
 pub mod relay;
+pub mod sni;
 pub mod stream;
 
 use std::collections::HashMap;
