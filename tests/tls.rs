@@ -29,6 +29,8 @@ both_drivers!(
     curl_and_openssl_interoperate,
     reload_rotates_the_certificate,
     sni_routes_pass_tls_through,
+    tls_origination,
+    tls_cluster_health_checks,
 );
 
 /// An upstream that answers each request with a body saying what it saw:
@@ -571,4 +573,121 @@ endpoints = ["{b}"]
         "{:?}",
         t.elapsed()
     );
+}
+
+/// A proxy with a plain http listener `web` and a tcp listener `raw` in
+/// front of cluster `c` with the given `tls` table.
+fn originating(
+    driver: Driver,
+    dir: &TempDir,
+    up: SocketAddr,
+    tls: &str,
+    extra: &str,
+) -> (Proxy, SocketAddr, SocketAddr) {
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+[listeners.raw]
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "c"
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "c"
+[clusters.c]
+endpoints = ["{up}"]
+tls = {tls}
+{extra}
+"#,
+        io = io_name(driver)
+    );
+    let path = dir.path("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let options = Options {
+        config_path: Some(path),
+        watch: false,
+    };
+    let p = Proxy::launch(snapshot, options, None).unwrap();
+    let (web, raw) = (p.local_addr("web").unwrap(), p.local_addr("raw").unwrap());
+    (p, web, raw)
+}
+
+/// A cluster with `tls`: verified against `ca`, under `server_name`
+/// (the endpoint is an IP), pooled (three requests, one TLS connection),
+/// with a client certificate when the upstream requires one; a wrong CA
+/// fails the connect (503) and says why in /clusters.
+fn tls_origination(driver: Driver) {
+    let dir = TempDir::new("tls-origin");
+    let ca = Ca::new("upstream CA");
+    let clients = Ca::new("client CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    clients.leaf(&["proxy"]).write(&dir.0, "client");
+    let (up, conns) = common::tls::https_backend("U", &ca.leaf(&["api.internal"]), Some(&clients));
+    let tls = r#"{ ca = "ca.pem", server_name = "api.internal", cert = "client.pem", key = "client.key" }"#;
+    let (_p, web, raw) = originating(driver, &dir, up, tls, "");
+    let mut c = common::http::Client::connect(web);
+    for _ in 0..3 {
+        let r = c.get("/", "svc", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"U conn=1");
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // tcp listener, plain client, TLS upstream.
+    let mut t = std::net::TcpStream::connect(raw).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = t.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("U conn=2"));
+
+    // The wrong CA: no connection, 503.
+    let dir2 = TempDir::new("tls-origin-bad");
+    std::fs::write(dir2.path("ca.pem"), Ca::new("other").pem()).unwrap();
+    let (p2, web2, _) = originating(
+        driver,
+        &dir2,
+        up,
+        r#"{ ca = "ca.pem", server_name = "api.internal" }"#,
+        "",
+    );
+    let r = common::http::Client::connect(web2).get("/", "svc", "");
+    assert_eq!(r.status, 503);
+    let clusters = admin::get_json(p2.admin_addr(), "/clusters");
+    let err = clusters["clusters"]["c"]["endpoints"][0]["workers"][0]["last_error"]["message"]
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+}
+
+/// Health checks of a tls cluster run over TLS.
+fn tls_cluster_health_checks(driver: Driver) {
+    let dir = TempDir::new("tls-hc");
+    let ca = Ca::new("upstream CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let (up, _) = common::tls::https_backend("U", &ca.leaf(&["127.0.0.1"]), None);
+    let (p, _, _) = originating(
+        driver,
+        &dir,
+        up,
+        r#"{ ca = "ca.pem" }"#,
+        r#"health_check = { protocol = "http", path = "/", interval = "100ms" }"#,
+    );
+    let passed = || {
+        let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
+        admin::parse_prometheus(&text)
+            .value(
+                "outrigger_cluster_health_checks_total",
+                &[("cluster", "c"), ("result", "passed")],
+            )
+            .unwrap_or(0.0)
+    };
+    assert!(eventually(|| passed() >= 2.0));
 }

@@ -315,6 +315,16 @@ fn compile_cluster(
         None => HashOn::default(),
     };
     let resilience = super::resilience::cluster(cx, key, c_ref);
+    let tls = match &c_ref.tls {
+        Some(t) => match super::tls::cluster_tls(cx, key, t) {
+            Some(t) => Some(t),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
     if !ok {
         return None;
     }
@@ -339,6 +349,7 @@ fn compile_cluster(
         breaker: resilience.breaker,
         outlier: resilience.outlier,
         health_check: resilience.health_check,
+        tls,
     })
 }
 
@@ -547,6 +558,35 @@ fn tcp_target(
             return None;
         }
     };
+    // TLS on both sides of a tcp listener, or SNI routing into a cluster
+    // that originates TLS, would need a TLS-to-TLS relay.
+    let has_tls = |name: &str| {
+        f.clusters
+            .iter()
+            .any(|(n, c)| n.get_ref() == name && c.get_ref().tls.is_some())
+    };
+    if let (Some(t), Some(c)) = (&l.tls, &cluster) {
+        if has_tls(c) {
+            cx.error(
+                t.span(),
+                format!("{key}.tls"),
+                format!("a tcp listener with tls cannot forward to cluster \"{c}\", which has tls too (TLS to TLS is not relayed)"),
+            );
+            ok = false;
+        }
+    }
+    if let Some(routes) = &l.sni_routes {
+        for r in routes {
+            if has_tls(r.get_ref().cluster.get_ref()) {
+                cx.error(
+                    r.get_ref().cluster.span(),
+                    format!("{key}.sni_routes.cluster"),
+                    "sni_routes pass the client's TLS through; their clusters cannot have tls",
+                );
+                ok = false;
+            }
+        }
+    }
     ok.then_some(ListenerProtocol::Tcp { cluster, sni })
 }
 

@@ -447,6 +447,24 @@ pub struct FileCluster {
     pub circuit_breaker: Option<FileCircuitBreaker>,
     pub outlier_detection: Option<FileOutlierDetection>,
     pub health_check: Option<Spanned<FileHealthCheck>>,
+    /// TLS toward the endpoints.
+    pub tls: Option<Spanned<FileClusterTls>>,
+}
+
+/// `tls.*` of a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClusterTls {
+    /// SNI and the name verified; default each endpoint's host.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM roots to verify the upstream with; default the system's.
+    pub ca: Option<Spanned<String>>,
+    /// A client certificate and key to present.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<Spanned<String>>,
 }
 
 pub use crate::upstream::balance::Balance;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::compile::Ctx;
-use super::file::FileListenerTls;
-use crate::tls::{server_config, ListenerTls, ServerSettings};
+use super::file::{FileClusterTls, FileListenerTls};
+use crate::tls::{
+    client_config, server_config, ClientSettings, ClusterTls, ListenerTls, ServerSettings,
+};
 
 /// Default `tls.handshake_timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +127,70 @@ pub(super) fn listener_tls(
                 .map(|(_, _, s)| s.clone())
                 .unwrap_or_else(|| t.span());
             cx.error(span, key, msg);
+            None
+        }
+    }
+}
+
+fn min_version(cx: &mut Ctx<'_>, key: &str, v: &Option<Spanned<String>>) -> Option<bool> {
+    match v.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("1.2", _)) => Some(false),
+        Some(("1.3", _)) => Some(true),
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.min_version"),
+                format!("must be \"1.2\" or \"1.3\", not \"{other}\""),
+            );
+            None
+        }
+    }
+}
+
+/// A cluster's `tls` table: roots, client certificate and names read now.
+pub(super) fn cluster_tls(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    t: &Spanned<FileClusterTls>,
+) -> Option<Arc<ClusterTls>> {
+    let f = t.get_ref();
+    let key = format!("{key}.tls");
+    let tls13_only = min_version(cx, &key, &f.min_version)?;
+    let cert_key = match (&f.cert, &f.key) {
+        (Some(c), Some(k)) => Some((cx.path(c.get_ref()), cx.path(k.get_ref()))),
+        (None, None) => None,
+        (Some(c), None) | (None, Some(c)) => {
+            cx.error(c.span(), format!("{key}.cert"), "cert and key go together");
+            return None;
+        }
+    };
+    if let Some(n) = &f.server_name {
+        if rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+            cx.error(
+                n.span(),
+                format!("{key}.server_name"),
+                format!("\"{}\" is not a DNS name or an IP address", n.get_ref()),
+            );
+            return None;
+        }
+    }
+    let ca = f.ca.as_ref().map(|c| cx.path(c.get_ref()));
+    let settings = ClientSettings {
+        ca: ca.as_deref(),
+        cert_key: cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        alpn: f
+            .alpn
+            .iter()
+            .flatten()
+            .map(|a| a.get_ref().as_bytes().to_vec())
+            .collect(),
+        tls13_only,
+        server_name: f.server_name.as_ref().map(|n| n.get_ref().clone()),
+    };
+    match client_config(&settings) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(msg) => {
+            cx.error(t.span(), key, msg);
             None
         }
     }

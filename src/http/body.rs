@@ -3,8 +3,8 @@
 //! back (by length, chunked, or until close; chunk-encoded for clients that
 //! need it).
 
+use super::upconn::UpConn;
 use bytes::{Bytes, BytesMut};
-use monoio::net::TcpStream;
 
 use super::chunked::{Chunk, ChunkFrame, ChunkedDecoder};
 use super::codec::Framing;
@@ -13,7 +13,6 @@ use std::io::Write;
 use std::time::Instant;
 
 use super::downstream::Downstream;
-use super::io::read_more;
 use super::proxy::Exchange;
 
 impl Exchange<'_> {
@@ -22,7 +21,7 @@ impl Exchange<'_> {
     pub(super) async fn send_body(
         &self,
         conn: &mut Downstream,
-        up: &mut TcpStream,
+        up: &mut UpConn,
     ) -> Result<(), HttpError> {
         let limit = self.req.http.max_request_body_bytes.unwrap_or(u64::MAX);
         match self.req.head.framing {
@@ -71,12 +70,8 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    async fn read_upstream(
-        &self,
-        up: &mut TcpStream,
-        buf: &mut BytesMut,
-    ) -> Result<usize, HttpError> {
-        let read = read_more(up, std::mem::take(buf), 64 * 1024);
+    async fn read_upstream(&self, up: &mut UpConn, buf: &mut BytesMut) -> Result<usize, HttpError> {
+        let read = up.read_more(std::mem::take(buf), 64 * 1024);
         let at = Instant::now() + self.remaining();
         let (res, b) = self
             .req
@@ -91,7 +86,7 @@ impl Exchange<'_> {
 
     pub(super) async fn copy_length(
         &self,
-        up: &mut TcpStream,
+        up: &mut UpConn,
         buf: &mut BytesMut,
         sink: &mut BodySink<'_>,
         n: u64,
@@ -112,7 +107,7 @@ impl Exchange<'_> {
 
     pub(super) async fn copy_chunked(
         &self,
-        up: &mut TcpStream,
+        up: &mut UpConn,
         buf: &mut BytesMut,
         sink: &mut BodySink<'_>,
     ) -> Result<(), HttpError> {
@@ -132,7 +127,7 @@ impl Exchange<'_> {
 
     pub(super) async fn copy_until_close(
         &self,
-        up: &mut TcpStream,
+        up: &mut UpConn,
         buf: &mut BytesMut,
         sink: &mut BodySink<'_>,
     ) -> Result<(), HttpError> {

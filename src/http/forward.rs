@@ -15,6 +15,7 @@ use super::downstream::Downstream;
 use super::error::HttpError;
 use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
 use super::serialize::{serialize_request, with_attempt_count};
+use super::upconn::UpConn;
 use crate::listener::worker_share;
 use crate::metrics::{Active, ClusterCells, Counter};
 use crate::resilience::health::Outcome;
@@ -372,21 +373,22 @@ impl Try<'_> {
             // never saw the request).
             let mut fresh = false;
             loop {
-                let (stream, reused) = match self.checkout(cells, addr, fresh).await {
-                    Ok(s) => s,
-                    Err(Checkout::Overflow(o)) => {
-                        cells.overflow[o.index()].inc();
-                        return Err(TryError::Fatal(HttpError::Overflow(o)));
-                    }
-                    Err(Checkout::Failed(e)) => {
-                        last_error = format!("{addr}: {e}");
-                        cells.connect_failures.inc();
-                        ecells.error(last_error.clone());
-                        cluster.record_outcome(ctx.index, index, Outcome::ConnectFailure);
-                        *failed = Some(index);
-                        break;
-                    }
-                };
+                let (stream, reused) =
+                    match self.checkout(cells, addr, &endpoint.written, fresh).await {
+                        Ok(s) => s,
+                        Err(Checkout::Overflow(o)) => {
+                            cells.overflow[o.index()].inc();
+                            return Err(TryError::Fatal(HttpError::Overflow(o)));
+                        }
+                        Err(Checkout::Failed(e)) => {
+                            last_error = format!("{addr}: {e}");
+                            cells.connect_failures.inc();
+                            ecells.error(last_error.clone());
+                            cluster.record_outcome(ctx.index, index, Outcome::ConnectFailure);
+                            *failed = Some(index);
+                            break;
+                        }
+                    };
                 if reused {
                     ecells.pooled.set(ctx.http_pool.idle_count(addr) as u64);
                 } else {
@@ -495,8 +497,9 @@ impl Try<'_> {
         &self,
         cells: &ClusterCells,
         addr: SocketAddr,
+        written: &str,
         fresh: bool,
-    ) -> Result<(TcpStream, bool), Checkout> {
+    ) -> Result<(UpConn, bool), Checkout> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
         if !fresh {
@@ -518,16 +521,27 @@ impl Try<'_> {
             return Err(Checkout::Overflow(Overflow::PendingRequests));
         }
         let _pending = Held::new(&cells.breaker_pending);
+        // connect_timeout covers the TLS handshake too.
         let at = Instant::now() + cluster.connect_timeout;
-        match ctx
-            .deadlines
-            .within(at, TcpStream::connect_addr(addr))
-            .await
-        {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok((s, false))
+        let connect = async {
+            let s = TcpStream::connect_addr(addr).await?;
+            let _ = s.set_nodelay(true);
+            match &cluster.tls {
+                None => Ok(UpConn::Plain(s)),
+                Some(tls) => {
+                    let name = tls.name_for(written).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("no TLS server name for endpoint {written}"),
+                        )
+                    })?;
+                    let t = crate::tls::connect(s, tls, name).await?;
+                    Ok(UpConn::Tls(Box::new(t)))
+                }
             }
+        };
+        match ctx.deadlines.within(at, connect).await {
+            Ok(Ok(c)) => Ok((c, false)),
             Ok(Err(e)) => Err(Checkout::Failed(e)),
             Err(_) => Err(Checkout::Failed(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -26,6 +26,7 @@ mod proxy;
 mod record;
 mod serialize;
 mod server;
+pub mod upconn;
 
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -11,10 +11,12 @@ use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
 
+use super::upconn::UpConn;
+
 /// Idle upstream connections of one worker.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    idle: RefCell<HashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
 }
 
 impl Pool {
@@ -22,11 +24,11 @@ impl Pool {
     /// `max_idle_time` and still clean: not closed by the upstream and with
     /// no stray bytes waiting (a late body after a HEAD or 204, say, which
     /// the next client would read as its response). Others are closed.
-    pub fn take(&self, addr: SocketAddr, max_idle_time: Duration) -> Option<TcpStream> {
+    pub fn take(&self, addr: SocketAddr, max_idle_time: Duration) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
-        while let Some((stream, since)) = list.pop() {
-            if since.elapsed() < max_idle_time && is_clean(&stream) {
+        while let Some((mut stream, since)) = list.pop() {
+            if since.elapsed() < max_idle_time && stream.is_clean() {
                 return Some(stream);
             }
         }
@@ -48,7 +50,7 @@ impl Pool {
     }
 
     /// Return a clean connection; closed instead when `max_idle` are pooled.
-    pub fn put(&self, addr: SocketAddr, stream: TcpStream, max_idle: usize) {
+    pub fn put(&self, addr: SocketAddr, stream: UpConn, max_idle: usize) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < max_idle {
@@ -64,7 +66,7 @@ impl Pool {
 
 /// An idle connection is clean when a non-blocking peek finds nothing to
 /// read: no EOF, no reset, no stray bytes. One syscall per reuse.
-fn is_clean(stream: &TcpStream) -> bool {
+pub fn peek_clean(stream: &TcpStream) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv into a one-byte buffer we own, on the stream's open fd;
     // MSG_PEEK leaves the data (if any) in the socket, MSG_DONTWAIT makes

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
+use super::upconn::UpConn;
+
 use super::body::BodySink;
 use super::chunked::ChunkFrame;
 use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use super::downstream::Downstream;
 use super::error::HttpError;
-use super::io::read_more;
 use super::serialize::serialize_response;
 use crate::config::{HttpSettings, Snapshot};
 use crate::route::Route;
-use crate::sockio::{write_all_within, write_vectored_within};
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
 
@@ -120,7 +120,7 @@ impl Exchange<'_> {
     pub(super) async fn run(
         &self,
         conn: &mut Downstream,
-        mut up: TcpStream,
+        mut up: UpConn,
         request: Bytes,
     ) -> Result<Next, ExchangeError> {
         let head = self.req.head;
@@ -176,6 +176,11 @@ impl Exchange<'_> {
                 })?;
             if resp.status == 101 && head.upgrade_websocket {
                 self.out.status.set(101);
+                let Some(up) = up.into_plain() else {
+                    return Err(ExchangeError::Failed(HttpError::BadResponse(
+                        "protocol upgrade over a TLS upstream connection is not supported",
+                    )));
+                };
                 let out = serialize_response(&resp, self.req.route, Framing::None, false, true);
                 conn.responded = true;
                 conn.write_bytes(out.freeze())
@@ -203,24 +208,23 @@ impl Exchange<'_> {
     /// Write to the upstream, failing when it stops reading for `send_timeout`.
     pub(super) async fn write_upstream(
         &self,
-        up: &mut TcpStream,
+        up: &mut UpConn,
         data: Bytes,
     ) -> Result<(), HttpError> {
         let deadlines = &self.req.ctx.deadlines;
-        write_all_within(up, data, deadlines, self.req.http.send_timeout)
+        up.write_all(data, deadlines, self.req.http.send_timeout)
             .await
-            .map(drop)
             .map_err(HttpError::upstream_write)
     }
 
     /// Write one chunk frame to the upstream (payload not copied).
     pub(super) async fn write_upstream_frame(
         &self,
-        up: &mut TcpStream,
+        up: &mut UpConn,
         frame: ChunkFrame,
     ) -> Result<(), HttpError> {
         let deadlines = &self.req.ctx.deadlines;
-        write_vectored_within(up, frame, deadlines, self.req.http.send_timeout)
+        up.write_frame(frame, deadlines, self.req.http.send_timeout)
             .await
             .map_err(HttpError::upstream_write)
     }
@@ -236,7 +240,7 @@ impl Exchange<'_> {
 
     async fn read_response_head(
         &self,
-        up: &mut TcpStream,
+        up: &mut UpConn,
         buf: &mut BytesMut,
     ) -> Result<ResponseHead, HttpError> {
         loop {
@@ -245,7 +249,7 @@ impl Exchange<'_> {
                     return Ok(r);
                 }
             }
-            let read = read_more(up, std::mem::take(buf), 8192);
+            let read = up.read_more(std::mem::take(buf), 8192);
             let mut at = Instant::now() + self.remaining();
             if let Some(d) = self.head_deadline {
                 at = at.min(d);
@@ -273,7 +277,7 @@ impl Exchange<'_> {
     async fn respond(
         &self,
         conn: &mut Downstream,
-        mut up: TcpStream,
+        mut up: UpConn,
         mut up_buf: BytesMut,
         resp: ResponseHead,
     ) -> Result<Next, HttpError> {
@@ -332,7 +336,7 @@ impl Exchange<'_> {
     }
 
     /// Return a clean upstream connection to the worker's pool.
-    fn pool(&self, up: TcpStream) {
+    fn pool(&self, up: UpConn) {
         let ctx = self.req.ctx;
         ctx.http_pool
             .put(self.addr, up, self.cluster.max_idle_connections);

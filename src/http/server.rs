@@ -125,14 +125,20 @@ async fn tunnel(
             .await
         }
         ClientIo::Tls(tls) => {
-            crate::tls::relay::relay(
+            let m = crate::tls::relay::relay(
                 *tls,
                 up,
                 listener.idle_timeout,
                 listener.http.send_timeout,
                 &ctx.deadlines,
             )
-            .await
+            .await;
+            crate::tcp::RelayOutcome {
+                downstream_to_upstream: m.tls_to_plain,
+                upstream_to_downstream: m.plain_to_tls,
+                idle_timeout: m.idle_timeout,
+                spliced_directions: 0,
+            }
         }
     };
     let cells = listener.stats.worker(ctx.index);

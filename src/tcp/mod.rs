@@ -87,24 +87,59 @@ pub async fn proxy(
     );
     let in_flight = ctx.balancers.track(addr);
     let _ = upstream.set_nodelay(true);
-    // Bytes read before the cluster was known (a ClientHello) go first.
-    let mut upstream = upstream;
+    // A cluster with `tls`: the handshake, within connect_timeout.
+
+    let (mut upstream, upstream_tls) = match &cluster.tls {
+        None => (Some(upstream), None),
+        Some(tls) => {
+            let at = Instant::now() + cluster.connect_timeout;
+            let handshake = async {
+                let name = tls.name_for(&endpoint.written).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "no TLS server name for the endpoint",
+                    )
+                })?;
+                crate::tls::connect(upstream, tls, name).await
+            };
+            match ctx.deadlines.within(at, handshake).await {
+                Ok(Ok(t)) => (None, Some(t)),
+                Ok(Err(e)) => {
+                    tracing::warn!(listener = %listener.name, %peer, upstream = %addr, error = %e, "upstream TLS handshake failed; closing client");
+                    endpoint.stats.worker(ctx.index).error(format!("TLS: {e}"));
+                    drop((active, in_flight));
+                    log(Some(addr), (0, 0), "UF");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(listener = %listener.name, %peer, upstream = %addr, "upstream TLS handshake timed out; closing client");
+                    drop((active, in_flight));
+                    log(Some(addr), (0, 0), "UF");
+                    return;
+                }
+            }
+        }
+    };
+    // Bytes read before the cluster was known (a ClientHello) go first
+    // (sni_routes clusters are plain: the config refuses tls on them).
     let mut early = 0u64;
-    if let Some(bytes) = initial {
+    if let (Some(bytes), Some(up)) = (initial, &mut upstream) {
         early = bytes.len() as u64;
-        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut upstream, bytes).await;
+        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(up, bytes).await;
         if res.is_err() {
             drop((active, in_flight));
             log(Some(addr), (0, 0), "UR");
             return;
         }
     }
-    let outcome = match client {
-        crate::http::downstream::ClientIo::Plain(client) => {
+    use crate::http::downstream::ClientIo;
+    let (idle, send) = (listener.idle_timeout, listener.http.send_timeout);
+    let outcome = match (client, upstream, upstream_tls) {
+        (ClientIo::Plain(client), Some(upstream), _) => {
             relay(
                 client,
                 upstream,
-                listener.idle_timeout,
+                idle,
                 listener.splice,
                 ctx.driver,
                 &ctx.buffers,
@@ -112,16 +147,26 @@ pub async fn proxy(
             )
             .await
         }
-        crate::http::downstream::ClientIo::Tls(tls) => {
-            crate::tls::relay::relay(
-                *tls,
-                upstream,
-                listener.idle_timeout,
-                listener.http.send_timeout,
-                &ctx.deadlines,
-            )
-            .await
+        (ClientIo::Tls(tls), Some(upstream), _) => {
+            let m = crate::tls::relay::relay(*tls, upstream, idle, send, &ctx.deadlines).await;
+            RelayOutcome {
+                downstream_to_upstream: m.tls_to_plain,
+                upstream_to_downstream: m.plain_to_tls,
+                idle_timeout: m.idle_timeout,
+                spliced_directions: 0,
+            }
         }
+        (ClientIo::Plain(client), None, Some(up)) => {
+            let m = crate::tls::relay::relay(up, client, idle, send, &ctx.deadlines).await;
+            RelayOutcome {
+                downstream_to_upstream: m.plain_to_tls,
+                upstream_to_downstream: m.tls_to_plain,
+                idle_timeout: m.idle_timeout,
+                spliced_directions: 0,
+            }
+        }
+        // TLS on both sides is refused by the config compiler.
+        _ => RelayOutcome::default(),
     };
     drop((active, in_flight));
     let bytes = (

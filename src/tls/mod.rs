@@ -22,6 +22,8 @@ pub use stream::TlsStream;
 
 /// A server-side TLS connection.
 pub type ServerStream = TlsStream<ServerConnection>;
+/// A client-side TLS connection (toward a cluster).
+pub type ClientStream = TlsStream<rustls::ClientConnection>;
 
 /// A listener's compiled `tls` table.
 #[derive(Debug)]
@@ -184,6 +186,99 @@ pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
         handshake_timeout: s.handshake_timeout,
         verifies_clients: s.client_ca.is_some(),
     })
+}
+
+/// A cluster's compiled `tls` table.
+#[derive(Debug)]
+pub struct ClusterTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// `server_name`; `None`: each endpoint's host as written.
+    pub server_name: Option<String>,
+}
+
+impl ClusterTls {
+    /// The name to send and verify for an endpoint written as `written`
+    /// (`host:port`).
+    pub fn name_for(&self, written: &str) -> Option<rustls::pki_types::ServerName<'static>> {
+        let host = match &self.server_name {
+            Some(n) => n.as_str(),
+            None => written
+                .rsplit_once(':')
+                .map_or(written, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+        };
+        rustls::pki_types::ServerName::try_from(host.to_string()).ok()
+    }
+}
+
+/// What a cluster's `tls` table says, with paths resolved.
+#[derive(Debug, Default)]
+pub struct ClientSettings<'a> {
+    pub ca: Option<&'a Path>,
+    pub cert_key: Option<(&'a Path, &'a Path)>,
+    pub alpn: Vec<Vec<u8>>,
+    pub tls13_only: bool,
+    pub server_name: Option<String>,
+}
+
+/// Build a cluster's client config: the given roots or the system's, an
+/// optional client certificate; sessions are resumed (rustls's in-memory
+/// cache, shared by the cluster's connections on every worker).
+pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
+    let roots = match s.ca {
+        Some(ca) => load_roots(ca)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("no system root certificates found; set tls.ca".into());
+            }
+            roots
+        }
+    };
+    let versions: &[&rustls::SupportedProtocolVersion] = if s.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match s.cert_key {
+        Some((c, k)) => {
+            // Checked as a pair first, for the same message as listeners.
+            load_certified_key(c, k)?;
+            let chain = load_chain(c)?;
+            let der = PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| format!("cannot read a private key from {}: {e}", k.display()))?;
+            builder
+                .with_client_auth_cert(chain, der)
+                .map_err(|e| format!("client certificate {}: {e}", c.display()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = s.alpn.clone();
+    Ok(ClusterTls {
+        config: Arc::new(config),
+        server_name: s.server_name.clone(),
+    })
+}
+
+/// Connect TLS over a connected stream (the caller bounds it in time).
+pub async fn connect(
+    tcp: monoio::net::TcpStream,
+    tls: &ClusterTls,
+    name: rustls::pki_types::ServerName<'static>,
+) -> std::io::Result<ClientStream> {
+    let conn =
+        rustls::ClientConnection::new(tls.config.clone(), name).map_err(stream::tls_error)?;
+    let mut s = TlsStream::new(tcp, conn);
+    s.handshake().await?;
+    Ok(s)
 }
 
 /// Why a handshake failed, as a metric label.

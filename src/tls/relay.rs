@@ -1,5 +1,6 @@
-//! Relaying between a TLS client and a plaintext upstream (tcp listeners
-//! with `tls`, and HTTP upgrades over TLS). One task serves both
+//! Relaying between a TLS peer and a plaintext one: a TLS client and a
+//! plain upstream (tcp listeners with `tls`, HTTP upgrades over TLS), or a
+//! plain client and a TLS upstream (tcp listeners whose cluster has `tls`). One task serves both
 //! directions: it waits for whichever side is readable (or has decrypted
 //! bytes waiting), moves what is there, and repeats. A side's end is passed
 //! on: the client's close_notify or EOF half-closes the upstream; the
@@ -14,9 +15,18 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 
-use super::ServerStream;
+use rustls::{ConnectionCommon, SideData};
+
+use super::TlsStream;
 use crate::deadline::Deadlines;
-use crate::tcp::RelayOutcome;
+
+/// What a relay moved, and whether it idled out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub tls_to_plain: u64,
+    pub plain_to_tls: u64,
+    pub idle_timeout: bool,
+}
 
 /// Largest read per turn, each way.
 const CHUNK: usize = 64 * 1024;
@@ -30,14 +40,18 @@ enum Turn {
 /// Relay until both directions end, one fails, or nothing moves for
 /// `idle_timeout`; a write that makes no progress for `send_timeout` ends
 /// the relay too.
-pub async fn relay(
-    mut tls: ServerStream,
+pub async fn relay<C, S>(
+    mut tls: TlsStream<C>,
     mut up: TcpStream,
     idle_timeout: Duration,
     send_timeout: Duration,
     deadlines: &Deadlines,
-) -> RelayOutcome {
-    let mut out = RelayOutcome::default();
+) -> Moved
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    let mut out = Moved::default();
     let (mut client_open, mut up_open) = (true, true);
     let mut buf = BytesMut::new();
     let mut last = Instant::now();
@@ -86,7 +100,7 @@ pub async fn relay(
                         if sent.is_err() {
                             break;
                         }
-                        out.downstream_to_upstream += n as u64;
+                        out.tls_to_plain += n as u64;
                     }
                 }
             }
@@ -109,7 +123,7 @@ pub async fn relay(
                         {
                             break;
                         }
-                        out.upstream_to_downstream += n as u64;
+                        out.plain_to_tls += n as u64;
                     }
                 }
             }

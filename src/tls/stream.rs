@@ -191,6 +191,58 @@ where
         Ok(())
     }
 
+    /// For a pooled connection: take in whatever records arrived while it
+    /// was idle, without blocking. True when the connection is still clean
+    /// (nothing but handshake messages such as session tickets arrived);
+    /// false on plaintext, a close, an error, or EOF.
+    pub fn absorb_idle_records(&mut self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = self.tcp.as_raw_fd();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // SAFETY: recv into a buffer we own, on the stream's open fd;
+            // no monoio operation is outstanding on a pooled connection,
+            // and MSG_DONTWAIT makes it return at once.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return false;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return false;
+                }
+                break;
+            }
+            self.raw.extend_from_slice(&chunk[..n as usize]);
+        }
+        while !self.raw.is_empty() {
+            let mut pending: &[u8] = &self.raw;
+            let Ok(fed) = self.conn.read_tls(&mut pending) else {
+                return false;
+            };
+            self.raw.advance(fed);
+            match self.conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+                    return false
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            if fed == 0 {
+                break;
+            }
+        }
+        self.raw.is_empty()
+    }
+
     /// Send close_notify (best effort, bounded by `timeout`).
     pub async fn close_notify(&mut self, deadlines: &Deadlines, timeout: Duration) {
         self.conn.send_close_notify();

@@ -43,6 +43,8 @@ pub struct Cluster {
     pub outlier: Option<OutlierDetection>,
     /// `health_check.*`, when the table is present.
     pub health_check: Option<HealthCheck>,
+    /// `tls`: connections to the endpoints are TLS.
+    pub tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 /// Which endpoints a pick may choose from now.
@@ -366,6 +368,7 @@ mod tests {
             breaker: BreakerLimits::default(),
             outlier: None,
             health_check: None,
+            tls: None,
         }
     }
 

@@ -18,7 +18,6 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::Snapshot;
@@ -99,8 +98,12 @@ async fn probe_loop(weak: Weak<ArcSwap<Snapshot>>, key: Key, stop: Rc<Cell<bool>
         };
         let health = ep.health.clone();
         let host = check.host.clone().unwrap_or_else(|| ep.written.clone());
+        let tls = c
+            .tls
+            .as_ref()
+            .and_then(|t| t.name_for(&ep.written).map(|n| (t.clone(), n)));
         drop(snapshot);
-        let passed = probe(&check, addr, &host).await;
+        let passed = probe(&check, addr, &host, tls).await;
         match health.probe_result(passed, &check) {
             Some(false) => tracing::warn!(
                 %cluster, endpoint = %addr, failures = check.unhealthy_threshold,
@@ -117,9 +120,25 @@ async fn probe_loop(weak: Weak<ArcSwap<Snapshot>>, key: Key, stop: Rc<Cell<bool>
 
 /// One probe: connect (tcp), or `GET path` and a status in
 /// `expected_statuses` (http), all within `timeout`.
-async fn probe(check: &HealthCheck, addr: SocketAddr, host: &str) -> bool {
+/// A cluster with `tls` is probed over TLS (the handshake is part of the
+/// check, as Envoy does).
+async fn probe(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    host: &str,
+    tls: Option<(
+        std::sync::Arc<crate::tls::ClusterTls>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+) -> bool {
     let attempt = async {
-        let mut stream = TcpStream::connect_addr(addr).await.ok()?;
+        let stream = TcpStream::connect_addr(addr).await.ok()?;
+        let mut conn = match tls {
+            Some((t, name)) => crate::http::upconn::UpConn::Tls(Box::new(
+                crate::tls::connect(stream, &t, name).await.ok()?,
+            )),
+            None => crate::http::upconn::UpConn::Plain(stream),
+        };
         if check.protocol == HealthProtocol::Tcp {
             return Some(true);
         }
@@ -127,17 +146,20 @@ async fn probe(check: &HealthCheck, addr: SocketAddr, host: &str) -> bool {
             "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: outrigger-health-check\r\nconnection: close\r\n\r\n",
             check.path
         );
-        let (res, _) = stream.write_all(request.into_bytes()).await;
-        res.ok()?;
-        let mut head = Vec::new();
+        // This runtime's own deadlines (never swept: the whole probe is
+        // bounded by the timeout below).
+        let deadlines = crate::deadline::Deadlines::default();
+        conn.write_all(request.into(), &deadlines, check.timeout)
+            .await
+            .ok()?;
+        let mut head = bytes::BytesMut::new();
         // The status line is all that is needed: "HTTP/1.1 200 ...".
         while head.len() < 12 {
-            let (res, buf) = stream.read(Vec::with_capacity(1024)).await;
-            let n = res.ok()?;
-            if n == 0 {
+            let (res, buf) = conn.read_more(std::mem::take(&mut head), 1024).await;
+            head = buf;
+            if res.ok()? == 0 {
                 break;
             }
-            head.extend_from_slice(&buf[..n]);
         }
         Some(status_of(&head).is_some_and(|s| check.expected_statuses.contains(&s)))
     };

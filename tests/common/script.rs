@@ -35,7 +35,7 @@ pub struct RawRequest {
 }
 
 /// Read one request (Content-Length bodies only); `None` on EOF.
-pub fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRequest> {
+pub fn read_request(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<RawRequest> {
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;

@@ -171,3 +171,63 @@ pub fn request(s: &mut TlsClient, raw: &[u8]) -> (u16, String, Vec<u8>) {
     }
     (status, head, body)
 }
+
+/// An HTTPS upstream on threads (rustls, blocking, keep-alive): answers
+/// every request 200 with body `TAG conn=N` (N: its connection number),
+/// optionally requiring a client certificate from `client_ca`.
+pub fn https_backend(
+    tag: &'static str,
+    leaf: &Leaf,
+    client_ca: Option<&Ca>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        Some(ca) => b.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(ca.roots()),
+                provider,
+            )
+            .build()
+            .unwrap(),
+        ),
+        None => b.with_no_client_auth(),
+    };
+    let config = Arc::new(
+        b.with_single_cert(
+            vec![leaf.der.clone()],
+            PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = StreamOwned::new(conn, s);
+                let mut buf = Vec::new();
+                while super::script::read_request(&mut tls, &mut buf).is_some() {
+                    let body = format!("{tag} conn={n}");
+                    let r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if tls.write_all(r.as_bytes()).is_err() || tls.flush().is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
