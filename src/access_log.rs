@@ -59,6 +59,9 @@ pub struct Record<'a> {
     pub cluster: Option<&'a str>,
     /// What went wrong, as a short code (docs/operations.md), or "-".
     pub flags: &'a str,
+    /// The client's verified identity (SPIFFE ID), when its listener
+    /// verifies client certificates (JSON format only).
+    pub peer_identity: Option<&'a str>,
 }
 
 impl<'a> Record<'a> {
@@ -90,6 +93,7 @@ impl<'a> Record<'a> {
             route: None,
             cluster: tcp_cluster,
             flags,
+            peer_identity: None,
         }
     }
 
@@ -123,6 +127,7 @@ impl<'a> Record<'a> {
             route: None,
             cluster: Some(cluster),
             flags,
+            peer_identity: None,
         }
     }
 }
@@ -305,6 +310,8 @@ fn write_json(out: &mut Vec<u8>, r: &Record<'_>) {
     json_opt(out, r.cluster.map(str::as_bytes));
     out.extend_from_slice(b",\"flags\":");
     json_str(out, r.flags.as_bytes());
+    out.extend_from_slice(b",\"peer_identity\":");
+    json_opt(out, r.peer_identity.map(str::as_bytes));
     out.extend_from_slice(b"}\n");
 }
 
@@ -447,6 +454,7 @@ mod tests {
             route: Some("api"),
             cluster: Some("c"),
             flags: "-",
+            peer_identity: None,
         }
     }
 

@@ -290,6 +290,14 @@ async fn serve(
     };
     match &listener.protocol {
         ListenerProtocol::Tcp { cluster, sni } => {
+            if let Some(authz) = &listener.authz {
+                let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
+                let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
+                if !authz.permits(identity, ctx.index) {
+                    tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
+                    return;
+                }
+            }
             let mut stream = stream;
             let mut initial = None;
             let mut name = cluster.as_deref();

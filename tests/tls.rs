@@ -180,6 +180,7 @@ fn sni_picks_the_certificate(driver: Driver) {
             addr,
             sni,
             &ClientOpts {
+                svid_server: false,
                 roots: ca.roots(),
                 client: None,
                 tls12_only: false,
@@ -208,6 +209,7 @@ fn client_certificates_are_required_and_verified(driver: Driver) {
     let (p, addr) = proxy(driver, &dir, "http", tls, upstream());
     let try_with = |leaf: Option<&common::tls::Leaf>| {
         let opts = ClientOpts {
+            svid_server: false,
             roots: ca.roots(),
             client: leaf,
             tls12_only: false,
@@ -244,6 +246,7 @@ fn min_version_and_alpn(driver: Driver) {
         upstream(),
     );
     let old = ClientOpts {
+        svid_server: false,
         roots: ca.roots(),
         client: None,
         tls12_only: true,
@@ -252,6 +255,7 @@ fn min_version_and_alpn(driver: Driver) {
     assert!(connect(addr, "localhost", &old).is_err());
     assert!(eventually(|| failures(&p, "incompatible") == 1.0));
     let h = ClientOpts {
+        svid_server: false,
         roots: ca.roots(),
         client: None,
         tls12_only: false,

@@ -46,6 +46,8 @@ pub(super) struct Ctx<'a> {
     pub(super) workers: usize,
     map: SourceMap<'a>,
     errors: Vec<(usize, ConfigError)>,
+    /// `[identity]`, compiled first (mesh listeners and clusters use it).
+    pub(super) identity: Option<Arc<crate::tls::spiffe::Identity>>,
 }
 
 impl Ctx<'_> {
@@ -94,7 +96,12 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         map,
         workers: runtime.worker_count(),
         errors: Vec::new(),
+        identity: None,
     };
+    cx.identity = parsed
+        .identity
+        .as_ref()
+        .and_then(|i| super::tls::identity(&mut cx, i));
     let admin = compile_admin(&mut cx, &parsed);
     let clusters = compile_clusters(&mut cx, &parsed);
     let route_tables = super::routes::compile_tables(&mut cx, &parsed);
@@ -452,6 +459,7 @@ fn compile_listener(
     Some(Listener {
         rate_limit,
         tls,
+        authz: super::tls::authz(cx, key, &l.allow_identities, &l.deny_identities)?,
         stats: Arc::new(ListenerStats::new(cx.workers)),
         name: name.to_string(),
         address: address?,

@@ -27,6 +27,21 @@ pub struct FileConfig {
     #[serde(default)]
     pub clusters: BTreeMap<Spanned<String>, Spanned<FileCluster>>,
     pub access_log: Option<Spanned<FileAccessLog>>,
+    /// This instance's mesh identity (SPIFFE).
+    pub identity: Option<Spanned<FileIdentity>>,
+}
+
+/// `[identity]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    /// This instance's X.509-SVID (PEM chain) and key.
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    /// PEM roots of the trust domain.
+    pub trust_bundle: Spanned<String>,
+    /// e.g. `"example.org"`.
+    pub trust_domain: Spanned<String>,
 }
 
 /// `[access_log]`: one line per HTTP request (and per TCP connection).
@@ -163,6 +178,9 @@ pub struct FileListener {
     pub rate_limit: Option<Spanned<FileListenerRateLimit>>,
     /// TLS termination.
     pub tls: Option<Spanned<FileListenerTls>>,
+    /// Verified peer identities allowed (and denied, which wins).
+    pub allow_identities: Option<Vec<Spanned<String>>>,
+    pub deny_identities: Option<Vec<Spanned<String>>>,
     /// tcp: pick the cluster by the ClientHello's SNI, without terminating.
     pub sni_routes: Option<Vec<Spanned<FileSniRoute>>>,
     /// tcp with sni_routes: how long a client may take to send its
@@ -198,6 +216,9 @@ pub struct FileListenerTls {
     /// Limit for the whole handshake. Default 10s.
     #[serde(default, deserialize_with = "positive_duration")]
     pub handshake_timeout: Option<ConfigDuration>,
+    /// `"terminate"` (default) or `"mesh"`: present `[identity]`'s SVID and
+    /// require the client's.
+    pub mode: Option<Spanned<String>>,
 }
 
 /// One entry of `tls.certificates`.
@@ -371,6 +392,9 @@ pub struct FileRoute {
     pub rewrite: Option<FileRewrite>,
     pub retry: Option<Spanned<FileRetry>>,
     pub rate_limit: Option<Spanned<FileRateLimit>>,
+    /// Verified peer identities allowed (and denied, which wins).
+    pub allow_identities: Option<Vec<Spanned<String>>>,
+    pub deny_identities: Option<Vec<Spanned<String>>>,
 }
 
 /// `match.*` of a route; every condition given must hold.
@@ -465,6 +489,10 @@ pub struct FileClusterTls {
     pub alpn: Option<Vec<Spanned<String>>>,
     /// `"1.2"` (default) or `"1.3"`.
     pub min_version: Option<Spanned<String>>,
+    /// `"mesh"`: present `[identity]`'s SVID and verify the server's SPIFFE
+    /// ID against `identities`.
+    pub mode: Option<Spanned<String>>,
+    pub identities: Option<Vec<Spanned<String>>>,
 }
 
 pub use crate::upstream::balance::Balance;

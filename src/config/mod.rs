@@ -131,6 +131,8 @@ pub struct Listener {
     pub rate_limit: Option<Arc<crate::resilience::RateLimiter>>,
     /// `tls`: terminate TLS on this listener.
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
+    /// `allow_identities` / `deny_identities`.
+    pub authz: Option<Arc<crate::tls::spiffe::Authz>>,
 }
 
 /// Limits of an http listener.

@@ -102,7 +102,9 @@ fn compile_route(
         .rate_limit
         .as_ref()
         .and_then(|rl| super::resilience::route_rate_limit(rl.get_ref()));
+    let authz = super::tls::authz(cx, key, &r.allow_identities, &r.deny_identities);
     Some(Route {
+        authz: authz?,
         retry: match retry {
             Some(p) => Some(p?),
             None => None,

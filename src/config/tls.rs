@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::compile::Ctx;
-use super::file::{FileClusterTls, FileListenerTls};
+use super::file::{FileClusterTls, FileIdentity, FileListenerTls};
+use crate::tls::spiffe::{Authz, IdPattern, Identity};
 use crate::tls::{
     client_config, server_config, ClientSettings, ClusterTls, ListenerTls, ServerSettings,
 };
@@ -42,6 +43,36 @@ pub(super) fn listener_tls(
             false
         }
     };
+    let mesh = match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("terminate", _)) => None,
+        Some(("mesh", span)) => match &cx.identity {
+            Some(id) => Some(id.clone()),
+            None => {
+                cx.error(
+                    span,
+                    format!("{key}.mode"),
+                    "mode = \"mesh\" needs an [identity] table (cert, key, trust_bundle, trust_domain)",
+                );
+                return None;
+            }
+        },
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.mode"),
+                format!("must be \"terminate\" or \"mesh\", not \"{other}\""),
+            );
+            return None;
+        }
+    };
+    if let (Some(_), Some(c)) = (&mesh, &f.client_ca) {
+        cx.error(
+            c.span(),
+            format!("{key}.client_ca"),
+            "mesh mode verifies clients with [identity].trust_bundle; drop client_ca",
+        );
+        return None;
+    }
     let cert_key = match (&f.cert, &f.key) {
         (Some(c), Some(k)) => Some((cx.path(c.get_ref()), cx.path(k.get_ref()), c.span())),
         (None, None) => None,
@@ -70,7 +101,7 @@ pub(super) fn listener_tls(
             )
         })
         .collect();
-    if cert_key.is_none() && sni.is_empty() && ok {
+    if cert_key.is_none() && sni.is_empty() && mesh.is_none() && ok {
         cx.error(
             t.span(),
             key.clone(),
@@ -118,6 +149,8 @@ pub(super) fn listener_tls(
         handshake_timeout: f
             .handshake_timeout
             .map_or(DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0),
+        own_id: cx.identity.as_ref().map(|i| i.id.clone()),
+        mesh,
     };
     match server_config(&settings) {
         Ok(tls) => Some(Arc::new(tls)),
@@ -174,8 +207,48 @@ pub(super) fn cluster_tls(
             return None;
         }
     }
+    let mesh = match f.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("tls", _)) => None,
+        Some(("mesh", span)) => {
+            let Some(id) = cx.identity.clone() else {
+                cx.error(
+                    span,
+                    format!("{key}.mode"),
+                    "mode = \"mesh\" needs an [identity] table (cert, key, trust_bundle, trust_domain)",
+                );
+                return None;
+            };
+            let patterns = patterns(cx, &format!("{key}.identities"), &f.identities)?;
+            let Some(patterns) = patterns.filter(|p| !p.is_empty()) else {
+                cx.error(
+                    span,
+                    format!("{key}.identities"),
+                    "mode = \"mesh\" needs identities: the SPIFFE IDs the upstream may have",
+                );
+                return None;
+            };
+            Some((id, patterns))
+        }
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.mode"),
+                format!("must be \"tls\" or \"mesh\", not \"{other}\""),
+            );
+            return None;
+        }
+    };
+    if mesh.is_some() && (f.ca.is_some() || f.cert.is_some()) {
+        cx.error(
+            t.span(),
+            key.clone(),
+            "mesh mode uses [identity]'s SVID and bundle; drop ca, cert and key",
+        );
+        return None;
+    }
     let ca = f.ca.as_ref().map(|c| cx.path(c.get_ref()));
     let settings = ClientSettings {
+        mesh,
         ca: ca.as_deref(),
         cert_key: cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         alpn: f
@@ -194,4 +267,72 @@ pub(super) fn cluster_tls(
             None
         }
     }
+}
+
+/// `[identity]`: read and checked now (the SVID's SPIFFE ID must be in
+/// `trust_domain`).
+pub(super) fn identity(cx: &mut Ctx<'_>, i: &Spanned<FileIdentity>) -> Option<Arc<Identity>> {
+    let f = i.get_ref();
+    let td = f.trust_domain.get_ref();
+    if td.is_empty() || td.contains('/') || td.contains(':') {
+        cx.error(
+            f.trust_domain.span(),
+            "identity.trust_domain",
+            format!("\"{td}\" is not a trust domain name (like \"example.org\")"),
+        );
+        return None;
+    }
+    let (cert, key, bundle) = (
+        cx.path(f.cert.get_ref()),
+        cx.path(f.key.get_ref()),
+        cx.path(f.trust_bundle.get_ref()),
+    );
+    match crate::tls::load_identity(&cert, &key, &bundle, td) {
+        Ok(id) => Some(Arc::new(id)),
+        Err(msg) => {
+            cx.error(f.cert.span(), "identity", msg);
+            None
+        }
+    }
+}
+
+fn patterns(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    list: &Option<Vec<Spanned<String>>>,
+) -> Option<Option<Vec<IdPattern>>> {
+    let Some(list) = list else { return Some(None) };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for p in list {
+        match IdPattern::parse(p.get_ref()) {
+            Ok(v) => out.push(v),
+            Err(msg) => {
+                cx.error(p.span(), key.to_string(), msg);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(Some(out))
+}
+
+/// `allow_identities` / `deny_identities` of a listener or route; `Some(None)`
+/// when neither is set.
+pub(super) fn authz(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    allow: &Option<Vec<Spanned<String>>>,
+    deny: &Option<Vec<Spanned<String>>>,
+) -> Option<Option<Arc<Authz>>> {
+    let allow = patterns(cx, &format!("{key}.allow_identities"), allow);
+    let deny = patterns(cx, &format!("{key}.deny_identities"), deny);
+    let (allow, deny) = (allow?, deny?);
+    if allow.is_none() && deny.is_none() {
+        return Some(None);
+    }
+    Some(Some(Arc::new(Authz::new(
+        allow,
+        deny.unwrap_or_default(),
+        cx.workers,
+    ))))
 }

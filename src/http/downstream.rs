@@ -37,6 +37,19 @@ impl ClientIo {
         matches!(self, ClientIo::Tls(_))
     }
 
+    /// The client's verified certificate, on a listener that requires one.
+    pub fn peer_cert(&self, tls: &crate::tls::ListenerTls) -> Option<crate::tls::spiffe::PeerCert> {
+        let ClientIo::Tls(t) = self else { return None };
+        if !tls.verifies_clients {
+            return None;
+        }
+        let leaf = t.conn.peer_certificates()?.first()?;
+        Some(crate::tls::spiffe::PeerCert::of(
+            leaf,
+            tls.trust_domain.as_deref(),
+        ))
+    }
+
     /// Bytes are waiting inside the TLS layer (a readiness wait on the
     /// socket would not see them).
     pub fn has_buffered(&mut self) -> bool {
@@ -69,6 +82,11 @@ pub struct Downstream {
     pub send_timeout: Duration,
     pub body_timeout: Duration,
     pub deadlines: Rc<Deadlines>,
+    /// The verified client identity (SPIFFE ID or URI SAN), on listeners
+    /// that verify client certificates.
+    pub peer_identity: Option<Rc<str>>,
+    /// `x-forwarded-client-cert` sent upstream for this connection.
+    pub xfcc: Option<Rc<str>>,
 }
 
 impl Downstream {

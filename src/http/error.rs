@@ -55,6 +55,9 @@ pub enum HttpError {
     /// A circuit-breaker limit of the cluster was reached.
     #[error("circuit breaker: {} reached", .0.key())]
     Overflow(crate::resilience::Overflow),
+    /// The verified peer identity is not allowed (allow/deny_identities).
+    #[error("peer identity not allowed")]
+    Forbidden,
     /// The route's rate limit; a token would be there after this long.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
@@ -67,7 +70,9 @@ impl HttpError {
         match self {
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented | BodyTooLarge
             | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) => Side::Downstream,
-            NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) => Side::Internal,
+            NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden => {
+                Side::Internal
+            }
             BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_) => Side::Upstream,
         }
     }
@@ -86,6 +91,7 @@ impl HttpError {
             BadResponse(_) | UpstreamIo(_) => 502,
             NoUpstream(_) | NoHealthyUpstream | Overflow(_) => 503,
             RateLimited(_) => 429,
+            Forbidden => 403,
             UpstreamTimeout => 504,
             DownstreamIo(_) | SendTimeout => return None,
         })
@@ -112,6 +118,7 @@ impl HttpError {
             NoHealthyUpstream => "no_healthy_upstream",
             Overflow(_) => "overflow",
             RateLimited(_) => "rate_limited",
+            Forbidden => "forbidden",
         }
     }
 
@@ -131,6 +138,7 @@ impl HttpError {
             NoHealthyUpstream => "UH",
             Overflow(_) => "UO",
             RateLimited(_) => "RL",
+            Forbidden => "AD",
         }
     }
 

@@ -153,8 +153,14 @@ pub async fn forward(
         .map_or("localhost", |e| e.written.as_str());
     // Serialised once; each try shares it (a retry adds its attempt count).
     let https = conn.stream.is_tls();
-    let (request, request_id) =
-        serialize_request(req.head, req.route, conn.peer, upstream_host, https);
+    let (request, request_id) = serialize_request(
+        req.head,
+        req.route,
+        conn.peer,
+        upstream_host,
+        https,
+        conn.xfcc.as_deref(),
+    );
     out.request_id = Some(request_id);
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
     let body = match policy {

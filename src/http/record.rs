@@ -120,6 +120,7 @@ impl<'a> RequestRecord<'a> {
                 route: self.route.map(|r| r.name.as_str()),
                 cluster: self.cluster,
                 flags,
+                peer_identity: conn.peer_identity.as_deref(),
             },
         );
     }

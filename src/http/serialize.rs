@@ -34,6 +34,7 @@ pub fn serialize_request(
     peer: SocketAddr,
     upstream_host: &str,
     https: bool,
+    xfcc: Option<&str>,
 ) -> (Bytes, Bytes) {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(&head.method);
@@ -52,6 +53,7 @@ pub fn serialize_request(
             || h.is("x-forwarded-proto")
             || h.is("expect")
             || h.is("x-outrigger-attempts")
+            || h.is("x-forwarded-client-cert")
             || removed(edits, h)
         {
             continue;
@@ -69,6 +71,11 @@ pub fn serialize_request(
     let _ = write!(out, "{}\r\n", peer.ip());
     let proto: &[u8] = if https { b"https" } else { b"http" };
     push_header(&mut out, b"x-forwarded-proto", proto);
+    // Only a peer this listener verified is named; a client's own value
+    // is never passed on.
+    if let Some(v) = xfcc {
+        push_header(&mut out, b"x-forwarded-client-cert", v.as_bytes());
+    }
     let generated_id = match request_id {
         Some(_) => None,
         None => {

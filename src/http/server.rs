@@ -31,7 +31,20 @@ pub async fn serve_connection(
     peer: SocketAddr,
 ) {
     let http = &listener.http;
+    let peer_cert = listener
+        .tls
+        .as_ref()
+        .and_then(|t| stream.peer_cert(t).map(|p| (p, t)));
+    let (peer_identity, xfcc) = match peer_cert {
+        Some((p, t)) => (
+            p.identity.as_deref().map(Rc::from),
+            Some(Rc::from(p.xfcc(t.own_id.as_deref()))),
+        ),
+        None => (None, None),
+    };
     let mut conn = Downstream {
+        peer_identity,
+        xfcc,
         stream,
         buf: BytesMut::new(),
         peer,
@@ -208,6 +221,19 @@ async fn route_and_answer<'a>(
         return fail(ctx, rec, conn, head, HttpError::NoRoute).await;
     };
     rec.route = Some(route);
+    let identity = conn.peer_identity.as_deref();
+    let permitted = rec
+        .listener
+        .authz
+        .as_ref()
+        .map_or(true, |a| a.permits(identity, ctx.index))
+        && route
+            .authz
+            .as_ref()
+            .map_or(true, |a| a.permits(identity, ctx.index));
+    if !permitted {
+        return fail(ctx, rec, conn, head, HttpError::Forbidden).await;
+    }
     if let Some(limit) = &route.rate_limit {
         if let Err(wait) = limit.acquire() {
             route.stats.worker(ctx.index).rate_limited.inc();

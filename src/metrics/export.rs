@@ -206,6 +206,34 @@ fn route_metrics(p: &mut Prom, s: &Snapshot) {
             );
         }
     }
+    let name = "outrigger_authz_denied_total";
+    p.family(
+        name,
+        "counter",
+        "Requests (403) or tcp connections refused by allow_identities / deny_identities, by rule.",
+    );
+    let mut authz_samples = |scope: &str, owner: &str, a: &crate::tls::spiffe::Authz| {
+        for i in 0..=a.deny.len() {
+            let rule = a.rule_label(i);
+            p.sample(
+                name,
+                &[("scope", scope), ("name", owner), ("rule", rule.as_str())],
+                a.denied.sum(|c| c[i].get()),
+            );
+        }
+    };
+    for l in &s.listeners {
+        if let Some(a) = &l.authz {
+            authz_samples("listener", &l.name, a);
+        }
+    }
+    for t in s.route_tables.values() {
+        for r in &t.routes {
+            if let Some(a) = &r.authz {
+                authz_samples("route", &r.name, a);
+            }
+        }
+    }
     let name = "outrigger_route_rate_limited_total";
     p.family(
         name,

@@ -81,6 +81,13 @@ impl<T: Default> PerWorker<T> {
 }
 
 impl<T> PerWorker<T> {
+    /// Cells made by `f`, for types without a useful default.
+    pub fn from_fn(workers: usize, f: impl Fn() -> T) -> Self {
+        PerWorker {
+            cells: (0..workers.max(1)).map(|_| Padded(f())).collect(),
+        }
+    }
+
     /// The cells of worker `index`. A worker index past the end (which start-up
     /// never produces) shares the last cell rather than panicking.
     #[inline]

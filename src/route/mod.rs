@@ -63,6 +63,8 @@ pub struct Route {
     pub retry: Option<crate::resilience::RetryPolicy>,
     /// `rate_limit.*`, shared by every worker.
     pub rate_limit: Option<std::sync::Arc<crate::resilience::RateLimiter>>,
+    /// `allow_identities` / `deny_identities`.
+    pub authz: Option<std::sync::Arc<crate::tls::spiffe::Authz>>,
 }
 
 /// Host condition, compared without the port and ignoring ASCII case.

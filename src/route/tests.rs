@@ -29,6 +29,7 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
     Route {
         retry: None,
         rate_limit: None,
+        authz: None,
         name: name.into(),
         stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),
         host,

@@ -5,6 +5,7 @@
 
 pub mod relay;
 pub mod sni;
+pub mod spiffe;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -30,8 +31,13 @@ pub type ClientStream = TlsStream<rustls::ClientConnection>;
 pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
-    /// Client certificates are required and verified (`client_ca`).
+    /// Client certificates are required and verified (`client_ca`, or
+    /// mesh mode).
     pub verifies_clients: bool,
+    /// Mesh mode: the trust domain peers' SPIFFE IDs must be in.
+    pub trust_domain: Option<String>,
+    /// This proxy's own SPIFFE ID (`By=` of x-forwarded-client-cert).
+    pub own_id: Option<String>,
 }
 
 /// The crypto provider (ring), shared by every config.
@@ -146,13 +152,18 @@ pub struct ServerSettings<'a> {
     pub tls13_only: bool,
     pub alpn: Vec<Vec<u8>>,
     pub handshake_timeout: Duration,
+    /// Mesh mode: present this identity's SVID and require the peer's.
+    pub mesh: Option<Arc<spiffe::Identity>>,
+    /// The instance's identity, when there is one (for `By=`).
+    pub own_id: Option<String>,
 }
 
 /// Build a listener's server config; errors name the file at fault.
 pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
-    let default = match s.cert_key {
-        Some((c, k)) => Some(load_certified_key(c, k)?),
-        None => None,
+    let default = match (s.cert_key, &s.mesh) {
+        (Some((c, k)), _) => Some(load_certified_key(c, k)?),
+        (None, Some(id)) => Some(id.cert.clone()),
+        (None, None) => None,
     };
     let mut resolver = SniResolver::new(default);
     for (names, c, k) in &s.certificates {
@@ -169,22 +180,27 @@ pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?;
-    let builder = match s.client_ca {
-        Some(ca) => {
+    let builder = match (s.client_ca, &s.mesh) {
+        (_, Some(id)) => {
+            builder.with_client_cert_verifier(Arc::new(spiffe::SvidClientVerifier::new(id)?))
+        }
+        (Some(ca), None) => {
             let roots = Arc::new(load_roots(ca)?);
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        (None, None) => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = s.alpn.clone();
     Ok(ListenerTls {
         config: Arc::new(config),
         handshake_timeout: s.handshake_timeout,
-        verifies_clients: s.client_ca.is_some(),
+        verifies_clients: s.client_ca.is_some() || s.mesh.is_some(),
+        trust_domain: s.mesh.as_ref().map(|id| id.trust_domain.clone()),
+        own_id: s.own_id.clone(),
     })
 }
 
@@ -220,12 +236,35 @@ pub struct ClientSettings<'a> {
     pub alpn: Vec<Vec<u8>>,
     pub tls13_only: bool,
     pub server_name: Option<String>,
+    /// Mesh mode: present this identity's SVID; the server's must name one
+    /// of the patterns.
+    pub mesh: Option<(Arc<spiffe::Identity>, Vec<spiffe::IdPattern>)>,
 }
 
 /// Build a cluster's client config: the given roots or the system's, an
 /// optional client certificate; sessions are resumed (rustls's in-memory
 /// cache, shared by the cluster's connections on every worker).
 pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if s.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    if let Some((id, identities)) = &s.mesh {
+        let verifier = spiffe::SvidServerVerifier::new(id, identities.clone());
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| format!("TLS versions: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config =
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.cert.clone())));
+        config.alpn_protocols = s.alpn.clone();
+        return Ok(ClusterTls {
+            config: Arc::new(config),
+            server_name: s.server_name.clone(),
+        });
+    }
     let roots = match s.ca {
         Some(ca) => load_roots(ca)?,
         None => {
@@ -238,11 +277,6 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
             }
             roots
         }
-    };
-    let versions: &[&rustls::SupportedProtocolVersion] = if s.tls13_only {
-        &[&rustls::version::TLS13]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
@@ -265,6 +299,47 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
     Ok(ClusterTls {
         config: Arc::new(config),
         server_name: s.server_name.clone(),
+    })
+}
+
+/// Always presents one certificate (this instance's SVID).
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Load `[identity]`: the SVID and key (checked as a pair), the bundle,
+/// and the SVID's own SPIFFE ID in `trust_domain`.
+pub fn load_identity(
+    cert: &Path,
+    key: &Path,
+    bundle: &Path,
+    trust_domain: &str,
+) -> Result<spiffe::Identity, String> {
+    let certified = load_certified_key(cert, key)?;
+    let roots = load_roots(bundle)?;
+    let leaf = certified
+        .cert
+        .first()
+        .ok_or_else(|| format!("no certificate in {}", cert.display()))?;
+    let id = spiffe::svid_id(leaf, trust_domain).map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(spiffe::Identity {
+        cert: certified,
+        roots: Arc::new(roots),
+        trust_domain: trust_domain.to_string(),
+        id,
     })
 }
 

@@ -59,6 +59,22 @@ impl Ca {
         }
     }
 
+    /// An X.509-SVID: one URI SAN (`spiffe://...`), no DNS name, not a CA.
+    pub fn svid(&self, id: &str) -> Leaf {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names
+            .push(rcgen::SanType::URI(id.try_into().unwrap()));
+        p.distinguished_name.push(DnType::CommonName, "svid");
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
@@ -82,6 +98,8 @@ impl Leaf {
 /// Client settings: trust `roots`, optionally present `client`, limit
 /// versions, offer ALPN.
 pub struct ClientOpts<'a> {
+    /// Skip the name check (the server presents an SVID, which has none).
+    pub svid_server: bool,
     pub roots: RootCertStore,
     pub client: Option<&'a Leaf>,
     pub tls12_only: bool,
@@ -91,6 +109,7 @@ pub struct ClientOpts<'a> {
 impl<'a> ClientOpts<'a> {
     pub fn trusting(ca: &Ca) -> Self {
         ClientOpts {
+            svid_server: false,
             roots: ca.roots(),
             client: None,
             tls12_only: false,
@@ -105,10 +124,21 @@ impl<'a> ClientOpts<'a> {
         } else {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         };
-        let b = ClientConfig::builder_with_provider(provider)
+        let b = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(self.roots.clone());
+            .unwrap();
+        let b = if self.svid_server {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(self.roots.clone()),
+                provider,
+            )
+            .build()
+            .unwrap();
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(IgnoreName(inner)))
+        } else {
+            b.with_root_certificates(self.roots.clone())
+        };
         let mut c = match self.client {
             Some(l) => b
                 .with_client_auth_cert(
@@ -230,4 +260,52 @@ pub fn https_backend(
         }
     });
     (addr, conns)
+}
+
+/// Verifies the chain but not the name (for servers presenting SVIDs).
+#[derive(Debug)]
+struct IgnoreName(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for IgnoreName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }

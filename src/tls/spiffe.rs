@@ -1,0 +1,384 @@
+//! Mesh identity: X.509-SVIDs (SPIFFE). This instance's identity (its SVID,
+//! key and trust bundle), the verifiers that check a peer's SVID on both
+//! sides of a connection, identity patterns for authorization, and the
+//! `x-forwarded-client-cert` value naming a verified peer.
+//!
+//! A peer SVID is accepted when its chain verifies to the trust bundle
+//! (webpki: signatures, validity dates, key usage), the leaf is not a CA,
+//! and it carries exactly one URI SAN, `spiffe://TRUST_DOMAIN/...`, in this
+//! instance's trust domain.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+/// `[identity]`, compiled.
+#[derive(Debug)]
+pub struct Identity {
+    pub cert: Arc<rustls::sign::CertifiedKey>,
+    pub roots: Arc<RootCertStore>,
+    pub trust_domain: String,
+    /// This instance's SPIFFE ID (from its own SVID).
+    pub id: String,
+}
+
+/// An identity pattern: an exact SPIFFE ID, or a prefix ending in `/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl IdPattern {
+    pub fn parse(s: &str) -> Result<IdPattern, String> {
+        if !s.starts_with("spiffe://") {
+            return Err(format!(
+                "\"{s}\" is not a SPIFFE ID (spiffe://TRUST_DOMAIN/PATH)"
+            ));
+        }
+        Ok(match s.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('/') => IdPattern::Prefix(prefix.to_string()),
+            Some(_) => {
+                return Err(format!(
+                    "\"{s}\": a wildcard must be a whole last segment (/*)"
+                ))
+            }
+            None => IdPattern::Exact(s.to_string()),
+        })
+    }
+
+    pub fn matches(&self, id: &str) -> bool {
+        match self {
+            IdPattern::Exact(e) => e == id,
+            IdPattern::Prefix(p) => id.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for IdPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdPattern::Exact(e) => f.write_str(e),
+            IdPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// The URI SANs of a certificate.
+pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(u) = name {
+                out.push((*u).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The SPIFFE ID of an X.509-SVID leaf in `trust_domain`.
+pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<String, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    if cert.is_ca() {
+        return Err("an SVID leaf must not be a CA certificate".into());
+    }
+    let uris = uri_sans(der)?;
+    let [id] = uris.as_slice() else {
+        return Err(format!(
+            "an SVID has exactly one URI SAN, this one has {}",
+            uris.len()
+        ));
+    };
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| format!("URI SAN \"{id}\" is not a SPIFFE ID"))?;
+    let domain = rest.split('/').next().unwrap_or("");
+    if !domain.eq_ignore_ascii_case(trust_domain) {
+        return Err(format!(
+            "SPIFFE ID \"{id}\" is not in trust domain \"{trust_domain}\""
+        ));
+    }
+    Ok(id.clone())
+}
+
+fn reject(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(SvidError(msg)),
+    )))
+}
+
+#[derive(Debug)]
+struct SvidError(String);
+
+impl std::fmt::Display for SvidError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SvidError {}
+
+/// Listeners in mesh mode: require the client's SVID.
+#[derive(Debug)]
+pub struct SvidClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl SvidClientVerifier {
+    pub fn new(identity: &Identity) -> Result<Self, String> {
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            identity.roots.clone(),
+            super::provider(),
+        )
+        .build()
+        .map_err(|e| format!("trust bundle: {e}"))?;
+        Ok(SvidClientVerifier {
+            inner,
+            trust_domain: identity.trust_domain.clone(),
+        })
+    }
+}
+
+impl ClientCertVerifier for SvidClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        svid_id(end_entity, &self.trust_domain).map_err(reject)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Clusters in mesh mode: the server's SVID must verify to the bundle and
+/// name one of `identities` (the DNS name is not checked: SVIDs carry none).
+#[derive(Debug)]
+pub struct SvidServerVerifier {
+    roots: Arc<RootCertStore>,
+    trust_domain: String,
+    identities: Vec<IdPattern>,
+}
+
+impl SvidServerVerifier {
+    pub fn new(identity: &Identity, identities: Vec<IdPattern>) -> Self {
+        SvidServerVerifier {
+            roots: identity.roots.clone(),
+            trust_domain: identity.trust_domain.clone(),
+            identities,
+        }
+    }
+}
+
+impl ServerCertVerifier for SvidServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            super::provider().signature_verification_algorithms.all,
+        )?;
+        let id = svid_id(end_entity, &self.trust_domain).map_err(reject)?;
+        if !self.identities.iter().any(|p| p.matches(&id)) {
+            return Err(reject(format!(
+                "server identity {id} is not in tls.identities"
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &super::provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &super::provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        super::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What a listener learned about a verified client certificate.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    /// The SPIFFE ID (mesh), or the first URI SAN (client_ca), if any.
+    pub identity: Option<String>,
+    /// SHA-256 of the leaf's DER, lower-case hex.
+    pub hash: String,
+}
+
+impl PeerCert {
+    pub fn of(der: &[u8], trust_domain: Option<&str>) -> PeerCert {
+        let identity = match trust_domain {
+            Some(td) => svid_id(der, td).ok(),
+            None => uri_sans(der).ok().and_then(|u| u.into_iter().next()),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        PeerCert { identity, hash }
+    }
+
+    /// Envoy's `x-forwarded-client-cert` element: `By=` (this proxy's own
+    /// identity, when it has one), `Hash=`, `URI=`.
+    pub fn xfcc(&self, by: Option<&str>) -> String {
+        let mut v = String::new();
+        if let Some(by) = by {
+            v.push_str("By=");
+            v.push_str(by);
+            v.push(';');
+        }
+        v.push_str("Hash=");
+        v.push_str(&self.hash);
+        if let Some(id) = &self.identity {
+            v.push_str(";URI=");
+            v.push_str(id);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = IdPattern::parse("spiffe://example.org/ns/web/*").unwrap();
+        assert!(p.matches("spiffe://example.org/ns/web/sa/a"));
+        assert!(!p.matches("spiffe://example.org/ns/webby/sa/a"));
+        let e = IdPattern::parse("spiffe://example.org/ns/web/sa/a").unwrap();
+        assert!(
+            e.matches("spiffe://example.org/ns/web/sa/a")
+                && !e.matches("spiffe://example.org/ns/web/sa/ab")
+        );
+        assert!(IdPattern::parse("https://x").is_err());
+        assert!(IdPattern::parse("spiffe://example.org/ns*").is_err());
+    }
+}
+
+/// `allow_identities` / `deny_identities` of a listener or a route.
+#[derive(Debug)]
+pub struct Authz {
+    /// `None`: every identity (and none) is allowed unless denied.
+    pub allow: Option<Vec<IdPattern>>,
+    pub deny: Vec<IdPattern>,
+    /// Denials per worker: one counter per deny rule, then one for
+    /// "matched no allow entry".
+    pub denied: crate::metrics::PerWorker<Box<[crate::metrics::Counter]>>,
+}
+
+impl Authz {
+    pub fn new(allow: Option<Vec<IdPattern>>, deny: Vec<IdPattern>, workers: usize) -> Self {
+        let rules = deny.len() + 1;
+        Authz {
+            allow,
+            deny,
+            denied: crate::metrics::PerWorker::from_fn(workers, || {
+                (0..rules)
+                    .map(|_| crate::metrics::Counter::default())
+                    .collect()
+            }),
+        }
+    }
+
+    /// Whether a peer with this verified identity may pass; a refusal is
+    /// counted under its rule.
+    pub fn permits(&self, identity: Option<&str>, worker: usize) -> bool {
+        let rule = match identity {
+            Some(id) => self.deny.iter().position(|p| p.matches(id)),
+            None => None,
+        };
+        let denied = rule.or_else(|| {
+            let allowed = match (&self.allow, identity) {
+                (None, _) => true,
+                (Some(list), Some(id)) => list.iter().any(|p| p.matches(id)),
+                (Some(_), None) => false,
+            };
+            (!allowed).then_some(self.deny.len())
+        });
+        match denied {
+            Some(i) => {
+                self.denied.worker(worker)[i].inc();
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Metric label of rule `i`.
+    pub fn rule_label(&self, i: usize) -> String {
+        self.deny
+            .get(i)
+            .map_or_else(|| "not_allowed".to_string(), |p| format!("deny {p}"))
+    }
+}
