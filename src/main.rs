@@ -44,6 +44,24 @@ enum Command {
     },
     /// Run the proxy on the embedded demo config with its own demo upstreams.
     Demo,
+    /// Certificates for trying things out.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Write a throwaway trust domain into DIR: bundle.pem (its CA) and two
+    /// SVIDs with keys, frontend.pem/.key and orders.pem/.key, valid for
+    /// 30 days, for configs/mesh-outbound.toml and configs/mesh-inbound.toml.
+    /// The CA's key is not kept. Never use them outside a demo.
+    Demo {
+        dir: PathBuf,
+        #[arg(long, default_value = "example.org")]
+        trust_domain: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +71,14 @@ fn main() -> ExitCode {
         Command::Run { config, no_watch } => run(&config, !no_watch),
         Command::Check { file } => Ok(check(&file)),
         Command::Demo => demo(),
+        Command::Certs {
+            command: CertsCommand::Demo { dir, trust_domain },
+        } => outrigger::tls::demo::write(&dir, &trust_domain).map(|written| {
+            for f in written {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

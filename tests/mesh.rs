@@ -269,3 +269,59 @@ fn svid_rules_are_enforced(driver: Driver) {
     assert!(try_with(&ca.svid("spiffe://other.org/ns/x/sa/y")).is_err());
     assert!(try_with(&ca.svid(CLIENT_ID)).is_ok());
 }
+
+/// `outrigger certs demo` and the two mesh configs, as the docs say to run
+/// them (ports moved to free ones): the app sees the frontend's identity.
+#[test]
+fn demo_certs_and_configs_work() {
+    let dir = TempDir::new("mesh-demo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["certs", "demo"])
+        .arg(dir.path("mesh-certs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (app, _) = app();
+    let inbound_port = closed_port().port();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let edit = |name: &str| {
+        std::fs::read_to_string(root.join(name))
+            .unwrap()
+            .replace("127.0.0.1:15006", &format!("127.0.0.1:{inbound_port}"))
+            .replace("127.0.0.1:15001", "127.0.0.1:0")
+            .replace("127.0.0.1:18300", &app.to_string())
+            .replace("127.0.0.1:9911", "127.0.0.1:0")
+            .replace("127.0.0.1:9912", "127.0.0.1:0")
+    };
+    let load = |name: &str, text: String| {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        Proxy::launch(
+            snapshot,
+            Options {
+                config_path: Some(path),
+                watch: false,
+            },
+            None,
+        )
+        .unwrap()
+    };
+    let _inbound = load("mesh-inbound.toml", edit("mesh-inbound.toml"));
+    let outbound = load("mesh-outbound.toml", edit("mesh-outbound.toml"));
+    let r = Client::connect(outbound.local_addr("outbound").unwrap()).get("/", "orders", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let xfcc = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        xfcc.starts_with("By=spiffe://example.org/ns/shop/sa/orders;Hash="),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";URI=spiffe://example.org/ns/shop/sa/frontend"),
+        "{xfcc}"
+    );
+}

@@ -3,6 +3,7 @@
 //! the handshake with its timeout and failure reasons, and the stream that
 //! drives rustls over monoio ([`stream`]). docs/security.md.
 
+pub mod demo;
 pub mod relay;
 pub mod sni;
 pub mod spiffe;
