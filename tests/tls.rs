@@ -31,6 +31,7 @@ both_drivers!(
     sni_routes_pass_tls_through,
     tls_origination,
     tls_cluster_health_checks,
+    watched_files_rotate,
 );
 
 /// An upstream that answers each request with a body saying what it saw:
@@ -694,4 +695,96 @@ fn tls_cluster_health_checks(driver: Driver) {
             .unwrap_or(0.0)
     };
     assert!(eventually(|| passed() >= 2.0));
+}
+
+/// Certificate files replaced on disk (no reload asked): the watcher
+/// reloads them, new handshakes see the new serial, /certs and the expiry
+/// metric follow, and a broken replacement keeps the old material.
+fn watched_files_rotate(driver: Driver) {
+    let dir = TempDir::new("tls-watch");
+    let ca = Ca::new("test CA");
+    let (first, second) = (ca.leaf(&["localhost"]), ca.leaf(&["localhost"]));
+    std::fs::create_dir_all(dir.path("certs")).unwrap();
+    first.write(&dir.path("certs"), "server");
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.l]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+tls = {{ cert = "certs/server.pem", key = "certs/server.key" }}
+[[routes.main]]
+match.path_prefix = "/"
+direct_response = {{ status = 200, body = "ok" }}
+"#,
+        io = io_name(driver)
+    );
+    let path = dir.path("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap();
+    let options = Options {
+        config_path: Some(path),
+        watch: true,
+    };
+    let p = Proxy::launch(snapshot, options, None).unwrap();
+    let addr = p.local_addr("l").unwrap();
+    let opts = ClientOpts::trusting(&ca);
+    let served = || {
+        connect(addr, "localhost", &opts)
+            .unwrap()
+            .conn
+            .peer_certificates()
+            .unwrap()[0]
+            .clone()
+    };
+    assert_eq!(served(), first.der);
+    let serials = || {
+        let v = admin::get_json(p.admin_addr(), "/certs");
+        v["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["serial"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = serials();
+    assert_eq!(before.len(), 1);
+    let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
+    let m = admin::parse_prometheus(&text);
+    let left = m
+        .value(
+            "outrigger_certificate_expiry_seconds",
+            &[
+                ("owner", "listener l (default)"),
+                ("serial", before[0].as_str()),
+            ],
+        )
+        .unwrap();
+    assert!(left > 86_400.0, "{left}");
+    // Replace both files the way a secret manager does (write, rename).
+    let tmp = dir.path("new");
+    std::fs::create_dir_all(&tmp).unwrap();
+    second.write(&tmp, "server");
+    std::fs::rename(tmp.join("server.key"), dir.path("certs/server.key")).unwrap();
+    std::fs::rename(tmp.join("server.pem"), dir.path("certs/server.pem")).unwrap();
+    assert!(
+        eventually(|| served() == second.der),
+        "new handshakes never saw the new certificate"
+    );
+    assert_ne!(serials(), before);
+    // A broken replacement: the key of another certificate.
+    let third = ca.leaf(&["localhost"]);
+    std::fs::write(dir.path("certs/server.key"), &third.key_pem).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(served(), second.der);
+    let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
+    let failures = admin::parse_prometheus(&text)
+        .value("outrigger_config_reloads_total", &[("result", "failure")])
+        .unwrap();
+    assert!(failures >= 1.0);
 }

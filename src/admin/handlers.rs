@@ -37,6 +37,7 @@ pub(super) fn route(
         "/stats" => get(&|| Response::json(200, &shared.export(crate::metrics::stats_json))),
         "/config" => get(&|| Response::json(200, &config(shared))),
         "/clusters" => get(&|| Response::json(200, &clusters(shared))),
+        "/certs" => get(&|| Response::json(200, &certs(shared))),
         "/reload" => post(&|| reload(inbox)),
         "/drain" => post(&|| {
             let _ = inbox.send(Event::Drain);
@@ -54,6 +55,7 @@ GET  /metrics   Prometheus text format\n\
 GET  /stats     counters and latency percentiles (JSON)\n\
 GET  /config    the running config, generation, last reload error (JSON)\n\
 GET  /clusters  endpoints and their per-worker state (JSON)\n\
+GET  /certs     certificates in use: owner, subject, SPIFFE ID, serial, expiry (JSON)\n\
 POST /reload    reload the config file now\n\
 POST /drain     stop accepting and exit when connections end\n";
 
@@ -110,6 +112,28 @@ fn config(shared: &Shared) -> Value {
         },
         "config": parsed,
     })
+}
+
+/// Every certificate the running config presents.
+fn certs(shared: &Shared) -> Value {
+    let s = shared.snapshot.load();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let list: Vec<Value> = crate::tls::certificates(&s)
+        .into_iter()
+        .map(|c| {
+            json!({
+                "owner": c.owner,
+                "subject": c.subject,
+                "spiffe_id": c.spiffe_id,
+                "serial": c.serial,
+                "not_after": c.not_after,
+                "expires_in_seconds": c.not_after - now,
+            })
+        })
+        .collect();
+    json!({ "generation": s.generation, "certificates": list })
 }
 
 fn clusters(shared: &Shared) -> Value {

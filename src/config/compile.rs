@@ -48,9 +48,20 @@ pub(super) struct Ctx<'a> {
     errors: Vec<(usize, ConfigError)>,
     /// `[identity]`, compiled first (mesh listeners and clusters use it).
     pub(super) identity: Option<Arc<crate::tls::spiffe::Identity>>,
+    /// Certificate, key and CA files read (watched for rotation).
+    pub(super) material: Vec<PathBuf>,
 }
 
 impl Ctx<'_> {
+    /// A certificate, key or CA file: its path, recorded for watching.
+    pub(super) fn material(&mut self, written: &str) -> PathBuf {
+        let p = self.path(written);
+        if !self.material.contains(&p) {
+            self.material.push(p.clone());
+        }
+        p
+    }
+
     /// A path from the config, relative to the config file's directory.
     pub(super) fn path(&self, written: &str) -> PathBuf {
         let p = Path::new(written);
@@ -97,6 +108,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         workers: runtime.worker_count(),
         errors: Vec::new(),
         identity: None,
+        material: Vec::new(),
     };
     cx.identity = parsed
         .identity
@@ -116,7 +128,11 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
             cx.errors.into_iter().map(|(_, e)| e).collect(),
         ));
     }
+    let material_hash = super::material_hash(&cx.material);
     Ok(Snapshot {
+        identity: cx.identity.clone(),
+        material: cx.material.clone(),
+        material_hash,
         source: file.to_path_buf(),
         generation: 1,
         loaded_at: std::time::SystemTime::now(),

@@ -53,6 +53,12 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub route_tables: BTreeMap<String, Arc<RouteTable>>,
+    /// `[identity]`.
+    pub identity: Option<Arc<crate::tls::spiffe::Identity>>,
+    /// Certificate, key and CA files the config reads, and a hash of their
+    /// contents: a change to one reloads like a change to the config.
+    pub material: Vec<PathBuf>,
+    pub material_hash: u64,
 }
 
 /// `[runtime]`, compiled.
@@ -244,6 +250,18 @@ fn same_limiter(
         (Some(n), Some(o)) if n.per_second == o.per_second && n.burst == o.burst => Some(o.clone()),
         _ => new.clone(),
     }
+}
+
+/// FNV-1a over the contents of `files` (a missing file counts as empty).
+pub fn material_hash(files: &[PathBuf]) -> u64 {
+    let mut all = Vec::new();
+    for f in files {
+        all.extend_from_slice(f.as_os_str().as_encoded_bytes());
+        all.push(0);
+        all.extend(std::fs::read(f).unwrap_or_default());
+        all.push(0);
+    }
+    compile::fnv1a(&all)
 }
 
 /// Read and compile a config file.

@@ -74,7 +74,7 @@ pub(super) fn listener_tls(
         return None;
     }
     let cert_key = match (&f.cert, &f.key) {
-        (Some(c), Some(k)) => Some((cx.path(c.get_ref()), cx.path(k.get_ref()), c.span())),
+        (Some(c), Some(k)) => Some((cx.material(c.get_ref()), cx.material(k.get_ref()), c.span())),
         (None, None) => None,
         (Some(c), None) | (None, Some(c)) => {
             cx.error(c.span(), format!("{key}.cert"), "cert and key go together");
@@ -95,8 +95,8 @@ pub(super) fn listener_tls(
                 .collect();
             (
                 names,
-                cx.path(e_ref.cert.get_ref()),
-                cx.path(e_ref.key.get_ref()),
+                cx.material(e_ref.cert.get_ref()),
+                cx.material(e_ref.key.get_ref()),
                 e.span(),
             )
         })
@@ -122,7 +122,7 @@ pub(super) fn listener_tls(
     let client_ca = f
         .client_ca
         .as_ref()
-        .map(|c| (cx.path(c.get_ref()), c.span()));
+        .map(|c| (cx.material(c.get_ref()), c.span()));
     let alpn: Vec<Vec<u8>> = match &f.alpn {
         Some(list) => list
             .iter()
@@ -190,7 +190,7 @@ pub(super) fn cluster_tls(
     let key = format!("{key}.tls");
     let tls13_only = min_version(cx, &key, &f.min_version)?;
     let cert_key = match (&f.cert, &f.key) {
-        (Some(c), Some(k)) => Some((cx.path(c.get_ref()), cx.path(k.get_ref()))),
+        (Some(c), Some(k)) => Some((cx.material(c.get_ref()), cx.material(k.get_ref()))),
         (None, None) => None,
         (Some(c), None) | (None, Some(c)) => {
             cx.error(c.span(), format!("{key}.cert"), "cert and key go together");
@@ -246,7 +246,7 @@ pub(super) fn cluster_tls(
         );
         return None;
     }
-    let ca = f.ca.as_ref().map(|c| cx.path(c.get_ref()));
+    let ca = f.ca.as_ref().map(|c| cx.material(c.get_ref()));
     let settings = ClientSettings {
         mesh,
         ca: ca.as_deref(),
@@ -283,9 +283,9 @@ pub(super) fn identity(cx: &mut Ctx<'_>, i: &Spanned<FileIdentity>) -> Option<Ar
         return None;
     }
     let (cert, key, bundle) = (
-        cx.path(f.cert.get_ref()),
-        cx.path(f.key.get_ref()),
-        cx.path(f.trust_bundle.get_ref()),
+        cx.material(f.cert.get_ref()),
+        cx.material(f.key.get_ref()),
+        cx.material(f.trust_bundle.get_ref()),
     );
     match crate::tls::load_identity(&cert, &key, &bundle, td) {
         Ok(id) => Some(Arc::new(id)),

@@ -93,7 +93,8 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         tracing::info!(address = %admin.address(), "admin API listening");
         if let (true, Some(path)) = (options.watch, &options.config_path) {
-            super::watch::spawn(path, inbox.clone(), stop.clone()).map_err(StartError::Spawn)?;
+            super::watch::spawn(path, shared.snapshot.clone(), inbox.clone(), stop.clone())
+                .map_err(StartError::Spawn)?;
         }
         if let Some(s) = signals {
             s.forward(inbox.clone()).map_err(StartError::Spawn)?;
@@ -268,7 +269,8 @@ impl Control {
         None
     }
 
-    /// A file event: reload only when the content changed.
+    /// A file event: reload only when the config's content, or that of a
+    /// certificate, key or CA file it names, changed.
     fn reload_if_changed(&mut self) {
         let Some(path) = &self.options.config_path else {
             return;
@@ -277,7 +279,10 @@ impl Control {
             // Mid-swap, or removed: the next event will tell.
             return;
         };
-        if config::compile::fnv1a(&bytes) == self.server.snapshot().content_hash {
+        let running = self.server.snapshot();
+        if config::compile::fnv1a(&bytes) == running.content_hash
+            && config::material_hash(&running.material) == running.material_hash
+        {
             // Back to what is running (after a failed edit, say): nothing to
             // reload, and the last error no longer describes the file.
             let shared = self.server.shared();

@@ -5,6 +5,12 @@
 //! directory tells the control thread to look; it debounces, re-reads the
 //! file and reloads only when the content hash changed. Without inotify the
 //! watcher polls the file's content once a second instead.
+//!
+//! The directories of the certificate, key and CA files the running config
+//! names are watched too (added as reloads name new ones), so replacing a
+//! certificate (rename, symlink swap or write in place) reloads it: new
+//! handshakes get the new material, open connections keep theirs, and a
+//! broken file fails the reload and keeps the old material.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -19,9 +25,11 @@ use super::run::Event;
 /// checks whether it should stop.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Start watching the directory of `file`; events go to `inbox` until `stop`.
+/// Start watching the directory of `file` (and those of the snapshot's
+/// TLS material); events go to `inbox` until `stop`.
 pub fn spawn(
     file: &Path,
+    snapshot: Arc<arc_swap::ArcSwap<crate::config::Snapshot>>,
     inbox: flume::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
@@ -36,35 +44,44 @@ pub fn spawn(
         .name("outrigger-watch".into())
         .spawn(move || {
             super::deprioritize_current_thread();
-            run(watch, &dir, &file, &inbox, &stop)
+            run(watch, &dir, &file, &snapshot, &inbox, &stop)
         })?;
     Ok(())
 }
+
+type Snapshots = arc_swap::ArcSwap<crate::config::Snapshot>;
 
 fn run(
     watch: std::io::Result<Inotify>,
     dir: &Path,
     file: &Path,
+    snapshot: &Snapshots,
     inbox: &flume::Sender<Event>,
     stop: &AtomicBool,
 ) {
     match watch {
         Ok(fd) => {
             tracing::debug!(dir = %dir.display(), "watching the config directory");
-            fd.run(inbox, stop);
+            fd.run(snapshot, inbox, stop);
         }
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "inotify unavailable; polling the config file every second");
-            poll(file, inbox, stop);
+            poll(file, snapshot, inbox, stop);
         }
     }
 }
 
-fn poll(file: &Path, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
-    let mut last = std::fs::read(file).ok();
+/// The config's bytes and its material's hash.
+fn fingerprint(file: &Path, snapshot: &Snapshots) -> (Option<Vec<u8>>, u64) {
+    let material = crate::config::material_hash(&snapshot.load().material);
+    (std::fs::read(file).ok(), material)
+}
+
+fn poll(file: &Path, snapshot: &Snapshots, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
+    let mut last = fingerprint(file, snapshot);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
-        let now = std::fs::read(file).ok();
+        let now = fingerprint(file, snapshot);
         if now != last {
             last = now;
             if inbox.send(Event::FileChanged).is_err() {
@@ -72,6 +89,26 @@ fn poll(file: &Path, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// The directories holding the snapshot's TLS material.
+fn material_dirs(snapshot: &Snapshots) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = snapshot
+        .load()
+        .material
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                d
+            }
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// An inotify instance watching one directory.
@@ -92,6 +129,12 @@ impl Inotify {
             return Err(std::io::Error::last_os_error());
         }
         let me = Inotify(fd);
+        me.add(dir)?;
+        Ok(me)
+    }
+
+    /// Watch one more directory (adding one already watched is a no-op).
+    fn add(&self, dir: &Path) -> std::io::Result<()> {
         let path = CString::new(dir.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         let mask = libc::IN_CLOSE_WRITE
@@ -102,15 +145,31 @@ impl Inotify {
             | libc::IN_MODIFY
             | libc::IN_ATTRIB;
         // SAFETY: fd is a live inotify descriptor and path a valid C string.
-        if unsafe { libc::inotify_add_watch(me.0, path.as_ptr(), mask) } < 0 {
+        if unsafe { libc::inotify_add_watch(self.0, path.as_ptr(), mask) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(me)
+        Ok(())
     }
 
-    fn run(&self, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
+    fn run(&self, snapshot: &Snapshots, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
         let mut buf = [0u8; 4096];
+        let mut watched: Vec<PathBuf> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
+            // TLS material directories of the running config (a reload may
+            // name new ones); at most a POLL late.
+            for d in material_dirs(snapshot) {
+                if !watched.contains(&d) {
+                    match self.add(&d) {
+                        Ok(()) => {
+                            tracing::debug!(dir = %d.display(), "watching a TLS material directory")
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %d.display(), error = %e, "cannot watch a TLS material directory")
+                        }
+                    }
+                    watched.push(d);
+                }
+            }
             let mut pfd = libc::pollfd {
                 fd: self.0,
                 events: libc::POLLIN,

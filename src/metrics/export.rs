@@ -234,6 +234,22 @@ fn route_metrics(p: &mut Prom, s: &Snapshot) {
             }
         }
     }
+    let name = "outrigger_certificate_expiry_seconds";
+    p.family(
+        name,
+        "gauge",
+        "Seconds until each certificate in use expires (negative once expired).",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for c in crate::tls::certificates(s) {
+        p.sample_f(
+            name,
+            &[("owner", c.owner.as_str()), ("serial", c.serial.as_str())],
+            (c.not_after - now) as f64,
+        );
+    }
     let name = "outrigger_route_rate_limited_total";
     p.family(
         name,

@@ -39,6 +39,9 @@ pub struct ListenerTls {
     pub trust_domain: Option<String>,
     /// This proxy's own SPIFFE ID (`By=` of x-forwarded-client-cert).
     pub own_id: Option<String>,
+    /// The certificates it serves (for `/certs` and expiry metrics):
+    /// `default`, or the SNI names.
+    pub certs: Vec<(String, Arc<CertifiedKey>)>,
 }
 
 /// The crypto provider (ring), shared by every config.
@@ -166,12 +169,17 @@ pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
         (None, Some(id)) => Some(id.cert.clone()),
         (None, None) => None,
     };
+    let mut certs = Vec::new();
+    if let Some(d) = &default {
+        certs.push(("default".to_string(), d.clone()));
+    }
     let mut resolver = SniResolver::new(default);
     for (names, c, k) in &s.certificates {
         let key = load_certified_key(c, k)?;
         for n in names {
             resolver.add(n, key.clone());
         }
+        certs.push((names.join(","), key));
     }
     let versions: &[&rustls::SupportedProtocolVersion] = if s.tls13_only {
         &[&rustls::version::TLS13]
@@ -202,6 +210,7 @@ pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
         verifies_clients: s.client_ca.is_some() || s.mesh.is_some(),
         trust_domain: s.mesh.as_ref().map(|id| id.trust_domain.clone()),
         own_id: s.own_id.clone(),
+        certs,
     })
 }
 
@@ -211,6 +220,8 @@ pub struct ClusterTls {
     pub config: Arc<rustls::ClientConfig>,
     /// `server_name`; `None`: each endpoint's host as written.
     pub server_name: Option<String>,
+    /// The client certificate presented, if any (for `/certs`).
+    pub client_cert: Option<Arc<CertifiedKey>>,
 }
 
 impl ClusterTls {
@@ -264,6 +275,7 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
         return Ok(ClusterTls {
             config: Arc::new(config),
             server_name: s.server_name.clone(),
+            client_cert: Some(id.cert.clone()),
         });
     }
     let roots = match s.ca {
@@ -283,10 +295,11 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_root_certificates(roots);
+    let mut client_cert = None;
     let mut config = match s.cert_key {
         Some((c, k)) => {
             // Checked as a pair first, for the same message as listeners.
-            load_certified_key(c, k)?;
+            client_cert = Some(load_certified_key(c, k)?);
             let chain = load_chain(c)?;
             let der = PrivateKeyDer::from_pem_file(k)
                 .map_err(|e| format!("cannot read a private key from {}: {e}", k.display()))?;
@@ -300,6 +313,7 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
     Ok(ClusterTls {
         config: Arc::new(config),
         server_name: s.server_name.clone(),
+        client_cert,
     })
 }
 
@@ -355,6 +369,55 @@ pub async fn connect(
     let mut s = TlsStream::new(tcp, conn);
     s.handshake().await?;
     Ok(s)
+}
+
+/// What `/certs` and the expiry metric say about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Where it is used: `identity`, `listener NAME (default)`, `cluster NAME`.
+    pub owner: String,
+    pub subject: String,
+    pub spiffe_id: Option<String>,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// Not-after, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Describe the leaf of `key`.
+    pub fn of(owner: String, key: &CertifiedKey) -> Option<CertInfo> {
+        let leaf = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(CertInfo {
+            owner,
+            subject: cert.subject().to_string(),
+            spiffe_id: spiffe::uri_sans(leaf)
+                .ok()
+                .and_then(|u| u.into_iter().find(|u| u.starts_with("spiffe://"))),
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+/// Every certificate a snapshot presents.
+pub fn certificates(s: &crate::config::Snapshot) -> Vec<CertInfo> {
+    let mut out = Vec::new();
+    if let Some(id) = &s.identity {
+        out.extend(CertInfo::of("identity".into(), &id.cert));
+    }
+    for l in &s.listeners {
+        for (label, key) in l.tls.iter().flat_map(|t| t.certs.iter()) {
+            out.extend(CertInfo::of(format!("listener {} ({label})", l.name), key));
+        }
+    }
+    for (name, c) in &s.clusters {
+        if let Some(key) = c.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
+            out.extend(CertInfo::of(format!("cluster {name}"), key));
+        }
+    }
+    out
 }
 
 /// Why a handshake failed, as a metric label.
