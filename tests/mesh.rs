@@ -160,9 +160,22 @@ fn two_sidecars_talk_mtls(driver: Driver) {
         TempDir::new("mesh-out"),
         TempDir::new("mesh-bad"),
     );
-    let (_pin, inb) = inbound(driver, &din, &ca, app, "", "");
+    let routes = format!(
+        r#"[[routes.in]]
+match.path = "/who"
+match.peer_identity = "{CLIENT_ID}"
+direct_response = {{ status = 200, body = "frontend" }}
+[[routes.in]]
+match.path = "/who"
+match.peer_identity = "spiffe://example.org/ns/ops/*"
+direct_response = {{ status = 200, body = "ops" }}
+"#
+    );
+    let (_pin, inb) = inbound(driver, &din, &ca, app, "", &routes);
     let (_pout, out) = outbound(driver, &dout, &ca, inb, &format!("[\"{SERVER_ID}\"]"));
     let mut c = Client::connect(out);
+    // Routing on the caller's identity.
+    assert_eq!(c.get("/who", "orders", "").body, b"frontend");
     let r = c.get(
         "/orders",
         "orders",

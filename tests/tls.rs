@@ -788,3 +788,43 @@ direct_response = {{ status = 200, body = "ok" }}
         .unwrap();
     assert!(failures >= 1.0);
 }
+
+/// A client certificate that has expired is refused, though its CA is
+/// the right one.
+#[test]
+fn expired_client_certificate_is_refused() {
+    let dir = TempDir::new("tls-expired");
+    let ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    std::fs::write(dir.path("clients.pem"), clients.pem()).unwrap();
+    let expired = {
+        let mut p = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap();
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &clients.cert, &clients.key).unwrap();
+        common::tls::Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    };
+    let tls = r#"{ cert = "server.pem", key = "server.key", client_ca = "clients.pem" }"#;
+    let (p, addr) = proxy(Driver::Epoll, &dir, "http", tls, upstream());
+    let opts = ClientOpts {
+        svid_server: false,
+        roots: ca.roots(),
+        client: Some(&expired),
+        tls12_only: false,
+        alpn: vec![],
+    };
+    let refused = connect(addr, "localhost", &opts).and_then(|mut c| {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut b = [0u8; 16];
+        c.read(&mut b)
+    });
+    assert!(refused.is_err());
+    assert!(eventually(|| failures(&p, "bad_client_certificate") == 1.0));
+}

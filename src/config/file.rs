@@ -408,6 +408,8 @@ pub struct FileMatch {
     pub path_regex: Option<Spanned<String>>,
     pub method: Option<Vec<Spanned<String>>>,
     pub headers: Option<BTreeMap<Spanned<String>, String>>,
+    /// The client's verified SPIFFE ID, exact or a `/*` prefix.
+    pub peer_identity: Option<Spanned<String>>,
 }
 
 /// One weighted target of a `split`.

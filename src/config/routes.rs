@@ -103,7 +103,18 @@ fn compile_route(
         .as_ref()
         .and_then(|rl| super::resilience::route_rate_limit(rl.get_ref()));
     let authz = super::tls::authz(cx, key, &r.allow_identities, &r.deny_identities);
+    let peer_identity = match &r.matches.peer_identity {
+        Some(p) => match crate::tls::spiffe::IdPattern::parse(p.get_ref()) {
+            Ok(v) => Some(Some(v)),
+            Err(msg) => {
+                cx.error(p.span(), format!("{key}.match.peer_identity"), msg);
+                None
+            }
+        },
+        None => Some(None),
+    };
     Some(Route {
+        peer_identity: peer_identity?,
         authz: authz?,
         retry: match retry {
             Some(p) => Some(p?),

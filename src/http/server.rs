@@ -212,10 +212,14 @@ async fn route_and_answer<'a>(
         ListenerProtocol::Http { routes } => routes.as_str(),
         ListenerProtocol::Tcp { .. } => "",
     };
+    let request = Routed {
+        head,
+        identity: conn.peer_identity.as_deref(),
+    };
     let route = snapshot
         .route_tables
         .get(routes)
-        .and_then(|t| t.lookup(head));
+        .and_then(|t| t.lookup(&request));
     let Some(route) = route else {
         rec.listener.stats.worker(ctx.index).no_route.inc();
         return fail(ctx, rec, conn, head, HttpError::NoRoute).await;
@@ -358,6 +362,31 @@ pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) 
     }
     conn.responded = true;
     let _ = conn.write_vec(error_response(err, close)).await;
+}
+
+/// A request as routing sees it: its head and the connection's verified
+/// peer identity.
+struct Routed<'a> {
+    head: &'a RequestHead,
+    identity: Option<&'a str>,
+}
+
+impl RouteRequest for Routed<'_> {
+    fn host(&self) -> Option<&str> {
+        self.head.host()
+    }
+    fn path(&self) -> &str {
+        self.head.path()
+    }
+    fn method(&self) -> &str {
+        self.head.method_str()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        RequestHead::header(self.head, name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+    fn peer_identity(&self) -> Option<&str> {
+        self.identity
+    }
 }
 
 impl RouteRequest for RequestHead {

@@ -65,6 +65,8 @@ pub struct Route {
     pub rate_limit: Option<std::sync::Arc<crate::resilience::RateLimiter>>,
     /// `allow_identities` / `deny_identities`.
     pub authz: Option<std::sync::Arc<crate::tls::spiffe::Authz>>,
+    /// `match.peer_identity`: the verified client identity must match.
+    pub peer_identity: Option<crate::tls::spiffe::IdPattern>,
 }
 
 /// Host condition, compared without the port and ignoring ASCII case.
@@ -146,6 +148,11 @@ pub trait RouteRequest {
     fn method(&self) -> &str;
     /// The first value of a header, by case-insensitive name.
     fn header(&self, name: &str) -> Option<&str>;
+    /// The client's verified identity (SPIFFE ID), if its listener verified
+    /// one.
+    fn peer_identity(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl RouteTable {
@@ -262,6 +269,12 @@ impl Route {
         }
         if self.path.is_some() && !path_matches() {
             return false;
+        }
+        if let Some(p) = &self.peer_identity {
+            match req.peer_identity() {
+                Some(id) if p.matches(id) => {}
+                _ => return false,
+            }
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
             return false;

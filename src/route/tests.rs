@@ -30,6 +30,7 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
         retry: None,
         rate_limit: None,
         authz: None,
+        peer_identity: None,
         name: name.into(),
         stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),
         host,
