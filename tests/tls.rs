@@ -704,6 +704,7 @@ fn watched_files_rotate(driver: Driver) {
     let dir = TempDir::new("tls-watch");
     let ca = Ca::new("test CA");
     let (first, second) = (ca.leaf(&["localhost"]), ca.leaf(&["localhost"]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::fs::create_dir_all(dir.path("certs")).unwrap();
     first.write(&dir.path("certs"), "server");
     let config = format!(
@@ -766,7 +767,38 @@ direct_response = {{ status = 200, body = "ok" }}
         )
         .unwrap();
     assert!(left > 86_400.0, "{left}");
-    // Replace both files the way a secret manager does (write, rename).
+    // Under load: new connections, each a request, all through the swap.
+    let load = {
+        let (stop, ca_roots) = (stop.clone(), ca.roots());
+        std::thread::spawn(move || {
+            let opts = ClientOpts {
+                svid_server: false,
+                roots: ca_roots,
+                client: None,
+                tls12_only: false,
+                alpn: vec![],
+            };
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match connect(addr, "localhost", &opts) {
+                    Ok(mut c) => {
+                        let (status, _, _) =
+                            request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+                        if status == 200 {
+                            ok += 1
+                        } else {
+                            failed += 1
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Replace the pair the way a secret manager does: both files written
+    // aside, then one directory swap (a symlink switch in Kubernetes).
     let tmp = dir.path("new");
     std::fs::create_dir_all(&tmp).unwrap();
     second.write(&tmp, "server");
@@ -775,6 +807,13 @@ direct_response = {{ status = 200, body = "ok" }}
     assert!(
         eventually(|| served() == second.der),
         "new handshakes never saw the new certificate"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        ok > 10 && failed == 0,
+        "{ok} ok, {failed} failed during the rotation"
     );
     assert_ne!(serials(), before);
     // A broken replacement: the key of another certificate.
