@@ -650,9 +650,21 @@ fn tls_origination(driver: Driver) {
     let mut t = std::net::TcpStream::connect(raw).unwrap();
     t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     t.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
     let mut buf = [0u8; 256];
-    let n = t.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("U conn=2"));
+    while !String::from_utf8_lossy(&got).contains("U conn=") {
+        match t.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("{e}: {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&got).contains("U conn=2"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 
     // The wrong CA: no connection, 503.
     let dir2 = TempDir::new("tls-origin-bad");

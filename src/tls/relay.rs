@@ -84,15 +84,17 @@ where
             }
             Turn::Client => {
                 buf.clear();
-                match tls.read_plain(&mut buf, CHUNK).await {
-                    Ok(0) | Err(_) => {
+                match tls.read_ready(&mut buf, CHUNK).await {
+                    // Only protocol records (a ticket): back to waiting.
+                    Ok(None) => {}
+                    Ok(Some(0)) | Err(_) => {
                         client_open = false;
                         // SAFETY: shutdown(2) on the upstream's open fd.
                         unsafe {
                             libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&up), libc::SHUT_WR)
                         };
                     }
-                    Ok(n) => {
+                    Ok(Some(n)) => {
                         let data = std::mem::take(&mut buf).freeze();
                         let sent =
                             crate::sockio::write_all_within(&mut up, data, deadlines, send_timeout)

@@ -175,6 +175,47 @@ where
         }
     }
 
+    /// For relays: after readiness, take in what arrived (one socket read at
+    /// most) and return the decrypted bytes now available, without waiting
+    /// for more: `Ok(Some(0))` at the end of the stream, `Ok(None)` when
+    /// only protocol records came (a session ticket, a key update).
+    pub async fn read_ready(
+        &mut self,
+        buf: &mut BytesMut,
+        spare: usize,
+    ) -> io::Result<Option<usize>> {
+        for fed in [false, true] {
+            let start = buf.len();
+            buf.resize(start + spare.max(1), 0);
+            let got = self.conn.reader().read(&mut buf[start..]);
+            match got {
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    buf.truncate(start);
+                    return Ok(Some(0));
+                }
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(e);
+                }
+            }
+            if fed {
+                break;
+            }
+            if !self.feed().await? {
+                return Ok(Some(0));
+            }
+            if self.conn.wants_write() {
+                self.flush(None).await?;
+            }
+        }
+        Ok(None)
+    }
+
     /// Encrypt and send all of `data`, failing when the peer accepts
     /// nothing for `timeout`.
     pub async fn write_all(
