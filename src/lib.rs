@@ -60,6 +60,7 @@ pub mod listener;
 pub mod metrics;
 pub mod resilience;
 pub mod route;
+pub mod sidecar;
 pub mod sockio;
 pub mod tcp;
 pub mod tls;

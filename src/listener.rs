@@ -272,6 +272,18 @@ async fn serve(
     let Some(listener) = handle.resolve(&snapshot) else {
         return;
     };
+    // Transparent mode: where the client meant to go. A connection made to
+    // the listener itself (not redirected) has none.
+    let original_dst = if listener.original_destination {
+        let local = stream.local_addr().ok();
+        local.and_then(|l| {
+            crate::sidecar::original_dst(stream.as_raw_fd(), l)
+                .ok()
+                .filter(|d| *d != l)
+        })
+    } else {
+        None
+    };
     // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
     let stream = match &listener.tls {
         None => ClientIo::Plain(stream),
@@ -324,12 +336,27 @@ async fn serve(
             // Boxed: the relay's future is large, and inline it would size
             // every connection's task, http ones included.
             Box::pin(crate::tcp::proxy(
-                &ctx, listener, cluster, stream, peer, initial,
+                &ctx,
+                listener,
+                cluster,
+                stream,
+                peer,
+                initial,
+                original_dst,
             ))
             .await;
         }
         ListenerProtocol::Http { .. } => {
-            crate::http::serve(&ctx, &handle, &snapshot, listener, stream, peer).await;
+            crate::http::serve(
+                &ctx,
+                &handle,
+                &snapshot,
+                listener,
+                stream,
+                peer,
+                original_dst,
+            )
+            .await;
         }
     }
 }

@@ -36,6 +36,51 @@ enum Command {
         /// Do not watch the config file's directory for changes.
         #[arg(long)]
         no_watch: bool,
+        /// After `--`: an app to start once the proxy is ready. SIGTERM and
+        /// SIGINT go to the app; when it exits the proxy drains and exits
+        /// with the app's status (a Job's pod completes).
+        #[arg(last = true)]
+        app: Vec<String>,
+    },
+    /// Exit 0 once the proxy's admin API says it is ready (GET /ready is
+    /// 200), 1 when `--timeout` passes first.
+    WaitReady {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print (default) or apply the nat rules that send a pod's TCP through
+    /// the proxy (iptables-restore input for IPv4 and IPv6, or nftables).
+    Iptables {
+        /// Install the rules (needs NET_ADMIN; idempotent).
+        #[arg(long)]
+        apply: bool,
+        /// Remove the rules installed by --apply.
+        #[arg(long, conflicts_with = "apply")]
+        cleanup: bool,
+        /// nftables instead of iptables.
+        #[arg(long)]
+        nft: bool,
+        /// The UID the proxy runs as: its own traffic is not redirected.
+        #[arg(long, default_value_t = 1337)]
+        proxy_uid: u32,
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        /// Comma-separated ports whose outbound connections are not redirected.
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_ports: Vec<u16>,
+        /// Comma-separated ports whose inbound connections are not redirected.
+        #[arg(long, value_delimiter = ',')]
+        exclude_inbound_ports: Vec<u16>,
+        /// Comma-separated CIDRs (v4 or v6) whose outbound connections are not redirected.
+        #[arg(long, value_delimiter = ',')]
+        exclude_outbound_cidrs: Vec<String>,
+        /// Comma-separated inbound ports to redirect (default: all).
+        #[arg(long, value_delimiter = ',')]
+        include_inbound_ports: Vec<u16>,
     },
     /// Validate a config file without binding anything.
     Check {
@@ -68,7 +113,42 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     let result = match cli.command {
-        Command::Run { config, no_watch } => run(&config, !no_watch),
+        Command::Run {
+            config,
+            no_watch,
+            app,
+        } => run(&config, !no_watch, &app),
+        Command::WaitReady { admin, timeout } => Ok(
+            if outrigger::sidecar::lifecycle::wait_ready(admin, timeout) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("outrigger: {admin} not ready after {timeout:?}");
+                ExitCode::FAILURE
+            },
+        ),
+        Command::Iptables {
+            apply,
+            cleanup,
+            nft,
+            proxy_uid,
+            outbound_port,
+            inbound_port,
+            exclude_outbound_ports,
+            exclude_inbound_ports,
+            exclude_outbound_cidrs,
+            include_inbound_ports,
+        } => {
+            let rules = outrigger::sidecar::iptables::Rules {
+                proxy_uid,
+                outbound_port,
+                inbound_port,
+                exclude_outbound_ports,
+                exclude_inbound_ports,
+                exclude_outbound_cidrs,
+                include_inbound_ports,
+            };
+            iptables(&rules, apply, cleanup, nft)
+        }
         Command::Check { file } => Ok(check(&file)),
         Command::Demo => demo(),
         Command::Certs {
@@ -130,7 +210,30 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-fn run(file: &Path, watch: bool) -> anyhow::Result<ExitCode> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    outrigger::config::value::parse_duration(s)
+}
+
+fn iptables(
+    rules: &outrigger::sidecar::iptables::Rules,
+    apply: bool,
+    cleanup: bool,
+    nft: bool,
+) -> anyhow::Result<ExitCode> {
+    rules.validate().map_err(anyhow::Error::msg)?;
+    if cleanup {
+        outrigger::sidecar::iptables::cleanup(nft).map_err(anyhow::Error::msg)?;
+        println!("interception rules removed");
+    } else if apply {
+        rules.apply(nft).map_err(anyhow::Error::msg)?;
+        println!("interception rules applied");
+    } else {
+        print!("{}", rules.script(nft));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(file: &Path, watch: bool, app: &[String]) -> anyhow::Result<ExitCode> {
     let snapshot = match config::load(file) {
         Ok(s) => s,
         Err(errors) => {
@@ -142,7 +245,53 @@ fn run(file: &Path, watch: bool) -> anyhow::Result<ExitCode> {
         config_path: Some(file.to_path_buf()),
         watch,
     };
-    serve(snapshot, options)
+    if app.is_empty() {
+        serve(snapshot, options)
+    } else {
+        serve_app(snapshot, options, app)
+    }
+}
+
+/// `run -- APP`: the proxy first, then the app once the proxy is ready;
+/// SIGTERM/SIGINT go to the app, SIGHUP reloads the proxy; when the app
+/// exits, the proxy drains and the process exits with the app's status.
+fn serve_app(snapshot: Snapshot, options: Options, app: &[String]) -> anyhow::Result<ExitCode> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install signal handlers")?;
+    let proxy = std::sync::Arc::new(Proxy::launch(snapshot, options, None)?);
+    // Launch returns once every worker serves every listener: ready.
+    let mut child = std::process::Command::new(&app[0])
+        .args(&app[1..])
+        .spawn()
+        .with_context(|| format!("cannot start {}", app[0]))?;
+    let pid = child.id() as libc::pid_t;
+    tracing::info!(app = %app[0], pid, "proxy ready; app started");
+    let handle = signals.handle();
+    let reloader = proxy.clone();
+    let forwarder = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                let _ = reloader.reload();
+            } else {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    });
+    let status = child.wait().context("waiting for the app")?;
+    handle.close();
+    let _ = forwarder.join();
+    let code = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(1)
+    });
+    tracing::info!(code, "app exited; draining");
+    proxy.drain();
+    let proxy =
+        std::sync::Arc::try_unwrap(proxy).map_err(|_| anyhow::anyhow!("proxy still shared"))?;
+    let _ = proxy.wait();
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
 fn serve(snapshot: Snapshot, options: Options) -> anyhow::Result<ExitCode> {

@@ -272,17 +272,65 @@ fn compile_cluster(
     c: &Spanned<FileCluster>,
 ) -> Option<Cluster> {
     let c_ref = c.get_ref();
-    if c_ref.endpoints.get_ref().is_empty() {
-        cx.error(
-            c_ref.endpoints.span(),
-            format!("{key}.endpoints"),
-            "a cluster needs at least one endpoint",
-        );
-        return None;
+    let original_destination = match c_ref
+        .discovery
+        .as_ref()
+        .map(|d| (d.get_ref().as_str(), d.span()))
+    {
+        None | Some(("static", _)) => false,
+        Some(("original_destination", _)) => true,
+        Some((other @ ("dns" | "file" | "xds"), span)) => {
+            cx.error(
+                span,
+                format!("{key}.discovery"),
+                format!("discovery = \"{other}\" is not implemented yet; use \"static\" or \"original_destination\""),
+            );
+            return None;
+        }
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.discovery"),
+                format!("must be \"static\" or \"original_destination\", not \"{other}\""),
+            );
+            return None;
+        }
+    };
+    let no_endpoints = Vec::new();
+    let listed = c_ref
+        .endpoints
+        .as_ref()
+        .map_or(&no_endpoints, |e| e.get_ref());
+    match (&c_ref.endpoints, original_destination) {
+        (Some(e), true) if !e.get_ref().is_empty() => {
+            cx.error(
+                e.span(),
+                format!("{key}.endpoints"),
+                "an original_destination cluster has no endpoints: each connection goes where it was sent",
+            );
+            return None;
+        }
+        (Some(e), false) if e.get_ref().is_empty() => {
+            cx.error(
+                e.span(),
+                format!("{key}.endpoints"),
+                "a cluster needs at least one endpoint",
+            );
+            return None;
+        }
+        (None, false) => {
+            cx.error(
+                c.span(),
+                format!("{key}.endpoints"),
+                "a cluster needs `endpoints` (or discovery = \"original_destination\")",
+            );
+            return None;
+        }
+        _ => {}
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
     let mut ok = true;
-    for ep in c_ref.endpoints.get_ref() {
+    for ep in listed {
         let weight = match ep.get_ref() {
             FileEndpoint::Weighted(w) => match w.weight {
                 None => 1,
@@ -373,6 +421,7 @@ fn compile_cluster(
         outlier: resilience.outlier,
         health_check: resilience.health_check,
         tls,
+        original_destination,
     })
 }
 
@@ -473,6 +522,7 @@ fn compile_listener(
             ))
         });
     Some(Listener {
+        original_destination: l.original_destination.unwrap_or(false),
         rate_limit,
         tls,
         authz: super::tls::authz(cx, key, &l.allow_identities, &l.deny_identities)?,

@@ -178,6 +178,9 @@ pub struct FileListener {
     pub rate_limit: Option<Spanned<FileListenerRateLimit>>,
     /// TLS termination.
     pub tls: Option<Spanned<FileListenerTls>>,
+    /// Read each connection's original destination (SO_ORIGINAL_DST), for
+    /// connections redirected here by interception rules.
+    pub original_destination: Option<bool>,
     /// Verified peer identities allowed (and denied, which wins).
     pub allow_identities: Option<Vec<Spanned<String>>>,
     pub deny_identities: Option<Vec<Spanned<String>>>,
@@ -410,6 +413,8 @@ pub struct FileMatch {
     pub headers: Option<BTreeMap<Spanned<String>, String>>,
     /// The client's verified SPIFFE ID, exact or a `/*` prefix.
     pub peer_identity: Option<Spanned<String>>,
+    /// The original destination's port (transparent listeners).
+    pub destination_port: Option<Spanned<i64>>,
 }
 
 /// One weighted target of a `split`.
@@ -454,7 +459,9 @@ pub struct FileRewrite {
 pub struct FileCluster {
     /// `host:port` list (or `{ address, weight }` tables); host names are
     /// resolved when the config is compiled.
-    pub endpoints: Spanned<Vec<Spanned<FileEndpoint>>>,
+    pub endpoints: Option<Spanned<Vec<Spanned<FileEndpoint>>>>,
+    /// `"static"` (default) or `"original_destination"`.
+    pub discovery: Option<Spanned<String>>,
     /// ring_hash and maglev: what to hash (`"source_ip"` by default).
     pub hash_on: Option<Spanned<String>>,
     /// `"round_robin"` (default), `"random"` or `"least_request"`.

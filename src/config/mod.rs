@@ -139,6 +139,8 @@ pub struct Listener {
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
     /// `allow_identities` / `deny_identities`.
     pub authz: Option<Arc<crate::tls::spiffe::Authz>>,
+    /// Read each connection's original destination (transparent mode).
+    pub original_destination: bool,
 }
 
 /// Limits of an http listener.

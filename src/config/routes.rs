@@ -113,7 +113,20 @@ fn compile_route(
         },
         None => Some(None),
     };
+    let destination_port = match &r.matches.destination_port {
+        Some(p) if !(1..=65535).contains(p.get_ref()) => {
+            cx.error(
+                p.span(),
+                format!("{key}.match.destination_port"),
+                format!("must be a port from 1 to 65535, not {}", p.get_ref()),
+            );
+            None
+        }
+        Some(p) => Some(Some(*p.get_ref() as u16)),
+        None => Some(None),
+    };
     Some(Route {
+        destination_port: destination_port?,
         peer_identity: peer_identity?,
         authz: authz?,
         retry: match retry {

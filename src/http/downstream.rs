@@ -87,6 +87,9 @@ pub struct Downstream {
     pub peer_identity: Option<Rc<str>>,
     /// `x-forwarded-client-cert` sent upstream for this connection.
     pub xfcc: Option<Rc<str>>,
+    /// Where an intercepted connection was originally sent (listeners with
+    /// `original_destination`).
+    pub original_dst: Option<SocketAddr>,
 }
 
 impl Downstream {

@@ -21,7 +21,7 @@ use crate::metrics::{Active, ClusterCells, Counter};
 use crate::resilience::health::Outcome;
 use crate::resilience::{retry::idempotent, Overflow, RetryOn, RetryPolicy};
 use crate::upstream::balance::{cookie, hash64};
-use crate::upstream::{AttemptOrder, Availability, Cluster, HashOn};
+use crate::upstream::{AttemptOrder, Availability, Cluster, Endpoint, HashOn};
 use crate::worker::WorkerCtx;
 
 /// Holds one unit of a gauge until dropped.
@@ -147,8 +147,21 @@ pub async fn forward(
     if availability == Availability::None {
         return Err(HttpError::NoHealthyUpstream);
     }
-    let upstream_host = cluster
-        .endpoints
+    // An original-destination cluster has one endpoint per connection:
+    // where the client meant to go.
+    let dynamic;
+    let endpoints: &[Endpoint] = if cluster.original_destination {
+        let Some(dst) = conn.original_dst else {
+            return Err(HttpError::NoUpstream(
+                "no original destination (the connection was not intercepted)".into(),
+            ));
+        };
+        dynamic = [Endpoint::dynamic(dst, ctx.workers)];
+        &dynamic
+    } else {
+        &cluster.endpoints
+    };
+    let upstream_host = endpoints
         .first()
         .map_or("localhost", |e| e.written.as_str());
     // Serialised once; each try shares it (a retry adds its attempt count).
@@ -183,7 +196,11 @@ pub async fn forward(
         .hashes()
         .then(|| request_key(&cluster.hash_on, req.head, conn.peer))
         .flatten();
-    let mut order = ctx.balancers.attempt_order(cluster, key);
+    let mut order = if cluster.original_destination {
+        AttemptOrder::single()
+    } else {
+        ctx.balancers.attempt_order(cluster, key)
+    };
     let mut failed: Option<usize> = None;
     loop {
         let attempt = retries.done.get() + 1;
@@ -195,6 +212,7 @@ pub async fn forward(
         let _retry = (attempt > 1).then(|| Held::new(&cells.breaker_retries));
         let t = Try {
             req,
+            endpoints,
             key,
             cluster,
             availability,
@@ -312,6 +330,8 @@ async fn buffer_body(
 /// connecting fails (nothing was sent), as the cluster always has.
 struct Try<'a> {
     req: Forward<'a>,
+    /// The cluster's endpoints, or the one original destination.
+    endpoints: &'a [Endpoint],
     /// ring_hash and maglev: the request's key.
     key: Option<u64>,
     cluster: &'a Cluster,
@@ -325,15 +345,19 @@ impl Try<'_> {
     /// that may not take traffic; a new order once this one is used up,
     /// avoiding the endpoint that failed last when there is another.
     fn next_endpoint(&self, order: &mut AttemptOrder, failed: Option<usize>) -> Option<usize> {
-        let n = self.cluster.endpoints.len();
+        let n = self.endpoints.len();
         let now = crate::resilience::now_ms();
         let usable = |i: usize| {
-            self.availability == Availability::All || self.cluster.endpoints[i].health.usable(now)
+            self.availability == Availability::All || self.endpoints[i].health.usable(now)
         };
         if let Some(i) = order.by_ref().find(|&i| usable(i)) {
             return Some(i);
         }
-        *order = self.req.ctx.balancers.attempt_order(self.cluster, self.key);
+        *order = if self.cluster.original_destination {
+            AttemptOrder::single()
+        } else {
+            self.req.ctx.balancers.attempt_order(self.cluster, self.key)
+        };
         let mut fresh = order.clone().filter(|&i| usable(i));
         let first = fresh.next()?;
         match (failed, fresh.next()) {
@@ -366,11 +390,11 @@ impl Try<'_> {
             .policy
             .and_then(|p| p.per_try_timeout)
             .map(|t| Instant::now() + t);
-        for _ in 0..cluster.endpoints.len() {
+        for _ in 0..self.endpoints.len() {
             let Some(index) = self.next_endpoint(order, *failed) else {
                 break;
             };
-            let endpoint = &cluster.endpoints[index];
+            let endpoint = &self.endpoints[index];
             let addr = endpoint.address;
             let ecells = endpoint.stats.worker(ctx.index);
             out.address.set(Some(addr));
@@ -515,7 +539,7 @@ impl Try<'_> {
         }
         let share = |max| worker_share(max, ctx.workers, ctx.index);
         let open = cells.active.get()
-            + cluster
+            + self
                 .endpoints
                 .iter()
                 .map(|e| ctx.http_pool.idle_count(e.address) as u64)

@@ -43,6 +43,16 @@ pub async fn serve(
     listener: &Listener,
     stream: downstream::ClientIo,
     peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
 ) {
-    server::serve_connection(ctx, handle, accept_snapshot, listener, stream, peer).await;
+    server::serve_connection(
+        ctx,
+        handle,
+        accept_snapshot,
+        listener,
+        stream,
+        peer,
+        original_dst,
+    )
+    .await;
 }

@@ -29,6 +29,7 @@ pub async fn serve_connection(
     listener: &Listener,
     stream: ClientIo,
     peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
 ) {
     let http = &listener.http;
     let peer_cert = listener
@@ -43,6 +44,7 @@ pub async fn serve_connection(
         None => (None, None),
     };
     let mut conn = Downstream {
+        original_dst,
         peer_identity,
         xfcc,
         stream,
@@ -215,6 +217,7 @@ async fn route_and_answer<'a>(
     let request = Routed {
         head,
         identity: conn.peer_identity.as_deref(),
+        destination_port: conn.original_dst.map(|d| d.port()),
     };
     let route = snapshot
         .route_tables
@@ -369,6 +372,7 @@ pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) 
 struct Routed<'a> {
     head: &'a RequestHead,
     identity: Option<&'a str>,
+    destination_port: Option<u16>,
 }
 
 impl RouteRequest for Routed<'_> {
@@ -386,6 +390,9 @@ impl RouteRequest for Routed<'_> {
     }
     fn peer_identity(&self) -> Option<&str> {
         self.identity
+    }
+    fn destination_port(&self) -> Option<u16> {
+        self.destination_port
     }
 }
 

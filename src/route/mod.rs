@@ -67,6 +67,8 @@ pub struct Route {
     pub authz: Option<std::sync::Arc<crate::tls::spiffe::Authz>>,
     /// `match.peer_identity`: the verified client identity must match.
     pub peer_identity: Option<crate::tls::spiffe::IdPattern>,
+    /// `match.destination_port`: the original destination's port.
+    pub destination_port: Option<u16>,
 }
 
 /// Host condition, compared without the port and ignoring ASCII case.
@@ -151,6 +153,11 @@ pub trait RouteRequest {
     /// The client's verified identity (SPIFFE ID), if its listener verified
     /// one.
     fn peer_identity(&self) -> Option<&str> {
+        None
+    }
+    /// The port of the connection's original destination (transparent
+    /// listeners), if known.
+    fn destination_port(&self) -> Option<u16> {
         None
     }
 }
@@ -269,6 +276,11 @@ impl Route {
         }
         if self.path.is_some() && !path_matches() {
             return false;
+        }
+        if let Some(port) = self.destination_port {
+            if req.destination_port() != Some(port) {
+                return false;
+            }
         }
         if let Some(p) = &self.peer_identity {
             match req.peer_identity() {

@@ -31,6 +31,7 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
         rate_limit: None,
         authz: None,
         peer_identity: None,
+        destination_port: None,
         name: name.into(),
         stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),
         host,

@@ -48,6 +48,7 @@ pub async fn proxy(
     client: crate::http::downstream::ClientIo,
     peer: SocketAddr,
     initial: Option<bytes::Bytes>,
+    original_dst: Option<SocketAddr>,
 ) {
     let counters = listener.stats.worker(ctx.index);
     let started = Instant::now();
@@ -65,7 +66,24 @@ pub async fn proxy(
         );
         ctx.log.log(&ctx.snapshot.load(), &record);
     };
-    let (upstream, endpoint) = match connect(ctx, cluster, counters, peer).await {
+    let dynamic;
+    let connected = if cluster.original_destination {
+        // Where the client meant to go; none when it was not intercepted.
+        match original_dst {
+            Some(dst) => {
+                dynamic = Endpoint::dynamic(dst, ctx.workers);
+                connect_one(ctx, cluster, &dynamic).await
+            }
+            None => Err(ConnectError::AllFailed {
+                cluster: cluster.name.clone(),
+                attempts: 0,
+                last: "no original destination (the connection was not intercepted)".into(),
+            }),
+        }
+    } else {
+        connect(ctx, cluster, counters, peer).await
+    };
+    let (upstream, endpoint) = match connected {
         Ok(ok) => ok,
         Err(e) => {
             counters.no_upstream.inc();
@@ -188,6 +206,30 @@ pub async fn proxy(
         bytes_in = bytes.0, bytes_out = bytes.1,
         idle_timeout = outcome.idle_timeout, "tcp connection closed"
     );
+}
+
+/// Connect to one endpoint (an original destination) within connect_timeout.
+async fn connect_one<'e>(
+    ctx: &WorkerCtx,
+    cluster: &Cluster,
+    endpoint: &'e Endpoint,
+) -> Result<(TcpStream, &'e Endpoint), ConnectError> {
+    let at = Instant::now() + cluster.connect_timeout;
+    let last = match ctx
+        .deadlines
+        .within(at, TcpStream::connect_addr(endpoint.address))
+        .await
+    {
+        Ok(Ok(stream)) => return Ok((stream, endpoint)),
+        Ok(Err(e)) => format!("{}: {e}", endpoint.address),
+        Err(_) => format!("{}: connect timed out", endpoint.address),
+    };
+    cluster.stats.worker(ctx.index).connect_failures.inc();
+    Err(ConnectError::AllFailed {
+        cluster: cluster.name.clone(),
+        attempts: 1,
+        last,
+    })
 }
 
 /// Try the balancer's pick, then every other endpoint once (skipping

@@ -45,6 +45,9 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// `tls`: connections to the endpoints are TLS.
     pub tls: Option<Arc<crate::tls::ClusterTls>>,
+    /// `discovery = "original_destination"`: no endpoints; each connection
+    /// goes where the client originally sent it (transparent listeners).
+    pub original_destination: bool,
 }
 
 /// Which endpoints a pick may choose from now.
@@ -68,7 +71,7 @@ impl Cluster {
 
     /// Which endpoints requests may go to now.
     pub fn availability(&self, now_ms: u64) -> Availability {
-        if !self.guarded() {
+        if !self.guarded() || self.original_destination {
             return Availability::All;
         }
         let usable = self
@@ -93,6 +96,9 @@ impl Cluster {
     /// reaches its threshold (and `max_ejection_percent` allows).
     pub fn record_outcome(&self, worker: usize, index: usize, outcome: Outcome) {
         let Some(od) = &self.outlier else { return };
+        if self.original_destination {
+            return;
+        }
         let Some(ep) = self.endpoints.get(index) else {
             return;
         };
@@ -163,6 +169,20 @@ pub struct Endpoint {
     /// Ejection and health-check state for the whole proxy, carried the
     /// same way.
     pub health: Arc<EndpointHealth>,
+}
+
+impl Endpoint {
+    /// An endpoint made for one connection of an original-destination
+    /// cluster.
+    pub fn dynamic(address: SocketAddr, workers: usize) -> Endpoint {
+        Endpoint {
+            address,
+            written: address.to_string(),
+            weight: 1,
+            stats: Arc::new(EndpointStats::new(workers)),
+            health: Arc::default(),
+        }
+    }
 }
 
 /// Per-worker balancer state for every cluster, keyed by cluster name so it
@@ -309,6 +329,17 @@ pub struct AttemptOrder {
     k: usize,
 }
 
+impl AttemptOrder {
+    /// The order over a single endpoint.
+    pub fn single() -> AttemptOrder {
+        AttemptOrder {
+            first: 0,
+            n: 1,
+            k: 0,
+        }
+    }
+}
+
 impl Iterator for AttemptOrder {
     type Item = usize;
     fn next(&mut self) -> Option<usize> {
@@ -369,6 +400,7 @@ mod tests {
             outlier: None,
             health_check: None,
             tls: None,
+            original_destination: false,
         }
     }
 
