@@ -238,7 +238,7 @@ impl AcceptLoop {
             if snapshot.access_log.is_some() {
                 let cluster = match &listener.protocol {
                     ListenerProtocol::Tcp { cluster, .. } => cluster.as_deref(),
-                    ListenerProtocol::Http { .. } => None,
+                    ListenerProtocol::Http { .. } | ListenerProtocol::Auto { .. } => None,
                 };
                 let record =
                     crate::access_log::Record::refused(peer, &listener.name, cluster, flag);
@@ -284,81 +284,113 @@ async fn serve(
     } else {
         None
     };
-    // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
-    let stream = match &listener.tls {
-        None => ClientIo::Plain(stream),
-        Some(tls) => match Box::pin(crate::tls::accept(stream, tls, &ctx.deadlines)).await {
-            Ok(s) => {
-                listener.stats.worker(ctx.index).tls_handshakes.inc();
-                ClientIo::Tls(Box::new(s))
+    // auto: what the first bytes are decides the path.
+    let mut stream = stream;
+    let mut early: Option<bytes::BytesMut> = None;
+    let (as_http, terminate, tcp_cluster, sni) = match &listener.protocol {
+        ListenerProtocol::Http { .. } => (true, listener.tls.is_some(), None, None),
+        ListenerProtocol::Tcp { cluster, sni } => (
+            false,
+            listener.tls.is_some(),
+            cluster.as_deref(),
+            sni.as_ref(),
+        ),
+        ListenerProtocol::Auto {
+            cluster,
+            detect_timeout,
+            ..
+        } => {
+            let started = Instant::now();
+            let (bytes, kind) =
+                crate::sidecar::detect::detect(&mut stream, *detect_timeout, &ctx.deadlines).await;
+            let cells = listener.stats.worker(ctx.index);
+            cells.detected[kind.index()].inc();
+            cells.detect_duration.record(started.elapsed());
+            tracing::debug!(listener = %listener.name, %peer, detected = kind.label(), "protocol detected");
+            early = Some(bytes);
+            use crate::sidecar::detect::Detected;
+            match kind {
+                Detected::Closed => return,
+                Detected::Http1 | Detected::Http2 => (true, false, None, None),
+                Detected::Tls if listener.tls.is_some() => (true, true, None, None),
+                Detected::Tls | Detected::Opaque | Detected::Silent => {
+                    (false, false, cluster.as_deref(), None)
+                }
             }
-            Err(reason) => {
-                let cells = listener.stats.worker(ctx.index);
-                cells.tls_handshake_failures[reason.index()].inc();
-                tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
-                return;
-            }
-        },
+        }
     };
-    match &listener.protocol {
-        ListenerProtocol::Tcp { cluster, sni } => {
-            if let Some(authz) = &listener.authz {
-                let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
-                let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
-                if !authz.permits(identity, ctx.index) {
-                    tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
+    // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
+    let stream = match (&listener.tls, terminate) {
+        (Some(tls), true) => {
+            let accept = crate::tls::accept(stream, tls, &ctx.deadlines, early.take());
+            match Box::pin(accept).await {
+                Ok(s) => {
+                    listener.stats.worker(ctx.index).tls_handshakes.inc();
+                    ClientIo::Tls(Box::new(s))
+                }
+                Err(reason) => {
+                    let cells = listener.stats.worker(ctx.index);
+                    cells.tls_handshake_failures[reason.index()].inc();
+                    tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
                     return;
                 }
             }
-            let mut stream = stream;
-            let mut initial = None;
-            let mut name = cluster.as_deref();
-            if let (Some(sni), ClientIo::Plain(tcp)) = (sni, &mut stream) {
-                match crate::tls::sni::read_hello(tcp, sni.timeout, &ctx.deadlines).await {
-                    Ok((bytes, hello)) => {
-                        if let crate::tls::sni::Hello::Tls(Some(server)) = &hello {
-                            name = sni.pick(server).or(name);
-                        }
-                        tracing::debug!(listener = %listener.name, %peer, ?hello, cluster = ?name, "SNI route");
-                        initial = Some(bytes.freeze());
-                    }
-                    Err(why) => {
-                        tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
-                        return;
-                    }
-                }
-            }
-            let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)) else {
-                listener.stats.worker(ctx.index).no_upstream.inc();
-                tracing::debug!(listener = %listener.name, %peer, "no SNI route and no default cluster; closing");
-                return;
-            };
-            // Boxed: the relay's future is large, and inline it would size
-            // every connection's task, http ones included.
-            Box::pin(crate::tcp::proxy(
-                &ctx,
-                listener,
-                cluster,
-                stream,
-                peer,
-                initial,
-                original_dst,
-            ))
-            .await;
         }
-        ListenerProtocol::Http { .. } => {
-            crate::http::serve(
-                &ctx,
-                &handle,
-                &snapshot,
-                listener,
-                stream,
-                peer,
-                original_dst,
-            )
-            .await;
+        _ => ClientIo::Plain(stream),
+    };
+    if as_http {
+        let incoming = crate::http::downstream::Incoming {
+            stream,
+            peer,
+            original_dst,
+            early: early.unwrap_or_default(),
+        };
+        crate::http::serve(&ctx, &handle, &snapshot, listener, incoming).await;
+        return;
+    }
+    if let Some(authz) = &listener.authz {
+        let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
+        let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
+        if !authz.permits(identity, ctx.index) {
+            tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
+            return;
         }
     }
+    let mut stream = stream;
+    let mut initial = early.filter(|b| !b.is_empty()).map(bytes::BytesMut::freeze);
+    let mut name = tcp_cluster;
+    if let (Some(sni), ClientIo::Plain(tcp)) = (sni, &mut stream) {
+        match crate::tls::sni::read_hello(tcp, sni.timeout, &ctx.deadlines).await {
+            Ok((bytes, hello)) => {
+                if let crate::tls::sni::Hello::Tls(Some(server)) = &hello {
+                    name = sni.pick(server).or(name);
+                }
+                tracing::debug!(listener = %listener.name, %peer, ?hello, cluster = ?name, "SNI route");
+                initial = Some(bytes.freeze());
+            }
+            Err(why) => {
+                tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
+                return;
+            }
+        }
+    }
+    let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)) else {
+        listener.stats.worker(ctx.index).no_upstream.inc();
+        tracing::debug!(listener = %listener.name, %peer, "no cluster for this connection; closing");
+        return;
+    };
+    // Boxed: the relay's future is large, and inline it would size every
+    // connection's task, http ones included.
+    Box::pin(crate::tcp::proxy(
+        &ctx,
+        listener,
+        cluster,
+        stream,
+        peer,
+        initial,
+        original_dst,
+    ))
+    .await;
 }
 
 /// Decrements the connection gauges when a connection task ends, however it ends.

@@ -492,14 +492,15 @@ fn compile_listener(
     let protocol = match *l.protocol.get_ref() {
         Protocol::Tcp => tcp_target(cx, f, key, l),
         Protocol::Http => http_target(cx, f, key, l),
+        Protocol::Auto => auto_target(cx, f, key, l),
     };
     let default_idle = match l.protocol.get_ref() {
         Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
-        Protocol::Http => DEFAULT_HTTP_IDLE_TIMEOUT,
+        Protocol::Http | Protocol::Auto => DEFAULT_HTTP_IDLE_TIMEOUT,
     };
     let tls = l.tls.as_ref().and_then(|t| {
         let alpn_default: &[&str] = match l.protocol.get_ref() {
-            Protocol::Http => &["http/1.1"],
+            Protocol::Http | Protocol::Auto => &["http/1.1"],
             Protocol::Tcp => &[],
         };
         super::tls::listener_tls(cx, key, t, alpn_default)
@@ -700,6 +701,54 @@ fn http_target(
     }
     Some(ListenerProtocol::Http {
         routes: routes.get_ref().clone(),
+    })
+}
+
+/// `protocol = "auto"`: `routes` for what looks like HTTP, `cluster`
+/// (optional) for the rest.
+fn auto_target(
+    cx: &mut Ctx<'_>,
+    f: &FileConfig,
+    key: &str,
+    l: &FileListener,
+) -> Option<ListenerProtocol> {
+    let routes = match &l.routes {
+        Some(r) if f.routes.keys().any(|k| k.get_ref() == r.get_ref()) => r.get_ref().clone(),
+        Some(r) => {
+            cx.error(
+                r.span(),
+                format!("{key}.routes"),
+                format!("no route table named \"{}\"", r.get_ref()),
+            );
+            return None;
+        }
+        None => {
+            cx.error(
+                l.protocol.span(),
+                format!("{key}.routes"),
+                "an auto listener needs `routes` (for HTTP) and may have `cluster` (for the rest)",
+            );
+            return None;
+        }
+    };
+    let cluster = match &l.cluster {
+        Some(c) if f.clusters.keys().any(|k| k.get_ref() == c.get_ref()) => {
+            Some(c.get_ref().clone())
+        }
+        Some(c) => {
+            cx.error(
+                c.span(),
+                format!("{key}.cluster"),
+                format!("no cluster named \"{}\"", c.get_ref()),
+            );
+            return None;
+        }
+        None => None,
+    };
+    Some(ListenerProtocol::Auto {
+        routes,
+        cluster,
+        detect_timeout: l.detect_timeout.map_or(Duration::from_millis(200), |d| d.0),
     })
 }
 

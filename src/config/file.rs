@@ -181,6 +181,9 @@ pub struct FileListener {
     /// Read each connection's original destination (SO_ORIGINAL_DST), for
     /// connections redirected here by interception rules.
     pub original_destination: Option<bool>,
+    /// auto: how long to wait for the client's first bytes. Default 200ms.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub detect_timeout: Option<ConfigDuration>,
     /// Verified peer identities allowed (and denied, which wins).
     pub allow_identities: Option<Vec<Spanned<String>>>,
     pub deny_identities: Option<Vec<Spanned<String>>>,
@@ -375,6 +378,9 @@ pub enum Protocol {
     Tcp,
     /// HTTP/1.1 reverse proxy.
     Http,
+    /// Detect from the first bytes: HTTP to `routes`, anything else (or
+    /// silence for `detect_timeout`) to `cluster`.
+    Auto,
 }
 
 /// One entry of `[[routes.TABLE]]`.

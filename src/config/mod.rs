@@ -166,6 +166,26 @@ pub enum ListenerProtocol {
     },
     /// Route HTTP requests with this table.
     Http { routes: String },
+    /// Detect the protocol from the first bytes: HTTP/1.x and the HTTP/2
+    /// preface to `routes`, a TLS ClientHello to TLS termination (with
+    /// `tls`) or else `cluster`, anything else or silence to `cluster`.
+    Auto {
+        routes: String,
+        cluster: Option<String>,
+        detect_timeout: Duration,
+    },
+}
+
+impl ListenerProtocol {
+    /// The route table of an http or auto listener.
+    pub fn routes(&self) -> Option<&str> {
+        match self {
+            ListenerProtocol::Http { routes } | ListenerProtocol::Auto { routes, .. } => {
+                Some(routes)
+            }
+            ListenerProtocol::Tcp { .. } => None,
+        }
+    }
 }
 
 impl Snapshot {

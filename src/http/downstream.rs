@@ -60,6 +60,17 @@ impl ClientIo {
     }
 }
 
+/// An accepted connection handed to the HTTP server.
+#[derive(Debug)]
+pub struct Incoming {
+    pub stream: ClientIo,
+    pub peer: SocketAddr,
+    /// Transparent listeners: where the client meant to go.
+    pub original_dst: Option<SocketAddr>,
+    /// Bytes already read (protocol detection).
+    pub early: BytesMut,
+}
+
 /// A client connection and the bytes read from it but not yet used.
 #[derive(Debug)]
 pub struct Downstream {

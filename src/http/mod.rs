@@ -28,7 +28,6 @@ mod serialize;
 mod server;
 pub mod upconn;
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::config::Listener;
@@ -41,18 +40,7 @@ pub async fn serve(
     handle: &Rc<ListenerHandle>,
     accept_snapshot: &std::sync::Arc<crate::config::Snapshot>,
     listener: &Listener,
-    stream: downstream::ClientIo,
-    peer: SocketAddr,
-    original_dst: Option<SocketAddr>,
+    incoming: downstream::Incoming,
 ) {
-    server::serve_connection(
-        ctx,
-        handle,
-        accept_snapshot,
-        listener,
-        stream,
-        peer,
-        original_dst,
-    )
-    .await;
+    server::serve_connection(ctx, handle, accept_snapshot, listener, incoming).await;
 }

@@ -4,7 +4,6 @@
 //! are answered in order, one at a time.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpE
 use super::head::{read_head, Phase};
 use super::proxy::{self, Next};
 use super::record::{Mark, RequestRecord};
-use crate::config::{Listener, ListenerProtocol, Snapshot};
+use crate::config::{Listener, Snapshot};
 use crate::route::{RouteAction, RouteRequest};
 use crate::worker::{ListenerHandle, WorkerCtx};
 
@@ -27,10 +26,14 @@ pub async fn serve_connection(
     handle: &Rc<ListenerHandle>,
     accept_snapshot: &Arc<Snapshot>,
     listener: &Listener,
-    stream: ClientIo,
-    peer: SocketAddr,
-    original_dst: Option<SocketAddr>,
+    incoming: super::downstream::Incoming,
 ) {
+    let super::downstream::Incoming {
+        stream,
+        peer,
+        original_dst,
+        early,
+    } = incoming;
     let http = &listener.http;
     let peer_cert = listener
         .tls
@@ -48,7 +51,8 @@ pub async fn serve_connection(
         peer_identity,
         xfcc,
         stream,
-        buf: BytesMut::new(),
+        // Bytes protocol detection already read.
+        buf: early,
         peer,
         bytes_in: 0,
         bytes_out: 0,
@@ -178,7 +182,7 @@ async fn handle_request(
     // accept (its routes and clusters), then close.
     let now = current
         .listener(&handle.name)
-        .filter(|l| matches!(l.protocol, ListenerProtocol::Http { .. }));
+        .filter(|l| l.protocol.routes().is_some());
     let http_now = now.is_some();
     let (snapshot, listener): (&Snapshot, &Listener) = match now {
         Some(l) => (&current, l),
@@ -210,10 +214,7 @@ async fn route_and_answer<'a>(
             return fail(ctx, rec, conn, head, HttpError::BodyTooLarge).await;
         }
     }
-    let routes = match &rec.listener.protocol {
-        ListenerProtocol::Http { routes } => routes.as_str(),
-        ListenerProtocol::Tcp { .. } => "",
-    };
+    let routes = rec.listener.protocol.routes().unwrap_or("");
     let request = Routed {
         head,
         identity: conn.peer_identity.as_deref(),

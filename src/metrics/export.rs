@@ -147,7 +147,7 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
         // HTTP-only families list only http listeners.
         let http_only = name == "outrigger_listener_no_route_total";
         for l in &s.listeners {
-            if http_only && !matches!(l.protocol, crate::config::ListenerProtocol::Http { .. }) {
+            if http_only && l.protocol.routes().is_none() {
                 continue;
             }
             p.sample(name, &[("listener", &l.name)], l.stats.sum(get));
@@ -175,6 +175,35 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
                 &[("listener", &l.name), ("reason", r.label())],
                 l.stats.sum(|c| c.tls_handshake_failures[r.index()].get()),
             );
+        }
+    }
+    let name = "outrigger_listener_detected_total";
+    p.family(
+        name,
+        "counter",
+        "auto listeners: connections by detected protocol.",
+    );
+    for l in &s.listeners {
+        if matches!(l.protocol, crate::config::ListenerProtocol::Auto { .. }) {
+            for d in crate::sidecar::detect::Detected::ALL {
+                p.sample(
+                    name,
+                    &[("listener", &l.name), ("protocol", d.label())],
+                    l.stats.sum(|c| c.detected[d.index()].get()),
+                );
+            }
+        }
+    }
+    let name = "outrigger_listener_detect_duration_seconds";
+    p.family(
+        name,
+        "histogram",
+        "auto listeners: time to detect the protocol (or to give up).",
+    );
+    for l in &s.listeners {
+        if matches!(l.protocol, crate::config::ListenerProtocol::Auto { .. }) {
+            let m = merge(&l.stats, |c| &c.detect_duration);
+            p.histogram_samples(name, &[("listener", &l.name)], &m);
         }
     }
     let name = "outrigger_listener_requests_total";

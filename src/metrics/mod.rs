@@ -147,6 +147,10 @@ pub struct ListenerCells {
     pub idle_timeouts: Counter,
     /// Connections closed at once by `rate_limit.connections_per_second`.
     pub rate_limited: Counter,
+    /// auto: connections by detected protocol (`sidecar::detect::Detected`)
+    /// and the time detection took.
+    pub detected: [Counter; 6],
+    pub detect_duration: Histogram,
     /// TLS handshakes completed, and failed by `tls::HandshakeFailure`.
     pub tls_handshakes: Counter,
     pub tls_handshake_failures: [Counter; 9],

@@ -2,6 +2,7 @@
 //! of an intercepted connection, and the lifecycle helpers (`wait-ready`,
 //! `run -- APP`). docs/sidecar.md.
 
+pub mod detect;
 pub mod iptables;
 pub mod lifecycle;
 

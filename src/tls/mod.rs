@@ -498,9 +498,13 @@ pub async fn accept(
     tcp: monoio::net::TcpStream,
     tls: &ListenerTls,
     deadlines: &crate::deadline::Deadlines,
+    early: Option<bytes::BytesMut>,
 ) -> Result<ServerStream, HandshakeFailure> {
     let conn = ServerConnection::new(tls.config.clone()).map_err(|_| HandshakeFailure::Other)?;
     let mut s = TlsStream::new(tcp, conn);
+    if let Some(b) = early {
+        s.push_ciphertext(&b);
+    }
     let at = std::time::Instant::now() + tls.handshake_timeout;
     match deadlines.within(at, s.handshake()).await {
         Ok(Ok(())) => Ok(s),

@@ -63,6 +63,11 @@ where
         }
     }
 
+    /// Ciphertext read before this stream existed (protocol detection).
+    pub fn push_ciphertext(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+    }
+
     /// Run the handshake to its end (the caller bounds it in time).
     pub async fn handshake(&mut self) -> io::Result<()> {
         while self.conn.is_handshaking() {
