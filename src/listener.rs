@@ -279,7 +279,7 @@ async fn serve(
         local.and_then(|l| {
             crate::sidecar::original_dst(stream.as_raw_fd(), l)
                 .ok()
-                .filter(|d| *d != l)
+                .filter(|d| *d != crate::sidecar::canonical(l))
         })
     } else {
         None

@@ -17,7 +17,9 @@ const SO_ORIGINAL_DST: libc::c_int = 80;
 /// to, from the connection tracking entry. `local` is the socket's own
 /// address, to pick the family.
 pub fn original_dst(fd: RawFd, local: SocketAddr) -> io::Result<SocketAddr> {
-    if local.is_ipv4() {
+    // An IPv4 connection on a dual-stack socket has a v4-mapped address:
+    // its conntrack entry is IPv4.
+    if canonical(local).is_ipv4() {
         // SAFETY: all-zero is a valid sockaddr_in.
         let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -63,5 +65,16 @@ pub fn original_dst(fd: RawFd, local: SocketAddr) -> io::Result<SocketAddr> {
             0,
             0,
         )))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
     }
 }
