@@ -260,3 +260,98 @@ fn run_app_under_the_proxy() {
     assert_eq!(not_ready.code(), Some(1));
     assert!(t.elapsed() < Duration::from_secs(3));
 }
+
+fn launch_text(dir: &TempDir, text: &str) -> Proxy {
+    let path = dir.path("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    Proxy::launch(
+        snapshot,
+        Options {
+            config_path: Some(path),
+            watch: false,
+        },
+        None,
+    )
+    .unwrap()
+}
+
+/// `drain_inbound_delay`: on drain, outbound listeners stop at once, the
+/// inbound one keeps accepting for the delay; the proxy exits as soon as
+/// it is idle after that. With `exit_when_idle = false` it waits out
+/// `drain_timeout`.
+#[test]
+fn drain_keeps_inbound_open_then_exits_when_idle() {
+    let dir = TempDir::new("drain-inbound");
+    let text = r#"
+[runtime]
+workers = 1
+drain_timeout = "5s"
+drain_inbound_delay = "600ms"
+[admin]
+address = "127.0.0.1:0"
+[listeners.in]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+inbound = true
+[listeners.out]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+[[routes.r]]
+match.path_prefix = "/"
+direct_response = { status = 200, body = "ok" }
+"#;
+    let p = launch_text(&dir, text);
+    let (inb, out, adm) = (
+        p.local_addr("in").unwrap(),
+        p.local_addr("out").unwrap(),
+        p.admin_addr(),
+    );
+    let (status, _) = admin::request(adm, "POST", "/drain");
+    assert_eq!(status, 202);
+    let t = Instant::now();
+    assert!(eventually(|| TcpStream::connect(out).is_err()));
+    assert_eq!(admin::request(adm, "GET", "/ready").0, 503);
+    // Inbound still serves during the delay.
+    let r = common::http::Client::connect(inb).get("/", "x", "");
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_millis(600));
+    let waited = Instant::now();
+    assert_eq!(p.wait(), 0);
+    let total = waited.elapsed();
+    assert!(
+        total < Duration::from_secs(3),
+        "exited after {total:?}, not when idle"
+    );
+
+    // exit_when_idle = false: the drain timeout is waited out, unless
+    // POST /drain?exit_when_idle=1 says otherwise.
+    let dir2 = TempDir::new("drain-wait");
+    let text2 = text
+        .replace(
+            "drain_inbound_delay = \"600ms\"",
+            "drain_inbound_delay = \"0s\"\ndrain = { exit_when_idle = false }",
+        )
+        .replace("drain_timeout = \"5s\"", "drain_timeout = \"1500ms\"");
+    let p2 = launch_text(&dir2, &text2);
+    admin::request(p2.admin_addr(), "POST", "/drain");
+    let t = Instant::now();
+    assert_eq!(p2.wait(), 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1300),
+        "{:?}",
+        t.elapsed()
+    );
+    let dir3 = TempDir::new("drain-idle");
+    let p3 = launch_text(&dir3, &text2);
+    admin::request(p3.admin_addr(), "POST", "/drain?exit_when_idle=1");
+    let t = Instant::now();
+    assert_eq!(p3.wait(), 0);
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -40,8 +40,17 @@ pub(super) fn route(
         "/certs" => get(&|| Response::json(200, &certs(shared))),
         "/reload" => post(&|| reload(inbox)),
         "/drain" => post(&|| {
-            let _ = inbox.send(Event::Drain);
-            Response::json(202, &json!({ "draining": true }))
+            let when_idle =
+                req.path.contains("exit_when_idle=1") || req.path.contains("exit_when_idle=true");
+            let _ = inbox.send(if when_idle {
+                Event::DrainWhenIdle
+            } else {
+                Event::Drain
+            });
+            Response::json(
+                202,
+                &json!({ "draining": true, "exit_when_idle": when_idle }),
+            )
         }),
         "/" => get(&|| Response::text(200, INDEX)),
         _ => Response::text(404, "not found; GET / lists the endpoints\n"),

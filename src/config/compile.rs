@@ -168,6 +168,16 @@ fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
             .runtime
             .drain_timeout
             .map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+        drain_inbound_delay: f
+            .runtime
+            .drain_inbound_delay
+            .map_or(Duration::ZERO, |d| d.0),
+        exit_when_idle: f
+            .runtime
+            .drain
+            .as_ref()
+            .and_then(|d| d.exit_when_idle)
+            .unwrap_or(true),
     }
 }
 
@@ -523,6 +533,7 @@ fn compile_listener(
             ))
         });
     Some(Listener {
+        inbound: l.inbound.unwrap_or(false),
         original_destination: l.original_destination.unwrap_or(false),
         rate_limit,
         tls,

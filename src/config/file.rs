@@ -85,6 +85,13 @@ pub struct FileRuntime {
     pub pin_workers: Option<bool>,
     /// How long open connections may finish after SIGTERM/SIGINT. Default 5s.
     pub drain_timeout: Option<ConfigDuration>,
+    /// After SIGTERM, inbound listeners keep accepting this long (so the
+    /// pod leaves the endpoints first). Default 0s.
+    #[serde(default, deserialize_with = "duration")]
+    pub drain_inbound_delay: Option<ConfigDuration>,
+    /// `drain = { exit_when_idle = true }` (the default): exit as soon as
+    /// no connection is left; false waits out `drain_timeout`.
+    pub drain: Option<FileDrain>,
     /// Bytes in one relay buffer (4096 to 16777216). Default 65536.
     #[serde(default, deserialize_with = "buffer_size")]
     pub buffer_size: Option<u64>,
@@ -123,6 +130,13 @@ impl std::fmt::Display for IoMode {
 pub struct FileAdmin {
     /// `ip:port` of the admin API. Default `127.0.0.1:9901`.
     pub address: Option<Spanned<String>>,
+}
+
+/// `runtime.drain`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileDrain {
+    pub exit_when_idle: Option<bool>,
 }
 
 /// `[listeners.NAME]`.
@@ -181,6 +195,9 @@ pub struct FileListener {
     /// Read each connection's original destination (SO_ORIGINAL_DST), for
     /// connections redirected here by interception rules.
     pub original_destination: Option<bool>,
+    /// Inbound traffic (mesh to the local app): kept accepting for
+    /// `runtime.drain_inbound_delay` after SIGTERM.
+    pub inbound: Option<bool>,
     /// auto: how long to wait for the client's first bytes. Default 200ms.
     #[serde(default, deserialize_with = "positive_duration")]
     pub detect_timeout: Option<ConfigDuration>,

@@ -68,6 +68,10 @@ pub struct RuntimeSettings {
     pub io: IoMode,
     pub pin_workers: bool,
     pub drain_timeout: Duration,
+    /// Inbound listeners keep accepting this long after a drain starts.
+    pub drain_inbound_delay: Duration,
+    /// Exit as soon as the drain leaves no connection (else at the timeout).
+    pub exit_when_idle: bool,
     pub buffer_size: usize,
     pub buffer_pool_size: usize,
 }
@@ -141,6 +145,8 @@ pub struct Listener {
     pub authz: Option<Arc<crate::tls::spiffe::Authz>>,
     /// Read each connection's original destination (transparent mode).
     pub original_destination: bool,
+    /// `inbound = true`: kept accepting for `drain_inbound_delay`.
+    pub inbound: bool,
 }
 
 /// Limits of an http listener.

@@ -335,6 +335,23 @@ impl Server {
             .sum()
     }
 
+    /// Mark the proxy draining (`/ready` 503, responses say
+    /// `Connection: close`) and stop the named listeners on every worker,
+    /// leaving the others accepting (the inbound delay of a drain).
+    pub fn drain_except(&self, keep: &[String]) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for l in &self.shared.snapshot.load().listeners {
+            if keep.contains(&l.name) {
+                continue;
+            }
+            for c in &self.controls {
+                let _ = c.send(Control::RemoveListener(l.name.clone()));
+            }
+        }
+    }
+
     /// Stop accepting everywhere; workers exit once their connections end.
     pub fn drain(&self) {
         self.shared

@@ -23,6 +23,9 @@ pub enum Event {
     Reload(Option<flume::Sender<ReloadOutcome>>),
     /// `POST /drain`: what SIGTERM does.
     Drain,
+    /// `POST /drain?exit_when_idle=1`: drain, and exit as soon as no
+    /// connection is left whatever `runtime.drain` says.
+    DrainWhenIdle,
 }
 
 /// The answer to a reload request.
@@ -177,6 +180,10 @@ struct Control {
     options: Options,
     drain_deadline: Option<Instant>,
     file_due: Option<Instant>,
+    /// When inbound listeners stop accepting during a drain.
+    inbound_until: Option<Instant>,
+    /// Exit as soon as the drain leaves no connection.
+    exit_when_idle: bool,
 }
 
 impl Control {
@@ -186,6 +193,8 @@ impl Control {
             options,
             drain_deadline: None,
             file_due: None,
+            inbound_until: None,
+            exit_when_idle: false,
         }
     }
 
@@ -211,6 +220,12 @@ impl Control {
                         self.start_drain("POST /drain");
                     }
                 }
+                Ok(Event::DrainWhenIdle) => {
+                    self.exit_when_idle = true;
+                    if self.drain_deadline.is_none() {
+                        self.start_drain("POST /drain?exit_when_idle=1");
+                    }
+                }
                 Ok(Event::FileChanged) => self.file_due = Some(Instant::now() + DEBOUNCE),
                 Ok(Event::Reload(reply)) => {
                     let outcome = self.reload(
@@ -222,6 +237,11 @@ impl Control {
                     }
                 }
                 Err(_) => {}
+            }
+            if self.inbound_until.is_some_and(|d| Instant::now() >= d) {
+                self.inbound_until = None;
+                tracing::info!("inbound drain delay over; inbound listeners stop accepting");
+                self.server.drain();
             }
             if self.file_due.is_some_and(|d| Instant::now() >= d) {
                 self.file_due = None;
@@ -239,19 +259,39 @@ impl Control {
     }
 
     fn start_drain(&mut self, why: &str) {
-        let timeout = self.server.snapshot().runtime.drain_timeout;
+        let snapshot = self.server.snapshot();
+        let runtime = &snapshot.runtime;
+        let timeout = runtime.drain_timeout;
+        self.exit_when_idle |= runtime.exit_when_idle;
+        let inbound: Vec<String> = snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.inbound)
+            .map(|l| l.name.clone())
+            .collect();
+        let delay = runtime.drain_inbound_delay;
         tracing::info!(
             trigger = why,
             open_connections = self.server.active_connections(),
             ?timeout,
+            inbound_delay = ?delay,
             "draining: stopped accepting, waiting for open connections"
         );
-        self.server.drain();
-        self.drain_deadline = Some(Instant::now() + timeout);
+        if delay.is_zero() || inbound.is_empty() {
+            self.server.drain();
+        } else {
+            // Inbound listeners accept a while longer: the endpoints
+            // controller takes the pod out of rotation first.
+            self.server.drain_except(&inbound);
+            self.inbound_until = Some(Instant::now() + delay);
+        }
+        self.drain_deadline = Some(Instant::now() + delay + timeout);
     }
 
     fn check_exit(&self) -> Option<i32> {
-        if self.server.finished() {
+        let waiting_out =
+            !self.exit_when_idle && self.drain_deadline.is_some_and(|d| Instant::now() < d);
+        if self.server.finished() && !waiting_out {
             if self.drain_deadline.is_none() {
                 tracing::error!("workers exited unexpectedly");
                 return Some(1);
