@@ -272,6 +272,9 @@ async fn serve(
     let Some(listener) = handle.resolve(&snapshot) else {
         return;
     };
+    // A dual-stack listener sees IPv4 clients as v4-mapped IPv6: log and
+    // forward them as the IPv4 addresses they are.
+    let peer = crate::sidecar::canonical(peer);
     // Transparent mode: where the client meant to go. A connection made to
     // the listener itself (not redirected) has none.
     let original_dst = if listener.original_destination {

@@ -35,6 +35,8 @@ pub async fn serve_connection(
         early,
     } = incoming;
     let http = &listener.http;
+    // Bytes protocol detection read belong to the first request.
+    let mut early_len = early.len() as u64;
     let peer_cert = listener
         .tls
         .as_ref()
@@ -54,7 +56,7 @@ pub async fn serve_connection(
         // Bytes protocol detection already read.
         buf: early,
         peer,
-        bytes_in: 0,
+        bytes_in: early_len,
         bytes_out: 0,
         handle: handle.clone(),
         responded: false,
@@ -69,7 +71,8 @@ pub async fn serve_connection(
     };
     let mut phase = Phase::New;
     loop {
-        let mark = Mark::of(&conn);
+        let mut mark = Mark::of(&conn);
+        mark.bytes_in -= std::mem::take(&mut early_len);
         let head = match read_head(ctx, handle, &mut conn, listener, phase).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
