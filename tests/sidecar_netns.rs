@@ -77,7 +77,9 @@ impl Drop for World {
 
 impl World {
     fn new() -> World {
-        let id = std::process::id() % 100_000;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = (std::process::id() % 10_000) * 10 + n;
         let (app, peer) = (format!("orapp{id}"), format!("orpeer{id}"));
         let w = World {
             app: app.clone(),
@@ -85,6 +87,8 @@ impl World {
             children: Vec::new(),
         };
         let (va, vp) = (format!("ora{id}"), format!("orp{id}"));
+        // Two namespaces of this test share the peer addresses: each World
+        // is its own pair of namespaces, so they do not meet.
         ok(&["ip", "netns", "add", &app]);
         ok(&["ip", "netns", "add", &peer]);
         ok(&[
@@ -341,4 +345,134 @@ discovery = "original_destination"
     // Cleanup leaves the tables as they were.
     ok(&["ip", "netns", "exec", &app, bin, "iptables", "--cleanup"]);
     assert_eq!(w.nat_rules(&app), before);
+}
+
+/// The nftables form: the same interception, one table, removed cleanly.
+#[test]
+fn nftables_interception() {
+    if let Err(why) = available().and_then(|_| {
+        Command::new("nft")
+            .arg("--version")
+            .output()
+            .map(drop)
+            .map_err(|_| "nft not installed".to_string())
+    }) {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_none(),
+            "interception test required in CI but {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("netns-nft");
+    ok(&["chmod", "0777", dir.0.to_str().unwrap()]);
+    let cfg = dir.path("config.toml");
+    std::fs::write(
+        &cfg,
+        "[runtime]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:9901\"\n[listeners.outbound]\naddress = \"[::]:15001\"\nprotocol = \"tcp\"\ncluster = \"passthrough\"\noriginal_destination = true\n[clusters.passthrough]\ndiscovery = \"original_destination\"\n",
+    )
+    .unwrap();
+    ok(&["chmod", "0644", cfg.to_str().unwrap()]);
+    let mut w = World::new();
+    let bin = env!("CARGO_BIN_EXE_outrigger");
+    let (app, peer) = (w.app.clone(), w.peer.clone());
+    w.spawn(
+        &peer,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "9090",
+            "--bind",
+            "::",
+            "--directory",
+            "/",
+        ],
+    );
+    for _ in 0..2 {
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &app,
+            bin,
+            "iptables",
+            "--apply",
+            "--nft",
+            "--proxy-uid",
+            PROXY_UID,
+        ]);
+    }
+    let tables = sh(&["ip", "netns", "exec", &app, "nft", "list", "tables"]);
+    assert_eq!(
+        String::from_utf8_lossy(&tables.stdout)
+            .matches("inet outrigger")
+            .count(),
+        1
+    );
+    w.spawn(
+        &app,
+        &[
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            bin,
+            "run",
+            "--no-watch",
+            "-c",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let ready = Instant::now();
+    while sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        bin,
+        "wait-ready",
+        "--timeout",
+        "200ms",
+    ])
+    .status
+    .code()
+        != Some(0)
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(10),
+            "proxy never ready"
+        );
+    }
+    wait_port(&w, &peer, "http://10.199.1.1:9090/");
+    assert!(w.curl(&app, "http://10.199.1.1:9090/").is_ok());
+    // The proxy saw it: one connection through its listener.
+    let metrics = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        "curl",
+        "-s",
+        "http://127.0.0.1:9901/metrics",
+    ]);
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("outrigger_listener_connections_total{listener=\"outbound\"} 1"),
+        "{text}"
+    );
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        bin,
+        "iptables",
+        "--cleanup",
+        "--nft",
+    ]);
+    let tables = sh(&["ip", "netns", "exec", &app, "nft", "list", "tables"]);
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("outrigger"));
 }
