@@ -195,6 +195,10 @@ routes = "inbound"
 cluster = "passthrough"
 original_destination = true
 [[routes.outbound]]
+name = "by-port"
+match.destination_port = 9091
+direct_response = {{ status = 200, body = "routed by destination port" }}
+[[routes.outbound]]
 match.path_prefix = "/"
 cluster = "passthrough"
 request_headers = {{ set = {{ "x-via-sidecar" = "outbound" }} }}
@@ -300,6 +304,11 @@ discovery = "original_destination"
     // Outbound, IPv4 and IPv6: the app calls the peer by its real address.
     assert!(w.curl(&app, "http://10.199.1.1:9090/").is_ok());
     assert!(w.curl(&app, "http://[fd00:199::1]:9090/").is_ok());
+    // Routing on the original destination's port (nothing listens on 9091).
+    assert_eq!(
+        w.curl(&app, "http://10.199.1.1:9091/").unwrap(),
+        "routed by destination port"
+    );
     // Inbound: the peer calls the app.
     assert!(w.curl(&peer, "http://10.199.1.2:8080/").is_ok());
     // A plain TCP exchange (not HTTP) outbound: passed through untouched.
@@ -320,7 +329,7 @@ discovery = "original_destination"
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if lines.len() >= 4 || t.elapsed() > Duration::from_secs(5) {
+        if lines.len() >= 5 || t.elapsed() > Duration::from_secs(5) {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -337,9 +346,10 @@ discovery = "original_destination"
     assert_eq!(by("outbound", "10.199.1.1:9090"), 2, "{lines:?}");
     assert_eq!(by("outbound", "[fd00:199::1]:9090"), 1, "{lines:?}");
     assert_eq!(by("inbound", "10.199.1.2:8080"), 1, "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l["route"] == "by-port").count(), 1);
     assert_eq!(
         lines.len(),
-        4,
+        5,
         "a connection looped through the proxy: {lines:?}"
     );
     // Cleanup leaves the tables as they were.
