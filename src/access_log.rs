@@ -62,6 +62,8 @@ pub struct Record<'a> {
     /// The client's verified identity (SPIFFE ID), when its listener
     /// verifies client certificates (JSON format only).
     pub peer_identity: Option<&'a str>,
+    /// The request's trace and server span, when tracing is on (JSON only).
+    pub trace: Option<([u8; 16], [u8; 8])>,
 }
 
 impl<'a> Record<'a> {
@@ -94,6 +96,7 @@ impl<'a> Record<'a> {
             cluster: tcp_cluster,
             flags,
             peer_identity: None,
+            trace: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl<'a> Record<'a> {
             cluster: Some(cluster),
             flags,
             peer_identity: None,
+            trace: None,
         }
     }
 }
@@ -312,6 +316,12 @@ fn write_json(out: &mut Vec<u8>, r: &Record<'_>) {
     json_str(out, r.flags.as_bytes());
     out.extend_from_slice(b",\"peer_identity\":");
     json_opt(out, r.peer_identity.map(str::as_bytes));
+    if let Some((t, s)) = &r.trace {
+        out.extend_from_slice(b",\"trace_id\":");
+        json_str(out, crate::trace::context::to_hex(t).as_bytes());
+        out.extend_from_slice(b",\"span_id\":");
+        json_str(out, crate::trace::context::to_hex(s).as_bytes());
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -455,6 +465,7 @@ mod tests {
             cluster: Some("c"),
             flags: "-",
             peer_identity: None,
+            trace: None,
         }
     }
 

@@ -64,6 +64,7 @@ pub mod sidecar;
 pub mod sockio;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod worker;
 

@@ -122,6 +122,10 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .access_log
         .as_ref()
         .and_then(|a| compile_access_log(&mut cx, a));
+    let tracing = parsed
+        .tracing
+        .as_ref()
+        .and_then(|t| compile_tracing(&mut cx, t));
     if !cx.errors.is_empty() {
         cx.errors.sort_by_key(|(off, _)| *off);
         return Err(ConfigErrors(
@@ -130,6 +134,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     }
     let material_hash = super::material_hash(&cx.material);
     Ok(Snapshot {
+        tracing: tracing.map(Arc::new),
         identity: cx.identity.clone(),
         material: cx.material.clone(),
         material_hash,
@@ -760,6 +765,63 @@ fn auto_target(
         routes,
         cluster,
         detect_timeout: l.detect_timeout.map_or(Duration::from_millis(200), |d| d.0),
+    })
+}
+
+fn compile_tracing(
+    cx: &mut Ctx<'_>,
+    t: &Spanned<super::file::FileTracing>,
+) -> Option<crate::trace::TracingSettings> {
+    let f = t.get_ref();
+    let (mut w3c, mut b3) = (true, false);
+    if let Some(list) = &f.propagation {
+        w3c = false;
+        for p in list {
+            match p.get_ref().as_str() {
+                "w3c" => w3c = true,
+                "b3" => b3 = true,
+                other => {
+                    cx.error(
+                        p.span(),
+                        "tracing.propagation",
+                        format!("unknown format \"{other}\"; expected \"w3c\" or \"b3\""),
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+    let (host, port, path) = match &f.otlp_endpoint {
+        Some(e) => match crate::trace::parse_endpoint(e.get_ref()) {
+            Ok(v) => v,
+            Err(msg) => {
+                cx.error(e.span(), "tracing.otlp_endpoint", msg);
+                return None;
+            }
+        },
+        None => (String::new(), 0, String::new()),
+    };
+    let mut resource = vec![(
+        "service.name".to_string(),
+        f.service_name.clone().unwrap_or_else(|| "outrigger".into()),
+    )];
+    resource.extend(f.resource.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Some(crate::trace::TracingSettings {
+        w3c,
+        b3,
+        sampling: f.sampling.unwrap_or(0.01),
+        host,
+        port,
+        path,
+        headers: f
+            .otlp_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        resource,
+        max_queue_spans: f.max_queue_spans.unwrap_or(8192).min(1 << 20) as usize,
+        batch_size: f.batch_size.unwrap_or(512).min(1 << 16) as usize,
+        flush_interval: f.flush_interval.map_or(Duration::from_secs(1), |d| d.0),
     })
 }
 

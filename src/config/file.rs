@@ -29,6 +29,41 @@ pub struct FileConfig {
     pub access_log: Option<Spanned<FileAccessLog>>,
     /// This instance's mesh identity (SPIFFE).
     pub identity: Option<Spanned<FileIdentity>>,
+    /// Distributed tracing.
+    pub tracing: Option<Spanned<FileTracing>>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    /// Any of `"w3c"`, `"b3"`. Default `["w3c"]`.
+    pub propagation: Option<Vec<Spanned<String>>>,
+    /// Ratio of the traces the proxy starts that are sampled. Default 0.01.
+    #[serde(default, deserialize_with = "ratio")]
+    pub sampling: Option<f64>,
+    /// `http://host:port/v1/traces`; without it spans are not exported.
+    pub otlp_endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, String>,
+    /// `service.name`. Default `"outrigger"`.
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_queue_spans: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub batch_size: Option<u64>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub flush_interval: Option<ConfigDuration>,
+}
+
+/// `tracing.*` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteTracing {
+    #[serde(default, deserialize_with = "ratio")]
+    pub sampling: Option<f64>,
 }
 
 /// `[identity]`.
@@ -421,6 +456,8 @@ pub struct FileRoute {
     /// Verified peer identities allowed (and denied, which wins).
     pub allow_identities: Option<Vec<Spanned<String>>>,
     pub deny_identities: Option<Vec<Spanned<String>>>,
+    /// `tracing.sampling` for this route's new traces.
+    pub tracing: Option<FileRouteTracing>,
 }
 
 /// `match.*` of a route; every condition given must hold.

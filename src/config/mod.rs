@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub route_tables: BTreeMap<String, Arc<RouteTable>>,
     /// `[identity]`.
     pub identity: Option<Arc<crate::tls::spiffe::Identity>>,
+    /// `[tracing]`.
+    pub tracing: Option<Arc<crate::trace::TracingSettings>>,
     /// Certificate, key and CA files the config reads, and a hash of their
     /// contents: a change to one reloads like a change to the config.
     pub material: Vec<PathBuf>,

@@ -126,6 +126,7 @@ fn compile_route(
         None => Some(None),
     };
     Some(Route {
+        trace_sampling: r.tracing.as_ref().and_then(|t| t.sampling),
         destination_port: destination_port?,
         peer_identity: peer_identity?,
         authz: authz?,

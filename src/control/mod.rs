@@ -69,6 +69,8 @@ pub struct Shared {
     /// too, so a response after that instant says `Connection: close`.
     pub draining: Arc<AtomicBool>,
     pub started_at: SystemTime,
+    /// Span export counters.
+    pub export_stats: Arc<crate::trace::otlp::ExportStats>,
 }
 
 /// A reload that was rejected.
@@ -88,6 +90,7 @@ impl Shared {
             worker_stats: &self.worker_stats,
             reloads: &self.reloads,
             started_at: self.started_at,
+            export: Some(&self.export_stats),
         })
     }
 }
@@ -167,6 +170,16 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     // Ends by itself once the snapshot is gone; never joined.
     crate::upstream::prober::spawn(Arc::downgrade(&snapshot)).map_err(StartError::Spawn)?;
+    // Spans: a bounded queue to one exporter thread (sized at start).
+    let queue = snapshot
+        .load()
+        .tracing
+        .as_ref()
+        .map_or(8192, |t| t.max_queue_spans);
+    let (spans_tx, spans_rx) = flume::bounded(queue);
+    let export_stats = Arc::new(crate::trace::otlp::ExportStats::default());
+    crate::trace::otlp::spawn(Arc::downgrade(&snapshot), spans_rx, export_stats.clone())
+        .map_err(StartError::Spawn)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let draining = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(n);
@@ -187,6 +200,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
             control: rx,
             ready: ready_tx.clone(),
             process_draining: draining.clone(),
+            spans: spans_tx.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("outrigger-worker-{index}"))
@@ -230,6 +244,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
         last_reload_error: ArcSwapOption::empty(),
         addresses: ArcSwap::from_pointee(addresses(&bound)),
         draining,
+        export_stats,
         started_at: SystemTime::now(),
     });
     Ok(Server {

@@ -14,7 +14,7 @@ use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
 use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
-use super::serialize::{serialize_request, with_attempt_count};
+use super::serialize::{per_try, serialize_request};
 use super::upconn::UpConn;
 use crate::listener::worker_share;
 use crate::metrics::{Active, ClusterCells, Counter};
@@ -173,6 +173,7 @@ pub async fn forward(
         upstream_host,
         https,
         conn.xfcc.as_deref(),
+        req.snapshot.tracing.is_some(),
     );
     out.request_id = Some(request_id);
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
@@ -204,11 +205,16 @@ pub async fn forward(
     let mut failed: Option<usize> = None;
     loop {
         let attempt = retries.done.get() + 1;
-        let bytes = if attempt == 1 {
-            request.clone()
-        } else {
-            with_attempt_count(&request, attempt)
+        // Each try is a client span of its own: the upstream's spans are
+        // its children.
+        let client_span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
+        let trace_headers = match (&out.trace, client_span) {
+            (Some(t), Some(id)) => t.headers_for(id),
+            _ => Vec::new(),
         };
+        let bytes = per_try(&request, attempt, &trace_headers);
+        let try_started = Instant::now();
+        out.head_at.set(None);
         let _retry = (attempt > 1).then(|| Held::new(&cells.breaker_retries));
         let t = Try {
             req,
@@ -219,10 +225,23 @@ pub async fn forward(
             retries: &retries,
             deadline,
         };
-        let error = match t
+        let result = t
             .run(&mut order, &mut failed, conn, out, bytes, body.clone())
-            .await
-        {
+            .await;
+        if let (Some(trace), Some(span_id)) = (&out.trace, client_span) {
+            if trace.sampled {
+                ctx.export_span(client_span_data(
+                    trace,
+                    span_id,
+                    cluster,
+                    out,
+                    attempt,
+                    try_started,
+                    &result,
+                ));
+            }
+        }
+        let error = match result {
             Ok(next) => {
                 if attempt > 1 {
                     cells.retries_succeeded.inc();
@@ -275,6 +294,56 @@ pub fn ip_key(peer: SocketAddr) -> u64 {
         std::net::IpAddr::V4(a) => hash64(&a.octets()),
         std::net::IpAddr::V6(a) => hash64(&a.octets()),
     }
+}
+
+/// The client span of one upstream try.
+fn client_span_data(
+    trace: &crate::trace::RequestTrace,
+    span_id: [u8; 8],
+    cluster: &Cluster,
+    out: &Upstream,
+    attempt: u32,
+    started: Instant,
+    result: &Result<Next, TryError>,
+) -> crate::trace::otlp::SpanData {
+    use crate::trace::otlp::Value;
+    let status = out.status.get();
+    let mut attributes = vec![
+        ("outrigger.cluster", Value::Str(cluster.name.clone())),
+        ("outrigger.attempt", Value::Int(i64::from(attempt))),
+    ];
+    if let Some(a) = out.address.get() {
+        attributes.push(("server.address", Value::Str(a.ip().to_string())));
+        attributes.push(("server.port", Value::Int(i64::from(a.port()))));
+    }
+    if status != 0 {
+        attributes.push(("http.response.status_code", Value::Int(i64::from(status))));
+    }
+    let mut events = Vec::new();
+    if let Some(t) = out.sent.get().filter(|t| *t >= started) {
+        events.push((t, "request.sent"));
+    }
+    if let Some(t) = out.head_at.get() {
+        events.push((t, "response.first_byte"));
+    }
+    let error = match result {
+        Err(TryError::Fatal(e) | TryError::Retriable(e) | TryError::Granted(e)) => {
+            Some(e.to_string())
+        }
+        Ok(_) if status >= 500 => Some(format!("status {status}")),
+        Ok(_) => None,
+    };
+    trace.span(
+        span_id,
+        Some(trace.span_id),
+        format!("{} {}", cluster.name, attempt),
+        3,
+        started,
+        Instant::now(),
+        attributes,
+        events,
+        error,
+    )
 }
 
 /// Wait the policy's back-off before the next try (cut short by the
@@ -440,7 +509,7 @@ impl Try<'_> {
                 out.sent.set(Some(sent));
                 let result = exchange.run(conn, stream, request.clone()).await;
                 out.done.set(Some(Instant::now()));
-                if let Some(head_at) = out.head_at.take() {
+                if let Some(head_at) = out.head_at.get() {
                     if cluster.balance == crate::upstream::Balance::PeakEwma {
                         ctx.balancers
                             .observe(addr, head_at.saturating_duration_since(sent));

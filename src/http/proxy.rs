@@ -42,6 +42,8 @@ pub struct Upstream {
     pub attempts: Cell<u32>,
     /// Why a wanted retry was not sent (`URX`, `RB`, `UO`), for the log.
     pub retry_flag: Cell<Option<&'static str>>,
+    /// The request's trace, when `[tracing]` is on.
+    pub trace: Option<crate::trace::RequestTrace>,
 }
 
 impl Upstream {

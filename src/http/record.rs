@@ -121,6 +121,9 @@ impl<'a> RequestRecord<'a> {
                 cluster: self.cluster,
                 flags,
                 peer_identity: conn.peer_identity.as_deref(),
+                trace: up
+                    .and_then(|u| u.trace.as_ref())
+                    .map(|t| (t.trace_id, t.span_id)),
             },
         );
     }

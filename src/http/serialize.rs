@@ -12,13 +12,20 @@ use bytes::{Bytes, BytesMut};
 use super::codec::{connection_listed, is_hop_by_hop, Framing, Header, RequestHead, ResponseHead};
 use crate::route::{HeaderRewrite, PathMatch, Route};
 
-/// The request of a retry: `request` with `x-outrigger-attempts: N` (the
-/// try's number, 2 for the first retry) before the blank line.
-pub fn with_attempt_count(request: &Bytes, attempt: u32) -> Bytes {
+/// The request of one try: `x-outrigger-attempts` from the second, and
+/// `extra` header lines (trace context), before the blank line.
+pub fn per_try(request: &Bytes, attempt: u32, extra: &[u8]) -> Bytes {
+    if attempt <= 1 && extra.is_empty() {
+        return request.clone();
+    }
     let head = request.strip_suffix(b"\r\n").unwrap_or(request);
-    let mut out = BytesMut::with_capacity(head.len() + 32);
+    let mut out = BytesMut::with_capacity(head.len() + 32 + extra.len());
     out.extend_from_slice(head);
-    let _ = write!(out, "x-outrigger-attempts: {attempt}\r\n\r\n");
+    if attempt > 1 {
+        let _ = write!(out, "x-outrigger-attempts: {attempt}\r\n");
+    }
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
     out.freeze()
 }
 
@@ -35,6 +42,7 @@ pub fn serialize_request(
     upstream_host: &str,
     https: bool,
     xfcc: Option<&str>,
+    strip_trace: bool,
 ) -> (Bytes, Bytes) {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(&head.method);
@@ -54,6 +62,7 @@ pub fn serialize_request(
             || h.is("expect")
             || h.is("x-outrigger-attempts")
             || h.is("x-forwarded-client-cert")
+            || (strip_trace && crate::trace::context::is_trace_header(&h.name))
             || removed(edits, h)
         {
             continue;

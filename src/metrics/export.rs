@@ -31,12 +31,24 @@ pub struct ExportSource<'a> {
     pub worker_stats: &'a [Arc<WorkerCells>],
     pub reloads: &'a ReloadStats,
     pub started_at: SystemTime,
+    pub export: Option<&'a crate::trace::otlp::ExportStats>,
 }
 
 /// Prometheus text exposition format, version 0.0.4.
 pub fn prometheus(src: &ExportSource<'_>) -> String {
     let mut p = Prom::default();
     let s = src.snapshot;
+    if let Some(e) = src.export {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, v) in [
+            ("outrigger_trace_spans_exported_total", "Spans the OTLP collector accepted.", e.exported.load(Relaxed)),
+            ("outrigger_trace_spans_export_failed_total", "Spans in batches the collector refused or could not be reached for (after retries).", e.failed.load(Relaxed)),
+            ("outrigger_trace_export_batches_total", "OTLP export requests made.", e.batches.load(Relaxed)),
+        ] {
+            p.family(name, "counter", help);
+            p.sample(name, &[], v);
+        }
+    }
     p.family(
         "outrigger_build_info",
         "gauge",
@@ -467,7 +479,7 @@ fn worker_metrics(p: &mut Prom, src: &ExportSource<'_>) {
         );
     }
     type Get = fn(&WorkerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 4] = [
+    let simple: [(&str, &str, &str, Get); 5] = [
         (
             "outrigger_worker_connections_active",
             "gauge",
@@ -479,6 +491,12 @@ fn worker_metrics(p: &mut Prom, src: &ExportSource<'_>) {
             "gauge",
             "Relay buffers held by connections moving bytes.",
             |c| c.buffers_rented.get(),
+        ),
+        (
+            "outrigger_trace_spans_dropped_total",
+            "counter",
+            "Sampled spans dropped because the export queue was full.",
+            |c| c.spans_dropped.get(),
         ),
         (
             "outrigger_access_log_lines_total",

@@ -288,6 +288,8 @@ pub struct WorkerCells {
     /// Relay buffers rented by connections now (gauge): idle connections
     /// hold none.
     pub buffers_rented: Counter,
+    /// Sampled spans dropped because the export queue was full.
+    pub spans_dropped: Counter,
     /// Event-loop lag samples: how late each periodic tick fired.
     pub lag: Histogram,
 }

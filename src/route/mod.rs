@@ -69,6 +69,8 @@ pub struct Route {
     pub peer_identity: Option<crate::tls::spiffe::IdPattern>,
     /// `match.destination_port`: the original destination's port.
     pub destination_port: Option<u16>,
+    /// `tracing.sampling` for the traces this route starts.
+    pub trace_sampling: Option<f64>,
 }
 
 /// Host condition, compared without the port and ignoring ASCII case.

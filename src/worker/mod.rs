@@ -66,6 +66,8 @@ pub struct WorkerSpec {
     pub ready: std::sync::mpsc::Sender<Result<WorkerInfo, String>>,
     /// The process-wide drain flag, set before the workers get `Drain`.
     pub process_draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Finished spans to the exporter thread (bounded; never waited on).
+    pub spans: flume::Sender<crate::trace::otlp::SpanData>,
 }
 
 /// Per-worker state shared by the worker's tasks (never across threads,
@@ -84,6 +86,8 @@ pub struct WorkerCtx {
     /// Set by the control side when a drain starts, a moment before this
     /// worker's `Drain` message arrives.
     process_draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Finished spans to the exporter thread.
+    spans: flume::Sender<crate::trace::otlp::SpanData>,
     /// Relay buffers, rented while bytes move.
     pub buffers: BufferPool,
     /// Idle keep-alive connections to HTTP upstreams.
@@ -235,6 +239,13 @@ impl WorkerCtx {
 
     /// Whether a connection of `listener` should stop taking requests.
     #[inline]
+    /// Queue a finished span for export; a full queue drops it (counted).
+    pub fn export_span(&self, span: crate::trace::otlp::SpanData) {
+        if self.spans.try_send(span).is_err() {
+            self.stats.spans_dropped.inc();
+        }
+    }
+
     pub fn closing(&self, listener: &ListenerHandle) -> bool {
         self.draining.get()
             || listener.draining.get()
@@ -298,6 +309,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         stats: spec.stats,
         draining: Cell::new(false),
         process_draining: spec.process_draining.clone(),
+        spans: spec.spans.clone(),
         log: spec.log,
         listeners: RefCell::new(HashMap::new()),
         current: RefCell::new(Rc::new(spec.snapshot.load_full())),
