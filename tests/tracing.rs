@@ -123,7 +123,10 @@ fn hex(b: &[u8]) -> String {
 
 /// An OTLP/HTTP receiver: every span it got, with its resource's
 /// service.name.
-fn receiver() -> (SocketAddr, Arc<Mutex<Vec<(String, Span)>>>) {
+/// Spans received, with their service name.
+type Received = Arc<Mutex<Vec<(String, Span)>>>;
+
+fn receiver() -> (SocketAddr, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
