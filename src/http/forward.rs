@@ -166,6 +166,13 @@ pub async fn forward(
         .map_or("localhost", |e| e.written.as_str());
     // Serialised once; each try shares it (a retry adds its attempt count).
     let https = conn.stream.is_tls();
+    // The first try's client span and context go into the head as it is
+    // serialised (no second copy); a retry replaces them.
+    let first_span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
+    let first_headers = match (&out.trace, first_span) {
+        (Some(t), Some(id)) => t.headers_for(id),
+        _ => Vec::new(),
+    };
     let (request, request_id) = serialize_request(
         req.head,
         req.route,
@@ -173,7 +180,7 @@ pub async fn forward(
         upstream_host,
         https,
         conn.xfcc.as_deref(),
-        req.snapshot.tracing.is_some(),
+        out.trace.as_ref().map(|_| first_headers.as_slice()),
     );
     out.request_id = Some(request_id);
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
@@ -207,12 +214,19 @@ pub async fn forward(
         let attempt = retries.done.get() + 1;
         // Each try is a client span of its own: the upstream's spans are
         // its children.
-        let client_span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
-        let trace_headers = match (&out.trace, client_span) {
-            (Some(t), Some(id)) => t.headers_for(id),
-            _ => Vec::new(),
+        let (client_span, bytes) = if attempt == 1 {
+            (first_span, request.clone())
+        } else {
+            let span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
+            let headers = match (&out.trace, span) {
+                (Some(t), Some(id)) => t.headers_for(id),
+                _ => Vec::new(),
+            };
+            (
+                span,
+                per_try(&request, attempt, first_headers.len(), &headers),
+            )
         };
-        let bytes = per_try(&request, attempt, &trace_headers);
         let try_started = Instant::now();
         out.head_at.set(None);
         let _retry = (attempt > 1).then(|| Held::new(&cells.breaker_retries));

@@ -12,13 +12,15 @@ use bytes::{Bytes, BytesMut};
 use super::codec::{connection_listed, is_hop_by_hop, Framing, Header, RequestHead, ResponseHead};
 use crate::route::{HeaderRewrite, PathMatch, Route};
 
-/// The request of one try: `x-outrigger-attempts` from the second, and
-/// `extra` header lines (trace context), before the blank line.
-pub fn per_try(request: &Bytes, attempt: u32, extra: &[u8]) -> Bytes {
-    if attempt <= 1 && extra.is_empty() {
+/// The request of a retry: `x-outrigger-attempts` and `extra` header lines
+/// (the try's trace context) before the blank line, in place of the last
+/// `replace` bytes of header lines (the first try's trace context).
+pub fn per_try(request: &Bytes, attempt: u32, replace: usize, extra: &[u8]) -> Bytes {
+    if attempt <= 1 && extra.is_empty() && replace == 0 {
         return request.clone();
     }
     let head = request.strip_suffix(b"\r\n").unwrap_or(request);
+    let head = &head[..head.len().saturating_sub(replace)];
     let mut out = BytesMut::with_capacity(head.len() + 32 + extra.len());
     out.extend_from_slice(head);
     if attempt > 1 {
@@ -42,7 +44,7 @@ pub fn serialize_request(
     upstream_host: &str,
     https: bool,
     xfcc: Option<&str>,
-    strip_trace: bool,
+    trace: Option<&[u8]>,
 ) -> (Bytes, Bytes) {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(&head.method);
@@ -62,7 +64,7 @@ pub fn serialize_request(
             || h.is("expect")
             || h.is("x-outrigger-attempts")
             || h.is("x-forwarded-client-cert")
-            || (strip_trace && crate::trace::context::is_trace_header(&h.name))
+            || (trace.is_some() && crate::trace::context::is_trace_header(&h.name))
             || removed(edits, h)
         {
             continue;
@@ -114,6 +116,10 @@ pub fn serialize_request(
     }
     if head.upgrade_websocket {
         push_header(&mut out, b"connection", b"upgrade");
+    }
+    // The first try's trace context, last, so that a retry can replace it.
+    if let Some(t) = trace {
+        out.extend_from_slice(t);
     }
     out.extend_from_slice(b"\r\n");
     let out = out.freeze();
@@ -228,4 +234,30 @@ pub fn serialize_response(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+#[cfg(test)]
+mod per_try_tests {
+    use super::per_try;
+
+    #[test]
+    fn retries_replace_the_trace_context() {
+        let first = b"traceparent: 00-a-b-01\r\n";
+        let mut req = b"GET / HTTP/1.1\r\nhost: x\r\n".to_vec();
+        req.extend_from_slice(first);
+        req.extend_from_slice(b"\r\n");
+        let req = bytes::Bytes::from(req);
+        assert_eq!(per_try(&req, 1, 0, b""), req);
+        let retry = per_try(&req, 2, first.len(), b"traceparent: 00-a-c-01\r\n");
+        assert_eq!(
+            &retry[..],
+            &b"GET / HTTP/1.1\r\nhost: x\r\nx-outrigger-attempts: 2\r\ntraceparent: 00-a-c-01\r\n\r\n"[..]
+        );
+        // Without tracing: only the attempt count.
+        let plain = bytes::Bytes::from_static(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert_eq!(
+            &per_try(&plain, 3, 0, b"")[..],
+            &b"GET / HTTP/1.1\r\nhost: x\r\nx-outrigger-attempts: 3\r\n\r\n"[..]
+        );
+    }
 }

@@ -141,28 +141,46 @@ pub fn parse_b3_multi(
     })
 }
 
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
 /// The headers that carry a context to the upstream, in the configured
-/// formats, appended as `name: value\r\n` lines.
+/// formats, appended as `name: value\r\n` lines (no allocation beyond
+/// `out`'s).
 pub fn inject(ctx: &Context, w3c: bool, b3: bool, out: &mut Vec<u8>) {
-    let (t, s) = (to_hex(&ctx.trace_id), to_hex(&ctx.span_id));
     let sampled = ctx.sampled.unwrap_or(false);
     if w3c {
-        let _ = write!(
-            Adapter(out),
-            "traceparent: 00-{t}-{s}-{}\r\n",
-            if sampled { "01" } else { "00" }
-        );
+        out.extend_from_slice(b"traceparent: 00-");
+        push_hex(out, &ctx.trace_id);
+        out.push(b'-');
+        push_hex(out, &ctx.span_id);
+        out.extend_from_slice(if sampled { b"-01\r\n" } else { b"-00\r\n" });
         if let Some(ts) = &ctx.tracestate {
-            let _ = write!(Adapter(out), "tracestate: {ts}\r\n");
+            out.extend_from_slice(b"tracestate: ");
+            out.extend_from_slice(ts.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
     if b3 {
-        let flag = if sampled { "1" } else { "0" };
-        let _ = write!(Adapter(out), "b3: {t}-{s}-{flag}\r\n");
-        let _ = write!(
-            Adapter(out),
-            "x-b3-traceid: {t}\r\nx-b3-spanid: {s}\r\nx-b3-sampled: {flag}\r\n"
-        );
+        let flag: &[u8] = if sampled { b"1" } else { b"0" };
+        out.extend_from_slice(b"b3: ");
+        push_hex(out, &ctx.trace_id);
+        out.push(b'-');
+        push_hex(out, &ctx.span_id);
+        out.push(b'-');
+        out.extend_from_slice(flag);
+        out.extend_from_slice(b"\r\nx-b3-traceid: ");
+        push_hex(out, &ctx.trace_id);
+        out.extend_from_slice(b"\r\nx-b3-spanid: ");
+        push_hex(out, &ctx.span_id);
+        out.extend_from_slice(b"\r\nx-b3-sampled: ");
+        out.extend_from_slice(flag);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -180,15 +198,6 @@ pub fn is_trace_header(name: &[u8]) -> bool {
         b"x-b3-flags",
     ];
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-struct Adapter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Adapter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]
