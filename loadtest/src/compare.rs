@@ -365,6 +365,7 @@ fn load(
     duration: Duration,
 ) -> anyhow::Result<crate::report::Report> {
     crate::http::run(HttpArgs {
+        trace_ratio: 0.0,
         url: format!("http://{addr}/"),
         requests: None,
         rate: args.rate,

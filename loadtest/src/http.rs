@@ -55,6 +55,10 @@ pub struct HttpArgs {
     /// checked). For test targets only.
     #[arg(long)]
     pub insecure: bool,
+    /// Start a sampled W3C trace (a `traceparent` header) on this share of
+    /// the requests, 0 to 1, so they can be followed in a tracing backend.
+    #[arg(long, default_value_t = 0.0)]
+    pub trace_ratio: f64,
     #[command(flatten)]
     pub load: crate::LoadArgs,
     #[command(flatten)]
@@ -68,6 +72,8 @@ struct Plan {
     request: bytes::Bytes,
     head_request: bool,
     timeout: Duration,
+    /// `--trace-ratio`.
+    trace_ratio: f64,
     /// https: the client config and the server name to verify.
     tls: Option<(
         Arc<rustls::ClientConfig>,
@@ -190,6 +196,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             addr,
             request: bytes::Bytes::from(request.clone()),
             head_request: args.method.eq_ignore_ascii_case("HEAD"),
+            trace_ratio: args.trace_ratio,
             timeout: args.timeout,
             tls: tls.clone(),
             interval,
@@ -365,6 +372,21 @@ async fn open(plan: &Plan) -> Result<Conn, &'static str> {
     }
 }
 
+/// The request with a new sampled W3C trace: `traceparent` after the
+/// request line.
+fn traced(request: &bytes::Bytes) -> bytes::Bytes {
+    let line_end = request
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(0, |i| i + 2);
+    let mut out = Vec::with_capacity(request.len() + 72);
+    out.extend_from_slice(&request[..line_end]);
+    let (t, s) = (fastrand::u128(1..), fastrand::u64(1..));
+    out.extend_from_slice(format!("traceparent: 00-{t:032x}-{s:016x}-01\r\n").as_bytes());
+    out.extend_from_slice(&request[line_end..]);
+    bytes::Bytes::from(out)
+}
+
 /// Send the request, read one response. Returns (status, keep-alive).
 async fn exchange(
     s: &mut Conn,
@@ -372,9 +394,12 @@ async fn exchange(
     buf: &mut BytesMut,
 ) -> Result<(u16, bool), &'static str> {
     // (Bytes: the clone shares the buffer.)
-    s.write_all(plan.request.clone())
-        .await
-        .map_err(|_| "reset")?;
+    let request = if plan.trace_ratio > 0.0 && fastrand::f64() < plan.trace_ratio {
+        traced(&plan.request)
+    } else {
+        plan.request.clone()
+    };
+    s.write_all(request).await.map_err(|_| "reset")?;
     let limits = HeadLimits {
         max_head_bytes: 64 * 1024,
         max_headers: 256,

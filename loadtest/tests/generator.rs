@@ -343,3 +343,63 @@ fn exit_status_says_whether_anything_was_measured() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("failed (--fail-on-errors)"), "{stderr}");
 }
+
+/// `--trace-ratio`: that share of requests carries a new, well-formed,
+/// sampled W3C traceparent; the others none.
+#[test]
+fn trace_ratio_starts_traces() {
+    use std::sync::{Arc, Mutex};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Arc<Mutex<(usize, Vec<String>)>> = Arc::default();
+    let store = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                        buf.drain(..i + 4);
+                        let mut g = store.lock().unwrap();
+                        g.0 += 1;
+                        if let Some(tp) = head.lines().find_map(|l| l.strip_prefix("traceparent: "))
+                        {
+                            g.1.push(tp.to_string());
+                        }
+                        drop(g);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("http://{addr}/");
+    let r = load(&["http", &url, "-n", "400", "-c", "4", "--trace-ratio", "0.5"]);
+    assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0);
+    let g = seen.lock().unwrap();
+    assert_eq!(g.0, 400);
+    assert!(
+        (140..=260).contains(&g.1.len()),
+        "{} traced of 400",
+        g.1.len()
+    );
+    let mut ids = std::collections::HashSet::new();
+    for tp in &g.1 {
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{tp}");
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{tp}");
+        assert!(ids.insert(parts[1].to_string()), "trace ids repeat");
+    }
+}
