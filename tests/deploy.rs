@@ -74,3 +74,68 @@ fn systemd_unit() {
     assert!(unit.contains("ExecStart=/usr/local/bin/outrigger run --config"));
     assert!(unit.contains("AmbientCapabilities="));
 }
+
+/// Every metric the Grafana dashboard queries is one `/metrics` exposes
+/// (with a config that turns on every family).
+#[test]
+fn grafana_dashboard_queries_real_metrics() {
+    let dash: serde_json::Value = serde_json::from_str(&read("deploy/grafana/outrigger-dashboard.json")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("outrigger_") {
+                let tail = &rest[i..];
+                let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    // A proxy with TLS, a route rate limit, retries, outlier detection
+    // and a health check, so every family is present.
+    let dir = std::env::temp_dir().join(format!("outrigger-dash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("c.key"), key.serialize_pem()).unwrap();
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+tls = {{ cert = "{d}/c.pem", key = "{d}/c.key" }}
+[[routes.r]]
+match.path_prefix = "/"
+cluster = "c"
+retry = {{ attempts = 1 }}
+rate_limit = {{ requests_per_second = 100 }}
+[clusters.c]
+endpoints = ["127.0.0.1:9"]
+outlier_detection = {{ consecutive_5xx = 5 }}
+health_check = {{ protocol = "tcp", interval = "1s" }}
+"#,
+        d = dir.display()
+    );
+    let snapshot = outrigger::config::compile(Path::new("<dash>"), &config).unwrap_or_else(|e| panic!("{e}"));
+    let server = outrigger::start(snapshot).unwrap();
+    let text = server.shared().export(outrigger::metrics::prometheus);
+    let exposed: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    for n in &names {
+        assert!(exposed.contains(n), "the dashboard queries {n}, which /metrics does not expose");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
