@@ -64,6 +64,11 @@ pub struct Record<'a> {
     pub peer_identity: Option<&'a str>,
     /// The request's trace and server span, when tracing is on (JSON only).
     pub trace: Option<([u8; 16], [u8; 8])>,
+    /// Timing breakdown (JSON only): a new upstream connection's connect
+    /// and TLS handshake times, and request sent to response head.
+    pub upstream_connect: Option<Duration>,
+    pub upstream_tls: Option<Duration>,
+    pub upstream_first_byte: Option<Duration>,
 }
 
 impl<'a> Record<'a> {
@@ -97,6 +102,9 @@ impl<'a> Record<'a> {
             flags,
             peer_identity: None,
             trace: None,
+            upstream_connect: None,
+            upstream_tls: None,
+            upstream_first_byte: None,
         }
     }
 
@@ -132,6 +140,9 @@ impl<'a> Record<'a> {
             flags,
             peer_identity: None,
             trace: None,
+            upstream_connect: None,
+            upstream_tls: None,
+            upstream_first_byte: None,
         }
     }
 }
@@ -316,6 +327,15 @@ fn write_json(out: &mut Vec<u8>, r: &Record<'_>) {
     json_str(out, r.flags.as_bytes());
     out.extend_from_slice(b",\"peer_identity\":");
     json_opt(out, r.peer_identity.map(str::as_bytes));
+    for (name, v) in [
+        ("upstream_connect_ms", r.upstream_connect),
+        ("upstream_tls_ms", r.upstream_tls),
+        ("upstream_first_byte_ms", r.upstream_first_byte),
+    ] {
+        if let Some(d) = v {
+            let _ = write!(out, ",\"{name}\":{:.3}", d.as_secs_f64() * 1000.0);
+        }
+    }
     if let Some((t, s)) = &r.trace {
         out.extend_from_slice(b",\"trace_id\":");
         json_str(out, crate::trace::context::to_hex(t).as_bytes());
@@ -466,6 +486,9 @@ mod tests {
             flags: "-",
             peer_identity: None,
             trace: None,
+            upstream_connect: None,
+            upstream_tls: None,
+            upstream_first_byte: None,
         }
     }
 

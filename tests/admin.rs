@@ -379,6 +379,12 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(ok["upstream"], up.addr.to_string());
     assert!(ok["upstream_duration_ms"].as_f64().unwrap() > 0.0);
+    // The timing breakdown: time to the response head, within the whole.
+    let first_byte = ok["upstream_first_byte_ms"].as_f64().unwrap();
+    assert!(first_byte > 0.0 && first_byte <= ok["upstream_duration_ms"].as_f64().unwrap());
+    assert!(parsed
+        .iter()
+        .any(|v| v["upstream_connect_ms"].as_f64().is_some_and(|c| c > 0.0)));
     assert_eq!(ok["listener"], "web");
     assert_eq!(ok["route"], "app \"quoted\"");
     assert_eq!(ok["cluster"], "app");

@@ -79,7 +79,8 @@ fn systemd_unit() {
 /// (with a config that turns on every family).
 #[test]
 fn grafana_dashboard_queries_real_metrics() {
-    let dash: serde_json::Value = serde_json::from_str(&read("deploy/grafana/outrigger-dashboard.json")).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/outrigger-dashboard.json")).unwrap();
     let mut names = std::collections::BTreeSet::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {
@@ -87,7 +88,9 @@ fn grafana_dashboard_queries_real_metrics() {
             let mut rest = expr;
             while let Some(i) = rest.find("outrigger_") {
                 let tail = &rest[i..];
-                let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
                 names.insert(tail[..end].to_string());
                 rest = &tail[end..];
             }
@@ -99,7 +102,10 @@ fn grafana_dashboard_queries_real_metrics() {
     let dir = std::env::temp_dir().join(format!("outrigger-dash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("c.key"), key.serialize_pem()).unwrap();
     let config = format!(
@@ -125,7 +131,8 @@ health_check = {{ protocol = "tcp", interval = "1s" }}
 "#,
         d = dir.display()
     );
-    let snapshot = outrigger::config::compile(Path::new("<dash>"), &config).unwrap_or_else(|e| panic!("{e}"));
+    let snapshot =
+        outrigger::config::compile(Path::new("<dash>"), &config).unwrap_or_else(|e| panic!("{e}"));
     let server = outrigger::start(snapshot).unwrap();
     let text = server.shared().export(outrigger::metrics::prometheus);
     let exposed: std::collections::BTreeSet<String> = text
@@ -135,7 +142,10 @@ health_check = {{ protocol = "tcp", interval = "1s" }}
         .map(str::to_string)
         .collect();
     for n in &names {
-        assert!(exposed.contains(n), "the dashboard queries {n}, which /metrics does not expose");
+        assert!(
+            exposed.contains(n),
+            "the dashboard queries {n}, which /metrics does not expose"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

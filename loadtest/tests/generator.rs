@@ -347,6 +347,7 @@ fn exit_status_says_whether_anything_was_measured() {
 /// `--trace-ratio`: that share of requests carries a new, well-formed,
 /// sampled W3C traceparent; the others none.
 #[test]
+#[allow(clippy::disallowed_types)] // a test peer on plain threads
 fn trace_ratio_starts_traces() {
     use std::sync::{Arc, Mutex};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -486,22 +486,24 @@ impl Try<'_> {
             // never saw the request).
             let mut fresh = false;
             loop {
-                let (stream, reused) =
-                    match self.checkout(cells, addr, &endpoint.written, fresh).await {
-                        Ok(s) => s,
-                        Err(Checkout::Overflow(o)) => {
-                            cells.overflow[o.index()].inc();
-                            return Err(TryError::Fatal(HttpError::Overflow(o)));
-                        }
-                        Err(Checkout::Failed(e)) => {
-                            last_error = format!("{addr}: {e}");
-                            cells.connect_failures.inc();
-                            ecells.error(last_error.clone());
-                            cluster.record_outcome(ctx.index, index, Outcome::ConnectFailure);
-                            *failed = Some(index);
-                            break;
-                        }
-                    };
+                let (stream, reused) = match self
+                    .checkout(cells, addr, &endpoint.written, fresh, &out.timing)
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(Checkout::Overflow(o)) => {
+                        cells.overflow[o.index()].inc();
+                        return Err(TryError::Fatal(HttpError::Overflow(o)));
+                    }
+                    Err(Checkout::Failed(e)) => {
+                        last_error = format!("{addr}: {e}");
+                        cells.connect_failures.inc();
+                        ecells.error(last_error.clone());
+                        cluster.record_outcome(ctx.index, index, Outcome::ConnectFailure);
+                        *failed = Some(index);
+                        break;
+                    }
+                };
                 if reused {
                     ecells.pooled.set(ctx.http_pool.idle_count(addr) as u64);
                 } else {
@@ -521,9 +523,19 @@ impl Try<'_> {
                 };
                 let sent = Instant::now();
                 out.sent.set(Some(sent));
+                if !reused {
+                    if let Some(d) = out.timing.connected.get() {
+                        cells
+                            .connect_duration
+                            .record(d + out.timing.tls.get().unwrap_or_default());
+                    }
+                }
                 let result = exchange.run(conn, stream, request.clone()).await;
                 out.done.set(Some(Instant::now()));
                 if let Some(head_at) = out.head_at.get() {
+                    cells
+                        .first_byte_duration
+                        .record(head_at.saturating_duration_since(sent));
                     if cluster.balance == crate::upstream::Balance::PeakEwma {
                         ctx.balancers
                             .observe(addr, head_at.saturating_duration_since(sent));
@@ -612,6 +624,7 @@ impl Try<'_> {
         addr: SocketAddr,
         written: &str,
         fresh: bool,
+        timing: &Timing,
     ) -> Result<(UpConn, bool), Checkout> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
@@ -635,10 +648,12 @@ impl Try<'_> {
         }
         let _pending = Held::new(&cells.breaker_pending);
         // connect_timeout covers the TLS handshake too.
-        let at = Instant::now() + cluster.connect_timeout;
+        let started = Instant::now();
+        let at = started + cluster.connect_timeout;
         let connect = async {
             let s = TcpStream::connect_addr(addr).await?;
             let _ = s.set_nodelay(true);
+            timing.connected.set(Some(started.elapsed()));
             match &cluster.tls {
                 None => Ok(UpConn::Plain(s)),
                 Some(tls) => {
@@ -648,7 +663,9 @@ impl Try<'_> {
                             format!("no TLS server name for endpoint {written}"),
                         )
                     })?;
+                    let handshake = Instant::now();
                     let t = crate::tls::connect(s, tls, name).await?;
+                    timing.tls.set(Some(handshake.elapsed()));
                     Ok(UpConn::Tls(Box::new(t)))
                 }
             }
@@ -662,6 +679,14 @@ impl Try<'_> {
             ))),
         }
     }
+}
+
+/// Connect and TLS handshake times of the last new upstream connection
+/// of a request (access log, histograms).
+#[derive(Debug, Default)]
+pub struct Timing {
+    pub connected: Cell<Option<std::time::Duration>>,
+    pub tls: Cell<Option<std::time::Duration>>,
 }
 
 enum Checkout {

@@ -44,6 +44,8 @@ pub struct Upstream {
     pub retry_flag: Cell<Option<&'static str>>,
     /// The request's trace, when `[tracing]` is on.
     pub trace: Option<crate::trace::RequestTrace>,
+    /// Connect and TLS times of a new upstream connection.
+    pub timing: super::forward::Timing,
 }
 
 impl Upstream {

@@ -124,6 +124,10 @@ impl<'a> RequestRecord<'a> {
                 trace: up
                     .and_then(|u| u.trace.as_ref())
                     .map(|t| (t.trace_id, t.span_id)),
+                upstream_connect: up.and_then(|u| u.timing.connected.get()),
+                upstream_tls: up.and_then(|u| u.timing.tls.get()),
+                upstream_first_byte: up
+                    .and_then(|u| Some(u.head_at.get()?.saturating_duration_since(u.sent.get()?))),
             },
         );
     }

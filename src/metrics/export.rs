@@ -409,6 +409,26 @@ fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
         let m = merge(&c.stats, |c| &c.duration);
         p.histogram_samples(name, &[("cluster", cname)], &m);
     }
+    let name = "outrigger_cluster_upstream_connect_duration_seconds";
+    p.family(
+        name,
+        "histogram",
+        "New upstream connections: connect time, TLS handshake included.",
+    );
+    for (cname, c) in &s.clusters {
+        let m = merge(&c.stats, |c| &c.connect_duration);
+        p.histogram_samples(name, &[("cluster", cname)], &m);
+    }
+    let name = "outrigger_cluster_upstream_first_byte_duration_seconds";
+    p.family(
+        name,
+        "histogram",
+        "From sending a request upstream to the response head.",
+    );
+    for (cname, c) in &s.clusters {
+        let m = merge(&c.stats, |c| &c.first_byte_duration);
+        p.histogram_samples(name, &[("cluster", cname)], &m);
+    }
 }
 
 /// Outlier and health-check figures per cluster (per-endpoint detail is in

@@ -194,6 +194,10 @@ pub struct ClusterCells {
     pub active: Counter,
     /// http: from sending the request to the response's last byte.
     pub duration: Histogram,
+    /// http: new upstream connections, connect (and TLS handshake) time.
+    pub connect_duration: Histogram,
+    /// http: from sending the request to the response head.
+    pub first_byte_duration: Histogram,
     /// http: retries sent, refused by the retry budget, and requests that
     /// succeeded after at least one retry.
     pub retries: Counter,
