@@ -22,6 +22,8 @@ use outrigger::worker::Driver;
 use outrigger::Server;
 
 both_drivers!(
+    collector_answering_503_is_retried_then_dropped,
+    sampling_ratio_holds_end_to_end,
     spans_link_across_two_proxies,
     b3_in_w3c_out_and_malformed_headers,
     collector_down_never_hurts_requests,
@@ -374,4 +376,59 @@ fn collector_down_never_hurts_requests(driver: Driver) {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"));
+}
+
+/// A collector that answers 503: each batch is tried three times, then
+/// dropped and counted; requests are not affected.
+fn collector_answering_503_is_retried_then_dropped(driver: Driver) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = l.local_addr().unwrap();
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = posts.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).is_some() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ =
+                    s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
+            }
+        }
+    });
+    let up = upstream();
+    let (p, addr) = proxy(driver, "p", collector, r#"["w3c"]"#, 1.0, up);
+    assert_eq!(Client::connect(addr).get("/", "svc", "").status, 200);
+    let failed = || {
+        let text = p.shared().export(outrigger::metrics::prometheus);
+        admin::parse_prometheus(&text)
+            .value("outrigger_trace_spans_export_failed_total", &[])
+            .unwrap_or(0.0)
+    };
+    assert!(eventually(|| failed() >= 1.0));
+    // batch_size 1: each span's batch was tried 3 times.
+    assert!(posts.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+}
+
+/// Over 2,000 requests at sampling 0.1, the exported server spans are
+/// within statistical bounds (sd 13.4; 5 sd either way).
+fn sampling_ratio_holds_end_to_end(driver: Driver) {
+    let (collector, spans) = receiver();
+    let up = upstream();
+    let (_p, addr) = proxy(driver, "p", collector, r#"["w3c"]"#, 0.1, up);
+    let mut c = Client::connect(addr);
+    for _ in 0..2000 {
+        assert_eq!(c.get("/", "svc", "").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let servers = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s.kind == 2)
+        .count();
+    assert!(
+        (133..=267).contains(&servers),
+        "{servers} of 2,000 sampled at 0.1"
+    );
 }

@@ -334,6 +334,17 @@ fn client_span_data(
         attributes.push(("http.response.status_code", Value::Int(i64::from(status))));
     }
     let mut events = Vec::new();
+    // A new connection made for this try: connect and TLS handshake.
+    if let (Some(t0), Some(c)) = (
+        out.timing.started.get().filter(|t| *t >= started),
+        out.timing.connected.get(),
+    ) {
+        events.push((t0, "connect.start"));
+        events.push((t0 + c, "connect.end"));
+        if let Some(tls) = out.timing.tls.get() {
+            events.push((t0 + c + tls, "tls.handshake.end"));
+        }
+    }
     if let Some(t) = out.sent.get().filter(|t| *t >= started) {
         events.push((t, "request.sent"));
     }
@@ -649,6 +660,7 @@ impl Try<'_> {
         let _pending = Held::new(&cells.breaker_pending);
         // connect_timeout covers the TLS handshake too.
         let started = Instant::now();
+        timing.started.set(Some(started));
         let at = started + cluster.connect_timeout;
         let connect = async {
             let s = TcpStream::connect_addr(addr).await?;
@@ -685,6 +697,8 @@ impl Try<'_> {
 /// of a request (access log, histograms).
 #[derive(Debug, Default)]
 pub struct Timing {
+    /// When the last new connection's connect started.
+    pub started: Cell<Option<Instant>>,
     pub connected: Cell<Option<std::time::Duration>>,
     pub tls: Cell<Option<std::time::Duration>>,
 }
