@@ -93,6 +93,10 @@ fn reset_pooled_connection_does_not_smuggle(driver: Driver) {
             seen.lines.lock().unwrap().push(req.line.clone());
             ok(&mut s, "ok");
             if req.line.starts_with("GET /prime") {
+                // Reset once the proxy has read the whole response and
+                // pooled the connection (an RST that overtakes unread
+                // bytes discards them).
+                std::thread::sleep(Duration::from_millis(200));
                 reset(s);
                 let _ = reset_tx.lock().unwrap().send(());
                 return;
