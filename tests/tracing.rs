@@ -22,6 +22,7 @@ use outrigger::worker::Driver;
 use outrigger::Server;
 
 both_drivers!(
+    slow_collector_never_slows_requests,
     collector_answering_503_is_retried_then_dropped,
     sampling_ratio_holds_end_to_end,
     spans_link_across_two_proxies,
@@ -431,4 +432,31 @@ fn sampling_ratio_holds_end_to_end(driver: Driver) {
         (133..=267).contains(&servers),
         "{servers} of 2,000 sampled at 0.1"
     );
+}
+
+/// A collector that takes 3 s to answer: requests are as fast as ever
+/// (the exporter thread waits, the workers never do).
+fn slow_collector_never_slows_requests(driver: Driver) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if read_request(&mut s, &mut buf).is_some() {
+                    std::thread::sleep(Duration::from_secs(3));
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    let up = upstream();
+    let (_p, addr) = proxy(driver, "p", collector, r#"["w3c"]"#, 1.0, up);
+    let mut c = Client::connect(addr);
+    let t = std::time::Instant::now();
+    for _ in 0..100 {
+        assert_eq!(c.get("/", "svc", "").status, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }

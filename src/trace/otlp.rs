@@ -209,8 +209,10 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, rx: &flume::Receiver<SpanData>, stats
     }
 }
 
-/// POST one batch; retried with back-off on 429, 503 and connection
-/// errors (at most 3 tries, a `Retry-After` of up to 5 s honoured).
+/// POST one batch; retried with back-off (100 ms, then 200 ms) on 429,
+/// 502, 503, 504 and connection errors, at most 3 tries. (`Retry-After`
+/// is not read: the back-off is short and fixed, so a slow collector costs
+/// the exporter at most a few seconds per batch, never a worker.)
 fn post(t: &super::TracingSettings, body: &[u8]) -> Result<(), String> {
     let mut wait = Duration::from_millis(100);
     let mut last = String::new();
