@@ -55,6 +55,7 @@ pub mod buffers;
 pub mod config;
 pub mod control;
 pub mod deadline;
+pub mod discovery;
 pub mod http;
 pub mod listener;
 pub mod metrics;

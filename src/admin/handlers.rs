@@ -202,6 +202,18 @@ fn clusters(shared: &Shared) -> Value {
                 "balance": c.balance.to_string(),
                 "hash_on": c.balance.hashes().then(|| c.hash_on.to_string()),
                 "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+                "discovery": json!({
+                    "source": match &c.source {
+                        crate::discovery::Source::Static if c.original_destination => "original_destination",
+                        crate::discovery::Source::Static => "static",
+                        crate::discovery::Source::Dns(_) => "dns",
+                        crate::discovery::Source::File(_) => "file",
+                    },
+                    "updates": c.status.updates.load(std::sync::atomic::Ordering::Relaxed),
+                    "failures": c.status.failures.load(std::sync::atomic::Ordering::Relaxed),
+                    "last_update": c.status.last_update.load(std::sync::atomic::Ordering::Relaxed),
+                    "last_error": c.status.last_error.load_full().map(|e| e.to_string()),
+                }),
                 "outlier_detection": c.outlier.is_some(),
                 "health_check": c.health_check.as_ref().map(|h| json!({
                     "protocol": match h.protocol {

@@ -287,18 +287,24 @@ fn compile_cluster(
     c: &Spanned<FileCluster>,
 ) -> Option<Cluster> {
     let c_ref = c.get_ref();
-    let original_destination = match c_ref
+    let discovery = c_ref
         .discovery
         .as_ref()
-        .map(|d| (d.get_ref().as_str(), d.span()))
-    {
-        None | Some(("static", _)) => false,
+        .map(|d| (d.get_ref().as_str(), d.span()));
+    // dns and file clusters: endpoints from what discovery last found
+    // (empty at first start); nothing is resolved now.
+    let dynamic = match discovery {
+        Some(("dns" | "file", _)) => Some(super::discovery::source(cx, key, name, c)?),
+        _ => None,
+    };
+    let original_destination = match discovery {
+        None | Some(("static", _)) | Some(("dns" | "file", _)) => false,
         Some(("original_destination", _)) => true,
-        Some((other @ ("dns" | "file" | "xds"), span)) => {
+        Some((other @ "xds", span)) => {
             cx.error(
                 span,
                 format!("{key}.discovery"),
-                format!("discovery = \"{other}\" is not implemented yet; use \"static\" or \"original_destination\""),
+                format!("discovery = \"{other}\" is not implemented yet; use \"static\", \"dns\", \"file\" or \"original_destination\""),
             );
             return None;
         }
@@ -306,7 +312,7 @@ fn compile_cluster(
             cx.error(
                 span,
                 format!("{key}.discovery"),
-                format!("must be \"static\" or \"original_destination\", not \"{other}\""),
+                format!("must be \"static\", \"dns\", \"file\" or \"original_destination\", not \"{other}\""),
             );
             return None;
         }
@@ -317,6 +323,7 @@ fn compile_cluster(
         .as_ref()
         .map_or(&no_endpoints, |e| e.get_ref());
     match (&c_ref.endpoints, original_destination) {
+        _ if dynamic.is_some() => {}
         (Some(e), true) if !e.get_ref().is_empty() => {
             cx.error(
                 e.span(),
@@ -345,6 +352,22 @@ fn compile_cluster(
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
     let mut ok = true;
+    if let Some((_, found)) = &dynamic {
+        for (address, written, weight) in found {
+            endpoints.push(Endpoint {
+                address: *address,
+                written: written.clone(),
+                weight: *weight,
+                stats: Arc::new(EndpointStats::new(cx.workers)),
+                health: Arc::default(),
+            });
+        }
+    }
+    let listed = if dynamic.is_some() {
+        &no_endpoints
+    } else {
+        listed
+    };
     for ep in listed {
         let weight = match ep.get_ref() {
             FileEndpoint::Weighted(w) => match w.weight {
@@ -437,6 +460,8 @@ fn compile_cluster(
         health_check: resilience.health_check,
         tls,
         original_destination,
+        source: dynamic.map_or(crate::discovery::Source::Static, |(s, _)| s),
+        status: Arc::default(),
     })
 }
 

@@ -520,8 +520,17 @@ pub struct FileCluster {
     /// `host:port` list (or `{ address, weight }` tables); host names are
     /// resolved when the config is compiled.
     pub endpoints: Option<Spanned<Vec<Spanned<FileEndpoint>>>>,
-    /// `"static"` (default) or `"original_destination"`.
+    /// `"static"` (default), `"dns"`, `"file"` or `"original_destination"`.
     pub discovery: Option<Spanned<String>>,
+    /// dns: re-resolve this often (sooner when a TTL ends). Default 5s.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub dns_refresh: Option<ConfigDuration>,
+    /// dns: `"auto"` (A and AAAA), `"v4"` or `"v6"`.
+    pub dns_family: Option<Spanned<String>>,
+    /// dns: servers instead of /etc/resolv.conf's (`"ip"` or `"ip:port"`).
+    pub dns_servers: Option<Vec<Spanned<String>>>,
+    /// file: the endpoints file (JSON array, or TOML `[[endpoints]]`).
+    pub endpoints_file: Option<Spanned<String>>,
     /// ring_hash and maglev: what to hash (`"source_ip"` by default).
     pub hash_on: Option<Spanned<String>>,
     /// `"round_robin"` (default), `"random"` or `"least_request"`.

@@ -7,6 +7,7 @@
 //! which may change on reload.
 
 pub mod compile;
+mod discovery;
 pub mod error;
 pub mod file;
 mod parse;
@@ -197,6 +198,28 @@ impl ListenerProtocol {
 }
 
 impl Snapshot {
+    /// A copy to change one part of (a discovery update); `apply` then
+    /// gives it its generation.
+    pub fn derive(&self) -> Snapshot {
+        Snapshot {
+            source: self.source.clone(),
+            generation: self.generation,
+            loaded_at: std::time::SystemTime::now(),
+            text: self.text.clone(),
+            access_log: self.access_log.clone(),
+            content_hash: self.content_hash,
+            runtime: self.runtime.clone(),
+            admin: self.admin.clone(),
+            listeners: self.listeners.clone(),
+            clusters: self.clusters.clone(),
+            route_tables: self.route_tables.clone(),
+            identity: self.identity.clone(),
+            tracing: self.tracing.clone(),
+            material: self.material.clone(),
+            material_hash: self.material_hash,
+        }
+    }
+
     /// The listener with this name.
     pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name == name)
@@ -219,6 +242,7 @@ impl Snapshot {
                 continue;
             };
             new.stats = old.stats.clone();
+            new.status = old.status.clone();
             for ep in &mut new.endpoints {
                 if let Some(o) = old.endpoints.iter().find(|o| o.address == ep.address) {
                     ep.stats = o.stats.clone();

@@ -26,6 +26,8 @@ pub enum Event {
     /// `POST /drain?exit_when_idle=1`: drain, and exit as soon as no
     /// connection is left whatever `runtime.drain` says.
     DrainWhenIdle,
+    /// New endpoints for a dns or file cluster.
+    Discovered(crate::discovery::Update),
 }
 
 /// The answer to a reload request.
@@ -102,6 +104,11 @@ impl Proxy {
         if let Some(s) = signals {
             s.forward(inbox.clone()).map_err(StartError::Spawn)?;
         }
+        let updates = inbox.clone();
+        crate::discovery::spawn(Arc::downgrade(&shared.snapshot), move |u| {
+            updates.send(Event::Discovered(u)).is_ok()
+        })
+        .map_err(StartError::Spawn)?;
         let keep = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("outrigger-control".into())
@@ -220,6 +227,7 @@ impl Control {
                         self.start_drain("POST /drain");
                     }
                 }
+                Ok(Event::Discovered(update)) => self.apply_discovery(update),
                 Ok(Event::DrainWhenIdle) => {
                     self.exit_when_idle = true;
                     if self.drain_deadline.is_none() {
@@ -254,6 +262,45 @@ impl Control {
                     self.server.join();
                 }
                 return code;
+            }
+        }
+    }
+
+    /// Publish a discovery update as a new generation (the cluster with its
+    /// new endpoints; everything else as it is).
+    fn apply_discovery(&mut self, u: crate::discovery::Update) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        let current = self.server.snapshot();
+        let Some(cluster) = current.clusters.get(&u.cluster) else {
+            return;
+        };
+        // A reload may have changed the cluster's source since.
+        if crate::discovery::key(&u.cluster, &cluster.source) != u.key {
+            return;
+        }
+        let workers = current.runtime.worker_count();
+        let updated = cluster.with_endpoints(&u.endpoints, workers);
+        let mut next = current.derive();
+        next.clusters.insert(u.cluster.clone(), Arc::new(updated));
+        match self.server.apply(next) {
+            Ok(published) => {
+                crate::discovery::remember(&u.key, &u.endpoints);
+                cluster.status.updates.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                cluster.status.last_update.store(now, Ordering::Relaxed);
+                tracing::info!(
+                    cluster = %u.cluster,
+                    endpoints = u.endpoints.len(),
+                    generation = published.generation,
+                    "discovery: endpoints changed"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %u.cluster, error = %e, "discovery update not applied")
             }
         }
     }

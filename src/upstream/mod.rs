@@ -48,6 +48,50 @@ pub struct Cluster {
     /// `discovery = "original_destination"`: no endpoints; each connection
     /// goes where the client originally sent it (transparent listeners).
     pub original_destination: bool,
+    /// Where the endpoints come from (`dns`, `file`: they change at run time).
+    pub source: crate::discovery::Source,
+    /// Discovery updates and errors, carried across snapshots by name.
+    pub status: Arc<crate::discovery::Status>,
+}
+
+impl Cluster {
+    /// The same cluster with other endpoints (a discovery update); the
+    /// snapshot's `adopt_stats` carries the state of those that stay.
+    pub fn with_endpoints(&self, found: &[crate::discovery::Found], workers: usize) -> Cluster {
+        let endpoints: Vec<Endpoint> = found
+            .iter()
+            .map(|(address, written, weight)| Endpoint {
+                address: *address,
+                written: written.clone(),
+                weight: *weight,
+                stats: Arc::new(EndpointStats::new(workers)),
+                health: Arc::default(),
+            })
+            .collect();
+        let ids: Vec<(String, u32)> = endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.weight))
+            .collect();
+        Cluster {
+            name: self.name.clone(),
+            plan: Plan::new(self.balance, &ids),
+            endpoints,
+            balance: self.balance,
+            hash_on: self.hash_on.clone(),
+            connect_timeout: self.connect_timeout,
+            max_idle_connections: self.max_idle_connections,
+            pool_idle_timeout: self.pool_idle_timeout,
+            stats: self.stats.clone(),
+            retry_budget: self.retry_budget,
+            breaker: self.breaker,
+            outlier: self.outlier,
+            health_check: self.health_check.clone(),
+            tls: self.tls.clone(),
+            original_destination: self.original_destination,
+            source: self.source.clone(),
+            status: self.status.clone(),
+        }
+    }
 }
 
 /// Which endpoints a pick may choose from now.
@@ -401,6 +445,8 @@ mod tests {
             health_check: None,
             tls: None,
             original_destination: false,
+            source: crate::discovery::Source::Static,
+            status: Arc::default(),
         }
     }
 

@@ -1,0 +1,122 @@
+//! Compiling `discovery = "dns"` and `discovery = "file"` clusters: their
+//! source, and the endpoints discovery last found for it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+
+use super::compile::Ctx;
+use super::file::{FileCluster, FileEndpoint};
+use crate::discovery::{DnsSpec, Family, Found, Source};
+
+pub(super) fn source(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    name: &str,
+    c: &Spanned<FileCluster>,
+) -> Option<(Source, Vec<Found>)> {
+    let f = c.get_ref();
+    let kind = f.discovery.as_ref().map(|d| d.get_ref().as_str());
+    let source = if kind == Some("file") {
+        if let Some(e) = &f.endpoints {
+            cx.error(
+                e.span(),
+                format!("{key}.endpoints"),
+                "a file cluster takes its endpoints from endpoints_file",
+            );
+            return None;
+        }
+        let Some(path) = &f.endpoints_file else {
+            cx.error(
+                c.span(),
+                format!("{key}.endpoints_file"),
+                "discovery = \"file\" needs endpoints_file",
+            );
+            return None;
+        };
+        Source::File(cx.path(path.get_ref()))
+    } else {
+        let Some(list) = f.endpoints.as_ref().filter(|e| !e.get_ref().is_empty()) else {
+            cx.error(
+                c.span(),
+                format!("{key}.endpoints"),
+                "discovery = \"dns\" needs endpoints (host:port names)",
+            );
+            return None;
+        };
+        let mut names = Vec::new();
+        for ep in list.get_ref() {
+            let (written, weight) = match ep.get_ref() {
+                FileEndpoint::Address(a) => (a.clone(), 1),
+                FileEndpoint::Weighted(w) => (
+                    w.address.clone(),
+                    w.weight.unwrap_or(1).clamp(1, 1000) as u32,
+                ),
+            };
+            let parsed = written
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((
+                        h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                        p.parse::<u16>().ok()?,
+                    ))
+                })
+                .filter(|(h, _)| !h.is_empty());
+            let Some((host, port)) = parsed else {
+                cx.error(
+                    ep.span(),
+                    format!("{key}.endpoints"),
+                    format!("invalid endpoint \"{written}\": expected host:port"),
+                );
+                return None;
+            };
+            names.push((host, port, weight, written));
+        }
+        let family = match f
+            .dns_family
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("auto", _)) => Family::Auto,
+            Some(("v4", _)) => Family::V4,
+            Some(("v6", _)) => Family::V6,
+            Some((other, span)) => {
+                cx.error(
+                    span,
+                    format!("{key}.dns_family"),
+                    format!("must be \"auto\", \"v4\" or \"v6\", not \"{other}\""),
+                );
+                return None;
+            }
+        };
+        let mut servers = Vec::new();
+        for s in f.dns_servers.iter().flatten() {
+            let v = s.get_ref();
+            let parsed = v.parse::<SocketAddr>().ok().or_else(|| {
+                v.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => servers.push(a),
+                None => {
+                    cx.error(
+                        s.span(),
+                        format!("{key}.dns_servers"),
+                        format!("\"{v}\" is not an IP address or ip:port"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Source::Dns(DnsSpec {
+            names,
+            refresh: f.dns_refresh.map_or(Duration::from_secs(5), |d| d.0),
+            family,
+            servers,
+        })
+    };
+    let found = crate::discovery::last_known(&crate::discovery::key(name, &source));
+    Some((source, found))
+}

@@ -1,0 +1,288 @@
+//! Service discovery: clusters whose endpoints change under a running
+//! proxy without a reload. `discovery = "dns"` re-resolves its names every
+//! `dns_refresh` (sooner when the records' TTL ends); `discovery = "file"`
+//! follows an endpoints file. One discovery thread does the lookups and
+//! reads (never a worker); each change goes to the control thread, which
+//! publishes a new snapshot generation exactly as a reload does (stats,
+//! pools, health and ejections of endpoints that stay are kept).
+//! docs/discovery.md.
+
+pub mod dns;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::Snapshot;
+
+/// One endpoint as discovered: address, the name it came from, weight.
+pub type Found = (SocketAddr, String, u32);
+
+/// `dns_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Auto,
+    V4,
+    V6,
+}
+
+/// A `dns` cluster's names and settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSpec {
+    /// (host, port, weight, as written).
+    pub names: Vec<(String, u16, u32, String)>,
+    pub refresh: Duration,
+    pub family: Family,
+    /// Empty: `/etc/resolv.conf`'s.
+    pub servers: Vec<SocketAddr>,
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Static,
+    Dns(DnsSpec),
+    File(PathBuf),
+}
+
+/// What `/clusters` and the metrics say about a cluster's discovery;
+/// carried across snapshots by cluster name.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub updates: AtomicU64,
+    pub failures: AtomicU64,
+    /// Unix seconds of the last applied update.
+    pub last_update: AtomicU64,
+    pub last_error: ArcSwapOption<String>,
+}
+
+/// The last endpoints discovered per cluster (and source), so that a
+/// reload compiles a dns or file cluster with what is known instead of
+/// starting empty.
+fn known() -> &'static ArcSwap<HashMap<String, Vec<Found>>> {
+    static KNOWN: OnceLock<ArcSwap<HashMap<String, Vec<Found>>>> = OnceLock::new();
+    KNOWN.get_or_init(|| ArcSwap::from_pointee(HashMap::new()))
+}
+
+/// The cache key of a cluster's source.
+pub fn key(cluster: &str, source: &Source) -> String {
+    match source {
+        Source::Static => cluster.to_string(),
+        Source::Dns(d) => {
+            let names: Vec<&str> = d.names.iter().map(|n| n.3.as_str()).collect();
+            format!("{cluster}|dns|{}", names.join(","))
+        }
+        Source::File(p) => format!("{cluster}|file|{}", p.display()),
+    }
+}
+
+/// What is known for a cluster's source (empty if nothing yet).
+pub fn last_known(key: &str) -> Vec<Found> {
+    known().load().get(key).cloned().unwrap_or_default()
+}
+
+/// Remember what was applied.
+pub fn remember(key: &str, found: &[Found]) {
+    known().rcu(|m| {
+        let mut m = HashMap::clone(m);
+        m.insert(key.to_string(), found.to_vec());
+        m
+    });
+}
+
+/// The endpoints file: a JSON array of `{ "address", "weight", "zone" }`,
+/// or a TOML file of `[[endpoints]]` tables. Host names are resolved
+/// through the system resolver.
+pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        address: String,
+        weight: Option<u32>,
+        #[allow(dead_code)]
+        zone: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TomlFile {
+        endpoints: Vec<Entry>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let entries: Vec<Entry> = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str::<TomlFile>(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .endpoints
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let weight = e.weight.unwrap_or(1);
+        if !(1..=1000).contains(&weight) {
+            return Err(format!(
+                "{}: weight must be 1..1000, not {weight}",
+                path.display()
+            ));
+        }
+        let addrs: Vec<SocketAddr> = match e.address.parse::<SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(e.address.as_str())
+                .map_err(|err| format!("{}: cannot resolve {}: {err}", path.display(), e.address))?
+                .collect(),
+        };
+        for a in addrs {
+            if !out.iter().any(|(x, _, _): &Found| *x == a) {
+                out.push((a, e.address.clone(), weight));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Resolve a dns cluster's names: the set and the shortest TTL.
+pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
+    let servers = if spec.servers.is_empty() {
+        dns::system_servers()
+    } else {
+        spec.servers.clone()
+    };
+    let mut out: Vec<Found> = Vec::new();
+    let mut ttl = u32::MAX;
+    for (host, port, weight, written) in &spec.names {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            out.push((SocketAddr::new(ip, *port), written.clone(), *weight));
+            continue;
+        }
+        let kinds: &[dns::RecordType] = match spec.family {
+            Family::V4 => &[dns::RecordType::A],
+            Family::V6 => &[dns::RecordType::Aaaa],
+            Family::Auto => &[dns::RecordType::A, dns::RecordType::Aaaa],
+        };
+        let mut any = false;
+        let mut last_err = None;
+        for kind in kinds {
+            match dns::lookup(host, *kind, &servers, Duration::from_secs(1)) {
+                Ok(records) => {
+                    any = true;
+                    for (ip, t) in records {
+                        ttl = ttl.min(t);
+                        let a = SocketAddr::new(ip, *port);
+                        if !out.iter().any(|(x, _, _)| *x == a) {
+                            out.push((a, written.clone(), *weight));
+                        }
+                    }
+                }
+                Err(e) => last_err = Some(format!("{host}: {e}")),
+            }
+        }
+        if !any {
+            return Err(last_err.unwrap_or_else(|| format!("{host}: no answer")));
+        }
+    }
+    Ok((out, Duration::from_secs(u64::from(ttl.max(1)))))
+}
+
+/// A change for the control thread to publish.
+#[derive(Debug)]
+pub struct Update {
+    pub cluster: String,
+    pub key: String,
+    pub endpoints: Vec<Found>,
+}
+
+/// Start the discovery thread; `send` hands updates to the control thread.
+/// Ends when the snapshot is gone.
+pub fn spawn(
+    snapshot: Weak<ArcSwap<Snapshot>>,
+    send: impl Fn(Update) -> bool + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("outrigger-discovery".into())
+        .spawn(move || {
+            crate::control::deprioritize_current_thread();
+            run(&snapshot, &send);
+        })
+        .map(drop)
+}
+
+fn run(snapshot: &Weak<ArcSwap<Snapshot>>, send: &dyn Fn(Update) -> bool) {
+    // Per source: when next to look, and the file's last content.
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut file_seen: HashMap<String, u64> = HashMap::new();
+    loop {
+        let Some(swap) = snapshot.upgrade() else {
+            return;
+        };
+        let snap = swap.load_full();
+        drop(swap);
+        let now = Instant::now();
+        for (name, c) in &snap.clusters {
+            let k = key(name, &c.source);
+            if due.get(&k).is_some_and(|d| *d > now) {
+                continue;
+            }
+            let result = match &c.source {
+                Source::Static => continue,
+                Source::Dns(spec) => resolve(spec).map(|(found, ttl)| {
+                    due.insert(k.clone(), now + spec.refresh.min(ttl));
+                    found
+                }),
+                Source::File(path) => {
+                    due.insert(k.clone(), now + Duration::from_millis(250));
+                    let content = std::fs::read(path)
+                        .map(|b| crate::config::compile::fnv1a(&b))
+                        .unwrap_or(0);
+                    if file_seen.get(&k) == Some(&content) {
+                        continue;
+                    }
+                    file_seen.insert(k.clone(), content);
+                    read_file(path)
+                }
+            };
+            match result {
+                Ok(found) => {
+                    c.status.last_error.store(None);
+                    let current: Vec<Found> = c
+                        .endpoints
+                        .iter()
+                        .map(|e| (e.address, e.written.clone(), e.weight))
+                        .collect();
+                    if same(&current, &found) {
+                        continue;
+                    }
+                    let update = Update {
+                        cluster: name.clone(),
+                        key: k.clone(),
+                        endpoints: found,
+                    };
+                    if !send(update) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The last good set stays.
+                    c.status.failures.fetch_add(1, Relaxed);
+                    tracing::warn!(cluster = %name, error = %e, "discovery failed; keeping the last endpoints");
+                    c.status.last_error.store(Some(Arc::new(e)));
+                    if matches!(c.source, Source::Dns(_)) {
+                        due.insert(k.clone(), now + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn same(a: &[Found], b: &[Found]) -> bool {
+    let mut a: Vec<(SocketAddr, u32)> = a.iter().map(|f| (f.0, f.2)).collect();
+    let mut b: Vec<(SocketAddr, u32)> = b.iter().map(|f| (f.0, f.2)).collect();
+    a.sort();
+    b.sort();
+    a == b
+}

@@ -1,0 +1,262 @@
+//! Service discovery end to end on both I/O drivers: a DNS server in the
+//! test whose answer changes (traffic moves, no request fails; lookup
+//! failures keep the last set; a name that never resolved leaves the
+//! cluster empty), and an endpoints file rewritten, renamed over and
+//! broken.
+
+// Test peers run on plain threads, outside the data path: a Mutex is fine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::admin::TempDir;
+use common::http::Client;
+use common::script::read_request;
+use common::*;
+use outrigger::control::{Options, Proxy};
+use outrigger::worker::Driver;
+
+both_drivers!(dns_answers_move_traffic, endpoints_file_moves_traffic);
+
+/// What the test DNS server answers for every A query.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    A([u8; 4]),
+    NxDomain,
+    ServFail,
+}
+
+/// A DNS server on 127.0.0.1 answering A queries with `answer` (TTL 1).
+fn dns_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            // Question end: the name, then type and class.
+            let mut at = 12;
+            while q[at] != 0 {
+                at += 1 + usize::from(q[at]);
+            }
+            let qtype = u16::from_be_bytes([q[at + 1], q[at + 2]]);
+            let end = at + 5;
+            let mut r = q[..end].to_vec();
+            r[2] = 0x81;
+            let a = *answer.lock().unwrap();
+            match a {
+                Answer::NxDomain => r[3] = 0x83,
+                Answer::ServFail => r[3] = 0x82,
+                Answer::A(ip) if qtype == 1 => {
+                    r[3] = 0x80;
+                    r[7] = 1;
+                    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                    r.extend_from_slice(&ip);
+                }
+                Answer::A(_) => r[3] = 0x80, // no AAAA records
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    addr
+}
+
+/// An HTTP server on `ip:port` (port 0: any) answering its name.
+fn named(ip: &str, port: u16, name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind((ip, port)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).is_some() {
+                    let r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if s.write_all(r.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn launch(dir: &TempDir, text: &str) -> Proxy {
+    let path = dir.path("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    Proxy::launch(
+        snapshot,
+        Options {
+            config_path: Some(path),
+            watch: false,
+        },
+        None,
+    )
+    .unwrap()
+}
+
+fn config(driver: Driver, cluster: &str) -> String {
+    format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+[[routes.r]]
+match.path_prefix = "/"
+cluster = "c"
+[clusters.c]
+{cluster}
+"#,
+        io = io_name(driver)
+    )
+}
+
+/// Send requests until `want` answers (every one must succeed).
+fn until(c: &mut Client, want: &str) -> usize {
+    let t = Instant::now();
+    let mut n = 0;
+    loop {
+        let r = c.get("/", "svc", "");
+        assert_eq!(r.status, 200, "a request failed while waiting for {want}");
+        n += 1;
+        if r.body == want.as_bytes() {
+            return n;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{want} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn dns_answers_move_traffic(driver: Driver) {
+    let port = closed_port().port();
+    named("127.0.0.2", port, "first");
+    named("127.0.0.3", port, "second");
+    let answer = Arc::new(Mutex::new(Answer::A([127, 0, 0, 2])));
+    let dns = dns_server(answer.clone());
+    let dir = TempDir::new("dns");
+    let p = launch(
+        &dir,
+        &config(
+            driver,
+            &format!("discovery = \"dns\"\nendpoints = [\"svc.test:{port}\"]\ndns_servers = [\"{dns}\"]\ndns_refresh = \"200ms\"\ndns_family = \"v4\""),
+        ),
+    );
+    let addr = p.local_addr("web").unwrap();
+    // Until the first lookup lands the cluster is empty (503); then "first".
+    let t = Instant::now();
+    loop {
+        let r = Client::connect(addr).get("/", "svc", "");
+        if r.status == 200 {
+            assert_eq!(r.body, b"first");
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::connect(addr);
+    // The answer changes: traffic moves with no failed request.
+    *answer.lock().unwrap() = Answer::A([127, 0, 0, 3]);
+    until(&mut c, "second");
+    // Lookups fail: the last set stays, failures are counted.
+    *answer.lock().unwrap() = Answer::ServFail;
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..5 {
+        let r = c.get("/", "svc", "");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"second"[..]));
+    }
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    let d = &clusters["clusters"]["c"]["discovery"];
+    assert_eq!(d["source"], "dns");
+    assert!(
+        d["failures"].as_u64().unwrap() >= 1 && d["updates"].as_u64().unwrap() >= 2,
+        "{d}"
+    );
+    assert!(
+        d["last_error"].as_str().unwrap().contains("server failure"),
+        "{d}"
+    );
+    *answer.lock().unwrap() = Answer::NxDomain;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.get("/", "svc", "").status, 200);
+
+    // A name that never resolves: the config loads, the cluster is empty.
+    let dir2 = TempDir::new("dns-never");
+    let p2 = launch(
+        &dir2,
+        &config(driver, &format!("discovery = \"dns\"\nendpoints = [\"nowhere.test:{port}\"]\ndns_servers = [\"{dns}\"]")),
+    );
+    let r = Client::connect(p2.local_addr("web").unwrap()).get("/", "svc", "");
+    assert_eq!(r.status, 503);
+}
+
+fn endpoints_file_moves_traffic(driver: Driver) {
+    let a = named("127.0.0.1", 0, "a");
+    let b = named("127.0.0.1", 0, "b");
+    let dir = TempDir::new("file-discovery");
+    let file = dir.path("endpoints.json");
+    std::fs::write(&file, format!("[{{\"address\": \"{a}\", \"weight\": 1}}]")).unwrap();
+    let p = launch(
+        &dir,
+        &config(
+            driver,
+            "discovery = \"file\"\nendpoints_file = \"endpoints.json\"",
+        ),
+    );
+    let addr = p.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    until(&mut c, "a");
+    // Renamed over (as editors and secret managers do).
+    admin::write_atomic(&file, &format!("[{{\"address\": \"{b}\"}}]"));
+    until(&mut c, "b");
+    // Rewritten in place: both.
+    std::fs::write(
+        &file,
+        format!("[{{\"address\": \"{a}\"}}, {{\"address\": \"{b}\"}}]"),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 && t.elapsed() < Duration::from_secs(5) {
+        let r = c.get("/", "svc", "");
+        assert_eq!(r.status, 200);
+        seen.insert(r.body);
+    }
+    assert_eq!(seen.len(), 2);
+    // Broken: the last good set stays; the error is in /clusters.
+    std::fs::write(&file, "[{\"address\": ").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..4 {
+        assert_eq!(c.get("/", "svc", "").status, 200);
+    }
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    let d = &clusters["clusters"]["c"]["discovery"];
+    assert_eq!(d["source"], "file");
+    assert!(d["last_error"].as_str().is_some(), "{d}");
+    assert_eq!(
+        clusters["clusters"]["c"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
