@@ -117,6 +117,11 @@ pub(super) fn source(
             servers,
         })
     };
-    let found = crate::discovery::last_known(&crate::discovery::key(name, &source));
+    let mut found = crate::discovery::last_known(&crate::discovery::key(name, &source));
+    // A file is local: read it now, so a first start serves at once (a
+    // broken or missing file starts empty; discovery reports it).
+    if let (true, Source::File(path)) = (found.is_empty(), &source) {
+        found = crate::discovery::read_file(path).unwrap_or_default();
+    }
     Some((source, found))
 }
