@@ -377,3 +377,30 @@ fn repeated_forwarding_headers_are_joined(driver: Driver) {
     assert_eq!(head.matches("x-forwarded-for:").count(), 1, "{head}");
     assert_eq!(head.matches("via:").count(), 1, "{head}");
 }
+
+/// Found by tests/fuzz.rs: an origin-form target with "://" in its query
+/// was read as absolute-form, so `/admin?next=http://x/` routed (and was
+/// forwarded) as `/`: a path rule could be bypassed. Both drivers see the
+/// real path now.
+#[test]
+fn scheme_in_query_is_not_absolute_form() {
+    let config = r#"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+[[routes.r]]
+match.path_prefix = "/admin"
+direct_response = { status = 403, body = "no" }
+[[routes.r]]
+match.path_prefix = "/"
+direct_response = { status = 200, body = "yes" }
+"#;
+    let s = start(config);
+    let addr = s.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/admin?next=http://x/", "a", "").status, 403);
+    assert_eq!(c.get("/ok?next=http://x/admin", "a", "").status, 200);
+    // Real absolute-form still works.
+    assert_eq!(c.get("http://a/admin", "a", "").status, 403);
+}

@@ -86,6 +86,12 @@ impl RequestHead {
     /// absolute-form target loses its scheme and authority.
     pub fn origin_target(&self) -> &str {
         let t = std::str::from_utf8(&self.target).unwrap_or("/");
+        // origin-form starts with '/', and may contain "://" in its path or
+        // query (`/go?to=http://x/admin`): only a target that does not
+        // start with '/' can be absolute-form.
+        if t.starts_with('/') {
+            return t;
+        }
         match t.find("://") {
             // absolute-form: skip scheme and authority
             Some(i) => t[i + 3..].find('/').map_or("/", |j| &t[i + 3 + j..]),

@@ -19,6 +19,13 @@ mod fields;
 mod forward;
 pub use forward::ip_key;
 pub use io::read_more as io_read_more;
+
+/// The request as the proxy would send it upstream for a client at
+/// 127.0.0.1 on a plain listener (for property tests and fuzzing).
+pub fn upstream_request(head: &codec::RequestHead, route: &crate::route::Route) -> bytes::Bytes {
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    serialize::serialize_request(head, route, peer, "upstream", false, None, None).0
+}
 mod head;
 mod io;
 pub mod pool;

@@ -168,12 +168,8 @@ fn authority_of(head: &RequestHead) -> Option<&str> {
 
 /// Origin-form target with the route's prefix rewrite applied.
 fn write_target(out: &mut BytesMut, head: &RequestHead, route: &Route) {
-    let raw = std::str::from_utf8(&head.target).unwrap_or("/");
-    // absolute-form → origin-form
-    let origin = match raw.find("://") {
-        Some(i) => raw[i + 3..].find('/').map_or("/", |j| &raw[i + 3 + j..]),
-        None => raw,
-    };
+    // absolute-form → origin-form (the same reading routing used).
+    let origin = head.origin_target();
     let rest = match (&route.rewrite_path_prefix, &route.path) {
         (Some(new_prefix), Some(PathMatch::Prefix(prefix))) => origin
             .strip_prefix(prefix.as_str())

@@ -1,0 +1,336 @@
+//! Fuzzing on stable Rust, as ordinary tests: a small mutation engine
+//! (byte flips, inserts, deletes, truncations, splices between corpus
+//! entries, repeats of interesting tokens) drives every parser that takes
+//! bytes from a peer or a file. In CI each target runs a fixed number of
+//! iterations from its seed corpus with a fixed seed (deterministic); with
+//! `OUTRIGGER_FUZZ_SECONDS=N` each target runs N seconds from a random
+//! seed (printed), which is what `loadtest/bench/fuzz.sh` does.
+//!
+//! Why not cargo-fuzz: it needs nightly. Why not proptest or bolero: the
+//! targets are byte parsers where mutation of real inputs finds more than
+//! generated structure, and this needs no dependency. Properties checked
+//! besides "no panic": parsers never accept more bytes than they were
+//! given; what the proxy would send upstream re-parses to the same
+//! request; a config that compiles survives a `toml` round-trip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+/// Deterministic xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+const TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\n",
+    b"\r",
+    b":",
+    b" ",
+    b"\t",
+    b"0",
+    b"\x00",
+    b"\xff",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 18446744073709551616\r\n",
+    b"Host: a\r\n",
+    b"Connection: close\r\n",
+    b"Expect: 100-continue\r\n",
+    b"0\r\n\r\n",
+    b"ffffffffffffffff\r\n",
+    b";ext=1",
+    b"HTTP/1.1",
+    b"HTTP/1.0",
+    b"-",
+    b"spiffe://",
+    b"%",
+    b"\"",
+    b"[",
+    b"]",
+    b"=",
+];
+
+fn mutate(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = corpus[rng.below(corpus.len())].clone();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(v.len() + 1);
+        match rng.below(7) {
+            0 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 => v.insert(at, rng.next() as u8),
+            2 if !v.is_empty() => {
+                let i = rng.below(v.len());
+                let n = rng.below(v.len() - i + 1).min(16);
+                v.drain(i..i + n);
+            }
+            3 => v.truncate(at),
+            4 => {
+                let other = &corpus[rng.below(corpus.len())];
+                let from = rng.below(other.len() + 1);
+                let tail: Vec<u8> = other[from..].to_vec();
+                v.truncate(at);
+                v.extend_from_slice(&tail);
+            }
+            _ => {
+                let t = TOKENS[rng.below(TOKENS.len())];
+                for _ in 0..=rng.below(3) {
+                    v.splice(at..at, t.iter().copied());
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Run `target` on mutated inputs: a fixed count with a fixed seed, or
+/// `OUTRIGGER_FUZZ_SECONDS` seconds from a random one.
+fn fuzz(name: &str, corpus: &[&[u8]], mut target: impl FnMut(&[u8])) {
+    let corpus: Vec<Vec<u8>> = corpus.iter().map(|c| c.to_vec()).collect();
+    for c in &corpus {
+        target(c);
+    }
+    let seconds: Option<u64> = std::env::var("OUTRIGGER_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let seed = match seconds {
+        Some(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
+        None => 0x5eed_0f0a_7f1c_e001,
+    };
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+    let mut runs: u64 = 0;
+    loop {
+        let input = mutate(&mut rng, &corpus);
+        target(&input);
+        runs += 1;
+        match seconds {
+            Some(s) if started.elapsed() >= Duration::from_secs(s) => break,
+            None if runs >= 20_000 => break,
+            _ => {}
+        }
+    }
+    if seconds.is_some() {
+        eprintln!(
+            "fuzz {name}: {runs} executions in {:?}, seed {seed:#x}",
+            started.elapsed()
+        );
+    }
+}
+
+fn limits() -> outrigger::http::codec::HeadLimits {
+    outrigger::http::codec::HeadLimits {
+        max_head_bytes: 8192,
+        max_headers: 64,
+    }
+}
+
+#[test]
+fn request_parser() {
+    let corpus: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET http://a/b HTTP/1.0\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ];
+    fuzz("request_parser", corpus, |input| {
+        let mut buf = BytesMut::from(input);
+        let before = buf.len();
+        if let Ok(Some(head)) = outrigger::http::codec::parse_request(&mut buf, limits()) {
+            assert!(buf.len() <= before);
+            // Whatever is accepted has a method and a path.
+            assert!(!head.method.is_empty());
+            let _ = head.path();
+        }
+    });
+}
+
+#[test]
+fn response_parser() {
+    let corpus: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.0 301 Moved\r\nLocation: /x\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    ];
+    fuzz("response_parser", corpus, |input| {
+        let mut buf = BytesMut::from(input);
+        if let Ok(Some(resp)) = outrigger::http::codec::parse_response(&mut buf, limits()) {
+            assert!((100..=999).contains(&resp.status));
+            let _ = resp.framing(false);
+        }
+    });
+}
+
+#[test]
+fn chunked_decoder() {
+    let corpus: &[&[u8]] = &[
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n",
+        b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n",
+    ];
+    fuzz("chunked_decoder", corpus, |input| {
+        let mut d = outrigger::http::chunked::ChunkedDecoder::default();
+        let mut buf = BytesMut::from(input);
+        let mut total = 0usize;
+        for _ in 0..10_000 {
+            match d.decode(&mut buf) {
+                Ok(Some(outrigger::http::chunked::Chunk::Data(data))) => {
+                    total += data.len();
+                    assert!(total <= input.len(), "more payload than input");
+                }
+                Ok(Some(outrigger::http::chunked::Chunk::End(_))) | Ok(None) | Err(_) => break,
+            }
+        }
+    });
+}
+
+/// What the proxy sends upstream re-parses to the same request line and
+/// headers (minus the ones it owns).
+#[test]
+fn forwarded_request_reparses() {
+    let corpus: &[&[u8]] = &[
+        b"GET /a/b?c=d HTTP/1.1\r\nHost: svc\r\nX-One: 1\r\nX-Two: two\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\nX-Forwarded-For: 10.0.0.1\r\n\r\nabc",
+        b"GET / HTTP/1.0\r\nUser-Agent: z\r\n\r\n",
+    ];
+    let snapshot = outrigger::config::compile(
+        std::path::Path::new("<fuzz>"),
+        "[listeners.l]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"c\"\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let route = &snapshot.route_tables["r"].routes[0];
+    fuzz("forwarded_request_reparses", corpus, |input| {
+        let mut buf = BytesMut::from(input);
+        let Ok(Some(head)) = outrigger::http::codec::parse_request(&mut buf, limits()) else {
+            return;
+        };
+        let out = outrigger::http::upstream_request(&head, route);
+        let mut again = BytesMut::from(&out[..]);
+        let big = outrigger::http::codec::HeadLimits {
+            max_head_bytes: 64 * 1024,
+            max_headers: 256,
+        };
+        let re = outrigger::http::codec::parse_request(&mut again, big)
+            .expect("the proxy's own request must parse")
+            .expect("complete");
+        assert_eq!(re.method, head.method);
+        assert_eq!(re.path(), head.path());
+        for h in &head.headers {
+            let name = String::from_utf8_lossy(&h.name).to_ascii_lowercase();
+            if [
+                "host",
+                "x-forwarded-for",
+                "via",
+                "x-forwarded-proto",
+                "x-request-id",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "te",
+                "trailer",
+                "upgrade",
+                "expect",
+                "proxy-connection",
+            ]
+            .contains(&name.as_str())
+            {
+                continue;
+            }
+            assert!(
+                re.headers
+                    .iter()
+                    .any(|r| r.name.eq_ignore_ascii_case(&h.name) && r.value == h.value),
+                "{name} lost"
+            );
+        }
+    });
+}
+
+#[test]
+fn config_compiler() {
+    let corpus: &[&[u8]] = &[
+        include_bytes!("../configs/sidecar.toml"),
+        include_bytes!("../configs/demo.toml"),
+        include_bytes!("../configs/tcp-proxy.toml"),
+        include_bytes!("../configs/transparent.toml"),
+    ];
+    let mut compiled = 0;
+    fuzz("config_compiler", corpus, |input| {
+        let Ok(text) = std::str::from_utf8(input) else {
+            return;
+        };
+        if let Ok(s) = outrigger::config::compile(std::path::Path::new("<fuzz>"), text) {
+            compiled += 1;
+            // A config that compiles survives a TOML round-trip.
+            let value: toml::Value = toml::from_str(text).unwrap();
+            let again = toml::to_string(&value).unwrap();
+            let s2 = outrigger::config::compile(std::path::Path::new("<fuzz>"), &again)
+                .unwrap_or_else(|e| panic!("round-trip broke a valid config:\n{e}\n{again}"));
+            assert_eq!(s.summary(), s2.summary());
+        }
+    });
+    assert!(compiled > 0);
+}
+
+#[test]
+fn small_parsers() {
+    let corpus: &[&[u8]] = &[
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        b"spiffe://example.org/ns/a/*",
+        b"GET / HTTP/1.1\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",
+    ];
+    fuzz("small_parsers", corpus, |input| {
+        let s = String::from_utf8_lossy(input);
+        let _ = outrigger::trace::context::parse_traceparent(&s, Some(&s));
+        let _ = outrigger::trace::context::parse_b3_single(&s);
+        let _ = outrigger::tls::spiffe::IdPattern::parse(&s);
+        let _ = outrigger::tls::sni::parse_hello(input);
+        let _ = outrigger::sidecar::detect::classify(input);
+        let _ = outrigger::discovery::dns::parse(
+            input,
+            u16::from_be_bytes([
+                input.first().copied().unwrap_or(0),
+                input.get(1).copied().unwrap_or(0),
+            ]),
+            outrigger::discovery::dns::RecordType::A,
+        );
+        let _ = outrigger::tls::spiffe::uri_sans(input);
+        let _ = outrigger::upstream::HashOn::parse(&s);
+    });
+}
