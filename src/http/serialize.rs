@@ -162,8 +162,18 @@ fn push_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// The authority of an absolute-form target (`http://a.example/x` → `a.example`).
 fn authority_of(head: &RequestHead) -> Option<&str> {
     let t = std::str::from_utf8(&head.target).ok()?;
+    // Only absolute-form has an authority (origin-form starts with '/').
+    if t.starts_with('/') {
+        return None;
+    }
     let rest = &t[t.find("://")? + 3..];
-    Some(rest.split('/').next().unwrap_or(rest)).filter(|a| !a.is_empty())
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    // Used as a Host header: host characters only (found by fuzzing).
+    let valid = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    valid.then_some(authority)
 }
 
 /// Origin-form target with the route's prefix rewrite applied.
