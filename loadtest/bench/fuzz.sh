@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_TARGET=${1:-60}
 OUTRIGGER_FUZZ_SECONDS=$SECONDS_PER_TARGET \
-    cargo test --release --test fuzz -- --nocapture --test-threads=1 2>&1 | grep -E "^fuzz |test result|panicked"
+    cargo test --release --test fuzz -- --nocapture --test-threads=1 2>&1 | grep -oE "fuzz [a-z_]+: .*|test result.*|panicked.*"
