@@ -394,6 +394,29 @@ fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
         }
     }
     endpoint_health_metrics(p, s);
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dynamic =
+            |c: &crate::upstream::Cluster| !matches!(c.source, crate::discovery::Source::Static);
+        let name = "outrigger_cluster_discovery_updates_total";
+        p.family(
+            name,
+            "counter",
+            "dns and file clusters: endpoint sets applied.",
+        );
+        for (cname, c) in s.clusters.iter().filter(|(_, c)| dynamic(c)) {
+            p.sample(name, &[("cluster", cname)], c.status.updates.load(Relaxed));
+        }
+        let name = "outrigger_cluster_discovery_failures_total";
+        p.family(
+            name,
+            "counter",
+            "dns and file clusters: failed lookups or unreadable files (the last set kept).",
+        );
+        for (cname, c) in s.clusters.iter().filter(|(_, c)| dynamic(c)) {
+            p.sample(name, &[("cluster", cname)], c.status.failures.load(Relaxed));
+        }
+    }
     let name = "outrigger_cluster_upstream_responses_total";
     p.family(name, "counter", "Upstream HTTP responses by status class.");
     for (cname, c) in &s.clusters {
