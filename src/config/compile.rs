@@ -1,8 +1,8 @@
 //! `compile()`: TOML text → validated [`Snapshot`]. Collects every error it
 //! can find instead of stopping at the first, and never panics.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,14 +11,12 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, SourceMap};
-use super::file::{FileAccessLog, FileCluster, FileConfig, FileEndpoint, FileListener, Protocol};
+use super::file::{FileAccessLog, FileConfig, FileListener, Protocol};
 use super::{
     AccessLogSettings, AccessLogTarget, AdminSettings, HttpSettings, Listener, ListenerProtocol,
     RuntimeSettings, Snapshot,
 };
-use crate::metrics::{ClusterStats, EndpointStats, ListenerStats};
-use crate::upstream::balance::{HashOn, Plan};
-use crate::upstream::{Cluster, Endpoint};
+use crate::metrics::ListenerStats;
 
 /// Default `[admin] address`.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -115,7 +113,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .as_ref()
         .and_then(|i| super::tls::identity(&mut cx, i));
     let admin = compile_admin(&mut cx, &parsed);
-    let clusters = compile_clusters(&mut cx, &parsed);
+    let clusters = super::clusters::compile_clusters(&mut cx, &parsed);
     let route_tables = super::routes::compile_tables(&mut cx, &parsed);
     let listeners = compile_listeners(&mut cx, &parsed);
     let access_log = parsed
@@ -267,225 +265,6 @@ pub(super) fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
             "invalid address \"{s}\": expected ip:port, like \"127.0.0.1:8080\" or \"[::1]:8080\""
         )
     })
-}
-
-fn compile_clusters(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<String, Cluster> {
-    let mut out = BTreeMap::new();
-    for (name, c) in &f.clusters {
-        let key = format!("clusters.{}", name.get_ref());
-        if let Some(cluster) = compile_cluster(cx, &key, name.get_ref(), c) {
-            out.insert(name.get_ref().clone(), cluster);
-        }
-    }
-    out
-}
-
-fn compile_cluster(
-    cx: &mut Ctx<'_>,
-    key: &str,
-    name: &str,
-    c: &Spanned<FileCluster>,
-) -> Option<Cluster> {
-    let c_ref = c.get_ref();
-    let discovery = c_ref
-        .discovery
-        .as_ref()
-        .map(|d| (d.get_ref().as_str(), d.span()));
-    // dns and file clusters: endpoints from what discovery last found
-    // (empty at first start); nothing is resolved now.
-    let dynamic = match discovery {
-        Some(("dns" | "file", _)) => Some(super::discovery::source(cx, key, name, c)?),
-        _ => None,
-    };
-    let original_destination = match discovery {
-        None | Some(("static", _)) | Some(("dns" | "file", _)) => false,
-        Some(("original_destination", _)) => true,
-        Some((other @ "xds", span)) => {
-            cx.error(
-                span,
-                format!("{key}.discovery"),
-                format!("discovery = \"{other}\" is not implemented yet; use \"static\", \"dns\", \"file\" or \"original_destination\""),
-            );
-            return None;
-        }
-        Some((other, span)) => {
-            cx.error(
-                span,
-                format!("{key}.discovery"),
-                format!("must be \"static\", \"dns\", \"file\" or \"original_destination\", not \"{other}\""),
-            );
-            return None;
-        }
-    };
-    let no_endpoints = Vec::new();
-    let listed = c_ref
-        .endpoints
-        .as_ref()
-        .map_or(&no_endpoints, |e| e.get_ref());
-    match (&c_ref.endpoints, original_destination) {
-        _ if dynamic.is_some() => {}
-        (Some(e), true) if !e.get_ref().is_empty() => {
-            cx.error(
-                e.span(),
-                format!("{key}.endpoints"),
-                "an original_destination cluster has no endpoints: each connection goes where it was sent",
-            );
-            return None;
-        }
-        (Some(e), false) if e.get_ref().is_empty() => {
-            cx.error(
-                e.span(),
-                format!("{key}.endpoints"),
-                "a cluster needs at least one endpoint",
-            );
-            return None;
-        }
-        (None, false) => {
-            cx.error(
-                c.span(),
-                format!("{key}.endpoints"),
-                "a cluster needs `endpoints` (or discovery = \"original_destination\")",
-            );
-            return None;
-        }
-        _ => {}
-    }
-    let mut endpoints: Vec<Endpoint> = Vec::new();
-    let mut ok = true;
-    if let Some((_, found)) = &dynamic {
-        for (address, written, weight) in found {
-            endpoints.push(Endpoint {
-                address: *address,
-                written: written.clone(),
-                weight: *weight,
-                stats: Arc::new(EndpointStats::new(cx.workers)),
-                health: Arc::default(),
-            });
-        }
-    }
-    let listed = if dynamic.is_some() {
-        &no_endpoints
-    } else {
-        listed
-    };
-    for ep in listed {
-        let weight = match ep.get_ref() {
-            FileEndpoint::Weighted(w) => match w.weight {
-                None => 1,
-                Some(v @ 1..=1000) => v as u32,
-                Some(v) => {
-                    cx.error(
-                        ep.span(),
-                        format!("{key}.endpoints"),
-                        format!("weight must be from 1 to 1000, not {v}"),
-                    );
-                    ok = false;
-                    1
-                }
-            },
-            FileEndpoint::Address(_) => 1,
-        };
-        let written = ep.get_ref().address();
-        match resolve_endpoint(written) {
-            Ok(addrs) => {
-                for address in addrs {
-                    if !endpoints.iter().any(|e| e.address == address) {
-                        endpoints.push(Endpoint {
-                            address,
-                            written: written.to_string(),
-                            weight,
-                            stats: Arc::new(EndpointStats::new(cx.workers)),
-                            health: Arc::default(),
-                        });
-                    }
-                }
-            }
-            Err(msg) => {
-                cx.error(ep.span(), format!("{key}.endpoints"), msg);
-                ok = false;
-            }
-        }
-    }
-    let hash_on = match &c_ref.hash_on {
-        Some(h) if !c_ref.balance.hashes() => {
-            cx.error(
-                h.span(),
-                format!("{key}.hash_on"),
-                "only used with balance = \"ring_hash\" or \"maglev\"",
-            );
-            ok = false;
-            HashOn::default()
-        }
-        Some(h) => HashOn::parse(h.get_ref()).unwrap_or_else(|msg| {
-            cx.error(h.span(), format!("{key}.hash_on"), msg);
-            ok = false;
-            HashOn::default()
-        }),
-        None => HashOn::default(),
-    };
-    let resilience = super::resilience::cluster(cx, key, c_ref);
-    let tls = match &c_ref.tls {
-        Some(t) => match super::tls::cluster_tls(cx, key, t) {
-            Some(t) => Some(t),
-            None => {
-                ok = false;
-                None
-            }
-        },
-        None => None,
-    };
-    if !ok {
-        return None;
-    }
-    let resilience = resilience?;
-    let ids: Vec<(String, u32)> = endpoints
-        .iter()
-        .map(|e| (e.address.to_string(), e.weight))
-        .collect();
-    Some(Cluster {
-        name: name.to_string(),
-        plan: Plan::new(c_ref.balance, &ids),
-        hash_on,
-        endpoints,
-        balance: c_ref.balance,
-        connect_timeout: c_ref
-            .connect_timeout
-            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-        max_idle_connections: c_ref.max_idle_connections.unwrap_or(64).min(1 << 20) as usize,
-        pool_idle_timeout: c_ref.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
-        stats: Arc::new(ClusterStats::new(cx.workers)),
-        retry_budget: resilience.retry_budget,
-        breaker: resilience.breaker,
-        outlier: resilience.outlier,
-        health_check: resilience.health_check,
-        tls,
-        original_destination,
-        source: dynamic.map_or(crate::discovery::Source::Static, |(s, _)| s),
-        status: Arc::default(),
-    })
-}
-
-/// `host:port` → addresses. Literal IPs skip the resolver.
-fn resolve_endpoint(s: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(vec![addr]);
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("invalid endpoint \"{s}\": expected host:port"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!(
-            "invalid endpoint \"{s}\": expected host:port with a port from 0 to 65535"
-        ));
-    }
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve endpoint \"{s}\": {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("endpoint \"{s}\" resolved to no address"));
-    }
-    Ok(addrs)
 }
 
 fn compile_listeners(cx: &mut Ctx<'_>, f: &FileConfig) -> Vec<Listener> {

@@ -6,6 +6,7 @@
 //! (routes, clusters) live in the same snapshot; the control plane decides
 //! which may change on reload.
 
+mod clusters;
 pub mod compile;
 mod discovery;
 pub mod error;

@@ -14,99 +14,15 @@ use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
 use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
+use super::retries::{backoff, Held, Retries};
 use super::serialize::{per_try, serialize_request};
 use super::upconn::UpConn;
 use crate::listener::worker_share;
-use crate::metrics::{Active, ClusterCells, Counter};
+use crate::metrics::{Active, ClusterCells};
 use crate::resilience::health::Outcome;
-use crate::resilience::{retry::idempotent, Overflow, RetryOn, RetryPolicy};
+use crate::resilience::{retry::idempotent, Overflow, RetryOn};
 use crate::upstream::balance::{cookie, hash64};
 use crate::upstream::{AttemptOrder, Availability, Cluster, Endpoint, HashOn};
-use crate::worker::WorkerCtx;
-
-/// Holds one unit of a gauge until dropped.
-struct Held<'a>(&'a Counter);
-
-impl<'a> Held<'a> {
-    fn new(c: &'a Counter) -> Self {
-        c.inc();
-        Held(c)
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// The retry state of one request.
-pub(super) struct Retries<'a> {
-    policy: Option<&'a RetryPolicy>,
-    cluster: &'a Cluster,
-    cells: &'a ClusterCells,
-    ctx: &'a WorkerCtx,
-    /// Retries granted so far.
-    done: Cell<u32>,
-    /// Why a wanted retry was not sent (access log flag).
-    pub(super) refused: Cell<Option<&'static str>>,
-    /// The request can be sent again after its bytes reached an upstream:
-    /// idempotent, with no body or a buffered one.
-    resendable: bool,
-}
-
-impl Retries<'_> {
-    /// Whether a response with this status should be retried (if granted).
-    pub(super) fn wants_status(&self, status: u16) -> bool {
-        self.resendable && self.policy.is_some_and(|p| p.retries_status(status))
-    }
-
-    /// Ask for one more try: attempts left, the `max_retries` breaker and
-    /// the retry budget. Counts the retry when granted, the refusal when not.
-    pub(super) fn grant(&self) -> bool {
-        let Some(p) = self.policy else { return false };
-        if self.done.get() >= p.attempts {
-            self.refused.set(Some("URX"));
-            return false;
-        }
-        let ctx = self.ctx;
-        let share = |max| worker_share(max, ctx.workers, ctx.index);
-        if self.cells.breaker_retries.get() >= share(self.cluster.breaker.max_retries) {
-            self.cells.overflow[Overflow::Retries.index()].inc();
-            self.refused.set(Some("UO"));
-            return false;
-        }
-        let budget = &self.cluster.retry_budget;
-        let floor = worker_share(
-            u64::from(budget.min_retries_per_second) * crate::resilience::budget::WINDOW_SECS,
-            ctx.workers,
-            ctx.index,
-        );
-        if !self
-            .cells
-            .budget
-            .withdraw(budget, floor, crate::resilience::now_ms())
-        {
-            self.cells.retries_budget_refused.inc();
-            self.refused.set(Some("RB"));
-            return false;
-        }
-        self.done.set(self.done.get() + 1);
-        self.cells.retries.inc();
-        true
-    }
-
-    /// Whether a failure after the request was sent may be retried.
-    fn retriable_failure(&self, error: &HttpError, proven_unprocessed: bool) -> bool {
-        let Some(p) = self.policy else { return false };
-        let reset = matches!(error, HttpError::UpstreamIo(_));
-        let status = error.status().unwrap_or(502);
-        if proven_unprocessed {
-            return reset && p.on.contains(RetryOn::RESET);
-        }
-        self.resendable && p.retries_failure(reset, status)
-    }
-}
 
 /// How one try ended, when it did not produce the response.
 enum TryError {
@@ -289,7 +205,7 @@ pub async fn forward(
 /// (the pick is then a weighted random one).
 fn request_key(on: &HashOn, head: &RequestHead, peer: SocketAddr) -> Option<u64> {
     match on {
-        HashOn::SourceIp => Some(ip_key(peer)),
+        HashOn::SourceIp => Some(crate::upstream::balance::ip_key(peer)),
         HashOn::Path => Some(hash64(head.path().as_bytes())),
         HashOn::Header(name) => head.header(name).map(|v| hash64(v)),
         HashOn::Cookie(name) => head
@@ -299,14 +215,6 @@ fn request_key(on: &HashOn, head: &RequestHead, peer: SocketAddr) -> Option<u64>
             .filter_map(|h| std::str::from_utf8(&h.value).ok())
             .find_map(|v| cookie(v, name))
             .map(|v| hash64(v.as_bytes())),
-    }
-}
-
-/// The hash of a client's IP address (the port is left out).
-pub fn ip_key(peer: SocketAddr) -> u64 {
-    match peer.ip() {
-        std::net::IpAddr::V4(a) => hash64(&a.octets()),
-        std::net::IpAddr::V6(a) => hash64(&a.octets()),
     }
 }
 
@@ -369,24 +277,6 @@ fn client_span_data(
         events,
         error,
     )
-}
-
-/// Wait the policy's back-off before the next try (cut short by the
-/// route's deadline, which then fails the request).
-async fn backoff(ctx: &WorkerCtx, retries: &Retries<'_>, deadline: Option<Instant>) {
-    let Some(p) = retries.policy else { return };
-    let wait = p.backoff(retries.done.get());
-    if wait.is_zero() {
-        return;
-    }
-    let mut until = Instant::now() + wait;
-    if let Some(d) = deadline {
-        until = until.min(d);
-    }
-    let _ = ctx
-        .deadlines
-        .within(until, std::future::pending::<()>())
-        .await;
 }
 
 /// Read a request body of at most `max` bytes (declared by Content-Length)

@@ -17,7 +17,6 @@ pub mod downstream;
 pub mod error;
 mod fields;
 mod forward;
-pub use forward::ip_key;
 pub use io::read_more as io_read_more;
 
 /// The request as the proxy would send it upstream for a client at
@@ -31,6 +30,7 @@ mod io;
 pub mod pool;
 mod proxy;
 mod record;
+mod retries;
 mod serialize;
 mod server;
 pub mod upconn;

@@ -117,7 +117,7 @@ pub(super) struct Exchange<'a> {
     pub(super) out: &'a Upstream,
     /// The request body, buffered for replay (else it streams from the client).
     pub(super) body: Option<Bytes>,
-    pub(super) retry: Option<&'a super::forward::Retries<'a>>,
+    pub(super) retry: Option<&'a super::retries::Retries<'a>>,
 }
 
 impl Exchange<'_> {

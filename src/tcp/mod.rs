@@ -266,7 +266,7 @@ async fn connect<'c>(
     cells.breaker_pending.inc();
     // Only the client's address can key a tcp connection.
     let key = (cluster.balance.hashes() && cluster.hash_on == crate::upstream::HashOn::SourceIp)
-        .then(|| crate::http::ip_key(peer));
+        .then(|| crate::upstream::balance::ip_key(peer));
     let result = connect_any(ctx, cluster, counters, availability, now, key).await;
     cells.breaker_pending.dec();
     result

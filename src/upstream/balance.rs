@@ -113,6 +113,14 @@ pub fn hash64(bytes: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The hash of a client's IP address (the port is left out).
+pub fn ip_key(peer: std::net::SocketAddr) -> u64 {
+    match peer.ip() {
+        std::net::IpAddr::V4(a) => hash64(&a.octets()),
+        std::net::IpAddr::V6(a) => hash64(&a.octets()),
+    }
+}
+
 /// The value of cookie `name` in a `Cookie` header value.
 pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|pair| {
