@@ -256,22 +256,40 @@ impl AcceptLoop {
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();
         monoio::spawn(async move {
-            let _guard = guard;
-            serve(ctx, handle, snapshot, stream, peer).await;
+            if let Some(parked) = serve(ctx, handle, snapshot, stream, peer).await {
+                park(parked, guard);
+            }
         });
     }
 }
 
+/// Hand an idle HTTP connection to a small task that waits for its next
+/// request; the request is then served in a fresh connection task, which
+/// parks it again when it goes idle. The guard (connection gauges) moves
+/// along, so the connection counts as active throughout.
+fn park(mut parked: crate::http::Parked, guard: ConnGuard) {
+    guard.ctx.release.freed();
+    monoio::spawn(async move {
+        if !parked.wait().await {
+            return;
+        }
+        monoio::spawn(async move {
+            if let Some(parked) = parked.resume().await {
+                park(parked, guard);
+            }
+        });
+    });
+}
+
+/// Serve one connection; `Some`: an HTTP connection gone idle, to park.
 async fn serve(
     ctx: Rc<WorkerCtx>,
     handle: Rc<ListenerHandle>,
     snapshot: std::sync::Arc<crate::config::Snapshot>,
     stream: TcpStream,
     peer: SocketAddr,
-) {
-    let Some(listener) = handle.resolve(&snapshot) else {
-        return;
-    };
+) -> Option<crate::http::Parked> {
+    let listener = handle.resolve(&snapshot)?;
     // A dual-stack listener sees IPv4 clients as v4-mapped IPv6: log and
     // forward them as the IPv4 addresses they are.
     let peer = crate::sidecar::canonical(peer);
@@ -313,7 +331,7 @@ async fn serve(
             early = Some(bytes);
             use crate::sidecar::detect::Detected;
             match kind {
-                Detected::Closed => return,
+                Detected::Closed => return None,
                 Detected::Http1 | Detected::Http2 => (true, false, None, None),
                 Detected::Tls if listener.tls.is_some() => (true, true, None, None),
                 Detected::Tls | Detected::Opaque | Detected::Silent => {
@@ -335,7 +353,7 @@ async fn serve(
                     let cells = listener.stats.worker(ctx.index);
                     cells.tls_handshake_failures[reason.index()].inc();
                     tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
-                    return;
+                    return None;
                 }
             }
         }
@@ -348,15 +366,14 @@ async fn serve(
             original_dst,
             early: early.unwrap_or_default(),
         };
-        crate::http::serve(&ctx, &handle, &snapshot, listener, incoming).await;
-        return;
+        return crate::http::serve(&ctx, &handle, &snapshot, listener, incoming).await;
     }
     if let Some(authz) = &listener.authz {
         let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
         let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
         if !authz.permits(identity, ctx.index) {
             tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
-            return;
+            return None;
         }
     }
     let mut stream = stream;
@@ -373,14 +390,14 @@ async fn serve(
             }
             Err(why) => {
                 tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
-                return;
+                return None;
             }
         }
     }
     let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)) else {
         listener.stats.worker(ctx.index).no_upstream.inc();
         tracing::debug!(listener = %listener.name, %peer, "no cluster for this connection; closing");
-        return;
+        return None;
     };
     // Boxed: the relay's future is large, and inline it would size every
     // connection's task, http ones included.
@@ -394,6 +411,7 @@ async fn serve(
         original_dst,
     ))
     .await;
+    None
 }
 
 /// Decrements the connection gauges when a connection task ends, however it ends.
@@ -406,6 +424,7 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.stats.worker(self.ctx.index).active.dec();
         self.ctx.stats.active.dec();
+        self.ctx.release.freed();
     }
 }
 

@@ -30,6 +30,7 @@ both_drivers!(
     expect_100_continue,
     upstream_read_timeout_504,
     idle_keep_alive_is_not_a_slow_header,
+    parked_connections_resume_idle_out_and_close_on_drain,
     chunked_and_close_delimited_responses,
 );
 
@@ -608,6 +609,66 @@ fn idle_keep_alive_is_not_a_slow_header(driver: Driver) {
     // Idle longer than header_timeout but within idle_timeout: still usable.
     std::thread::sleep(Duration::from_millis(900));
     assert_eq!(c.get("/", "x", "").status, 200);
+}
+
+/// A keep-alive connection idle past the warm window (200-300 ms) is parked
+/// (its task ends; a small one waits for the next request): it must serve
+/// its next request, keep counting as active, still end at `idle_timeout`,
+/// and close at once on drain.
+fn parked_connections_resume_idle_out_and_close_on_drain(driver: Driver) {
+    let up = http_backend(driver, "up");
+    let routes = format!(
+        "[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n{}",
+        cluster("up", &up)
+    );
+    let (s, addr) = proxy(driver, "idle_timeout = \"1500ms\"", &routes);
+    let mut a = Client::connect(addr);
+    // Parked and resumed three times, and a pipelined pair after a park.
+    for _ in 0..3 {
+        assert_eq!(a.get("/", "x", "").status, 200);
+        std::thread::sleep(Duration::from_millis(450));
+    }
+    a.send(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(a.read_response(false).unwrap().status, 200);
+    assert_eq!(a.read_response(false).unwrap().status, 200);
+    let mut b = Client::connect(addr);
+    assert_eq!(b.get("/", "x", "").status, 200);
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(
+        s.active_connections(),
+        2,
+        "parked connections count as active"
+    );
+    // idle_timeout still ends a parked connection (coarse: up to ~100 ms late).
+    let started = Instant::now();
+    b.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        b.stream.read(&mut byte).unwrap(),
+        0,
+        "closed by idle_timeout"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    // `a` idled out meanwhile too. Drain closes a parked connection at once.
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/", "x", "").status, 200);
+    std::thread::sleep(Duration::from_millis(450));
+    s.drain();
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(c.stream.read(&mut byte).unwrap(), 0, "closed by the drain");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.active_connections() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.active_connections(), 0);
 }
 
 fn chunked_and_close_delimited_responses(driver: Driver) {

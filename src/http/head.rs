@@ -1,6 +1,9 @@
-//! Reading the next request head of a connection: the warm read on
-//! io_uring, the idle wait between requests (woken by the listener's stop,
-//! bounded by `idle_timeout`), then the head within `header_timeout`.
+//! Reading the next request head of a connection: the warm wait after a
+//! response (a posted read on io_uring, a readiness wait on epoll), then the
+//! head within `header_timeout`. A connection still idle when the warm
+//! window ends is parked (`Read::Idle`): its task ends and a small one waits
+//! for the next request (`wait_for_request`, woken by the listener's stop,
+//! bounded by `idle_timeout`).
 
 use std::future::Future;
 use std::task::Poll;
@@ -19,9 +22,10 @@ use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 /// first request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a warm keep-alive connection keeps a read posted on io_uring.
-/// A coarse deadline (fires 0-100 ms after it), so the window is 200-300 ms,
-/// 250 ms on average, as measured best (docs/benchmarks.md).
+/// How long a warm keep-alive connection keeps its task (and, on io_uring,
+/// a posted read) before it is parked. A coarse deadline (fires 0-100 ms
+/// after it), so the window is 200-300 ms, 250 ms on average, as measured
+/// best (docs/benchmarks.md).
 const WARM_READ_WINDOW: Duration = Duration::from_millis(200);
 
 /// Where a connection stands before its next request.
@@ -34,31 +38,43 @@ pub(super) enum Phase {
     /// Answered at least one request: when its listener stops while it is
     /// idle, it closes at once. On io_uring its next read is posted right
     /// away for `WARM_READ_WINDOW` (one ring operation instead of poll +
-    /// read), after which it waits for readability holding no buffer.
+    /// read); on epoll it waits for readability as long. Still idle after
+    /// that, it is parked.
     Served,
 }
 
-/// Read one request head: wait up to `idle_timeout` for its first byte
-/// (holding no buffer), then up to `header_timeout` for the whole head.
-/// `Ok(None)`: the client closed or idled out between requests.
+/// What reading the next request head gave.
+#[derive(Debug)]
+pub(super) enum Read {
+    Head(RequestHead),
+    /// The client closed, idled out, or its listener stopped.
+    Closed,
+    /// Served connection idle for the warm window: park it; `Duration` is
+    /// what is left of its `idle_timeout`.
+    Idle(Duration),
+}
+
+/// Read one request head: wait for its first byte (holding no buffer, a
+/// served connection only for the warm window), then up to
+/// `header_timeout` for the whole head.
 pub(super) async fn read_head(
     ctx: &WorkerCtx,
     handle: &ListenerHandle,
     conn: &mut Downstream,
     listener: &Listener,
     phase: Phase,
-) -> Result<Option<RequestHead>, HttpError> {
+) -> Result<Read, HttpError> {
     let http = &listener.http;
     let limits = HeadLimits {
         max_head_bytes: http.max_request_header_bytes,
         max_headers: http.max_headers,
     };
     if conn.buf.is_empty() {
-        let mut idle = listener.idle_timeout;
+        let idle = listener.idle_timeout;
+        let window = WARM_READ_WINDOW.min(idle);
         if let (Phase::Served, Driver::IoUring, ClientIo::Plain(stream)) =
             (phase, ctx.driver, &mut conn.stream)
         {
-            let window = WARM_READ_WINDOW.min(idle);
             // Cancelled and then awaited: bytes that arrive at the window's
             // edge are kept (sockio::read_within).
             let (res, buf) = read_within(
@@ -69,23 +85,31 @@ pub(super) async fn read_head(
             )
             .await;
             match res {
-                Some(Ok(0)) | Some(Err(_)) => return Ok(None),
+                Some(Ok(0)) | Some(Err(_)) => return Ok(Read::Closed),
                 Some(Ok(n)) => {
                     conn.bytes_in += n as u64;
                     conn.buf = buf;
                 }
-                None => idle = idle.saturating_sub(window),
+                None => return Ok(park_or_close(ctx, handle, idle, window)),
             }
         }
-        if conn.buf.is_empty() && !wait_for_request(ctx, handle, conn, idle, phase).await {
-            return Ok(None);
+        if conn.buf.is_empty() {
+            let wait = if phase == Phase::Served { window } else { idle };
+            match wait_for_request(ctx, handle, conn, wait, phase).await {
+                Wait::Ready => {}
+                Wait::Close => return Ok(Read::Closed),
+                Wait::Expired if phase == Phase::Served => {
+                    return Ok(park_or_close(ctx, handle, idle, window))
+                }
+                Wait::Expired => return Ok(Read::Closed),
+            }
         }
     }
     let deadline = Instant::now() + http.header_timeout;
     loop {
         if !conn.buf.is_empty() {
             if let Some(head) = parse_request(&mut conn.buf, limits)? {
-                return Ok(Some(head));
+                return Ok(Read::Head(head));
             }
         }
         // A timeout here ends the connection (408), so bytes a cancelled
@@ -95,7 +119,7 @@ pub(super) async fn read_head(
             Err(_) => return Err(HttpError::HeaderTimeout),
         };
         match res {
-            Ok(0) if conn.buf.is_empty() => return Ok(None),
+            Ok(0) if conn.buf.is_empty() => return Ok(Read::Closed),
             Ok(0) => return Err(HttpError::BadRequest("connection closed mid-head")),
             Ok(_) => {}
             Err(e) => return Err(HttpError::DownstreamIo(e)),
@@ -103,33 +127,61 @@ pub(super) async fn read_head(
     }
 }
 
+/// The warm window ended with no request: park, unless that used up the
+/// idle timeout or the listener is stopping.
+fn park_or_close(
+    ctx: &WorkerCtx,
+    handle: &ListenerHandle,
+    idle: Duration,
+    window: Duration,
+) -> Read {
+    let left = idle.saturating_sub(window);
+    if left.is_zero() || ctx.closing(handle) {
+        Read::Closed
+    } else {
+        Read::Idle(left)
+    }
+}
+
+/// How a wait for the next request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Bytes (or EOF) to read.
+    Ready,
+    /// Close: an error, or the listener stopping.
+    Close,
+    /// The time given ran out.
+    Expired,
+}
+
 /// Between requests: wait up to `idle` for the client's next bytes, holding
-/// no buffer. Returns false when the connection should close instead: idle
-/// timeout, an error, or its listener stopping (idle keep-alive connections
-/// close at once on drain, so a drain does not wait for them). The wait is
-/// woken by the listener's stop; nothing polls.
-async fn wait_for_request(
+/// no buffer. Idle keep-alive connections close at once when their
+/// listener stops, so a drain does not wait for them. The wait is woken by
+/// the listener's stop; nothing polls.
+pub(super) async fn wait_for_request(
     ctx: &WorkerCtx,
     handle: &ListenerHandle,
     conn: &mut Downstream,
     idle: Duration,
     phase: Phase,
-) -> bool {
+) -> Wait {
     // Decrypted bytes (or ciphertext) already inside the TLS layer.
     if conn.stream.has_buffered() {
-        return true;
+        return Wait::Ready;
     }
     let mut deadline = Instant::now() + idle;
+    let mut expired = Wait::Expired;
     loop {
         let closing = ctx.closing(handle);
         if closing {
             if phase == Phase::Served {
-                return false;
+                return Wait::Close;
             }
             deadline = deadline.min(Instant::now() + FIRST_REQUEST_GRACE);
+            expired = Wait::Close;
         }
         if Instant::now() >= deadline {
-            return false;
+            return expired;
         }
         // Not relaxed: on epoll a relaxed check can report stale readiness, and
         // an idle client would then be timed by header_timeout (408). The
@@ -152,8 +204,9 @@ async fn wait_for_request(
         })
         .await;
         match woke {
-            Wake::Readable(ok) => return ok,
-            Wake::Expired => return false,
+            Wake::Readable(true) => return Wait::Ready,
+            Wake::Readable(false) => return Wait::Close,
+            Wake::Expired => return expired,
             Wake::Stopped => {}
         }
     }

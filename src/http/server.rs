@@ -6,6 +6,7 @@
 use std::io::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -13,21 +14,22 @@ use monoio::net::TcpStream;
 use super::codec::{Framing, RequestHead};
 use super::downstream::{ClientIo, Downstream};
 use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpError};
-use super::head::{read_head, Phase};
+use super::head::{read_head, Phase, Read};
 use super::proxy::{self, Next};
 use super::record::{Mark, RequestRecord};
 use crate::config::{Listener, Snapshot};
 use crate::route::{RouteAction, RouteRequest};
 use crate::worker::{ListenerHandle, WorkerCtx};
 
-/// Serve HTTP/1.1 on one accepted connection until it closes.
+/// Serve HTTP/1.1 on one accepted connection until it closes or idles
+/// past the warm window; `Some` is the idle connection to park.
 pub async fn serve_connection(
     ctx: &Rc<WorkerCtx>,
     handle: &Rc<ListenerHandle>,
     accept_snapshot: &Arc<Snapshot>,
     listener: &Listener,
     incoming: super::downstream::Incoming,
-) {
+) -> Option<(Downstream, Duration)> {
     let super::downstream::Incoming {
         stream,
         peer,
@@ -36,7 +38,7 @@ pub async fn serve_connection(
     } = incoming;
     let http = &listener.http;
     // Bytes protocol detection read belong to the first request.
-    let mut early_len = early.len() as u64;
+    let early_len = early.len() as u64;
     let peer_cert = listener
         .tls
         .as_ref()
@@ -48,7 +50,7 @@ pub async fn serve_connection(
         ),
         None => (None, None),
     };
-    let mut conn = Downstream {
+    let conn = Downstream {
         original_dst,
         peer_identity,
         xfcc,
@@ -65,20 +67,43 @@ pub async fn serve_connection(
         body_timeout: http.request_body_timeout,
         deadlines: ctx.deadlines.clone(),
     };
+    serve_requests(
+        ctx,
+        handle,
+        accept_snapshot,
+        listener,
+        conn,
+        Phase::New,
+        early_len,
+    )
+    .await
+}
+
+/// Serve the requests of a connection, from its first or (resumed after
+/// parking) its next one.
+pub async fn serve_requests(
+    ctx: &Rc<WorkerCtx>,
+    handle: &Rc<ListenerHandle>,
+    accept_snapshot: &Arc<Snapshot>,
+    listener: &Listener,
+    mut conn: Downstream,
+    mut phase: Phase,
+    mut early_len: u64,
+) -> Option<(Downstream, Duration)> {
     let accepted = Accepted {
         snapshot: accept_snapshot,
         listener,
     };
-    let mut phase = Phase::New;
     loop {
         let mut mark = Mark::of(&conn);
         mark.bytes_in -= std::mem::take(&mut early_len);
         let head = match read_head(ctx, handle, &mut conn, listener, phase).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
+            Ok(Read::Head(h)) => h,
+            Ok(Read::Closed) => return None,
+            Ok(Read::Idle(left)) => return Some((conn, left)),
             Err(e) => {
                 // Like nginx's error log: the cause, never the client's bytes.
-                tracing::debug!(client = %peer, listener = %listener.name, error = %e, "request head rejected");
+                tracing::debug!(client = %conn.peer, listener = %listener.name, error = %e, "request head rejected");
                 Box::pin(respond_error(&mut conn, &e, true)).await;
                 let mut rec = RequestRecord::new(listener, mark);
                 if conn.responded {
@@ -86,7 +111,7 @@ pub async fn serve_connection(
                 }
                 rec.flags = e.flag();
                 rec.finish(ctx, &ctx.current(), &conn, None);
-                return;
+                return None;
             }
         };
         // Not boxed: boxing this future would shrink an idle connection's
@@ -94,10 +119,10 @@ pub async fn serve_connection(
         // a copy of several KiB per request (measured +1.8 µs CPU/request).
         match handle_request(ctx, handle, accepted, &mut conn, head, mark).await {
             Next::KeepAlive if !ctx.closing(handle) => {}
-            Next::KeepAlive | Next::Close => return,
+            Next::KeepAlive | Next::Close => return None,
             Next::Upgrade(up, up_buf) => {
                 Box::pin(tunnel(ctx, listener, conn, up, up_buf)).await;
-                return;
+                return None;
             }
         }
         // Between requests an idle connection keeps no buffer.

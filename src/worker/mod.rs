@@ -3,6 +3,7 @@
 //! This is where the stages are assembled: listener → (tcp relay | http).
 
 pub mod driver;
+pub mod memory;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -96,6 +97,8 @@ pub struct WorkerCtx {
     pub deadlines: Rc<crate::deadline::Deadlines>,
     /// Set once the worker has drained: the housekeeping tick stops.
     finished: Cell<bool>,
+    /// Connections freed since the last heap trim (`memory`).
+    pub release: memory::Release,
     /// This worker's access log buffer.
     pub log: WorkerLog,
     /// Accept loops by listener name.
@@ -302,6 +305,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         http_pool: crate::http::pool::Pool::default(),
         deadlines: Rc::default(),
         finished: Cell::new(false),
+        release: memory::Release::default(),
         index: spec.index,
         workers: spec.workers,
         driver: spec.driver,
@@ -394,6 +398,7 @@ async fn tick(ctx: Rc<WorkerCtx>) {
         let start = Instant::now();
         monoio::time::sleep(TICK).await;
         ctx.deadlines.sweep(Instant::now());
+        ctx.release.maybe_trim(Instant::now());
         let lag = start.elapsed().saturating_sub(TICK);
         ctx.stats
             .lag_last_us
