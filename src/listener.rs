@@ -257,28 +257,10 @@ impl AcceptLoop {
         let handle = self.handle.clone();
         monoio::spawn(async move {
             if let Some(parked) = serve(ctx, handle, snapshot, stream, peer).await {
-                park(parked, guard);
+                crate::http::park::park(parked, guard);
             }
         });
     }
-}
-
-/// Hand an idle HTTP connection to a small task that waits for its next
-/// request; the request is then served in a fresh connection task, which
-/// parks it again when it goes idle. The guard (connection gauges) moves
-/// along, so the connection counts as active throughout.
-fn park(mut parked: crate::http::Parked, guard: ConnGuard) {
-    guard.ctx.release.freed();
-    monoio::spawn(async move {
-        if !parked.wait().await {
-            return;
-        }
-        monoio::spawn(async move {
-            if let Some(parked) = parked.resume().await {
-                park(parked, guard);
-            }
-        });
-    });
 }
 
 /// Serve one connection; `Some`: an HTTP connection gone idle, to park.
@@ -414,10 +396,18 @@ async fn serve(
     None
 }
 
-/// Decrements the connection gauges when a connection task ends, however it ends.
-struct ConnGuard {
+/// Decrements the connection gauges when a connection ends, however it
+/// ends (it moves with a connection that is parked).
+#[derive(Debug)]
+pub struct ConnGuard {
     ctx: Rc<WorkerCtx>,
     stats: std::sync::Arc<crate::metrics::ListenerStats>,
+}
+
+impl ConnGuard {
+    pub fn ctx(&self) -> &Rc<WorkerCtx> {
+        &self.ctx
+    }
 }
 
 impl Drop for ConnGuard {

@@ -126,7 +126,8 @@ fn failures(p: &Proxy, reason: &str) -> f64 {
 
 /// Several requests on one TLS connection, a 1 MiB request body and a
 /// 1 MiB response (more than rustls takes or gives in one call), and
-/// `x-forwarded-proto: https` upstream.
+/// `x-forwarded-proto: https` upstream; the connection parked while idle
+/// resumes with its session.
 fn https_keep_alive_and_large_bodies(driver: Driver) {
     let dir = TempDir::new("tls-basic");
     let ca = Ca::new("test CA");
@@ -159,6 +160,13 @@ fn https_keep_alive_and_large_bodies(driver: Driver) {
     assert!(body.starts_with(b"proto=https body=1048576"));
     let (status, _, _) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status, 200);
+    // Idle past the warm window: parked with its TLS session, then resumed.
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        let (status, _, body) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"proto=https body=0");
+    }
 }
 
 /// `tls.certificates` by SNI: exact name, wildcard (one label), and the

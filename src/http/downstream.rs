@@ -193,3 +193,111 @@ impl Downstream {
         Ok(n)
     }
 }
+
+/// What a parked connection keeps of its `Downstream`: the socket and the
+/// facts of the connection; the rest is rebuilt from its listener when it
+/// resumes (`http::park`).
+#[derive(Debug)]
+pub struct Idle {
+    pub io: IdleIo,
+    peer: SocketAddr,
+    bytes_in: u64,
+    bytes_out: u64,
+    peer_identity: Option<Rc<str>>,
+    xfcc: Option<Rc<str>>,
+    original_dst: Option<SocketAddr>,
+}
+
+/// A parked connection's socket.
+#[derive(Debug)]
+pub enum IdleIo {
+    /// A plain connection keeps only a descriptor (a duplicate: the
+    /// runtime's socket object, with its heap state and, on epoll, its
+    /// registration, is dropped while parked and rebuilt on resume).
+    Fd(std::os::fd::OwnedFd),
+    /// TLS keeps its session.
+    Stream(ClientIo),
+}
+
+impl IdleIo {
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            IdleIo::Fd(fd) => fd.as_raw_fd(),
+            IdleIo::Stream(s) => s.tcp().as_raw_fd(),
+        }
+    }
+
+    /// Bytes already inside the TLS layer (no readiness will announce them).
+    pub fn has_buffered(&mut self) -> bool {
+        match self {
+            IdleIo::Fd(_) => false,
+            IdleIo::Stream(s) => s.has_buffered(),
+        }
+    }
+}
+
+impl Downstream {
+    /// The connection between requests (nothing unread in `buf`).
+    pub fn into_idle(self) -> Idle {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        let io = match self.stream {
+            // If dup fails (descriptor limit), keep the stream itself.
+            // SAFETY: `s` owns this open descriptor for the whole borrow.
+            ClientIo::Plain(s) => {
+                match unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }.try_clone_to_owned() {
+                    Ok(fd) => IdleIo::Fd(fd),
+                    Err(_) => IdleIo::Stream(ClientIo::Plain(s)),
+                }
+            }
+            tls => IdleIo::Stream(tls),
+        };
+        Idle {
+            io,
+            peer: self.peer,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            peer_identity: self.peer_identity,
+            xfcc: self.xfcc,
+            original_dst: self.original_dst,
+        }
+    }
+}
+
+impl Idle {
+    /// Back to a `Downstream` on `listener` (as accepted); `None` when the
+    /// runtime cannot take the socket back (it is then closed).
+    pub fn resume(
+        self,
+        handle: &Rc<ListenerHandle>,
+        ctx: &crate::worker::WorkerCtx,
+        listener: &crate::config::Listener,
+    ) -> Option<Downstream> {
+        let stream = match self.io {
+            IdleIo::Fd(fd) => match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                Ok(s) => ClientIo::Plain(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resume a parked connection; closing it");
+                    return None;
+                }
+            },
+            IdleIo::Stream(s) => s,
+        };
+        Some(Downstream {
+            stream,
+            buf: BytesMut::new(),
+            peer: self.peer,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            handle: handle.clone(),
+            responded: false,
+            body_complete: true,
+            send_timeout: listener.http.send_timeout,
+            body_timeout: listener.http.request_body_timeout,
+            deadlines: ctx.deadlines.clone(),
+            peer_identity: self.peer_identity,
+            xfcc: self.xfcc,
+            original_dst: self.original_dst,
+        })
+    }
+}

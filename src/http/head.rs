@@ -145,7 +145,7 @@ fn park_or_close(
 
 /// How a wait for the next request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Wait {
+enum Wait {
     /// Bytes (or EOF) to read.
     Ready,
     /// Close: an error, or the listener stopping.
@@ -158,7 +158,7 @@ pub(super) enum Wait {
 /// no buffer. Idle keep-alive connections close at once when their
 /// listener stops, so a drain does not wait for them. The wait is woken by
 /// the listener's stop; nothing polls.
-pub(super) async fn wait_for_request(
+async fn wait_for_request(
     ctx: &WorkerCtx,
     handle: &ListenerHandle,
     conn: &mut Downstream,

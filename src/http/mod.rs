@@ -27,6 +27,7 @@ pub fn upstream_request(head: &codec::RequestHead, route: &crate::route::Route) 
 }
 mod head;
 mod io;
+pub mod park;
 pub mod pool;
 mod proxy;
 mod record;
@@ -37,10 +38,10 @@ pub mod upconn;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{Listener, Snapshot};
 use crate::worker::{ListenerHandle, WorkerCtx};
+pub use park::Parked;
 
 /// Serve one accepted connection of an http listener (`listener` as it was
 /// at accept; each request routes on the snapshot current when it arrives).
@@ -55,75 +56,5 @@ pub async fn serve(
 ) -> Option<Parked> {
     let (conn, idle_left) =
         server::serve_connection(ctx, handle, accept_snapshot, listener, incoming).await?;
-    Some(Parked::new(ctx, handle, accept_snapshot, conn, idle_left))
-}
-
-/// An idle keep-alive connection between requests, outside the task that
-/// served it: an idle connection costs this (a few hundred bytes, no
-/// buffer) and a readiness wait, not a whole connection task (ARCHITECTURE
-/// invariant 8; docs/benchmarks.md, idle memory). A served connection is
-/// parked when it stays idle for the warm window after its response.
-#[derive(Debug)]
-pub struct Parked {
-    ctx: Rc<WorkerCtx>,
-    handle: Rc<ListenerHandle>,
-    snapshot: Arc<Snapshot>,
-    conn: downstream::Downstream,
-    idle_left: Duration,
-}
-
-impl Parked {
-    fn new(
-        ctx: &Rc<WorkerCtx>,
-        handle: &Rc<ListenerHandle>,
-        snapshot: &Arc<Snapshot>,
-        conn: downstream::Downstream,
-        idle_left: Duration,
-    ) -> Parked {
-        Parked {
-            ctx: ctx.clone(),
-            handle: handle.clone(),
-            snapshot: snapshot.clone(),
-            conn,
-            idle_left,
-        }
-    }
-
-    /// Wait for the next request's first bytes, up to what is left of
-    /// `idle_timeout`; false: close instead (timeout, error, listener
-    /// stopping).
-    pub async fn wait(&mut self) -> bool {
-        let wait = head::wait_for_request(
-            &self.ctx,
-            &self.handle,
-            &mut self.conn,
-            self.idle_left,
-            head::Phase::Served,
-        );
-        wait.await == head::Wait::Ready
-    }
-
-    /// Serve the connection's next requests (after `wait`); `Some` when it
-    /// goes idle again.
-    pub async fn resume(self) -> Option<Parked> {
-        let Parked {
-            ctx,
-            handle,
-            snapshot,
-            conn,
-            ..
-        } = self;
-        let listener = handle.resolve(&snapshot)?;
-        let served = server::serve_requests(
-            &ctx,
-            &handle,
-            &snapshot,
-            listener,
-            conn,
-            head::Phase::Served,
-            0,
-        );
-        let (conn, idle_left) = served.await?;
-        Some(Parked::new(&ctx, &handle, &snapshot, conn, idle_left))
-    }
+    Some(Parked::new(handle, accept_snapshot, conn, idle_left))
 }

@@ -99,6 +99,8 @@ pub struct WorkerCtx {
     finished: Cell<bool>,
     /// Connections freed since the last heap trim (`memory`).
     pub release: memory::Release,
+    /// Idle keep-alive connections between requests (`http::park`).
+    pub lot: crate::http::park::Lot,
     /// This worker's access log buffer.
     pub log: WorkerLog,
     /// Accept loops by listener name.
@@ -249,6 +251,12 @@ impl WorkerCtx {
         }
     }
 
+    /// The whole process drains (set before any worker hears of it).
+    pub fn process_draining(&self) -> bool {
+        self.process_draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn closing(&self, listener: &ListenerHandle) -> bool {
         self.draining.get()
             || listener.draining.get()
@@ -306,6 +314,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         deadlines: Rc::default(),
         finished: Cell::new(false),
         release: memory::Release::default(),
+        lot: crate::http::park::Lot::default(),
         index: spec.index,
         workers: spec.workers,
         driver: spec.driver,
@@ -345,8 +354,10 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
                 Err(e) => tracing::error!(worker = ctx.index, error = %e, "cannot add listener"),
             },
             Control::RemoveListener(name) => {
-                if let Some(h) = ctx.listeners.borrow_mut().remove(&name) {
+                let removed = ctx.listeners.borrow_mut().remove(&name);
+                if let Some(h) = removed {
                     h.stop();
+                    ctx.lot.close_listener(&h);
                 }
             }
         }
@@ -355,6 +366,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
     for h in ctx.listeners.borrow_mut().drain() {
         h.1.stop();
     }
+    ctx.lot.close_all();
     for l in loops {
         l.await;
     }
@@ -375,12 +387,13 @@ fn add_listener(
     let handle = Rc::new(ListenerHandle::new(socket.name.clone(), socket.configured));
     let cancel = handle.cancel_handle();
     let accept = listener::AcceptLoop::new(ctx.clone(), socket, handle.clone(), cancel)?;
-    if let Some(old) = ctx
+    let old = ctx
         .listeners
         .borrow_mut()
-        .insert(handle.name.clone(), handle)
-    {
+        .insert(handle.name.clone(), handle);
+    if let Some(old) = old {
         old.stop();
+        ctx.lot.close_listener(&old);
     }
     Ok(monoio::spawn(accept.run()))
 }
@@ -398,6 +411,7 @@ async fn tick(ctx: Rc<WorkerCtx>) {
         let start = Instant::now();
         monoio::time::sleep(TICK).await;
         ctx.deadlines.sweep(Instant::now());
+        ctx.lot.sweep(&ctx, Instant::now());
         ctx.release.maybe_trim(Instant::now());
         let lag = start.elapsed().saturating_sub(TICK);
         ctx.stats
