@@ -51,10 +51,11 @@ def hold(port, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=5000)
+    ap.add_argument("--tcp-connections", type=int, default=3000)
     ap.add_argument("--io", default="auto", help="outrigger's driver: auto, io_uring or epoll")
     a = ap.parse_args()
     n = a.connections
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n * 3, n * 3))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n * 4, n * 4))
     d = tempfile.mkdtemp(prefix="outrigger-idle-")
     up = nginx(d, "up", 'server { listen 127.0.0.1:18500; location / { return 200 "ok"; } }', n)
     px = nginx(d, "px", """upstream up { server 127.0.0.1:18500; keepalive 64; }
@@ -72,14 +73,21 @@ protocol = "http"
 routes = "main"
 max_connections = {n * 2}
 idle_timeout = "300s"
+[listeners.tcp]
+address = "127.0.0.1:18503"
+protocol = "tcp"
+cluster = "up"
+max_connections = {n * 2}
+idle_timeout = "300s"
 [[routes.main]]
 match.path_prefix = "/"
 cluster = "up"
 [clusters.up]
 endpoints = ["127.0.0.1:18500"]
+circuit_breaker = {{ max_connections = {n * 2} }}
 """)
     og = subprocess.Popen([f"{ROOT}/target/release/outrigger", "run", "--no-watch", "--config", cfg, "--log-level", "warn"],
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n * 3, n * 3)))
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n * 4, n * 4)))
     time.sleep(1)
     try:
         for name, port, pid in (("outrigger", 18501, og.pid), ("nginx", 18502, px.pid)):
@@ -94,7 +102,22 @@ endpoints = ["127.0.0.1:18500"]
                   f"{1024 * (after - before) / n:.0f} bytes per connection")
             for s in socks:
                 s.close()
-            time.sleep(0.5)
+            time.sleep(1.5)
+        print(f"outrigger open descriptors after the clients closed: {len(os.listdir(f'/proc/{og.pid}/fd'))}")
+        # An idle TCP relay: the client sends one request through it and
+        # reads the answer; both sides then stay open and silent.
+        # Up to 4 descriptors each on io_uring (two sockets, a duplicate
+        # of each for readiness waits): fewer of them under the fd limit.
+        t = a.tcp_connections
+        hold(18503, 10)
+        before = rss_kib(og.pid)
+        socks = hold(18503, t)
+        time.sleep(2.5)
+        after = rss_kib(og.pid)
+        print(f"outrigger tcp relay: {t} idle relayed connections: RSS {before} -> {after} KiB, "
+              f"{1024 * (after - before) / t:.0f} bytes per connection")
+        for s in socks:
+            s.close()
     finally:
         for p in (og, px, up):
             p.send_signal(signal.SIGTERM)
