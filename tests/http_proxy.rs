@@ -399,6 +399,8 @@ fn smuggling_attempts_get_400(driver: Driver) {
         ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400),
+        // A list is not a plain value even when its members agree.
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
     ];
     for (raw, want) in cases {
         let r = one_shot(addr, raw.as_bytes()).unwrap_or_else(|| panic!("no response to {raw:?}"));
@@ -435,6 +437,19 @@ fn smuggling_attempts_get_400(driver: Driver) {
         before + 2,
         "the poisoned upstream connection was not pooled"
     );
+    // Chunk extensions outside RFC 9112 §7.1.1: 400 and a close (the head
+    // went upstream with the stream, whose connection is abandoned).
+    for bad in [
+        &b"5;\r\nhello\r\n0\r\n\r\n"[..],
+        b"5;a=\"unterminated\r\nhello\r\n0\r\n\r\n",
+        b"5 \r\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        raw.extend_from_slice(bad);
+        let r = one_shot(addr, &raw).unwrap();
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(r.header("connection"), Some("close"));
+    }
 }
 
 /// A raw TCP upstream that answers every connection with `reply` and closes.

@@ -155,27 +155,23 @@ fn find(buf: &[u8], needle: &[u8]) -> Option<usize> {
     buf.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `1a;name=value` → 26. Hex digits only, at most 16 of them.
+/// `1a;name=value` → 26. Hex digits only, at most 16 of them, then
+/// extensions exactly as RFC 9112 §7.1.1 writes them:
+/// `*( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`.
+/// Anything else is an error: an empty extension (`5;`), an unterminated
+/// quoted string, whitespace before the line end (`5 `), control
+/// characters.
 fn parse_size_line(line: &[u8]) -> Result<u64, &'static str> {
-    let (size, ext) = match line.iter().position(|&b| b == b';') {
-        Some(i) => (&line[..i], Some(&line[i + 1..])),
-        None => (line, None),
-    };
-    // Whitespace before the extension (BWS) is tolerated, nowhere else.
-    let size = super::codec::trim_ows(size);
-    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
-        return Err("invalid chunk size");
-    }
     if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
         return Err("whitespace before chunk size");
     }
-    if let Some(ext) = ext {
-        if ext.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
-            return Err("control character in chunk extension");
-        }
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err("invalid chunk size");
     }
+    check_extensions(&line[digits..])?;
     let mut n: u64 = 0;
-    for &d in size {
+    for &d in &line[..digits] {
         let v = (d as char).to_digit(16).ok_or("invalid chunk size")?;
         n = n
             .checked_mul(16)
@@ -183,6 +179,70 @@ fn parse_size_line(line: &[u8]) -> Result<u64, &'static str> {
             .ok_or("chunk size overflows")?;
     }
     Ok(n)
+}
+
+/// What follows the chunk size on its line (see `parse_size_line`).
+fn check_extensions(mut rest: &[u8]) -> Result<(), &'static str> {
+    fn skip_bws(s: &[u8]) -> &[u8] {
+        let n = s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+        &s[n..]
+    }
+    fn token(s: &[u8]) -> usize {
+        s.iter().take_while(|b| super::codec::is_tchar(**b)).count()
+    }
+    loop {
+        let after_ws = skip_bws(rest);
+        if after_ws.is_empty() {
+            return if after_ws.len() == rest.len() {
+                Ok(())
+            } else {
+                Err("whitespace at the end of a chunk size line")
+            };
+        }
+        if after_ws[0] != b';' {
+            return Err(if rest[0] == b';' || after_ws.len() != rest.len() {
+                "invalid chunk extension"
+            } else if rest[0] < 0x20 || rest[0] == 0x7f {
+                "control character in chunk size line"
+            } else {
+                "invalid chunk size"
+            });
+        }
+        rest = skip_bws(&after_ws[1..]);
+        let name = token(rest);
+        if name == 0 {
+            return Err("empty chunk extension");
+        }
+        rest = &rest[name..];
+        let before_eq = skip_bws(rest);
+        if before_eq.first() == Some(&b'=') {
+            rest = skip_bws(&before_eq[1..]);
+            if rest.first() == Some(&b'"') {
+                rest = &rest[quoted_string(rest)?..];
+            } else {
+                let value = token(rest);
+                if value == 0 {
+                    return Err("empty chunk extension value");
+                }
+                rest = &rest[value..];
+            }
+        }
+    }
+}
+
+/// Length of the quoted-string at the start of `s` (which starts with `"`).
+fn quoted_string(s: &[u8]) -> Result<usize, &'static str> {
+    let text = |b: u8| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Ok(i + 1),
+            b'\\' if s.get(i + 1).is_some_and(|b| text(*b)) => i += 2,
+            b if b != b'\\' && text(b) => i += 1,
+            _ => return Err("invalid character in a chunk extension's quoted string"),
+        }
+    }
+    Err("unterminated quoted string in chunk extension")
 }
 
 /// One chunk of the chunked coding, written with a single `writev`: size

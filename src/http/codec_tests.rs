@@ -42,11 +42,6 @@ fn valid_requests() {
             true,
         ),
         (
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
-            Framing::Length(5),
-            true,
-        ),
-        (
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
             Framing::None,
             true,
@@ -139,6 +134,10 @@ fn invalid_requests_and_their_status() {
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n", 400),
+        // Equal values are still a list, or a repeated line (issue 12, point 6).
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 42, 42\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,5\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n", 400),
         // Whitespace between a header name and the colon; obs-fold.
         ("GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", 400),
@@ -212,6 +211,25 @@ fn chunked_valid() {
     let (body, trailers) = decode_all(b"A\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n").unwrap();
     assert_eq!(body, b"0123456789");
     assert_eq!(trailers, b"X-T: 1\r\n");
+    // RFC 9112 §7.1.1 extensions: BWS around ";" and "=", bare names,
+    // quoted values with quoted pairs, several of them.
+    for line in [
+        &b"5 ;a=b"[..],
+        b"5;a",
+        b"5\t; a = b",
+        b"5;a;b=c;d=\"x y\"",
+        b"5;a=\"q\\\"x\"",
+        b"5;a=\"\"",
+    ] {
+        let mut raw = line.to_vec();
+        raw.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(
+            decode_all(&raw).map(|(b, _)| b),
+            Ok(b"hello".to_vec()),
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
 }
 
 /// Decode `raw` fed in pieces: the bytes up to `split`, then the rest.
@@ -278,6 +296,21 @@ fn chunked_invalid() {
         b"5\r\nhelloXX0\r\n\r\n",
         b" 5\r\nhello\r\n0\r\n\r\n",
         b"5;a\0b\r\nhello\r\n0\r\n\r\n",
+        // Issue 12, point 6: an empty extension, an unterminated quoted
+        // string, whitespace before the line end.
+        b"5;\r\nhello\r\n0\r\n\r\n",
+        b"5; \r\nhello\r\n0\r\n\r\n",
+        b"5;;a\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"x\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"x\\\"\r\nhello\r\n0\r\n\r\n",
+        b"5 \r\nhello\r\n0\r\n\r\n",
+        b"5\t\r\nhello\r\n0\r\n\r\n",
+        b"5;a=b \r\nhello\r\n0\r\n\r\n",
+        b"5;a=\r\nhello\r\n0\r\n\r\n",
+        b"5;=b\r\nhello\r\n0\r\n\r\n",
+        b"5;a b\r\nhello\r\n0\r\n\r\n",
+        b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+        b"0 \r\n\r\n",
         b"0\r\nbad trailer\r\n\r\n",
         long_ext.as_bytes(),
     ];

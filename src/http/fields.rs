@@ -90,27 +90,32 @@ pub(crate) fn transfer_encoding(headers: &[Header]) -> Result<Option<TransferCod
 /// Registered transfer codings (RFC 9112 §7).
 const KNOWN_CODINGS: [&[u8]; 5] = [b"chunked", b"gzip", b"deflate", b"compress", b"x-gzip"];
 
-/// Content-Length: digits only; duplicates (as headers or a list) must agree.
+/// Content-Length: one header line of digits only. A list (`42, 42`) and a
+/// repeated line are rejected even when the values agree, as nginx and
+/// HAProxy do: RFC 9110 §8.6 lets a recipient merge equal values, but a
+/// proxy that does so forwards a message other parsers may frame
+/// differently.
 pub fn content_length(headers: &[Header]) -> Result<Option<u64>, &'static str> {
     let mut value: Option<u64> = None;
     for h in headers.iter().filter(|h| h.is("content-length")) {
-        for part in h.value.split(|&b| b == b',') {
-            let part = trim_ows(part);
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err("Content-Length is not a number");
-            }
-            let mut n: u64 = 0;
-            for &d in part {
-                n = n
-                    .checked_mul(10)
-                    .and_then(|n| n.checked_add(u64::from(d - b'0')))
-                    .ok_or("Content-Length overflows")?;
-            }
-            match value {
-                Some(v) if v != n => return Err("conflicting Content-Length values"),
-                _ => value = Some(n),
-            }
+        if value.is_some() {
+            return Err("more than one Content-Length");
         }
+        let v = trim_ows(&h.value);
+        if v.contains(&b',') {
+            return Err("Content-Length is a list");
+        }
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err("Content-Length is not a number");
+        }
+        let mut n: u64 = 0;
+        for &d in v {
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or("Content-Length overflows")?;
+        }
+        value = Some(n);
     }
     Ok(value)
 }
