@@ -56,6 +56,7 @@ pub mod config;
 pub mod control;
 pub mod deadline;
 pub mod discovery;
+pub mod fxhash;
 pub mod http;
 pub mod listener;
 pub mod metrics;

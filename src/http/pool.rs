@@ -3,7 +3,6 @@
 //! its response was read completely and nothing else arrived.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,11 +11,12 @@ use std::os::fd::AsRawFd;
 use monoio::net::TcpStream;
 
 use super::upconn::UpConn;
+use crate::fxhash::FxHashMap;
 
 /// Idle upstream connections of one worker.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
+    idle: RefCell<FxHashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
 }
 
 impl Pool {

@@ -79,7 +79,8 @@ pub fn serialize_request(
         out.extend_from_slice(&v.value);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}\r\n", peer.ip());
+    push_ip(&mut out, peer.ip());
+    out.extend_from_slice(b"\r\n");
     let proto: &[u8] = if https { b"https" } else { b"http" };
     push_header(&mut out, b"x-forwarded-proto", proto);
     // Only a peer this listener verified is named; a client's own value
@@ -92,7 +93,7 @@ pub fn serialize_request(
         None => {
             out.extend_from_slice(b"x-request-id: ");
             let start = out.len();
-            let _ = write!(out, "{:032x}", fastrand::u128(..));
+            push_hex128(&mut out, fastrand::u128(..));
             let end = out.len();
             out.extend_from_slice(b"\r\n");
             Some(start..end)
@@ -135,7 +136,9 @@ pub fn serialize_request(
 fn write_framing(out: &mut BytesMut, framing: Framing) {
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => push_header(out, b"transfer-encoding", b"chunked"),
         Framing::None | Framing::UntilClose => {}
@@ -149,6 +152,48 @@ fn removed(edits: &HeaderRewrite, h: &Header) -> bool {
 fn apply_set_add(out: &mut BytesMut, edits: &HeaderRewrite) {
     for (n, v) in edits.set.iter().chain(edits.add.iter()) {
         push_header(out, n.as_bytes(), v.as_bytes());
+    }
+}
+
+/// Decimal digits of `n` (no `fmt` machinery: this runs per request).
+pub(super) fn push_u64(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// 32 lower-case hex digits of `v`.
+fn push_hex128(out: &mut BytesMut, v: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// An IP address as text: IPv4 by hand, IPv6 through `Display`.
+fn push_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b".");
+                }
+                push_u64(out, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -209,7 +254,9 @@ pub fn serialize_response(
     upgrade: bool,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(256);
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(&mut out, u64::from(resp.status));
+    out.extend_from_slice(b" ");
     out.extend_from_slice(&resp.reason);
     out.extend_from_slice(b"\r\n");
     let listed = connection_listed(&resp.headers);
@@ -265,5 +312,42 @@ mod per_try_tests {
             &per_try(&plain, 3, 0, b"")[..],
             &b"GET / HTTP/1.1\r\nhost: x\r\nx-outrigger-attempts: 3\r\n\r\n"[..]
         );
+    }
+}
+
+#[cfg(test)]
+mod number_tests {
+    use bytes::BytesMut;
+
+    #[test]
+    fn hand_formatting_matches_fmt() {
+        for n in [0u64, 7, 10, 99, 100, 1024, 65_535, u64::MAX] {
+            let mut b = BytesMut::new();
+            super::push_u64(&mut b, n);
+            assert_eq!(&b[..], n.to_string().as_bytes());
+        }
+        for v in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            let mut b = BytesMut::new();
+            super::push_hex128(&mut b, v);
+            assert_eq!(&b[..], format!("{v:032x}").as_bytes());
+        }
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut b = BytesMut::new();
+            let parsed: std::net::IpAddr = ip.parse().unwrap_or_else(|_| unreachable!());
+            super::push_ip(&mut b, parsed);
+            assert_eq!(&b[..], ip.as_bytes());
+        }
     }
 }

@@ -4,8 +4,8 @@
 pub mod balance;
 pub mod prober;
 
+use crate::fxhash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,12 +234,12 @@ impl Endpoint {
 #[derive(Debug, Default)]
 pub struct Balancers {
     /// Round-robin position per cluster name.
-    next: RefCell<HashMap<String, usize>>,
+    next: RefCell<FxHashMap<String, usize>>,
     /// In-flight connections/requests per endpoint address on this worker
     /// (an address shared by two clusters is one server, with one load).
-    in_flight: RefCell<HashMap<SocketAddr, u32>>,
+    in_flight: RefCell<FxHashMap<SocketAddr, u32>>,
     /// Peak-EWMA latency estimates per endpoint address (peak_ewma clusters).
-    ewma: RefCell<HashMap<SocketAddr, balance::Ewma>>,
+    ewma: RefCell<FxHashMap<SocketAddr, balance::Ewma>>,
 }
 
 impl Balancers {
