@@ -91,7 +91,7 @@ where
     let mut pos = 0;
     while pos < len {
         let write = w.write(buf.slice(pos..));
-        let (res, slice) = match deadlines.within(Instant::now() + idle, write).await {
+        let (res, slice) = match deadlines.within(deadlines.after(idle), write).await {
             Ok(done) => done,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         };
@@ -126,7 +126,7 @@ where
     B: Vectored,
 {
     while buf.remaining() > 0 {
-        let (res, b) = match deadlines.within(Instant::now() + idle, w.writev(buf)).await {
+        let (res, b) = match deadlines.within(deadlines.after(idle), w.writev(buf)).await {
             Ok(done) => done,
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         };

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -164,7 +164,7 @@ impl Downstream {
     /// so is `request_body_timeout` without a byte (the connection then
     /// closes, so the bytes a cancelled read might hold do not matter).
     pub async fn read_body(&mut self) -> Result<(), HttpError> {
-        let at = Instant::now() + self.body_timeout;
+        let at = self.deadlines.after(self.body_timeout);
         let deadlines = self.deadlines.clone();
         let res = deadlines
             .within(at, self.read_more(64 * 1024))

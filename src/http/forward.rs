@@ -530,7 +530,10 @@ impl Try<'_> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
         if !fresh {
-            if let Some(s) = ctx.http_pool.take(addr, cluster.pool_idle_timeout) {
+            if let Some(s) =
+                ctx.http_pool
+                    .take(addr, cluster.pool_idle_timeout, ctx.deadlines.coarse_now())
+            {
                 return Ok((s, true));
             }
         }

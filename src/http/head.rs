@@ -105,7 +105,7 @@ pub(super) async fn read_head(
             }
         }
     }
-    let deadline = Instant::now() + http.header_timeout;
+    let deadline = ctx.deadlines.after(http.header_timeout);
     loop {
         if !conn.buf.is_empty() {
             if let Some(head) = parse_request(&mut conn.buf, limits)? {

@@ -24,11 +24,12 @@ impl Pool {
     /// `max_idle_time` and still clean: not closed by the upstream and with
     /// no stray bytes waiting (a late body after a HEAD or 204, say, which
     /// the next client would read as its response). Others are closed.
-    pub fn take(&self, addr: SocketAddr, max_idle_time: Duration) -> Option<UpConn> {
+    /// `now` may be the worker's coarse clock (pool ages are coarse).
+    pub fn take(&self, addr: SocketAddr, max_idle_time: Duration, now: Instant) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some((mut stream, since)) = list.pop() {
-            if since.elapsed() < max_idle_time && stream.is_clean() {
+            if now.saturating_duration_since(since) < max_idle_time && stream.is_clean() {
                 return Some(stream);
             }
         }
@@ -50,11 +51,11 @@ impl Pool {
     }
 
     /// Return a clean connection; closed instead when `max_idle` are pooled.
-    pub fn put(&self, addr: SocketAddr, stream: UpConn, max_idle: usize) {
+    pub fn put(&self, addr: SocketAddr, stream: UpConn, max_idle: usize, now: Instant) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < max_idle {
-            list.push((stream, Instant::now()));
+            list.push((stream, now));
         }
     }
 

@@ -342,8 +342,12 @@ impl Exchange<'_> {
     /// Return a clean upstream connection to the worker's pool.
     fn pool(&self, up: UpConn) {
         let ctx = self.req.ctx;
-        ctx.http_pool
-            .put(self.addr, up, self.cluster.max_idle_connections);
+        ctx.http_pool.put(
+            self.addr,
+            up,
+            self.cluster.max_idle_connections,
+            ctx.deadlines.coarse_now(),
+        );
         if let Some(ep) = self
             .cluster
             .endpoints
