@@ -654,6 +654,11 @@ fn parked_connections_resume_idle_out_and_close_on_drain(driver: Driver) {
         2,
         "parked connections count as active"
     );
+    assert_eq!(
+        s.parked_connections(),
+        2,
+        "both idle connections are parked"
+    );
     // idle_timeout still ends a parked connection (coarse: up to ~100 ms late).
     let started = Instant::now();
     b.stream
@@ -684,6 +689,7 @@ fn parked_connections_resume_idle_out_and_close_on_drain(driver: Driver) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(s.active_connections(), 0);
+    assert_eq!(s.parked_connections(), 0);
 }
 
 fn chunked_and_close_delimited_responses(driver: Driver) {

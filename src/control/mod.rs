@@ -341,6 +341,15 @@ impl Server {
             .sum()
     }
 
+    /// Idle keep-alive connections parked, all workers.
+    pub fn parked_connections(&self) -> u64 {
+        self.shared
+            .worker_stats
+            .iter()
+            .map(|w| w.parked.get())
+            .sum()
+    }
+
     /// Relay buffers held by connections, all workers.
     pub fn buffers_rented(&self) -> u64 {
         self.shared

@@ -195,11 +195,18 @@ impl Lot {
             generation,
         });
         st.len += 1;
+        ctx.stats.parked.set(st.len as u64);
         Ok(())
     }
 
     /// Take slot `index` out (unwatched), if it holds `generation`.
     fn take(st: &mut State, index: usize, generation: Option<u32>) -> Option<Slot> {
+        let slot = Lot::take_slot(st, index, generation)?;
+        slot.guard.ctx().stats.parked.set(st.len as u64);
+        Some(slot)
+    }
+
+    fn take_slot(st: &mut State, index: usize, generation: Option<u32>) -> Option<Slot> {
         let slot = st.slots.get_mut(index)?;
         if generation.is_some_and(|g| slot.as_ref().is_some_and(|s| s.generation != g)) {
             return None;

@@ -522,7 +522,7 @@ fn worker_metrics(p: &mut Prom, src: &ExportSource<'_>) {
         );
     }
     type Get = fn(&WorkerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 5] = [
+    let simple: [(&str, &str, &str, Get); 6] = [
         (
             "outrigger_worker_connections_active",
             "gauge",
@@ -534,6 +534,12 @@ fn worker_metrics(p: &mut Prom, src: &ExportSource<'_>) {
             "gauge",
             "Relay buffers held by connections moving bytes.",
             |c| c.buffers_rented.get(),
+        ),
+        (
+            "outrigger_worker_connections_parked",
+            "gauge",
+            "Idle keep-alive HTTP connections parked between requests (no task, no buffer).",
+            |c| c.parked.get(),
         ),
         (
             "outrigger_trace_spans_dropped_total",
@@ -740,6 +746,7 @@ pub fn stats_json(src: &ExportSource<'_>) -> Value {
                 "driver": w.driver.to_string(),
                 "active_connections": c.active.get(),
                 "relay_buffers_rented": c.buffers_rented.get(),
+                "parked_connections": c.parked.get(),
                 "event_loop_lag_us": latency(&[&c.lag]),
                 "access_log_lines": c.access_log_lines.get(),
                 "access_log_dropped": c.access_log_dropped.get(),

@@ -292,6 +292,8 @@ pub struct WorkerCells {
     /// Relay buffers rented by connections now (gauge): idle connections
     /// hold none.
     pub buffers_rented: Counter,
+    /// Idle keep-alive connections parked between requests now (gauge).
+    pub parked: Counter,
     /// Sampled spans dropped because the export queue was full.
     pub spans_dropped: Counter,
     /// Event-loop lag samples: how late each periodic tick fired.
