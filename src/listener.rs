@@ -256,22 +256,45 @@ impl AcceptLoop {
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();
         monoio::spawn(async move {
-            if let Some(parked) = serve(ctx, handle, snapshot, stream, peer).await {
-                crate::http::park::park(parked, guard);
+            match serve(ctx, handle, snapshot, stream, peer).await {
+                Then::Done => {}
+                Then::Park(parked) => crate::http::park::park(parked, guard),
+                // The relay runs in a task of its own size: the task that
+                // set it up (sized by the HTTP path) ends here.
+                Then::Relay(relay) => {
+                    monoio::spawn(async move {
+                        let _guard = guard;
+                        relay.await;
+                    });
+                }
             }
         });
     }
 }
 
-/// Serve one connection; `Some`: an HTTP connection gone idle, to park.
+/// What is left of a connection when its first task ends. Not boxed:
+/// returned once per connection, and a box would be one more allocation
+/// per park.
+#[allow(clippy::large_enum_variant)]
+enum Then {
+    Done,
+    /// An HTTP connection gone idle, to park.
+    Park(crate::http::Parked),
+    /// A TCP relay to run in its own task.
+    Relay(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>),
+}
+
+/// Serve one connection: detect, handshake, serve HTTP, or set up a relay.
 async fn serve(
     ctx: Rc<WorkerCtx>,
     handle: Rc<ListenerHandle>,
     snapshot: std::sync::Arc<crate::config::Snapshot>,
     stream: TcpStream,
     peer: SocketAddr,
-) -> Option<crate::http::Parked> {
-    let listener = handle.resolve(&snapshot)?;
+) -> Then {
+    let Some(listener) = handle.resolve(&snapshot) else {
+        return Then::Done;
+    };
     // A dual-stack listener sees IPv4 clients as v4-mapped IPv6: log and
     // forward them as the IPv4 addresses they are.
     let peer = crate::sidecar::canonical(peer);
@@ -313,7 +336,7 @@ async fn serve(
             early = Some(bytes);
             use crate::sidecar::detect::Detected;
             match kind {
-                Detected::Closed => return None,
+                Detected::Closed => return Then::Done,
                 Detected::Http1 | Detected::Http2 => (true, false, None, None),
                 Detected::Tls if listener.tls.is_some() => (true, true, None, None),
                 Detected::Tls | Detected::Opaque | Detected::Silent => {
@@ -335,7 +358,7 @@ async fn serve(
                     let cells = listener.stats.worker(ctx.index);
                     cells.tls_handshake_failures[reason.index()].inc();
                     tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
-                    return None;
+                    return Then::Done;
                 }
             }
         }
@@ -348,14 +371,15 @@ async fn serve(
             original_dst,
             early: early.unwrap_or_default(),
         };
-        return crate::http::serve(&ctx, &handle, &snapshot, listener, incoming).await;
+        let parked = crate::http::serve(&ctx, &handle, &snapshot, listener, incoming).await;
+        return parked.map_or(Then::Done, Then::Park);
     }
     if let Some(authz) = &listener.authz {
         let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
         let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
         if !authz.permits(identity, ctx.index) {
             tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
-            return None;
+            return Then::Done;
         }
     }
     let mut stream = stream;
@@ -372,28 +396,31 @@ async fn serve(
             }
             Err(why) => {
                 tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
-                return None;
+                return Then::Done;
             }
         }
     }
-    let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)) else {
+    let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)).cloned() else {
         listener.stats.worker(ctx.index).no_upstream.inc();
         tracing::debug!(listener = %listener.name, %peer, "no cluster for this connection; closing");
-        return None;
+        return Then::Done;
     };
-    // Boxed: the relay's future is large, and inline it would size every
-    // connection's task, http ones included.
-    Box::pin(crate::tcp::proxy(
-        &ctx,
-        listener,
-        cluster,
-        stream,
-        peer,
-        initial,
-        original_dst,
-    ))
-    .await;
-    None
+    // Boxed and handed back: the relay's future is large, and it runs in a
+    // task of its own (this one, sized by the HTTP path, ends).
+    Then::Relay(Box::pin(async move {
+        if let Some(listener) = handle.resolve(&snapshot) {
+            let relay = crate::tcp::proxy(
+                &ctx,
+                listener,
+                &cluster,
+                stream,
+                peer,
+                initial,
+                original_dst,
+            );
+            relay.await;
+        }
+    }))
 }
 
 /// Decrements the connection gauges when a connection ends, however it
