@@ -104,30 +104,32 @@ pub async fn relay(
             outcome.upstream_to_downstream = b;
             outcome.spliced_directions = u8::from(sa) + u8::from(sb);
         }
-        _ = watchdog(&activity, idle_timeout, fds, &timed_out) => {}
+        _ = watchdog(&activity, idle_timeout, fds, &timed_out, deadlines) => {}
     }
     outcome.idle_timeout = timed_out.get();
     outcome
 }
 
-/// Sleeps until the connection has been idle for `idle`, then shuts both
+/// Waits until the connection has been idle for `idle`, then shuts both
 /// sockets down, which completes every pending operation on them; never
-/// returns, so the relay ends through its directions.
+/// returns, so the relay ends through its directions. On the worker's
+/// deadline slabs, not a runtime timer (a `Sleep` is 640 B in every relay).
 async fn watchdog(
     activity: &Cell<Instant>,
     idle: Duration,
     fds: [RawFd; 2],
     timed_out: &Cell<bool>,
+    deadlines: &Deadlines,
 ) {
     loop {
         let deadline = activity.get() + idle;
-        let now = Instant::now();
-        if now >= deadline {
+        if Instant::now() >= deadline {
             timed_out.set(true);
             shutdown_both(fds);
             std::future::pending::<()>().await;
         }
-        monoio::time::sleep(deadline - now).await;
+        let mut armed = deadlines.arm(deadline);
+        std::future::poll_fn(|cx| armed.poll_expired(cx)).await;
     }
 }
 
