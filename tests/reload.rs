@@ -260,6 +260,10 @@ fn listeners_added_removed_and_failed_bind_changes_nothing(driver: Driver) {
     // new connections are refused.
     std::fs::write(&path, config(driver, 4, "a", a.addr, b.addr, two)).unwrap();
     proxy.reload().unwrap();
+    // An idle keep-alive connection, parked (idle past the warm window).
+    let mut idle = Client::connect(web);
+    assert_eq!(idle.get("/", "svc", "").status, 200);
+    std::thread::sleep(Duration::from_millis(450));
     let mut slow = Client::connect(web);
     let before = a.stats.requests.load(Ordering::SeqCst);
     slow.send(b"GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n");
@@ -278,6 +282,15 @@ fn listeners_added_removed_and_failed_bind_changes_nothing(driver: Driver) {
         .expect("in-flight request answered");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
+    // The parked connection of the removed listener is closed at once.
+    idle.stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(std::io::Read::read(&mut idle.stream, &mut byte), Ok(0)),
+        "parked connection of a removed listener closed"
+    );
     assert!(
         eventually(|| std::net::TcpStream::connect(web).is_err()),
         "removed listener still accepts"
