@@ -140,30 +140,34 @@ pub fn trim_ows(v: &[u8]) -> &[u8] {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded, plus the names
 /// listed in Connection.
+/// Always removed (Transfer-Encoding and Content-Length are re-derived from
+/// the framing).
+const HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+];
+
 pub fn is_hop_by_hop(h: &Header, connection_listed: &[Bytes]) -> bool {
-    // Transfer-Encoding and Content-Length are re-derived from the framing.
-    const HOP: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "content-length",
-        "upgrade",
-    ];
     HOP.iter().any(|n| h.is(n))
         || connection_listed
             .iter()
             .any(|n| h.name.eq_ignore_ascii_case(n))
 }
 
-/// Header names listed in Connection headers (to be removed with it).
+/// Header names listed in Connection headers (to be removed with it),
+/// leaving out those `is_hop_by_hop` removes anyway: the usual
+/// `Connection: keep-alive` then costs no allocation.
 pub fn connection_listed(headers: &[Header]) -> Vec<Bytes> {
     let mut out = Vec::new();
     for h in headers.iter().filter(|h| h.is("connection")) {
         for token in h.value.split(|&b| b == b',') {
             let t = trim_ows(token);
-            if !t.is_empty() {
+            if !t.is_empty() && !HOP.iter().any(|n| t.eq_ignore_ascii_case(n.as_bytes())) {
                 out.push(h.value.slice_ref(t));
             }
         }
