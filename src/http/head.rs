@@ -9,8 +9,6 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-
 use super::codec::{parse_request, HeadLimits, RequestHead};
 use super::downstream::{ClientIo, Downstream};
 use super::error::HttpError;
@@ -77,13 +75,11 @@ pub(super) async fn read_head(
         {
             // Cancelled and then awaited: bytes that arrive at the window's
             // edge are kept (sockio::read_within).
-            let (res, buf) = read_within(
-                stream,
-                BytesMut::with_capacity(4096),
-                &ctx.deadlines,
-                window,
-            )
-            .await;
+            // The previous request's buffer, reused when nothing else holds
+            // it any more (`reserve` reclaims a unique allocation).
+            let mut buf = std::mem::take(&mut conn.buf);
+            buf.reserve(4096);
+            let (res, buf) = read_within(stream, buf, &ctx.deadlines, window).await;
             match res {
                 Some(Ok(0)) | Some(Err(_)) => return Ok(Read::Closed),
                 Some(Ok(n)) => {

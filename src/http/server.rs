@@ -125,10 +125,9 @@ pub async fn serve_requests(
                 return None;
             }
         }
-        // Between requests an idle connection keeps no buffer.
-        if conn.buf.is_empty() {
-            conn.buf = BytesMut::new();
-        }
+        // The read buffer is kept through the warm window and reused for
+        // the next request (the request's head, which shared it, is gone):
+        // no allocation per request. A parked connection holds none.
         phase = Phase::Served;
     }
 }
