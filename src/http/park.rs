@@ -144,15 +144,6 @@ struct Slot {
 }
 
 impl Lot {
-    /// Connections parked now.
-    pub fn len(&self) -> usize {
-        self.state.borrow().len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn insert(&self, ctx: &Rc<WorkerCtx>, parked: Parked, guard: ConnGuard) -> std::io::Result<()> {
         let mut st = self.state.borrow_mut();
         if st.stop {
@@ -201,12 +192,6 @@ impl Lot {
 
     /// Take slot `index` out (unwatched), if it holds `generation`.
     fn take(st: &mut State, index: usize, generation: Option<u32>) -> Option<Slot> {
-        let slot = Lot::take_slot(st, index, generation)?;
-        slot.guard.ctx().stats.parked.set(st.len as u64);
-        Some(slot)
-    }
-
-    fn take_slot(st: &mut State, index: usize, generation: Option<u32>) -> Option<Slot> {
         let slot = st.slots.get_mut(index)?;
         if generation.is_some_and(|g| slot.as_ref().is_some_and(|s| s.generation != g)) {
             return None;
@@ -221,12 +206,13 @@ impl Lot {
         }
         st.free.push(index as u32);
         st.len -= 1;
+        slot.guard.ctx().stats.parked.set(st.len as u64);
         Some(slot)
     }
 
     /// Close the parked connections `close` picks (dropped outside the
     /// borrow: closing touches the runtime and the gauges).
-    fn close_where(&self, close: impl Fn(&Slot) -> bool) -> usize {
+    fn close_where(&self, close: impl Fn(&Slot) -> bool) {
         let closed: Vec<Slot> = {
             let mut st = self.state.borrow_mut();
             let picked: Vec<usize> = (st.slots.iter().enumerate())
@@ -240,7 +226,7 @@ impl Lot {
             st.next_expiry = st.slots.iter().flatten().map(|s| s.parked.until).min();
             out
         };
-        closed.len()
+        drop(closed);
     }
 
     /// From the housekeeping tick: close parked connections whose

@@ -156,7 +156,7 @@ fn apply_set_add(out: &mut BytesMut, edits: &HeaderRewrite) {
 }
 
 /// Decimal digits of `n` (no `fmt` machinery: this runs per request).
-pub(super) fn push_u64(out: &mut BytesMut, mut n: u64) {
+fn push_u64(out: &mut BytesMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

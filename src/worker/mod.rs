@@ -258,11 +258,7 @@ impl WorkerCtx {
     }
 
     pub fn closing(&self, listener: &ListenerHandle) -> bool {
-        self.draining.get()
-            || listener.draining.get()
-            || self
-                .process_draining
-                .load(std::sync::atomic::Ordering::Relaxed)
+        self.draining.get() || listener.draining.get() || self.process_draining()
     }
 }
 
