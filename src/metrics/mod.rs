@@ -12,6 +12,7 @@
 
 mod export;
 pub mod histogram;
+mod json;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,9 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
-pub use export::{prometheus, stats_json, ExportSource, ReloadStats};
+pub use export::{prometheus, ExportSource, ReloadStats};
 pub use histogram::{Histogram, Merged};
+pub use json::stats_json;
 
 /// A single-writer counter or gauge.
 #[derive(Debug, Default)]
