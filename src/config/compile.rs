@@ -317,10 +317,17 @@ fn compile_listener(
         Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
         Protocol::Http | Protocol::Auto => DEFAULT_HTTP_IDLE_TIMEOUT,
     };
+    let http2 = match l.protocol.get_ref() {
+        Protocol::Http | Protocol::Auto => {
+            super::http2::compile(cx, key, l.http2.as_ref(), l.max_connection_age)
+        }
+        Protocol::Tcp => None,
+    };
     let tls = l.tls.as_ref().and_then(|t| {
-        let alpn_default: &[&str] = match l.protocol.get_ref() {
-            Protocol::Http | Protocol::Auto => &["http/1.1"],
-            Protocol::Tcp => &[],
+        let alpn_default: &[&str] = match (l.protocol.get_ref(), &http2) {
+            (Protocol::Http | Protocol::Auto, Some(_)) => &["h2", "http/1.1"],
+            (Protocol::Http | Protocol::Auto, None) => &["http/1.1"],
+            (Protocol::Tcp, _) => &[],
         };
         super::tls::listener_tls(cx, key, t, alpn_default)
     });
@@ -370,6 +377,7 @@ fn compile_listener(
                 .request_body_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
             send_timeout: l.send_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            http2,
         },
     })
 }

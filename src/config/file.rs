@@ -223,6 +223,11 @@ pub struct FileListener {
     /// closed. Default 60s.
     #[serde(default, deserialize_with = "positive_duration")]
     pub send_timeout: Option<ConfigDuration>,
+    /// http: `false` turns HTTP/2 off; a table sets its limits.
+    pub http2: Option<Spanned<super::http2::FileHttp2>>,
+    /// http: HTTP/2 connections get GOAWAY after this long. Default unset.
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub max_connection_age: Option<ConfigDuration>,
     /// `rate_limit.connections_per_second` (and `burst`) for the whole proxy.
     pub rate_limit: Option<Spanned<FileListenerRateLimit>>,
     /// TLS termination.

@@ -11,6 +11,7 @@ pub mod compile;
 mod discovery;
 pub mod error;
 pub mod file;
+pub mod http2;
 mod parse;
 mod resilience;
 mod routes;
@@ -163,6 +164,8 @@ pub struct HttpSettings {
     pub upstream_read_timeout: Duration,
     pub request_body_timeout: Duration,
     pub send_timeout: Duration,
+    /// HTTP/2 next to HTTP/1.1 (`None`: `http2 = false`).
+    pub http2: Option<http2::Http2Settings>,
 }
 
 /// What a listener does with its connections.

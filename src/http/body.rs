@@ -12,7 +12,7 @@ use super::error::HttpError;
 use std::io::Write;
 use std::time::Instant;
 
-use super::downstream::Downstream;
+use super::downstream::{ClientIo, Downstream};
 use super::proxy::Exchange;
 
 impl Exchange<'_> {
@@ -152,6 +152,9 @@ pub(super) struct BodySink<'a> {
 
 impl BodySink<'_> {
     async fn send(&mut self, data: Bytes) -> Result<(), HttpError> {
+        if self.conn.stream.is_h2() {
+            return self.conn.send_h2_data(data).await;
+        }
         if self.chunked_out {
             return self.send_chunk(data).await;
         }
@@ -179,7 +182,11 @@ impl BodySink<'_> {
     /// End the body: the last chunk and trailers when chunk-encoding (a
     /// client without chunked loses the trailers; RFC 9110 allows dropping
     /// them).
-    async fn finish_with(&mut self, trailers: Bytes) -> Result<(), HttpError> {
+    pub(super) async fn finish_with(&mut self, trailers: Bytes) -> Result<(), HttpError> {
+        if let ClientIo::H2(s) = &mut self.conn.stream {
+            let trailers = super::h2::trailers(&trailers);
+            return s.finish(trailers).map_err(HttpError::client_write);
+        }
         if self.chunked_out {
             return self.end_chunks(trailers).await;
         }

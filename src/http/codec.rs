@@ -16,6 +16,8 @@ use super::fields::{connection_tokens, transfer_encoding, TransferCoding};
 pub enum Version {
     Http10,
     Http11,
+    /// A request that arrived on an HTTP/2 stream (`http::h2`).
+    Http2,
 }
 
 /// How a message body is delimited.
@@ -223,7 +225,7 @@ fn build_request(
     let framing = request_framing(&headers, version)?;
     let connection = connection_tokens(&headers);
     let keep_alive = match version {
-        Version::Http11 => !connection.close,
+        Version::Http11 | Version::Http2 => !connection.close,
         Version::Http10 => connection.keep_alive && !connection.close,
     };
     let expect_continue = version == Version::Http11
@@ -462,7 +464,7 @@ pub fn parse_response(
         .collect();
     let connection = connection_tokens(&parsed);
     let keep_alive = match version {
-        Version::Http11 => !connection.close,
+        Version::Http11 | Version::Http2 => !connection.close,
         Version::Http10 => connection.keep_alive && !connection.close,
     };
     Ok(Some(ResponseHead {

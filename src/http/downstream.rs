@@ -22,19 +22,31 @@ use crate::worker::ListenerHandle;
 pub enum ClientIo {
     Plain(TcpStream),
     Tls(Box<crate::tls::ServerStream>),
+    /// One stream of an HTTP/2 connection (its socket belongs to the
+    /// connection's task).
+    H2(Box<super::h2::H2Stream>),
 }
 
 impl ClientIo {
-    /// The TCP socket under it (readiness waits, the peer address).
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket under it (readiness waits); none for an HTTP/2 stream.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            ClientIo::Plain(s) => s,
-            ClientIo::Tls(t) => &t.tcp,
+            ClientIo::Plain(s) => Some(s),
+            ClientIo::Tls(t) => Some(&t.tcp),
+            ClientIo::H2(_) => None,
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientIo::Tls(_))
+        match self {
+            ClientIo::Plain(_) => false,
+            ClientIo::Tls(_) => true,
+            ClientIo::H2(s) => s.is_tls(),
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, ClientIo::H2(_))
     }
 
     /// The client's verified certificate, on a listener that requires one.
@@ -54,7 +66,7 @@ impl ClientIo {
     /// socket would not see them).
     pub fn has_buffered(&mut self) -> bool {
         match self {
-            ClientIo::Plain(_) => false,
+            ClientIo::Plain(_) | ClientIo::H2(_) => false,
             ClientIo::Tls(t) => t.has_buffered(),
         }
     }
@@ -137,6 +149,7 @@ impl Downstream {
                         .map_err(HttpError::client_write)?;
                 }
             }
+            ClientIo::H2(_) => return Err(not_h1()),
         }
         self.bytes_out += n;
         Ok(())
@@ -157,7 +170,24 @@ impl Downstream {
                     .await
                     .map_err(HttpError::client_write)
             }
+            ClientIo::H2(_) => Err(not_h1()),
         }
+    }
+
+    /// Send response body bytes on an HTTP/2 stream, within `send_timeout`.
+    pub async fn send_h2_data(&mut self, data: bytes::Bytes) -> Result<(), HttpError> {
+        let n = data.len() as u64;
+        let at = self.deadlines.after(self.send_timeout);
+        let ClientIo::H2(s) = &mut self.stream else {
+            return Err(not_h1());
+        };
+        self.deadlines
+            .within(at, s.send_data(data, false))
+            .await
+            .map_err(|_| HttpError::SendTimeout)?
+            .map_err(HttpError::client_write)?;
+        self.bytes_out += n;
+        Ok(())
     }
 
     /// Read more of a request body into `buf`; EOF mid-body is an error, and
@@ -188,10 +218,18 @@ impl Downstream {
                 res?
             }
             ClientIo::Tls(t) => t.read_plain(&mut self.buf, spare).await?,
+            ClientIo::H2(s) => s.read_into(&mut self.buf).await?,
         };
         self.bytes_in += n as u64;
         Ok(n)
     }
+}
+
+/// HTTP/1 bytes written to an HTTP/2 stream: a path that forgot to branch.
+fn not_h1() -> HttpError {
+    HttpError::DownstreamIo(std::io::Error::other(
+        "HTTP/1.1 bytes cannot be written to an HTTP/2 stream",
+    ))
 }
 
 /// What a parked connection keeps of its `Downstream`: the socket and the
@@ -224,7 +262,7 @@ impl IdleIo {
         use std::os::fd::AsRawFd;
         match self {
             IdleIo::Fd(fd) => fd.as_raw_fd(),
-            IdleIo::Stream(s) => s.tcp().as_raw_fd(),
+            IdleIo::Stream(s) => s.tcp().map_or(-1, AsRawFd::as_raw_fd),
         }
     }
 

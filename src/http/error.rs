@@ -209,18 +209,10 @@ pub fn keeps_connection(error: &HttpError, at: ErrorContext) -> bool {
 /// proxy as its author, and a one-line body saying what happened.
 pub fn error_response(err: &HttpError, close: bool) -> Vec<u8> {
     let status = err.status().unwrap_or(500);
-    // A 400 names its cause (a fixed text of the codec, never client bytes).
-    let body = match err {
-        HttpError::BadRequest(cause) => format!("{}: {cause}\n", err.code()),
-        _ => format!("{}\n", err.code()),
-    };
-    // Whole seconds, rounded up: a client that waits this long gets a token.
-    let retry_after = match err {
-        HttpError::RateLimited(wait) => format!(
-            "retry-after: {}\r\n",
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-        ),
-        _ => String::new(),
+    let (body, retry_after) = error_body(err);
+    let retry_after = match retry_after {
+        Some(s) => format!("retry-after: {s}\r\n"),
+        None => String::new(),
     };
     format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-outrigger-error: {}\r\n{retry_after}{}\r\n{body}",
@@ -230,6 +222,21 @@ pub fn error_response(err: &HttpError, close: bool) -> Vec<u8> {
         if close { "connection: close\r\n" } else { "" },
     )
     .into_bytes()
+}
+
+/// The body of the proxy's error response, and its `retry-after` seconds.
+pub fn error_body(err: &HttpError) -> (String, Option<u64>) {
+    // A 400 names its cause (a fixed text of the codec, never client bytes).
+    let body = match err {
+        HttpError::BadRequest(cause) => format!("{}: {cause}\n", err.code()),
+        _ => format!("{}\n", err.code()),
+    };
+    // Whole seconds, rounded up: a client that waits this long gets a token.
+    let retry_after = match err {
+        HttpError::RateLimited(wait) => Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+        _ => None,
+    };
+    (body, retry_after)
 }
 
 /// The registered reason phrase of a status (RFC 9110 and the IANA

@@ -50,6 +50,9 @@ pub(super) enum Read {
     /// Served connection idle for the warm window: park it; `Duration` is
     /// what is left of its `idle_timeout`.
     Idle(Duration),
+    /// A cleartext connection opened with the HTTP/2 preface (left in the
+    /// buffer).
+    Http2,
 }
 
 /// Read one request head: wait for its first byte (holding no buffer, a
@@ -102,8 +105,19 @@ pub(super) async fn read_head(
         }
     }
     let deadline = ctx.deadlines.after(http.header_timeout);
+    // Prior-knowledge HTTP/2: only as a cleartext connection's first bytes.
+    let h2c = phase == Phase::New && http.http2.is_some() && !conn.stream.is_tls();
     loop {
-        if !conn.buf.is_empty() {
+        if h2c && !conn.buf.is_empty() {
+            let n = conn.buf.len().min(super::h2::PREFACE.len());
+            if conn.buf[..n] == super::h2::PREFACE[..n] {
+                if n == super::h2::PREFACE.len() {
+                    return Ok(Read::Http2);
+                }
+            } else if let Some(head) = parse_request(&mut conn.buf, limits)? {
+                return Ok(Read::Head(head));
+            }
+        } else if !conn.buf.is_empty() {
             if let Some(head) = parse_request(&mut conn.buf, limits)? {
                 return Ok(Read::Head(head));
             }
@@ -183,7 +197,10 @@ async fn wait_for_request(
         // an idle client would then be timed by header_timeout (408). The
         // idle deadline is coarse (up to ~100 ms late): no timer per idle
         // connection.
-        let mut readable = std::pin::pin!(conn.stream.tcp().readable(false));
+        let Some(tcp) = conn.stream.tcp() else {
+            return Wait::Close;
+        };
+        let mut readable = std::pin::pin!(tcp.readable(false));
         let mut stopped = std::pin::pin!(handle.stopped());
         let mut expiry = ctx.deadlines.arm(deadline);
         let woke = std::future::poll_fn(|cx| {

@@ -17,6 +17,7 @@ pub mod downstream;
 pub mod error;
 mod fields;
 mod forward;
+pub mod h2;
 pub use io::read_more as io_read_more;
 
 /// The request as the proxy would send it upstream for a client at

@@ -285,6 +285,9 @@ impl Exchange<'_> {
         mut up_buf: BytesMut,
         resp: ResponseHead,
     ) -> Result<Next, HttpError> {
+        if conn.stream.is_h2() {
+            return self.respond_h2(conn, up, up_buf, resp).await;
+        }
         let head = self.req.head;
         let framing = resp.framing(head.is_head())?;
         // HTTP/1.1 clients get a close-delimited body re-framed as chunked;
@@ -340,7 +343,7 @@ impl Exchange<'_> {
     }
 
     /// Return a clean upstream connection to the worker's pool.
-    fn pool(&self, up: UpConn) {
+    pub(super) fn pool(&self, up: UpConn) {
         let ctx = self.req.ctx;
         ctx.http_pool.put(
             self.addr,

@@ -73,6 +73,12 @@ impl<'a> RequestRecord<'a> {
         if self.status != 0 {
             cells.requests.inc(self.status);
         }
+        let protocol = match exchange.map(|(h, _)| h.version) {
+            _ if conn.stream.is_h2() => 2,
+            Some(Version::Http10) => 0,
+            _ => 1,
+        };
+        cells.http_requests_by_protocol[protocol].inc();
         cells.duration.record(duration);
         if let Some(route) = self.route {
             let rc = route.stats.worker(ctx.index);
@@ -107,6 +113,7 @@ impl<'a> RequestRecord<'a> {
                 authority: head.and_then(RequestHead::host),
                 path: head.map(RequestHead::origin_target),
                 protocol: match head.map(|h| h.version) {
+                    _ if conn.stream.is_h2() => "HTTP/2",
                     Some(Version::Http10) => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },

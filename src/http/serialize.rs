@@ -245,6 +245,32 @@ fn write_target(out: &mut BytesMut, head: &RequestHead, route: &Route) {
     }
 }
 
+/// The fields of a response as sent to the client, for either protocol:
+/// the upstream's without hop-by-hop ones and those the route removes or
+/// sets, then the route's `set` and `add` (framing fields are added by
+/// the caller).
+pub fn response_fields<'a>(
+    resp: &'a ResponseHead,
+    route: &'a Route,
+    upgrade: bool,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    let listed = connection_listed(&resp.headers);
+    let edits = &route.response_headers;
+    resp.headers
+        .iter()
+        .filter(move |h| {
+            !((is_hop_by_hop(h, &listed) && !(upgrade && h.is("upgrade"))) || removed(edits, h))
+        })
+        .map(|h| (&h.name[..], &h.value[..]))
+        .chain(
+            edits
+                .set
+                .iter()
+                .chain(edits.add.iter())
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        )
+}
+
 /// The response head as sent to the client.
 pub fn serialize_response(
     resp: &ResponseHead,
@@ -259,15 +285,9 @@ pub fn serialize_response(
     out.extend_from_slice(b" ");
     out.extend_from_slice(&resp.reason);
     out.extend_from_slice(b"\r\n");
-    let listed = connection_listed(&resp.headers);
-    let edits = &route.response_headers;
-    for h in &resp.headers {
-        if (is_hop_by_hop(h, &listed) && !(upgrade && h.is("upgrade"))) || removed(edits, h) {
-            continue;
-        }
-        push_header(&mut out, &h.name, &h.value);
+    for (name, value) in response_fields(resp, route, upgrade) {
+        push_header(&mut out, name, value);
     }
-    apply_set_add(&mut out, edits);
     match framing {
         Framing::Length(_) | Framing::Chunked => write_framing(&mut out, framing),
         Framing::None => {

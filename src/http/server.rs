@@ -67,6 +67,13 @@ pub async fn serve_connection(
         body_timeout: http.request_body_timeout,
         deadlines: ctx.deadlines.clone(),
     };
+    // HTTP/2 chosen by ALPN.
+    if let ClientIo::Tls(t) = &conn.stream {
+        if http.http2.is_some() && t.conn.alpn_protocol() == Some(b"h2") {
+            super::h2::serve(ctx, handle, accept_snapshot, listener, conn).await;
+            return None;
+        }
+    }
     serve_requests(
         ctx,
         handle,
@@ -101,6 +108,17 @@ pub async fn serve_requests(
             Ok(Read::Head(h)) => h,
             Ok(Read::Closed) => return None,
             Ok(Read::Idle(left)) => return Some((conn, left)),
+            Ok(Read::Http2) => {
+                Box::pin(super::h2::serve(
+                    ctx,
+                    handle,
+                    accept_snapshot,
+                    listener,
+                    conn,
+                ))
+                .await;
+                return None;
+            }
             Err(e) => {
                 // Like nginx's error log: the cause, never the client's bytes.
                 tracing::debug!(client = %conn.peer, listener = %listener.name, error = %e, "request head rejected");
@@ -134,9 +152,9 @@ pub async fn serve_requests(
 
 /// The snapshot and listener a connection was accepted with.
 #[derive(Clone, Copy)]
-struct Accepted<'a> {
-    snapshot: &'a Arc<Snapshot>,
-    listener: &'a Listener,
+pub(super) struct Accepted<'a> {
+    pub(super) snapshot: &'a Arc<Snapshot>,
+    pub(super) listener: &'a Listener,
 }
 
 /// After a 101: relay raw bytes both ways, starting with what each side
@@ -186,6 +204,8 @@ async fn tunnel(
                 spliced_directions: 0,
             }
         }
+        // HTTP/2 requests never carry an upgrade.
+        ClientIo::H2(_) => return,
     };
     let cells = listener.stats.worker(ctx.index);
     cells.bytes_in.add(outcome.downstream_to_upstream);
@@ -195,7 +215,7 @@ async fn tunnel(
 /// Route and answer one request. The listener's newest settings are used
 /// when it still exists; a request on a listener a reload removed is
 /// answered with the snapshot of its accept, and the connection closes.
-async fn handle_request(
+pub(super) async fn handle_request(
     ctx: &Rc<WorkerCtx>,
     handle: &ListenerHandle,
     accepted: Accepted<'_>,
@@ -453,6 +473,11 @@ async fn direct(
     body: &bytes::Bytes,
     draining: bool,
 ) -> Result<Next, HttpError> {
+    if conn.stream.is_h2() {
+        let fields: &[(&[u8], &[u8])] = &[(b"content-type", b"text/plain")];
+        super::h2::respond_whole(conn, status, fields, body.clone(), head.is_head()).await?;
+        return Ok(Next::KeepAlive);
+    }
     let close = !conn.body_complete || !head.keep_alive || draining;
     // 204 and 304 have no body and no content-length (config refuses a
     // body for them).
@@ -481,6 +506,9 @@ async fn direct(
 pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) {
     if err.status().is_none() {
         return;
+    }
+    if conn.stream.is_h2() {
+        return super::h2::respond_error(conn, err).await;
     }
     conn.responded = true;
     let _ = conn.write_vec(error_response(err, close)).await;

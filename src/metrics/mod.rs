@@ -164,6 +164,11 @@ pub struct ListenerCells {
     pub requests: ByClass,
     /// http: requests no route matched (404).
     pub no_route: Counter,
+    /// http: requests by protocol (HTTP/1.0, HTTP/1.1, HTTP/2).
+    pub http_requests_by_protocol: [Counter; 3],
+    /// http: HTTP/2 connections, and the streams (requests) opened on them.
+    pub http2_connections: Counter,
+    pub http2_streams: Counter,
     /// http: from a request head's arrival to the response's last byte,
     /// every request (routed or not).
     pub duration: Histogram,

@@ -63,6 +63,12 @@ where
         }
     }
 
+    /// The socket, the session, and ciphertext read but not yet fed to it
+    /// (to drive the session another way: HTTP/2 over poll-style I/O).
+    pub fn into_parts(self) -> (TcpStream, C, BytesMut) {
+        (self.tcp, self.conn, self.raw)
+    }
+
     /// Ciphertext read before this stream existed (protocol detection).
     pub fn push_ciphertext(&mut self, bytes: &[u8]) {
         self.raw.extend_from_slice(bytes);

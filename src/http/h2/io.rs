@@ -1,0 +1,240 @@
+//! The client connection as the poll-style byte stream the `h2` crate
+//! drives: monoio's `TcpStreamPoll` (readiness on the worker's own
+//! driver, no copy), the bytes read before HTTP/2 was recognised replayed
+//! first, and, on TLS listeners, the rustls session driven by hand in
+//! poll style (the handshake already ran on the owned-buffer path).
+
+use std::io::{self, Read as _, Write as _};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
+use rustls::ServerConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Ciphertext read from the socket per read.
+const RAW_READ: usize = 16 * 1024 + 512;
+/// Ciphertext queued for the socket before a write waits for it to drain.
+const MAX_PENDING_OUT: usize = 64 * 1024;
+
+/// An HTTP/2 connection's transport.
+pub struct ConnIo {
+    tcp: TcpStreamPoll,
+    /// Plaintext (cleartext HTTP/2) or ciphertext (TLS) read before this
+    /// transport existed, consumed first.
+    early: BytesMut,
+    tls: Option<Box<PollTls>>,
+}
+
+impl std::fmt::Debug for ConnIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnIo")
+            .field("early", &self.early.len())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rustls server session driven in poll style.
+struct PollTls {
+    conn: ServerConnection,
+    /// Ciphertext read and not yet accepted by rustls.
+    raw: BytesMut,
+    /// Ciphertext produced and not yet written; `out_at` bytes of it are sent.
+    out: Vec<u8>,
+    out_at: usize,
+    eof: bool,
+}
+
+impl ConnIo {
+    /// Cleartext HTTP/2; `early` holds the bytes already read (the preface).
+    pub fn plain(tcp: TcpStreamPoll, early: BytesMut) -> Self {
+        ConnIo {
+            tcp,
+            early,
+            tls: None,
+        }
+    }
+
+    /// HTTP/2 over a TLS session whose handshake is done; `raw` is
+    /// ciphertext read and not yet fed to it.
+    pub fn tls(tcp: TcpStreamPoll, conn: ServerConnection, raw: BytesMut) -> Self {
+        ConnIo {
+            tcp,
+            early: BytesMut::new(),
+            tls: Some(Box::new(PollTls {
+                conn,
+                raw,
+                out: Vec::new(),
+                out_at: 0,
+                eof: false,
+            })),
+        }
+    }
+}
+
+impl PollTls {
+    /// Write the queued ciphertext, then whatever rustls has queued, until
+    /// all is sent or the socket is full.
+    fn poll_flush(
+        &mut self,
+        tcp: &mut TcpStreamPoll,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.out_at < self.out.len() {
+                let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.out[self.out_at..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.out_at += n;
+                continue;
+            }
+            if !self.conn.wants_write() {
+                return Poll::Ready(Ok(()));
+            }
+            self.out.clear();
+            self.out_at = 0;
+            while self.conn.wants_write() && self.out.len() < MAX_PENDING_OUT {
+                self.conn.write_tls(&mut self.out)?;
+            }
+        }
+    }
+
+    fn poll_read(
+        &mut self,
+        tcp: &mut TcpStreamPoll,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self.conn.reader().read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without close_notify: the end of the stream.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if self.raw.is_empty() {
+                if self.eof {
+                    return Poll::Ready(Ok(()));
+                }
+                self.raw.reserve(RAW_READ);
+                let n = {
+                    let mut rb = ReadBuf::uninit(self.raw.spare_capacity_mut());
+                    ready!(Pin::new(&mut *tcp).poll_read(cx, &mut rb))?;
+                    rb.filled().len()
+                };
+                // SAFETY: the read initialised `n` bytes of the spare capacity.
+                unsafe { self.raw.set_len(self.raw.len() + n) };
+                if n == 0 {
+                    self.eof = true;
+                    continue;
+                }
+            }
+            let mut pending: &[u8] = &self.raw;
+            let fed = self.conn.read_tls(&mut pending)?;
+            self.raw.advance(fed);
+            if let Err(e) = self.conn.process_new_packets() {
+                // Send the alert that says why (best effort), then fail.
+                let _ = self.poll_flush(tcp, cx);
+                return Poll::Ready(Err(crate::tls::stream::tls_error(e)));
+            }
+            // Answer what the peer asked for (a key update) when possible.
+            if let Poll::Ready(Err(e)) = self.poll_flush(tcp, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    fn poll_write(
+        &mut self,
+        tcp: &mut TcpStreamPoll,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // What was queued before goes first: rustls's buffer stays bounded
+        // and a peer that stops reading stops the writer.
+        ready!(self.poll_flush(tcp, cx))?;
+        let n = self.conn.writer().write_vectored(bufs)?;
+        // Start sending; what the socket does not take now goes with the
+        // next write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_flush(tcp, cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            Some(tls) => tls.poll_read(&mut this.tcp, cx, buf),
+            None if !this.early.is_empty() => {
+                let n = this.early.len().min(buf.remaining());
+                buf.put_slice(&this.early[..n]);
+                this.early.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            None => Pin::new(&mut this.tcp).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            Some(tls) => tls.poll_write(&mut this.tcp, cx, &[io::IoSlice::new(buf)]),
+            None => Pin::new(&mut this.tcp).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            Some(tls) => tls.poll_write(&mut this.tcp, cx, bufs),
+            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            Some(tls) => tls.poll_flush(&mut this.tcp, cx),
+            None => Pin::new(&mut this.tcp).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_mut() {
+            if !tls.eof {
+                tls.conn.send_close_notify();
+            }
+            ready!(tls.poll_flush(&mut this.tcp, cx))?;
+        }
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,297 @@
+//! HTTP/2 on http listeners (RFC 9113), next to HTTP/1.1 on the same port:
+//! by ALPN `h2` on TLS listeners, by the connection preface (prior
+//! knowledge) on cleartext ones. The hyperium `h2` crate does framing,
+//! HPACK, flow control and the protocol's abuse limits; it runs on the
+//! worker's own monoio driver through monoio's poll-style socket
+//! (`io::ConnIo`), with no other runtime.
+//!
+//! The connection's task drives the connection and accepts streams; each
+//! stream runs in a task of its own through the same request path as an
+//! HTTP/1.1 request (`server::handle_request`): routing, policies, retries,
+//! timeouts, access log and metrics are shared, and only the client side
+//! differs (`stream::H2Stream`).
+
+mod convert;
+mod io;
+mod respond;
+pub mod stream;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::RecvStream;
+
+use super::downstream::{ClientIo, Downstream};
+use super::record::{Mark, RequestRecord};
+use super::server::{handle_request, Accepted};
+use crate::config::http2::Http2Settings;
+use crate::config::{Listener, Snapshot};
+use crate::worker::{ListenerHandle, WorkerCtx};
+pub use convert::trailers;
+pub(super) use respond::{respond_error, respond_whole};
+pub use stream::H2Stream;
+
+/// The bytes that open every HTTP/2 connection (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every stream of a connection shares.
+struct Conn {
+    ctx: Rc<WorkerCtx>,
+    handle: Rc<ListenerHandle>,
+    /// The snapshot of the accept (its listener as accepted).
+    snapshot: Arc<Snapshot>,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    peer_identity: Option<Rc<str>>,
+    xfcc: Option<Rc<str>>,
+    tls: bool,
+    /// Streams being served, and when the last one ended.
+    active: Cell<usize>,
+    idle_since: Cell<Instant>,
+}
+
+/// Serve HTTP/2 on a connection (`conn` as the HTTP/1 path set it up:
+/// `buf` holds the bytes read so far) until it closes.
+pub(super) async fn serve(
+    ctx: &Rc<WorkerCtx>,
+    handle: &Rc<ListenerHandle>,
+    snapshot: &Arc<Snapshot>,
+    listener: &Listener,
+    conn: Downstream,
+) {
+    let Some(settings) = listener.http.http2.clone() else {
+        return;
+    };
+    let Downstream {
+        stream,
+        buf,
+        peer,
+        peer_identity,
+        xfcc,
+        original_dst,
+        ..
+    } = conn;
+    let tls = stream.is_tls();
+    let transport = match stream {
+        ClientIo::Plain(tcp) => tcp.try_into_poll_io().map(|t| io::ConnIo::plain(t, buf)),
+        ClientIo::Tls(t) => {
+            let (tcp, session, raw) = t.into_parts();
+            tcp.try_into_poll_io()
+                .map(|t| io::ConnIo::tls(t, session, raw))
+        }
+        ClientIo::H2(_) => return,
+    };
+    let transport = match transport {
+        Ok(t) => t,
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "cannot drive an HTTP/2 connection on this socket; closing it");
+            return;
+        }
+    };
+    let cells = listener.stats.worker(ctx.index);
+    cells.http2_connections.inc();
+    let handshake = builder(&settings).handshake::<_, Bytes>(transport);
+    let at = ctx.deadlines.after(listener.http.header_timeout);
+    let mut h2 = match ctx.deadlines.within(at, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "HTTP/2 preface or SETTINGS not received in time");
+            return;
+        }
+    };
+    let shared = Rc::new(Conn {
+        ctx: ctx.clone(),
+        handle: handle.clone(),
+        snapshot: snapshot.clone(),
+        peer,
+        original_dst,
+        peer_identity,
+        xfcc,
+        tls,
+        active: Cell::new(0),
+        idle_since: Cell::new(Instant::now()),
+    });
+    let born = Instant::now();
+    let idle = listener.idle_timeout;
+    // Set once GOAWAY went out: in-flight streams then get up to
+    // `idle_timeout` to finish.
+    let mut shutting: Option<Instant> = None;
+    loop {
+        if shutting.is_none() && ctx.closing(handle) {
+            h2.graceful_shutdown();
+            shutting = Some(Instant::now());
+        }
+        let deadline = match shutting {
+            Some(at) => at + idle,
+            None => {
+                let idle_at = (shared.active.get() == 0).then(|| shared.idle_since.get() + idle);
+                let age_at = settings.max_connection_age.map(|a| born + a);
+                match (idle_at, age_at) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (None, None) => Instant::now() + idle,
+                }
+            }
+        };
+        let mut stopped = std::pin::pin!(handle.stopped());
+        let mut expiry = ctx.deadlines.arm(deadline);
+        let watching_stop = shutting.is_none();
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = h2.poll_accept(cx) {
+                return Poll::Ready(Wake::Accepted(r));
+            }
+            if watching_stop && stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Stopped);
+            }
+            if expiry.poll_expired(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Wake::Accepted(Some(Ok((req, respond)))) => {
+                shared.active.set(shared.active.get() + 1);
+                cells.http2_streams.inc();
+                monoio::spawn(serve_stream(shared.clone(), req, respond));
+            }
+            Wake::Accepted(Some(Err(e))) => {
+                tracing::debug!(client = %peer, error = %e, "HTTP/2 connection error");
+                break;
+            }
+            Wake::Accepted(None) => break,
+            Wake::Stopped => {}
+            Wake::Timer => match shutting {
+                Some(_) => {
+                    tracing::debug!(client = %peer, "HTTP/2 streams still open after GOAWAY and idle_timeout; closing");
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    break;
+                }
+                None => {
+                    let now = Instant::now();
+                    let idled = shared.active.get() == 0 && now >= shared.idle_since.get() + idle;
+                    let aged = settings.max_connection_age.is_some_and(|a| now >= born + a);
+                    if idled {
+                        cells.idle_timeouts.inc();
+                    }
+                    if idled || aged {
+                        h2.graceful_shutdown();
+                        shutting = Some(now);
+                    }
+                }
+            },
+        }
+    }
+    // Let the last frames (GOAWAY, RST_STREAM) reach the socket.
+    let at = ctx.deadlines.after(listener.http.send_timeout);
+    let _ = ctx
+        .deadlines
+        .within(at, std::future::poll_fn(|cx| h2.poll_closed(cx)))
+        .await;
+}
+
+/// What woke the connection's task.
+enum Wake {
+    Accepted(Option<Result<(http::Request<RecvStream>, SendResponse<Bytes>), h2::Error>>),
+    Stopped,
+    Timer,
+}
+
+/// The `h2` server with the listener's limits. Rapid Reset
+/// (CVE-2023-44487): at most `max_pending_resets` streams reset by the
+/// client before they were served; MadeYouReset: at most
+/// `max_error_resets` streams the proxy had to reset for the client's
+/// errors; past either the connection gets GOAWAY. CONTINUATION floods and
+/// HPACK bombs end at `max_header_list_bytes`; the crate also bounds
+/// SETTINGS and PING floods and empty DATA frames.
+fn builder(s: &Http2Settings) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(s.max_concurrent_streams)
+        .initial_window_size(s.initial_stream_window)
+        .initial_connection_window_size(s.initial_connection_window)
+        .max_header_list_size(s.max_header_list_bytes)
+        .max_frame_size(s.max_frame_size)
+        .max_pending_accept_reset_streams(s.max_pending_resets)
+        .max_local_error_reset_streams(Some(s.max_error_resets));
+    b
+}
+
+/// Counts a stream as active for the connection's idle timer.
+struct Active(Rc<Conn>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+        self.0.idle_since.set(Instant::now());
+    }
+}
+
+/// One stream, in its own task: the request through the shared request
+/// path, then the stream reset if its response did not end.
+async fn serve_stream(
+    shared: Rc<Conn>,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let active = Active(shared);
+    let shared = &active.0;
+    let ctx = &shared.ctx;
+    let Some(listener) = shared.handle.resolve(&shared.snapshot) else {
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        return;
+    };
+    let (parts, recv) = req.into_parts();
+    let end = recv.is_end_stream();
+    let parsed = convert::request_head(&parts, end, &listener.http);
+    let chunked = matches!(&parsed, Ok((_, true)));
+    let mut conn = Downstream {
+        stream: ClientIo::H2(Box::new(H2Stream::new(recv, respond, chunked, shared.tls))),
+        buf: BytesMut::new(),
+        peer: shared.peer,
+        bytes_in: 0,
+        bytes_out: 0,
+        handle: shared.handle.clone(),
+        responded: false,
+        body_complete: true,
+        send_timeout: listener.http.send_timeout,
+        body_timeout: listener.http.request_body_timeout,
+        deadlines: ctx.deadlines.clone(),
+        peer_identity: shared.peer_identity.clone(),
+        xfcc: shared.xfcc.clone(),
+        original_dst: shared.original_dst,
+    };
+    let mark = Mark::of(&conn);
+    match parsed {
+        Ok((head, _)) => {
+            let accepted = Accepted {
+                snapshot: &shared.snapshot,
+                listener,
+            };
+            handle_request(ctx, &shared.handle, accepted, &mut conn, head, mark).await;
+        }
+        Err(e) => {
+            tracing::debug!(client = %conn.peer, listener = %listener.name, error = %e, "HTTP/2 request rejected");
+            respond::respond_error(&mut conn, &e).await;
+            let mut rec = RequestRecord::new(listener, mark);
+            if conn.responded {
+                rec.status = e.status().unwrap_or(0);
+            }
+            rec.flags = e.flag();
+            rec.finish(ctx, &ctx.current(), &conn, None);
+        }
+    }
+    if let ClientIo::H2(s) = &mut conn.stream {
+        s.reset_unless_finished();
+    }
+}
