@@ -270,8 +270,15 @@ fn min_version_and_alpn(driver: Driver) {
         tls12_only: false,
         alpn: vec!["h2", "http/1.1"],
     };
+    // HTTP/2 is on by default: `h2` is offered first.
     let c = connect(addr, "localhost", &h).unwrap();
-    assert_eq!(c.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(c.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let h1 = ClientOpts {
+        alpn: vec!["http/1.1"],
+        ..ClientOpts::trusting(&ca)
+    };
+    let c1 = connect(addr, "localhost", &h1).unwrap();
+    assert_eq!(c1.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(
         c.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)

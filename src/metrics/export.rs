@@ -97,7 +97,7 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
 
 fn listener_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&super::ListenerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 9] = [
+    let simple: [(&str, &str, &str, Get); 11] = [
         (
             "outrigger_listener_connections_total",
             "counter",
@@ -152,16 +152,44 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
             "HTTP requests no route matched (answered 404).",
             |c| c.no_route.get(),
         ),
+        (
+            "outrigger_listener_http2_connections_total",
+            "counter",
+            "HTTP/2 connections (prior knowledge or ALPN h2).",
+            |c| c.http2_connections.get(),
+        ),
+        (
+            "outrigger_listener_http2_streams_total",
+            "counter",
+            "HTTP/2 streams (requests) accepted.",
+            |c| c.http2_streams.get(),
+        ),
     ];
     for (name, kind, help, get) in simple {
         p.family(name, kind, help);
         // HTTP-only families list only http listeners.
-        let http_only = name == "outrigger_listener_no_route_total";
+        let http_only = name == "outrigger_listener_no_route_total"
+            || name.starts_with("outrigger_listener_http2_");
         for l in &s.listeners {
             if http_only && l.protocol.routes().is_none() {
                 continue;
             }
             p.sample(name, &[("listener", &l.name)], l.stats.sum(get));
+        }
+    }
+    let name = "outrigger_listener_requests_by_protocol_total";
+    p.family(
+        name,
+        "counter",
+        "HTTP requests by the protocol the client spoke.",
+    );
+    for l in s.listeners.iter().filter(|l| l.protocol.routes().is_some()) {
+        for (i, proto) in ["HTTP/1.0", "HTTP/1.1", "HTTP/2"].iter().enumerate() {
+            p.sample(
+                name,
+                &[("listener", &l.name), ("protocol", proto)],
+                l.stats.sum(|c| c.http_requests_by_protocol[i].get()),
+            );
         }
     }
     let name = "outrigger_listener_tls_handshakes_total";

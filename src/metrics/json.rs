@@ -104,6 +104,8 @@ fn listener_json(c: &super::ListenerCells) -> Value {
         "bytes_out": c.bytes_out.get(),
         "requests": classes(&c.requests),
         "no_route": c.no_route.get(),
+        "http2_connections": c.http2_connections.get(),
+        "http2_streams": c.http2_streams.get(),
         "latency_us": latency(&[&c.duration]),
     })
 }

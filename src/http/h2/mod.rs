@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -37,6 +37,11 @@ use crate::worker::{ListenerHandle, WorkerCtx};
 pub use convert::trailers;
 pub(super) use respond::{respond_error, respond_whole};
 pub use stream::H2Stream;
+
+/// After GOAWAY, how long a connection with no open stream waits for the
+/// client's PING acknowledgement (which tells that no request is still in
+/// flight toward it) before it closes anyway.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// The bytes that open every HTTP/2 connection (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -125,7 +130,8 @@ pub(super) async fn serve(
     let born = Instant::now();
     let idle = listener.idle_timeout;
     // Set once GOAWAY went out: in-flight streams then get up to
-    // `idle_timeout` to finish.
+    // `idle_timeout` to finish; with none, the connection closes after
+    // `GOAWAY_GRACE` if the client has not closed it first.
     let mut shutting: Option<Instant> = None;
     loop {
         if shutting.is_none() && ctx.closing(handle) {
@@ -133,6 +139,7 @@ pub(super) async fn serve(
             shutting = Some(Instant::now());
         }
         let deadline = match shutting {
+            Some(at) if shared.active.get() == 0 => at + GOAWAY_GRACE.min(idle),
             Some(at) => at + idle,
             None => {
                 let idle_at = (shared.active.get() == 0).then(|| shared.idle_since.get() + idle);
@@ -173,10 +180,17 @@ pub(super) async fn serve(
             Wake::Accepted(None) => break,
             Wake::Stopped => {}
             Wake::Timer => match shutting {
-                Some(_) => {
-                    tracing::debug!(client = %peer, "HTTP/2 streams still open after GOAWAY and idle_timeout; closing");
-                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    break;
+                Some(at) if shared.active.get() == 0 => {
+                    if Instant::now() >= at + GOAWAY_GRACE.min(idle) {
+                        break;
+                    }
+                }
+                Some(at) => {
+                    if Instant::now() >= at + idle {
+                        tracing::debug!(client = %peer, "HTTP/2 streams still open idle_timeout after GOAWAY; closing");
+                        h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                        break;
+                    }
                 }
                 None => {
                     let now = Instant::now();

@@ -1,0 +1,801 @@
+//! HTTP/2 on http listeners, end to end on both I/O drivers: curl and
+//! h2load (nghttp2) as clients nobody here wrote, the hyperium `h2` client
+//! for streams, bodies and trailers, and hand-built frames for the limits
+//! and abuse defences (RFC 9113).
+
+// Test peers run on plain threads, outside the data path: a Mutex is fine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::admin::{parse_prometheus, TempDir};
+use common::script::scripted;
+use common::tls::Ca;
+use common::*;
+use outrigger::backends::{self, Backend, BackendKind, HttpBackend};
+use outrigger::worker::Driver;
+
+both_drivers!(
+    curl_speaks_h2c_h2_and_http1_on_one_port,
+    h2_streams_bodies_and_trailers,
+    h2load_runs_many_streams,
+    settings_follow_the_listener_keys,
+    abuse_ends_in_goaway,
+    stalled_reader_is_reset,
+    goaway_on_age_reload_and_drain,
+    http2_false_turns_it_off,
+);
+
+fn app(driver: Driver) -> Backend {
+    backends::start(
+        BackendKind::Http(HttpBackend::named("app")),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap()
+}
+
+/// An upstream for what the built-in one does not do: `/trailers` answers
+/// chunked with trailers, `/cut` dies after half of its declared body.
+fn scripted_upstream() -> SocketAddr {
+    let (addr, _) = scripted(|mut s, _| {
+        let mut buf = Vec::new();
+        while let Some(req) = common::script::read_request(&mut s, &mut buf) {
+            if req.line.contains("/trailers") {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/grpc\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-trailer: yes\r\n\r\n",
+                );
+            } else if req.line.contains("/cut") {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+                return;
+            } else {
+                common::script::ok(&mut s, "scripted");
+            }
+        }
+    });
+    addr
+}
+
+fn config(driver: Driver, up: SocketAddr, scripted: SocketAddr, listener_extra: &str) -> String {
+    format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+drain_timeout = "3s"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+send_timeout = "1s"
+{listener_extra}
+
+[[routes.main]]
+match.path = "/healthz"
+direct_response = {{ status = 200, body = "ok" }}
+
+[[routes.main]]
+match.path_prefix = "/s/"
+rewrite.path_prefix = "/"
+cluster = "scripted"
+
+[[routes.main]]
+match.path_prefix = "/app/"
+rewrite.path_prefix = "/"
+cluster = "app"
+response_headers = {{ set = {{ "x-proxy" = "outrigger" }} }}
+
+[clusters.app]
+endpoints = ["{up}"]
+
+[clusters.scripted]
+endpoints = ["{scripted}"]
+"#,
+        io = io_name(driver)
+    )
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd).arg("--version").output().is_ok()
+}
+
+/// Skip (loudly) when a client program is missing, unless CI requires it.
+fn require(cmd: &str) -> bool {
+    if have(cmd) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_none(),
+        "{cmd} is required (OUTRIGGER_REQUIRE_INTEROP is set)"
+    );
+    eprintln!("SKIPPED: {cmd} not installed");
+    false
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn metric(server: &outrigger::Server, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = server
+        .shared()
+        .export(|s| outrigger::metrics::prometheus(s));
+    parse_prometheus(&text).value(name, labels).unwrap_or(0.0)
+}
+
+fn curl_speaks_h2c_h2_and_http1_on_one_port(driver: Driver) {
+    if !require("curl") {
+        return;
+    }
+    let up = app(driver);
+    let dir = TempDir::new("h2-curl");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let plain = config(driver, up.addr, scripted_upstream(), "");
+    let server = start(&plain);
+    let base = format!("http://{}", server.local_addr("web").unwrap());
+
+    // Prior knowledge: GET, POST with a body, a direct response, a 404.
+    let out = curl(&[
+        "-i",
+        "--http2-prior-knowledge",
+        &format!("{base}/app/x?y=1"),
+    ]);
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(out.contains("x-backend: app"), "{out}");
+    assert!(out.contains("x-proxy: outrigger"), "{out}");
+    assert!(out.contains("x-echo-target: /x?y=1"), "{out}");
+    assert!(out.contains("x-echo-x-forwarded-proto: http"), "{out}");
+    assert!(out.contains("x-echo-via: 1.1 outrigger"), "{out}");
+    let out = curl(&[
+        "-i",
+        "--http2-prior-knowledge",
+        "--data-binary",
+        "twelve bytes",
+        &format!("{base}/app/post"),
+    ]);
+    assert!(out.contains("x-body-bytes: 12"), "{out}");
+    assert!(out.contains("x-echo-content-length: 12"), "{out}");
+    let out = curl(&["-i", "--http2-prior-knowledge", &format!("{base}/healthz")]);
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    let out = curl(&["-i", "--http2-prior-knowledge", &format!("{base}/nowhere")]);
+    assert!(out.starts_with("HTTP/2 404"), "{out}");
+    assert!(out.contains("x-outrigger-error: no_route"), "{out}");
+    // HTTP/1.1 on the same port.
+    let out = curl(&["-i", "--http1.1", &format!("{base}/app/x")]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // A 2 MiB download streams through the window.
+    let size = curl(&[
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("{base}/app/bytes/2097152"),
+    ]);
+    assert_eq!(size, "2097152");
+    let h2 = metric(
+        &server,
+        "outrigger_listener_requests_by_protocol_total",
+        &[("listener", "web"), ("protocol", "HTTP/2")],
+    );
+    assert_eq!(h2, 5.0);
+    assert_eq!(
+        metric(
+            &server,
+            "outrigger_listener_requests_by_protocol_total",
+            &[("listener", "web"), ("protocol", "HTTP/1.1")],
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "outrigger_listener_http2_connections_total",
+            &[("listener", "web")]
+        ),
+        5.0
+    );
+    drop(server);
+
+    // TLS: h2 by ALPN, HTTP/1.1 for clients that only offer it.
+    let tls = config(
+        driver,
+        up.addr,
+        scripted_upstream(),
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            dir.path("server.pem").display(),
+            dir.path("server.key").display()
+        ),
+    );
+    let server = start(&tls);
+    let port = server.local_addr("web").unwrap().port();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = format!("https://localhost:{port}/app/tls");
+    let ca_path = dir.path("ca.pem").display().to_string();
+    let out = curl(&[
+        "-i",
+        "--http2",
+        "--cacert",
+        &ca_path,
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    assert!(out.contains("x-echo-x-forwarded-proto: https"), "{out}");
+    let size = curl(&[
+        "--http2",
+        "--cacert",
+        &ca_path,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &format!("https://localhost:{port}/app/bytes/3000000"),
+    ]);
+    assert_eq!(size, "3000000");
+    let out = curl(&[
+        "-i",
+        "--http1.1",
+        "--cacert",
+        &ca_path,
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+/// A tokio runtime for the hyperium client (test side only).
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+fn get(path: &str) -> ::http::Request<()> {
+    ::http::Request::builder()
+        .uri(format!("http://localhost{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// Read a whole response body, giving the window back as it goes.
+async fn body_of(mut body: h2::RecvStream) -> Result<Vec<u8>, h2::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn h2_streams_bodies_and_trailers(driver: Driver) {
+    let up = app(driver);
+    let server = start(&config(driver, up.addr, scripted_upstream(), ""));
+    let addr = server.local_addr("web").unwrap();
+    rt().block_on(async move {
+        let client = h2_connect(addr).await;
+        // 50 concurrent streams on one connection.
+        let mut pending = Vec::new();
+        for i in 0..50 {
+            let mut c = client.clone().ready().await.unwrap();
+            let (resp, _) = c.send_request(get(&format!("/app/n{i}")), true).unwrap();
+            pending.push((i, resp));
+        }
+        for (i, resp) in pending {
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let target = resp.headers().get("x-echo-target").unwrap().clone();
+            assert_eq!(target.to_str().unwrap(), format!("/n{i}"));
+            assert_eq!(body_of(resp.into_body()).await.unwrap(), b"app");
+        }
+        // A body without content-length goes upstream chunked, 4 MiB of it,
+        // sent within the proxy's window.
+        let mut c = client.clone().ready().await.unwrap();
+        let req = ::http::Request::builder()
+            .method("POST")
+            .uri("http://localhost/app/upload")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        let piece = Bytes::from(vec![b'u'; 64 * 1024]);
+        for _ in 0..64 {
+            send.reserve_capacity(piece.len());
+            let mut left = piece.clone();
+            while !left.is_empty() {
+                let n = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let part = left.split_to(n.min(left.len()));
+                send.send_data(part, false).unwrap();
+            }
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(h.get("x-body-bytes").unwrap(), "4194304");
+        assert_eq!(h.get("x-echo-transfer-encoding").unwrap(), "chunked");
+        // A declared length goes upstream as content-length.
+        let mut c = client.clone().ready().await.unwrap();
+        let req = ::http::Request::builder()
+            .method("PUT")
+            .uri("http://localhost/app/put")
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        send.send_data(Bytes::from_static(b"12345"), true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.headers().get("x-echo-content-length").unwrap(), "5");
+        // 8 MiB down, as fast as the client releases window.
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, _) = c.send_request(get("/app/bytes/8388608"), true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.headers().get("content-length").unwrap(), "8388608");
+        assert_eq!(body_of(resp.into_body()).await.unwrap().len(), 8_388_608);
+        // Trailers of a chunked upstream response reach the client.
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, _) = c.send_request(get("/s/trailers"), true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(
+            resp.headers().get("content-type").unwrap(),
+            "application/grpc"
+        );
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            data.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(data, b"hello");
+        let trailers = body.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert_eq!(trailers.get("x-trailer").unwrap(), "yes");
+        // An upstream that dies mid-body: the stream is reset, never ended
+        // as if complete; the connection goes on.
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, _) = c.send_request(get("/s/cut"), true).unwrap();
+        // The reset may reach the client before it reads the head.
+        let err = match resp.await {
+            Ok(resp) => body_of(resp.into_body()).await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(err.reason(), Some(h2::Reason::INTERNAL_ERROR), "{err}");
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, _) = c.send_request(get("/nowhere"), true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers().get("x-outrigger-error").unwrap(), "no_route");
+    });
+    assert_eq!(
+        metric(
+            &server,
+            "outrigger_listener_http2_streams_total",
+            &[("listener", "web")]
+        ),
+        56.0
+    );
+}
+
+fn h2load_runs_many_streams(driver: Driver) {
+    if !require("h2load") {
+        return;
+    }
+    let up = app(driver);
+    let server = start(&config(driver, up.addr, scripted_upstream(), ""));
+    let addr = server.local_addr("web").unwrap();
+    let out = Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "16"])
+        .arg(format!("http://{addr}/app/load"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+}
+
+// ---- hand-built frames ----
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+const ACK: u8 = 1;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: one integer with an `n`-bit prefix.
+fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// HPACK: a literal field without indexing, new name, no Huffman.
+fn hpack(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn request_block(path: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    hpack(&mut b, ":method", "GET");
+    hpack(&mut b, ":scheme", "http");
+    hpack(&mut b, ":authority", "localhost");
+    hpack(&mut b, ":path", path);
+    b
+}
+
+struct Raw {
+    s: TcpStream,
+}
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Raw {
+    /// Connect, send the preface and `settings` (id, value pairs).
+    fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> Raw {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        let mut p = Vec::new();
+        for (id, v) in settings {
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+        s.write_all(&frame(SETTINGS, 0, 0, &p)).unwrap();
+        Raw { s }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(bytes)
+    }
+
+    /// The next frame; `None` at EOF, a reset or the read timeout.
+    fn next(&mut self) -> Option<Frame> {
+        let mut h = [0u8; 9];
+        self.s.read_exact(&mut h).ok()?;
+        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+        let mut payload = vec![0u8; len];
+        self.s.read_exact(&mut payload).ok()?;
+        Some(Frame {
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+
+    /// Frames until one matches (acknowledging the server's SETTINGS).
+    fn until(&mut self, mut want: impl FnMut(&Frame) -> bool) -> Option<Frame> {
+        loop {
+            let f = self.next()?;
+            if f.kind == SETTINGS && f.flags & ACK == 0 {
+                let _ = self.send(&frame(SETTINGS, ACK, 0, &[]));
+            }
+            if f.kind == PING && f.flags & ACK == 0 {
+                let _ = self.send(&frame(PING, ACK, 0, &f.payload));
+            }
+            if want(&f) {
+                return Some(f);
+            }
+        }
+    }
+
+    /// The server's first SETTINGS, as (id, value) pairs.
+    fn server_settings(&mut self) -> Vec<(u16, u32)> {
+        let f = self
+            .until(|f| f.kind == SETTINGS && f.flags & ACK == 0)
+            .unwrap();
+        f.payload
+            .chunks(6)
+            .map(|c| {
+                (
+                    u16::from_be_bytes([c[0], c[1]]),
+                    u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                )
+            })
+            .collect()
+    }
+}
+
+fn goaway_code(f: &Frame) -> u32 {
+    u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]])
+}
+
+fn healthy(addr: SocketAddr) {
+    let mut c = common::http::Client::connect(addr);
+    let r = c.get("/healthz", "localhost", "");
+    assert_eq!(r.status, 200);
+}
+
+fn settings_follow_the_listener_keys(driver: Driver) {
+    let up = app(driver);
+    let extra = "http2 = { max_concurrent_streams = 3, initial_stream_window = 32768, max_frame_size = 32768, max_header_list_bytes = 4096 }";
+    let server = start(&config(driver, up.addr, scripted_upstream(), extra));
+    let addr = server.local_addr("web").unwrap();
+    let mut raw = Raw::connect(addr, &[]);
+    let settings = raw.server_settings();
+    let get = |id: u16| settings.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    assert_eq!(get(3), Some(3), "MAX_CONCURRENT_STREAMS in {settings:?}");
+    assert_eq!(get(4), Some(32768), "INITIAL_WINDOW_SIZE in {settings:?}");
+    assert_eq!(get(5), Some(32768), "MAX_FRAME_SIZE in {settings:?}");
+    assert_eq!(get(6), Some(4096), "MAX_HEADER_LIST_SIZE in {settings:?}");
+    // Four streams held open (no END_STREAM): the fourth is refused.
+    for id in [1u32, 3, 5, 7] {
+        let block = request_block("/app/held");
+        raw.send(&frame(HEADERS, END_HEADERS, id, &block)).unwrap();
+    }
+    let refused = raw
+        .until(|f| f.kind == RST_STREAM && f.stream == 7)
+        .expect("the fourth stream is refused");
+    assert_eq!(refused.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
+    // A header list over max_header_list_bytes is answered 431 or reset,
+    // never forwarded.
+    let mut big = request_block("/app/big-head");
+    hpack(&mut big, "x-big", &"b".repeat(6000));
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 9, &big))
+        .unwrap();
+    let f = raw
+        .until(|f| f.stream == 9 && (f.kind == HEADERS || f.kind == RST_STREAM) || f.kind == GOAWAY)
+        .expect("an answer to the oversized head");
+    if f.kind == HEADERS {
+        // :status 431 as a literal or indexed field (static table has none).
+        assert!(f.payload.windows(3).any(|w| w == b"431"), "{:?}", f.payload);
+    }
+    healthy(addr);
+}
+
+fn abuse_ends_in_goaway(driver: Driver) {
+    let up = app(driver);
+    let server = start(&config(
+        driver,
+        up.addr,
+        scripted_upstream(),
+        "http2 = { max_pending_resets = 10 }",
+    ));
+    let addr = server.local_addr("web").unwrap();
+    // Rapid Reset: open and cancel streams at once, many times.
+    let mut raw = Raw::connect(addr, &[]);
+    let mut id = 1u32;
+    let mut burst = Vec::new();
+    for _ in 0..500 {
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &request_block("/app/rr"),
+        ));
+        burst.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        id += 2;
+    }
+    let _ = raw.send(&burst);
+    let g = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY after a rapid-reset burst");
+    assert_eq!(goaway_code(&g), 0xb, "ENHANCE_YOUR_CALM");
+    assert!(raw.until(|_| false).is_none(), "then the connection closes");
+
+    // CONTINUATION flood: one header block that never ends.
+    let mut raw = Raw::connect(addr, &[]);
+    raw.send(&frame(HEADERS, 0, 1, &request_block("/app/flood")))
+        .unwrap();
+    let mut piece = Vec::new();
+    hpack(&mut piece, "x-flood", &"f".repeat(4000));
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(5) && sent < 64 * 1024 * 1024 {
+        if raw.send(&frame(CONTINUATION, 0, 1, &piece)).is_err() {
+            break;
+        }
+        sent += piece.len();
+    }
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "the proxy kept reading an endless header block ({sent} B)"
+    );
+    let _ = raw.until(|f| f.kind == GOAWAY);
+    assert!(raw.until(|_| false).is_none());
+
+    // A stream that sends DATA beyond its window is a flow-control error.
+    let mut raw = Raw::connect(addr, &[]);
+    let _ = raw.server_settings();
+    let mut b = request_block("/app/post");
+    hpack(&mut b, ":method", "POST");
+    let mut post = Vec::new();
+    hpack(&mut post, ":method", "POST");
+    hpack(&mut post, ":scheme", "http");
+    hpack(&mut post, ":authority", "localhost");
+    hpack(&mut post, ":path", "/app/post");
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &post)).unwrap();
+    let chunk = vec![b'd'; 16384];
+    let mut overflow = Vec::new();
+    for _ in 0..8 {
+        overflow.extend(frame(DATA, 0, 1, &chunk));
+    }
+    let _ = raw.send(&overflow);
+    let f = raw
+        .until(|f| (f.kind == RST_STREAM && f.stream == 1) || f.kind == GOAWAY)
+        .expect("overflowing the window is an error");
+    let code = if f.kind == GOAWAY {
+        goaway_code(&f)
+    } else {
+        u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]])
+    };
+    assert_eq!(code, 3, "FLOW_CONTROL_ERROR");
+    healthy(addr);
+    assert!(eventually(|| server.active_connections() <= 1));
+}
+
+fn stalled_reader_is_reset(driver: Driver) {
+    let up = app(driver);
+    let server = start(&config(driver, up.addr, scripted_upstream(), ""));
+    let addr = server.local_addr("web").unwrap();
+    // The client grants no window (INITIAL_WINDOW_SIZE 0) and asks for a
+    // body: after send_timeout (1s) the stream is reset.
+    let mut raw = Raw::connect(addr, &[(4, 0)]);
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/app/bytes/100000"),
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let f = raw
+        .until(|f| f.kind == RST_STREAM && f.stream == 1)
+        .expect("the stalled stream is reset");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "reset after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "reset after {waited:?}");
+    let _ = f;
+    healthy(addr);
+}
+
+fn goaway_on_age_reload_and_drain(driver: Driver) {
+    let up = app(driver);
+    let cfg = config(
+        driver,
+        up.addr,
+        scripted_upstream(),
+        "max_connection_age = \"300ms\"",
+    );
+    let server = start(&cfg);
+    let addr = server.local_addr("web").unwrap();
+    // max_connection_age: GOAWAY (NO_ERROR) even on a busy-free connection.
+    let mut raw = Raw::connect(addr, &[]);
+    let started = Instant::now();
+    let g = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY at max_connection_age");
+    assert_eq!(goaway_code(&g), 0);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    drop(raw);
+
+    // A reload that removes the listener: GOAWAY to its connections.
+    let plain = config(driver, up.addr, scripted_upstream(), "");
+    let mut server2 = start(&plain);
+    drop(server);
+    let addr2 = server2.local_addr("web").unwrap();
+    let mut raw = Raw::connect(addr2, &[]);
+    let _ = raw.server_settings();
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/healthz"),
+    ))
+    .unwrap();
+    raw.until(|f| f.kind == DATA && f.flags & END_STREAM != 0)
+        .unwrap();
+    let without = plain.replace("[listeners.web]", "[listeners.other]");
+    let snapshot = outrigger::config::compile(std::path::Path::new("<test>"), &without).unwrap();
+    server2.apply(snapshot).unwrap();
+    let g = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY when the listener is removed");
+    assert_eq!(goaway_code(&g), 0);
+    drop(raw);
+
+    // Drain: GOAWAY, and the connection ends.
+    let server3 = start(&plain);
+    let addr3 = server3.local_addr("web").unwrap();
+    let mut raw = Raw::connect(addr3, &[]);
+    let _ = raw.server_settings();
+    server3.drain();
+    let g = raw.until(|f| f.kind == GOAWAY).expect("GOAWAY on drain");
+    assert_eq!(goaway_code(&g), 0);
+    assert!(raw.until(|_| false).is_none());
+    assert!(server3.shutdown(Duration::from_secs(3)));
+}
+
+fn http2_false_turns_it_off(driver: Driver) {
+    let up = app(driver);
+    let server = start(&config(
+        driver,
+        up.addr,
+        scripted_upstream(),
+        "http2 = false",
+    ));
+    let addr = server.local_addr("web").unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    healthy(addr);
+}
