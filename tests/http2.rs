@@ -135,9 +135,7 @@ fn curl(args: &[&str]) -> String {
 }
 
 fn metric(server: &outrigger::Server, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = server
-        .shared()
-        .export(|s| outrigger::metrics::prometheus(s));
+    let text = server.shared().export(outrigger::metrics::prometheus);
     parse_prometheus(&text).value(name, labels).unwrap_or(0.0)
 }
 

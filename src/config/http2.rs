@@ -14,7 +14,7 @@ use super::value::ConfigDuration;
 #[derive(Debug)]
 pub enum FileHttp2 {
     Enabled(bool),
-    Limits(FileHttp2Limits),
+    Limits(Box<FileHttp2Limits>),
 }
 
 /// `http2.*` of a listener.
@@ -49,7 +49,7 @@ impl<'de> Deserialize<'de> for FileHttp2 {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FileHttp2, A::Error> {
                 FileHttp2Limits::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(FileHttp2::Limits)
+                    .map(|l| FileHttp2::Limits(Box::new(l)))
             }
         }
         d.deserialize_any(V)

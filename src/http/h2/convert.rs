@@ -27,7 +27,8 @@ pub fn request_head(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    if !target.starts_with('/') && !(target == "*" && parts.method == http::Method::OPTIONS) {
+    let asterisk = target == "*" && parts.method == http::Method::OPTIONS;
+    if !(target.starts_with('/') || asterisk) {
         return Err(HttpError::BadRequest("invalid :path"));
     }
     if parts.headers.len() + 1 > http.max_headers {

@@ -156,7 +156,7 @@ pub(super) async fn serve(
         let watching_stop = shutting.is_none();
         let woke = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = h2.poll_accept(cx) {
-                return Poll::Ready(Wake::Accepted(r));
+                return Poll::Ready(Wake::Accepted(r.map(|r| r.map(Box::new))));
             }
             if watching_stop && stopped.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Stopped);
@@ -168,7 +168,8 @@ pub(super) async fn serve(
         })
         .await;
         match woke {
-            Wake::Accepted(Some(Ok((req, respond)))) => {
+            Wake::Accepted(Some(Ok(incoming))) => {
+                let (req, respond) = *incoming;
                 shared.active.set(shared.active.get() + 1);
                 cells.http2_streams.inc();
                 monoio::spawn(serve_stream(shared.clone(), req, respond));
@@ -215,9 +216,12 @@ pub(super) async fn serve(
         .await;
 }
 
+/// A stream the connection accepted: its request and where to answer.
+type Incoming = (http::Request<RecvStream>, SendResponse<Bytes>);
+
 /// What woke the connection's task.
 enum Wake {
-    Accepted(Option<Result<(http::Request<RecvStream>, SendResponse<Bytes>), h2::Error>>),
+    Accepted(Option<Result<Box<Incoming>, h2::Error>>),
     Stopped,
     Timer,
 }
