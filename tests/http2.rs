@@ -797,3 +797,176 @@ fn http2_false_turns_it_off(driver: Driver) {
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     healthy(addr);
 }
+
+// ---- HTTP/2 upstreams ----
+
+both_drivers!(upstream_http2_from_either_client_protocol);
+
+/// An HTTP/2 upstream (the hyperium server on its own thread): answers
+/// with what it saw in `x-seen-*` fields; `/grpc` ends with trailers.
+/// Returns its address and its connection count.
+fn h2_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        rt().block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(s).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, respond))) = conn.accept().await {
+                        tokio::spawn(answer(req, respond));
+                    }
+                });
+            }
+        });
+    });
+    (addr, conns)
+}
+
+async fn answer(
+    req: ::http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) {
+    let (parts, body) = req.into_parts();
+    let got = body_of(body).await.unwrap_or_default();
+    let mut resp = ::http::Response::builder()
+        .status(200)
+        .header("x-seen-method", parts.method.as_str())
+        .header(
+            "x-seen-path",
+            parts.uri.path_and_query().map_or("", |p| p.as_str()),
+        )
+        .header(
+            "x-seen-authority",
+            parts.uri.authority().map_or("", |a| a.as_str()),
+        )
+        .header("x-seen-body", got.len().to_string());
+    for name in [
+        "x-forwarded-for",
+        "via",
+        "te",
+        "content-type",
+        "x-request-id",
+    ] {
+        if let Some(v) = parts.headers.get(name) {
+            resp = resp.header(format!("x-seen-{name}"), v.clone());
+        }
+    }
+    let grpc = parts.uri.path().starts_with("/grpc");
+    if grpc {
+        resp = resp.header("content-type", "application/grpc");
+    }
+    let mut send = respond
+        .send_response(resp.body(()).unwrap(), false)
+        .unwrap();
+    send.send_data(Bytes::from_static(b"h2 upstream"), !grpc)
+        .unwrap();
+    if grpc {
+        let mut t = ::http::HeaderMap::new();
+        t.insert("grpc-status", ::http::HeaderValue::from_static("0"));
+        t.insert("grpc-message", ::http::HeaderValue::from_static("fine"));
+        send.send_trailers(t).unwrap();
+    }
+}
+
+fn upstream_http2_from_either_client_protocol(driver: Driver) {
+    let (up, conns) = h2_upstream();
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "h2up"
+response_headers = {{ set = {{ "x-proxy" = "outrigger" }} }}
+
+[clusters.h2up]
+endpoints = ["{up}"]
+protocol = "http2"
+"#,
+        io = io_name(driver)
+    );
+    let server = start(&cfg);
+    let addr = server.local_addr("web").unwrap();
+    // HTTP/1.1 → HTTP/2: Host becomes :authority, forwarding fields pass.
+    let mut c = common::http::Client::connect(addr);
+    let r = c.get("/a?b=1", "api.example", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-path"), Some("/a?b=1"));
+    assert_eq!(r.header("x-seen-authority"), Some("api.example"));
+    assert_eq!(r.header("x-seen-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-seen-via"), Some("1.1 outrigger"));
+    assert_eq!(r.header("x-proxy"), Some("outrigger"));
+    assert_eq!(r.body, b"h2 upstream");
+    // A chunked HTTP/1.1 body becomes DATA frames.
+    c.send(b"POST /up HTTP/1.1\r\nhost: api.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.header("x-seen-method"), Some("POST"));
+    assert_eq!(r.header("x-seen-body"), Some("11"));
+    // gRPC trailers reach an HTTP/1.1 client in the last chunk.
+    c.send(b"POST /grpc/Svc/M HTTP/1.1\r\nhost: api.example\r\ncontent-type: application/grpc\r\nte: trailers\r\ncontent-length: 0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.header("x-seen-te"), Some("trailers"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, b"h2 upstream");
+
+    // HTTP/2 → HTTP/2: 40 concurrent streams, trailers end to end, few
+    // upstream connections.
+    rt().block_on(async move {
+        let client = h2_connect(addr).await;
+        let mut pending = Vec::new();
+        for i in 0..40 {
+            let mut c = client.clone().ready().await.unwrap();
+            let (resp, _) = c.send_request(get(&format!("/m{i}")), true).unwrap();
+            pending.push((i, resp));
+        }
+        for (i, resp) in pending {
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(
+                resp.headers().get("x-seen-path").unwrap().to_str().unwrap(),
+                format!("/m{i}")
+            );
+            assert_eq!(body_of(resp.into_body()).await.unwrap(), b"h2 upstream");
+        }
+        let mut c = client.clone().ready().await.unwrap();
+        let req = ::http::Request::builder()
+            .method("POST")
+            .uri("http://api.example/grpc/Svc/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        send.send_data(Bytes::from_static(b"\0\0\0\0\x03abc"), true)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.headers().get("x-seen-body").unwrap(), "8");
+        assert_eq!(resp.headers().get("x-seen-te").unwrap(), "trailers");
+        let mut body = resp.into_body();
+        while let Some(d) = body.data().await {
+            d.unwrap();
+        }
+        let t = body.trailers().await.unwrap().unwrap();
+        assert_eq!(t.get("grpc-status").unwrap(), "0");
+        assert_eq!(t.get("grpc-message").unwrap(), "fine");
+    });
+    let opened = conns.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= 2, "{opened} upstream connections for 43 requests");
+}

@@ -12,7 +12,7 @@ use super::compile::{Ctx, DEFAULT_CONNECT_TIMEOUT};
 use super::file::{FileCluster, FileConfig, FileEndpoint};
 use crate::metrics::{ClusterStats, EndpointStats};
 use crate::upstream::balance::{HashOn, Plan};
-use crate::upstream::{Cluster, Endpoint};
+use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
 
 pub(super) fn compile_clusters(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<String, Cluster> {
     let mut out = BTreeMap::new();
@@ -169,8 +169,27 @@ fn compile_cluster(
         None => HashOn::default(),
     };
     let resilience = super::resilience::cluster(cx, key, c_ref);
+    let protocol = match c_ref.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "http1")) => UpstreamProtocol::Http1,
+        Some((_, "http2")) => UpstreamProtocol::Http2,
+        Some((_, "auto")) => UpstreamProtocol::Auto,
+        Some((p, other)) => {
+            cx.error(
+                p.span(),
+                format!("{key}.protocol"),
+                format!("must be \"http1\", \"http2\" or \"auto\", not \"{other}\""),
+            );
+            ok = false;
+            UpstreamProtocol::Http1
+        }
+    };
+    let alpn_default: &[&str] = match protocol {
+        UpstreamProtocol::Http1 => &[],
+        UpstreamProtocol::Http2 => &["h2"],
+        UpstreamProtocol::Auto => &["h2", "http/1.1"],
+    };
     let tls = match &c_ref.tls {
-        Some(t) => match super::tls::cluster_tls(cx, key, t) {
+        Some(t) => match super::tls::cluster_tls(cx, key, t, alpn_default) {
             Some(t) => Some(t),
             None => {
                 ok = false;
@@ -204,6 +223,7 @@ fn compile_cluster(
         outlier: resilience.outlier,
         health_check: resilience.health_check,
         tls,
+        protocol,
         original_destination,
         source: dynamic.map_or(crate::discovery::Source::Static, |(s, _)| s),
         status: Arc::default(),

@@ -556,6 +556,9 @@ pub struct FileCluster {
     pub health_check: Option<Spanned<FileHealthCheck>>,
     /// TLS toward the endpoints.
     pub tls: Option<Spanned<FileClusterTls>>,
+    /// http: `"http1"` (default), `"http2"` (prior knowledge, or ALPN `h2`
+    /// with tls) or `"auto"` (ALPN with tls, HTTP/1.1 without).
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// `tls.*` of a cluster.

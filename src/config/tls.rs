@@ -185,6 +185,7 @@ pub(super) fn cluster_tls(
     cx: &mut Ctx<'_>,
     key: &str,
     t: &Spanned<FileClusterTls>,
+    alpn_default: &[&str],
 ) -> Option<Arc<ClusterTls>> {
     let f = t.get_ref();
     let key = format!("{key}.tls");
@@ -251,12 +252,13 @@ pub(super) fn cluster_tls(
         mesh,
         ca: ca.as_deref(),
         cert_key: cert_key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-        alpn: f
-            .alpn
-            .iter()
-            .flatten()
-            .map(|a| a.get_ref().as_bytes().to_vec())
-            .collect(),
+        alpn: match &f.alpn {
+            Some(list) => list
+                .iter()
+                .map(|a| a.get_ref().as_bytes().to_vec())
+                .collect(),
+            None => alpn_default.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        },
         tls13_only,
         server_name: f.server_name.as_ref().map(|n| n.get_ref().clone()),
     };

@@ -151,7 +151,7 @@ pub(super) struct BodySink<'a> {
 }
 
 impl BodySink<'_> {
-    async fn send(&mut self, data: Bytes) -> Result<(), HttpError> {
+    pub(super) async fn send(&mut self, data: Bytes) -> Result<(), HttpError> {
         if self.conn.stream.is_h2() {
             return self.conn.send_h2_data(data).await;
         }

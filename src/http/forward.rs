@@ -13,6 +13,7 @@ use monoio::net::TcpStream;
 use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
+use super::h2::upstream::{handshake, Lease, Transport};
 use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
 use super::retries::{backoff, Held, Retries};
 use super::serialize::{per_try, serialize_request};
@@ -22,7 +23,7 @@ use crate::metrics::{Active, ClusterCells};
 use crate::resilience::health::Outcome;
 use crate::resilience::{retry::idempotent, Overflow, RetryOn};
 use crate::upstream::balance::{cookie, hash64};
-use crate::upstream::{AttemptOrder, Availability, Cluster, Endpoint, HashOn};
+use crate::upstream::{AttemptOrder, Availability, Cluster, Endpoint, HashOn, UpstreamProtocol};
 
 /// How one try ended, when it did not produce the response.
 enum TryError {
@@ -431,7 +432,10 @@ impl Try<'_> {
                             .record(d + out.timing.tls.get().unwrap_or_default());
                     }
                 }
-                let result = exchange.run(conn, stream, request.clone()).await;
+                let result = match stream {
+                    Checked::H1(s) => exchange.run(conn, s, request.clone()).await,
+                    Checked::H2(lease) => exchange.run_h2(conn, lease, request.clone()).await,
+                };
                 out.done.set(Some(Instant::now()));
                 if let Some(head_at) = out.head_at.get() {
                     cells
@@ -526,15 +530,23 @@ impl Try<'_> {
         written: &str,
         fresh: bool,
         timing: &Timing,
-    ) -> Result<(UpConn, bool), Checkout> {
+    ) -> Result<(Checked, bool), Checkout> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
+        let protocol = cluster.protocol;
         if !fresh {
-            if let Some(s) =
-                ctx.http_pool
-                    .take(addr, cluster.pool_idle_timeout, ctx.deadlines.coarse_now())
-            {
-                return Ok((s, true));
+            if protocol != UpstreamProtocol::Http1 {
+                if let Some(lease) = ctx.h2_pool.pick(addr) {
+                    return Ok((Checked::H2(lease), true));
+                }
+            }
+            if protocol != UpstreamProtocol::Http2 {
+                if let Some(s) =
+                    ctx.http_pool
+                        .take(addr, cluster.pool_idle_timeout, ctx.deadlines.coarse_now())
+                {
+                    return Ok((Checked::H1(s), true));
+                }
             }
         }
         let share = |max| worker_share(max, ctx.workers, ctx.index);
@@ -542,7 +554,7 @@ impl Try<'_> {
             + self
                 .endpoints
                 .iter()
-                .map(|e| ctx.http_pool.idle_count(e.address) as u64)
+                .map(|e| (ctx.http_pool.idle_count(e.address) + ctx.h2_pool.open(e.address)) as u64)
                 .sum::<u64>();
         if open >= share(cluster.breaker.max_connections) {
             return Err(Checkout::Overflow(Overflow::Connections));
@@ -575,13 +587,38 @@ impl Try<'_> {
                 }
             }
         };
-        match ctx.deadlines.within(at, connect).await {
-            Ok(Ok(c)) => Ok((c, false)),
-            Ok(Err(e)) => Err(Checkout::Failed(e)),
-            Err(_) => Err(Checkout::Failed(std::io::Error::new(
+        let timed_out = || {
+            Checkout::Failed(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "connect timed out",
-            ))),
+            ))
+        };
+        let c = match ctx.deadlines.within(at, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(Checkout::Failed(e)),
+            Err(_) => return Err(timed_out()),
+        };
+        let h2 = match (protocol, &c) {
+            (UpstreamProtocol::Http2, _) => true,
+            (UpstreamProtocol::Auto, UpConn::Tls(t)) => t.conn.alpn_protocol() == Some(b"h2"),
+            _ => false,
+        };
+        if !h2 {
+            return Ok((Checked::H1(c), false));
+        }
+        let transport = match c {
+            UpConn::Plain(s) => Transport::Plain(s),
+            UpConn::Tls(t) => Transport::Tls(t),
+        };
+        // connect_timeout covers the HTTP/2 preface and SETTINGS too.
+        match ctx
+            .deadlines
+            .within(at, handshake(&ctx.h2_pool, addr, transport))
+            .await
+        {
+            Ok(Ok(lease)) => Ok((Checked::H2(lease), false)),
+            Ok(Err(e)) => Err(Checkout::Failed(e)),
+            Err(_) => Err(timed_out()),
         }
     }
 }
@@ -594,6 +631,13 @@ pub struct Timing {
     pub started: Cell<Option<Instant>>,
     pub connected: Cell<Option<std::time::Duration>>,
     pub tls: Cell<Option<std::time::Duration>>,
+}
+
+/// A connection for one try: HTTP/1.1 (exclusive) or a stream slot on a
+/// shared HTTP/2 connection.
+enum Checked {
+    H1(UpConn),
+    H2(Lease),
 }
 
 enum Checkout {

@@ -45,6 +45,8 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// `tls`: connections to the endpoints are TLS.
     pub tls: Option<Arc<crate::tls::ClusterTls>>,
+    /// `protocol`: HTTP/1.1, HTTP/2, or what ALPN picks.
+    pub protocol: UpstreamProtocol,
     /// `discovery = "original_destination"`: no endpoints; each connection
     /// goes where the client originally sent it (transparent listeners).
     pub original_destination: bool,
@@ -52,6 +54,17 @@ pub struct Cluster {
     pub source: crate::discovery::Source,
     /// Discovery updates and errors, carried across snapshots by name.
     pub status: Arc<crate::discovery::Status>,
+}
+
+/// The HTTP version spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// Prior knowledge in cleartext, ALPN `h2` over TLS.
+    Http2,
+    /// ALPN (`h2`, then `http/1.1`) over TLS; HTTP/1.1 in cleartext.
+    Auto,
 }
 
 impl Cluster {
@@ -87,6 +100,7 @@ impl Cluster {
             outlier: self.outlier,
             health_check: self.health_check.clone(),
             tls: self.tls.clone(),
+            protocol: self.protocol,
             original_destination: self.original_destination,
             source: self.source.clone(),
             status: self.status.clone(),
@@ -444,6 +458,7 @@ mod tests {
             outlier: None,
             health_check: None,
             tls: None,
+            protocol: UpstreamProtocol::Http1,
             original_destination: false,
             source: crate::discovery::Source::Static,
             status: Arc::default(),

@@ -93,6 +93,8 @@ pub struct WorkerCtx {
     pub buffers: BufferPool,
     /// Idle keep-alive connections to HTTP upstreams.
     pub http_pool: crate::http::pool::Pool,
+    /// HTTP/2 connections to upstreams (shared by concurrent requests).
+    pub h2_pool: crate::http::h2::upstream::Pool,
     /// Coarse deadlines (send and body timeouts, warm reads), swept by the tick.
     pub deadlines: Rc<crate::deadline::Deadlines>,
     /// Set once the worker has drained: the housekeeping tick stops.
@@ -307,6 +309,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
             spec.stats.clone(),
         ),
         http_pool: crate::http::pool::Pool::default(),
+        h2_pool: crate::http::h2::upstream::Pool::default(),
         deadlines: Rc::default(),
         finished: Cell::new(false),
         release: memory::Release::default(),

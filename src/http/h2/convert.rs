@@ -119,6 +119,78 @@ pub fn response<'a>(
     head
 }
 
+/// The request for an HTTP/2 upstream, re-read from the HTTP/1.1 form the
+/// request path serialised (so one set of forwarding rules serves both):
+/// Host becomes `:authority`, framing fields go (HTTP/2 frames the body),
+/// and a gRPC request carries `te: trailers`.
+pub fn request_from_h1(bytes: &[u8], scheme: &str) -> Result<http::Request<()>, HttpError> {
+    let lines = bytes.windows(2).filter(|w| w == b"\r\n").count();
+    let mut table = vec![httparse::EMPTY_HEADER; lines];
+    let mut parsed = httparse::Request::new(&mut table);
+    match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => {
+            return Err(HttpError::BadRequest(
+                "request cannot be re-read for HTTP/2",
+            ))
+        }
+    }
+    let method = http::Method::from_bytes(parsed.method.unwrap_or("GET").as_bytes())
+        .map_err(|_| HttpError::BadRequest("method not valid in HTTP/2"))?;
+    let path = parsed.path.unwrap_or("/");
+    let mut authority = None;
+    let mut grpc = false;
+    let mut head = http::Request::new(());
+    let map = head.headers_mut();
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            authority = Some(h.value);
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) else {
+            continue;
+        };
+        if is_connection_specific(&n) {
+            continue;
+        }
+        if n == http::header::CONTENT_TYPE && v.as_bytes().starts_with(b"application/grpc") {
+            grpc = true;
+        }
+        map.append(n, v);
+    }
+    if grpc {
+        map.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    let authority = authority
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .unwrap_or("localhost");
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::BadRequest("target not valid in HTTP/2"))?;
+    *head.method_mut() = method;
+    *head.uri_mut() = uri;
+    *head.version_mut() = http::Version::HTTP_2;
+    Ok(head)
+}
+
+/// HTTP/2 trailers as an HTTP/1.1 trailer section (`name: value\r\n`).
+pub fn trailer_section(map: &http::HeaderMap) -> Bytes {
+    let mut out = BytesMut::new();
+    for (name, value) in map {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
 /// Fields HTTP/2 forbids (RFC 9113 §8.2.2).
 fn is_connection_specific(n: &http::HeaderName) -> bool {
     matches!(

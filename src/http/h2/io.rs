@@ -10,7 +10,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
-use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Ciphertext read from the socket per read.
@@ -36,9 +35,9 @@ impl std::fmt::Debug for ConnIo {
     }
 }
 
-/// A rustls server session driven in poll style.
+/// A rustls session (either side) driven in poll style.
 struct PollTls {
-    conn: ServerConnection,
+    conn: rustls::Connection,
     /// Ciphertext read and not yet accepted by rustls.
     raw: BytesMut,
     /// Ciphertext produced and not yet written; `out_at` bytes of it are sent.
@@ -59,12 +58,12 @@ impl ConnIo {
 
     /// HTTP/2 over a TLS session whose handshake is done; `raw` is
     /// ciphertext read and not yet fed to it.
-    pub fn tls(tcp: TcpStreamPoll, conn: ServerConnection, raw: BytesMut) -> Self {
+    pub fn tls(tcp: TcpStreamPoll, conn: impl Into<rustls::Connection>, raw: BytesMut) -> Self {
         ConnIo {
             tcp,
             early: BytesMut::new(),
             tls: Some(Box::new(PollTls {
-                conn,
+                conn: conn.into(),
                 raw,
                 out: Vec::new(),
                 out_at: 0,

@@ -15,6 +15,7 @@ mod convert;
 mod io;
 mod respond;
 pub mod stream;
+pub mod upstream;
 
 use std::cell::Cell;
 use std::future::Future;

@@ -37,7 +37,30 @@ impl std::fmt::Debug for H2Stream {
     }
 }
 
-fn stream_error(e: h2::Error) -> io::Error {
+/// Send `data` on a stream as the peer's window allows (`end`: then end
+/// the stream). Waits while the peer grants no window.
+pub async fn send_flow(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(stream_error(e)),
+            None => return Err(io::ErrorKind::ConnectionReset.into()),
+        };
+        let piece = data.split_to(granted.min(data.len()));
+        let last = end && data.is_empty();
+        send.send_data(piece, last).map_err(stream_error)?;
+        if last {
+            return Ok(());
+        }
+    }
+    if end {
+        send.send_data(Bytes::new(), true).map_err(stream_error)?;
+    }
+    Ok(())
+}
+
+pub(super) fn stream_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e
             .into_io()
@@ -124,27 +147,12 @@ impl H2Stream {
 
     /// Send body bytes as the client's window allows (a client that stops
     /// granting window stops this; the caller bounds it with `send_timeout`).
-    pub async fn send_data(&mut self, mut data: Bytes, end: bool) -> io::Result<()> {
+    pub async fn send_data(&mut self, data: Bytes, end: bool) -> io::Result<()> {
         let Some(send) = self.send.as_mut() else {
             return Err(io::Error::other("HTTP/2 body before its head"));
         };
-        while !data.is_empty() {
-            send.reserve_capacity(data.len());
-            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(stream_error(e)),
-                None => return Err(io::ErrorKind::ConnectionReset.into()),
-            };
-            let piece = data.split_to(granted.min(data.len()));
-            let last = end && data.is_empty();
-            send.send_data(piece, last).map_err(stream_error)?;
-            if last {
-                self.finished = true;
-                return Ok(());
-            }
-        }
+        send_flow(send, data, end).await?;
         if end {
-            send.send_data(Bytes::new(), true).map_err(stream_error)?;
             self.finished = true;
         }
         Ok(())

@@ -1,0 +1,436 @@
+//! HTTP/2 toward clusters (`protocol = "http2"`, or `"auto"` when ALPN
+//! picks `h2`): a few multiplexed connections per endpoint per worker,
+//! each driven by a task of its own, and the exchange of one request over
+//! a stream of one of them. The request is the one the HTTP/1.1 path
+//! serialised (hop-by-hop fields removed, forwarding fields and route edits
+//! applied), re-read into HTTP/2 form: both protocols share one set of
+//! header rules.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use monoio::net::TcpStream;
+
+use super::convert;
+use super::io::ConnIo;
+use super::stream::{send_flow, stream_error};
+use crate::fxhash::FxHashMap;
+use crate::http::body::BodySink;
+use crate::http::chunked::{Chunk, ChunkedDecoder};
+use crate::http::codec::{Framing, Header, ResponseHead, Version};
+use crate::http::downstream::Downstream;
+use crate::http::error::HttpError;
+use crate::http::proxy::{Exchange, ExchangeError, Next};
+use crate::http::serialize::serialize_response;
+
+/// Streams this proxy opens on one upstream connection before the peer's
+/// SETTINGS arrive (the peer's limit applies once they do; a stream it
+/// refuses is retried, which is always safe).
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+
+/// One upstream HTTP/2 connection.
+#[derive(Debug)]
+struct Client {
+    send: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends.
+    closed: Rc<Cell<bool>>,
+    /// Streams of this worker's requests open on it now.
+    streams: Rc<Cell<usize>>,
+}
+
+/// A stream slot on an upstream connection, held for one try.
+#[derive(Debug)]
+pub struct Lease {
+    pub send: SendRequest<Bytes>,
+    streams: Rc<Cell<usize>>,
+}
+
+impl Lease {
+    fn new(send: SendRequest<Bytes>, streams: Rc<Cell<usize>>) -> Lease {
+        streams.set(streams.get() + 1);
+        Lease { send, streams }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.streams.set(self.streams.get().saturating_sub(1));
+    }
+}
+
+/// A worker's HTTP/2 connections to upstream endpoints.
+#[derive(Debug, Default)]
+pub struct Pool {
+    conns: RefCell<FxHashMap<SocketAddr, Vec<Client>>>,
+}
+
+impl Pool {
+    /// A live connection to `addr` with room for one more stream (the
+    /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub fn pick(&self, addr: SocketAddr) -> Option<Lease> {
+        let mut conns = self.conns.borrow_mut();
+        let list = conns.get_mut(&addr)?;
+        list.retain(|c| !c.closed.get());
+        list.iter()
+            .find(|c| c.streams.get() < c.send.current_max_send_streams())
+            .map(|c| Lease::new(c.send.clone(), c.streams.clone()))
+    }
+
+    /// Connections open to `addr`.
+    pub fn open(&self, addr: SocketAddr) -> usize {
+        self.conns
+            .borrow()
+            .get(&addr)
+            .map_or(0, |l| l.iter().filter(|c| !c.closed.get()).count())
+    }
+
+    fn add(&self, addr: SocketAddr, client: Client) {
+        self.conns
+            .borrow_mut()
+            .entry(addr)
+            .or_default()
+            .push(client);
+    }
+}
+
+/// The transport of a new upstream connection.
+#[derive(Debug)]
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::ClientStream>),
+}
+
+/// Run the HTTP/2 handshake on a new connection, start its task and pool
+/// it; the sender for the first stream.
+pub async fn handshake(
+    pool: &Pool,
+    addr: SocketAddr,
+    transport: Transport,
+) -> std::io::Result<Lease> {
+    let io = match transport {
+        Transport::Plain(tcp) => tcp
+            .try_into_poll_io()
+            .map(|t| ConnIo::plain(t, BytesMut::new())),
+        Transport::Tls(t) => {
+            let (tcp, session, raw) = t.into_parts();
+            tcp.try_into_poll_io().map(|t| ConnIo::tls(t, session, raw))
+        }
+    }
+    .map_err(|(e, _)| e)?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(stream_error)?;
+    let closed = Rc::new(Cell::new(false));
+    let flag = closed.clone();
+    monoio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+        flag.set(true);
+    });
+    let streams = Rc::new(Cell::new(0));
+    pool.add(
+        addr,
+        Client {
+            send: send.clone(),
+            closed,
+            streams: streams.clone(),
+        },
+    );
+    Ok(Lease::new(send, streams))
+}
+
+/// A failure before the upstream could have processed the request: the
+/// stream was refused (or the connection went away before it was sent).
+fn is_unprocessed(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+}
+
+fn failed(e: h2::Error, sent: bool) -> ExchangeError {
+    if is_unprocessed(&e) || !sent {
+        return ExchangeError::Stale {
+            error: stream_error(e),
+            replay_safe: true,
+            unsent: !sent,
+        };
+    }
+    ExchangeError::Failed(HttpError::UpstreamIo(stream_error(e)))
+}
+
+impl Exchange<'_> {
+    /// One try over an HTTP/2 stream: send the request and its body, read
+    /// the response head, stream the body and trailers to the client.
+    pub(in crate::http) async fn run_h2(
+        &self,
+        conn: &mut Downstream,
+        lease: Lease,
+        request: Bytes,
+    ) -> Result<Next, ExchangeError> {
+        let mut send = lease.send.clone();
+        let head = self.req.head;
+        let scheme = if self.cluster.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let req = convert::request_from_h1(&request, scheme).map_err(ExchangeError::Failed)?;
+        let has_body = match &self.body {
+            Some(b) => !b.is_empty(),
+            None => head.framing != Framing::None,
+        };
+        let deadlines = &self.req.ctx.deadlines;
+        let at = Instant::now() + self.remaining();
+        match deadlines
+            .within(at, poll_fn(|cx| send.poll_ready(cx)))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed(e, false)),
+            Err(_) => return Err(ExchangeError::Failed(HttpError::UpstreamTimeout)),
+        }
+        let (response, mut body_tx) = send
+            .send_request(req, !has_body)
+            .map_err(|e| failed(e, false))?;
+        if has_body {
+            let sent = match &self.body {
+                Some(b) => {
+                    let at = deadlines.after(self.req.http.send_timeout);
+                    match deadlines
+                        .within(at, send_flow(&mut body_tx, b.clone(), true))
+                        .await
+                    {
+                        Ok(r) => r.map_err(HttpError::upstream_write),
+                        Err(_) => Err(HttpError::SendTimeout),
+                    }
+                }
+                None => self.send_body_h2(conn, &mut body_tx).await,
+            };
+            sent.map_err(ExchangeError::Failed)?;
+        }
+        let mut at = Instant::now() + self.remaining();
+        if let Some(d) = self.head_deadline {
+            at = at.min(d);
+        }
+        let response = match deadlines.within(at, response).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(failed(e, true)),
+            Err(_) => return Err(ExchangeError::Failed(HttpError::UpstreamTimeout)),
+        };
+        let status = response.status().as_u16();
+        self.out.status.set(status);
+        self.out.head_at.set(Some(Instant::now()));
+        if let Some(r) = self.retry {
+            if r.wants_status(status) && r.grant() {
+                // Dropping the stream resets it.
+                return Err(ExchangeError::RetryStatus(status));
+            }
+        }
+        let (parts, body) = response.into_parts();
+        self.respond_from_h2(conn, parts, body)
+            .await
+            .map_err(ExchangeError::Failed)
+    }
+
+    /// Stream the client's request body onto the upstream stream.
+    async fn send_body_h2(
+        &self,
+        conn: &mut Downstream,
+        tx: &mut h2::SendStream<Bytes>,
+    ) -> Result<(), HttpError> {
+        let limit = self.req.http.max_request_body_bytes.unwrap_or(u64::MAX);
+        match self.req.head.framing {
+            Framing::None | Framing::UntilClose => {}
+            Framing::Length(n) => {
+                let mut left = n;
+                while left > 0 {
+                    if conn.buf.is_empty() {
+                        conn.read_body().await?;
+                    }
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    left -= take as u64;
+                    let chunk = conn.buf.split_to(take).freeze();
+                    self.send_up(tx, chunk, left == 0).await?;
+                }
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                let mut total: u64 = 0;
+                loop {
+                    match decoder
+                        .decode(&mut conn.buf)
+                        .map_err(HttpError::BadRequest)?
+                    {
+                        None => conn.read_body().await?,
+                        Some(Chunk::Data(data)) => {
+                            total += data.len() as u64;
+                            if total > limit {
+                                return Err(HttpError::BodyTooLarge);
+                            }
+                            self.send_up(tx, data, false).await?;
+                        }
+                        Some(Chunk::End(trailers)) => {
+                            match super::convert::trailers(&trailers) {
+                                Some(t) => tx
+                                    .send_trailers(t)
+                                    .map_err(|e| HttpError::upstream_write(stream_error(e)))?,
+                                None => self.send_up(tx, Bytes::new(), true).await?,
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        conn.body_complete = true;
+        Ok(())
+    }
+
+    /// Body bytes to the upstream stream, within `send_timeout`.
+    async fn send_up(
+        &self,
+        tx: &mut h2::SendStream<Bytes>,
+        data: Bytes,
+        end: bool,
+    ) -> Result<(), HttpError> {
+        let deadlines = &self.req.ctx.deadlines;
+        let at = deadlines.after(self.req.http.send_timeout);
+        match deadlines.within(at, send_flow(tx, data, end)).await {
+            Ok(r) => r.map_err(HttpError::upstream_write),
+            Err(_) => Err(HttpError::SendTimeout),
+        }
+    }
+
+    /// The upstream's HTTP/2 response to the client (either protocol).
+    async fn respond_from_h2(
+        &self,
+        conn: &mut Downstream,
+        parts: http::response::Parts,
+        mut body: h2::RecvStream,
+    ) -> Result<Next, HttpError> {
+        let head = self.req.head;
+        let status = parts.status.as_u16();
+        let headers: Vec<Header> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| Header {
+                name: Bytes::copy_from_slice(n.as_str().as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            })
+            .collect();
+        let resp = ResponseHead {
+            status,
+            reason: Bytes::from_static(crate::http::error::reason(status).as_bytes()),
+            version: Version::Http11,
+            headers,
+            keep_alive: true,
+        };
+        let bodiless = head.is_head() || matches!(status, 204 | 304) || body.is_end_stream();
+        let declared = crate::http::codec::content_length(&resp.headers)
+            .ok()
+            .flatten();
+        let client_keep;
+        if conn.stream.is_h2() {
+            client_keep = true;
+            let length;
+            let mut fields: Vec<(&[u8], &[u8])> =
+                crate::http::serialize::response_fields(&resp, self.req.route, false).collect();
+            if let Some(n) = declared.filter(|_| status != 204) {
+                length = n.to_string();
+                fields.push((b"content-length", length.as_bytes()));
+            }
+            let h = convert::response(status, fields.into_iter());
+            conn.responded = true;
+            match &mut conn.stream {
+                crate::http::downstream::ClientIo::H2(s) => {
+                    s.send_head(h, bodiless).map_err(HttpError::DownstreamIo)?
+                }
+                _ => return Err(HttpError::BadResponse("client stream changed")),
+            }
+        } else {
+            let framing = match (bodiless, declared, head.version) {
+                (true, _, _) => Framing::None,
+                (false, Some(n), _) => Framing::Length(n),
+                (false, None, Version::Http10) => Framing::UntilClose,
+                (false, None, _) => Framing::Chunked,
+            };
+            client_keep = head.keep_alive
+                && !self.req.ctx.closing(&conn.handle)
+                && framing != Framing::UntilClose;
+            let out = serialize_response(&resp, self.req.route, framing, !client_keep, false);
+            conn.responded = true;
+            conn.write_bytes(out.freeze()).await?;
+            if bodiless {
+                return Ok(if client_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                });
+            }
+            let mut sink = BodySink {
+                conn,
+                chunked_out: framing == Framing::Chunked,
+            };
+            self.copy_h2_body(&mut sink, &mut body).await?;
+            return Ok(if client_keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            });
+        }
+        if !bodiless {
+            let mut sink = BodySink {
+                conn,
+                chunked_out: false,
+            };
+            self.copy_h2_body(&mut sink, &mut body).await?;
+        }
+        Ok(if client_keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
+    }
+
+    /// Response body and trailers from an upstream stream to the client,
+    /// giving the upstream window back as each piece is forwarded.
+    async fn copy_h2_body(
+        &self,
+        sink: &mut BodySink<'_>,
+        body: &mut h2::RecvStream,
+    ) -> Result<(), HttpError> {
+        let deadlines = self.req.ctx.deadlines.clone();
+        loop {
+            let at = Instant::now() + self.remaining();
+            let next = deadlines
+                .within(at, poll_fn(|cx| body.poll_data(cx)))
+                .await
+                .map_err(|_| HttpError::UpstreamTimeout)?;
+            match next {
+                Some(Ok(data)) => {
+                    let n = data.len();
+                    sink.send(data).await?;
+                    let _ = body.flow_control().release_capacity(n);
+                }
+                Some(Err(e)) => return Err(HttpError::UpstreamIo(stream_error(e))),
+                None => break,
+            }
+        }
+        let at = Instant::now() + self.remaining();
+        let trailers = deadlines
+            .within(at, poll_fn(|cx| body.poll_trailers(cx)))
+            .await
+            .map_err(|_| HttpError::UpstreamTimeout)?
+            .map_err(|e| HttpError::UpstreamIo(stream_error(e)))?;
+        let section = trailers
+            .map(|t| convert::trailer_section(&t))
+            .unwrap_or_default();
+        sink.finish_with(section).await
+    }
+}
