@@ -69,6 +69,9 @@ pub struct Record<'a> {
     pub upstream_connect: Option<Duration>,
     pub upstream_tls: Option<Duration>,
     pub upstream_first_byte: Option<Duration>,
+    /// gRPC calls: the status and message they ended with.
+    pub grpc_status: Option<u8>,
+    pub grpc_message: Option<&'a [u8]>,
 }
 
 impl<'a> Record<'a> {
@@ -105,6 +108,8 @@ impl<'a> Record<'a> {
             upstream_connect: None,
             upstream_tls: None,
             upstream_first_byte: None,
+            grpc_status: None,
+            grpc_message: None,
         }
     }
 
@@ -143,6 +148,8 @@ impl<'a> Record<'a> {
             upstream_connect: None,
             upstream_tls: None,
             upstream_first_byte: None,
+            grpc_status: None,
+            grpc_message: None,
         }
     }
 }
@@ -336,6 +343,10 @@ fn write_json(out: &mut Vec<u8>, r: &Record<'_>) {
             let _ = write!(out, ",\"{name}\":{:.3}", d.as_secs_f64() * 1000.0);
         }
     }
+    if let Some(g) = r.grpc_status {
+        let _ = write!(out, ",\"grpc_status\":{g},\"grpc_message\":");
+        json_opt(out, r.grpc_message);
+    }
     if let Some((t, s)) = &r.trace {
         out.extend_from_slice(b",\"trace_id\":");
         json_str(out, crate::trace::context::to_hex(t).as_bytes());
@@ -411,6 +422,10 @@ fn write_text(out: &mut Vec<u8>, r: &Record<'_>) {
     text_opt(out, r.cluster.map(str::as_bytes));
     out.push(b' ');
     text_opt(out, Some(r.flags.as_bytes()));
+    // gRPC calls only: one more field, `grpc=<status>`.
+    if let Some(g) = r.grpc_status {
+        let _ = write!(out, " grpc={g}");
+    }
     out.push(b'\n');
 }
 
@@ -489,6 +504,8 @@ mod tests {
             upstream_connect: None,
             upstream_tls: None,
             upstream_first_byte: None,
+            grpc_status: None,
+            grpc_message: None,
         }
     }
 

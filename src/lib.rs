@@ -57,6 +57,7 @@ pub mod control;
 pub mod deadline;
 pub mod discovery;
 pub mod fxhash;
+pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -800,7 +800,7 @@ fn http2_false_turns_it_off(driver: Driver) {
 
 // ---- HTTP/2 upstreams ----
 
-both_drivers!(upstream_http2_from_either_client_protocol);
+both_drivers!(upstream_http2_from_either_client_protocol, grpc_calls);
 
 /// An HTTP/2 upstream (the hyperium server on its own thread): answers
 /// with what it saw in `x-seen-*` fields; `/grpc` ends with trailers.
@@ -815,15 +815,17 @@ fn h2_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
     std::thread::spawn(move || {
         rt().block_on(async move {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
+            let flaky = std::sync::Arc::new(AtomicUsize::new(0));
             loop {
                 let Ok((s, _)) = l.accept().await else { return };
                 counted.fetch_add(1, Ordering::SeqCst);
+                let flaky = flaky.clone();
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(s).await else {
                         return;
                     };
                     while let Some(Ok((req, respond))) = conn.accept().await {
-                        tokio::spawn(answer(req, respond));
+                        tokio::spawn(answer(req, respond, flaky.clone()));
                     }
                 });
             }
@@ -832,12 +834,33 @@ fn h2_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
     (addr, conns)
 }
 
+/// One answer of `h2_upstream`; `flaky` counts calls of `/test.Flaky/*`
+/// (the first of each pair fails).
 async fn answer(
     req: ::http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
+    flaky: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let (parts, body) = req.into_parts();
     let got = body_of(body).await.unwrap_or_default();
+    let path = parts.uri.path();
+    if path.starts_with("/test.Flaky/")
+        && flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0
+    {
+        // A trailers-only answer: UNAVAILABLE.
+        let resp = ::http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .header("grpc-message", "try again")
+            .body(())
+            .unwrap();
+        let _ = respond.send_response(resp, true);
+        return;
+    }
+    if path.starts_with("/test.Slow/") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut resp = ::http::Response::builder()
         .status(200)
         .header("x-seen-method", parts.method.as_str())
@@ -861,7 +884,10 @@ async fn answer(
             resp = resp.header(format!("x-seen-{name}"), v.clone());
         }
     }
-    let grpc = parts.uri.path().starts_with("/grpc");
+    let grpc = parts
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
         resp = resp.header("content-type", "application/grpc");
     }
@@ -969,4 +995,142 @@ protocol = "http2"
     });
     let opened = conns.load(std::sync::atomic::Ordering::SeqCst);
     assert!(opened <= 2, "{opened} upstream connections for 43 requests");
+}
+
+/// A unary gRPC call over the hyperium client: status, grpc-status (from
+/// the head of a trailers-only answer, else the trailers), body.
+async fn grpc_call(
+    client: &h2::client::SendRequest<Bytes>,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Option<String>, Vec<u8>) {
+    let mut c = client.clone().ready().await.unwrap();
+    let mut req = ::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://api.example{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (n, v) in extra {
+        req = req.header(*n, *v);
+    }
+    let (resp, mut send) = c.send_request(req.body(()).unwrap(), false).unwrap();
+    send.send_data(Bytes::from_static(b"\0\0\0\0\x02hi"), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let head_grpc = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(d) = body.data().await {
+        data.extend_from_slice(&d.unwrap());
+    }
+    let trailer_grpc = body.trailers().await.unwrap().and_then(|t| {
+        t.get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string())
+    });
+    (status, head_grpc.or(trailer_grpc), data)
+}
+
+fn grpc_calls(driver: Driver) {
+    let (up, _) = h2_upstream();
+    let dir = TempDir::new("grpc");
+    let log = dir.path("access.log");
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[access_log]
+path = "{log}"
+format = "json"
+flush_interval = "50ms"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+
+[[routes.main]]
+match.grpc_service = "test.Echo"
+cluster = "h2up"
+
+[[routes.main]]
+match.grpc_service = "test.Flaky"
+match.grpc_method = "Call"
+cluster = "h2up"
+retry = {{ attempts = 2, on = ["unavailable"] }}
+
+[[routes.main]]
+match.grpc_service = "test.Slow"
+cluster = "h2up"
+timeout = "5s"
+
+[[routes.main]]
+match.path_prefix = "/test.Echo/"
+direct_response = {{ status = 418, body = "not grpc" }}
+
+[clusters.h2up]
+endpoints = ["{up}"]
+protocol = "http2"
+"#,
+        io = io_name(driver),
+        log = log.display()
+    );
+    let server = start(&cfg);
+    let addr = server.local_addr("web").unwrap();
+    rt().block_on(async move {
+        let client = h2_connect(addr).await;
+        // A unary call: trailers end to end.
+        let (status, grpc, body) = grpc_call(&client, "/test.Echo/Say", &[]).await;
+        assert_eq!(
+            (status, grpc.as_deref(), &body[..]),
+            (200, Some("0"), &b"h2 upstream"[..])
+        );
+        // match.grpc_* needs a gRPC content-type.
+        let mut c = client.clone().ready().await.unwrap();
+        let (resp, _) = c.send_request(get("/test.Echo/Say"), true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 418);
+        // UNAVAILABLE in a trailers-only answer is retried (retry.on).
+        let (status, grpc, _) = grpc_call(&client, "/test.Flaky/Call", &[]).await;
+        assert_eq!((status, grpc.as_deref()), (200, Some("0")));
+        // grpc-timeout shorter than the route's: DEADLINE_EXCEEDED, in
+        // gRPC form, at the call's deadline.
+        let started = Instant::now();
+        let (status, grpc, _) =
+            grpc_call(&client, "/test.Slow/Call", &[("grpc-timeout", "300m")]).await;
+        let took = started.elapsed();
+        assert_eq!((status, grpc.as_deref()), (200, Some("4")));
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        // No route: UNIMPLEMENTED, not a 404 page.
+        let (status, grpc, body) = grpc_call(&client, "/test.None/Call", &[]).await;
+        assert_eq!((status, grpc.as_deref()), (200, Some("12")));
+        assert!(body.is_empty());
+    });
+    let m = parse_prometheus(&server.shared().export(outrigger::metrics::prometheus));
+    let grpc = |code: &str| {
+        m.value(
+            "outrigger_cluster_grpc_responses_total",
+            &[("cluster", "h2up"), ("grpc_status", code)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(grpc("ok"), 2.0);
+    assert_eq!(grpc("unavailable"), 1.0);
+    let lines = common::admin::read_log(&dir, 5);
+    let statuses: Vec<Option<i64>> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["grpc_status"].as_i64())
+        .collect();
+    assert_eq!(
+        statuses,
+        [Some(0), None, Some(0), Some(4), Some(12)],
+        "{lines:?}"
+    );
 }

@@ -480,6 +480,10 @@ pub struct FileMatch {
     pub peer_identity: Option<Spanned<String>>,
     /// The original destination's port (transparent listeners).
     pub destination_port: Option<Spanned<i64>>,
+    /// gRPC requests (`content-type: application/grpc*`) to this service
+    /// (`package.Service`) and method.
+    pub grpc_service: Option<Spanned<String>>,
+    pub grpc_method: Option<Spanned<String>>,
 }
 
 /// One weighted target of a `split`.

@@ -125,7 +125,34 @@ fn compile_route(
         Some(p) => Some(Some(*p.get_ref() as u16)),
         None => Some(None),
     };
+    let grpc = match (&r.matches.grpc_service, &r.matches.grpc_method) {
+        (None, None) => None,
+        (service, method) => {
+            let mut ok = true;
+            for (what, v) in [("grpc_service", service), ("grpc_method", method)] {
+                if let Some(v) = v {
+                    let s = v.get_ref();
+                    if s.is_empty() || s.contains('/') {
+                        cx.error(
+                            v.span(),
+                            format!("{key}.match.{what}"),
+                            "must be a non-empty name without '/'",
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then(|| crate::route::GrpcMatch {
+                service: service.as_ref().map(|s| s.get_ref().clone()),
+                method: method.as_ref().map(|m| m.get_ref().clone()),
+            })
+        }
+    };
+    if (r.matches.grpc_service.is_some() || r.matches.grpc_method.is_some()) && grpc.is_none() {
+        return None;
+    }
     Some(Route {
+        grpc,
         trace_sampling: r.tracing.as_ref().and_then(|t| t.sampling),
         destination_port: destination_port?,
         peer_identity: peer_identity?,

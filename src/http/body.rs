@@ -120,7 +120,12 @@ impl Exchange<'_> {
                     }
                 }
                 Some(Chunk::Data(d)) => sink.send(d).await?,
-                Some(Chunk::End(trailers)) => return sink.finish_with(trailers).await,
+                Some(Chunk::End(trailers)) => {
+                    if self.req.grpc {
+                        self.out.note_grpc_section(&trailers);
+                    }
+                    return sink.finish_with(trailers).await;
+                }
             }
         }
     }

@@ -64,6 +64,23 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// The gRPC status a gRPC client gets for this error (the HTTP to gRPC
+    /// mapping of grpc/doc/http-grpc-status-mapping.md, with the proxy's
+    /// own timeouts as DEADLINE_EXCEEDED).
+    pub fn grpc_code(&self) -> crate::grpc::Code {
+        use crate::grpc::Code;
+        use HttpError::*;
+        match self {
+            UpstreamTimeout | HeaderTimeout | BodyTimeout => Code::DeadlineExceeded,
+            NoRoute => Code::Unimplemented,
+            Forbidden => Code::PermissionDenied,
+            RateLimited(_) | BodyTooLarge => Code::ResourceExhausted,
+            BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => Code::Internal,
+            NoUpstream(_) | UpstreamIo(_) | NoHealthyUpstream | Overflow(_) | BadResponse(_)
+            | DownstreamIo(_) | SendTimeout => Code::Unavailable,
+        }
+    }
+
     /// The side at fault.
     pub fn side(&self) -> Side {
         use HttpError::*;

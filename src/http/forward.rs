@@ -114,8 +114,9 @@ pub async fn forward(
         refused: Cell::new(None),
         resendable: idempotent(&req.head.method)
             && (req.head.framing == Framing::None || body.is_some()),
+        body_kept: req.head.framing == Framing::None || body.is_some(),
     };
-    let deadline = req.route.timeout.map(|t| req.started + t);
+    let deadline = req.timeout.map(|t| req.started + t);
     let key = cluster
         .balance
         .hashes()
@@ -146,6 +147,8 @@ pub async fn forward(
         };
         let try_started = Instant::now();
         out.head_at.set(None);
+        out.grpc_status.set(None);
+        out.grpc_message.borrow_mut().take();
         let _retry = (attempt > 1).then(|| Held::new(&cells.breaker_retries));
         let t = Try {
             req,
@@ -289,8 +292,10 @@ async fn buffer_body(
     conn: &mut Downstream,
     max: u64,
 ) -> Result<Option<Bytes>, HttpError> {
-    let Framing::Length(n) = req.head.framing else {
-        return Ok(None);
+    let n = match req.head.framing {
+        Framing::Length(n) => n,
+        Framing::Chunked => return buffer_chunked(conn, max).await,
+        Framing::None | Framing::UntilClose => return Ok(None),
     };
     if n > max {
         return Ok(None);
@@ -309,6 +314,42 @@ async fn buffer_body(
     }
     conn.body_complete = true;
     Ok(Some(body.freeze()))
+}
+
+/// A chunked body (or an HTTP/2 one without content-length) of at most
+/// `max` bytes, decoded, when all of it arrives; else nothing is consumed
+/// and the body streams. Trailers of a buffered body are not replayed.
+async fn buffer_chunked(conn: &mut Downstream, max: u64) -> Result<Option<Bytes>, HttpError> {
+    use super::chunked::{Chunk, ChunkedDecoder};
+    // Chunk framing adds a few bytes per chunk; past this much encoded
+    // input the body cannot fit.
+    let encoded_max = max as usize + 16 * 1024;
+    loop {
+        let mut probe = conn.buf.clone();
+        let mut decoder = ChunkedDecoder::default();
+        let mut body = BytesMut::new();
+        loop {
+            match decoder.decode(&mut probe).map_err(HttpError::BadRequest)? {
+                None => break,
+                Some(Chunk::Data(d)) => {
+                    body.extend_from_slice(&d);
+                    if body.len() as u64 > max {
+                        return Ok(None);
+                    }
+                }
+                Some(Chunk::End(_)) => {
+                    let used = conn.buf.len() - probe.len();
+                    let _ = conn.buf.split_to(used);
+                    conn.body_complete = true;
+                    return Ok(Some(body.freeze()));
+                }
+            }
+        }
+        if conn.buf.len() > encoded_max {
+            return Ok(None);
+        }
+        conn.read_body().await?;
+    }
 }
 
 /// One try: the next usable endpoint, failing over to the others while
@@ -451,8 +492,16 @@ impl Try<'_> {
                 if status != 0 {
                     cells.responses.inc(status);
                 }
+                let grpc = out.grpc_status.get();
+                if let Some(g) = grpc {
+                    cells.grpc_responses[usize::from(g)].inc();
+                }
                 let outcome = match &result {
                     Ok(_) if status >= 500 => Outcome::Status(status),
+                    // A gRPC call that failed counts as a 5xx, even with 200.
+                    Ok(_) if grpc.is_some_and(crate::grpc::is_server_failure) => {
+                        Outcome::Status(crate::grpc::http_equivalent(grpc.unwrap_or(2)))
+                    }
                     Ok(_) => Outcome::Success,
                     Err(ExchangeError::RetryStatus(s)) => Outcome::Status(*s),
                     Err(ExchangeError::Failed(e)) if e.side() == super::error::Side::Upstream => {

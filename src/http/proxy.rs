@@ -46,9 +46,34 @@ pub struct Upstream {
     pub trace: Option<crate::trace::RequestTrace>,
     /// Connect and TLS times of a new upstream connection.
     pub timing: super::forward::Timing,
+    /// gRPC calls: `grpc-status` and `grpc-message` of the response (head
+    /// or trailers), or of the proxy's own answer.
+    pub grpc_status: Cell<Option<u8>>,
+    pub grpc_message: std::cell::RefCell<Option<Bytes>>,
 }
 
 impl Upstream {
+    /// Take note of a response field of a gRPC call.
+    pub fn note_grpc(&self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"grpc-status") {
+            if let Some(s) = crate::grpc::parse_status(value) {
+                self.grpc_status.set(Some(s));
+            }
+        } else if name.eq_ignore_ascii_case(b"grpc-message") {
+            *self.grpc_message.borrow_mut() = Some(Bytes::copy_from_slice(value));
+        }
+    }
+
+    /// The same for each line of an HTTP/1.1 trailer section.
+    pub fn note_grpc_section(&self, section: &[u8]) {
+        for line in section.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                self.note_grpc(&line[..colon], super::codec::trim_ows(&line[colon + 1..]));
+            }
+        }
+    }
+
     /// From sending the request to the response's last byte (or the failure).
     pub fn duration(&self) -> Option<Duration> {
         let sent = self.sent.get()?;
@@ -82,6 +107,10 @@ pub struct Forward<'a> {
     pub head: &'a RequestHead,
     /// When the request head arrived (the route `timeout` counts from here).
     pub started: Instant,
+    /// The route `timeout`, lowered by a gRPC call's `grpc-timeout`.
+    pub timeout: Option<Duration>,
+    /// A gRPC call (`content-type: application/grpc*`).
+    pub grpc: bool,
 }
 
 /// Safe to send twice: no body (nothing of it was consumed) and idempotent.
@@ -155,6 +184,17 @@ impl Exchange<'_> {
                 .map_err(ExchangeError::Failed)?;
         }
         match &self.body {
+            // A kept chunked body is sent as one chunk and the last one.
+            Some(body) if head.framing == Framing::Chunked => {
+                let mut framed = BytesMut::with_capacity(body.len() + 16);
+                if !body.is_empty() {
+                    super::h2::push_chunk(&mut framed, body);
+                }
+                framed.extend_from_slice(b"0\r\n\r\n");
+                self.write_upstream(&mut up, framed.freeze())
+                    .await
+                    .map_err(ExchangeError::Failed)?
+            }
             Some(body) if !body.is_empty() => self
                 .write_upstream(&mut up, body.clone())
                 .await
@@ -199,9 +239,20 @@ impl Exchange<'_> {
             self.out.head_at.set(Some(Instant::now()));
             break resp;
         };
+        if self.req.grpc {
+            for h in &response.headers {
+                self.out.note_grpc(&h.name, &h.value);
+            }
+        }
         if let Some(r) = self.retry {
             if r.wants_status(response.status) && r.grant() {
                 return Err(ExchangeError::RetryStatus(response.status));
+            }
+            // A trailers-only gRPC answer with a status the route retries.
+            if let Some(g) = self.out.grpc_status.get().filter(|g| r.wants_grpc(*g)) {
+                if r.grant() {
+                    return Err(ExchangeError::RetryStatus(crate::grpc::http_equivalent(g)));
+                }
             }
         }
         self.respond(conn, up, up_buf, response)

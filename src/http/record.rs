@@ -40,6 +40,8 @@ pub(super) struct RequestRecord<'a> {
     pub(super) retry_flag: Option<&'static str>,
     pub(super) route: Option<&'a crate::route::Route>,
     pub(super) cluster: Option<&'a str>,
+    /// The proxy's own gRPC answer (else the upstream's, from `Upstream`).
+    pub(super) grpc_status: Option<u8>,
 }
 
 impl<'a> RequestRecord<'a> {
@@ -52,6 +54,7 @@ impl<'a> RequestRecord<'a> {
             retry_flag: None,
             route: None,
             cluster: None,
+            grpc_status: None,
         }
     }
 
@@ -103,6 +106,8 @@ impl<'a> RequestRecord<'a> {
             Some((h, u)) => (Some(h), Some(u)),
             None => (None, None),
         };
+        let grpc_status = self.grpc_status.or(up.and_then(|u| u.grpc_status.get()));
+        let grpc_message = up.and_then(|u| u.grpc_message.borrow().clone());
         ctx.log.log(
             snapshot,
             &Record {
@@ -135,6 +140,8 @@ impl<'a> RequestRecord<'a> {
                 upstream_tls: up.and_then(|u| u.timing.tls.get()),
                 upstream_first_byte: up
                     .and_then(|u| Some(u.head_at.get()?.saturating_duration_since(u.sent.get()?))),
+                grpc_status,
+                grpc_message: grpc_message.as_deref(),
             },
         );
     }

@@ -41,12 +41,20 @@ pub(super) struct Retries<'a> {
     /// The request can be sent again after its bytes reached an upstream:
     /// idempotent, with no body or a buffered one.
     pub(super) resendable: bool,
+    /// The request has no body or it was kept: it can be sent again (gRPC
+    /// status retries, which the route asked for by name, need no more).
+    pub(super) body_kept: bool,
 }
 
 impl Retries<'_> {
     /// Whether a response with this status should be retried (if granted).
     pub(super) fn wants_status(&self, status: u16) -> bool {
         self.resendable && self.policy.is_some_and(|p| p.retries_status(status))
+    }
+
+    /// A gRPC status in a response head that the route retries.
+    pub(super) fn wants_grpc(&self, code: u8) -> bool {
+        self.body_kept && self.policy.is_some_and(|p| p.retries_grpc(code))
     }
 
     /// Ask for one more try: attempts left, the `max_retries` breaker and

@@ -311,6 +311,18 @@ async fn route_and_answer<'a>(
             return fail(ctx, rec, conn, head, HttpError::RateLimited(wait)).await;
         }
     }
+    // A gRPC call's own deadline, when it is sooner than the route's.
+    let grpc = is_grpc(head);
+    let grpc_timeout = grpc
+        .then(|| {
+            head.header("grpc-timeout")
+                .and_then(|v| crate::grpc::parse_timeout(v))
+        })
+        .flatten();
+    let timeout = match (route.timeout, grpc_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let result = match &route.action {
         RouteAction::Direct { status, body } => {
             rec.status = *status;
@@ -327,13 +339,15 @@ async fn route_and_answer<'a>(
                 route,
                 head,
                 started: rec.mark.at,
+                timeout,
+                grpc,
             };
             let forward = super::forward::forward(req, name, conn, up);
             // The route timeout covers the whole exchange: connecting,
             // reading the client's body, the upstream's answer and sending
             // it back. Upstream reads honour it exactly (`Exchange::remaining`);
             // this coarse deadline (up to ~100 ms late) catches the rest.
-            match route.timeout {
+            match timeout {
                 Some(t) => ctx
                     .deadlines
                     .within(rec.mark.at + t, forward)
@@ -433,6 +447,12 @@ fn server_span(
     )
 }
 
+/// A gRPC call: `content-type: application/grpc*`.
+fn is_grpc(head: &RequestHead) -> bool {
+    head.header("content-type")
+        .is_some_and(|v| crate::grpc::is_grpc(v))
+}
+
 /// Answer with the proxy's own error (when nothing was sent yet), record
 /// it, and decide, in the one place that does, whether the connection
 /// stays open.
@@ -454,8 +474,16 @@ async fn fail(
     );
     // A response already under way cannot be replaced by an error.
     if let (Some(status), false) = (error.status(), conn.responded) {
-        rec.status = status;
-        respond_error(conn, &error, !keep).await;
+        if is_grpc(head) {
+            // gRPC clients read the outcome from grpc-status (HTTP 200).
+            let code = error.grpc_code();
+            rec.status = 200;
+            rec.grpc_status = Some(code as u8);
+            grpc_error(conn, &error, code, !keep).await;
+        } else {
+            rec.status = status;
+            respond_error(conn, &error, !keep).await;
+        }
     }
     if keep {
         Next::KeepAlive
@@ -500,6 +528,35 @@ async fn direct(
     conn.responded = true;
     conn.write_vec(out).await?;
     Ok(if close { Next::Close } else { Next::KeepAlive })
+}
+
+/// The proxy's own error for a gRPC call: a trailers-only response, HTTP
+/// 200 with `grpc-status` and `grpc-message` (the error's code).
+async fn grpc_error(conn: &mut Downstream, err: &HttpError, code: crate::grpc::Code, close: bool) {
+    let status = (code as u8).to_string();
+    let fields: [(&[u8], &[u8]); 4] = [
+        (b"content-type", b"application/grpc"),
+        (b"grpc-status", status.as_bytes()),
+        (b"grpc-message", err.code().as_bytes()),
+        (b"x-outrigger-error", err.code().as_bytes()),
+    ];
+    if conn.stream.is_h2() {
+        let _ = super::h2::respond_whole(conn, 200, &fields, bytes::Bytes::new(), false).await;
+        return;
+    }
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
+    for (n, v) in fields {
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.responded = true;
+    let _ = conn.write_vec(out).await;
 }
 
 /// Send the proxy's own error response (when the client can still take one).

@@ -420,6 +420,24 @@ fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
             );
         }
     }
+    let name = "outrigger_cluster_grpc_responses_total";
+    p.family(
+        name,
+        "counter",
+        "gRPC calls by the grpc-status they ended with (codes seen so far).",
+    );
+    for (cname, c) in &s.clusters {
+        for code in 0..17u8 {
+            let n = c.stats.sum(|w| w.grpc_responses[usize::from(code)].get());
+            if n > 0 {
+                p.sample(
+                    name,
+                    &[("cluster", cname), ("grpc_status", crate::grpc::name(code))],
+                    n,
+                );
+            }
+        }
+    }
     endpoint_health_metrics(p, s);
     {
         use std::sync::atomic::Ordering::Relaxed;

@@ -191,6 +191,8 @@ pub struct ClusterCells {
     pub requests: Counter,
     /// http: upstream responses by status class.
     pub responses: ByClass,
+    /// gRPC calls by the `grpc-status` they ended with (0 to 16).
+    pub grpc_responses: [Counter; 17],
     /// Connect attempts that failed or timed out.
     pub connect_failures: Counter,
     /// New upstream connections opened (pooled ones are reused, not counted).

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// The conditions of `retry.on`, as a bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOn(u8);
+pub struct RetryOn(u16);
 
 impl RetryOn {
     pub const CONNECT_FAILURE: RetryOn = RetryOn(1);
@@ -12,17 +12,28 @@ impl RetryOn {
     pub const STATUS_5XX: RetryOn = RetryOn(4);
     pub const GATEWAY_ERROR: RetryOn = RetryOn(8);
     pub const RETRIABLE_STATUS: RetryOn = RetryOn(16);
+    /// gRPC statuses in a response head (a trailers-only response).
+    pub const GRPC_CANCELLED: RetryOn = RetryOn(32);
+    pub const GRPC_DEADLINE_EXCEEDED: RetryOn = RetryOn(64);
+    pub const GRPC_INTERNAL: RetryOn = RetryOn(128);
+    pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(256);
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(512);
 
     /// `["connect-failure", "reset", "gateway-error"]`.
     pub const DEFAULT: RetryOn = RetryOn(1 | 2 | 8);
 
     /// The names `retry.on` accepts.
-    pub const NAMES: [(&'static str, RetryOn); 5] = [
+    pub const NAMES: [(&'static str, RetryOn); 10] = [
         ("connect-failure", RetryOn::CONNECT_FAILURE),
         ("reset", RetryOn::RESET),
         ("5xx", RetryOn::STATUS_5XX),
         ("gateway-error", RetryOn::GATEWAY_ERROR),
         ("retriable-status", RetryOn::RETRIABLE_STATUS),
+        ("cancelled", RetryOn::GRPC_CANCELLED),
+        ("deadline-exceeded", RetryOn::GRPC_DEADLINE_EXCEEDED),
+        ("internal", RetryOn::GRPC_INTERNAL),
+        ("resource-exhausted", RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        ("unavailable", RetryOn::GRPC_UNAVAILABLE),
     ];
 
     pub fn parse(name: &str) -> Option<RetryOn> {
@@ -73,6 +84,19 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Whether a gRPC status in a response head is retried.
+    pub fn retries_grpc(&self, code: u8) -> bool {
+        let flag = match code {
+            1 => RetryOn::GRPC_CANCELLED,
+            4 => RetryOn::GRPC_DEADLINE_EXCEEDED,
+            13 => RetryOn::GRPC_INTERNAL,
+            8 => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+            14 => RetryOn::GRPC_UNAVAILABLE,
+            _ => return false,
+        };
+        self.on.contains(flag)
+    }
+
     /// Whether a response with this status is retried.
     pub fn retries_status(&self, status: u16) -> bool {
         (self.on.contains(RetryOn::STATUS_5XX) && (500..600).contains(&status))

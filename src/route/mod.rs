@@ -71,6 +71,28 @@ pub struct Route {
     pub destination_port: Option<u16>,
     /// `tracing.sampling` for the traces this route starts.
     pub trace_sampling: Option<f64>,
+    /// `match.grpc_service` / `match.grpc_method`: gRPC calls only.
+    pub grpc: Option<GrpcMatch>,
+}
+
+/// The gRPC condition of a route; `None` parts match any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcMatch {
+    pub service: Option<String>,
+    pub method: Option<String>,
+}
+
+impl GrpcMatch {
+    fn matches<R: RouteRequest + ?Sized>(&self, req: &R) -> bool {
+        let grpc = req
+            .header("content-type")
+            .is_some_and(|v| crate::grpc::is_grpc(v.as_bytes()));
+        let Some((service, method)) = crate::grpc::service_and_method(req.path()) else {
+            return false;
+        };
+        grpc && self.service.as_deref().map_or(true, |s| s == service)
+            && self.method.as_deref().map_or(true, |m| m == method)
+    }
 }
 
 /// Host condition, compared without the port and ignoring ASCII case.
@@ -292,6 +314,11 @@ impl Route {
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
             return false;
+        }
+        if let Some(g) = &self.grpc {
+            if !g.matches(req) {
+                return false;
+            }
         }
         self.headers
             .iter()

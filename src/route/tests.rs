@@ -32,6 +32,7 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
         authz: None,
         peer_identity: None,
         destination_port: None,
+        grpc: None,
         trace_sampling: None,
         name: name.into(),
         stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),

@@ -226,10 +226,20 @@ impl Exchange<'_> {
         let status = response.status().as_u16();
         self.out.status.set(status);
         self.out.head_at.set(Some(Instant::now()));
+        if self.req.grpc {
+            for (n, v) in response.headers() {
+                self.out.note_grpc(n.as_str().as_bytes(), v.as_bytes());
+            }
+        }
         if let Some(r) = self.retry {
+            // Dropping the stream resets it.
             if r.wants_status(status) && r.grant() {
-                // Dropping the stream resets it.
                 return Err(ExchangeError::RetryStatus(status));
+            }
+            if let Some(g) = self.out.grpc_status.get().filter(|g| r.wants_grpc(*g)) {
+                if r.grant() {
+                    return Err(ExchangeError::RetryStatus(crate::grpc::http_equivalent(g)));
+                }
             }
         }
         let (parts, body) = response.into_parts();
@@ -428,6 +438,11 @@ impl Exchange<'_> {
             .await
             .map_err(|_| HttpError::UpstreamTimeout)?
             .map_err(|e| HttpError::UpstreamIo(stream_error(e)))?;
+        if let (Some(t), true) = (&trailers, self.req.grpc) {
+            for (n, v) in t {
+                self.out.note_grpc(n.as_str().as_bytes(), v.as_bytes());
+            }
+        }
         let section = trailers
             .map(|t| convert::trailer_section(&t))
             .unwrap_or_default();
