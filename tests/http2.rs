@@ -800,7 +800,11 @@ fn http2_false_turns_it_off(driver: Driver) {
 
 // ---- HTTP/2 upstreams ----
 
-both_drivers!(upstream_http2_from_either_client_protocol, grpc_calls);
+both_drivers!(
+    upstream_http2_from_either_client_protocol,
+    grpc_calls,
+    grpc_web_calls
+);
 
 /// An HTTP/2 upstream (the hyperium server on its own thread): answers
 /// with what it saw in `x-seen-*` fields; `/grpc` ends with trailers.
@@ -1133,4 +1137,159 @@ protocol = "http2"
         [Some(0), None, Some(0), Some(4), Some(12)],
         "{lines:?}"
     );
+}
+
+/// The trailer frame of a gRPC-Web body (flag 0x80, length, fields).
+fn trailer_frame(fields: &str) -> Vec<u8> {
+    let mut f = vec![0x80];
+    f.extend_from_slice(&(fields.len() as u32).to_be_bytes());
+    f.extend_from_slice(fields.as_bytes());
+    f
+}
+
+fn grpc_web_calls(driver: Driver) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (up, _) = h2_upstream();
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+
+[[routes.main]]
+match.path_prefix = "/test."
+cluster = "h2up"
+grpc_web = true
+grpc_web_cors_origins = ["https://app.example"]
+
+[[routes.main]]
+match.path_prefix = "/down."
+cluster = "down"
+grpc_web = true
+grpc_web_cors_origins = ["*"]
+
+[clusters.h2up]
+endpoints = ["{up}"]
+protocol = "http2"
+
+[clusters.down]
+endpoints = ["{down}"]
+protocol = "http2"
+"#,
+        io = io_name(driver),
+        down = closed_port()
+    );
+    let server = start(&cfg);
+    let addr = server.local_addr("web").unwrap();
+    let message = b"\0\0\0\0\x02hi";
+    let trailers = trailer_frame("grpc-status:0\r\ngrpc-message:fine\r\n");
+
+    // Binary, from an HTTP/1.1 client (a browser's fetch): gRPC upstream,
+    // the trailers as the body's last frame, CORS for the allowed origin.
+    let mut c = common::http::Client::connect(addr);
+    let mut req = format!(
+        "POST /test.Echo/Say HTTP/1.1\r\nhost: api\r\norigin: https://app.example\r\ncontent-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\ncontent-length: {}\r\n\r\n",
+        message.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(message);
+    c.send(&req);
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-seen-content-type"),
+        Some("application/grpc+proto")
+    );
+    assert_eq!(r.header("x-seen-te"), Some("trailers"));
+    assert_eq!(r.header("x-seen-body"), Some("7"));
+    assert_eq!(r.header("content-type"), Some("application/grpc-web"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let mut want = b"h2 upstream".to_vec();
+    want.extend_from_slice(&trailers);
+    assert_eq!(r.body, want);
+
+    // Text: base64 both ways.
+    let encoded = b64.encode(message);
+    c.send(
+        format!(
+            "POST /test.Echo/Say HTTP/1.1\r\nhost: api\r\ncontent-type: application/grpc-web-text\r\ncontent-length: {}\r\n\r\n{encoded}",
+            encoded.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.header("x-seen-body"), Some("7"));
+    assert_eq!(r.header("content-type"), Some("application/grpc-web-text"));
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(b64.decode(&r.body).unwrap(), want);
+
+    // CORS preflight: allowed origin, then one that is not.
+    c.send(b"OPTIONS /test.Echo/Say HTTP/1.1\r\nhost: api\r\norigin: https://app.example\r\naccess-control-request-method: POST\r\naccess-control-request-headers: content-type,x-grpc-web\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("content-type,x-grpc-web")
+    );
+    c.send(b"OPTIONS /test.Echo/Say HTTP/1.1\r\nhost: api\r\norigin: https://evil.example\r\naccess-control-request-method: POST\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+
+    // An unreachable cluster: UNAVAILABLE in gRPC-Web form, readable by
+    // the browser (CORS).
+    c.send(format!(
+        "POST /down.Svc/M HTTP/1.1\r\nhost: api\r\norigin: https://any.example\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: {}\r\n\r\n",
+        message.len()
+    ).as_bytes());
+    c.send(message);
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    assert_eq!(r.header("content-type"), Some("application/grpc-web+proto"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://any.example")
+    );
+
+    // The same over HTTP/2 (a browser on an h2 connection).
+    rt().block_on(async move {
+        let client = h2_connect(addr).await;
+        let mut c = client.ready().await.unwrap();
+        let req = ::http::Request::builder()
+            .method("POST")
+            .uri("http://api/test.Echo/Say")
+            .header("content-type", "application/grpc-web+proto")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        send.send_data(Bytes::from_static(b"\0\0\0\0\x02hi"), true)
+            .unwrap();
+        let resp = resp.await.unwrap();
+        // The upstream answered `application/grpc`.
+        assert_eq!(
+            resp.headers().get("content-type").unwrap(),
+            "application/grpc-web"
+        );
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        while let Some(d) = body.data().await {
+            data.extend_from_slice(&d.unwrap());
+        }
+        assert_eq!(data, want);
+        assert!(body.trailers().await.unwrap().is_none());
+    });
 }

@@ -463,6 +463,10 @@ pub struct FileRoute {
     pub deny_identities: Option<Vec<Spanned<String>>>,
     /// `tracing.sampling` for this route's new traces.
     pub tracing: Option<FileRouteTracing>,
+    /// Translate gRPC-Web calls to gRPC (and their answers back).
+    pub grpc_web: Option<bool>,
+    /// gRPC-Web: origins whose CORS preflights are answered (`"*"`: any).
+    pub grpc_web_cors_origins: Option<Vec<Spanned<String>>>,
 }
 
 /// `match.*` of a route; every condition given must hold.

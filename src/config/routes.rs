@@ -151,8 +151,27 @@ fn compile_route(
     if (r.matches.grpc_service.is_some() || r.matches.grpc_method.is_some()) && grpc.is_none() {
         return None;
     }
+    let grpc_web = match (r.grpc_web, &r.grpc_web_cors_origins) {
+        (Some(true), origins) => Some(
+            origins
+                .iter()
+                .flatten()
+                .map(|o| o.get_ref().clone())
+                .collect::<Vec<_>>(),
+        ),
+        (_, Some(origins)) if !origins.is_empty() => {
+            cx.error(
+                origins[0].span(),
+                format!("{key}.grpc_web_cors_origins"),
+                "only used with grpc_web = true",
+            );
+            return None;
+        }
+        _ => None,
+    };
     Some(Route {
         grpc,
+        grpc_web,
         trace_sampling: r.tracing.as_ref().and_then(|t| t.sampling),
         destination_port: destination_port?,
         peer_identity: peer_identity?,

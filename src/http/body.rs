@@ -153,10 +153,23 @@ pub(super) struct BodySink<'a> {
     pub(super) conn: &'a mut Downstream,
     /// The client gets `transfer-encoding: chunked`: encode each piece.
     pub(super) chunked_out: bool,
+    /// gRPC-Web: bodies re-encoded, trailers as the last frame.
+    pub(super) web: Option<super::grpc_web::WebBody>,
 }
 
 impl BodySink<'_> {
     pub(super) async fn send(&mut self, data: Bytes) -> Result<(), HttpError> {
+        let data = match &mut self.web {
+            Some(w) => w.data(data),
+            None => data,
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.send_raw(data).await
+    }
+
+    async fn send_raw(&mut self, data: Bytes) -> Result<(), HttpError> {
         if self.conn.stream.is_h2() {
             return self.conn.send_h2_data(data).await;
         }
@@ -187,7 +200,15 @@ impl BodySink<'_> {
     /// End the body: the last chunk and trailers when chunk-encoding (a
     /// client without chunked loses the trailers; RFC 9110 allows dropping
     /// them).
-    pub(super) async fn finish_with(&mut self, trailers: Bytes) -> Result<(), HttpError> {
+    pub(super) async fn finish_with(&mut self, mut trailers: Bytes) -> Result<(), HttpError> {
+        // gRPC-Web: the trailers become the body's last frame.
+        if let Some(mut w) = self.web.take() {
+            let tail = w.end(&trailers);
+            if !tail.is_empty() {
+                self.send_raw(tail).await?;
+            }
+            trailers = Bytes::new();
+        }
         if let ClientIo::H2(s) = &mut self.conn.stream {
             let trailers = super::h2::trailers(&trailers);
             return s.finish(trailers).map_err(HttpError::client_write);

@@ -101,9 +101,10 @@ pub async fn forward(
     );
     out.request_id = Some(request_id);
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
-    let body = match policy {
-        Some(p) => buffer_body(req, conn, p.max_body_bytes).await?,
-        None => None,
+    let body = match (req.body, policy) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(p)) => buffer_body(req.head, conn, p.max_body_bytes).await?,
+        (None, None) => None,
     };
     let retries = Retries {
         policy,
@@ -287,12 +288,12 @@ fn client_span_data(
 /// into memory so that a retry can send it again. `None`: no body, a
 /// chunked one or a larger one (streamed; such a request is not retried
 /// once its bytes were sent).
-async fn buffer_body(
-    req: Forward<'_>,
+pub(super) async fn buffer_body(
+    head: &RequestHead,
     conn: &mut Downstream,
     max: u64,
 ) -> Result<Option<Bytes>, HttpError> {
-    let n = match req.head.framing {
+    let n = match head.framing {
         Framing::Length(n) => n,
         Framing::Chunked => return buffer_chunked(conn, max).await,
         Framing::None | Framing::UntilClose => return Ok(None),
@@ -300,7 +301,7 @@ async fn buffer_body(
     if n > max {
         return Ok(None);
     }
-    if req.head.expect_continue && conn.buf.is_empty() && n > 0 {
+    if head.expect_continue && conn.buf.is_empty() && n > 0 {
         conn.write_vec(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
             .await?;
     }

@@ -17,6 +17,7 @@ pub mod downstream;
 pub mod error;
 mod fields;
 mod forward;
+pub mod grpc_web;
 pub mod h2;
 pub use io::read_more as io_read_more;
 

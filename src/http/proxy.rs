@@ -109,8 +109,12 @@ pub struct Forward<'a> {
     pub started: Instant,
     /// The route `timeout`, lowered by a gRPC call's `grpc-timeout`.
     pub timeout: Option<Duration>,
-    /// A gRPC call (`content-type: application/grpc*`).
+    /// A gRPC call (`content-type: application/grpc*`, or gRPC-Web).
     pub grpc: bool,
+    /// A gRPC-Web call translated to gRPC (`grpc_web = true` routes).
+    pub web: Option<&'a super::grpc_web::WebCall>,
+    /// The request body, already read whole (gRPC-Web text, decoded).
+    pub body: Option<&'a Bytes>,
 }
 
 /// Safe to send twice: no body (nothing of it was consumed) and idempotent.
@@ -334,7 +338,7 @@ impl Exchange<'_> {
         conn: &mut Downstream,
         mut up: UpConn,
         mut up_buf: BytesMut,
-        resp: ResponseHead,
+        mut resp: ResponseHead,
     ) -> Result<Next, HttpError> {
         if conn.stream.is_h2() {
             return self.respond_h2(conn, up, up_buf, resp).await;
@@ -345,10 +349,17 @@ impl Exchange<'_> {
         // HTTP/1.0 clients, who do not know chunked, get a chunked body
         // decoded and delimited by closing the connection.
         let out_framing = match (framing, head.version) {
+            (Framing::None, _) => Framing::None,
+            // gRPC-Web: the body grows by the trailer frame.
+            (_, Version::Http10) if self.req.web.is_some() => Framing::UntilClose,
+            (_, _) if self.req.web.is_some() => Framing::Chunked,
             (Framing::UntilClose, Version::Http11) => Framing::Chunked,
             (Framing::Chunked, Version::Http10) => Framing::UntilClose,
             (f, _) => f,
         };
+        if let Some(call) = self.req.web {
+            super::grpc_web::translate_response(&mut resp, call);
+        }
         let client_keep = head.keep_alive
             && !self.req.ctx.closing(&conn.handle)
             && out_framing != Framing::UntilClose;
@@ -356,10 +367,11 @@ impl Exchange<'_> {
         let mut sink = BodySink {
             conn,
             chunked_out: out_framing == Framing::Chunked,
+            web: self.req.web.map(super::grpc_web::WebBody::new),
         };
         // A small body that has fully arrived goes out with the head: one write.
         let mut framing = framing;
-        if let Framing::Length(n) = framing {
+        if let (Framing::Length(n), None) = (framing, &sink.web) {
             if n <= 64 * 1024 && up_buf.len() as u64 >= n {
                 out.extend_from_slice(&up_buf.split_to(n as usize));
                 framing = Framing::None;
@@ -371,6 +383,8 @@ impl Exchange<'_> {
             Framing::None => true,
             Framing::Length(n) => {
                 self.copy_length(&mut up, &mut up_buf, &mut sink, n).await?;
+                // Ends a body the client gets chunked (gRPC-Web).
+                sink.finish().await?;
                 true
             }
             Framing::Chunked => {

@@ -73,6 +73,8 @@ pub struct Route {
     pub trace_sampling: Option<f64>,
     /// `match.grpc_service` / `match.grpc_method`: gRPC calls only.
     pub grpc: Option<GrpcMatch>,
+    /// `grpc_web = true`: the CORS origins allowed (may be empty).
+    pub grpc_web: Option<Vec<String>>,
 }
 
 /// The gRPC condition of a route; `None` parts match any.
@@ -84,9 +86,10 @@ pub struct GrpcMatch {
 
 impl GrpcMatch {
     fn matches<R: RouteRequest + ?Sized>(&self, req: &R) -> bool {
-        let grpc = req
-            .header("content-type")
-            .is_some_and(|v| crate::grpc::is_grpc(v.as_bytes()));
+        let grpc = req.header("content-type").is_some_and(|v| {
+            crate::grpc::is_grpc(v.as_bytes())
+                || crate::http::grpc_web::web_kind(v.as_bytes()).is_some()
+        });
         let Some((service, method)) = crate::grpc::service_and_method(req.path()) else {
             return false;
         };

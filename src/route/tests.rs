@@ -33,6 +33,7 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
         peer_identity: None,
         destination_port: None,
         grpc: None,
+        grpc_web: None,
         trace_sampling: None,
         name: name.into(),
         stats: std::sync::Arc::new(crate::metrics::RouteStats::new(1)),

@@ -21,13 +21,18 @@ impl Exchange<'_> {
         conn: &mut Downstream,
         mut up: UpConn,
         mut up_buf: BytesMut,
-        resp: crate::http::codec::ResponseHead,
+        mut resp: crate::http::codec::ResponseHead,
     ) -> Result<Next, HttpError> {
         let framing = resp.framing(self.req.head.is_head())?;
+        if let Some(call) = self.req.web {
+            crate::http::grpc_web::translate_response(&mut resp, call);
+        }
         let length;
         let mut fields: Vec<(&[u8], &[u8])> =
             response_fields(&resp, self.req.route, false).collect();
         match framing {
+            // gRPC-Web bodies grow by the trailer frame.
+            Framing::Length(_) if self.req.web.is_some() => {}
             Framing::Length(n) => {
                 length = n.to_string();
                 fields.push((b"content-length", length.as_bytes()));
@@ -49,6 +54,7 @@ impl Exchange<'_> {
         let mut sink = BodySink {
             conn,
             chunked_out: false,
+            web: self.req.web.map(crate::http::grpc_web::WebBody::new),
         };
         let upstream_clean = match framing {
             Framing::None => true,

@@ -334,13 +334,16 @@ impl Exchange<'_> {
                 value: Bytes::copy_from_slice(v.as_bytes()),
             })
             .collect();
-        let resp = ResponseHead {
+        let mut resp = ResponseHead {
             status,
             reason: Bytes::from_static(crate::http::error::reason(status).as_bytes()),
             version: Version::Http11,
             headers,
             keep_alive: true,
         };
+        if let Some(call) = self.req.web {
+            crate::http::grpc_web::translate_response(&mut resp, call);
+        }
         let bodiless = head.is_head() || matches!(status, 204 | 304) || body.is_end_stream();
         let declared = crate::http::codec::content_length(&resp.headers)
             .ok()
@@ -386,6 +389,7 @@ impl Exchange<'_> {
             let mut sink = BodySink {
                 conn,
                 chunked_out: framing == Framing::Chunked,
+                web: self.req.web.map(crate::http::grpc_web::WebBody::new),
             };
             self.copy_h2_body(&mut sink, &mut body).await?;
             return Ok(if client_keep {
@@ -398,6 +402,7 @@ impl Exchange<'_> {
             let mut sink = BodySink {
                 conn,
                 chunked_out: false,
+                web: self.req.web.map(crate::http::grpc_web::WebBody::new),
             };
             self.copy_h2_body(&mut sink, &mut body).await?;
         }
