@@ -73,6 +73,13 @@ pub struct CompareArgs {
     pub plot: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub io: Io,
+    /// HTTP/2 (prior knowledge) to the proxies, HTTP/1.1 behind them; the
+    /// HTTP/1.1 upstream cannot be a direct target then.
+    #[arg(long)]
+    pub h2: bool,
+    /// With --h2: concurrent streams per connection.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
 }
 
 /// One run against one target.
@@ -155,6 +162,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut targets: Vec<(String, SocketAddr, Option<Proxy>)> = Vec::new();
     for name in &args.targets {
         let started = match name.as_str() {
+            "direct" if args.h2 => {
+                eprintln!("skipping direct: the upstream speaks HTTP/1.1 only (--h2)");
+                continue;
+            }
             "direct" => {
                 targets.push((name.clone(), upstream.addr, None));
                 continue;
@@ -365,6 +376,8 @@ fn load(
     duration: Duration,
 ) -> anyhow::Result<crate::report::Report> {
     crate::http::run(HttpArgs {
+        h2: args.h2,
+        streams: args.streams,
         trace_ratio: 0.0,
         url: format!("http://{addr}/"),
         requests: None,
@@ -485,9 +498,10 @@ events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000;
   client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
   upstream up {{ server {up}; keepalive 1024; }}
-  server {{ listen {addr} reuseport; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}
+  server {{ listen {addr} reuseport{h2}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}
 ",
         master = if n == 1 { "off" } else { "on" },
+        h2 = if args.h2 { " http2" } else { "" },
     );
     let path = format!("{d}/nginx.conf");
     std::fs::write(&path, conf)?;
@@ -500,8 +514,9 @@ fn start_haproxy(args: &CompareArgs, dir: &Path, up: SocketAddr) -> anyhow::Resu
     let bin = find("haproxy", &["/usr/sbin/haproxy"]).context("haproxy is not installed")?;
     let addr = free_port()?;
     let conf = format!(
-        "global\n  nbthread {n}\n  maxconn 8192\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend web\n  bind {addr}\n  default_backend up\nbackend up\n  server s1 {up}\n",
-        n = args.proxy_cpus.len().max(1)
+        "global\n  nbthread {n}\n  maxconn 8192\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend web\n  bind {addr}{h2}\n  default_backend up\nbackend up\n  server s1 {up}\n",
+        n = args.proxy_cpus.len().max(1),
+        h2 = if args.h2 { " proto h2" } else { "" }
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf)?;

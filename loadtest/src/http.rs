@@ -59,6 +59,13 @@ pub struct HttpArgs {
     /// the requests, 0 to 1, so they can be followed in a tracing backend.
     #[arg(long, default_value_t = 0.0)]
     pub trace_ratio: f64,
+    /// HTTP/2: prior knowledge on http://, ALPN `h2` on https://.
+    #[arg(long)]
+    pub h2: bool,
+    /// HTTP/2: concurrent streams per connection (h2load's -m; `-m` here
+    /// is the method).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     #[command(flatten)]
     pub load: crate::LoadArgs,
     #[command(flatten)]
@@ -86,17 +93,21 @@ struct Plan {
 }
 
 /// The parsed target.
-struct Target {
-    addr: SocketAddr,
-    request: Vec<u8>,
-    tls: Option<(
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) request: Vec<u8>,
+    /// For HTTP/2: the pieces of the request.
+    pub(crate) authority: String,
+    pub(crate) path: String,
+    pub(crate) body: Option<Vec<u8>>,
+    pub(crate) tls: Option<(
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
 }
 
 /// Build the request bytes, target address and TLS settings from the arguments.
-fn prepare(args: &HttpArgs) -> anyhow::Result<Target> {
+pub(crate) fn prepare(args: &HttpArgs) -> anyhow::Result<Target> {
     let (https, rest) = if let Some(r) = args.url.strip_prefix("http://") {
         (false, r)
     } else if let Some(r) = args.url.strip_prefix("https://") {
@@ -122,7 +133,12 @@ fn prepare(args: &HttpArgs) -> anyhow::Result<Target> {
         .map_or(authority, |(h, _)| h)
         .to_string();
     let tls = if https {
-        let config = crate::tls::client_config(args.insecure, args.ca.as_deref())?;
+        let mut config = crate::tls::client_config(args.insecure, args.ca.as_deref())?;
+        if args.h2 {
+            let mut c = (*config).clone();
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            config = Arc::new(c);
+        }
         Some((config, crate::tls::server_name(&host)?))
     } else {
         anyhow::ensure!(
@@ -158,14 +174,23 @@ fn prepare(args: &HttpArgs) -> anyhow::Result<Target> {
     Ok(Target {
         addr,
         request: req,
+        authority: authority.to_string(),
+        path: path.to_string(),
+        body,
         tls,
     })
 }
 
 /// Run the load and build the report.
 pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
+    if args.h2 {
+        return crate::h2::run(args);
+    }
+    anyhow::ensure!(args.streams <= 1, "--streams needs --h2");
     let driver = args.load.io.driver()?;
-    let Target { addr, request, tls } = prepare(&args)?;
+    let Target {
+        addr, request, tls, ..
+    } = prepare(&args)?;
     let conns = args.load.connections.max(1);
     let threads = args.load.threads.max(1).min(conns);
     let start = Instant::now() + Duration::from_millis(50);

@@ -1,11 +1,13 @@
 //! `outrigger-load`: Outrigger's bundled load tester.
 //!
-//! Generators: `http` (HTTP/1.1 keep-alive, closed loop or open loop at a
-//! fixed rate with coordinated-omission correction) and `tcp` (echo
-//! ping-pong, echo transfers, one-way bulk). Test upstreams: `serve
-//! echo|sink|http`. Side-by-side comparisons: `compare`.
+//! Generators: `http` (HTTP/1.1 keep-alive, or HTTP/2 with `--h2` and
+//! `--streams`; closed loop or open loop at a fixed rate with
+//! coordinated-omission correction) and `tcp` (echo ping-pong, echo
+//! transfers, one-way bulk). Test upstreams: `serve echo|sink|http`
+//! (`http --h2 [--grpc]` for HTTP/2). Side-by-side comparisons: `compare`.
 
 mod compare;
+mod h2;
 mod http;
 mod output;
 mod pacer;
@@ -69,6 +71,13 @@ enum Cmd {
         /// http: the status of every response (503 makes a failing upstream).
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
         status: u16,
+        /// http: serve HTTP/2 with prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        h2: bool,
+        /// http --h2: answer like a unary gRPC method (`content-type:
+        /// application/grpc`, `grpc-status: 0` trailers).
+        #[arg(long)]
+        grpc: bool,
     },
 }
 
@@ -147,7 +156,22 @@ fn main() -> anyhow::Result<ExitCode> {
             delay,
             name,
             status,
+            h2,
+            grpc,
         } => {
+            if h2 {
+                anyhow::ensure!(matches!(kind, ServeKind::Http), "--h2 serves http only");
+                let body = match body_size {
+                    Some(n) => bytes::Bytes::from(vec![b'x'; n]),
+                    None => bytes::Bytes::from(name.clone().into_bytes()),
+                };
+                let bound = h2::serve(addr, threads, io.driver()?, body, grpc)
+                    .with_context(|| format!("cannot serve on {addr}"))?;
+                println!("serving HTTP/2 on {bound} with {threads} thread(s); Ctrl-C to stop");
+                wait_for_ctrl_c();
+                return Ok(ExitCode::SUCCESS);
+            }
+            anyhow::ensure!(!grpc, "--grpc needs --h2");
             let backend = match kind {
                 ServeKind::Echo => BackendKind::Echo,
                 ServeKind::Sink => BackendKind::Sink,

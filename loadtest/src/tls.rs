@@ -185,6 +185,12 @@ impl TlsConn {
         Ok(me)
     }
 
+    /// The socket and the session after the handshake (every byte read
+    /// was fed to the session), to drive HTTP/2 over them.
+    pub fn into_parts(self) -> (TcpStream, ClientConnection) {
+        (self.tcp, self.tls)
+    }
+
     /// Send the TLS records rustls has queued.
     async fn flush(&mut self) -> std::io::Result<()> {
         while self.tls.wants_write() {

@@ -404,3 +404,89 @@ fn trace_ratio_starts_traces() {
         assert!(ids.insert(parts[1].to_string()), "trace ids repeat");
     }
 }
+
+/// `--h2 --streams`: every request is one stream, multiplexed on few
+/// connections, through the proxy to an HTTP/1.1 upstream.
+#[test]
+fn h2_streams_through_the_proxy() {
+    let up = http_upstream(Duration::ZERO);
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n[clusters.up]\nendpoints = [\"{}\"]\n",
+        up.addr
+    );
+    let snapshot = outrigger::config::compile(std::path::Path::new("<test>"), &cfg).unwrap();
+    let proxy = outrigger::start(snapshot).unwrap();
+    let url = format!("http://{}/", proxy.local_addr("web").unwrap());
+    let r = load(&[
+        "http",
+        &url,
+        "--h2",
+        "--streams",
+        "8",
+        "-c",
+        "2",
+        "-n",
+        "2000",
+    ]);
+    assert_eq!(r["operations"], 2000);
+    assert_eq!(r["statuses"]["2xx"], 2000);
+    assert_eq!(up.requests(), 2000);
+    assert!(r["mode"].as_str().unwrap().starts_with("http2"), "{r}");
+}
+
+/// `serve http --h2 --grpc` answers like a unary gRPC method, and the
+/// generator's open loop holds its rate over HTTP/2.
+#[test]
+fn h2_upstream_and_open_loop() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_outrigger-load"))
+            .args(["serve", "http", "--h2", "--grpc", "--addr", &addr])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&addr).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("http://{addr}/pkg.Svc/Call");
+    let r = load(&[
+        "http",
+        &url,
+        "--h2",
+        "--streams",
+        "4",
+        "-c",
+        "2",
+        "-R",
+        "1000",
+        "-d",
+        "2s",
+        "--warmup",
+        "0s",
+        "-m",
+        "POST",
+        "--body",
+        "hello",
+        "-H",
+        "content-type: application/grpc",
+    ]);
+    let ops = r["operations"].as_u64().unwrap();
+    assert!(
+        (1900..=2010).contains(&ops),
+        "{ops} operations at 1000/s for 2s"
+    );
+    assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0, "{r}");
+}

@@ -12,7 +12,7 @@
 //! differs (`stream::H2Stream`).
 
 mod convert;
-mod io;
+pub mod io;
 mod respond;
 pub mod stream;
 pub mod upstream;
