@@ -183,7 +183,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     let mut latencies: BTreeMap<String, hdrhistogram::Histogram<u64>> = BTreeMap::new();
     for (name, addr, _) in &targets {
-        wait_ready(*addr).with_context(|| format!("{name} does not answer"))?;
+        wait_ready(*addr, args.h2 && name != "direct")
+            .with_context(|| format!("{name} does not answer"))?;
         let _ = load(&args, *addr, args.warmup)?;
     }
     for round in 0..args.runs {
@@ -285,9 +286,14 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
 
 fn workload(args: &CompareArgs) -> String {
     format!(
-        "GET, {} B responses, {} connections, {} generator thread(s), {}, {:?} per run, {} round(s); proxies on cores {:?}, upstream and generator on {:?}",
+        "GET, {} B responses, {} connections{}, {} generator thread(s), {}, {:?} per run, {} round(s); proxies on cores {:?}, upstream and generator on {:?}",
         args.body_size,
         args.connections,
+        if args.h2 {
+            format!(" (HTTP/2, {} streams each; HTTP/1.1 upstream)", args.streams)
+        } else {
+            String::new()
+        },
         args.threads,
         args.rate.map_or("closed loop".to_string(), |r| format!("open loop at {r} req/s")),
         args.duration,
@@ -526,13 +532,20 @@ fn start_haproxy(args: &CompareArgs, dir: &Path, up: SocketAddr) -> anyhow::Resu
 }
 
 /// Wait until `addr` answers an HTTP request (up to 10 s).
-fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+fn wait_ready(addr: SocketAddr, h2: bool) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ok = (|| -> std::io::Result<bool> {
             let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            if h2 {
+                // The preface and an empty SETTINGS; a SETTINGS frame back.
+                s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")?;
+                let mut head = [0u8; 9];
+                s.read_exact(&mut head)?;
+                return Ok(head[3] == 4);
+            }
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
             let mut out = Vec::new();
             s.read_to_end(&mut out)?;
