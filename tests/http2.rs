@@ -1293,3 +1293,89 @@ protocol = "http2"
         assert!(body.trailers().await.unwrap().is_none());
     });
 }
+
+both_drivers!(tls_upstreams_pick_http2_by_alpn);
+
+/// Outrigger in front of Outrigger over TLS: `protocol = "auto"` speaks
+/// HTTP/2 when the upstream's ALPN picks `h2` and HTTP/1.1 when it does
+/// not; `protocol = "http2"` requires it.
+fn tls_upstreams_pick_http2_by_alpn(driver: Driver) {
+    let app = app(driver);
+    let dir = TempDir::new("h2-alpn-up");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let inner = |http2: &str| {
+        format!(
+            r#"
+[runtime]
+workers = 1
+io = "{io}"
+[listeners.tls]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+http2 = {http2}
+tls = {{ cert = "{cert}", key = "{key}" }}
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "app"
+[clusters.app]
+endpoints = ["{app}"]
+"#,
+            io = io_name(driver),
+            cert = dir.path("server.pem").display(),
+            key = dir.path("server.key").display(),
+            app = app.addr
+        )
+    };
+    let outer = |up: SocketAddr, protocol: &str| {
+        format!(
+            r#"
+[runtime]
+workers = 1
+io = "{io}"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "inner"
+[clusters.inner]
+endpoints = ["{up}"]
+protocol = "{protocol}"
+tls = {{ server_name = "localhost", ca = "{ca}" }}
+"#,
+            io = io_name(driver),
+            ca = dir.path("ca.pem").display()
+        )
+    };
+    let by_protocol = |s: &outrigger::Server, p: &str| {
+        metric(
+            s,
+            "outrigger_listener_requests_by_protocol_total",
+            &[("listener", "tls"), ("protocol", p)],
+        )
+    };
+    for (http2, protocol, want) in [
+        ("true", "auto", "HTTP/2"),
+        ("true", "http2", "HTTP/2"),
+        ("false", "auto", "HTTP/1.1"),
+    ] {
+        let b = start(&inner(http2));
+        let a = start(&outer(b.local_addr("tls").unwrap(), protocol));
+        let mut c = common::http::Client::connect(a.local_addr("web").unwrap());
+        for i in 0..3 {
+            let r = c.get(&format!("/p{i}"), "svc", "");
+            assert_eq!(r.status, 200, "{http2} {protocol}");
+            assert_eq!(r.header("x-echo-target"), Some(format!("/p{i}").as_str()));
+            assert_eq!(r.header("x-echo-x-forwarded-proto"), Some("https"));
+        }
+        assert!(
+            eventually(|| by_protocol(&b, want) == 3.0),
+            "{http2} {protocol}: {} {want} requests",
+            by_protocol(&b, want)
+        );
+    }
+}
