@@ -1379,3 +1379,106 @@ tls = {{ server_name = "localhost", ca = "{ca}" }}
         );
     }
 }
+
+both_drivers!(grpcio_through_outrigger);
+
+/// Kills a child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have_grpcio() -> bool {
+    Command::new("python3")
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A real gRPC client and server (Python grpcio) through the proxy: unary
+/// and server-streaming calls, a deadline, UNAVAILABLE retried by
+/// `retry.on`, the server's UNIMPLEMENTED, and the proxy's own for no route.
+fn grpcio_through_outrigger(driver: Driver) {
+    if !have_grpcio() {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_none(),
+            "python3 grpcio is required (OUTRIGGER_REQUIRE_INTEROP is set)"
+        );
+        eprintln!("SKIPPED: python3 grpcio not installed");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/grpc_peer.py");
+    let port = closed_port().port();
+    let mut server = Child(
+        Command::new("python3")
+            .args([script, "server", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = [0u8; 6];
+    server
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+
+[[routes.main]]
+match.grpc_service = "test.Echo"
+match.grpc_method = "Flaky"
+cluster = "py"
+retry = {{ attempts = 2, on = ["unavailable"] }}
+
+[[routes.main]]
+match.grpc_service = "test.Echo"
+cluster = "py"
+
+[clusters.py]
+endpoints = ["127.0.0.1:{port}"]
+protocol = "http2"
+"#,
+        io = io_name(driver)
+    );
+    let proxy = start(&cfg);
+    let addr = proxy.local_addr("web").unwrap();
+    let out = Command::new("python3")
+        .args([script, "client", &addr.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "unary ok echo:hi",
+            "stream ok part-0,part-1,part-2,part-3",
+            "deadline error DEADLINE_EXCEEDED",
+            "flaky ok second try",
+            "missing error UNIMPLEMENTED",
+            "noroute error UNIMPLEMENTED",
+        ],
+        "{text}"
+    );
+}
