@@ -1482,3 +1482,107 @@ protocol = "http2"
         "{text}"
     );
 }
+
+both_drivers!(floods_and_made_you_reset);
+
+/// PING and SETTINGS floods from a client that does not read, empty DATA
+/// frames, and MadeYouReset (frames that make the server reset streams):
+/// the proxy stays bounded and ends abusive connections.
+fn floods_and_made_you_reset(driver: Driver) {
+    let up = app(driver);
+    let server = start(&config(
+        driver,
+        up.addr,
+        scripted_upstream(),
+        "http2 = { max_error_resets = 10 }",
+    ));
+    let addr = server.local_addr("web").unwrap();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    // PING and SETTINGS floods, never reading the answers.
+    for kind in [6u8, 4] {
+        let mut raw = Raw::connect(addr, &[]);
+        raw.s
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let one = if kind == 6 {
+            frame(PING, 0, 0, &[7u8; 8])
+        } else {
+            frame(SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0])
+        };
+        let burst: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * 10_000)
+            .collect();
+        let mut sent = 0;
+        while sent < 200 && raw.send(&burst).is_ok() {
+            sent += 1;
+        }
+        drop(raw);
+    }
+    // The proxy is in this process: its memory did not grow with the floods
+    // (2,000,000 frames sent at most).
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} kB");
+    healthy(addr);
+
+    // Empty DATA frames on an open stream: the crate's budget of small
+    // frames ends the connection.
+    let mut raw = Raw::connect(addr, &[]);
+    let _ = raw.server_settings();
+    let mut post = Vec::new();
+    hpack(&mut post, ":method", "POST");
+    hpack(&mut post, ":scheme", "http");
+    hpack(&mut post, ":authority", "localhost");
+    hpack(&mut post, ":path", "/app/empty");
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &post)).unwrap();
+    let empty: Vec<u8> = frame(DATA, 0, 1, &[]).repeat(20_000);
+    let _ = raw.send(&empty);
+    let g = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY after a flood of empty DATA frames");
+    assert_eq!(goaway_code(&g), 0xb, "ENHANCE_YOUR_CALM");
+
+    // MadeYouReset: a malformed request (no :path) makes
+    // the server reset its stream; past max_error_resets the connection
+    // gets GOAWAY.
+    let mut raw = Raw::connect(addr, &[]);
+    let _ = raw.server_settings();
+    // No :path.
+    let mut bad = Vec::new();
+    hpack(&mut bad, ":method", "GET");
+    hpack(&mut bad, ":scheme", "http");
+    hpack(&mut bad, ":authority", "localhost");
+    // Under the limit: each malformed stream is reset, the connection lives.
+    let mut few = Vec::new();
+    for i in 0..5u32 {
+        few.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, &bad));
+    }
+    raw.send(&few).unwrap();
+    for i in 0..5u32 {
+        let f = raw
+            .until(|f| f.kind == RST_STREAM || f.kind == GOAWAY)
+            .expect("a reset");
+        assert_eq!((f.kind, f.stream), (RST_STREAM, 1 + 2 * i));
+    }
+    // Over it: GOAWAY.
+    let mut burst = Vec::new();
+    for i in 5..60u32 {
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, &bad));
+    }
+    let _ = raw.send(&burst);
+    let g = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY after the server had to reset many streams");
+    assert_eq!(goaway_code(&g), 0xb, "ENHANCE_YOUR_CALM");
+    healthy(addr);
+}
