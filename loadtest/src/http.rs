@@ -33,7 +33,9 @@ pub struct HttpArgs {
     /// Open loop: send this many requests per second in total.
     #[arg(short = 'R', long)]
     pub rate: Option<f64>,
-    #[arg(short = 'm', long, default_value = "GET")]
+    /// The request method (`-X` as in curl; `-m` is the HTTP/2 stream
+    /// count, as in h2load).
+    #[arg(short = 'X', long, default_value = "GET")]
     pub method: String,
     /// Extra request header, "Name: value" (repeatable).
     #[arg(short = 'H', long = "header")]
@@ -62,9 +64,8 @@ pub struct HttpArgs {
     /// HTTP/2: prior knowledge on http://, ALPN `h2` on https://.
     #[arg(long)]
     pub h2: bool,
-    /// HTTP/2: concurrent streams per connection (h2load's -m; `-m` here
-    /// is the method).
-    #[arg(long, default_value_t = 1)]
+    /// HTTP/2: concurrent streams per connection (as h2load's -m).
+    #[arg(short = 'm', long, default_value_t = 1)]
     pub streams: usize,
     #[command(flatten)]
     pub load: crate::LoadArgs,

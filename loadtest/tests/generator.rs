@@ -417,17 +417,7 @@ fn h2_streams_through_the_proxy() {
     let snapshot = outrigger::config::compile(std::path::Path::new("<test>"), &cfg).unwrap();
     let proxy = outrigger::start(snapshot).unwrap();
     let url = format!("http://{}/", proxy.local_addr("web").unwrap());
-    let r = load(&[
-        "http",
-        &url,
-        "--h2",
-        "--streams",
-        "8",
-        "-c",
-        "2",
-        "-n",
-        "2000",
-    ]);
+    let r = load(&["http", &url, "--h2", "-m", "8", "-c", "2", "-n", "2000"]);
     assert_eq!(r["operations"], 2000);
     assert_eq!(r["statuses"]["2xx"], 2000);
     assert_eq!(up.requests(), 2000);
@@ -476,7 +466,7 @@ fn h2_upstream_and_open_loop() {
         "2s",
         "--warmup",
         "0s",
-        "-m",
+        "-X",
         "POST",
         "--body",
         "hello",
