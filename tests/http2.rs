@@ -611,6 +611,21 @@ fn settings_follow_the_listener_keys(driver: Driver) {
         assert!(f.payload.windows(3).any(|w| w == b"431"), "{:?}", f.payload);
     }
     healthy(addr);
+    // A frame larger than max_frame_size is a connection error.
+    let mut raw = Raw::connect(addr, &[]);
+    let _ = raw.server_settings();
+    let mut post = Vec::new();
+    hpack(&mut post, ":method", "POST");
+    hpack(&mut post, ":scheme", "http");
+    hpack(&mut post, ":authority", "localhost");
+    hpack(&mut post, ":path", "/app/big-frame");
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &post)).unwrap();
+    let _ = raw.send(&frame(DATA, 0, 1, &vec![b'f'; 40_000]));
+    let g = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY for a frame over max_frame_size");
+    assert_eq!(goaway_code(&g), 6, "FRAME_SIZE_ERROR");
+    healthy(addr);
 }
 
 fn abuse_ends_in_goaway(driver: Driver) {

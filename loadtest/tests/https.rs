@@ -133,3 +133,63 @@ fn https_with_ca_insecure_and_untrusted() {
     assert_eq!(count.load(Ordering::Relaxed), 400);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--h2` on https://: ALPN `h2` to an Outrigger TLS listener, every
+/// request one HTTP/2 stream.
+#[test]
+fn h2_over_tls_by_alpn() {
+    let dir = std::env::temp_dir().join(format!("outrigger-load-h2tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let up = outrigger::backends::start(
+        outrigger::backends::BackendKind::Http(outrigger::backends::HttpBackend::named("t")),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        outrigger::worker::Driver::Epoll,
+    )
+    .unwrap();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\ntls = {{ cert = \"{c}\", key = \"{k}\" }}\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n[clusters.up]\nendpoints = [\"{u}\"]\n",
+        c = dir.join("cert.pem").display(),
+        k = dir.join("key.pem").display(),
+        u = up.addr
+    );
+    let snapshot = outrigger::config::compile(std::path::Path::new("<test>"), &cfg).unwrap();
+    let proxy = outrigger::start(snapshot).unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/",
+        proxy.local_addr("web").unwrap().port()
+    );
+    let ca = dir.join("cert.pem");
+    let (ok, v, err) = run(&[
+        "http",
+        &url,
+        "--h2",
+        "-m",
+        "4",
+        "-c",
+        "2",
+        "-n",
+        "400",
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["operations"], 400, "{v}");
+    assert_eq!(v["statuses"]["2xx"], 400, "{v}");
+    assert_eq!(up.requests(), 400);
+    let text = proxy.shared().export(outrigger::metrics::prometheus);
+    assert!(
+        text.contains(
+            "outrigger_listener_requests_by_protocol_total{listener=\"web\",protocol=\"HTTP/2\"} 400"
+        ),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
