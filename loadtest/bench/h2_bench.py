@@ -55,7 +55,7 @@ match.path_prefix = "/"
 cluster = "up"
 [clusters.up]
 endpoints = ["127.0.0.1:{up}"]
-max_idle_connections = 128
+max_idle_connections = 256
 {proto}
 """)
     return subprocess.Popen(["taskset", "-c", PROXY_CORE, BIN, "run", "--config", cfg, "--no-watch",
@@ -67,7 +67,7 @@ def nginx_proxy(d, upstream_h2):
         loc = f"grpc_pass grpc://127.0.0.1:{UP_H2};"
     else:
         loc = (f"proxy_pass http://up1; proxy_http_version 1.1; proxy_set_header Connection \"\";")
-    servers = f"""upstream up1 {{ server 127.0.0.1:{UP_H1}; keepalive 64; }}
+    servers = f"""upstream up1 {{ server 127.0.0.1:{UP_H1}; keepalive 256; }}
   server {{ listen 127.0.0.1:{PROXY} http2; location / {{ {loc} }} }}"""
     return start_nginx(f"{d}/nginx-proxy", PROXY_CORE, servers)
 

@@ -254,21 +254,33 @@ pub fn response_fields<'a>(
     route: &'a Route,
     upgrade: bool,
 ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    kept_response_headers(resp, route, upgrade)
+        .map(|h| (&h.name[..], &h.value[..]))
+        .chain(route_response_additions(route))
+}
+
+/// The upstream's response fields that are passed on (`response_fields`
+/// without the route's additions).
+pub fn kept_response_headers<'a>(
+    resp: &'a ResponseHead,
+    route: &'a Route,
+    upgrade: bool,
+) -> impl Iterator<Item = &'a Header> + 'a {
     let listed = connection_listed(&resp.headers);
     let edits = &route.response_headers;
-    resp.headers
+    resp.headers.iter().filter(move |h| {
+        !((is_hop_by_hop(h, &listed) && !(upgrade && h.is("upgrade"))) || removed(edits, h))
+    })
+}
+
+/// The route's `response_headers` `set` and `add` fields.
+pub fn route_response_additions(route: &Route) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let edits = &route.response_headers;
+    edits
+        .set
         .iter()
-        .filter(move |h| {
-            !((is_hop_by_hop(h, &listed) && !(upgrade && h.is("upgrade"))) || removed(edits, h))
-        })
-        .map(|h| (&h.name[..], &h.value[..]))
-        .chain(
-            edits
-                .set
-                .iter()
-                .chain(edits.add.iter())
-                .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-        )
+        .chain(edits.add.iter())
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
 }
 
 /// The response head as sent to the client.

@@ -34,15 +34,29 @@ pub fn request_head(
     if parts.headers.len() + 1 > http.max_headers {
         return Err(HttpError::TooManyHeaders);
     }
-    let mut headers = Vec::with_capacity(parts.headers.len() + 1);
+    // Every name and value is copied into one buffer, then sliced: one
+    // allocation per request instead of two per field.
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let size = authority.map_or(0, |a| a.len() + 4)
+        + parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 2)
+            .sum::<usize>();
+    let mut text = BytesMut::with_capacity(size);
+    let mut spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
+        Vec::with_capacity(parts.headers.len() + 1);
+    let mut push = |text: &mut BytesMut, name: &[u8], value: &[u8]| {
+        let n = text.len();
+        text.put_slice(name);
+        let v = text.len();
+        text.put_slice(value);
+        spans.push((n..v, v..text.len()));
+    };
     // :authority stands for Host (RFC 9113 §8.3.1); a Host field next to it
     // is dropped.
-    let authority = parts.uri.authority().map(|a| a.as_str());
     if let Some(a) = authority {
-        headers.push(Header {
-            name: Bytes::from_static(b"host"),
-            value: Bytes::copy_from_slice(a.as_bytes()),
-        });
+        push(&mut text, b"host", a.as_bytes());
     }
     let mut cookie: Option<BytesMut> = None;
     for (name, value) in &parts.headers {
@@ -58,11 +72,16 @@ pub fn request_head(
             c.put_slice(value.as_bytes());
             continue;
         }
-        headers.push(Header {
-            name: Bytes::copy_from_slice(name.as_str().as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        });
+        push(&mut text, name.as_str().as_bytes(), value.as_bytes());
     }
+    let text = text.freeze();
+    let mut headers: Vec<Header> = spans
+        .into_iter()
+        .map(|(n, v)| Header {
+            name: text.slice(n),
+            value: text.slice(v),
+        })
+        .collect();
     if let Some(c) = cookie {
         headers.push(Header {
             name: Bytes::from_static(b"cookie"),
@@ -189,6 +208,35 @@ pub fn trailer_section(map: &http::HeaderMap) -> Bytes {
         out.put_slice(b"\r\n");
     }
     out.freeze()
+}
+
+/// An HTTP/2 response head from an upstream's response: its kept fields
+/// (values shared with the response's buffer, not copied), the route's
+/// additions, then `extra`.
+pub fn response_of(
+    resp: &crate::http::codec::ResponseHead,
+    route: &crate::route::Route,
+    extra: &[(&[u8], &[u8])],
+) -> http::Response<()> {
+    use crate::http::serialize::{kept_response_headers, route_response_additions};
+    let mut head = response(
+        resp.status,
+        route_response_additions(route).chain(extra.iter().copied()),
+    );
+    let map = head.headers_mut();
+    for h in kept_response_headers(resp, route, false) {
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(&h.name),
+            http::HeaderValue::from_maybe_shared(h.value.clone()),
+        ) else {
+            tracing::debug!("response field not representable in HTTP/2; dropped");
+            continue;
+        };
+        if !is_connection_specific(&n) {
+            map.append(n, v);
+        }
+    }
+    head
 }
 
 /// Fields HTTP/2 forbids (RFC 9113 §8.2.2).

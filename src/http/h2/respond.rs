@@ -9,7 +9,6 @@ use crate::http::codec::Framing;
 use crate::http::downstream::{ClientIo, Downstream};
 use crate::http::error::{error_body, HttpError};
 use crate::http::proxy::{Exchange, Next};
-use crate::http::serialize::response_fields;
 use crate::http::upconn::UpConn;
 
 impl Exchange<'_> {
@@ -28,8 +27,7 @@ impl Exchange<'_> {
             crate::http::grpc_web::translate_response(&mut resp, call);
         }
         let length;
-        let mut fields: Vec<(&[u8], &[u8])> =
-            response_fields(&resp, self.req.route, false).collect();
+        let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
         match framing {
             // gRPC-Web bodies grow by the trailer frame.
             Framing::Length(_) if self.req.web.is_some() => {}
@@ -47,7 +45,7 @@ impl Exchange<'_> {
             }
             Framing::Chunked | Framing::UntilClose => {}
         }
-        let head = convert::response(resp.status, fields.into_iter());
+        let head = convert::response_of(&resp, self.req.route, &fields);
         let end = framing == Framing::None;
         conn.responded = true;
         send_head(conn, head, end)?;
