@@ -99,7 +99,7 @@ pub fn translate_request(
 /// Base64 of a `-text` body: padded groups may follow each other (each
 /// client message encoded on its own), so it is decoded 4 characters at a
 /// time; whitespace is ignored.
-fn decode_text(b: &[u8]) -> Result<Bytes, HttpError> {
+pub fn decode_text(b: &[u8]) -> Result<Bytes, HttpError> {
     let chars: Vec<u8> = b
         .iter()
         .copied()
