@@ -260,3 +260,121 @@ fn endpoints_file_moves_traffic(driver: Driver) {
         2
     );
 }
+
+both_drivers!(srv_records_give_ports_and_weights);
+
+/// A DNS server answering SRV queries for any `_...` name with `records`
+/// (priority, weight, port, target; targets uncompressed) and A queries
+/// for a target `tN.test` with 127.0.0.(N+2).
+fn srv_server(records: Arc<Mutex<Vec<(u16, u16, u16, String)>>>) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            let mut at = 12;
+            let mut labels = Vec::new();
+            while q[at] != 0 {
+                let l = usize::from(q[at]);
+                labels.push(String::from_utf8_lossy(&q[at + 1..at + 1 + l]).to_string());
+                at += 1 + l;
+            }
+            let qtype = u16::from_be_bytes([q[at + 1], q[at + 2]]);
+            let end = at + 5;
+            let mut r = q[..end].to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            let name = labels.join(".");
+            let mut answers = 0u8;
+            if qtype == 33 && name.starts_with('_') {
+                for (prio, weight, port, target) in records.lock().unwrap().iter() {
+                    let mut data = Vec::new();
+                    data.extend_from_slice(&prio.to_be_bytes());
+                    data.extend_from_slice(&weight.to_be_bytes());
+                    data.extend_from_slice(&port.to_be_bytes());
+                    for l in target.split('.') {
+                        data.push(l.len() as u8);
+                        data.extend_from_slice(l.as_bytes());
+                    }
+                    data.push(0);
+                    r.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 1]);
+                    r.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                    r.extend_from_slice(&data);
+                    answers += 1;
+                }
+            } else if qtype == 1 {
+                if let Some(n) = name
+                    .strip_prefix('t')
+                    .and_then(|rest| rest.strip_suffix(".test"))
+                    .and_then(|n| n.parse::<u8>().ok())
+                {
+                    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                    r.extend_from_slice(&[127, 0, 0, n + 2]);
+                    answers = 1;
+                }
+            }
+            r[7] = answers;
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    addr
+}
+
+/// `endpoints = ["_http._tcp.svc.test"]`: the SRV records give targets,
+/// ports and weights; only the best priority serves; a change moves
+/// traffic.
+fn srv_records_give_ports_and_weights(driver: Driver) {
+    let a = named("127.0.0.2", 0, "first");
+    let b = named("127.0.0.3", 0, "second");
+    let backup = named("127.0.0.4", 0, "backup");
+    let records = Arc::new(Mutex::new(vec![
+        (10, 1, a.port(), "t0.test".to_string()),
+        (20, 1, backup.port(), "t2.test".to_string()),
+    ]));
+    let dns = srv_server(records.clone());
+    let dir = TempDir::new("srv");
+    let p = launch(
+        &dir,
+        &config(
+            driver,
+            &format!("discovery = \"dns\"\nendpoints = [\"_http._tcp.svc.test\"]\ndns_servers = [\"{dns}\"]\ndns_refresh = \"200ms\"\ndns_family = \"v4\""),
+        ),
+    );
+    let addr = p.local_addr("web").unwrap();
+    let t = Instant::now();
+    loop {
+        let r = Client::connect(addr).get("/", "svc", "");
+        if r.status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "SRV never resolved");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::connect(addr);
+    // Priority 10 only: the backup (20) gets nothing.
+    for _ in 0..20 {
+        assert_eq!(c.get("/", "svc", "").body, b"first");
+    }
+    // Weights 1 and 3 between two targets at the best priority.
+    *records.lock().unwrap() = vec![
+        (0, 1, a.port(), "t0.test".to_string()),
+        (0, 3, b.port(), "t1.test".to_string()),
+    ];
+    until(&mut c, "second");
+    let (mut first, mut second) = (0, 0);
+    for _ in 0..400 {
+        match c.get("/", "svc", "").body.as_slice() {
+            b"first" => first += 1,
+            b"second" => second += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        (230..=370).contains(&second) && first + second == 400,
+        "weights 1:3 gave {first}:{second}"
+    );
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    let eps = clusters["clusters"]["c"]["endpoints"].to_string();
+    assert!(eps.contains(&format!("t1.test:{}", b.port())), "{eps}");
+}

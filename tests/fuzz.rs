@@ -340,6 +340,13 @@ fn small_parsers() {
             ]),
             outrigger::discovery::dns::RecordType::A,
         );
+        let _ = outrigger::discovery::dns::parse_srv(
+            input,
+            u16::from_be_bytes([
+                input.first().copied().unwrap_or(0),
+                input.get(1).copied().unwrap_or(0),
+            ]),
+        );
         let _ = outrigger::tls::spiffe::uri_sans(input);
         let _ = outrigger::upstream::HashOn::parse(&s);
         let _ = outrigger::grpc::parse_timeout(input);

@@ -62,12 +62,19 @@ pub(super) fn source(
                         p.parse::<u16>().ok()?,
                     ))
                 })
-                .filter(|(h, _)| !h.is_empty());
+                .filter(|(h, _)| !h.is_empty())
+                // An SRV name (`_service._proto.name`): ports from its records.
+                .or_else(|| {
+                    (written.starts_with('_') && !written.contains(':'))
+                        .then(|| (written.trim_end_matches('.').to_string(), 0))
+                });
             let Some((host, port)) = parsed else {
                 cx.error(
                     ep.span(),
                     format!("{key}.endpoints"),
-                    format!("invalid endpoint \"{written}\": expected host:port"),
+                    format!(
+                        "invalid endpoint \"{written}\": expected host:port, or an SRV name (_service._proto.name)"
+                    ),
                 );
                 return None;
             };

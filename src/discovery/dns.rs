@@ -1,6 +1,6 @@
-//! A small stub resolver for `discovery = "dns"`: A and AAAA queries over
-//! UDP to the configured servers (or `/etc/resolv.conf`'s), answers with
-//! their TTLs. Runs on the discovery thread only, never on a worker.
+//! A small stub resolver for `discovery = "dns"`: A, AAAA and SRV queries
+//! over UDP to the configured servers (or `/etc/resolv.conf`'s), answers
+//! with their TTLs. Runs on the discovery thread only, never on a worker.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -25,6 +25,17 @@ pub enum DnsError {
 pub enum RecordType {
     A = 1,
     Aaaa = 28,
+    Srv = 33,
+}
+
+/// One SRV record (RFC 2782).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Srv {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    pub target: String,
+    pub ttl: u32,
 }
 
 /// The nameservers of `/etc/resolv.conf` (port 53).
@@ -64,12 +75,57 @@ fn skip_name(m: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
-fn u16_at(m: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*m.get(at)?, *m.get(at + 1)?]))
+/// Read a (possibly compressed) name at `at`, as dotted text.
+fn read_name(m: &[u8], mut at: usize) -> Option<String> {
+    let mut out = String::new();
+    // Bounded: a message cannot hold more labels than bytes, and pointer
+    // loops are cut.
+    for _ in 0..128 {
+        let len = *m.get(at)?;
+        match len {
+            0 => return Some(out),
+            l if l & 0xc0 == 0xc0 => {
+                at = usize::from(u16_at(m, at)? & 0x3fff);
+            }
+            l => {
+                let label = m.get(at + 1..at + 1 + usize::from(l))?;
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(std::str::from_utf8(label).ok()?);
+                at += 1 + usize::from(l);
+            }
+        }
+    }
+    None
 }
 
-/// Parse an answer to `id`: the addresses of the queried type, with TTLs.
-pub fn parse(m: &[u8], id: u16, kind: RecordType) -> Result<Vec<(IpAddr, u32)>, DnsError> {
+/// Parse an answer to `id` for its SRV records.
+pub fn parse_srv(m: &[u8], id: u16) -> Result<Vec<Srv>, DnsError> {
+    let mut out = Vec::new();
+    for_each_answer(m, id, |t, ttl, at, data| {
+        if t == RecordType::Srv as u16 && data.len() > 6 {
+            let target = read_name(m, at + 6).ok_or(DnsError::Malformed)?;
+            out.push(Srv {
+                priority: u16::from_be_bytes([data[0], data[1]]),
+                weight: u16::from_be_bytes([data[2], data[3]]),
+                port: u16::from_be_bytes([data[4], data[5]]),
+                target,
+                ttl,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Walk the answers of a reply to `id`: (type, TTL, offset of the data,
+/// data) of each.
+fn for_each_answer(
+    m: &[u8],
+    id: u16,
+    mut f: impl FnMut(u16, u32, usize, &[u8]) -> Result<(), DnsError>,
+) -> Result<(), DnsError> {
     if m.len() < 12 || u16_at(m, 0) != Some(id) {
         return Err(DnsError::Malformed);
     }
@@ -84,7 +140,6 @@ pub fn parse(m: &[u8], id: u16, kind: RecordType) -> Result<Vec<(IpAddr, u32)>, 
     for _ in 0..qd {
         at = skip_name(m, at).ok_or(DnsError::Malformed)? + 4;
     }
-    let mut out = Vec::new();
     for _ in 0..an {
         at = skip_name(m, at).ok_or(DnsError::Malformed)?;
         let t = u16_at(m, at).ok_or(DnsError::Malformed)?;
@@ -94,8 +149,21 @@ pub fn parse(m: &[u8], id: u16, kind: RecordType) -> Result<Vec<(IpAddr, u32)>, 
             .ok_or(DnsError::Malformed)?;
         let len = usize::from(u16_at(m, at + 8).ok_or(DnsError::Malformed)?);
         let data = m.get(at + 10..at + 10 + len).ok_or(DnsError::Malformed)?;
+        f(t, ttl, at + 10, data)?;
         at += 10 + len;
-        match (t, kind, len) {
+    }
+    Ok(())
+}
+
+fn u16_at(m: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*m.get(at)?, *m.get(at + 1)?]))
+}
+
+/// Parse an answer to `id`: the addresses of the queried type, with TTLs.
+pub fn parse(m: &[u8], id: u16, kind: RecordType) -> Result<Vec<(IpAddr, u32)>, DnsError> {
+    let mut out = Vec::new();
+    for_each_answer(m, id, |t, ttl, _, data| {
+        match (t, kind, data.len()) {
             (1, RecordType::A, 4) => out.push((
                 IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3])),
                 ttl,
@@ -107,7 +175,8 @@ pub fn parse(m: &[u8], id: u16, kind: RecordType) -> Result<Vec<(IpAddr, u32)>, 
             }
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -118,6 +187,26 @@ pub fn lookup(
     servers: &[SocketAddr],
     timeout: Duration,
 ) -> Result<Vec<(IpAddr, u32)>, DnsError> {
+    ask(name, kind, servers, timeout, |m, id| parse(m, id, kind))
+}
+
+/// Look up the SRV records of `name`.
+pub fn lookup_srv(
+    name: &str,
+    servers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<Srv>, DnsError> {
+    ask(name, RecordType::Srv, servers, timeout, parse_srv)
+}
+
+/// Send the query to each server in turn and parse the first answer.
+fn ask<T>(
+    name: &str,
+    kind: RecordType,
+    servers: &[SocketAddr],
+    timeout: Duration,
+    parse: impl Fn(&[u8], u16) -> Result<Vec<T>, DnsError>,
+) -> Result<Vec<T>, DnsError> {
     if servers.is_empty() {
         return Err(DnsError::NoServer);
     }
@@ -142,7 +231,7 @@ pub fn lookup(
         let mut buf = [0u8; 1500];
         loop {
             match sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == *server => match parse(&buf[..n], id, kind) {
+                Ok((n, from)) if from == *server => match parse(&buf[..n], id) {
                     // Another query's answer: keep waiting.
                     Err(DnsError::Malformed) if u16_at(&buf[..n], 0) != Some(id) => continue,
                     Err(e @ DnsError::NxDomain) => return Err(e),
@@ -166,6 +255,41 @@ pub fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srv_answers_with_compressed_targets() {
+        let q = query(9, "_http._tcp.svc.example", RecordType::Srv);
+        let mut a = q.clone();
+        a[2] = 0x81;
+        a[3] = 0x80;
+        a[7] = 2;
+        // Target written out: api.svc.example (at offset `first`).
+        a.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 30]);
+        let rdata = [0u8, 1, 0, 5, 0x1f, 0x90, 3, b'a', b'p', b'i', 0xc0, 23];
+        a.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        let first = a.len() + 6;
+        a.extend_from_slice(&rdata);
+        // Second target: "b" then a pointer to the first one's "api...".
+        a.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 60]);
+        let mut rdata2 = vec![0u8, 2, 0, 0, 0, 80, 1, b'b'];
+        rdata2.extend_from_slice(&[0xc0, first as u8]);
+        a.extend_from_slice(&(rdata2.len() as u16).to_be_bytes());
+        a.extend_from_slice(&rdata2);
+        let got = parse_srv(&a, 9).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].priority, got[0].weight, got[0].port), (1, 5, 8080));
+        assert_eq!(got[0].target, "api.svc.example");
+        assert_eq!(got[0].ttl, 30);
+        assert_eq!(got[1].target, "b.api.svc.example");
+        // A pointer loop is malformed, not a hang.
+        let mut looped = q.clone();
+        looped[7] = 1;
+        looped[3] = 0x80;
+        looped.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 1, 0, 8, 0, 0, 0, 0, 0, 80]);
+        let at = looped.len();
+        looped.extend_from_slice(&[0xc0, at as u8]);
+        assert_eq!(parse_srv(&looped, 9), Err(DnsError::Malformed));
+    }
 
     #[test]
     fn answers() {

@@ -34,7 +34,9 @@ pub enum Family {
 /// A `dns` cluster's names and settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsSpec {
-    /// (host, port, weight, as written).
+    /// (host, port, weight, as written); port 0: `host` is an SRV name
+    /// (`_http._tcp.api.example.com`) whose records give targets, ports
+    /// and weights.
     pub names: Vec<(String, u16, u32, String)>,
     pub refresh: Duration,
     pub family: Family,
@@ -154,6 +156,11 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
     let mut out: Vec<Found> = Vec::new();
     let mut ttl = u32::MAX;
     for (host, port, weight, written) in &spec.names {
+        if *port == 0 {
+            let t = resolve_srv(spec, host, &servers, &mut out)?;
+            ttl = ttl.min(t);
+            continue;
+        }
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             out.push((SocketAddr::new(ip, *port), written.clone(), *weight));
             continue;
@@ -185,6 +192,63 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
         }
     }
     Ok((out, Duration::from_secs(u64::from(ttl.max(1)))))
+}
+
+/// Resolve an SRV name into `out`: the records of the best (lowest)
+/// priority, each target's addresses with the record's port, the record's
+/// weight (0 counts as 1, capped at 1000) as the endpoint's. The shortest
+/// TTL seen.
+fn resolve_srv(
+    spec: &DnsSpec,
+    name: &str,
+    servers: &[SocketAddr],
+    out: &mut Vec<Found>,
+) -> Result<u32, String> {
+    let records = dns::lookup_srv(name, servers, Duration::from_secs(1))
+        .map_err(|e| format!("{name}: {e}"))?;
+    let Some(best) = records.iter().map(|r| r.priority).min() else {
+        return Err(format!("{name}: no SRV records"));
+    };
+    let kinds: &[dns::RecordType] = match spec.family {
+        Family::V4 => &[dns::RecordType::A],
+        Family::V6 => &[dns::RecordType::Aaaa],
+        Family::Auto => &[dns::RecordType::A, dns::RecordType::Aaaa],
+    };
+    let mut ttl = u32::MAX;
+    let mut any = false;
+    let mut last_err = None;
+    for r in records.iter().filter(|r| r.priority == best) {
+        ttl = ttl.min(r.ttl);
+        let weight = u32::from(r.weight).clamp(1, 1000);
+        let written = format!("{}:{}", r.target, r.port);
+        let literal = r.target.parse::<std::net::IpAddr>().ok();
+        for kind in kinds {
+            let found = match literal {
+                Some(ip) => Ok(vec![(ip, u32::MAX)]),
+                None => dns::lookup(&r.target, *kind, servers, Duration::from_secs(1)),
+            };
+            match found {
+                Ok(addrs) => {
+                    any |= !addrs.is_empty();
+                    for (ip, t) in addrs {
+                        ttl = ttl.min(t);
+                        let a = SocketAddr::new(ip, r.port);
+                        if !out.iter().any(|(x, _, _)| *x == a) {
+                            out.push((a, written.clone(), weight));
+                        }
+                    }
+                }
+                Err(e) => last_err = Some(format!("{name}: {}: {e}", r.target)),
+            }
+            if literal.is_some() {
+                break;
+            }
+        }
+    }
+    if !any {
+        return Err(last_err.unwrap_or_else(|| format!("{name}: SRV targets have no address")));
+    }
+    Ok(ttl)
 }
 
 /// A change for the control thread to publish.
