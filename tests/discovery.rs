@@ -266,7 +266,10 @@ both_drivers!(srv_records_give_ports_and_weights);
 /// A DNS server answering SRV queries for any `_...` name with `records`
 /// (priority, weight, port, target; targets uncompressed) and A queries
 /// for a target `tN.test` with 127.0.0.(N+2).
-fn srv_server(records: Arc<Mutex<Vec<(u16, u16, u16, String)>>>) -> SocketAddr {
+/// SRV records a test serves: (priority, weight, port, target).
+type SrvRecords = Arc<Mutex<Vec<(u16, u16, u16, String)>>>;
+
+fn srv_server(records: SrvRecords) -> SocketAddr {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     std::thread::spawn(move || {
