@@ -1,0 +1,354 @@
+//! The fault suite (issue 16): one scenario per failure a sidecar meets,
+//! each with a scripted peer, on both I/O drivers. Every scenario asserts
+//! what the client (and, where it matters, the upstream) saw, then that the
+//! proxy is healthy afterwards: it serves a normal request and every client
+//! connection of the fault is closed on its side (counted by the proxy per
+//! server: scenarios run in parallel in one process, so the process's
+//! descriptor count is shared). docs/operations.md says what each failure
+//! looks like to an operator.
+
+// Test peers run on plain threads, outside the data path: a Mutex is fine.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::http::Client;
+use common::script::{read_request, reset, scripted, Seen};
+use common::*;
+use outrigger::worker::Driver;
+
+both_drivers!(
+    upstream_dies_after_the_head,
+    upstream_dies_mid_length_body,
+    upstream_dies_mid_chunked_body,
+    upstream_resets_before_answering,
+    upstream_never_answers,
+    upstream_stalls_the_body,
+    malformed_upstream_responses,
+    slowloris_and_slow_body,
+    client_stops_reading,
+);
+
+/// The proxy in front of `up`: `/healthz` answered by the proxy, the rest
+/// to `up`; short timeouts so faults show quickly.
+fn proxy(driver: Driver, up: SocketAddr, route_extra: &str) -> outrigger::Server {
+    start(&format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+header_timeout = "500ms"
+request_body_timeout = "500ms"
+upstream_read_timeout = "1s"
+send_timeout = "1s"
+
+[[routes.r]]
+match.path = "/healthz"
+direct_response = {{ status = 200, body = "ok" }}
+
+[[routes.r]]
+match.path_prefix = "/"
+cluster = "up"
+{route_extra}
+
+[clusters.up]
+endpoints = ["{up}"]
+"#,
+        io = io_name(driver)
+    ))
+}
+
+/// After a fault: a normal request is served, and every client connection
+/// of the fault is closed on the proxy's side (nothing leaked).
+fn healthy(server: &outrigger::Server, addr: SocketAddr) {
+    {
+        let r = Client::connect(addr).get("/healthz", "x", "");
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        eventually(|| server.active_connections() == 0),
+        "{} client connections still open",
+        server.active_connections()
+    );
+}
+
+/// Send `raw` and read until the proxy closes the connection.
+fn exchange_until_close(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(raw).unwrap();
+    read_to_eof(&mut s).expect("the proxy closes the connection")
+}
+
+const GET: &[u8] = b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n";
+
+/// Each request of the scripted upstream, answered by `answer`; the
+/// connection closes when it returns false.
+fn upstream(
+    answer: impl Fn(&mut TcpStream, &str) -> bool + Send + Sync + 'static,
+) -> (SocketAddr, std::sync::Arc<Seen>) {
+    scripted(move |mut s, seen| {
+        let mut buf = Vec::new();
+        while let Some(req) = read_request(&mut s, &mut buf) {
+            seen.lines.lock().unwrap().push(req.line.clone());
+            if !answer(&mut s, &req.line) {
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    })
+}
+
+/// The head went out, then the upstream closed: the client's connection is
+/// closed too (never a made-up end of body), and the next request opens a
+/// new upstream connection.
+fn upstream_dies_after_the_head(driver: Driver) {
+    let (up, seen) = upstream(|s, line| {
+        if line.contains("/x") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n");
+            return false;
+        }
+        common::script::ok(s, "fine");
+        true
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    let got = exchange_until_close(addr, GET);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body byte was invented: {text:?}"
+    );
+    let r = Client::connect(addr).get("/y", "x", "");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"fine"[..]));
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        2,
+        "the cut connection was not reused"
+    );
+    healthy(&server, addr);
+}
+
+fn upstream_dies_mid_length_body(driver: Driver) {
+    let (up, _) = upstream(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
+        false
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    let got = exchange_until_close(addr, GET);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("content-length: 100"), "{text}");
+    assert!(text.ends_with("\r\n\r\n0123456789"), "{text:?}");
+    healthy(&server, addr);
+}
+
+fn upstream_dies_mid_chunked_body(driver: Driver) {
+    let (up, _) = upstream(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        false
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    let got = exchange_until_close(addr, GET);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("5\r\nhello\r\n"), "{text:?}");
+    assert!(
+        !text.contains("0\r\n\r\n"),
+        "a last chunk was invented: {text:?}"
+    );
+    healthy(&server, addr);
+}
+
+/// RST after the request arrived: 502 `upstream_reset` for a POST (never
+/// replayed); an idempotent GET on a route with `retry` is retried.
+fn upstream_resets_before_answering(driver: Driver) {
+    let (up, seen) = scripted(|mut s, seen| {
+        let mut buf = Vec::new();
+        if let Some(req) = read_request(&mut s, &mut buf) {
+            let n = seen.lines.lock().unwrap().len();
+            seen.lines.lock().unwrap().push(req.line.clone());
+            if req.line.starts_with("POST") || n % 2 == 1 {
+                reset(s);
+                return;
+            }
+            common::script::ok(&mut s, "second try");
+        }
+    });
+    let server = proxy(driver, up, "retry = { attempts = 1, on = [\"reset\"] }");
+    let addr = server.local_addr("web").unwrap();
+    let r = common::http::one_shot(
+        addr,
+        b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi",
+    )
+    .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-outrigger-error"), Some("upstream_reset"));
+    let posts = seen
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "a POST is never sent twice");
+    let r = Client::connect(addr).get("/g", "x", "");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"second try"[..]));
+    healthy(&server, addr);
+}
+
+/// Accepts and reads the request, never answers: the route timeout ends
+/// it with 504.
+fn upstream_never_answers(driver: Driver) {
+    let (up, _) = upstream(|_, _| {
+        std::thread::sleep(Duration::from_secs(5));
+        false
+    });
+    let server = proxy(driver, up, "timeout = \"400ms\"");
+    let addr = server.local_addr("web").unwrap();
+    let t = Instant::now();
+    let r = common::http::one_shot(addr, GET).unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("x-outrigger-error"), Some("upstream_timeout"));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    healthy(&server, addr);
+}
+
+/// The head, then silence: after `upstream_read_timeout` the client's
+/// connection is closed mid-body.
+fn upstream_stalls_the_body(driver: Driver) {
+    let (up, _) = upstream(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+        std::thread::sleep(Duration::from_secs(4));
+        false
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    let t = Instant::now();
+    let got = exchange_until_close(addr, GET);
+    let waited = t.elapsed();
+    assert!(String::from_utf8_lossy(&got).ends_with("\r\n\r\nabc"));
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    healthy(&server, addr);
+}
+
+/// Invalid responses are 502 and their connection is discarded: nothing
+/// of them reaches the next request.
+fn malformed_upstream_responses(driver: Driver) {
+    let (up, _) = upstream(|s, line| {
+        let answer: &[u8] = if line.contains("/both") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\nabc"
+        } else if line.contains("/garbage") {
+            b"NOT HTTP AT ALL\r\n\r\n"
+        } else if line.contains("/smuggle") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nclean"
+        };
+        let _ = s.write_all(answer);
+        !line.contains("/smuggle")
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    for path in ["/both", "/garbage"] {
+        let mut c = Client::connect(addr);
+        let r = c.get(path, "x", "");
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(r.header("x-outrigger-error"), Some("upstream_bad_response"));
+    }
+    // Bytes after a complete response are never served to the next request.
+    let mut c = Client::connect(addr);
+    let r = c.get("/smuggle", "x", "");
+    assert_eq!(r.body, b"ok");
+    let r = c.get("/next", "x", "");
+    assert_eq!(r.body, b"clean");
+    drop(c);
+    healthy(&server, addr);
+}
+
+/// A head sent a byte at a time: 408 at `header_timeout`. A declared body
+/// that stalls: 408 at `request_body_timeout`.
+fn slowloris_and_slow_body(driver: Driver) {
+    let (up, seen) = upstream(|s, _| {
+        common::script::ok(s, "never");
+        true
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    let mut s = connect(addr);
+    let t = Instant::now();
+    for b in b"GET /slow HTTP/1.1\r\nhost: x\r\nx-a: " {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = read_to_eof(&mut s).unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"));
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let got = exchange_until_close(
+        addr,
+        b"POST /body HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly a little",
+    );
+    let text = String::from_utf8_lossy(&got);
+    // The upstream may have answered before the body stalled (then the
+    // connection is cut), or the proxy answers 408 itself.
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(seen.lines().iter().all(|l| !l.contains("/slow")));
+    healthy(&server, addr);
+}
+
+/// A client that stops reading a large response: the proxy stops reading
+/// the upstream (bounded memory) and, after `send_timeout`, closes both.
+fn client_stops_reading(driver: Driver) {
+    let (up, _) = upstream(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
+        let chunk = vec![b'z'; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < 1 << 30 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        false
+    });
+    let server = proxy(driver, up, "");
+    let addr = server.local_addr("web").unwrap();
+    let rss = || -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let mut s = connect(addr);
+    s.write_all(GET).unwrap();
+    let mut head = [0u8; 4096];
+    let _ = s.read(&mut head).unwrap();
+    // Stop reading; the proxy's send_timeout (1s) ends the exchange.
+    std::thread::sleep(Duration::from_millis(2500));
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "RSS grew by {grown} kB with a stalled 1 GiB response"
+    );
+    drop(s);
+    healthy(&server, addr);
+}
