@@ -27,6 +27,8 @@ struct Proxy {
     admin: SocketAddr,
     /// Log lines after start-up.
     lines: std::sync::mpsc::Receiver<String>,
+    /// Log lines up to the listeners' addresses.
+    startup: Vec<String>,
     _config: tempfile_path::TempPath,
 }
 
@@ -49,6 +51,64 @@ impl Drop for Proxy {
 
 /// Run the binary on `config`, wait for its "listening" log line.
 fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
+    spawn_with(config, nofile, false)
+}
+
+/// A seccomp filter for the child alone: io_uring_setup (425 on x86_64
+/// and aarch64) fails with EPERM, as in a container whose profile forbids
+/// io_uring; everything else is allowed.
+fn deny_io_uring() -> std::io::Result<()> {
+    let filter = [
+        // Load the system call number (seccomp_data.nr, offset 0).
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // io_uring_setup? then the next instruction, else skip it.
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: 425,
+        },
+        // SECCOMP_RET_ERRNO | EPERM.
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::EPERM as u32,
+        },
+        // SECCOMP_RET_ALLOW.
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: plain prctl calls on this (child) process; `prog` and
+    // `filter` live across the call, which copies them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog as libc::c_ulong,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn spawn_with(config: &str, nofile: Option<u64>, forbid_io_uring: bool) -> Proxy {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "outrigger-test-{}-{}.toml",
@@ -83,6 +143,12 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
             });
         }
     }
+    if forbid_io_uring {
+        // SAFETY: prctl only, in the child before exec.
+        unsafe {
+            cmd.pre_exec(deny_io_uring);
+        }
+    }
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
@@ -98,11 +164,13 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
         }
     });
     let (mut addr, mut admin) = (None, None);
+    let mut startup = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while addr.is_none() || admin.is_none() {
         let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("proxy reports its listener and admin addresses");
+        startup.push(line.clone());
         let Some(a) = line.split("address=").nth(1) else {
             continue;
         };
@@ -119,8 +187,53 @@ fn spawn(config: &str, nofile: Option<u64>) -> Proxy {
         addr,
         admin,
         lines,
+        startup,
         _config: tempfile_path::TempPath(path),
     }
+}
+
+/// io_uring forbidden for the proxy alone (a seccomp filter, as a
+/// container profile would): `io = "auto"` falls back to epoll, says so,
+/// and serves; `io = "io_uring"` refuses to start.
+#[test]
+fn io_uring_forbidden_falls_back_to_epoll() {
+    let up = echo(Driver::Epoll);
+    let cfg = tcp_config(Driver::Epoll, 1, &[up.addr.to_string()], "", "")
+        .replace("io = \"epoll\"", "io = \"auto\"");
+    let p = spawn_with(&cfg, None, true);
+    assert!(
+        p.startup
+            .iter()
+            .any(|l| l.contains("io_uring unavailable, falling back to epoll")),
+        "{:#?}",
+        p.startup
+    );
+    let mut s = connect(p.addr);
+    assert_eq!(round_trip(&mut s, b"still relayed"), b"still relayed");
+    let (_, metrics) = common::admin::request(p.admin, "GET", "/metrics");
+    assert!(metrics.contains("driver=\"epoll\""), "{metrics}");
+    drop(s);
+    drop(p);
+    // Asked for io_uring explicitly: a clear start-up failure.
+    let strict = cfg.replace("io = \"auto\"", "io = \"io_uring\"");
+    let path =
+        std::env::temp_dir().join(format!("outrigger-test-strict-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("[admin]\naddress = \"127.0.0.1:0\"\n{strict}"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrigger"));
+    cmd.args(["run", "--config"]).arg(&path);
+    // SAFETY: prctl only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(deny_io_uring);
+    }
+    let out = cmd.output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("io_uring"), "{err}");
 }
 
 fn signal(p: &Proxy, sig: i32) {
