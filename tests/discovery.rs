@@ -29,6 +29,8 @@ enum Answer {
     A([u8; 4]),
     NxDomain,
     ServFail,
+    /// No answer at all (a server that times out).
+    Silent,
 }
 
 /// A DNS server on 127.0.0.1 answering A queries with `answer` (TTL 1).
@@ -49,6 +51,9 @@ fn dns_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
             let mut r = q[..end].to_vec();
             r[2] = 0x81;
             let a = *answer.lock().unwrap();
+            if a == Answer::Silent {
+                continue;
+            }
             match a {
                 Answer::NxDomain => r[3] = 0x83,
                 Answer::ServFail => r[3] = 0x82,
@@ -59,6 +64,7 @@ fn dns_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
                     r.extend_from_slice(&ip);
                 }
                 Answer::A(_) => r[3] = 0x80, // no AAAA records
+                Answer::Silent => {}
             }
             let _ = sock.send_to(&r, from);
         }
@@ -198,6 +204,19 @@ fn dns_answers_move_traffic(driver: Driver) {
     *answer.lock().unwrap() = Answer::NxDomain;
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.get("/", "svc", "").status, 200);
+    // A server that stops answering: lookups time out (1 s), the last set
+    // keeps serving, the error says so.
+    *answer.lock().unwrap() = Answer::Silent;
+    assert!(eventually(|| {
+        let clusters = admin::get_json(p.admin_addr(), "/clusters");
+        clusters["clusters"]["c"]["discovery"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer"))
+    }));
+    for _ in 0..5 {
+        let r = c.get("/", "svc", "");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"second"[..]));
+    }
 
     // A name that never resolves: the config loads, the cluster is empty.
     let dir2 = TempDir::new("dns-never");
