@@ -352,3 +352,89 @@ fn client_stops_reading(driver: Driver) {
     drop(s);
     healthy(&server, addr);
 }
+
+both_drivers!(corrupt_config_on_reload_keeps_serving);
+
+/// Each bad state of the config file on reload: truncated, invalid TOML,
+/// a value out of range, a listener on a port someone else holds, a
+/// missing certificate, the file deleted. Every reload fails with a
+/// reason, the generation stays, and the old config keeps serving.
+fn corrupt_config_on_reload_keeps_serving(driver: Driver) {
+    use outrigger::control::{Options, Proxy};
+    let (up, _) = upstream(|s, _| {
+        common::script::ok(s, "old config");
+        true
+    });
+    let dir = common::admin::TempDir::new("faults-reload");
+    let path = dir.path("config.toml");
+    let good = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+[[routes.r]]
+match.path_prefix = "/"
+cluster = "up"
+[clusters.up]
+endpoints = ["{up}"]
+"#,
+        io = io_name(driver)
+    );
+    std::fs::write(&path, &good).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap();
+    let proxy = Proxy::launch(
+        snapshot,
+        Options {
+            config_path: Some(path.clone()),
+            watch: false,
+        },
+        None,
+    )
+    .unwrap();
+    let addr = proxy.local_addr("web").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad: Vec<(&str, String)> = vec![
+        ("truncated", good[..good.len() / 2].to_string()),
+        ("invalid", good.replace("[clusters.up]", "[clusters.up")),
+        (
+            "out of range",
+            good.replace("protocol = \"http\"", "protocol = \"http\"\nmax_connections = 0"),
+        ),
+        (
+            "port in use",
+            format!(
+                "{good}\n[listeners.other]\naddress = \"{}\"\nprotocol = \"http\"\nroutes = \"r\"\n",
+                taken.local_addr().unwrap()
+            ),
+        ),
+        (
+            "missing certificate",
+            good.replace(
+                "routes = \"r\"\n[[routes",
+                "routes = \"r\"\ntls = { cert = \"missing.pem\", key = \"missing.key\" }\n[[routes",
+            ),
+        ),
+    ];
+    for (what, text) in &bad {
+        common::admin::write_atomic(&path, text);
+        let err = proxy.reload().expect_err(what);
+        assert!(!err.to_string().is_empty(), "{what}");
+        let r = Client::connect(addr).get("/", "x", "");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"old config"[..]),
+            "{what}"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert!(proxy.reload().is_err(), "file deleted");
+    let r = Client::connect(addr).get("/", "x", "");
+    assert_eq!(r.body, b"old config");
+    assert_eq!(proxy.shared().snapshot.load().generation, 1);
+}
