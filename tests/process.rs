@@ -535,3 +535,31 @@ fn admin_drain_finishes_in_flight(driver: Driver) {
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     assert_eq!(wait_exit(&mut p, Duration::from_secs(5)), Some(0));
 }
+
+/// SIGKILL with requests in flight: every client sees its connection end
+/// (EOF or reset) and never a response the upstream did not give.
+#[test]
+fn sigkill_under_load_leaves_only_resets() {
+    let up = http_upstream(Driver::Epoll, Duration::from_millis(500));
+    let p = spawn(&http_config(Driver::Epoll, up.addr, "k"), None);
+    let addr = p.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+                read_to_eof(&mut s)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    signal(&p, libc::SIGKILL);
+    for c in clients {
+        let got = c.join().unwrap().expect("the connection ends at once");
+        assert!(
+            got.is_empty(),
+            "a response came from a killed proxy: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
