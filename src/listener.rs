@@ -221,6 +221,10 @@ impl AcceptLoop {
             cells.rejected.inc();
             tracing::debug!(listener = %self.handle.name, %peer, "max_connections reached; closing");
             Some("LR")
+        } else if crate::worker::overload::overloaded() {
+            cells.overload_rejected.inc();
+            tracing::debug!(listener = %self.handle.name, %peer, "overloaded (runtime.max_heap_bytes); closing");
+            Some("OL")
         } else if listener
             .rate_limit
             .as_ref()

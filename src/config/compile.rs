@@ -164,6 +164,10 @@ fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
             .buffer_pool_size
             .unwrap_or(DEFAULT_BUFFER_POOL_SIZE)
             .min(1 << 20) as usize,
+        max_heap_bytes: f
+            .runtime
+            .max_heap_bytes
+            .or_else(crate::worker::overload::default_limit),
         workers: f.runtime.workers,
         io: f.runtime.io,
         pin_workers: f.runtime.pin_workers.unwrap_or(true),

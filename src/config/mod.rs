@@ -79,6 +79,8 @@ pub struct RuntimeSettings {
     pub exit_when_idle: bool,
     pub buffer_size: usize,
     pub buffer_pool_size: usize,
+    /// Overload protection (`worker::overload`); `None`: off.
+    pub max_heap_bytes: Option<u64>,
 }
 
 impl RuntimeSettings {

@@ -61,6 +61,9 @@ pub enum HttpError {
     /// The route's rate limit; a token would be there after this long.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
+    /// The proxy is shedding load (`runtime.max_heap_bytes`).
+    #[error("overloaded")]
+    Overloaded,
 }
 
 impl HttpError {
@@ -77,7 +80,7 @@ impl HttpError {
             RateLimited(_) | BodyTooLarge => Code::ResourceExhausted,
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => Code::Internal,
             NoUpstream(_) | UpstreamIo(_) | NoHealthyUpstream | Overflow(_) | BadResponse(_)
-            | DownstreamIo(_) | SendTimeout => Code::Unavailable,
+            | DownstreamIo(_) | SendTimeout | Overloaded => Code::Unavailable,
         }
     }
 
@@ -87,7 +90,7 @@ impl HttpError {
         match self {
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented | BodyTooLarge
             | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) => Side::Downstream,
-            NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden => {
+            NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden | Overloaded => {
                 Side::Internal
             }
             BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_) => Side::Upstream,
@@ -106,7 +109,7 @@ impl HttpError {
             HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
             BadResponse(_) | UpstreamIo(_) => 502,
-            NoUpstream(_) | NoHealthyUpstream | Overflow(_) => 503,
+            NoUpstream(_) | NoHealthyUpstream | Overflow(_) | Overloaded => 503,
             RateLimited(_) => 429,
             Forbidden => 403,
             UpstreamTimeout => 504,
@@ -136,6 +139,7 @@ impl HttpError {
             Overflow(_) => "overflow",
             RateLimited(_) => "rate_limited",
             Forbidden => "forbidden",
+            Overloaded => "overloaded",
         }
     }
 
@@ -156,6 +160,7 @@ impl HttpError {
             Overflow(_) => "UO",
             RateLimited(_) => "RL",
             Forbidden => "AD",
+            Overloaded => "OL",
         }
     }
 
@@ -175,6 +180,7 @@ impl HttpError {
                 | BodyTimeout
                 | SendTimeout
                 | DownstreamIo(_)
+                | Overloaded
         )
     }
 }

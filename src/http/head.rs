@@ -122,6 +122,10 @@ pub(super) async fn read_head(
                 return Ok(Read::Head(head));
             }
         }
+        // Overloaded: no more buffer for a head still arriving.
+        if !conn.buf.is_empty() && crate::worker::overload::overloaded() {
+            return Err(HttpError::Overloaded);
+        }
         // A timeout here ends the connection (408), so bytes a cancelled
         // read might have taken do not matter.
         let res = match ctx.deadlines.within(deadline, conn.read_more(4096)).await {

@@ -65,6 +65,26 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
     );
     p.sample("outrigger_config_generation", &[], s.generation);
     p.family(
+        "outrigger_overloaded",
+        "gauge",
+        "1 while the heap is over runtime.max_heap_bytes and new work is shed.",
+    );
+    p.sample(
+        "outrigger_overloaded",
+        &[],
+        u64::from(crate::worker::overload::overloaded()),
+    );
+    p.family(
+        "outrigger_heap_in_use_bytes",
+        "gauge",
+        "Heap bytes in use (glibc mallinfo2, all arenas) at the last sample.",
+    );
+    p.sample(
+        "outrigger_heap_in_use_bytes",
+        &[],
+        crate::worker::overload::heap_in_use(),
+    );
+    p.family(
         "outrigger_config_reloads_total",
         "counter",
         "Config reloads by result.",
@@ -97,7 +117,7 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
 
 fn listener_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&super::ListenerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 11] = [
+    let simple: [(&str, &str, &str, Get); 12] = [
         (
             "outrigger_listener_connections_total",
             "counter",
@@ -115,6 +135,12 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
             "counter",
             "Connections closed at once because max_connections was reached.",
             |c| c.rejected.get(),
+        ),
+        (
+            "outrigger_listener_connections_overload_rejected_total",
+            "counter",
+            "Connections closed at once because the proxy was overloaded (runtime.max_heap_bytes).",
+            |c| c.overload_rejected.get(),
         ),
         (
             "outrigger_listener_accept_errors_total",

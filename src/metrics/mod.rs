@@ -139,6 +139,9 @@ pub struct ListenerCells {
     pub active: Counter,
     /// Connections closed at once because `max_connections` was reached.
     pub rejected: Counter,
+    /// Connections closed at once because the proxy was overloaded
+    /// (`runtime.max_heap_bytes`).
+    pub overload_rejected: Counter,
     /// Accept calls that failed (EMFILE and friends).
     pub accept_errors: Counter,
     /// tcp: upstream connect attempts that failed or timed out.

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod memory;
+pub mod overload;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -412,6 +413,7 @@ async fn tick(ctx: Rc<WorkerCtx>) {
         ctx.deadlines.sweep(Instant::now());
         ctx.lot.sweep(&ctx, Instant::now());
         ctx.release.maybe_trim(Instant::now());
+        overload::sample(Instant::now(), ctx.current().runtime.max_heap_bytes);
         let lag = start.elapsed().saturating_sub(TICK);
         ctx.stats
             .lag_last_us
