@@ -90,12 +90,29 @@ fn heap_bytes() -> u64 {
     0
 }
 
-/// The default limit: 85% of the cgroup v2 memory limit when the process
-/// runs under one (`memory.max` of its cgroup), else none.
+/// The default limit: 85% of the memory limit of the process's cgroup
+/// (v2 `memory.max`, or v1 `memory.limit_in_bytes`), else none.
 pub fn default_limit() -> Option<u64> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim())).ok()?;
-    let bytes: u64 = max.trim().parse().ok()?;
-    Some(bytes / 100 * 85)
+    let read = |file: String| -> Option<u64> {
+        let v: u64 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        // cgroup v1 writes "no limit" as a number near 2^63.
+        (v < 1 << 60).then_some(v)
+    };
+    let v2 = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| read(format!("/sys/fs/cgroup{}/memory.max", p.trim())));
+    let v1 = || {
+        cgroup
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))
+            .and_then(|p| {
+                read(format!(
+                    "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+                    p.trim()
+                ))
+            })
+    };
+    v2.or_else(v1).map(|bytes| bytes / 100 * 85)
 }
