@@ -164,10 +164,8 @@ fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
             .buffer_pool_size
             .unwrap_or(DEFAULT_BUFFER_POOL_SIZE)
             .min(1 << 20) as usize,
-        max_heap_bytes: f
-            .runtime
-            .max_heap_bytes
-            .or_else(crate::worker::overload::default_limit),
+        max_heap_bytes: f.runtime.max_heap_bytes,
+        overload_memory_percent: f.runtime.overload_memory_percent.unwrap_or(85).min(100),
         workers: f.runtime.workers,
         io: f.runtime.io,
         pin_workers: f.runtime.pin_workers.unwrap_or(true),

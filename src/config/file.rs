@@ -133,10 +133,13 @@ pub struct FileRuntime {
     /// Spare buffers each worker keeps for reuse. Default 1024.
     #[serde(default, deserialize_with = "positive")]
     pub buffer_pool_size: Option<u64>,
-    /// Shed new work while the heap in use is over this. Default: 85% of
-    /// the cgroup's memory.max when there is one, else off.
+    /// Shed new work while the heap in use is over this. Default off.
     #[serde(default, deserialize_with = "positive")]
     pub max_heap_bytes: Option<u64>,
+    /// Shed new work while the cgroup's memory usage is over this
+    /// percentage of its limit (0: off). Default 85.
+    #[serde(default, deserialize_with = "count")]
+    pub overload_memory_percent: Option<u64>,
 }
 
 /// Which I/O driver the workers run on.

@@ -79,8 +79,10 @@ pub struct RuntimeSettings {
     pub exit_when_idle: bool,
     pub buffer_size: usize,
     pub buffer_pool_size: usize,
-    /// Overload protection (`worker::overload`); `None`: off.
+    /// Overload protection (`worker::overload`): a heap limit (`None`:
+    /// off) and a share of the cgroup's memory limit (0: off).
     pub max_heap_bytes: Option<u64>,
+    pub overload_memory_percent: u64,
 }
 
 impl RuntimeSettings {

@@ -413,7 +413,12 @@ async fn tick(ctx: Rc<WorkerCtx>) {
         ctx.deadlines.sweep(Instant::now());
         ctx.lot.sweep(&ctx, Instant::now());
         ctx.release.maybe_trim(Instant::now());
-        overload::sample(Instant::now(), ctx.current().runtime.max_heap_bytes);
+        let runtime = &ctx.current().runtime;
+        overload::sample(
+            Instant::now(),
+            runtime.max_heap_bytes,
+            runtime.overload_memory_percent,
+        );
         let lag = start.elapsed().saturating_sub(TICK);
         ctx.stats
             .lag_last_us

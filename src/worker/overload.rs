@@ -1,12 +1,14 @@
-//! Overload protection: when the process's heap in use passes
+//! Overload protection: when the memory of the process's cgroup passes
+//! `runtime.overload_memory_percent` of its limit (socket buffers
+//! included: what the OOM killer counts), or its heap passes
 //! `runtime.max_heap_bytes`, the proxy sheds new work before the kernel's
 //! OOM killer ends everything: new connections are closed at accept (flag
 //! `OL`) and requests whose heads are still arriving get 503 `overloaded`
-//! instead of more buffer. It clears below 90% of the limit. The heap is
-//! sampled (glibc `mallinfo2`, all arenas) from the workers' ticks, at most
-//! every 100 ms for the whole process; the data path reads one relaxed flag
-//! at accept and per head read. Envoy's overload manager does the same
-//! with its heap monitor.
+//! instead of more buffer. It clears below 90% of the limits. Both are
+//! sampled from the workers' ticks (glibc `mallinfo2`, the cgroup's usage
+//! file), at most every 100 ms for the whole process; the data path reads
+//! one relaxed flag at accept and per head read. Envoy's overload manager
+//! does the same with its heap and cgroup monitors.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -29,9 +31,11 @@ pub fn heap_in_use() -> u64 {
     IN_USE.load(Ordering::Relaxed)
 }
 
-/// From a worker's tick: sample the heap when due and set the flag against
-/// `limit` (`None`: protection off).
-pub fn sample(now: Instant, limit: Option<u64>) {
+/// From a worker's tick: sample when due and set the flag: over when the
+/// heap is over `heap_limit`, or the cgroup's memory usage (socket buffers
+/// and page cache included: what its OOM killer counts) is over
+/// `cgroup_percent` of its limit; clear under 90% of both.
+pub fn sample(now: Instant, heap_limit: Option<u64>, cgroup_percent: u64) {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     let now_ms = u64::try_from(now.saturating_duration_since(epoch).as_millis())
@@ -47,34 +51,88 @@ pub fn sample(now: Instant, limit: Option<u64>) {
     {
         return;
     }
-    let in_use = heap_bytes();
-    IN_USE.store(in_use, Ordering::Relaxed);
-    let Some(limit) = limit else {
-        OVERLOADED.store(false, Ordering::Relaxed);
-        return;
-    };
+    let heap = heap_bytes();
+    IN_USE.store(heap, Ordering::Relaxed);
     let was = OVERLOADED.load(Ordering::Relaxed);
-    let now_over = if was {
-        in_use >= limit / 10 * 9
-    } else {
-        in_use > limit
+    // Past the limit to start shedding; under 90% of it to stop.
+    let over = |used: u64, limit: u64| {
+        if was {
+            used >= limit / 10 * 9
+        } else {
+            used > limit
+        }
     };
+    let heap_over = heap_limit.is_some_and(|l| over(heap, l));
+    let cgroup_over = match cgroup() {
+        Some(c) if cgroup_percent > 0 => c
+            .usage()
+            .is_some_and(|u| over(u, c.limit / 100 * cgroup_percent)),
+        _ => false,
+    };
+    let now_over = heap_over || cgroup_over;
     if now_over != was {
         OVERLOADED.store(now_over, Ordering::Relaxed);
         if now_over {
             tracing::warn!(
-                heap_bytes = in_use,
-                limit,
-                "heap over runtime.max_heap_bytes: shedding new connections and requests"
+                heap_bytes = heap,
+                heap_limit,
+                cgroup_over,
+                "overloaded: shedding new connections and requests"
             );
         } else {
-            tracing::warn!(
-                heap_bytes = in_use,
-                limit,
-                "heap back under the limit: accepting again"
-            );
+            tracing::warn!(heap_bytes = heap, "no longer overloaded: accepting again");
         }
     }
+}
+
+/// The process's cgroup memory accounting (v2 or v1), when it has a limit.
+struct Cgroup {
+    usage: std::path::PathBuf,
+    limit: u64,
+}
+
+impl Cgroup {
+    fn usage(&self) -> Option<u64> {
+        std::fs::read_to_string(&self.usage)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+fn cgroup() -> Option<&'static Cgroup> {
+    static CG: OnceLock<Option<Cgroup>> = OnceLock::new();
+    CG.get_or_init(find_cgroup).as_ref()
+}
+
+fn find_cgroup() -> Option<Cgroup> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |file: &std::path::Path| -> Option<u64> {
+        let v: u64 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        // cgroup v1 writes "no limit" as a number near 2^63.
+        (v < 1 << 60).then_some(v)
+    };
+    let v2 = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|p| {
+            let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup{}", p.trim()));
+            Some(Cgroup {
+                limit: read(&dir.join("memory.max"))?,
+                usage: dir.join("memory.current"),
+            })
+        });
+    v2.or_else(|| {
+        let p = cgroup
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))?;
+        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/memory{}", p.trim()));
+        Some(Cgroup {
+            limit: read(&dir.join("memory.limit_in_bytes"))?,
+            usage: dir.join("memory.usage_in_bytes"),
+        })
+    })
 }
 
 #[cfg(target_env = "gnu")]
@@ -88,31 +146,4 @@ fn heap_bytes() -> u64 {
 #[cfg(not(target_env = "gnu"))]
 fn heap_bytes() -> u64 {
     0
-}
-
-/// The default limit: 85% of the memory limit of the process's cgroup
-/// (v2 `memory.max`, or v1 `memory.limit_in_bytes`), else none.
-pub fn default_limit() -> Option<u64> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let read = |file: String| -> Option<u64> {
-        let v: u64 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-        // cgroup v1 writes "no limit" as a number near 2^63.
-        (v < 1 << 60).then_some(v)
-    };
-    let v2 = cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .and_then(|p| read(format!("/sys/fs/cgroup{}/memory.max", p.trim())));
-    let v1 = || {
-        cgroup
-            .lines()
-            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))
-            .and_then(|p| {
-                read(format!(
-                    "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
-                    p.trim()
-                ))
-            })
-    };
-    v2.or_else(v1).map(|bytes| bytes / 100 * 85)
 }
