@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use monoio::net::TcpStream;
 
 use super::codec::{Framing, RequestHead};
@@ -103,7 +103,7 @@ pub async fn forward(
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
     let body = match (req.body, policy) {
         (Some(b), _) => Some(b.clone()),
-        (None, Some(p)) => buffer_body(req.head, conn, p.max_body_bytes).await?,
+        (None, Some(p)) => super::kept_body::buffer_body(req.head, conn, p.max_body_bytes).await?,
         (None, None) => None,
     };
     let retries = Retries {
@@ -282,75 +282,6 @@ fn client_span_data(
         events,
         error,
     )
-}
-
-/// Read a request body of at most `max` bytes (declared by Content-Length)
-/// into memory so that a retry can send it again. `None`: no body, a
-/// chunked one or a larger one (streamed; such a request is not retried
-/// once its bytes were sent).
-pub(super) async fn buffer_body(
-    head: &RequestHead,
-    conn: &mut Downstream,
-    max: u64,
-) -> Result<Option<Bytes>, HttpError> {
-    let n = match head.framing {
-        Framing::Length(n) => n,
-        Framing::Chunked => return buffer_chunked(conn, max).await,
-        Framing::None | Framing::UntilClose => return Ok(None),
-    };
-    if n > max {
-        return Ok(None);
-    }
-    if head.expect_continue && conn.buf.is_empty() && n > 0 {
-        conn.write_vec(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-            .await?;
-    }
-    let mut body = BytesMut::with_capacity(n as usize);
-    while (body.len() as u64) < n {
-        if conn.buf.is_empty() {
-            conn.read_body().await?;
-        }
-        let take = (conn.buf.len()).min(n as usize - body.len());
-        body.extend_from_slice(&conn.buf.split_to(take));
-    }
-    conn.body_complete = true;
-    Ok(Some(body.freeze()))
-}
-
-/// A chunked body (or an HTTP/2 one without content-length) of at most
-/// `max` bytes, decoded, when all of it arrives; else nothing is consumed
-/// and the body streams. Trailers of a buffered body are not replayed.
-async fn buffer_chunked(conn: &mut Downstream, max: u64) -> Result<Option<Bytes>, HttpError> {
-    use super::chunked::{Chunk, ChunkedDecoder};
-    // Chunk framing adds a few bytes per chunk; past this much encoded
-    // input the body cannot fit.
-    let encoded_max = max as usize + 16 * 1024;
-    loop {
-        let mut probe = conn.buf.clone();
-        let mut decoder = ChunkedDecoder::default();
-        let mut body = BytesMut::new();
-        loop {
-            match decoder.decode(&mut probe).map_err(HttpError::BadRequest)? {
-                None => break,
-                Some(Chunk::Data(d)) => {
-                    body.extend_from_slice(&d);
-                    if body.len() as u64 > max {
-                        return Ok(None);
-                    }
-                }
-                Some(Chunk::End(_)) => {
-                    let used = conn.buf.len() - probe.len();
-                    let _ = conn.buf.split_to(used);
-                    conn.body_complete = true;
-                    return Ok(Some(body.freeze()));
-                }
-            }
-        }
-        if conn.buf.len() > encoded_max {
-            return Ok(None);
-        }
-        conn.read_body().await?;
-    }
 }
 
 /// One try: the next usable endpoint, failing over to the others while

@@ -17,6 +17,7 @@ pub mod downstream;
 pub mod error;
 mod fields;
 mod forward;
+mod grpc_answer;
 pub mod grpc_web;
 pub mod h2;
 pub use io::read_more as io_read_more;
@@ -29,6 +30,7 @@ pub fn upstream_request(head: &codec::RequestHead, route: &crate::route::Route) 
 }
 mod head;
 mod io;
+mod kept_body;
 pub mod park;
 pub mod pool;
 mod proxy;

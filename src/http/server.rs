@@ -14,6 +14,7 @@ use monoio::net::TcpStream;
 use super::codec::{Framing, RequestHead};
 use super::downstream::{ClientIo, Downstream};
 use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpError};
+use super::grpc_answer::{self, Web};
 use super::head::{read_head, Phase, Read};
 use super::proxy::{self, Next};
 use super::record::{Mark, RequestRecord};
@@ -312,7 +313,7 @@ async fn route_and_answer<'a>(
         }
     }
     // A gRPC call's own deadline, when it is sooner than the route's.
-    let grpc = is_grpc(head);
+    let grpc = grpc_answer::is_grpc(head);
     let grpc_timeout = grpc
         .then(|| {
             head.header("grpc-timeout")
@@ -331,40 +332,19 @@ async fn route_and_answer<'a>(
     let original = head;
     let mut head = head;
     if let Some(origins) = &route.grpc_web {
-        if super::grpc_web::is_preflight(head) {
-            rec.status = 204;
-            return preflight(conn, head, origins).await;
-        }
-        let kind = head
-            .header("content-type")
-            .and_then(|v| super::grpc_web::web_kind(v));
-        if let Some(text) = kind {
-            let body = if text {
-                let max = http.max_request_body_bytes.unwrap_or(WEB_TEXT_MAX_BODY);
-                match super::forward::buffer_body(head, conn, max).await {
-                    Ok(Some(b)) => Some(b),
-                    Ok(None) if head.framing == Framing::None => Some(bytes::Bytes::new()),
-                    Ok(None) => return fail(ctx, rec, conn, head, HttpError::BodyTooLarge).await,
-                    Err(e) => return fail(ctx, rec, conn, head, e).await,
-                }
-            } else {
-                None
-            };
-            match super::grpc_web::translate_request(head, body) {
-                Ok((h, b)) => {
-                    translated = h;
-                    head = &translated;
-                    preset = b;
-                }
-                Err(e) => return fail(ctx, rec, conn, head, e).await,
+        match grpc_answer::web_request(head, conn, http, origins).await {
+            Ok(Web::Preflight) => {
+                rec.status = 204;
+                return grpc_answer::preflight(conn, head, origins).await;
             }
-            web = Some(super::grpc_web::WebCall {
-                text,
-                origin: head
-                    .header("origin")
-                    .filter(|o| super::grpc_web::origin_allowed(origins, o))
-                    .cloned(),
-            });
+            Ok(Web::Call(h, body, call)) => {
+                translated = h;
+                head = &translated;
+                preset = body;
+                web = Some(call);
+            }
+            Ok(Web::Plain) => {}
+            Err(e) => return fail(ctx, rec, conn, head, e).await,
         }
     }
     let result = match &route.action {
@@ -493,45 +473,6 @@ fn server_span(
     )
 }
 
-/// Largest gRPC-Web text body read whole (to decode it) when the listener
-/// sets no `max_request_body_bytes`.
-const WEB_TEXT_MAX_BODY: u64 = 4 * 1024 * 1024;
-
-/// A gRPC call: `content-type: application/grpc*` or gRPC-Web.
-fn is_grpc(head: &RequestHead) -> bool {
-    head.header("content-type")
-        .is_some_and(|v| crate::grpc::is_grpc(v) || super::grpc_web::web_kind(v).is_some())
-}
-
-/// Answer a CORS preflight on a gRPC-Web route (204; the CORS fields only
-/// when the origin is allowed).
-async fn preflight(conn: &mut Downstream, head: &RequestHead, origins: &[String]) -> Next {
-    let fields = super::grpc_web::preflight_fields(head, origins);
-    let result = if conn.stream.is_h2() {
-        let f: Vec<(&[u8], &[u8])> = fields.iter().map(|(n, v)| (*n, &v[..])).collect();
-        super::h2::respond_whole(conn, 204, &f, bytes::Bytes::new(), false).await
-    } else {
-        let mut out = b"HTTP/1.1 204 No Content\r\n".to_vec();
-        for (n, v) in &fields {
-            out.extend_from_slice(n);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
-        }
-        let close = !conn.body_complete || !head.keep_alive;
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        conn.responded = true;
-        conn.write_vec(out).await
-    };
-    match result {
-        Ok(()) if conn.body_complete && head.keep_alive => Next::KeepAlive,
-        _ => Next::Close,
-    }
-}
-
 /// Answer with the proxy's own error (when nothing was sent yet), record
 /// it, and decide, in the one place that does, whether the connection
 /// stays open.
@@ -553,13 +494,13 @@ async fn fail(
     );
     // A response already under way cannot be replaced by an error.
     if let (Some(status), false) = (error.status(), conn.responded) {
-        if is_grpc(head) {
+        if grpc_answer::is_grpc(head) {
             // gRPC clients read the outcome from grpc-status (HTTP 200).
             let code = error.grpc_code();
             rec.status = 200;
             rec.grpc_status = Some(code as u8);
             let origins = rec.route.and_then(|r| r.grpc_web.as_deref());
-            grpc_error(conn, head, origins, &error, code, !keep).await;
+            grpc_answer::grpc_error(conn, head, origins, &error, code, !keep).await;
         } else {
             rec.status = status;
             respond_error(conn, &error, !keep).await;
@@ -608,62 +549,6 @@ async fn direct(
     conn.responded = true;
     conn.write_vec(out).await?;
     Ok(if close { Next::Close } else { Next::KeepAlive })
-}
-
-/// The proxy's own error for a gRPC call: a trailers-only response, HTTP
-/// 200 with `grpc-status` and `grpc-message` (the error's code).
-async fn grpc_error(
-    conn: &mut Downstream,
-    head: &RequestHead,
-    web_origins: Option<&[String]>,
-    err: &HttpError,
-    code: crate::grpc::Code,
-    close: bool,
-) {
-    let status = (code as u8).to_string();
-    let web = head
-        .header("content-type")
-        .and_then(|v| super::grpc_web::web_kind(v))
-        .is_some();
-    let content_type: &[u8] = if web {
-        b"application/grpc-web+proto"
-    } else {
-        b"application/grpc"
-    };
-    let mut fields: Vec<(&[u8], &[u8])> = vec![
-        (b"content-type", content_type),
-        (b"grpc-status", status.as_bytes()),
-        (b"grpc-message", err.code().as_bytes()),
-        (b"x-outrigger-error", err.code().as_bytes()),
-    ];
-    // A browser reads a cross-origin error only with the CORS fields.
-    let origin = head.header("origin").filter(|o| {
-        web && web_origins.is_some_and(|list| super::grpc_web::origin_allowed(list, o))
-    });
-    if let Some(o) = origin {
-        fields.push((b"access-control-allow-origin", o));
-        fields.push((
-            b"access-control-expose-headers",
-            b"grpc-status, grpc-message",
-        ));
-    }
-    if conn.stream.is_h2() {
-        let _ = super::h2::respond_whole(conn, 200, &fields, bytes::Bytes::new(), false).await;
-        return;
-    }
-    let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n".to_vec();
-    for (n, v) in fields {
-        out.extend_from_slice(n);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    conn.responded = true;
-    let _ = conn.write_vec(out).await;
 }
 
 /// Send the proxy's own error response (when the client can still take one).
