@@ -84,6 +84,40 @@ impl Exchange<'_> {
         res.map_err(HttpError::UpstreamIo)
     }
 
+    /// Copy the response body as the upstream frames it, end it toward the
+    /// client, and pool the upstream connection when it is clean.
+    pub(super) async fn copy_body(
+        &self,
+        mut up: UpConn,
+        mut up_buf: BytesMut,
+        sink: &mut BodySink<'_>,
+        framing: Framing,
+        keep_alive: bool,
+    ) -> Result<(), HttpError> {
+        let clean = match framing {
+            Framing::None => true,
+            Framing::Length(n) => {
+                self.copy_length(&mut up, &mut up_buf, sink, n).await?;
+                // Ends a body the client gets chunked (gRPC-Web) or an
+                // HTTP/2 stream.
+                sink.finish().await?;
+                true
+            }
+            Framing::Chunked => {
+                self.copy_chunked(&mut up, &mut up_buf, sink).await?;
+                true
+            }
+            Framing::UntilClose => {
+                self.copy_until_close(&mut up, &mut up_buf, sink).await?;
+                false
+            }
+        };
+        if clean && keep_alive && up_buf.is_empty() {
+            self.pool(up);
+        }
+        Ok(())
+    }
+
     pub(super) async fn copy_length(
         &self,
         up: &mut UpConn,

@@ -336,7 +336,7 @@ impl Exchange<'_> {
     async fn respond(
         &self,
         conn: &mut Downstream,
-        mut up: UpConn,
+        up: UpConn,
         mut up_buf: BytesMut,
         mut resp: ResponseHead,
     ) -> Result<Next, HttpError> {
@@ -379,27 +379,8 @@ impl Exchange<'_> {
         }
         sink.conn.responded = true;
         sink.conn.write_bytes(out.freeze()).await?;
-        let upstream_clean = match framing {
-            Framing::None => true,
-            Framing::Length(n) => {
-                self.copy_length(&mut up, &mut up_buf, &mut sink, n).await?;
-                // Ends a body the client gets chunked (gRPC-Web).
-                sink.finish().await?;
-                true
-            }
-            Framing::Chunked => {
-                self.copy_chunked(&mut up, &mut up_buf, &mut sink).await?;
-                true
-            }
-            Framing::UntilClose => {
-                self.copy_until_close(&mut up, &mut up_buf, &mut sink)
-                    .await?;
-                false
-            }
-        };
-        if upstream_clean && resp.keep_alive && up_buf.is_empty() {
-            self.pool(up);
-        }
+        self.copy_body(up, up_buf, &mut sink, framing, resp.keep_alive)
+            .await?;
         Ok(if client_keep {
             Next::KeepAlive
         } else {

@@ -18,8 +18,8 @@ impl Exchange<'_> {
     pub(in crate::http) async fn respond_h2(
         &self,
         conn: &mut Downstream,
-        mut up: UpConn,
-        mut up_buf: BytesMut,
+        up: UpConn,
+        up_buf: BytesMut,
         mut resp: crate::http::codec::ResponseHead,
     ) -> Result<Next, HttpError> {
         let framing = resp.framing(self.req.head.is_head())?;
@@ -54,26 +54,8 @@ impl Exchange<'_> {
             chunked_out: false,
             web: self.req.web.map(crate::http::grpc_web::WebBody::new),
         };
-        let upstream_clean = match framing {
-            Framing::None => true,
-            Framing::Length(n) => {
-                self.copy_length(&mut up, &mut up_buf, &mut sink, n).await?;
-                sink.finish().await?;
-                true
-            }
-            Framing::Chunked => {
-                self.copy_chunked(&mut up, &mut up_buf, &mut sink).await?;
-                true
-            }
-            Framing::UntilClose => {
-                self.copy_until_close(&mut up, &mut up_buf, &mut sink)
-                    .await?;
-                false
-            }
-        };
-        if upstream_clean && resp.keep_alive && up_buf.is_empty() {
-            self.pool(up);
-        }
+        self.copy_body(up, up_buf, &mut sink, framing, resp.keep_alive)
+            .await?;
         Ok(Next::KeepAlive)
     }
 }
