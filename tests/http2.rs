@@ -959,6 +959,11 @@ protocol = "http2"
     assert_eq!(r.header("x-seen-via"), Some("1.1 outrigger"));
     assert_eq!(r.header("x-proxy"), Some("outrigger"));
     assert_eq!(r.body, b"h2 upstream");
+    // An empty declared body: the stream ends with its HEADERS.
+    c.send(b"POST /empty HTTP/1.1\r\nhost: api.example\r\ncontent-length: 0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-body"), Some("0"));
     // A chunked HTTP/1.1 body becomes DATA frames.
     c.send(b"POST /up HTTP/1.1\r\nhost: api.example\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     let r = c.read_response(false).unwrap();

@@ -183,7 +183,8 @@ impl Exchange<'_> {
         let req = convert::request_from_h1(&request, scheme).map_err(ExchangeError::Failed)?;
         let has_body = match &self.body {
             Some(b) => !b.is_empty(),
-            None => head.framing != Framing::None,
+            // `content-length: 0` has no body: END_STREAM on the HEADERS.
+            None => !matches!(head.framing, Framing::None | Framing::Length(0)),
         };
         let deadlines = &self.req.ctx.deadlines;
         let at = Instant::now() + self.remaining();
