@@ -23,47 +23,16 @@ impl Exchange<'_> {
         conn: &mut Downstream,
         up: &mut UpConn,
     ) -> Result<(), HttpError> {
-        let limit = self.req.http.max_request_body_bytes.unwrap_or(u64::MAX);
-        match self.req.head.framing {
-            Framing::None | Framing::UntilClose => {}
-            Framing::Length(n) => {
-                let mut left = n;
-                while left > 0 {
-                    if conn.buf.is_empty() {
-                        conn.read_body().await?;
-                    }
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    let chunk = conn.buf.split_to(take).freeze();
-                    left -= take as u64;
-                    self.write_upstream(up, chunk).await?;
+        let chunked = self.req.head.framing == Framing::Chunked;
+        let mut body = BodyReader::new(self.req.head.framing, self.req.http);
+        while let Some(piece) = body.next(conn).await? {
+            match piece {
+                Piece::Data(data, _) if !chunked => self.write_upstream(up, data).await?,
+                Piece::Data(data, _) if data.len() >= VECTORED_CHUNK => {
+                    self.write_upstream_frame(up, ChunkFrame::new(data)).await?;
                 }
-            }
-            Framing::Chunked => {
-                let mut decoder = ChunkedDecoder::default();
-                let mut total: u64 = 0;
-                loop {
-                    match decoder
-                        .decode(&mut conn.buf)
-                        .map_err(HttpError::BadRequest)?
-                    {
-                        None => conn.read_body().await?,
-                        Some(Chunk::Data(data)) => {
-                            total += data.len() as u64;
-                            if total > limit {
-                                return Err(HttpError::BodyTooLarge);
-                            }
-                            if data.len() >= VECTORED_CHUNK {
-                                self.write_upstream_frame(up, ChunkFrame::new(data)).await?;
-                            } else {
-                                self.write_upstream(up, chunk_frame(&data)).await?;
-                            }
-                        }
-                        Some(Chunk::End(trailers)) => {
-                            self.write_upstream(up, last_chunk(&trailers)).await?;
-                            break;
-                        }
-                    }
-                }
+                Piece::Data(data, _) => self.write_upstream(up, chunk_frame(&data)).await?,
+                Piece::End(trailers) => self.write_upstream(up, last_chunk(&trailers)).await?,
             }
         }
         conn.body_complete = true;
@@ -179,6 +148,77 @@ impl Exchange<'_> {
                 return sink.finish().await;
             }
         }
+    }
+}
+
+/// One piece of a client's request body.
+pub(super) enum Piece {
+    /// Bytes; `true` on the last piece of a Content-Length body.
+    Data(Bytes, bool),
+    /// The end of a chunked body, with its trailer section.
+    End(Bytes),
+}
+
+/// Reads a client's request body by its framing, whatever the upstream
+/// protocol: Content-Length pieces, or decoded chunks within
+/// `max_request_body_bytes`.
+pub(super) struct BodyReader {
+    /// Content-Length bytes still to read.
+    left: u64,
+    /// Chunked: the decoder, until the last chunk.
+    decoder: Option<ChunkedDecoder>,
+    total: u64,
+    limit: u64,
+}
+
+impl BodyReader {
+    pub(super) fn new(framing: Framing, http: &crate::config::HttpSettings) -> Self {
+        BodyReader {
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            decoder: (framing == Framing::Chunked).then(ChunkedDecoder::default),
+            total: 0,
+            limit: http.max_request_body_bytes.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The next piece; `None` once the body has ended.
+    pub(super) async fn next(&mut self, conn: &mut Downstream) -> Result<Option<Piece>, HttpError> {
+        if let Some(decoder) = &mut self.decoder {
+            loop {
+                match decoder
+                    .decode(&mut conn.buf)
+                    .map_err(HttpError::BadRequest)?
+                {
+                    None => conn.read_body().await?,
+                    Some(Chunk::Data(data)) => {
+                        self.total += data.len() as u64;
+                        if self.total > self.limit {
+                            return Err(HttpError::BodyTooLarge);
+                        }
+                        return Ok(Some(Piece::Data(data, false)));
+                    }
+                    Some(Chunk::End(trailers)) => {
+                        self.decoder = None;
+                        return Ok(Some(Piece::End(trailers)));
+                    }
+                }
+            }
+        }
+        if self.left == 0 {
+            return Ok(None);
+        }
+        if conn.buf.is_empty() {
+            conn.read_body().await?;
+        }
+        let take = (conn.buf.len() as u64).min(self.left) as usize;
+        self.left -= take as u64;
+        Ok(Some(Piece::Data(
+            conn.buf.split_to(take).freeze(),
+            self.left == 0,
+        )))
     }
 }
 

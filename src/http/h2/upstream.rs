@@ -20,8 +20,7 @@ use super::convert;
 use super::io::ConnIo;
 use super::stream::{send_flow, stream_error};
 use crate::fxhash::FxHashMap;
-use crate::http::body::BodySink;
-use crate::http::chunked::{Chunk, ChunkedDecoder};
+use crate::http::body::{BodyReader, BodySink, Piece};
 use crate::http::codec::{Framing, Header, ResponseHead, Version};
 use crate::http::downstream::Downstream;
 use crate::http::error::HttpError;
@@ -255,48 +254,16 @@ impl Exchange<'_> {
         conn: &mut Downstream,
         tx: &mut h2::SendStream<Bytes>,
     ) -> Result<(), HttpError> {
-        let limit = self.req.http.max_request_body_bytes.unwrap_or(u64::MAX);
-        match self.req.head.framing {
-            Framing::None | Framing::UntilClose => {}
-            Framing::Length(n) => {
-                let mut left = n;
-                while left > 0 {
-                    if conn.buf.is_empty() {
-                        conn.read_body().await?;
-                    }
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    left -= take as u64;
-                    let chunk = conn.buf.split_to(take).freeze();
-                    self.send_up(tx, chunk, left == 0).await?;
-                }
-            }
-            Framing::Chunked => {
-                let mut decoder = ChunkedDecoder::default();
-                let mut total: u64 = 0;
-                loop {
-                    match decoder
-                        .decode(&mut conn.buf)
-                        .map_err(HttpError::BadRequest)?
-                    {
-                        None => conn.read_body().await?,
-                        Some(Chunk::Data(data)) => {
-                            total += data.len() as u64;
-                            if total > limit {
-                                return Err(HttpError::BodyTooLarge);
-                            }
-                            self.send_up(tx, data, false).await?;
-                        }
-                        Some(Chunk::End(trailers)) => {
-                            match super::convert::trailers(&trailers) {
-                                Some(t) => tx
-                                    .send_trailers(t)
-                                    .map_err(|e| HttpError::upstream_write(stream_error(e)))?,
-                                None => self.send_up(tx, Bytes::new(), true).await?,
-                            }
-                            break;
-                        }
-                    }
-                }
+        let mut body = BodyReader::new(self.req.head.framing, self.req.http);
+        while let Some(piece) = body.next(conn).await? {
+            match piece {
+                Piece::Data(data, last) => self.send_up(tx, data, last).await?,
+                Piece::End(trailers) => match super::convert::trailers(&trailers) {
+                    Some(t) => tx
+                        .send_trailers(t)
+                        .map_err(|e| HttpError::upstream_write(stream_error(e)))?,
+                    None => self.send_up(tx, Bytes::new(), true).await?,
+                },
             }
         }
         conn.body_complete = true;
