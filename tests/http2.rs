@@ -479,8 +479,13 @@ fn hpack(out: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 fn request_block(path: &str) -> Vec<u8> {
+    block("GET", path)
+}
+
+/// A request header block: method, scheme, authority and path.
+fn block(method: &str, path: &str) -> Vec<u8> {
     let mut b = Vec::new();
-    hpack(&mut b, ":method", "GET");
+    hpack(&mut b, ":method", method);
     hpack(&mut b, ":scheme", "http");
     hpack(&mut b, ":authority", "localhost");
     hpack(&mut b, ":path", path);
@@ -614,11 +619,7 @@ fn settings_follow_the_listener_keys(driver: Driver) {
     // A frame larger than max_frame_size is a connection error.
     let mut raw = Raw::connect(addr, &[]);
     let _ = raw.server_settings();
-    let mut post = Vec::new();
-    hpack(&mut post, ":method", "POST");
-    hpack(&mut post, ":scheme", "http");
-    hpack(&mut post, ":authority", "localhost");
-    hpack(&mut post, ":path", "/app/big-frame");
+    let post = block("POST", "/app/big-frame");
     raw.send(&frame(HEADERS, END_HEADERS, 1, &post)).unwrap();
     let _ = raw.send(&frame(DATA, 0, 1, &vec![b'f'; 40_000]));
     let g = raw
@@ -682,13 +683,7 @@ fn abuse_ends_in_goaway(driver: Driver) {
     // A stream that sends DATA beyond its window is a flow-control error.
     let mut raw = Raw::connect(addr, &[]);
     let _ = raw.server_settings();
-    let mut b = request_block("/app/post");
-    hpack(&mut b, ":method", "POST");
-    let mut post = Vec::new();
-    hpack(&mut post, ":method", "POST");
-    hpack(&mut post, ":scheme", "http");
-    hpack(&mut post, ":authority", "localhost");
-    hpack(&mut post, ":path", "/app/post");
+    let post = block("POST", "/app/post");
     raw.send(&frame(HEADERS, END_HEADERS, 1, &post)).unwrap();
     let chunk = vec![b'd'; 16384];
     let mut overflow = Vec::new();
@@ -1559,11 +1554,7 @@ fn floods_and_made_you_reset(driver: Driver) {
     // frames ends the connection.
     let mut raw = Raw::connect(addr, &[]);
     let _ = raw.server_settings();
-    let mut post = Vec::new();
-    hpack(&mut post, ":method", "POST");
-    hpack(&mut post, ":scheme", "http");
-    hpack(&mut post, ":authority", "localhost");
-    hpack(&mut post, ":path", "/app/empty");
+    let post = block("POST", "/app/empty");
     raw.send(&frame(HEADERS, END_HEADERS, 1, &post)).unwrap();
     let empty: Vec<u8> = frame(DATA, 0, 1, &[]).repeat(20_000);
     let _ = raw.send(&empty);
