@@ -16,7 +16,7 @@ use h2::client::SendRequest;
 use monoio::net::TcpStream;
 use outrigger::http::h2::io::ConnIo;
 
-use crate::http::{prepare, HttpArgs, Target};
+use crate::http::{collect, prepare, window, HttpArgs, Target, Window};
 use crate::pacer::Pacer;
 use crate::report::{Report, ThreadResult};
 
@@ -39,17 +39,11 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
     let driver = args.load.io.driver()?;
     let conns = args.load.connections.max(1);
     let threads = args.load.threads.max(1).min(conns);
-    let start = Instant::now() + Duration::from_millis(50);
-    let warmup = if args.requests.is_some() {
-        Duration::ZERO
-    } else {
-        args.load.warmup
-    };
-    let measure_from = start + warmup;
-    let end = match args.requests {
-        Some(_) => start + Duration::from_secs(24 * 3600),
-        None => measure_from + args.load.duration,
-    };
+    let Window {
+        start,
+        measure_from,
+        end,
+    } = window(&args);
     let total_streams = conns * args.streams;
     let interval = args
         .rate
@@ -104,31 +98,8 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
                 .spawn(t, driver, move || thread_main(plan, budgets, start))?,
         );
     }
-    let mut results = Vec::new();
-    for h in handles {
-        results.push(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("generator thread panicked"))??,
-        );
-    }
-    let measured = match args.requests {
-        Some(_) => results
-            .iter()
-            .map(|r| r.last_done)
-            .max()
-            .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64()),
-        None => args.load.duration.as_secs_f64(),
-    };
-    let mut report = Report::build(
-        args.url.clone(),
-        format!("http2 ({} streams per connection)", args.streams),
-        request_len,
-        conns,
-        results,
-        measured,
-    );
-    report.target_rate = args.rate;
-    Ok(report)
+    let mode = format!("http2 ({} streams per connection)", args.streams);
+    collect(&args, handles, start, mode, request_len, conns)
 }
 
 async fn thread_main(plan: Plan, budgets: Vec<Vec<Option<u64>>>, start: Instant) -> ThreadResult {

@@ -194,17 +194,11 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
     } = prepare(&args)?;
     let conns = args.load.connections.max(1);
     let threads = args.load.threads.max(1).min(conns);
-    let start = Instant::now() + Duration::from_millis(50);
-    let warmup = if args.requests.is_some() {
-        Duration::ZERO
-    } else {
-        args.load.warmup
-    };
-    let measure_from = start + warmup;
-    let end = match args.requests {
-        Some(_) => start + Duration::from_secs(24 * 3600),
-        None => measure_from + args.load.duration,
-    };
+    let Window {
+        start,
+        measure_from,
+        end,
+    } = window(&args);
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(conns as f64 / r.max(1e-3)));
@@ -234,6 +228,45 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
                 .spawn(t, driver, move || thread_main(plan, budget, start))?,
         );
     }
+    collect(&args, handles, start, "http".into(), request.len(), conns)
+}
+
+/// When a run starts, starts measuring (after the warm-up; none with -n)
+/// and ends.
+pub(crate) struct Window {
+    pub(crate) start: Instant,
+    pub(crate) measure_from: Instant,
+    pub(crate) end: Instant,
+}
+
+pub(crate) fn window(args: &HttpArgs) -> Window {
+    let start = Instant::now() + Duration::from_millis(50);
+    let warmup = if args.requests.is_some() {
+        Duration::ZERO
+    } else {
+        args.load.warmup
+    };
+    let measure_from = start + warmup;
+    let end = match args.requests {
+        Some(_) => start + Duration::from_secs(24 * 3600),
+        None => measure_from + args.load.duration,
+    };
+    Window {
+        start,
+        measure_from,
+        end,
+    }
+}
+
+/// Join the generator threads and build the report.
+pub(crate) fn collect(
+    args: &HttpArgs,
+    handles: Vec<std::thread::JoinHandle<std::io::Result<ThreadResult>>>,
+    start: Instant,
+    mode: String,
+    request_len: usize,
+    conns: usize,
+) -> anyhow::Result<Report> {
     let mut results = Vec::new();
     for h in handles {
         results.push(
@@ -251,8 +284,8 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
     };
     let mut report = Report::build(
         args.url.clone(),
-        "http".into(),
-        request.len(),
+        mode,
+        request_len,
         conns,
         results,
         measured,
