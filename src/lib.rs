@@ -70,6 +70,7 @@ pub mod tls;
 pub mod trace;
 pub mod upstream;
 pub mod worker;
+pub mod xds;
 
 pub use config::{load, Snapshot};
 pub use control::{start, Server, StartError};

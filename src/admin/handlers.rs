@@ -208,6 +208,7 @@ fn clusters(shared: &Shared) -> Value {
                         crate::discovery::Source::Static => "static",
                         crate::discovery::Source::Dns(_) => "dns",
                         crate::discovery::Source::File(_) => "file",
+                        crate::discovery::Source::Xds(_) => "xds",
                     },
                     "updates": c.status.updates.load(std::sync::atomic::Ordering::Relaxed),
                     "failures": c.status.failures.load(std::sync::atomic::Ordering::Relaxed),

@@ -39,25 +39,17 @@ fn compile_cluster(
     // dns and file clusters: endpoints from what discovery last found
     // (empty at first start); nothing is resolved now.
     let dynamic = match discovery {
-        Some(("dns" | "file", _)) => Some(super::discovery::source(cx, key, name, c)?),
+        Some(("dns" | "file" | "xds", _)) => Some(super::discovery::source(cx, key, name, c)?),
         _ => None,
     };
     let original_destination = match discovery {
-        None | Some(("static", _)) | Some(("dns" | "file", _)) => false,
+        None | Some(("static", _)) | Some(("dns" | "file" | "xds", _)) => false,
         Some(("original_destination", _)) => true,
-        Some((other @ "xds", span)) => {
-            cx.error(
-                span,
-                format!("{key}.discovery"),
-                format!("discovery = \"{other}\" is not implemented yet; use \"static\", \"dns\", \"file\" or \"original_destination\""),
-            );
-            return None;
-        }
         Some((other, span)) => {
             cx.error(
                 span,
                 format!("{key}.discovery"),
-                format!("must be \"static\", \"dns\", \"file\" or \"original_destination\", not \"{other}\""),
+                format!("must be \"static\", \"dns\", \"file\", \"xds\" or \"original_destination\", not \"{other}\""),
             );
             return None;
         }

@@ -124,6 +124,10 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .tracing
         .as_ref()
         .and_then(|t| compile_tracing(&mut cx, t));
+    let xds = parsed
+        .xds
+        .as_ref()
+        .and_then(|x| super::xds::compile(&mut cx, x));
     if !cx.errors.is_empty() {
         cx.errors.sort_by_key(|(off, _)| *off);
         return Err(ConfigErrors(
@@ -133,6 +137,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let material_hash = super::material_hash(&cx.material);
     Ok(Snapshot {
         tracing: tracing.map(Arc::new),
+        xds,
         identity: cx.identity.clone(),
         material: cx.material.clone(),
         material_hash,

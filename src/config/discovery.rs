@@ -18,7 +18,31 @@ pub(super) fn source(
 ) -> Option<(Source, Vec<Found>)> {
     let f = c.get_ref();
     let kind = f.discovery.as_ref().map(|d| d.get_ref().as_str());
-    let source = if kind == Some("file") {
+    if kind != Some("xds") {
+        if let Some(e) = &f.eds_service_name {
+            cx.error(
+                e.span(),
+                format!("{key}.eds_service_name"),
+                "only for discovery = \"xds\"",
+            );
+            return None;
+        }
+    }
+    let source = if kind == Some("xds") {
+        if let Some(e) = &f.endpoints {
+            cx.error(
+                e.span(),
+                format!("{key}.endpoints"),
+                "an xds cluster takes its endpoints from EDS",
+            );
+            return None;
+        }
+        Source::Xds(
+            f.eds_service_name
+                .as_ref()
+                .map_or_else(|| name.to_string(), |s| s.get_ref().clone()),
+        )
+    } else if kind == Some("file") {
         if let Some(e) = &f.endpoints {
             cx.error(
                 e.span(),

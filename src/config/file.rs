@@ -31,6 +31,9 @@ pub struct FileConfig {
     pub identity: Option<Spanned<FileIdentity>>,
     /// Distributed tracing.
     pub tracing: Option<Spanned<FileTracing>>,
+    /// `[xds]`: the management server to take clusters, endpoints,
+    /// listeners and routes from.
+    pub xds: Option<Spanned<super::xds::FileXds>>,
 }
 
 /// `[tracing]`.
@@ -549,6 +552,9 @@ pub struct FileCluster {
     pub dns_family: Option<Spanned<String>>,
     /// dns: servers instead of /etc/resolv.conf's (`"ip"` or `"ip:port"`).
     pub dns_servers: Option<Vec<Spanned<String>>>,
+    /// xds: the EDS resource to take endpoints from (default the cluster's
+    /// name).
+    pub eds_service_name: Option<Spanned<String>>,
     /// file: the endpoints file (JSON array, or TOML `[[endpoints]]`).
     pub endpoints_file: Option<Spanned<String>>,
     /// ring_hash and maglev: what to hash (`"source_ip"` by default).

@@ -16,6 +16,7 @@ mod parse;
 mod resilience;
 mod routes;
 mod tls;
+pub mod xds;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub struct Snapshot {
     pub identity: Option<Arc<crate::tls::spiffe::Identity>>,
     /// `[tracing]`.
     pub tracing: Option<Arc<crate::trace::TracingSettings>>,
+    /// `[xds]`.
+    pub xds: Option<Arc<crate::xds::XdsSettings>>,
     /// Certificate, key and CA files the config reads, and a hash of their
     /// contents: a change to one reloads like a change to the config.
     pub material: Vec<PathBuf>,
@@ -223,6 +226,7 @@ impl Snapshot {
             route_tables: self.route_tables.clone(),
             identity: self.identity.clone(),
             tracing: self.tracing.clone(),
+            xds: self.xds.clone(),
             material: self.material.clone(),
             material_hash: self.material_hash,
         }
@@ -328,8 +332,46 @@ pub fn material_hash(files: &[PathBuf]) -> u64 {
 
 /// Read and compile a config file.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
+    load_with(path, "")
+}
+
+/// Read and compile a config file with the xDS overlay.
+pub fn load_with(path: &Path, overlay: &str) -> Result<Snapshot, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::single(path.to_path_buf(), "", format!("cannot read the file: {e}"))
     })?;
-    compile(path, &text)
+    compile_with(path, &text, overlay)
+}
+
+/// Compile a config file's text with the xDS overlay (clusters, listeners
+/// and route tables in the file's own shape, from the xDS client). The
+/// snapshot keeps the file's text and hash; an error in the overlay is
+/// reported in `<xds>` at its line there.
+pub fn compile_with(file: &Path, text: &str, overlay: &str) -> Result<Snapshot, ConfigErrors> {
+    if overlay.is_empty() {
+        return compile(file, text);
+    }
+    let mut combined = String::with_capacity(text.len() + overlay.len() + 1);
+    combined.push_str(text);
+    if !text.is_empty() && !text.ends_with('\n') {
+        combined.push('\n');
+    }
+    let file_lines = combined.lines().count();
+    combined.push_str(overlay);
+    match compile(file, &combined) {
+        Ok(mut s) => {
+            s.text = text.to_string();
+            s.content_hash = compile::fnv1a(text.as_bytes());
+            Ok(s)
+        }
+        Err(mut e) => {
+            for err in &mut e.0 {
+                if let Some((line, col)) = err.position.filter(|(l, _)| *l > file_lines) {
+                    err.file = PathBuf::from("<xds>");
+                    err.position = Some((line - file_lines, col));
+                }
+            }
+            Err(e)
+        }
+    }
 }

@@ -26,8 +26,10 @@ pub enum Event {
     /// `POST /drain?exit_when_idle=1`: drain, and exit as soon as no
     /// connection is left whatever `runtime.drain` says.
     DrainWhenIdle,
-    /// New endpoints for a dns or file cluster.
+    /// New endpoints for a dns, file or xds cluster.
     Discovered(crate::discovery::Update),
+    /// A new xDS overlay to compile with the config file and publish.
+    Xds(crate::xds::Apply),
 }
 
 /// The answer to a reload request.
@@ -109,6 +111,8 @@ impl Proxy {
             updates.send(Event::Discovered(u)).is_ok()
         })
         .map_err(StartError::Spawn)?;
+        crate::xds::spawn(Arc::downgrade(&shared.snapshot), inbox.clone())
+            .map_err(StartError::Spawn)?;
         let keep = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("outrigger-control".into())
@@ -191,6 +195,9 @@ struct Control {
     inbound_until: Option<Instant>,
     /// Exit as soon as the drain leaves no connection.
     exit_when_idle: bool,
+    /// What the xDS client adds to the config file, compiled with it on
+    /// every reload.
+    xds_overlay: String,
 }
 
 impl Control {
@@ -202,6 +209,7 @@ impl Control {
             file_due: None,
             inbound_until: None,
             exit_when_idle: false,
+            xds_overlay: String::new(),
         }
     }
 
@@ -228,6 +236,10 @@ impl Control {
                     }
                 }
                 Ok(Event::Discovered(update)) => self.apply_discovery(update),
+                Ok(Event::Xds(a)) => {
+                    let outcome = self.apply_xds(a.overlay);
+                    let _ = a.reply.send(outcome);
+                }
                 Ok(Event::DrainWhenIdle) => {
                     self.exit_when_idle = true;
                     if self.drain_deadline.is_none() {
@@ -303,6 +315,32 @@ impl Control {
                 tracing::warn!(cluster = %u.cluster, error = %e, "discovery update not applied")
             }
         }
+    }
+
+    /// Compile the running config file's text with a new xDS overlay and
+    /// publish it. Errors come back by config key so that the xDS client
+    /// can NACK the resources they belong to.
+    fn apply_xds(&mut self, overlay: String) -> Result<u64, Vec<(String, String)>> {
+        if self.drain_deadline.is_some() {
+            return Err(vec![(String::new(), "draining: updates are refused".into())]);
+        }
+        let running = self.server.snapshot();
+        let compiled = config::compile_with(&running.source, &running.text, &overlay)
+            .map_err(|e| e.0.into_iter().map(|e| (e.key.clone(), e.to_string())).collect::<Vec<_>>())?;
+        let published = self.server.apply(compiled).map_err(|e| {
+            let key = match &e {
+                ReloadError::Bind(StartError::Bind { listener, .. }) => format!("listeners.{listener}"),
+                _ => String::new(),
+            };
+            vec![(key, e.to_string())]
+        })?;
+        self.xds_overlay = overlay;
+        tracing::info!(
+            generation = published.generation,
+            summary = %published.summary(),
+            "xds: new config published"
+        );
+        Ok(published.generation)
     }
 
     fn start_drain(&mut self, why: &str) {
@@ -390,7 +428,7 @@ impl Control {
         }
         let result = match &self.options.config_path {
             None => Err(ReloadError::NoFile),
-            Some(path) => config::load(path)
+            Some(path) => config::load_with(path, &self.xds_overlay)
                 .map_err(ReloadError::Config)
                 .and_then(|s| self.server.apply(s)),
         };

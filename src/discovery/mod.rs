@@ -50,6 +50,8 @@ pub enum Source {
     Static,
     Dns(DnsSpec),
     File(PathBuf),
+    /// EDS, through the xDS client: the resource (service) name.
+    Xds(String),
 }
 
 /// What `/clusters` and the metrics say about a cluster's discovery;
@@ -80,6 +82,7 @@ pub fn key(cluster: &str, source: &Source) -> String {
             format!("{cluster}|dns|{}", names.join(","))
         }
         Source::File(p) => format!("{cluster}|file|{}", p.display()),
+        Source::Xds(service) => format!("{cluster}|xds|{service}"),
     }
 }
 
@@ -291,7 +294,8 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, send: &dyn Fn(Update) -> bool) {
                 continue;
             }
             let result = match &c.source {
-                Source::Static => continue,
+                // EDS updates come from the xDS thread.
+                Source::Static | Source::Xds(_) => continue,
                 Source::Dns(spec) => resolve(spec).map(|(found, ttl)| {
                     due.insert(k.clone(), now + spec.refresh.min(ttl));
                     found

@@ -1,0 +1,431 @@
+//! CDS and EDS resources to Outrigger's model: a `[clusters.NAME]` table
+//! exactly as a config file would write it, and endpoint sets.
+
+// Control planes still send the deprecated fields (v2-era `append`,
+// `exact_match`, `dns_refresh_rate`, ...): they are read as Envoy reads them.
+#![allow(deprecated)]
+
+use std::net::{IpAddr, SocketAddr};
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, LbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{address, health_check, socket_address, Address};
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CommonTlsContext, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    explicit_http_config, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use prost::Message;
+use toml::{Table, Value};
+
+use super::convert::{duration, file_name, u32_value};
+use crate::discovery::Found;
+
+/// A CDS cluster, translated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XCluster {
+    pub table: Table,
+    /// The EDS resource its endpoints come from (EDS clusters).
+    pub eds: Option<String>,
+}
+
+const TLS_CONTEXT: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Translate one cluster; `Err` names the feature Outrigger lacks.
+pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
+    if c.name.is_empty() {
+        return Err("a cluster without a name".into());
+    }
+    let mut t = Table::new();
+    let mut eds = None;
+    let kind = match &c.cluster_discovery_type {
+        None => DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(k)) => {
+            DiscoveryType::try_from(*k).map_err(|_| format!("unknown discovery type {k}"))?
+        }
+        Some(ClusterDiscoveryType::ClusterType(ct)) => {
+            return Err(format!("custom cluster_type \"{}\" is not supported", ct.name))
+        }
+    };
+    match kind {
+        DiscoveryType::Static => {
+            let found = endpoints(c.load_assignment.as_ref(), true)?;
+            t.insert("endpoints".into(), endpoint_array(&found));
+        }
+        DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+            t.insert("discovery".into(), "dns".into());
+            let names = dns_names(c.load_assignment.as_ref())?;
+            if names.is_empty() {
+                return Err("a DNS cluster without endpoints".into());
+            }
+            t.insert("endpoints".into(), Value::Array(names));
+            if let Some(d) = duration(c.dns_refresh_rate.as_ref()) {
+                t.insert("dns_refresh".into(), d.into());
+            }
+            let family = match DnsLookupFamily::try_from(c.dns_lookup_family) {
+                Ok(DnsLookupFamily::V4Only) => "v4",
+                Ok(DnsLookupFamily::V6Only) => "v6",
+                _ => "auto",
+            };
+            t.insert("dns_family".into(), family.into());
+        }
+        DiscoveryType::Eds => {
+            let service = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| c.name.clone());
+            t.insert("discovery".into(), "xds".into());
+            t.insert("eds_service_name".into(), service.clone().into());
+            eds = Some(service);
+        }
+        DiscoveryType::OriginalDst => {
+            t.insert("discovery".into(), "original_destination".into());
+        }
+    }
+    let balance = match LbPolicy::try_from(c.lb_policy) {
+        Ok(LbPolicy::RoundRobin) => "round_robin",
+        Ok(LbPolicy::LeastRequest) => "least_request",
+        Ok(LbPolicy::RingHash) => "ring_hash",
+        Ok(LbPolicy::Random) => "random",
+        Ok(LbPolicy::Maglev) => "maglev",
+        Ok(other) => return Err(format!("lb_policy {} is not supported", other.as_str_name())),
+        Err(_) => return Err(format!("unknown lb_policy {}", c.lb_policy)),
+    };
+    if c.load_balancing_policy.is_some() {
+        return Err("load_balancing_policy is not supported (use lb_policy)".into());
+    }
+    if kind != DiscoveryType::OriginalDst {
+        t.insert("balance".into(), balance.into());
+    }
+    if let Some(d) = duration(c.connect_timeout.as_ref()) {
+        t.insert("connect_timeout".into(), d.into());
+    }
+    if let Some(cb) = &c.circuit_breakers {
+        // Outrigger has one set of limits: the DEFAULT priority's.
+        if let Some(th) = cb.thresholds.iter().find(|th| th.priority == 0) {
+            let mut b = Table::new();
+            for (key, v) in [
+                ("max_connections", &th.max_connections),
+                ("max_pending_requests", &th.max_pending_requests),
+                ("max_requests", &th.max_requests),
+                ("max_retries", &th.max_retries),
+            ] {
+                if let Some(n) = u32_value(v.as_ref()).filter(|n| *n > 0) {
+                    b.insert(key.into(), i64::from(n).into());
+                }
+            }
+            if !b.is_empty() {
+                t.insert("circuit_breaker".into(), b.into());
+            }
+        }
+    }
+    if let Some(o) = &c.outlier_detection {
+        let mut b = Table::new();
+        let five = u32_value(o.consecutive_5xx.as_ref()).unwrap_or(5);
+        if five > 0 {
+            b.insert("consecutive_5xx".into(), i64::from(five).into());
+        }
+        if let Some(n) = u32_value(o.consecutive_gateway_failure.as_ref()).filter(|n| *n > 0) {
+            b.insert("consecutive_gateway_errors".into(), i64::from(n).into());
+        }
+        if let Some(d) = duration(o.base_ejection_time.as_ref()) {
+            b.insert("base_ejection_time".into(), d.into());
+        }
+        if let Some(n) = u32_value(o.max_ejection_percent.as_ref()) {
+            b.insert("max_ejection_percent".into(), i64::from(n.min(100)).into());
+        }
+        t.insert("outlier_detection".into(), b.into());
+    }
+    match c.health_checks.as_slice() {
+        [] => {}
+        [h] => {
+            t.insert("health_check".into(), health(h)?.into());
+        }
+        _ => return Err("more than one health check is not supported".into()),
+    }
+    if let Some(ts) = &c.transport_socket {
+        if let Some(tls) = upstream_tls(ts)? {
+            t.insert("tls".into(), tls.into());
+        }
+    }
+    if c.http2_protocol_options.is_some() {
+        t.insert("protocol".into(), "http2".into());
+    }
+    if let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS) {
+        let o = HttpProtocolOptions::decode(any.value.as_slice())
+            .map_err(|e| format!("{HTTP_OPTIONS}: {e}"))?;
+        let protocol = match &o.upstream_protocol_options {
+            None => None,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => {
+                    Some("http2")
+                }
+                Some(explicit_http_config::ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err("HTTP/3 upstreams are not supported".into())
+                }
+                _ => Some("http1"),
+            },
+            Some(UpstreamProtocolOptions::AutoConfig(_)) => Some("auto"),
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+                return Err("use_downstream_protocol_config is not supported".into())
+            }
+        };
+        if let Some(p) = protocol {
+            t.insert("protocol".into(), p.into());
+        }
+    }
+    for (key, name) in c
+        .typed_extension_protocol_options
+        .keys()
+        .filter(|k| *k != HTTP_OPTIONS)
+        .map(|k| ("typed_extension_protocol_options", k))
+    {
+        return Err(format!("{key} \"{name}\" is not supported"));
+    }
+    Ok(XCluster { table: t, eds })
+}
+
+fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<Table, String> {
+    let mut t = Table::new();
+    match &h.health_checker {
+        Some(health_check::HealthChecker::HttpHealthCheck(http)) => {
+            t.insert("protocol".into(), "http".into());
+            if !http.path.is_empty() {
+                t.insert("path".into(), http.path.clone().into());
+            }
+            if !http.host.is_empty() {
+                t.insert("host".into(), http.host.clone().into());
+            }
+            let mut statuses = Vec::new();
+            for r in &http.expected_statuses {
+                if r.end <= r.start || r.end - r.start > 200 || r.start < 100 || r.end > 600 {
+                    return Err(format!(
+                        "health check expected_statuses range [{}, {}) is not supported",
+                        r.start, r.end
+                    ));
+                }
+                statuses.extend((r.start..r.end).map(Value::Integer));
+            }
+            if !statuses.is_empty() {
+                t.insert("expected_statuses".into(), Value::Array(statuses));
+            }
+            if http.send.is_some() || !http.receive.is_empty() {
+                return Err("health check payloads are not supported".into());
+            }
+        }
+        Some(health_check::HealthChecker::TcpHealthCheck(tcp)) => {
+            if tcp.send.is_some() || !tcp.receive.is_empty() {
+                return Err("TCP health check payloads are not supported".into());
+            }
+            t.insert("protocol".into(), "tcp".into());
+        }
+        Some(health_check::HealthChecker::GrpcHealthCheck(_)) => {
+            return Err("gRPC health checks are not supported".into())
+        }
+        Some(health_check::HealthChecker::CustomHealthCheck(c)) => {
+            return Err(format!("custom health check \"{}\" is not supported", c.name))
+        }
+        None => return Err("a health check without a checker".into()),
+    }
+    for (key, v) in [("interval", &h.interval), ("timeout", &h.timeout)] {
+        if let Some(d) = duration(v.as_ref()) {
+            t.insert(key.into(), d.into());
+        }
+    }
+    for (key, v) in [
+        ("healthy_threshold", &h.healthy_threshold),
+        ("unhealthy_threshold", &h.unhealthy_threshold),
+    ] {
+        if let Some(n) = u32_value(v.as_ref()).filter(|n| *n > 0) {
+            t.insert(key.into(), i64::from(n).into());
+        }
+    }
+    Ok(t)
+}
+
+/// `transport_socket` of a cluster: the TLS context, or `None` for plain TCP.
+fn upstream_tls(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+) -> Result<Option<Table>, String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None if ts.name == "envoy.transport_sockets.raw_buffer" => return Ok(None),
+        None => return Err(format!("transport socket \"{}\" without a config", ts.name)),
+    };
+    if any.type_url.ends_with("RawBuffer") {
+        return Ok(None);
+    }
+    if any.type_url != TLS_CONTEXT {
+        return Err(format!("transport socket {} is not supported", any.type_url));
+    }
+    let ctx = UpstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| format!("UpstreamTlsContext: {e}"))?;
+    let mut t = common_tls(ctx.common_tls_context.as_ref(), "ca")?;
+    if !ctx.sni.is_empty() {
+        t.insert("server_name".into(), ctx.sni.into());
+    }
+    Ok(Some(t))
+}
+
+/// The parts of a `CommonTlsContext` Outrigger honours: certificate and
+/// key files, the CA file (under `ca_key`), ALPN.
+pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result<Table, String> {
+    let mut t = Table::new();
+    let Some(ctx) = ctx else { return Ok(t) };
+    if !ctx.tls_certificate_sds_secret_configs.is_empty() {
+        return Err("SDS certificates are not supported (use files)".into());
+    }
+    match ctx.tls_certificates.as_slice() {
+        [] => {}
+        [c] => {
+            t.insert(
+                "cert".into(),
+                file_name(c.certificate_chain.as_ref(), "certificate_chain")?.into(),
+            );
+            t.insert(
+                "key".into(),
+                file_name(c.private_key.as_ref(), "private_key")?.into(),
+            );
+        }
+        _ => return Err("more than one TLS certificate is not supported".into()),
+    }
+    match &ctx.validation_context_type {
+        None => {}
+        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => {
+            if let Some(ca) = &v.trusted_ca {
+                t.insert(ca_key.into(), file_name(Some(ca), "trusted_ca")?.into());
+            }
+        }
+        Some(_) => return Err("SDS or combined validation contexts are not supported".into()),
+    }
+    if !ctx.alpn_protocols.is_empty() {
+        t.insert(
+            "alpn".into(),
+            Value::Array(ctx.alpn_protocols.iter().map(|a| a.clone().into()).collect()),
+        );
+    }
+    Ok(t)
+}
+
+/// An IP socket address.
+fn socket(a: Option<&Address>) -> Result<SocketAddr, String> {
+    let (host, port) = host_port(a)?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("\"{host}\" is not an IP address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Host and port of a socket address.
+pub(super) fn host_port(a: Option<&Address>) -> Result<(String, u16), String> {
+    let Some(address::Address::SocketAddress(s)) = a.and_then(|a| a.address.as_ref()) else {
+        return Err("only socket addresses are supported".into());
+    };
+    let port = match &s.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(*p).map_err(|_| format!("port {p} is out of range"))?
+        }
+        Some(socket_address::PortSpecifier::NamedPort(n)) => {
+            return Err(format!("named port \"{n}\" is not supported"))
+        }
+        None => 0,
+    };
+    Ok((s.address.clone(), port))
+}
+
+/// Endpoints of a load assignment: (address, weight), priority 0 only;
+/// with `skip_unhealthy`, endpoints whose health status says not to send
+/// them traffic are left out.
+pub fn endpoints(
+    cla: Option<&ClusterLoadAssignment>,
+    skip_unhealthy: bool,
+) -> Result<Vec<Found>, String> {
+    let mut out: Vec<Found> = Vec::new();
+    let Some(cla) = cla else { return Ok(out) };
+    for locality in &cla.endpoints {
+        if locality.priority != 0 {
+            return Err(format!(
+                "priority {} endpoints are not supported (priority 0 only)",
+                locality.priority
+            ));
+        }
+        for ep in &locality.lb_endpoints {
+            // HEALTHY (1) and UNKNOWN (0) take traffic; UNHEALTHY (2),
+            // DRAINING (3), TIMEOUT (4) and DEGRADED (5) do not.
+            if skip_unhealthy && ep.health_status > 1 {
+                continue;
+            }
+            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
+                return Err("named endpoints are not supported".into());
+            };
+            let a = socket(e.address.as_ref())?;
+            let weight = u32_value(ep.load_balancing_weight.as_ref())
+                .unwrap_or(1)
+                .clamp(1, 1000);
+            if !out.iter().any(|f| f.0 == a) {
+                out.push((a, a.to_string(), weight));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A STRICT_DNS cluster's `host:port` names, weighted.
+fn dns_names(cla: Option<&ClusterLoadAssignment>) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    let Some(cla) = cla else { return Ok(out) };
+    for locality in &cla.endpoints {
+        for ep in &locality.lb_endpoints {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
+                return Err("named endpoints are not supported".into());
+            };
+            let (host, port) = host_port(e.address.as_ref())?;
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let weight = u32_value(ep.load_balancing_weight.as_ref()).unwrap_or(1);
+            let mut t = Table::new();
+            t.insert("address".into(), format!("{host}:{port}").into());
+            t.insert("weight".into(), i64::from(weight.clamp(1, 1000)).into());
+            out.push(t.into());
+        }
+    }
+    Ok(out)
+}
+
+fn endpoint_array(found: &[Found]) -> Value {
+    Value::Array(
+        found
+            .iter()
+            .map(|(a, _, w)| {
+                let mut t = Table::new();
+                t.insert("address".into(), a.to_string().into());
+                t.insert("weight".into(), i64::from(*w).into());
+                t.into()
+            })
+            .collect(),
+    )
+}
+
+/// An EDS resource: its name and endpoints.
+pub fn assignment(cla: &ClusterLoadAssignment) -> Result<Vec<Found>, String> {
+    if cla.cluster_name.is_empty() {
+        return Err("a ClusterLoadAssignment without cluster_name".into());
+    }
+    if !cla.named_endpoints.is_empty() {
+        return Err("named_endpoints are not supported".into());
+    }
+    endpoints(Some(cla), true)
+}

@@ -1,0 +1,154 @@
+//! The xDS client: one ADS stream (gRPC, state of the world) to a
+//! management server such as istiod or go-control-plane, on a thread of
+//! its own with a tokio current-thread runtime (never a worker).
+//!
+//! Clusters (CDS), listeners (LDS) and route configurations (RDS) are
+//! translated into the same tables a config file holds and compiled with
+//! the file, as an overlay: every applied update publishes a new snapshot
+//! generation exactly as a reload does. Endpoints (EDS) go the way of DNS
+//! and file discovery: a cluster's endpoint set changes under the running
+//! snapshot, keeping the state of endpoints that stay. docs/discovery.md.
+
+mod cluster;
+mod convert;
+mod listener;
+mod overlay;
+mod route;
+mod session;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::Snapshot;
+use crate::control::Event;
+
+pub use cluster::{assignment, cluster as translate_cluster, XCluster};
+pub use listener::{listener as translate_listener, XListener};
+pub use overlay::{FileNames, State};
+pub use route::{route_config as translate_route_config, XRoutes};
+
+/// `[xds]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsSettings {
+    /// `host:port` of the management server.
+    pub address: String,
+    pub node_id: String,
+    pub node_cluster: String,
+    pub connect_timeout: Duration,
+    pub tls: Option<XdsTls>,
+}
+
+/// `[xds.tls]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTls {
+    /// PEM roots; default the system's.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (mutual TLS to the management server).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name verified; default the address's host.
+    pub server_name: Option<String>,
+}
+
+/// The resource types Outrigger subscribes to, in the order ADS asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn of(type_url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == type_url)
+    }
+
+    /// Short name, as metrics and `/config` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cds",
+            Kind::Endpoint => "eds",
+            Kind::Listener => "lds",
+            Kind::Route => "rds",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What `/config`, `/clusters` and the metrics say about the xDS client.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub connected: AtomicBool,
+    /// Streams opened.
+    pub connects: AtomicU64,
+    /// Connection attempts and streams that failed.
+    pub failures: AtomicU64,
+    pub last_error: ArcSwapOption<String>,
+    pub types: [TypeStatus; 4],
+}
+
+/// One resource type's state.
+#[derive(Debug, Default)]
+pub struct TypeStatus {
+    /// The last version ACKed.
+    pub version: ArcSwapOption<String>,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+    /// Resources held now.
+    pub resources: AtomicU64,
+    /// Unix seconds of the last response handled.
+    pub last_update: AtomicU64,
+    /// The error detail of the last NACK.
+    pub last_error: ArcSwapOption<String>,
+}
+
+/// The process's xDS status.
+pub fn status() -> &'static Status {
+    static STATUS: OnceLock<Status> = OnceLock::new();
+    STATUS.get_or_init(Status::default)
+}
+
+/// A change for the control thread: compile the config file's text with
+/// this overlay and publish it. The answer is the new generation, or the
+/// errors by config key (`clusters.NAME.…`, `listeners.NAME`, …).
+#[derive(Debug)]
+pub struct Apply {
+    pub overlay: String,
+    pub reply: flume::Sender<Result<u64, Vec<(String, String)>>>,
+}
+
+/// Start the xDS thread. It idles while the config has no `[xds]`, and
+/// ends when the snapshot is gone.
+pub fn spawn(snapshot: Weak<ArcSwap<Snapshot>>, inbox: flume::Sender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("outrigger-xds".into())
+        .spawn(move || {
+            crate::control::deprioritize_current_thread();
+            session::run(&snapshot, &inbox);
+        })
+        .map(drop)
+}
+
+/// The settings of the running snapshot, if it still exists.
+fn settings(snapshot: &Weak<ArcSwap<Snapshot>>) -> Option<Option<Arc<XdsSettings>>> {
+    snapshot.upgrade().map(|s| s.load().xds.clone())
+}

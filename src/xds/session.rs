@@ -1,0 +1,393 @@
+//! The ADS stream: connect with back-off, subscribe, and answer every
+//! response with an ACK or a NACK.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc;
+use tokio::sync::mpsc;
+
+use super::{status, Apply, FileNames, Kind, State, XdsSettings};
+use crate::config::Snapshot;
+use crate::control::Event;
+use crate::discovery::{self, Source};
+
+/// Back-off between connection attempts: doubling from this, with jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The thread's loop: idle without `[xds]`, otherwise hold a stream open.
+pub(super) fn run(snapshot: &Weak<ArcSwap<Snapshot>>, inbox: &flume::Sender<Event>) {
+    let mut client = Client {
+        snapshot: snapshot.clone(),
+        inbox: inbox.clone(),
+        state: State::default(),
+        versions: Default::default(),
+        nonces: Default::default(),
+        subscribed: Default::default(),
+        applied: String::new(),
+    };
+    let mut runtime = None;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(settings) = super::settings(snapshot) else {
+            return;
+        };
+        let Some(settings) = settings else {
+            // [xds] gone (or never there): withdraw what it added.
+            if !client.applied.is_empty() {
+                client.state = State::default();
+                client.publish_empty();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        };
+        let rt = match &runtime {
+            Some(rt) => rt,
+            None => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => runtime.insert(rt),
+                Err(e) => {
+                    tracing::error!(error = %e, "xds: cannot start its runtime");
+                    return;
+                }
+            },
+        };
+        let outcome = rt.block_on(client.session(&settings));
+        status().connected.store(false, Relaxed);
+        match outcome {
+            Ok(Ended::SettingsChanged) => {
+                backoff = BACKOFF_MIN;
+                continue;
+            }
+            Ok(Ended::Gone) => return,
+            Err((e, was_up)) => {
+                status().failures.fetch_add(1, Relaxed);
+                tracing::warn!(server = %settings.address, error = %e, "xds: stream failed; serving the last config, reconnecting");
+                status().last_error.store(Some(Arc::new(e)));
+                if was_up {
+                    backoff = BACKOFF_MIN;
+                }
+            }
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        std::thread::sleep(backoff + jitter);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Ended {
+    SettingsChanged,
+    Gone,
+}
+
+struct Client {
+    snapshot: Weak<ArcSwap<Snapshot>>,
+    inbox: flume::Sender<Event>,
+    state: State,
+    /// Per kind: the last version accepted, the last nonce seen, the names
+    /// asked for (empty: all, for CDS and LDS).
+    versions: [String; 4],
+    nonces: [String; 4],
+    subscribed: [BTreeSet<String>; 4],
+    /// The overlay running now.
+    applied: String,
+}
+
+impl Client {
+    async fn session(&mut self, settings: &Arc<XdsSettings>) -> Result<Ended, (String, bool)> {
+        let channel = connect(settings).await.map_err(|e| (e, false))?;
+        let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+        let node = Node {
+            id: settings.node_id.clone(),
+            cluster: settings.node_cluster.clone(),
+            user_agent_name: "outrigger".into(),
+            ..Default::default()
+        };
+        // Subscribe again to everything held: a restarted server answers
+        // with what it has, the proxy keeps serving meanwhile.
+        self.subscribed[Kind::Endpoint.index()] = self.eds_wanted();
+        self.subscribed[Kind::Route.index()] = self.state.rds_names();
+        self.nonces = Default::default();
+        for kind in Kind::ALL {
+            if matches!(kind, Kind::Endpoint | Kind::Route) && self.subscribed[kind.index()].is_empty() {
+                continue;
+            }
+            let _ = tx.send(self.request(kind, &node, None)).await;
+        }
+        let mut inbound = ads
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| (format!("{}: {}", s.code(), s.message()), false))?
+            .into_inner();
+        status().connected.store(true, Relaxed);
+        status().connects.fetch_add(1, Relaxed);
+        status().last_error.store(None);
+        tracing::info!(server = %settings.address, node = %settings.node_id, "xds: stream open");
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(resp)) => self.handle(resp, &tx, &node).await,
+                    Ok(None) => return Err(("the server closed the stream".into(), true)),
+                    Err(s) => return Err((format!("{}: {}", s.code(), s.message()), true)),
+                },
+                _ = tick.tick() => {
+                    match super::settings(&self.snapshot) {
+                        None => return Ok(Ended::Gone),
+                        Some(s) if s.as_ref() != Some(settings) => return Ok(Ended::SettingsChanged),
+                        Some(_) => {}
+                    }
+                    // A reload may add a file cluster with discovery = "xds".
+                    self.resubscribe(Kind::Endpoint, self.eds_wanted(), &tx, &node).await;
+                }
+            }
+        }
+    }
+
+    fn request(&self, kind: Kind, node: &Node, error: Option<String>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: self.versions[kind.index()].clone(),
+            node: Some(node.clone()),
+            resource_names: self.subscribed[kind.index()].iter().cloned().collect(),
+            type_url: kind.type_url().into(),
+            response_nonce: self.nonces[kind.index()].clone(),
+            error_detail: error.map(|message| rpc::Status {
+                code: 3, // INVALID_ARGUMENT
+                message,
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn resubscribe(
+        &mut self,
+        kind: Kind,
+        names: BTreeSet<String>,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        node: &Node,
+    ) {
+        if self.subscribed[kind.index()] != names {
+            self.subscribed[kind.index()] = names;
+            let _ = tx.send(self.request(kind, node, None)).await;
+        }
+    }
+
+    /// EDS names: those of xDS clusters and of the file's xds clusters.
+    fn eds_wanted(&self) -> BTreeSet<String> {
+        let mut names = self.state.eds_names();
+        if let Some(s) = self.snapshot.upgrade() {
+            for c in s.load().clusters.values() {
+                if let Source::Xds(service) = &c.source {
+                    names.insert(service.clone());
+                }
+            }
+        }
+        names
+    }
+
+    async fn handle(&mut self, resp: DiscoveryResponse, tx: &mpsc::Sender<DiscoveryRequest>, node: &Node) {
+        let Some(kind) = Kind::of(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "xds: a response of a type not asked for; ignored");
+            return;
+        };
+        let i = kind.index();
+        self.nonces[i] = resp.nonce.clone();
+        let file = self
+            .snapshot
+            .upgrade()
+            .map(|s| FileNames::of(&s.load().text))
+            .unwrap_or_default();
+        let prev = self.state.clone();
+        let mut errors = self.state.take(kind, &resp.resources, &file);
+        if kind == Kind::Endpoint {
+            self.publish_endpoints(&prev);
+        } else {
+            self.publish(kind, &prev, &mut errors).await;
+        }
+        let st = &status().types[i];
+        st.resources.store(self.state.count(kind) as u64, Relaxed);
+        st.last_update.store(unix_now(), Relaxed);
+        let error = if errors.is_empty() {
+            self.versions[i] = resp.version_info.clone();
+            st.version.store(Some(Arc::new(resp.version_info.clone())));
+            st.acks.fetch_add(1, Relaxed);
+            st.last_error.store(None);
+            tracing::debug!(kind = kind.name(), version = %resp.version_info, "xds: ACK");
+            None
+        } else {
+            let detail = errors.join("; ");
+            st.nacks.fetch_add(1, Relaxed);
+            st.last_error.store(Some(Arc::new(detail.clone())));
+            tracing::warn!(kind = kind.name(), version = %resp.version_info, error = %detail, "xds: NACK; the last good version of those resources stays");
+            Some(detail)
+        };
+        let _ = tx.send(self.request(kind, node, error)).await;
+        // New clusters and listeners may need endpoints and routes.
+        match kind {
+            Kind::Cluster => {
+                let names = self.eds_wanted();
+                self.resubscribe(Kind::Endpoint, names, tx, node).await;
+            }
+            Kind::Listener => {
+                let names = self.state.rds_names();
+                self.resubscribe(Kind::Route, names, tx, node).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Publish the overlay after a CDS, LDS or RDS change. A resource the
+    /// compiler rejects goes back to its last good version and is reported;
+    /// an error that names no resource of this kind rejects the response.
+    async fn publish(&mut self, kind: Kind, prev: &State, errors: &mut Vec<String>) {
+        let file = self
+            .snapshot
+            .upgrade()
+            .map(|s| FileNames::of(&s.load().text))
+            .unwrap_or_default();
+        for _ in 0..8 {
+            let overlay = self.state.overlay(&file);
+            if overlay == self.applied {
+                return;
+            }
+            match self.apply(overlay.clone()).await {
+                Ok(generation) => {
+                    tracing::info!(kind = kind.name(), generation, "xds: update applied");
+                    self.applied = overlay;
+                    return;
+                }
+                Err(problems) => {
+                    let mut blamed = false;
+                    for (key, message) in &problems {
+                        if let Some(name) = self.state.culprit(kind, key) {
+                            self.state.revert(kind, &name, prev);
+                            errors.push(format!("{} {name}: {message}", kind.name()));
+                            blamed = true;
+                        }
+                    }
+                    if !blamed {
+                        self.state = prev.clone();
+                        errors.extend(problems.into_iter().map(|(_, m)| m));
+                        return;
+                    }
+                }
+            }
+        }
+        self.state = prev.clone();
+        errors.push("the update could not be applied".into());
+    }
+
+    fn publish_empty(&mut self) {
+        let rt = tokio::runtime::Builder::new_current_thread().build();
+        if let Ok(rt) = rt {
+            if rt.block_on(self.apply(String::new())).is_ok() {
+                self.applied.clear();
+            }
+        }
+    }
+
+    /// Hand the overlay to the control thread and wait for its answer.
+    async fn apply(&self, overlay: String) -> Result<u64, Vec<(String, String)>> {
+        let (reply, answer) = flume::bounded(1);
+        if self.inbox.send(Event::Xds(Apply { overlay, reply })).is_err() {
+            return Err(vec![(String::new(), "the control thread has exited".into())]);
+        }
+        answer
+            .recv_async()
+            .await
+            .unwrap_or_else(|_| Err(vec![(String::new(), "no answer from the control thread".into())]))
+    }
+
+    /// EDS changes go the way of DNS and file discovery: per cluster, to
+    /// the control thread, remembered for the next compile.
+    fn publish_endpoints(&self, prev: &State) {
+        let Some(swap) = self.snapshot.upgrade() else { return };
+        let snap = swap.load_full();
+        for (service, found) in &self.state.endpoints {
+            if prev.endpoints.get(service) == Some(found) {
+                continue;
+            }
+            let mut users: BTreeSet<String> = self
+                .state
+                .clusters
+                .iter()
+                .filter(|(_, c)| c.eds.as_deref() == Some(service.as_str()))
+                .map(|(n, _)| n.clone())
+                .collect();
+            users.extend(
+                snap.clusters
+                    .iter()
+                    .filter(|(_, c)| matches!(&c.source, Source::Xds(s) if s == service))
+                    .map(|(n, _)| n.clone()),
+            );
+            for cluster in users {
+                let key = discovery::key(&cluster, &Source::Xds(service.clone()));
+                discovery::remember(&key, found);
+                let _ = self.inbox.send(Event::Discovered(discovery::Update {
+                    cluster,
+                    key,
+                    endpoints: found.clone(),
+                }));
+            }
+        }
+    }
+}
+
+async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", s.address))
+        .map_err(|e| format!("{}: {e}", s.address))?
+        .connect_timeout(s.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(t) = &s.tls {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        match &t.ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| format!("xds.tls.ca {}: {e}", ca.display()))?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            None => {
+                let mut pem = Vec::new();
+                for der in rustls_native_certs::load_native_certs().certs {
+                    pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+                    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
+                    for line in b64.as_bytes().chunks(64) {
+                        pem.extend_from_slice(line);
+                        pem.push(b'\n');
+                    }
+                    pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+                }
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+        }
+        if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+            let c = std::fs::read(cert).map_err(|e| format!("xds.tls.cert {}: {e}", cert.display()))?;
+            let k = std::fs::read(key).map_err(|e| format!("xds.tls.key {}: {e}", key.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
+        }
+        if let Some(name) = &t.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("xds.tls: {e}"))?;
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", s.address))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
