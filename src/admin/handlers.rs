@@ -120,6 +120,42 @@ fn config(shared: &Shared) -> Value {
             "failed": shared.reloads.failed.get(),
         },
         "config": parsed,
+        "xds": xds(&s, &shared.xds),
+    })
+}
+
+/// The xDS client's state: connection, and per type the version ACKed,
+/// the counts and the last NACK's detail.
+fn xds(s: &crate::config::Snapshot, st: &crate::xds::Status) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(settings) = &s.xds else {
+        return Value::Null;
+    };
+    let types: serde_json::Map<String, Value> = crate::xds::Kind::ALL
+        .iter()
+        .map(|k| {
+            let t = &st.types[k.index()];
+            (
+                k.name().to_string(),
+                json!({
+                    "version": t.version.load_full().map(|v| v.to_string()),
+                    "resources": t.resources.load(Relaxed),
+                    "acks": t.acks.load(Relaxed),
+                    "nacks": t.nacks.load(Relaxed),
+                    "last_update": t.last_update.load(Relaxed),
+                    "last_error": t.last_error.load_full().map(|e| e.to_string()),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "address": settings.address,
+        "node_id": settings.node_id,
+        "connected": st.connected.load(Relaxed),
+        "streams": st.connects.load(Relaxed),
+        "stream_failures": st.failures.load(Relaxed),
+        "last_error": st.last_error.load_full().map(|e| e.to_string()),
+        "types": types,
     })
 }
 
@@ -208,7 +244,7 @@ fn clusters(shared: &Shared) -> Value {
                         crate::discovery::Source::Static => "static",
                         crate::discovery::Source::Dns(_) => "dns",
                         crate::discovery::Source::File(_) => "file",
-                        crate::discovery::Source::Xds(_) => "xds",
+                        crate::discovery::Source::Xds { .. } => "xds",
                     },
                     "updates": c.status.updates.load(std::sync::atomic::Ordering::Relaxed),
                     "failures": c.status.failures.load(std::sync::atomic::Ordering::Relaxed),

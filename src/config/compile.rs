@@ -48,6 +48,8 @@ pub(super) struct Ctx<'a> {
     pub(super) identity: Option<Arc<crate::tls::spiffe::Identity>>,
     /// Certificate, key and CA files read (watched for rotation).
     pub(super) material: Vec<PathBuf>,
+    /// `[xds] address`, for `discovery = "xds"` clusters.
+    pub(super) xds_server: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -107,11 +109,17 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         errors: Vec::new(),
         identity: None,
         material: Vec::new(),
+        xds_server: None,
     };
     cx.identity = parsed
         .identity
         .as_ref()
         .and_then(|i| super::tls::identity(&mut cx, i));
+    let xds = parsed
+        .xds
+        .as_ref()
+        .and_then(|x| super::xds::compile(&mut cx, x));
+    cx.xds_server = xds.as_ref().map(|x| x.address.clone());
     let admin = compile_admin(&mut cx, &parsed);
     let clusters = super::clusters::compile_clusters(&mut cx, &parsed);
     let route_tables = super::routes::compile_tables(&mut cx, &parsed);
@@ -124,10 +132,6 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .tracing
         .as_ref()
         .and_then(|t| compile_tracing(&mut cx, t));
-    let xds = parsed
-        .xds
-        .as_ref()
-        .and_then(|x| super::xds::compile(&mut cx, x));
     if !cx.errors.is_empty() {
         cx.errors.sort_by_key(|(off, _)| *off);
         return Err(ConfigErrors(

@@ -37,11 +37,21 @@ pub(super) fn source(
             );
             return None;
         }
-        Source::Xds(
-            f.eds_service_name
+        let Some(server) = cx.xds_server.clone() else {
+            cx.error(
+                c.span(),
+                format!("{key}.discovery"),
+                "discovery = \"xds\" needs an [xds] management server",
+            );
+            return None;
+        };
+        Source::Xds {
+            service: f
+                .eds_service_name
                 .as_ref()
                 .map_or_else(|| name.to_string(), |s| s.get_ref().clone()),
-        )
+            server,
+        }
     } else if kind == Some("file") {
         if let Some(e) = &f.endpoints {
             cx.error(

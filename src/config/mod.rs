@@ -16,8 +16,8 @@ mod parse;
 mod resilience;
 mod routes;
 mod tls;
-pub mod xds;
 pub mod value;
+pub mod xds;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -351,6 +351,8 @@ pub fn compile_with(file: &Path, text: &str, overlay: &str) -> Result<Snapshot, 
     if overlay.is_empty() {
         return compile(file, text);
     }
+    let stripped = crate::xds::strip_clashes(text, overlay);
+    let overlay = stripped.as_deref().unwrap_or(overlay);
     let mut combined = String::with_capacity(text.len() + overlay.len() + 1);
     combined.push_str(text);
     if !text.is_empty() && !text.ends_with('\n') {

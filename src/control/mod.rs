@@ -71,6 +71,8 @@ pub struct Shared {
     pub started_at: SystemTime,
     /// Span export counters.
     pub export_stats: Arc<crate::trace::otlp::ExportStats>,
+    /// The xDS client's state.
+    pub xds: Arc<crate::xds::Status>,
 }
 
 /// A reload that was rejected.
@@ -91,6 +93,7 @@ impl Shared {
             reloads: &self.reloads,
             started_at: self.started_at,
             export: Some(&self.export_stats),
+            xds: Some(&self.xds),
         })
     }
 }
@@ -245,6 +248,7 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
         addresses: ArcSwap::from_pointee(addresses(&bound)),
         draining,
         export_stats,
+        xds: Arc::default(),
         started_at: SystemTime::now(),
     });
     Ok(Server {

@@ -111,8 +111,12 @@ impl Proxy {
             updates.send(Event::Discovered(u)).is_ok()
         })
         .map_err(StartError::Spawn)?;
-        crate::xds::spawn(Arc::downgrade(&shared.snapshot), inbox.clone())
-            .map_err(StartError::Spawn)?;
+        crate::xds::spawn(
+            Arc::downgrade(&shared.snapshot),
+            inbox.clone(),
+            shared.xds.clone(),
+        )
+        .map_err(StartError::Spawn)?;
         let keep = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("outrigger-control".into())
@@ -322,14 +326,23 @@ impl Control {
     /// can NACK the resources they belong to.
     fn apply_xds(&mut self, overlay: String) -> Result<u64, Vec<(String, String)>> {
         if self.drain_deadline.is_some() {
-            return Err(vec![(String::new(), "draining: updates are refused".into())]);
+            return Err(vec![(
+                String::new(),
+                "draining: updates are refused".into(),
+            )]);
         }
         let running = self.server.snapshot();
-        let compiled = config::compile_with(&running.source, &running.text, &overlay)
-            .map_err(|e| e.0.into_iter().map(|e| (e.key.clone(), e.to_string())).collect::<Vec<_>>())?;
+        let compiled =
+            config::compile_with(&running.source, &running.text, &overlay).map_err(|e| {
+                e.0.into_iter()
+                    .map(|e| (e.key.clone(), e.to_string()))
+                    .collect::<Vec<_>>()
+            })?;
         let published = self.server.apply(compiled).map_err(|e| {
             let key = match &e {
-                ReloadError::Bind(StartError::Bind { listener, .. }) => format!("listeners.{listener}"),
+                ReloadError::Bind(StartError::Bind { listener, .. }) => {
+                    format!("listeners.{listener}")
+                }
                 _ => String::new(),
             };
             vec![(key, e.to_string())]

@@ -50,8 +50,14 @@ pub enum Source {
     Static,
     Dns(DnsSpec),
     File(PathBuf),
-    /// EDS, through the xDS client: the resource (service) name.
-    Xds(String),
+    /// EDS, through the xDS client.
+    Xds {
+        /// The resource (service) name.
+        service: String,
+        /// The management server's address (`[xds] address`), so that
+        /// what one server said is never taken for another's.
+        server: String,
+    },
 }
 
 /// What `/clusters` and the metrics say about a cluster's discovery;
@@ -82,7 +88,7 @@ pub fn key(cluster: &str, source: &Source) -> String {
             format!("{cluster}|dns|{}", names.join(","))
         }
         Source::File(p) => format!("{cluster}|file|{}", p.display()),
-        Source::Xds(service) => format!("{cluster}|xds|{service}"),
+        Source::Xds { service, server } => format!("{cluster}|xds|{server}|{service}"),
     }
 }
 
@@ -295,7 +301,7 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, send: &dyn Fn(Update) -> bool) {
             }
             let result = match &c.source {
                 // EDS updates come from the xDS thread.
-                Source::Static | Source::Xds(_) => continue,
+                Source::Static | Source::Xds { .. } => continue,
                 Source::Dns(spec) => resolve(spec).map(|(found, ttl)| {
                     due.insert(k.clone(), now + spec.refresh.min(ttl));
                     found

@@ -13,6 +13,7 @@ use crate::config::Snapshot;
 use crate::worker::WorkerInfo;
 
 mod cluster;
+mod xds;
 use cluster::cluster_metrics;
 
 /// Control-plane counters: reloads and their duration. The control thread
@@ -34,6 +35,7 @@ pub struct ExportSource<'a> {
     pub reloads: &'a ReloadStats,
     pub started_at: SystemTime,
     pub export: Option<&'a crate::trace::otlp::ExportStats>,
+    pub xds: Option<&'a crate::xds::Status>,
 }
 
 /// Prometheus text exposition format, version 0.0.4.
@@ -114,6 +116,9 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
     listener_metrics(&mut p, s);
     route_metrics(&mut p, s);
     cluster_metrics(&mut p, s);
+    if let Some(x) = src.xds {
+        xds::xds_metrics(&mut p, s, x);
+    }
     worker_metrics(&mut p, src);
     p.out
 }

@@ -51,7 +51,10 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
             DiscoveryType::try_from(*k).map_err(|_| format!("unknown discovery type {k}"))?
         }
         Some(ClusterDiscoveryType::ClusterType(ct)) => {
-            return Err(format!("custom cluster_type \"{}\" is not supported", ct.name))
+            return Err(format!(
+                "custom cluster_type \"{}\" is not supported",
+                ct.name
+            ))
         }
     };
     match kind {
@@ -97,7 +100,12 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
         Ok(LbPolicy::RingHash) => "ring_hash",
         Ok(LbPolicy::Random) => "random",
         Ok(LbPolicy::Maglev) => "maglev",
-        Ok(other) => return Err(format!("lb_policy {} is not supported", other.as_str_name())),
+        Ok(other) => {
+            return Err(format!(
+                "lb_policy {} is not supported",
+                other.as_str_name()
+            ))
+        }
         Err(_) => return Err(format!("unknown lb_policy {}", c.lb_policy)),
     };
     if c.load_balancing_policy.is_some() {
@@ -183,13 +191,14 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
             t.insert("protocol".into(), p.into());
         }
     }
-    for (key, name) in c
+    if let Some(other) = c
         .typed_extension_protocol_options
         .keys()
-        .filter(|k| *k != HTTP_OPTIONS)
-        .map(|k| ("typed_extension_protocol_options", k))
+        .find(|k| *k != HTTP_OPTIONS)
     {
-        return Err(format!("{key} \"{name}\" is not supported"));
+        return Err(format!(
+            "typed_extension_protocol_options \"{other}\" is not supported"
+        ));
     }
     Ok(XCluster { table: t, eds })
 }
@@ -232,7 +241,10 @@ fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<T
             return Err("gRPC health checks are not supported".into())
         }
         Some(health_check::HealthChecker::CustomHealthCheck(c)) => {
-            return Err(format!("custom health check \"{}\" is not supported", c.name))
+            return Err(format!(
+                "custom health check \"{}\" is not supported",
+                c.name
+            ))
         }
         None => return Err("a health check without a checker".into()),
     }
@@ -266,7 +278,10 @@ fn upstream_tls(
         return Ok(None);
     }
     if any.type_url != TLS_CONTEXT {
-        return Err(format!("transport socket {} is not supported", any.type_url));
+        return Err(format!(
+            "transport socket {} is not supported",
+            any.type_url
+        ));
     }
     let ctx = UpstreamTlsContext::decode(any.value.as_slice())
         .map_err(|e| format!("UpstreamTlsContext: {e}"))?;
@@ -311,7 +326,12 @@ pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result
     if !ctx.alpn_protocols.is_empty() {
         t.insert(
             "alpn".into(),
-            Value::Array(ctx.alpn_protocols.iter().map(|a| a.clone().into()).collect()),
+            Value::Array(
+                ctx.alpn_protocols
+                    .iter()
+                    .map(|a| a.clone().into())
+                    .collect(),
+            ),
         );
     }
     Ok(t)

@@ -5,9 +5,7 @@ use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy, TcpProxy,
-};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use prost::Message;
 use toml::Table;
@@ -17,7 +15,8 @@ use super::convert::duration;
 use super::route::{route_config, XRoutes};
 
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const TLS_CONTEXT: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -60,12 +59,10 @@ pub fn listener(l: &Listener) -> Result<XListener, String> {
     let chain: &FilterChain = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
         ([c], None) | ([], Some(c)) => c,
         ([], None) => return Err("a listener without a filter chain".into()),
-        _ => {
-            return Err(
-                "more than one filter chain (or filter chains and a default chain) is not supported"
-                    .into(),
-            )
-        }
+        _ => return Err(
+            "more than one filter chain (or filter chains and a default chain) is not supported"
+                .into(),
+        ),
     };
     if chain.filter_chain_match.is_some() || l.filter_chain_matcher.is_some() {
         return Err("filter chain matching is not supported".into());
@@ -84,7 +81,10 @@ pub fn listener(l: &Listener) -> Result<XListener, String> {
             }
             Some(ConfigType::TypedConfig(any)) if any.type_url.ends_with("RawBuffer") => {}
             Some(ConfigType::TypedConfig(any)) => {
-                return Err(format!("transport socket {} is not supported", any.type_url))
+                return Err(format!(
+                    "transport socket {} is not supported",
+                    any.type_url
+                ))
             }
             None => {}
         }
@@ -97,7 +97,12 @@ pub fn listener(l: &Listener) -> Result<XListener, String> {
     }
     let any = match &last.config_type {
         Some(filter::ConfigType::TypedConfig(any)) => any,
-        _ => return Err(format!("filter \"{}\": a typed_config is required", last.name)),
+        _ => {
+            return Err(format!(
+                "filter \"{}\": a typed_config is required",
+                last.name
+            ))
+        }
     };
     let mut out = XListener {
         table: Table::new(),

@@ -18,7 +18,7 @@ mod session;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -28,7 +28,7 @@ use crate::control::Event;
 
 pub use cluster::{assignment, cluster as translate_cluster, XCluster};
 pub use listener::{listener as translate_listener, XListener};
-pub use overlay::{FileNames, State};
+pub use overlay::{strip_clashes, FileNames, State};
 pub use route::{route_config as translate_route_config, XRoutes};
 
 /// `[xds]`, compiled.
@@ -121,12 +121,6 @@ pub struct TypeStatus {
     pub last_error: ArcSwapOption<String>,
 }
 
-/// The process's xDS status.
-pub fn status() -> &'static Status {
-    static STATUS: OnceLock<Status> = OnceLock::new();
-    STATUS.get_or_init(Status::default)
-}
-
 /// A change for the control thread: compile the config file's text with
 /// this overlay and publish it. The answer is the new generation, or the
 /// errors by config key (`clusters.NAME.…`, `listeners.NAME`, …).
@@ -138,12 +132,16 @@ pub struct Apply {
 
 /// Start the xDS thread. It idles while the config has no `[xds]`, and
 /// ends when the snapshot is gone.
-pub fn spawn(snapshot: Weak<ArcSwap<Snapshot>>, inbox: flume::Sender<Event>) -> std::io::Result<()> {
+pub fn spawn(
+    snapshot: Weak<ArcSwap<Snapshot>>,
+    inbox: flume::Sender<Event>,
+    status: Arc<Status>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("outrigger-xds".into())
         .spawn(move || {
             crate::control::deprioritize_current_thread();
-            session::run(&snapshot, &inbox);
+            session::run(&snapshot, &inbox, &status);
         })
         .map(drop)
 }

@@ -65,7 +65,11 @@ impl State {
         let mut seen = BTreeSet::new();
         for (i, any) in resources.iter().enumerate() {
             if any.type_url != kind.type_url() {
-                errors.push(format!("resource #{i}: type {} in a {} response", any.type_url, kind.name()));
+                errors.push(format!(
+                    "resource #{i}: type {} in a {} response",
+                    any.type_url,
+                    kind.name()
+                ));
                 continue;
             }
             let bytes = any.value.as_slice();
@@ -74,7 +78,10 @@ impl State {
                     .map_err(|e| (format!("#{i}"), e.to_string()))
                     .and_then(|c| {
                         if file.clusters.contains(&c.name) {
-                            return Err((c.name.clone(), "a cluster of this name is defined in the config file".into()));
+                            return Err((
+                                c.name.clone(),
+                                "a cluster of this name is defined in the config file".into(),
+                            ));
                         }
                         super::translate_cluster(&c)
                             .map(|x| (c.name.clone(), Held::Cluster(x)))
@@ -84,7 +91,10 @@ impl State {
                     .map_err(|e| (format!("#{i}"), e.to_string()))
                     .and_then(|l| {
                         if file.listeners.contains(&l.name) {
-                            return Err((l.name.clone(), "a listener of this name is defined in the config file".into()));
+                            return Err((
+                                l.name.clone(),
+                                "a listener of this name is defined in the config file".into(),
+                            ));
                         }
                         super::translate_listener(&l)
                             .map(|x| (l.name.clone(), Held::Listener(x)))
@@ -94,7 +104,10 @@ impl State {
                     .map_err(|e| (format!("#{i}"), e.to_string()))
                     .and_then(|r| {
                         if file.routes.contains(&r.name) {
-                            return Err((r.name.clone(), "a route table of this name is defined in the config file".into()));
+                            return Err((
+                                r.name.clone(),
+                                "a route table of this name is defined in the config file".into(),
+                            ));
                         }
                         super::translate_route_config(&r)
                             .map(|x| (r.name.clone(), Held::Routes(x)))
@@ -173,7 +186,11 @@ impl State {
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
         };
         match kind {
-            Kind::Cluster => self.clusters.keys().find(|n| within("clusters.", n)).cloned(),
+            Kind::Cluster => self
+                .clusters
+                .keys()
+                .find(|n| within("clusters.", n))
+                .cloned(),
             Kind::Listener => self
                 .listeners
                 .keys()
@@ -186,12 +203,18 @@ impl State {
 
     /// The EDS resources the held clusters need.
     pub fn eds_names(&self) -> BTreeSet<String> {
-        self.clusters.values().filter_map(|c| c.eds.clone()).collect()
+        self.clusters
+            .values()
+            .filter_map(|c| c.eds.clone())
+            .collect()
     }
 
     /// The RDS resources the held listeners need.
     pub fn rds_names(&self) -> BTreeSet<String> {
-        self.listeners.values().filter_map(|l| l.rds.clone()).collect()
+        self.listeners
+            .values()
+            .filter_map(|l| l.rds.clone())
+            .collect()
     }
 
     /// Cluster name -> what uses it (a route configuration or listener).
@@ -202,7 +225,10 @@ impl State {
                 out.insert(c.clone(), format!("listener {name}"));
             }
             let table = match (&l.rds, &l.inline) {
-                (Some(r), _) => self.routes.get(r).map(|t| (format!("route configuration {r}"), t)),
+                (Some(r), _) => self
+                    .routes
+                    .get(r)
+                    .map(|t| (format!("route configuration {r}"), t)),
                 (None, Some(t)) => Some((format!("listener {name}"), t)),
                 _ => None,
             };
@@ -278,4 +304,30 @@ enum Held {
     Listener(XListener),
     Routes(XRoutes),
     Endpoints(Vec<Found>),
+}
+
+/// The overlay without the names the config file defines: the file wins
+/// (a reload that adds a name xDS also sends must not fail); the xDS
+/// client NACKs the clash on the resource's next update. `None` when
+/// nothing clashes.
+pub fn strip_clashes(file_text: &str, overlay: &str) -> Option<String> {
+    let file = FileNames::of(file_text);
+    let mut top: Table = overlay.parse().ok()?;
+    let mut changed = false;
+    for (section, names) in [
+        ("clusters", &file.clusters),
+        ("listeners", &file.listeners),
+        ("routes", &file.routes),
+    ] {
+        if let Some(Value::Table(t)) = top.get_mut(section) {
+            let before = t.len();
+            t.retain(|k, _| !names.contains(k));
+            changed |= t.len() != before;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    top.retain(|_, v| !v.as_table().is_some_and(Table::is_empty));
+    Some(toml::to_string(&top).unwrap_or_default())
 }

@@ -53,7 +53,10 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
                 2
             } else if let Some(suffix) = d.strip_prefix("*.") {
                 if suffix.contains('*') {
-                    return Err(format!("virtual host {}: domain \"{d}\" is not supported", vh.name));
+                    return Err(format!(
+                        "virtual host {}: domain \"{d}\" is not supported",
+                        vh.name
+                    ));
                 }
                 1
             } else if d.contains('*') {
@@ -76,8 +79,9 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
     let mut names = HashSet::new();
     for (_, domain, vh) in hosts {
         for (i, r) in vh.routes.iter().enumerate() {
-            let mut t = route(r, vh, &mut out.clusters)
-                .map_err(|e| format!("virtual host {}, route {}: {e}", vh.name, route_label(r, i)))?;
+            let mut t = route(r, vh, &mut out.clusters).map_err(|e| {
+                format!("virtual host {}, route {}: {e}", vh.name, route_label(r, i))
+            })?;
             let mut m = match t.remove("match") {
                 Some(Value::Table(m)) => m,
                 _ => Table::new(),
@@ -102,12 +106,36 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
             t.insert("name".into(), name.into());
             let mut req = Table::new();
             let mut resp = Table::new();
-            header_edits(&rc.request_headers_to_add, &rc.request_headers_to_remove, &mut req)?;
-            header_edits(&rc.response_headers_to_add, &rc.response_headers_to_remove, &mut resp)?;
-            header_edits(&vh.request_headers_to_add, &vh.request_headers_to_remove, &mut req)?;
-            header_edits(&vh.response_headers_to_add, &vh.response_headers_to_remove, &mut resp)?;
-            header_edits(&r.request_headers_to_add, &r.request_headers_to_remove, &mut req)?;
-            header_edits(&r.response_headers_to_add, &r.response_headers_to_remove, &mut resp)?;
+            header_edits(
+                &rc.request_headers_to_add,
+                &rc.request_headers_to_remove,
+                &mut req,
+            )?;
+            header_edits(
+                &rc.response_headers_to_add,
+                &rc.response_headers_to_remove,
+                &mut resp,
+            )?;
+            header_edits(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                &mut req,
+            )?;
+            header_edits(
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+                &mut resp,
+            )?;
+            header_edits(
+                &r.request_headers_to_add,
+                &r.request_headers_to_remove,
+                &mut req,
+            )?;
+            header_edits(
+                &r.response_headers_to_add,
+                &r.response_headers_to_remove,
+                &mut resp,
+            )?;
             if let Some(Value::Table(extra)) = t.remove("request_headers") {
                 for (k, v) in extra {
                     merge(&mut req, &k, v);
@@ -158,7 +186,9 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
             // Envoy's regex matches the whole path.
             mt.insert("path_regex".into(), format!("^(?:{})$", re.regex).into());
         }
-        Some(_) => return Err("this path match is not supported (prefix, path or safe_regex)".into()),
+        Some(_) => {
+            return Err("this path match is not supported (prefix, path or safe_regex)".into())
+        }
         None => return Err("a route match without a path specifier".into()),
     }
     if m.case_sensitive.as_ref().is_some_and(|b| !b.value) {
@@ -196,7 +226,10 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
             }
         };
         if h.invert_match || h.treat_missing_header_as_empty {
-            return Err(format!("header {}: inverted matches are not supported", h.name));
+            return Err(format!(
+                "header {}: inverted matches are not supported",
+                h.name
+            ));
         }
         headers.insert(h.name.to_ascii_lowercase(), value.into());
     }
@@ -221,7 +254,9 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                         if !c.request_headers_to_add.is_empty()
                             || !c.response_headers_to_add.is_empty()
                         {
-                            return Err("header edits per weighted cluster are not supported".into());
+                            return Err(
+                                "header edits per weighted cluster are not supported".into()
+                            );
                         }
                         clusters.insert(c.name.clone());
                         let mut s = Table::new();
@@ -270,9 +305,12 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
             let body = match dr.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                 None => String::new(),
                 Some(data_source::Specifier::InlineString(s)) => s.clone(),
-                Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8(b.clone())
-                    .map_err(|_| "direct_response body is not UTF-8")?,
-                Some(_) => return Err("direct_response body: only inline bodies are supported".into()),
+                Some(data_source::Specifier::InlineBytes(b)) => {
+                    String::from_utf8(b.clone()).map_err(|_| "direct_response body is not UTF-8")?
+                }
+                Some(_) => {
+                    return Err("direct_response body: only inline bodies are supported".into())
+                }
             };
             let mut d = Table::new();
             d.insert("status".into(), i64::from(dr.status).into());
@@ -289,7 +327,12 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
 fn retry(p: &RetryPolicy) -> Result<Table, String> {
     let mut t = Table::new();
     let mut on: Vec<Value> = Vec::new();
-    for cond in p.retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+    for cond in p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
         let ours = match cond {
             "5xx" | "gateway-error" | "connect-failure" | "reset" | "cancelled"
             | "deadline-exceeded" | "internal" | "resource-exhausted" | "unavailable" => cond,

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::rpc;
 use tokio::sync::mpsc;
 
-use super::{status, Apply, FileNames, Kind, State, XdsSettings};
+use super::{Apply, FileNames, Kind, State, Status, XdsSettings};
 use crate::config::Snapshot;
 use crate::control::Event;
 use crate::discovery::{self, Source};
@@ -23,10 +23,15 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The thread's loop: idle without `[xds]`, otherwise hold a stream open.
-pub(super) fn run(snapshot: &Weak<ArcSwap<Snapshot>>, inbox: &flume::Sender<Event>) {
+pub(super) fn run(
+    snapshot: &Weak<ArcSwap<Snapshot>>,
+    inbox: &flume::Sender<Event>,
+    status: &Arc<Status>,
+) {
     let mut client = Client {
         snapshot: snapshot.clone(),
         inbox: inbox.clone(),
+        status: status.clone(),
         state: State::default(),
         versions: Default::default(),
         nonces: Default::default(),
@@ -50,7 +55,10 @@ pub(super) fn run(snapshot: &Weak<ArcSwap<Snapshot>>, inbox: &flume::Sender<Even
         };
         let rt = match &runtime {
             Some(rt) => rt,
-            None => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            None => match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => runtime.insert(rt),
                 Err(e) => {
                     tracing::error!(error = %e, "xds: cannot start its runtime");
@@ -59,7 +67,7 @@ pub(super) fn run(snapshot: &Weak<ArcSwap<Snapshot>>, inbox: &flume::Sender<Even
             },
         };
         let outcome = rt.block_on(client.session(&settings));
-        status().connected.store(false, Relaxed);
+        status.connected.store(false, Relaxed);
         match outcome {
             Ok(Ended::SettingsChanged) => {
                 backoff = BACKOFF_MIN;
@@ -67,9 +75,9 @@ pub(super) fn run(snapshot: &Weak<ArcSwap<Snapshot>>, inbox: &flume::Sender<Even
             }
             Ok(Ended::Gone) => return,
             Err((e, was_up)) => {
-                status().failures.fetch_add(1, Relaxed);
+                status.failures.fetch_add(1, Relaxed);
                 tracing::warn!(server = %settings.address, error = %e, "xds: stream failed; serving the last config, reconnecting");
-                status().last_error.store(Some(Arc::new(e)));
+                status.last_error.store(Some(Arc::new(e)));
                 if was_up {
                     backoff = BACKOFF_MIN;
                 }
@@ -89,6 +97,7 @@ enum Ended {
 struct Client {
     snapshot: Weak<ArcSwap<Snapshot>>,
     inbox: flume::Sender<Event>,
+    status: Arc<Status>,
     state: State,
     /// Per kind: the last version accepted, the last nonce seen, the names
     /// asked for (empty: all, for CDS and LDS).
@@ -116,7 +125,9 @@ impl Client {
         self.subscribed[Kind::Route.index()] = self.state.rds_names();
         self.nonces = Default::default();
         for kind in Kind::ALL {
-            if matches!(kind, Kind::Endpoint | Kind::Route) && self.subscribed[kind.index()].is_empty() {
+            if matches!(kind, Kind::Endpoint | Kind::Route)
+                && self.subscribed[kind.index()].is_empty()
+            {
                 continue;
             }
             let _ = tx.send(self.request(kind, &node, None)).await;
@@ -126,9 +137,9 @@ impl Client {
             .await
             .map_err(|s| (format!("{}: {}", s.code(), s.message()), false))?
             .into_inner();
-        status().connected.store(true, Relaxed);
-        status().connects.fetch_add(1, Relaxed);
-        status().last_error.store(None);
+        self.status.connected.store(true, Relaxed);
+        self.status.connects.fetch_add(1, Relaxed);
+        self.status.last_error.store(None);
         tracing::info!(server = %settings.address, node = %settings.node_id, "xds: stream open");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -185,7 +196,7 @@ impl Client {
         let mut names = self.state.eds_names();
         if let Some(s) = self.snapshot.upgrade() {
             for c in s.load().clusters.values() {
-                if let Source::Xds(service) = &c.source {
+                if let Source::Xds { service, .. } = &c.source {
                     names.insert(service.clone());
                 }
             }
@@ -193,7 +204,12 @@ impl Client {
         names
     }
 
-    async fn handle(&mut self, resp: DiscoveryResponse, tx: &mpsc::Sender<DiscoveryRequest>, node: &Node) {
+    async fn handle(
+        &mut self,
+        resp: DiscoveryResponse,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        node: &Node,
+    ) {
         let Some(kind) = Kind::of(&resp.type_url) else {
             tracing::warn!(type_url = %resp.type_url, "xds: a response of a type not asked for; ignored");
             return;
@@ -212,7 +228,7 @@ impl Client {
         } else {
             self.publish(kind, &prev, &mut errors).await;
         }
-        let st = &status().types[i];
+        let st = &self.status.types[i];
         st.resources.store(self.state.count(kind) as u64, Relaxed);
         st.last_update.store(unix_now(), Relaxed);
         let error = if errors.is_empty() {
@@ -297,20 +313,34 @@ impl Client {
     /// Hand the overlay to the control thread and wait for its answer.
     async fn apply(&self, overlay: String) -> Result<u64, Vec<(String, String)>> {
         let (reply, answer) = flume::bounded(1);
-        if self.inbox.send(Event::Xds(Apply { overlay, reply })).is_err() {
-            return Err(vec![(String::new(), "the control thread has exited".into())]);
+        if self
+            .inbox
+            .send(Event::Xds(Apply { overlay, reply }))
+            .is_err()
+        {
+            return Err(vec![(
+                String::new(),
+                "the control thread has exited".into(),
+            )]);
         }
-        answer
-            .recv_async()
-            .await
-            .unwrap_or_else(|_| Err(vec![(String::new(), "no answer from the control thread".into())]))
+        answer.recv_async().await.unwrap_or_else(|_| {
+            Err(vec![(
+                String::new(),
+                "no answer from the control thread".into(),
+            )])
+        })
     }
 
     /// EDS changes go the way of DNS and file discovery: per cluster, to
     /// the control thread, remembered for the next compile.
     fn publish_endpoints(&self, prev: &State) {
-        let Some(swap) = self.snapshot.upgrade() else { return };
+        let Some(swap) = self.snapshot.upgrade() else {
+            return;
+        };
         let snap = swap.load_full();
+        let Some(server) = snap.xds.as_ref().map(|x| x.address.clone()) else {
+            return;
+        };
         for (service, found) in &self.state.endpoints {
             if prev.endpoints.get(service) == Some(found) {
                 continue;
@@ -325,11 +355,15 @@ impl Client {
             users.extend(
                 snap.clusters
                     .iter()
-                    .filter(|(_, c)| matches!(&c.source, Source::Xds(s) if s == service))
+                    .filter(|(_, c)| matches!(&c.source, Source::Xds { service: s, .. } if s == service))
                     .map(|(n, _)| n.clone()),
             );
             for cluster in users {
-                let key = discovery::key(&cluster, &Source::Xds(service.clone()));
+                let source = Source::Xds {
+                    service: service.clone(),
+                    server: server.clone(),
+                };
+                let key = discovery::key(&cluster, &source);
                 discovery::remember(&key, found);
                 let _ = self.inbox.send(Event::Discovered(discovery::Update {
                     cluster,
@@ -353,14 +387,18 @@ async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
         let mut tls = tonic::transport::ClientTlsConfig::new();
         match &t.ca {
             Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| format!("xds.tls.ca {}: {e}", ca.display()))?;
+                let pem =
+                    std::fs::read(ca).map_err(|e| format!("xds.tls.ca {}: {e}", ca.display()))?;
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
             None => {
                 let mut pem = Vec::new();
                 for der in rustls_native_certs::load_native_certs().certs {
                     pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-                    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
+                    let b64 = base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        der.as_ref(),
+                    );
                     for line in b64.as_bytes().chunks(64) {
                         pem.extend_from_slice(line);
                         pem.push(b'\n');
@@ -371,14 +409,18 @@ async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
             }
         }
         if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
-            let c = std::fs::read(cert).map_err(|e| format!("xds.tls.cert {}: {e}", cert.display()))?;
-            let k = std::fs::read(key).map_err(|e| format!("xds.tls.key {}: {e}", key.display()))?;
+            let c =
+                std::fs::read(cert).map_err(|e| format!("xds.tls.cert {}: {e}", cert.display()))?;
+            let k =
+                std::fs::read(key).map_err(|e| format!("xds.tls.key {}: {e}", key.display()))?;
             tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
         }
         if let Some(name) = &t.server_name {
             tls = tls.domain_name(name.clone());
         }
-        endpoint = endpoint.tls_config(tls).map_err(|e| format!("xds.tls: {e}"))?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("xds.tls: {e}"))?;
     }
     endpoint
         .connect()

@@ -1,0 +1,730 @@
+//! The xDS client end to end on both I/O drivers, against a management
+//! server in the test (tonic with envoy-types' ADS service): clusters,
+//! endpoints, listeners and routes arrive and serve; endpoints added,
+//! removed and reweighted and a route changed under load with no failed
+//! request; a resource with an unsupported feature NACKed while the rest
+//! apply; the server restarted (the proxy keeps its config and subscribes
+//! again).
+
+// The management server runs on its own threads, outside the data path.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::admin::TempDir;
+use common::http::Client;
+use common::script::read_request;
+use common::*;
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, socket_address, Address, SocketAddress, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, DirectResponseAction, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use outrigger::control::{Options, Proxy};
+use outrigger::worker::Driver;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+both_drivers!(
+    resources_serve_and_follow_changes_under_load,
+    unsupported_resources_are_nacked_and_the_rest_apply,
+    server_restart_keeps_the_config_and_resubscribes,
+);
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+// ---- the management server ----
+
+/// What the management server serves: resources per type, and a version.
+#[derive(Default, Clone)]
+struct Resources {
+    version: u64,
+    by_type: HashMap<&'static str, Vec<Any>>,
+}
+
+/// One request the proxy sent.
+#[derive(Debug, Clone)]
+struct Seen {
+    type_url: String,
+    version: String,
+    nonce: String,
+    error: Option<String>,
+}
+
+#[derive(Clone)]
+struct Plane {
+    current: Arc<watch::Sender<Resources>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    streams: Arc<AtomicU64>,
+}
+
+impl Plane {
+    fn new() -> Plane {
+        Plane {
+            current: Arc::new(watch::channel(Resources::default()).0),
+            seen: Arc::default(),
+            streams: Arc::default(),
+        }
+    }
+
+    /// Replace one type's resources and bump the version.
+    fn set(&self, type_url: &'static str, resources: Vec<Any>) {
+        self.current.send_modify(|r| {
+            r.version += 1;
+            r.by_type.insert(type_url, resources);
+        });
+    }
+
+    fn version(&self) -> String {
+        self.current.borrow().version.to_string()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Whether the proxy ACKed `type_url` at the current version.
+    fn acked(&self, type_url: &str) -> bool {
+        let v = self.version();
+        self.seen().iter().any(|s| {
+            s.type_url == type_url && s.version == v && s.error.is_none() && !s.nonce.is_empty()
+        })
+    }
+}
+
+fn response(r: &Resources, type_url: &str, nonce: u64) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: r.version.to_string(),
+        resources: r
+            .by_type
+            .iter()
+            .find(|(t, _)| **t == type_url)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        type_url: type_url.to_string(),
+        nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Plane {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, tonic::Status>>;
+    type DeltaAggregatedResourcesStream =
+        ReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let mut changes = self.current.subscribe();
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            // State of the world: a type is answered when first asked for,
+            // when its names change, and on every change of the resources.
+            let mut subscribed: HashMap<String, Vec<String>> = HashMap::new();
+            let mut nonce = 0u64;
+            loop {
+                tokio::select! {
+                    r = inbound.message() => {
+                        let Ok(Some(r)) = r else { return };
+                        seen.lock().unwrap().push(Seen {
+                            type_url: r.type_url.clone(),
+                            version: r.version_info.clone(),
+                            nonce: r.response_nonce.clone(),
+                            error: r.error_detail.as_ref().map(|e| e.message.clone()),
+                        });
+                        if r.response_nonce.is_empty()
+                            || subscribed.get(&r.type_url) != Some(&r.resource_names)
+                        {
+                            subscribed.insert(r.type_url.clone(), r.resource_names.clone());
+                            nonce += 1;
+                            let resp = response(&changes.borrow(), &r.type_url, nonce);
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    c = changes.changed() => {
+                        if c.is_err() {
+                            return;
+                        }
+                        let now = changes.borrow_and_update().clone();
+                        // CDS and LDS first, as a management server orders them.
+                        let mut types: Vec<&String> = subscribed.keys().collect();
+                        types.sort_by_key(|t| [CDS, EDS, LDS, RDS].iter().position(|x| x == t));
+                        for t in types {
+                            nonce += 1;
+                            if tx.send(Ok(response(&now, t, nonce))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("state of the world only"))
+    }
+}
+
+/// A running management server; dropping it kills it (streams cut).
+struct Running {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(plane: &Plane, listener: std::net::TcpListener) -> Running {
+    let plane = plane.clone();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    listener.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stopped = Arc::new(Mutex::new(stopped));
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            let server = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(plane))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
+            let wait = tokio::task::spawn_blocking(move || {
+                let _ = stopped.lock().unwrap().recv();
+            });
+            tokio::select! {
+                _ = server => {}
+                _ = wait => {}
+            }
+        });
+        // Dropping the runtime drops every connection and stream.
+        drop(rt);
+    });
+    Running {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+// ---- resources ----
+
+fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any {
+        type_url: type_url.to_string(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn sock(a: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: a.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                a.port(),
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn eds_cluster(name: &str) -> Any {
+    any(
+        CDS,
+        &Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+fn assignment(name: &str, endpoints: &[(SocketAddr, u32)]) -> Any {
+    any(
+        EDS,
+        &ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: endpoints
+                    .iter()
+                    .map(|(a, w)| LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                            address: Some(sock(*a)),
+                            ..Default::default()
+                        })),
+                        load_balancing_weight: Some(UInt32Value { value: *w }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+}
+
+fn http_listener(name: &str, rds: &str) -> Any {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            route_config_name: rds.into(),
+            ..Default::default()
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    any(
+        LDS,
+        &Listener {
+            name: name.into(),
+            address: Some(sock("127.0.0.1:0".parse().unwrap())),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(any(
+                        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        &hcm,
+                    ))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+}
+
+fn to_cluster(prefix: &str, cluster: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn direct(path: &str, status: u32, body: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Path(path.into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status,
+            body: Some(envoy_types::pb::envoy::config::core::v3::DataSource {
+                specifier: Some(
+                    envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                        body.into(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn routes(name: &str, routes: Vec<Route>) -> Any {
+    any(
+        RDS,
+        &RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "all".into(),
+                domains: vec!["*".into()],
+                routes,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+}
+
+// ---- the proxy and its traffic ----
+
+/// An HTTP server answering its name.
+fn named(name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).is_some() {
+                    let r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if s.write_all(r.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn launch(dir: &TempDir, driver: Driver, plane: SocketAddr, extra: &str) -> Proxy {
+    let path = dir.path("config.toml");
+    let text = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[xds]
+address = "{plane}"
+node_id = "test-node"
+{extra}
+"#,
+        io = io_name(driver)
+    );
+    std::fs::write(&path, text).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    Proxy::launch(
+        snapshot,
+        Options {
+            config_path: Some(path),
+            watch: false,
+        },
+        None,
+    )
+    .unwrap()
+}
+
+/// Poll for up to 10 s.
+fn within(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Requests in a loop on one keep-alive connection until stopped: how
+/// many, which bodies, and every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+fn load(addr: SocketAddr) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        let (mut n, mut failures) = (0u64, Vec::new());
+        while !s.load(Ordering::Relaxed) {
+            let r = c.get("/", "svc", "");
+            n += 1;
+            if r.status != 200 {
+                failures.push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)));
+            }
+        }
+        (n, failures)
+    });
+    Load { stop, thread }
+}
+
+impl Load {
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Bodies of `n` requests.
+fn bodies(addr: SocketAddr, path: &str, n: usize) -> HashMap<String, usize> {
+    let mut c = Client::connect(addr);
+    let mut out = HashMap::new();
+    for _ in 0..n {
+        let r = c.get(path, "svc", "");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        *out.entry(String::from_utf8_lossy(&r.body).into_owned())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn generation(p: &Proxy) -> u64 {
+    p.shared().snapshot.load().generation
+}
+
+fn resources_serve_and_follow_changes_under_load(driver: Driver) {
+    let (a, b) = (named("a"), named("b"));
+    let plane = Plane::new();
+    plane.set(CDS, vec![eds_cluster("backend")]);
+    plane.set(EDS, vec![assignment("backend", &[(a, 1)])]);
+    plane.set(LDS, vec![http_listener("xds-web", "main")]);
+    plane.set(RDS, vec![routes("main", vec![to_cluster("/", "backend")])]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _server = serve(&plane, l);
+    let dir = TempDir::new("xds-serve");
+    let p = launch(&dir, driver, server_addr, "");
+    within("the xDS listener", || p.local_addr("xds-web").is_some());
+    let addr = p.local_addr("xds-web").unwrap();
+    within("endpoints", || {
+        Client::connect(addr).get("/", "svc", "").body == b"a"
+    });
+    within("every ACK", || {
+        [CDS, EDS, LDS, RDS].iter().all(|t| plane.acked(t))
+    });
+
+    // Under load: endpoint added, weights changed, endpoint removed, route
+    // changed. No request may fail.
+    let running = load(addr);
+    let before = generation(&p);
+    plane.set(EDS, vec![assignment("backend", &[(a, 1), (b, 1)])]);
+    within("b to take traffic", || {
+        bodies(addr, "/", 20).contains_key("b")
+    });
+    plane.set(EDS, vec![assignment("backend", &[(a, 1), (b, 9)])]);
+    within("the new weights", || {
+        let seen = bodies(addr, "/", 100);
+        seen.get("b").copied().unwrap_or(0) >= 75
+    });
+    plane.set(EDS, vec![assignment("backend", &[(b, 1)])]);
+    within("a to be gone", || {
+        bodies(addr, "/", 20).get("b") == Some(&20)
+    });
+    plane.set(
+        RDS,
+        vec![routes(
+            "main",
+            vec![
+                direct("/v2", 200, "version two"),
+                to_cluster("/", "backend"),
+            ],
+        )],
+    );
+    within("the new route", || {
+        Client::connect(addr).get("/v2", "svc", "").body == b"version two"
+    });
+    let (n, failures) = running.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(n > 20, "only {n} requests ran");
+    assert!(generation(&p) >= before + 4, "each update is a generation");
+
+    // What an operator sees.
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    let c = &clusters["clusters"]["backend"];
+    assert_eq!(c["discovery"]["source"], "xds", "{c}");
+    assert_eq!(c["endpoints"].as_array().unwrap().len(), 1);
+    let config = admin::get_json(p.admin_addr(), "/config");
+    assert_eq!(config["xds"]["connected"], true, "{config}");
+    assert_eq!(
+        config["xds"]["types"]["rds"]["version"],
+        plane.version(),
+        "{config}"
+    );
+    let (_, metrics) = admin::request(p.admin_addr(), "GET", "/metrics");
+    assert!(metrics.contains("outrigger_xds_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains("outrigger_xds_updates_total{type=\"eds\",result=\"ack\"}"),
+        "{metrics}"
+    );
+
+    // A cluster the management server drops goes away; its listener too.
+    plane.set(LDS, vec![]);
+    within("the listener to go", || p.local_addr("xds-web").is_none());
+    plane.set(RDS, vec![]);
+    plane.set(CDS, vec![]);
+    within("the cluster to go", || {
+        !p.shared().snapshot.load().clusters.contains_key("backend")
+    });
+}
+
+fn unsupported_resources_are_nacked_and_the_rest_apply(driver: Driver) {
+    let a = named("a");
+    let plane = Plane::new();
+    // "odd" asks for a transport socket Outrigger lacks; "local" is defined
+    // in the config file already. "good" applies.
+    let mut odd = Cluster::decode(eds_cluster("odd").value.as_slice()).unwrap();
+    odd.transport_socket = Some(TransportSocket {
+        name: "alts".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts"
+                        .into(),
+                    value: vec![],
+                },
+            ),
+        ),
+    });
+    plane.set(
+        CDS,
+        vec![eds_cluster("good"), any(CDS, &odd), eds_cluster("local")],
+    );
+    plane.set(EDS, vec![assignment("good", &[(a, 1)])]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _server = serve(&plane, l);
+    let dir = TempDir::new("xds-nack");
+    let file_cluster = format!(
+        "[clusters.local]\nendpoints = [\"{a}\"]\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"good\"\n"
+    );
+    let p = launch(&dir, driver, server_addr, "");
+    within("the NACK", || {
+        plane
+            .seen()
+            .iter()
+            .any(|s| s.type_url == CDS && s.error.is_some())
+    });
+    let nack = plane
+        .seen()
+        .into_iter()
+        .find(|s| s.type_url == CDS && s.error.is_some())
+        .unwrap();
+    let detail = nack.error.unwrap();
+    assert!(
+        detail.contains("odd") && detail.contains("alts"),
+        "{detail}"
+    );
+    assert_ne!(
+        nack.version,
+        plane.version(),
+        "a NACK carries the last good version"
+    );
+    within("the good cluster", || {
+        p.shared().snapshot.load().clusters.contains_key("good")
+    });
+    assert!(!p.shared().snapshot.load().clusters.contains_key("odd"));
+    let config = admin::get_json(p.admin_addr(), "/config");
+    let cds = &config["xds"]["types"]["cds"];
+    assert!(cds["last_error"].as_str().unwrap().contains("odd"), "{cds}");
+    assert!(cds["nacks"].as_u64().unwrap() >= 1, "{cds}");
+
+    // The file's names win: a file that defines "local" and routes to the
+    // xDS cluster "good" reloads fine, and "local" from xDS is refused.
+    let text = std::fs::read_to_string(dir.path("config.toml")).unwrap() + &file_cluster;
+    std::fs::write(dir.path("config.toml"), text).unwrap();
+    p.reload().unwrap();
+    plane.set(CDS, vec![eds_cluster("good"), eds_cluster("local")]);
+    within("the clash to be NACKed", || {
+        plane.seen().iter().any(|s| {
+            s.type_url == CDS
+                && s.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("local") && e.contains("config file"))
+        })
+    });
+    let web = p.local_addr("web").unwrap();
+    within("good's endpoints", || {
+        Client::connect(web).get("/", "svc", "").body == b"a"
+    });
+}
+
+fn server_restart_keeps_the_config_and_resubscribes(driver: Driver) {
+    let (a, b) = (named("a"), named("b"));
+    let plane = Plane::new();
+    plane.set(CDS, vec![eds_cluster("restart-backend")]);
+    plane.set(EDS, vec![assignment("restart-backend", &[(a, 1)])]);
+    plane.set(LDS, vec![http_listener("xds-web", "main")]);
+    plane.set(
+        RDS,
+        vec![routes("main", vec![to_cluster("/", "restart-backend")])],
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let server = serve(&plane, l);
+    let dir = TempDir::new("xds-restart");
+    let p = launch(&dir, driver, server_addr, "");
+    within("the xDS listener", || p.local_addr("xds-web").is_some());
+    let addr = p.local_addr("xds-web").unwrap();
+    within("endpoints", || {
+        Client::connect(addr).get("/", "svc", "").body == b"a"
+    });
+    let running = load(addr);
+    drop(server);
+    within("the disconnect", || {
+        admin::get_json(p.admin_addr(), "/config")["xds"]["connected"] == false
+    });
+    // Serving goes on with the last config.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(Client::connect(addr).get("/", "svc", "").body, b"a");
+    // The server comes back with a change; the proxy subscribes again.
+    plane.set(EDS, vec![assignment("restart-backend", &[(b, 1)])]);
+    let l = std::net::TcpListener::bind(server_addr).unwrap();
+    let _server = serve(&plane, l);
+    within("the new endpoints", || {
+        bodies(addr, "/", 10).get("b") == Some(&10)
+    });
+    assert!(plane.streams.load(Ordering::SeqCst) >= 2);
+    let (n, failures) = running.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {failures:?}",
+        failures.len()
+    );
+}
