@@ -54,6 +54,8 @@ both_drivers!(
     resources_serve_and_follow_changes_under_load,
     unsupported_resources_are_nacked_and_the_rest_apply,
     server_restart_keeps_the_config_and_resubscribes,
+    file_clusters_take_endpoints_from_eds,
+    mutual_tls_to_the_management_server,
 );
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -221,6 +223,14 @@ impl Drop for Running {
 }
 
 fn serve(plane: &Plane, listener: std::net::TcpListener) -> Running {
+    serve_tls(plane, listener, None)
+}
+
+fn serve_tls(
+    plane: &Plane,
+    listener: std::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Running {
     let plane = plane.clone();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     listener.set_nonblocking(true).unwrap();
@@ -232,7 +242,11 @@ fn serve(plane: &Plane, listener: std::net::TcpListener) -> Running {
         let stopped = Arc::new(Mutex::new(stopped));
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            let server = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).unwrap();
+            }
+            let server = builder
                 .add_service(AggregatedDiscoveryServiceServer::new(plane))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l));
             let wait = tokio::task::spawn_blocking(move || {
@@ -727,4 +741,100 @@ fn server_restart_keeps_the_config_and_resubscribes(driver: Driver) {
         "{} of {n} failed: {failures:?}",
         failures.len()
     );
+}
+
+fn file_clusters_take_endpoints_from_eds(driver: Driver) {
+    let (a, b) = (named("a"), named("b"));
+    let plane = Plane::new();
+    plane.set(EDS, vec![assignment("svc-eds", &[(a, 1)])]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _server = serve(&plane, l);
+    let dir = TempDir::new("xds-file-eds");
+    let p = launch(
+        &dir,
+        driver,
+        server_addr,
+        "[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n\
+         [[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"from-file\"\n\
+         [clusters.from-file]\ndiscovery = \"xds\"\neds_service_name = \"svc-eds\"\n",
+    );
+    let web = p.local_addr("web").unwrap();
+    // Empty until EDS answers: 503, then a.
+    within("EDS endpoints", || {
+        Client::connect(web).get("/", "svc", "").body == b"a"
+    });
+    plane.set(EDS, vec![assignment("svc-eds", &[(b, 1)])]);
+    within("the change", || bodies(web, "/", 10).get("b") == Some(&10));
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    assert_eq!(
+        clusters["clusters"]["from-file"]["discovery"]["source"],
+        "xds"
+    );
+    // Without [xds], discovery = "xds" is a config error.
+    let err = outrigger::config::compile(
+        std::path::Path::new("t.toml"),
+        "[clusters.c]\ndiscovery = \"xds\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("clusters.c.discovery") && err.contains("[xds]"),
+        "{err}"
+    );
+}
+
+fn mutual_tls_to_the_management_server(driver: Driver) {
+    let a = named("a");
+    let dir = TempDir::new("xds-tls");
+    let ca = tls::Ca::new("xds test CA");
+    let server_leaf = ca.leaf(&["xds.test"]);
+    let client_leaf = ca.leaf(&["proxy"]);
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path("client.pem"), &client_leaf.cert_pem).unwrap();
+    std::fs::write(dir.path("client.key"), &client_leaf.key_pem).unwrap();
+    let plane = Plane::new();
+    plane.set(CDS, vec![eds_cluster("tls-backend")]);
+    plane.set(EDS, vec![assignment("tls-backend", &[(a, 1)])]);
+    plane.set(LDS, vec![http_listener("tls-web", "tls-routes")]);
+    plane.set(
+        RDS,
+        vec![routes("tls-routes", vec![to_cluster("/", "tls-backend")])],
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let tls_config = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &server_leaf.cert_pem,
+            &server_leaf.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.pem()));
+    let _server = serve_tls(&plane, l, Some(tls_config));
+    let p = launch(
+        &dir,
+        driver,
+        server_addr,
+        "[xds.tls]\nca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\nserver_name = \"xds.test\"\n",
+    );
+    within("the xDS listener over mutual TLS", || {
+        p.local_addr("tls-web").is_some()
+    });
+    let web = p.local_addr("tls-web").unwrap();
+    within("traffic", || {
+        Client::connect(web).get("/", "svc", "").body == b"a"
+    });
+    // A proxy that does not trust the server's CA never connects.
+    let other = TempDir::new("xds-tls-untrusted");
+    std::fs::write(other.path("ca.pem"), tls::Ca::new("someone else").pem()).unwrap();
+    let q = launch(
+        &other,
+        driver,
+        server_addr,
+        "[xds.tls]\nca = \"ca.pem\"\nserver_name = \"xds.test\"\n",
+    );
+    within("the failure to show", || {
+        let x = &admin::get_json(q.admin_addr(), "/config")["xds"];
+        x["stream_failures"].as_u64().unwrap_or(0) >= 1 && x["last_error"].is_string()
+    });
+    assert!(q.local_addr("tls-web").is_none());
 }

@@ -150,3 +150,5 @@ pub fn spawn(
 fn settings(snapshot: &Weak<ArcSwap<Snapshot>>) -> Option<Option<Arc<XdsSettings>>> {
     snapshot.upgrade().map(|s| s.load().xds.clone())
 }
+#[cfg(test)]
+mod tests;

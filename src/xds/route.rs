@@ -36,6 +36,8 @@ pub struct XRoutes {
 
 pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
     let mut hosts: Vec<(u8, String, &VirtualHost)> = Vec::new();
+    // Per virtual host, how many distinct domains (without ports) it has.
+    let mut distinct: Vec<usize> = Vec::new();
     for vh in &rc.virtual_hosts {
         let mut seen = HashSet::new();
         for d in &vh.domains {
@@ -69,6 +71,7 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
             };
             hosts.push((rank, d, vh));
         }
+        distinct.push(seen.len());
     }
     // Exact, then suffixes longest first, then "*"; stable otherwise.
     hosts.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.len().cmp(&a.1.len())));
@@ -95,7 +98,12 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
             } else {
                 r.name.clone()
             };
-            let mut name = if vh.domains.len() > 1 {
+            let several = rc
+                .virtual_hosts
+                .iter()
+                .position(|v| std::ptr::eq(v, vh))
+                .is_some_and(|i| distinct[i] > 1);
+            let mut name = if several {
                 format!("{base}@{domain}")
             } else {
                 base
