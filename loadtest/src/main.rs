@@ -15,6 +15,8 @@ mod plot;
 mod report;
 mod tcp;
 mod tls;
+mod xds_bench;
+mod xds_plane;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ enum Cmd {
     /// One HTTP workload against the upstream directly and through
     /// outrigger, nginx and haproxy, side by side.
     Compare(compare::CompareArgs),
+    /// Serve a generated xDS config (ADS) for the discovery benchmark.
+    XdsPlane(xds_bench::XdsPlaneArgs),
     /// Serve a test upstream until Ctrl-C.
     Serve {
         #[arg(value_enum)]
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<ExitCode> {
             finish(&report, &out)
         }
         Cmd::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),
+        Cmd::XdsPlane(args) => xds_bench::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Tcp(args) => {
             let out = args.output.clone();
             let report = tcp::run(args)?;
