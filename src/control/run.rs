@@ -28,6 +28,9 @@ pub enum Event {
     DrainWhenIdle,
     /// New endpoints for a dns, file or xds cluster.
     Discovered(crate::discovery::Update),
+    /// New endpoints for several clusters at once (one EDS response):
+    /// one generation for all of them.
+    DiscoveredMany(Vec<crate::discovery::Update>),
     /// A new xDS overlay to compile with the config file and publish.
     Xds(crate::xds::Apply),
 }
@@ -239,7 +242,8 @@ impl Control {
                         self.start_drain("POST /drain");
                     }
                 }
-                Ok(Event::Discovered(update)) => self.apply_discovery(update),
+                Ok(Event::Discovered(update)) => self.apply_discovery(vec![update]),
+                Ok(Event::DiscoveredMany(updates)) => self.apply_discovery(updates),
                 Ok(Event::Xds(a)) => {
                     let outcome = self.apply_xds(a.overlay);
                     let _ = a.reply.send(outcome);
@@ -282,41 +286,62 @@ impl Control {
         }
     }
 
-    /// Publish a discovery update as a new generation (the cluster with its
-    /// new endpoints; everything else as it is).
-    fn apply_discovery(&mut self, u: crate::discovery::Update) {
+    /// Publish discovery updates as one new generation (the clusters with
+    /// their new endpoints; everything else as it is).
+    fn apply_discovery(&mut self, updates: Vec<crate::discovery::Update>) {
         if self.drain_deadline.is_some() {
             return;
         }
         let current = self.server.snapshot();
-        let Some(cluster) = current.clusters.get(&u.cluster) else {
-            return;
-        };
-        // A reload may have changed the cluster's source since.
-        if crate::discovery::key(&u.cluster, &cluster.source) != u.key {
+        let workers = current.runtime.worker_count();
+        let mut next = current.derive();
+        let mut applied = Vec::new();
+        for u in updates {
+            let Some(cluster) = current.clusters.get(&u.cluster) else {
+                continue;
+            };
+            // A reload may have changed the cluster's source since.
+            if crate::discovery::key(&u.cluster, &cluster.source) != u.key {
+                continue;
+            }
+            let updated = cluster.with_endpoints(&u.endpoints, workers);
+            next.clusters.insert(u.cluster.clone(), Arc::new(updated));
+            applied.push((u, cluster.clone()));
+        }
+        if applied.is_empty() {
             return;
         }
-        let workers = current.runtime.worker_count();
-        let updated = cluster.with_endpoints(&u.endpoints, workers);
-        let mut next = current.derive();
-        next.clusters.insert(u.cluster.clone(), Arc::new(updated));
         match self.server.apply(next) {
             Ok(published) => {
-                crate::discovery::remember(&u.key, &u.endpoints);
-                cluster.status.updates.fetch_add(1, Ordering::Relaxed);
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                cluster.status.last_update.store(now, Ordering::Relaxed);
-                tracing::info!(
-                    cluster = %u.cluster,
-                    endpoints = u.endpoints.len(),
-                    generation = published.generation,
-                    "discovery: endpoints changed"
-                );
+                let remembered: Vec<(&str, &[crate::discovery::Found])> = applied
+                    .iter()
+                    .map(|(u, _)| (u.key.as_str(), u.endpoints.as_slice()))
+                    .collect();
+                crate::discovery::remember_many(&remembered);
+                for (_, cluster) in &applied {
+                    cluster.status.updates.fetch_add(1, Ordering::Relaxed);
+                    cluster.status.last_update.store(now, Ordering::Relaxed);
+                }
+                if let [(u, _)] = applied.as_slice() {
+                    tracing::info!(
+                        cluster = %u.cluster,
+                        endpoints = u.endpoints.len(),
+                        generation = published.generation,
+                        "discovery: endpoints changed"
+                    );
+                } else {
+                    tracing::info!(
+                        clusters = applied.len(),
+                        generation = published.generation,
+                        "discovery: endpoints changed"
+                    );
+                }
             }
             Err(e) => {
-                tracing::warn!(cluster = %u.cluster, error = %e, "discovery update not applied")
+                tracing::warn!(clusters = applied.len(), error = %e, "discovery update not applied")
             }
         }
     }

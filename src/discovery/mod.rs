@@ -99,9 +99,20 @@ pub fn last_known(key: &str) -> Vec<Found> {
 
 /// Remember what was applied.
 pub fn remember(key: &str, found: &[Found]) {
+    remember_many(&[(key, found)]);
+}
+
+/// Remember several sources' endpoints in one step (one copy of the map,
+/// not one per source: an EDS response may carry thousands).
+pub fn remember_many(items: &[(&str, &[Found])]) {
+    if items.is_empty() {
+        return;
+    }
     known().rcu(|m| {
         let mut m = HashMap::clone(m);
-        m.insert(key.to_string(), found.to_vec());
+        for (key, found) in items {
+            m.insert((*key).to_string(), found.to_vec());
+        }
         m
     });
 }

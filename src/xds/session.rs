@@ -341,6 +341,7 @@ impl Client {
         let Some(server) = snap.xds.as_ref().map(|x| x.address.clone()) else {
             return;
         };
+        let mut updates = Vec::new();
         for (service, found) in &self.state.endpoints {
             if prev.endpoints.get(service) == Some(found) {
                 continue;
@@ -364,13 +365,22 @@ impl Client {
                     server: server.clone(),
                 };
                 let key = discovery::key(&cluster, &source);
-                discovery::remember(&key, found);
-                let _ = self.inbox.send(Event::Discovered(discovery::Update {
+                updates.push(discovery::Update {
                     cluster,
                     key,
                     endpoints: found.clone(),
-                }));
+                });
             }
+        }
+        if !updates.is_empty() {
+            // Remembered now too, so that a compile before the control
+            // thread applies these (a CDS change) starts with them.
+            let remembered: Vec<(&str, &[discovery::Found])> = updates
+                .iter()
+                .map(|u| (u.key.as_str(), u.endpoints.as_slice()))
+                .collect();
+            discovery::remember_many(&remembered);
+            let _ = self.inbox.send(Event::DiscoveredMany(updates));
         }
     }
 }
