@@ -132,13 +132,13 @@ def main():
     med = lambda rs, k: statistics.median(r[k] for r in rs)
     allr = results[False] + results[True]
     print(f"\nsync to serving (ms): {med(allr, 'sync_ms'):.0f}; route update to serving (ms): "
-          f"{med(allr, 'update_ms'):.0f}; snapshot memory (KiB): {med(allr, 'snapshot_kib'):.0f}; "
-          f"RSS after sync (KiB): {med(allr, 'rss_kib'):.0f}")
-    print("| condition | p50 us | p99 us | errors |")
-    print("|---|---|---|---|")
+          f"{med(allr, 'update_ms'):.0f}")
+    print("| condition | RSS added by the xDS config (KiB) | RSS (KiB) | p50 us | p99 us | errors |")
+    print("|---|---|---|---|---|---|")
     for churn, name in ((False, "no endpoint updates"), (True, "EDS push every 100 ms")):
         rs = results[churn]
-        print(f"| {name} | {med(rs, 'p50_us'):.0f} | {med(rs, 'p99_us'):.0f} | {med(rs, 'errors'):.0f} |")
+        print(f"| {name} | {med(rs, 'snapshot_kib'):.0f} | {med(rs, 'rss_kib'):.0f} | {med(rs, 'p50_us'):.0f} | "
+              f"{med(rs, 'p99_us'):.0f} | {med(rs, 'errors'):.0f} |")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ impl Release {
     }
 }
 
+/// Control-side work freed a burst of memory (an xDS response decoded and
+/// dropped): trim if the process-wide slot is free. True when it trimmed.
+pub fn trim_if_due(now: Instant) -> bool {
+    if !claim(now) {
+        return false;
+    }
+    trim();
+    true
+}
+
 /// Take the process-wide trim slot if `MIN_INTERVAL` has passed.
 fn claim(now: Instant) -> bool {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

@@ -246,6 +246,9 @@ impl Client {
             Some(detail)
         };
         let _ = tx.send(self.request(kind, node, error)).await;
+        // The decoded response is gone: give its pages back (at most once
+        // a second, process-wide), or a churning EDS stream holds its peak.
+        crate::worker::memory::trim_if_due(std::time::Instant::now());
         // New clusters and listeners may need endpoints and routes.
         match kind {
             Kind::Cluster => {
@@ -435,7 +438,23 @@ async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
     endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", s.address))
+        .map_err(|e| format!("cannot connect to {}: {}", s.address, chain(&e)))
+}
+
+/// An error with its causes ("transport error: tcp connect error:
+/// Connection refused (os error 111)").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn unix_now() -> u64 {
