@@ -152,6 +152,28 @@ fn until(c: &mut Client, want: &str) -> usize {
     }
 }
 
+/// Send requests until 20 in a row answer `want` (every one must succeed).
+fn only(c: &mut Client, want: &str) {
+    let t = Instant::now();
+    let mut row = 0;
+    while row < 20 {
+        let r = c.get("/", "svc", "");
+        assert_eq!(r.status, 200, "a request failed while waiting for {want}");
+        row = if r.body == want.as_bytes() {
+            row + 1
+        } else {
+            0
+        };
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "only {want} never answered"
+        );
+        if row == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn dns_answers_move_traffic(driver: Driver) {
     let port = closed_port().port();
     named("127.0.0.2", port, "first");
@@ -261,7 +283,52 @@ fn endpoints_file_moves_traffic(driver: Driver) {
         seen.insert(r.body);
     }
     assert_eq!(seen.len(), 2);
+    // A Kubernetes-style symlink swap (endpoints.json -> ..data/x,
+    // ..data -> ..v1, then a new link renamed over ..data), with requests
+    // running on another connection all along: none may fail.
+    std::fs::create_dir(dir.path("..v1")).unwrap();
+    std::fs::create_dir(dir.path("..v2")).unwrap();
+    std::fs::write(
+        dir.path("..v1/endpoints.json"),
+        format!("[{{\"address\": \"{a}\"}}]"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path("..v2/endpoints.json"),
+        format!("[{{\"address\": \"{b}\"}}]"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v1", dir.path("..data")).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink("..data/endpoints.json", &file).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            let mut failed = 0;
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                if c.get("/", "svc", "").status != 200 {
+                    failed += 1;
+                }
+            }
+            (n, failed)
+        })
+    };
+    only(&mut c, "a");
+    std::os::unix::fs::symlink("..v2", dir.path("..data_tmp")).unwrap();
+    std::fs::rename(dir.path("..data_tmp"), dir.path("..data")).unwrap();
+    only(&mut c, "b");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, failed) = load.join().unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} of {n} requests failed across the swaps"
+    );
     // Broken: the last good set stays; the error is in /clusters.
+    std::fs::remove_file(&file).unwrap();
     std::fs::write(&file, "[{\"address\": ").unwrap();
     std::thread::sleep(Duration::from_millis(600));
     for _ in 0..4 {
@@ -276,7 +343,7 @@ fn endpoints_file_moves_traffic(driver: Driver) {
             .as_array()
             .unwrap()
             .len(),
-        2
+        1
     );
 }
 

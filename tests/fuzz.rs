@@ -449,3 +449,206 @@ fn http2_frames() {
         "connections left open"
     );
 }
+
+/// The route table's host index never changes the answer: `lookup` finds
+/// exactly the first route whose `matches` holds, for any request.
+#[test]
+fn route_matcher() {
+    let cfg = r#"
+[listeners.l]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+[[routes.r]]
+match.host = "api.example.com"
+match.path = "/exact"
+cluster = "c"
+[[routes.r]]
+match.host = "*.example.com"
+match.path_prefix = "/wild"
+match.method = ["GET", "HEAD"]
+cluster = "c"
+[[routes.r]]
+match.path_regex = "^/r/[0-9]+$"
+match.headers = { "x-canary" = "1" }
+cluster = "c"
+[[routes.r]]
+match.host = "API.example.com"
+match.grpc_service = "pkg.Svc"
+cluster = "c"
+[[routes.r]]
+match.path_prefix = "/"
+match.headers = { "x-any" = "yes" }
+cluster = "c"
+[[routes.r]]
+match.host = "other.test"
+cluster = "c"
+[clusters.c]
+endpoints = ["127.0.0.1:1"]
+"#;
+    let snapshot = outrigger::config::compile(std::path::Path::new("<fuzz>"), cfg).unwrap();
+    let table = &snapshot.route_tables["r"];
+    let corpus: &[&[u8]] = &[
+        b"GET /exact HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        b"GET /exact HTTP/1.1\r\nHost: API.Example.com:8080\r\n\r\n",
+        b"HEAD /wild/x HTTP/1.1\r\nHost: a.b.example.com\r\n\r\n",
+        b"GET /r/123 HTTP/1.1\r\nHost: x\r\nX-Canary: 1\r\n\r\n",
+        b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: api.example.com\r\ncontent-type: application/grpc\r\n\r\n",
+        b"GET /anything HTTP/1.1\r\nHost: other.test\r\nx-any: yes\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ];
+    fuzz("route_matcher", corpus, |input| {
+        let mut buf = BytesMut::from(input);
+        let Ok(Some(head)) = outrigger::http::codec::parse_request(&mut buf, limits()) else {
+            return;
+        };
+        let found = table.lookup(&head).map(|r| r.name.clone());
+        let scan = table
+            .routes
+            .iter()
+            .find(|r| r.matches(&head))
+            .map(|r| r.name.clone());
+        assert_eq!(
+            found,
+            scan,
+            "the index disagrees with a scan for {:?}",
+            String::from_utf8_lossy(input)
+        );
+    });
+}
+
+/// xDS resources from a management server: any bytes decode, translate and
+/// compile without a panic (an error is the right answer to garbage).
+#[test]
+fn xds_resources() {
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address, Address, SocketAddress,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    use envoy_types::pb::envoy::config::route::v3::{
+        route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
+        VirtualHost,
+    };
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+    use outrigger::xds::{FileNames, Kind, State};
+    use prost::Message;
+    let sock = |port: u32| Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: "127.0.0.1".into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    };
+    let cla = ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(sock(8080)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: Some(UInt32Value { value: 3 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let c = Cluster {
+        name: "c".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(cla.clone()),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 5,
+        }),
+        ..Default::default()
+    };
+    let rc = RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "v".into(),
+            domains: vec!["*.example.com".into(), "*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("c".into())),
+                    timeout: Some(PbDuration {
+                        seconds: 3,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // First byte: the kind; the rest: the message.
+    let seeds: Vec<Vec<u8>> = vec![
+        [vec![0], c.encode_to_vec()].concat(),
+        [vec![1], cla.encode_to_vec()].concat(),
+        [vec![3], rc.encode_to_vec()].concat(),
+    ];
+    let corpus: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    let file = FileNames::default();
+    fuzz_n("xds_resources", &corpus, 5_000, |input| {
+        let Some((&k, rest)) = input.split_first() else {
+            return;
+        };
+        let kind = Kind::ALL[usize::from(k) % 4];
+        let mut state = State::default();
+        if kind == Kind::Route || kind == Kind::Endpoint {
+            // Something to route to.
+            let _ = state.take(
+                Kind::Cluster,
+                &[Any {
+                    type_url: Kind::Cluster.type_url().into(),
+                    value: c.encode_to_vec(),
+                }],
+                &file,
+            );
+        }
+        let _ = state.take(
+            kind,
+            &[Any {
+                type_url: kind.type_url().into(),
+                value: rest.to_vec(),
+            }],
+            &file,
+        );
+        let overlay = state.overlay(&file);
+        let _ = outrigger::config::compile_with(std::path::Path::new("<fuzz>"), "", &overlay);
+        // Route tables only enter the overlay with a listener: compile a
+        // translated one directly, with every cluster it names.
+        if let Some(x) = state.routes.values().next() {
+            let mut text = String::from(
+                "[listeners.l]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"t\"\n",
+            );
+            for c in &x.clusters {
+                text.push_str(&format!(
+                    "[clusters.{}]\nendpoints = [\"127.0.0.1:1\"]\n",
+                    toml::Value::String(c.clone())
+                ));
+            }
+            let routes = toml::Table::from_iter([(
+                "routes".to_string(),
+                toml::Value::Table(toml::Table::from_iter([(
+                    "t".to_string(),
+                    toml::Value::Array(x.routes.clone()),
+                )])),
+            )]);
+            text.push_str(&toml::to_string(&routes).unwrap_or_default());
+            let _ = outrigger::config::compile(std::path::Path::new("<fuzz>"), &text);
+        }
+    });
+}
