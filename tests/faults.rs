@@ -438,3 +438,114 @@ endpoints = ["{up}"]
     assert_eq!(r.body, b"old config");
     assert_eq!(proxy.shared().snapshot.load().generation, 1);
 }
+
+both_drivers!(connect_black_hole);
+
+/// A network namespace of this thread's own (the proxy and upstreams it
+/// starts live there too), with loopback up. `Err` when not permitted.
+fn own_namespace() -> Result<(), String> {
+    // SAFETY: unshare(CLONE_NEWNET) moves only the calling thread into a
+    // new network namespace; threads it spawns inherit it.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+    }
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip: {e}"))?;
+    if !up.success() {
+        return Err("ip link set lo up failed".into());
+    }
+    Ok(())
+}
+
+/// Connect black hole: SYNs to one endpoint dropped by iptables (in a
+/// namespace of the test's own). With only that endpoint, 503 `UF` after
+/// `connect_timeout`; with a live endpoint beside it, every request is
+/// answered (the hole costs at most one connect_timeout).
+fn connect_black_hole(driver: Driver) {
+    if let Err(why) = own_namespace() {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_none(),
+            "network namespaces required: {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // The hole: a real listener whose SYNs are dropped.
+    let hole_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = hole_listener.local_addr().unwrap();
+    let rule = std::process::Command::new("iptables")
+        .args([
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &hole.port().to_string(),
+            "--syn",
+            "-j",
+            "DROP",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rule.status.success(),
+        "iptables: {}",
+        String::from_utf8_lossy(&rule.stderr)
+    );
+    // Confirm the rule bites: a plain connect hangs.
+    assert!(TcpStream::connect_timeout(&hole, Duration::from_millis(200)).is_err());
+    let live_backend = outrigger::backends::start(
+        outrigger::backends::BackendKind::Http(outrigger::backends::HttpBackend::named("live")),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        driver,
+    )
+    .unwrap();
+    let live = live_backend.addr;
+    let config = |endpoints: &str| {
+        format!(
+            "[runtime]\nworkers = 1\nio = \"{io}\"\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n[clusters.up]\nendpoints = [{endpoints}]\nconnect_timeout = \"300ms\"\n",
+            io = io_name(driver)
+        )
+    };
+    let only = start(&config(&format!("\"{hole}\"")));
+    let addr = only.local_addr("web").unwrap();
+    let t = Instant::now();
+    let r = Client::connect(addr).get("/", "x", "");
+    let took = t.elapsed();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    assert!(only.shutdown(Duration::from_secs(5)));
+    let both = start(&config(&format!("\"{hole}\", \"{live}\"")));
+    let addr = both.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    for i in 0..6 {
+        let t = Instant::now();
+        let r = c.get(&format!("/{i}"), "x", "");
+        assert_eq!(
+            r.status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "request {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    drop(c);
+    healthy_after_hole(&both, addr);
+    drop(hole_listener);
+}
+
+fn healthy_after_hole(server: &outrigger::Server, addr: SocketAddr) {
+    let r = Client::connect(addr).get("/again", "x", "");
+    assert_eq!(r.status, 200);
+    assert!(eventually(|| server.active_connections() == 0));
+}

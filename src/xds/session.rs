@@ -253,10 +253,13 @@ impl Client {
         match kind {
             Kind::Cluster => {
                 let names = self.eds_wanted();
+                // Assignments nothing asks for any more are dropped.
+                self.state.endpoints.retain(|n, _| names.contains(n));
                 self.resubscribe(Kind::Endpoint, names, tx, node).await;
             }
             Kind::Listener => {
                 let names = self.state.rds_names();
+                self.state.routes.retain(|n, _| names.contains(n));
                 self.resubscribe(Kind::Route, names, tx, node).await;
             }
             _ => {}
