@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -347,7 +347,114 @@ fn endpoints_file_moves_traffic(driver: Driver) {
     );
 }
 
-both_drivers!(srv_records_give_ports_and_weights);
+both_drivers!(
+    srv_records_give_ports_and_weights,
+    truncated_answers_retry_over_tcp
+);
+
+/// A DNS server whose UDP answers are truncated (TC set, no records) and
+/// whose TCP answers (same port) carry every A record of `ips` (TTL 30).
+fn truncating_dns_server(ips: Vec<[u8; 4]>) -> SocketAddr {
+    // A port free for both (another test may hold its TCP twin).
+    let (udp, tcp) = (0..50)
+        .find_map(|_| {
+            let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let tcp = std::net::TcpListener::bind(udp.local_addr().ok()?).ok()?;
+            Some((udp, tcp))
+        })
+        .unwrap();
+    let addr = udp.local_addr().unwrap();
+    // The question's end: the name, then type and class.
+    fn question_end(q: &[u8]) -> usize {
+        let mut at = 12;
+        while q[at] != 0 {
+            at += 1 + usize::from(q[at]);
+        }
+        at + 5
+    }
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let end = question_end(&buf[..n]);
+            let mut r = buf[..end].to_vec();
+            r[2] = 0x83; // response, TC, RD
+            r[3] = 0x80;
+            let _ = udp.send_to(&r, from);
+        }
+    });
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if s.read_exact(&mut q).is_err() {
+                continue;
+            }
+            let end = question_end(&q);
+            let qtype = u16::from_be_bytes([q[end - 4], q[end - 3]]);
+            let mut r = q[..end].to_vec();
+            r[2] = 0x81;
+            r[3] = 0x80;
+            if qtype == 1 {
+                r[7] = ips.len() as u8;
+                for ip in &ips {
+                    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+                    r.extend_from_slice(ip);
+                }
+            }
+            let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&r);
+            let _ = s.write_all(&framed);
+        }
+    });
+    addr
+}
+
+/// More records than a UDP answer holds: the resolver asks again over TCP
+/// and every address becomes an endpoint.
+fn truncated_answers_retry_over_tcp(driver: Driver) {
+    let first = named("127.0.0.2", 0, "two");
+    let port = first.port();
+    named("127.0.0.3", port, "three");
+    named("127.0.0.4", port, "four");
+    let dns = truncating_dns_server(vec![[127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]]);
+    let dir = TempDir::new("dns-tcp");
+    let p = launch(
+        &dir,
+        &config(
+            driver,
+            &format!(
+                "discovery = \"dns\"\nendpoints = [\"many.test:{port}\"]\ndns_family = \"v4\"\ndns_servers = [\"{dns}\"]"
+            ),
+        ),
+    );
+    let addr = p.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    let t = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3 {
+        let r = c.get("/", "svc", "");
+        if r.status == 200 {
+            seen.insert(String::from_utf8_lossy(&r.body).into_owned());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "only {seen:?} answered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    assert_eq!(
+        clusters["clusters"]["c"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
 
 /// A DNS server answering SRV queries for any `_...` name with `records`
 /// (priority, weight, port, target; targets uncompressed) and A queries

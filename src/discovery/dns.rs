@@ -1,8 +1,10 @@
 //! A small stub resolver for `discovery = "dns"`: A, AAAA and SRV queries
-//! over UDP to the configured servers (or `/etc/resolv.conf`'s), answers
-//! with their TTLs. Runs on the discovery thread only, never on a worker.
+//! over UDP to the configured servers (or `/etc/resolv.conf`'s), again
+//! over TCP when the UDP answer is truncated (RFC 7766), answers with their
+//! TTLs. Runs on the discovery thread only, never on a worker.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 /// Why a lookup gave no addresses.
@@ -231,6 +233,22 @@ fn ask<T>(
         let mut buf = [0u8; 1500];
         loop {
             match sock.recv_from(&mut buf) {
+                // Truncated (TC): the whole answer over TCP.
+                Ok((n, from))
+                    if from == *server
+                        && n >= 12
+                        && u16_at(&buf[..n], 0) == Some(id)
+                        && buf[2] & 0x02 != 0 =>
+                {
+                    match ask_tcp(*server, name, kind, timeout, &parse) {
+                        Err(e @ DnsError::NxDomain) => return Err(e),
+                        Err(e) => {
+                            last = e;
+                            break;
+                        }
+                        Ok(v) => return Ok(v),
+                    }
+                }
                 Ok((n, from)) if from == *server => match parse(&buf[..n], id) {
                     // Another query's answer: keep waiting.
                     Err(DnsError::Malformed) if u16_at(&buf[..n], 0) != Some(id) => continue,
@@ -250,6 +268,32 @@ fn ask<T>(
         }
     }
     Err(last)
+}
+
+/// One query over TCP (two-byte length prefixes), `timeout` for the
+/// connect and for the whole exchange.
+fn ask_tcp<T>(
+    server: SocketAddr,
+    name: &str,
+    kind: RecordType,
+    timeout: Duration,
+    parse: impl Fn(&[u8], u16) -> Result<Vec<T>, DnsError>,
+) -> Result<Vec<T>, DnsError> {
+    let gone = |_| DnsError::Timeout(format!("{server} (tcp)"));
+    let mut s = TcpStream::connect_timeout(&server, timeout).map_err(gone)?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let id = fastrand::u16(..);
+    let q = query(id, name, kind);
+    let mut framed = Vec::with_capacity(q.len() + 2);
+    framed.extend_from_slice(&(q.len() as u16).to_be_bytes());
+    framed.extend_from_slice(&q);
+    s.write_all(&framed).map_err(gone)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).map_err(gone)?;
+    let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut m).map_err(gone)?;
+    parse(&m, id)
 }
 
 #[cfg(test)]
