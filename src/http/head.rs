@@ -135,6 +135,8 @@ pub(super) async fn read_head(
         match res {
             Ok(0) if conn.buf.is_empty() => return Ok(Read::Closed),
             Ok(0) => return Err(HttpError::BadRequest("connection closed mid-head")),
+            // A head that takes more than one read: count its growth.
+            Ok(n) if conn.buf.len() > n => crate::worker::overload::head_grew(n),
             Ok(_) => {}
             Err(e) => return Err(HttpError::DownstreamIo(e)),
         }

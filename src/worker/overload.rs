@@ -7,9 +7,14 @@
 //! instead of more buffer. It clears below 90% of the limits. Both are
 //! sampled from the workers' ticks (glibc `mallinfo2`, the cgroup's usage
 //! file), at most every 100 ms for the whole process; the data path reads
-//! one relaxed flag at accept and per head read. Envoy's overload manager
-//! does the same with its heap and cgroup monitors.
+//! one relaxed flag at accept and per head read. A burst of reads can
+//! grow memory faster than a tick comes round (a worker reading a thousand
+//! backlogged partial heads in one turn of its loop took 70 MB between two
+//! ticks and was OOM-killed): every `GROWTH_SAMPLE` bytes of partial heads
+//! read on a worker also sample at once. Envoy's overload manager does the
+//! same with its heap and cgroup monitors.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -17,7 +22,35 @@ use std::time::{Duration, Instant};
 /// Sample at most this often, process-wide.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
+/// Bytes of partial heads a worker reads between forced samples.
+const GROWTH_SAMPLE: u64 = 4 << 20;
+
 static OVERLOADED: AtomicBool = AtomicBool::new(false);
+/// The settings of the last tick's sample (for forced samples);
+/// `u64::MAX`: no heap limit.
+static HEAP_LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+static PERCENT: AtomicU64 = AtomicU64::new(85);
+
+thread_local! {
+    /// Partial-head bytes read on this worker since its last forced sample.
+    static GROWN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A worker read `bytes` more of a head still arriving: past
+/// `GROWTH_SAMPLE` on this worker, sample now rather than at the next tick.
+pub fn head_grew(bytes: usize) {
+    let grown = GROWN.get() + bytes as u64;
+    if grown < GROWTH_SAMPLE {
+        GROWN.set(grown);
+        return;
+    }
+    GROWN.set(0);
+    let heap_limit = match HEAP_LIMIT.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        l => Some(l),
+    };
+    measure(heap_limit, PERCENT.load(Ordering::Relaxed));
+}
 static IN_USE: AtomicU64 = AtomicU64::new(0);
 static LAST_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -51,6 +84,13 @@ pub fn sample(now: Instant, heap_limit: Option<u64>, cgroup_percent: u64) {
     {
         return;
     }
+    HEAP_LIMIT.store(heap_limit.unwrap_or(u64::MAX), Ordering::Relaxed);
+    PERCENT.store(cgroup_percent, Ordering::Relaxed);
+    measure(heap_limit, cgroup_percent);
+}
+
+/// Read the heap and the cgroup's usage and set the flag.
+fn measure(heap_limit: Option<u64>, cgroup_percent: u64) {
     let heap = heap_bytes();
     IN_USE.store(heap, Ordering::Relaxed);
     let was = OVERLOADED.load(Ordering::Relaxed);
