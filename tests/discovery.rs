@@ -152,25 +152,28 @@ fn until(c: &mut Client, want: &str) -> usize {
     }
 }
 
-/// Send requests until 20 in a row answer `want` (every one must succeed).
-fn only(c: &mut Client, want: &str) {
+/// Wait until cluster `c`'s endpoints are exactly `want` (/clusters).
+fn serving(p: &Proxy, want: &[SocketAddr]) {
+    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+    want.sort();
     let t = Instant::now();
-    let mut row = 0;
-    while row < 20 {
-        let r = c.get("/", "svc", "");
-        assert_eq!(r.status, 200, "a request failed while waiting for {want}");
-        row = if r.body == want.as_bytes() {
-            row + 1
-        } else {
-            0
-        };
+    loop {
+        let clusters = admin::get_json(p.admin_addr(), "/clusters");
+        let mut have: Vec<String> = clusters["clusters"]["c"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["address"].as_str().unwrap_or("").to_string())
+            .collect();
+        have.sort();
+        if have == want {
+            return;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(5),
-            "only {want} never answered"
+            "endpoints {have:?}, want {want:?}"
         );
-        if row == 0 {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -317,10 +320,10 @@ fn endpoints_file_moves_traffic(driver: Driver) {
             (n, failed)
         })
     };
-    only(&mut c, "a");
+    serving(&p, &[a]);
     std::os::unix::fs::symlink("..v2", dir.path("..data_tmp")).unwrap();
     std::fs::rename(dir.path("..data_tmp"), dir.path("..data")).unwrap();
-    only(&mut c, "b");
+    serving(&p, &[b]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (n, failed) = load.join().unwrap();
     assert_eq!(
