@@ -537,7 +537,9 @@ fn srv_records_give_ports_and_weights(driver: Driver) {
         &dir,
         &config(
             driver,
-            &format!("discovery = \"dns\"\nendpoints = [\"_http._tcp.svc.test\"]\ndns_servers = [\"{dns}\"]\ndns_refresh = \"200ms\"\ndns_family = \"v4\""),
+            // A name per driver: discovery remembers endpoints per name
+            // process-wide, and both variants run at once.
+            &format!("discovery = \"dns\"\nendpoints = [\"_http._tcp.svc-{}.test\"]\ndns_servers = [\"{dns}\"]\ndns_refresh = \"200ms\"\ndns_family = \"v4\"", io_name(driver)),
         ),
     );
     let addr = p.local_addr("web").unwrap();

@@ -13,12 +13,14 @@ use common::admin::{parse_prometheus, TempDir};
 use common::http::Client;
 use common::*;
 use outrigger::control::{Options, Proxy};
+use outrigger::worker::Driver;
 
-fn config(limit: u64) -> String {
+fn config(limit: u64, driver: Driver) -> String {
     format!(
         r#"
 [runtime]
 workers = 1
+io = "{io}"
 max_heap_bytes = {limit}
 [admin]
 address = "127.0.0.1:0"
@@ -29,7 +31,8 @@ routes = "r"
 [[routes.r]]
 match.path_prefix = "/"
 direct_response = {{ status = 200, body = "ok" }}
-"#
+"#,
+        io = io_name(driver)
     )
 }
 
@@ -38,9 +41,16 @@ direct_response = {{ status = 200, body = "ok" }}
 /// again. The limit follows reloads.
 #[test]
 fn overload_sheds_new_work_and_recovers() {
+    // One driver after the other: the flag is process-wide.
+    for driver in [Driver::IoUring, Driver::Epoll] {
+        sheds_and_recovers(driver);
+    }
+}
+
+fn sheds_and_recovers(driver: Driver) {
     let dir = TempDir::new("overload");
     let path = dir.path("config.toml");
-    std::fs::write(&path, config(1 << 40)).unwrap();
+    std::fs::write(&path, config(1 << 40, driver)).unwrap();
     let snapshot = outrigger::config::load(&path).unwrap();
     let proxy = Proxy::launch(
         snapshot,
@@ -59,7 +69,7 @@ fn overload_sheds_new_work_and_recovers() {
     std::thread::sleep(Duration::from_millis(100));
 
     // A limit the heap is always over.
-    common::admin::write_atomic(&path, &config(1));
+    common::admin::write_atomic(&path, &config(1, driver));
     proxy.reload().unwrap();
     let metrics =
         || parse_prometheus(&common::admin::request(proxy.admin_addr(), "GET", "/metrics").1);
@@ -86,7 +96,7 @@ fn overload_sheds_new_work_and_recovers() {
     assert!(got.contains("x-outrigger-error: overloaded"), "{got}");
 
     // Back under the limit: served again.
-    common::admin::write_atomic(&path, &config(1 << 40));
+    common::admin::write_atomic(&path, &config(1 << 40, driver));
     proxy.reload().unwrap();
     assert!(eventually(|| {
         let mut c = connect(addr);
