@@ -40,15 +40,74 @@ pub struct Srv {
     pub ttl: u32,
 }
 
-/// The nameservers of `/etc/resolv.conf` (port 53).
-pub fn system_servers() -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
+/// What `/etc/resolv.conf` says: nameservers (port 53), search domains
+/// and `options ndots:N` (default 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvConf {
+    pub servers: Vec<SocketAddr>,
+    pub search: Vec<String>,
+    pub ndots: usize,
+}
+
+impl ResolvConf {
+    /// Parse resolv.conf(5) text: `nameserver`, `search` and `domain`
+    /// (the last of the two wins), `options ndots:N` (capped at 15).
+    pub fn parse(text: &str) -> ResolvConf {
+        let mut c = ResolvConf {
+            servers: Vec::new(),
+            search: Vec::new(),
+            ndots: 1,
+        };
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => {
+                    if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
+                        c.servers.push(SocketAddr::new(ip, 53));
+                    }
+                }
+                Some("search" | "domain") => {
+                    c.search = words
+                        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                        .filter(|d| !d.is_empty())
+                        .collect();
+                }
+                Some("options") => {
+                    for o in words {
+                        if let Some(n) = o
+                            .strip_prefix("ndots:")
+                            .and_then(|n| n.parse::<usize>().ok())
+                        {
+                            c.ndots = n.min(15);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// The machine's (`/etc/resolv.conf`).
+    pub fn system() -> ResolvConf {
+        ResolvConf::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+    }
+
+    /// The names to try for `host`, in order, as the system resolver does:
+    /// with at least `ndots` dots the name as written first, then with each
+    /// search domain appended; with fewer, the search domains first. A
+    /// name ending in `.` is only tried as written.
+    pub fn candidates(&self, host: &str) -> Vec<String> {
+        if let Some(absolute) = host.strip_suffix('.') {
+            return vec![absolute.to_string()];
+        }
+        let searched = self.search.iter().map(|d| format!("{host}.{d}"));
+        if host.matches('.').count() >= self.ndots {
+            std::iter::once(host.to_string()).chain(searched).collect()
+        } else {
+            searched.chain(std::iter::once(host.to_string())).collect()
+        }
+    }
 }
 
 fn query(id: u16, name: &str, kind: RecordType) -> Vec<u8> {
@@ -299,6 +358,35 @@ fn ask_tcp<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_search_domains_and_ndots() {
+        let k8s = ResolvConf::parse(
+            "# kubelet\nnameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:2\n",
+        );
+        assert_eq!(k8s.servers, vec!["10.96.0.10:53".parse().unwrap()]);
+        assert_eq!(k8s.ndots, 5);
+        assert_eq!(
+            k8s.candidates("api"),
+            [
+                "api.default.svc.cluster.local",
+                "api.svc.cluster.local",
+                "api.cluster.local",
+                "api"
+            ]
+        );
+        // Enough dots: as written first.
+        assert_eq!(k8s.candidates("a.b.c.d.e.f")[0], "a.b.c.d.e.f");
+        // Absolute: only as written.
+        assert_eq!(k8s.candidates("api.example.com."), ["api.example.com"]);
+        let plain = ResolvConf::parse("nameserver 1.1.1.1\ndomain corp.example\n");
+        assert_eq!(plain.ndots, 1);
+        assert_eq!(plain.candidates("db"), ["db.corp.example", "db"]);
+        assert_eq!(
+            plain.candidates("db.internal"),
+            ["db.internal", "db.internal.corp.example"]
+        );
+    }
 
     #[test]
     fn srv_answers_with_compressed_targets() {

@@ -166,13 +166,40 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
     Ok(out)
 }
 
+/// Look `host` up under each name the search domains give (the name as
+/// written only, without them): the first with records of `kind` wins; a
+/// name that exists without such records counts as an empty answer.
+fn lookup_searching(
+    host: &str,
+    kind: dns::RecordType,
+    servers: &[SocketAddr],
+    conf: Option<&dns::ResolvConf>,
+) -> Result<Vec<(std::net::IpAddr, u32)>, dns::DnsError> {
+    let names = conf.map_or_else(|| vec![host.to_string()], |c| c.candidates(host));
+    let mut empty = false;
+    let mut last = dns::DnsError::NxDomain;
+    for name in &names {
+        match dns::lookup(name, kind, servers, Duration::from_secs(1)) {
+            Ok(found) if !found.is_empty() => return Ok(found),
+            Ok(_) => empty = true,
+            Err(e) => last = e,
+        }
+    }
+    if empty {
+        Ok(Vec::new())
+    } else {
+        Err(last)
+    }
+}
+
 /// Resolve a dns cluster's names: the set and the shortest TTL.
 pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
-    let servers = if spec.servers.is_empty() {
-        dns::system_servers()
-    } else {
-        spec.servers.clone()
-    };
+    // The system's servers come with its search domains; servers named
+    // in the config are asked for the names as written.
+    let system = spec.servers.is_empty().then(dns::ResolvConf::system);
+    let servers = system
+        .as_ref()
+        .map_or_else(|| spec.servers.clone(), |s| s.servers.clone());
     let mut out: Vec<Found> = Vec::new();
     let mut ttl = u32::MAX;
     for (host, port, weight, written) in &spec.names {
@@ -193,7 +220,7 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
         let mut any = false;
         let mut last_err = None;
         for kind in kinds {
-            match dns::lookup(host, *kind, &servers, Duration::from_secs(1)) {
+            match lookup_searching(host, *kind, &servers, system.as_ref()) {
                 Ok(records) => {
                     any = true;
                     for (ip, t) in records {
@@ -370,4 +397,81 @@ fn same(a: &[Found], b: &[Found]) -> bool {
     a.sort();
     b.sort();
     a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DNS server on 127.0.0.1 that knows one name (A 10.1.2.3) and
+    /// answers NXDOMAIN for every other; it records the names asked.
+    fn one_name_server(known: &'static str) -> (SocketAddr, Arc<ArcSwap<Vec<String>>>) {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = sock.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let asked = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let seen = asked.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let q = &buf[..n];
+                let mut at = 12;
+                let mut labels = Vec::new();
+                while q[at] != 0 {
+                    let l = usize::from(q[at]);
+                    labels.push(String::from_utf8_lossy(&q[at + 1..at + 1 + l]).to_string());
+                    at += 1 + l;
+                }
+                let name = labels.join(".");
+                seen.rcu(|v| {
+                    let mut v = Vec::clone(v);
+                    v.push(name.clone());
+                    v
+                });
+                let mut r = q[..at + 5].to_vec();
+                r[2] = 0x81;
+                if name == known {
+                    r[3] = 0x80;
+                    r[7] = 1;
+                    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 1, 2, 3]);
+                } else {
+                    r[3] = 0x83;
+                }
+                let _ = sock.send_to(&r, from);
+            }
+        });
+        (addr, asked)
+    }
+
+    #[test]
+    fn search_domains_are_tried_in_order() {
+        let (server, asked) = one_name_server("api.svc.cluster.local");
+        let conf = dns::ResolvConf {
+            servers: vec![server],
+            search: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            ndots: 5,
+        };
+        let found = lookup_searching("api", dns::RecordType::A, &[server], Some(&conf));
+        assert_eq!(
+            found,
+            Ok(vec![(
+                "10.1.2.3".parse().unwrap_or_else(|e| panic!("{e}")),
+                30
+            )])
+        );
+        assert_eq!(
+            asked.load().as_slice(),
+            ["api.default.svc.cluster.local", "api.svc.cluster.local"]
+        );
+        // Nowhere: the last error (NXDOMAIN) after every candidate.
+        let missing = lookup_searching("nothing", dns::RecordType::A, &[server], Some(&conf));
+        assert_eq!(missing, Err(dns::DnsError::NxDomain));
+        assert_eq!(asked.load().len(), 5);
+        // Servers from the config: the name as written only.
+        let written = lookup_searching("api", dns::RecordType::A, &[server], None);
+        assert_eq!(written, Err(dns::DnsError::NxDomain));
+        assert_eq!(asked.load().last().map(String::as_str), Some("api"));
+    }
 }
