@@ -14,11 +14,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::admin::launch;
 use common::admin::TempDir;
 use common::http::Client;
-use common::script::read_request;
+use common::script::named;
 use common::*;
-use outrigger::control::{Options, Proxy};
+use outrigger::control::Proxy;
 use outrigger::worker::Driver;
 
 both_drivers!(dns_answers_move_traffic, endpoints_file_moves_traffic);
@@ -70,45 +71,6 @@ fn dns_server(answer: Arc<Mutex<Answer>>) -> SocketAddr {
         }
     });
     addr
-}
-
-/// An HTTP server on `ip:port` (port 0: any) answering its name.
-fn named(ip: &str, port: u16, name: &'static str) -> SocketAddr {
-    let l = std::net::TcpListener::bind((ip, port)).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                while read_request(&mut s, &mut buf).is_some() {
-                    let r = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-                        name.len()
-                    );
-                    if s.write_all(r.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn launch(dir: &TempDir, text: &str) -> Proxy {
-    let path = dir.path("config.toml");
-    std::fs::write(&path, text).unwrap();
-    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    Proxy::launch(
-        snapshot,
-        Options {
-            config_path: Some(path),
-            watch: false,
-        },
-        None,
-    )
-    .unwrap()
 }
 
 fn config(driver: Driver, cluster: &str) -> String {

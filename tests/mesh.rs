@@ -11,6 +11,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 
+use common::admin::launch;
 use common::admin::TempDir;
 use common::http::Client;
 use common::script::{read_request, scripted, Seen};
@@ -51,18 +52,6 @@ fn app() -> (SocketAddr, std::sync::Arc<Seen>) {
             }
         }
     })
-}
-
-/// Write a config into `dir` and launch it.
-fn launch(dir: &TempDir, config: &str) -> Proxy {
-    let path = dir.path("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}\n{config}"));
-    let options = Options {
-        config_path: Some(path),
-        watch: false,
-    };
-    Proxy::launch(snapshot, options, None).unwrap()
 }
 
 /// A trust domain: its CA, and SVID files written for `ids` into dirs.

@@ -260,21 +260,6 @@ fn run_app_under_the_proxy() {
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
-fn launch_text(dir: &TempDir, text: &str) -> Proxy {
-    let path = dir.path("config.toml");
-    std::fs::write(&path, text).unwrap();
-    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    Proxy::launch(
-        snapshot,
-        Options {
-            config_path: Some(path),
-            watch: false,
-        },
-        None,
-    )
-    .unwrap()
-}
-
 /// `drain_inbound_delay`: on drain, outbound listeners stop at once, the
 /// inbound one keeps accepting for the delay; the proxy exits as soon as
 /// it is idle after that. With `exit_when_idle = false` it waits out
@@ -302,7 +287,7 @@ routes = "r"
 match.path_prefix = "/"
 direct_response = { status = 200, body = "ok" }
 "#;
-    let p = launch_text(&dir, text);
+    let p = common::admin::launch(&dir, text);
     let (inb, out, adm) = (
         p.local_addr("in").unwrap(),
         p.local_addr("out").unwrap(),
@@ -334,7 +319,7 @@ direct_response = { status = 200, body = "ok" }
             "drain_inbound_delay = \"0s\"\ndrain = { exit_when_idle = false }",
         )
         .replace("drain_timeout = \"5s\"", "drain_timeout = \"1500ms\"");
-    let p2 = launch_text(&dir2, &text2);
+    let p2 = common::admin::launch(&dir2, &text2);
     admin::request(p2.admin_addr(), "POST", "/drain");
     let t = Instant::now();
     assert_eq!(p2.wait(), 0);
@@ -344,7 +329,7 @@ direct_response = { status = 200, body = "ok" }
         t.elapsed()
     );
     let dir3 = TempDir::new("drain-idle");
-    let p3 = launch_text(&dir3, &text2);
+    let p3 = common::admin::launch(&dir3, &text2);
     admin::request(p3.admin_addr(), "POST", "/drain?exit_when_idle=1");
     let t = Instant::now();
     assert_eq!(p3.wait(), 0);

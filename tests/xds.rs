@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,12 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::admin::TempDir;
 use common::http::Client;
-use common::script::read_request;
 use common::*;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::google::protobuf::Any;
-use outrigger::control::{Options, Proxy};
+use outrigger::control::Proxy;
 use outrigger::worker::Driver;
 use prost::Message;
 
@@ -43,34 +41,11 @@ use plane::*;
 
 // ---- the proxy and its traffic ----
 
-/// An HTTP server answering its name.
-fn named(name: &'static str) -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                while read_request(&mut s, &mut buf).is_some() {
-                    let r = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-                        name.len()
-                    );
-                    if s.write_all(r.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 fn launch(dir: &TempDir, driver: Driver, plane: SocketAddr, extra: &str) -> Proxy {
-    let path = dir.path("config.toml");
-    let text = format!(
-        r#"
+    admin::launch(
+        dir,
+        &format!(
+            r#"
 [runtime]
 workers = 1
 io = "{io}"
@@ -81,19 +56,14 @@ address = "{plane}"
 node_id = "test-node"
 {extra}
 "#,
-        io = io_name(driver)
-    );
-    std::fs::write(&path, text).unwrap();
-    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    Proxy::launch(
-        snapshot,
-        Options {
-            config_path: Some(path),
-            watch: false,
-        },
-        None,
+            io = io_name(driver)
+        ),
     )
-    .unwrap()
+}
+
+/// An HTTP upstream on 127.0.0.1 answering its name.
+fn named(name: &'static str) -> SocketAddr {
+    common::script::named("127.0.0.1", 0, name)
 }
 
 /// Poll for up to 10 s.

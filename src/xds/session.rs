@@ -226,7 +226,7 @@ impl Client {
         if kind == Kind::Endpoint {
             self.publish_endpoints(&prev);
         } else {
-            self.publish(kind, &prev, &mut errors).await;
+            self.publish(kind, &prev, &file, &mut errors).await;
         }
         let st = &self.status.types[i];
         st.resources.store(self.state.count(kind) as u64, Relaxed);
@@ -269,14 +269,15 @@ impl Client {
     /// Publish the overlay after a CDS, LDS or RDS change. A resource the
     /// compiler rejects goes back to its last good version and is reported;
     /// an error that names no resource of this kind rejects the response.
-    async fn publish(&mut self, kind: Kind, prev: &State, errors: &mut Vec<String>) {
-        let file = self
-            .snapshot
-            .upgrade()
-            .map(|s| FileNames::of(&s.load().text))
-            .unwrap_or_default();
+    async fn publish(
+        &mut self,
+        kind: Kind,
+        prev: &State,
+        file: &FileNames,
+        errors: &mut Vec<String>,
+    ) {
         for _ in 0..8 {
-            let overlay = self.state.overlay(&file);
+            let overlay = self.state.overlay(file);
             if overlay == self.applied {
                 return;
             }

@@ -269,3 +269,16 @@ fn check_histograms(e: &Exposition) {
         }
     }
 }
+
+/// Write `config` as `dir`/config.toml and launch a proxy on it through
+/// the library entry point (reloads read the file again; no file watch).
+pub fn launch(dir: &TempDir, config: &str) -> outrigger::control::Proxy {
+    let path = dir.path("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}\n{config}"));
+    let options = outrigger::control::Options {
+        config_path: Some(path),
+        watch: false,
+    };
+    outrigger::control::Proxy::launch(snapshot, options, None).unwrap()
+}

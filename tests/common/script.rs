@@ -104,3 +104,28 @@ pub fn ok(s: &mut TcpStream, body: &str) {
         body.len()
     );
 }
+
+/// An HTTP/1.1 upstream on `ip:port` (port 0: any) answering every request
+/// with its `name` as the body, keep-alive.
+pub fn named(ip: &str, port: u16, name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind((ip, port)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while read_request(&mut s, &mut buf).is_some() {
+                    let r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if s.write_all(r.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
