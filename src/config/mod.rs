@@ -12,6 +12,7 @@ mod discovery;
 pub mod error;
 pub mod file;
 pub mod http2;
+mod observe;
 mod parse;
 mod resilience;
 mod routes;
