@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod http;
+pub mod process;
 pub mod script;
 pub mod tls;
 
