@@ -1,6 +1,13 @@
 //! A per-worker pool of I/O buffers. Connections rent a buffer only while
 //! bytes are moving and give it back before waiting again, so an idle
 //! connection holds no buffer (ARCHITECTURE.md invariant 8).
+//!
+//! The spares a burst leaves behind (up to `buffer_pool_size`, 64 MiB of
+//! address space at the defaults, with a touched page or more of each
+//! resident) decay when the burst is over: every [`BufferPool::decay`]
+//! (once a second, from the worker's tick) frees half of the spares that no
+//! `get` needed since the last one, so a pool sized by a peak shrinks to
+//! what is used within a few seconds, and a steady load keeps what it uses.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -13,6 +20,9 @@ pub struct BufferPool {
     size: usize,
     max_pooled: usize,
     free: RefCell<Vec<Vec<u8>>>,
+    /// The fewest spares held since the last `decay`: that many were not
+    /// needed.
+    low: Cell<usize>,
     /// Buffers handed out by `get` and not yet returned.
     rented: Cell<usize>,
     /// Where `rented` is published for the admin thread (single writer).
@@ -26,6 +36,7 @@ impl BufferPool {
             size,
             max_pooled,
             free: RefCell::new(Vec::new()),
+            low: Cell::new(0),
             rented: Cell::new(0),
             gauge: None,
         }
@@ -54,10 +65,25 @@ impl BufferPool {
     /// An empty buffer with `buffer_size()` capacity.
     pub fn get(&self) -> Vec<u8> {
         self.set_rented(self.rented.get() + 1);
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.size))
+        let mut free = self.free.borrow_mut();
+        let buf = free.pop();
+        self.low.set(self.low.get().min(free.len()));
+        buf.unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Free half of the spares no `get` needed since the last call; the
+    /// number freed (their memory goes back with the next heap trim).
+    pub fn decay(&self) -> usize {
+        let mut free = self.free.borrow_mut();
+        let unused = self.low.get().min(free.len());
+        let drop = unused.div_ceil(2);
+        let keep = free.len() - drop;
+        free.truncate(keep);
+        if drop > 0 {
+            free.shrink_to(keep.max(16));
+        }
+        self.low.set(free.len());
+        drop
     }
 
     /// Return a buffer; kept for reuse unless the pool is full.
@@ -106,5 +132,34 @@ mod tests {
         assert_eq!(pool.pooled(), 1);
         pool.put(Vec::with_capacity(10));
         assert_eq!(pool.pooled(), 1, "foreign sizes are dropped");
+    }
+
+    #[test]
+    fn unused_spares_decay() {
+        let pool = BufferPool::new(64, 100);
+        // A burst: 40 buffers out at once, all back.
+        let out: Vec<_> = (0..40).map(|_| pool.get()).collect();
+        out.into_iter().for_each(|b| pool.put(b));
+        assert_eq!(pool.pooled(), 40);
+        // The interval of the burst used them all: nothing decays yet.
+        assert_eq!(pool.decay(), 0);
+        // Quiet intervals: half of the unused spares go each time.
+        assert_eq!(pool.decay(), 20);
+        assert_eq!(pool.decay(), 10);
+        assert_eq!(pool.pooled(), 10);
+        // A steady load of 4 buffers at a time keeps them.
+        for _ in 0..5 {
+            let out: Vec<_> = (0..4).map(|_| pool.get()).collect();
+            out.into_iter().for_each(|b| pool.put(b));
+            pool.decay();
+        }
+        assert_eq!(pool.pooled(), 4);
+        for _ in 0..10 {
+            let b = pool.get();
+            pool.put(b);
+            let _ = pool.decay();
+        }
+        assert!(pool.pooled() >= 1, "what each interval uses stays");
+        assert_eq!(pool.rented(), 0);
     }
 }

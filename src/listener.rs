@@ -267,8 +267,9 @@ impl AcceptLoop {
                 // set it up (sized by the HTTP path) ends here.
                 Then::Relay(relay) => {
                     monoio::spawn(async move {
-                        let _guard = guard;
-                        relay.await;
+                        if let Some(idle) = relay.await {
+                            crate::http::park::park_relay(idle, guard);
+                        }
                     });
                 }
             }
@@ -284,8 +285,8 @@ enum Then {
     Done,
     /// An HTTP connection gone idle, to park.
     Park(crate::http::Parked),
-    /// A TCP relay to run in its own task.
-    Relay(std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>),
+    /// A TCP relay to run in its own task (`Some` when it went idle).
+    Relay(std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::tcp::ParkedRelay>>>>),
 }
 
 /// Serve one connection: detect, handshake, serve HTTP, or set up a relay.
@@ -412,18 +413,13 @@ async fn serve(
     // Boxed and handed back: the relay's future is large, and it runs in a
     // task of its own (this one, sized by the HTTP path, ends).
     Then::Relay(Box::pin(async move {
-        if let Some(listener) = handle.resolve(&snapshot) {
-            let relay = crate::tcp::proxy(
-                &ctx,
-                listener,
-                &cluster,
-                stream,
-                peer,
-                initial,
-                original_dst,
-            );
-            relay.await;
-        }
+        let origin = crate::tcp::Origin {
+            handle,
+            snapshot,
+            peer,
+            original_dst,
+        };
+        crate::tcp::proxy(&ctx, origin, &cluster, stream, initial).await
     }))
 }
 

@@ -26,7 +26,141 @@ both_drivers!(
     idle_timeout_closes,
     workers_report_driver_and_pinning,
     idle_relays_hold_no_buffer,
+    idle_relay_parks_and_resumes,
+    parked_relay_idles_out,
+    parked_relay_outlives_drain,
 );
+
+/// An upstream for parking tests: "ping" -> "pong"; "later" -> "late"
+/// after 1.8 s (time for the relay to park); EOF -> "bye", then closes.
+fn slow_talker() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = s.write_all(b"bye");
+                            return;
+                        }
+                        Ok(n) if &buf[..n] == b"later" => {
+                            std::thread::sleep(Duration::from_millis(1800));
+                            let _ = s.write_all(b"late");
+                        }
+                        Ok(_) => {
+                            let _ = s.write_all(b"pong");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut got).unwrap();
+    got
+}
+
+/// A relay idle in both directions for a second leaves its task for the
+/// worker's lot (issue 9: an idle relay holds no task, buffer or timer);
+/// either side's next bytes bring it back: the client's, then the
+/// upstream's, then a half-close. Every byte is counted once.
+fn idle_relay_parks_and_resumes(driver: Driver) {
+    let up = slow_talker();
+    let server = start(&tcp_config(driver, 1, &[up.to_string()], "", ""));
+    let mut s = connect(server.local_addr("l").unwrap());
+    assert_eq!(round_trip(&mut s, b"ping"), b"pong");
+    assert!(
+        eventually(|| server.parked_connections() == 1),
+        "not parked"
+    );
+    assert_eq!(
+        server.active_connections(),
+        1,
+        "parked still counts as active"
+    );
+    // The client speaks first.
+    assert_eq!(round_trip(&mut s, b"ping"), b"pong");
+    assert!(eventually(|| server.parked_connections() == 1));
+    // The upstream speaks first: asked now, it answers after the relay parked.
+    s.write_all(b"later").unwrap();
+    assert!(eventually(|| server.parked_connections() == 1));
+    assert_eq!(read_exact_n(&mut s, 4), b"late");
+    // A half-close of a parked relay reaches the upstream, whose answer
+    // and FIN come back.
+    assert!(eventually(|| server.parked_connections() == 1));
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut s).unwrap(), b"bye");
+    assert!(eventually(
+        || server.active_connections() == 0 && server.parked_connections() == 0
+    ));
+    let totals = server.listener_totals("l").unwrap();
+    assert_eq!((totals.bytes_in, totals.bytes_out), (13, 15));
+    assert_eq!(totals.idle_timeouts, 0);
+}
+
+/// A parked relay still ends at its idle_timeout, counted and closed.
+fn parked_relay_idles_out(driver: Driver) {
+    let up = slow_talker();
+    let server = start(&tcp_config(
+        driver,
+        1,
+        &[up.to_string()],
+        "idle_timeout = \"1800ms\"",
+        "",
+    ));
+    let mut s = connect(server.local_addr("l").unwrap());
+    assert_eq!(round_trip(&mut s, b"ping"), b"pong");
+    let quiet = Instant::now();
+    assert!(
+        eventually(|| server.parked_connections() == 1),
+        "not parked"
+    );
+    // The upstream is closed too: its "bye" comes back only if it saw EOF
+    // while the client was still connected; idle_timeout closes both.
+    assert!(read_to_eof(&mut s)
+        .expect("closed by idle_timeout")
+        .is_empty());
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1700),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert!(eventually(|| server
+        .listener_totals("l")
+        .unwrap()
+        .idle_timeouts
+        == 1));
+    assert_eq!(server.parked_connections(), 0);
+    assert_eq!(server.active_connections(), 0);
+}
+
+/// A drain closes idle HTTP connections but lets TCP connections run to
+/// their end, parked ones included.
+fn parked_relay_outlives_drain(driver: Driver) {
+    let up = slow_talker();
+    let server = start(&tcp_config(driver, 1, &[up.to_string()], "", ""));
+    let mut s = connect(server.local_addr("l").unwrap());
+    assert_eq!(round_trip(&mut s, b"ping"), b"pong");
+    assert!(
+        eventually(|| server.parked_connections() == 1),
+        "not parked"
+    );
+    server.drain();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(round_trip(&mut s, b"ping"), b"pong", "cut by the drain");
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut s).unwrap(), b"bye");
+    assert!(eventually(|| server.finished()), "workers did not finish");
+}
 
 /// After a short exchange, an idle relayed connection holds no buffer in
 /// either direction (epoll once needed a strict readiness check for this:

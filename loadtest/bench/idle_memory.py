@@ -52,6 +52,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=5000)
     ap.add_argument("--tcp-connections", type=int, default=3000)
+    ap.add_argument("--tcp-batches", type=int, default=1,
+                    help="hold this many batches of --tcp-connections relays, one after the other, "
+                         "and report each (the first pays for pools and slabs growing to the peak)")
+    ap.add_argument("--tcp-only", action="store_true",
+                    help="measure only TCP relays, in a proxy that has served no HTTP connection "
+                         "(whose freed memory would otherwise be reused and hide their cost)")
     ap.add_argument("--io", default="auto", help="outrigger's driver: auto, io_uring or epoll")
     a = ap.parse_args()
     n = a.connections
@@ -90,7 +96,8 @@ circuit_breaker = {{ max_connections = {n * 2} }}
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n * 4, n * 4)))
     time.sleep(1)
     try:
-        for name, port, pid in (("outrigger", 18501, og.pid), ("nginx", 18502, px.pid)):
+        http = () if a.tcp_only else (("outrigger", 18501, og.pid), ("nginx", 18502, px.pid))
+        for name, port, pid in http:
             hold(port, 10)  # warm: pools, first allocations
             before = rss_kib(pid)
             socks = hold(port, n)
@@ -103,20 +110,27 @@ circuit_breaker = {{ max_connections = {n * 2} }}
             for s in socks:
                 s.close()
             time.sleep(1.5)
-        print(f"outrigger open descriptors after the clients closed: {len(os.listdir(f'/proc/{og.pid}/fd'))}")
+        if http:
+            print(f"outrigger open descriptors after the clients closed: {len(os.listdir(f'/proc/{og.pid}/fd'))}")
         # An idle TCP relay: the client sends one request through it and
         # reads the answer; both sides then stay open and silent.
         # Up to 4 descriptors each on io_uring (two sockets, a duplicate
         # of each for readiness waits): fewer of them under the fd limit.
         t = a.tcp_connections
         hold(18503, 10)
-        before = rss_kib(og.pid)
-        socks = hold(18503, t)
-        time.sleep(2.5)
-        after = rss_kib(og.pid)
-        print(f"outrigger tcp relay: {t} idle relayed connections: RSS {before} -> {after} KiB, "
-              f"{1024 * (after - before) / t:.0f} bytes per connection")
-        for s in socks:
+        held = []
+        for batch in range(a.tcp_batches):
+            before = rss_kib(og.pid)
+            socks = hold(18503, t)
+            # Relays park after 1 s idle; the buffers their bursts left in the
+            # worker's pool decay by half a second (buffers.rs), and freed heap
+            # is returned within ~1 s: read after 8 s.
+            time.sleep(8)
+            after = rss_kib(og.pid)
+            print(f"outrigger tcp relay, batch {batch + 1}: {t} more idle relayed connections: "
+                  f"RSS {before} -> {after} KiB, {1024 * (after - before) / t:.0f} bytes per connection")
+            held += socks
+        for s in held:
             s.close()
     finally:
         for p in (og, px, up):

@@ -14,6 +14,12 @@
 //! listener's stop or the worker's drain closes its parked connections at
 //! once. Parking costs an `epoll_ctl` to add and one to remove, paid only by
 //! connections idle for the whole warm window, never on a busy one.
+//!
+//! Idle TCP relays park here too ([`park_relay`]): both of their sockets
+//! are watched, either turning readable resumes the relay in a new task, and
+//! the sweep ends one at its `idle_timeout` (logged `IT`). Unlike idle HTTP
+//! connections, a listener's stop and the worker's drain leave parked
+//! relays alone: TCP connections run to their end.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -28,6 +34,7 @@ use monoio::net::UnixStream;
 use super::downstream::{Downstream, Idle};
 use crate::config::Snapshot;
 use crate::listener::ConnGuard;
+use crate::tcp::ParkedRelay;
 use crate::worker::{ListenerHandle, WorkerCtx};
 
 /// Events taken per `epoll_wait`.
@@ -97,10 +104,69 @@ pub fn park(mut parked: Parked, guard: ConnGuard) {
     if ctx.closing(&parked.handle) {
         return;
     }
-    if let Err(e) = ctx.lot.insert(&ctx, parked, guard) {
+    if let Err((e, _)) = ctx.lot.insert(&ctx, Sleeper::Http(parked), guard) {
         // Closing an idle keep-alive connection loses nothing: the client
         // opens a new one.
         tracing::warn!(worker = ctx.index, error = %e, "cannot park an idle connection; closing it");
+    }
+}
+
+/// Park an idle TCP relay (from the task that relayed it, which then ends).
+pub fn park_relay(relay: ParkedRelay, guard: ConnGuard) {
+    let ctx = guard.ctx().clone();
+    ctx.release.freed();
+    if let Err((e, back)) = ctx.lot.insert(&ctx, Sleeper::Relay(relay), guard) {
+        // A relay cannot be closed for this: it stays a task.
+        tracing::debug!(worker = ctx.index, error = %e, "cannot park an idle relay; it stays a task");
+        if let Some((Sleeper::Relay(relay), guard)) = back {
+            resume_relay(relay, guard);
+        }
+    }
+}
+
+/// Relay a parked relay's next bytes in a fresh task.
+fn resume_relay(relay: ParkedRelay, guard: ConnGuard) {
+    monoio::spawn(async move {
+        if let Some(relay) = relay.resume().await {
+            park_relay(relay, guard);
+        }
+    });
+}
+
+/// What a lot holds.
+#[derive(Debug)]
+enum Sleeper {
+    Http(Parked),
+    Relay(ParkedRelay),
+}
+
+impl Sleeper {
+    /// The descriptors to watch (a relay's second is its upstream's).
+    fn fds(&self) -> [Option<RawFd>; 2] {
+        match self {
+            Sleeper::Http(p) => [Some(p.conn.io.raw_fd()), None],
+            Sleeper::Relay(r) => r.fds().map(|fd| Some(fd.as_raw_fd())),
+        }
+    }
+
+    fn until(&self) -> Instant {
+        match self {
+            Sleeper::Http(p) => p.until,
+            Sleeper::Relay(r) => r.until,
+        }
+    }
+
+    /// An idle HTTP connection of `handle`'s listener (relays never match:
+    /// a listener's stop leaves TCP connections to run to their end).
+    fn http_of(&self, handle: impl Fn(&ListenerHandle) -> bool) -> bool {
+        matches!(self, Sleeper::Http(p) if handle(&p.handle))
+    }
+
+    fn wake(self, ctx: &Rc<WorkerCtx>, guard: ConnGuard) {
+        match self {
+            Sleeper::Http(p) => resume_in_task(ctx.clone(), p, guard),
+            Sleeper::Relay(r) => resume_relay(r, guard),
+        }
     }
 }
 
@@ -131,34 +197,53 @@ struct State {
     generation: u32,
     /// No parked connection's `until` is earlier.
     next_expiry: Option<Instant>,
-    /// The waiting task was told to end (worker drain).
+    /// The worker drains: the waiting task ends once the lot is empty.
     stop: bool,
+    /// The waiting task runs.
+    running: bool,
     waker: Option<Waker>,
 }
 
 #[derive(Debug)]
 struct Slot {
-    parked: Parked,
+    sleeper: Sleeper,
     guard: ConnGuard,
     generation: u32,
 }
 
 impl Lot {
-    fn insert(&self, ctx: &Rc<WorkerCtx>, parked: Parked, guard: ConnGuard) -> std::io::Result<()> {
+    /// Watch `sleeper`'s descriptors; on failure it comes back (none when
+    /// the worker drains and it is an HTTP connection, which then closes).
+    #[allow(clippy::type_complexity)]
+    fn insert(
+        &self,
+        ctx: &Rc<WorkerCtx>,
+        sleeper: Sleeper,
+        guard: ConnGuard,
+    ) -> Result<(), (std::io::Error, Option<(Sleeper, ConnGuard)>)> {
         let mut st = self.state.borrow_mut();
-        if st.stop {
+        if st.stop && matches!(sleeper, Sleeper::Http(_)) {
             return Ok(());
         }
         let epfd = match &st.ready {
             Some(r) => r.as_raw_fd(),
             None => {
-                let ready = Rc::new(epoll_stream()?);
+                let ready = match epoll_stream() {
+                    Ok(r) => Rc::new(r),
+                    Err(e) => return Err((e, Some((sleeper, guard)))),
+                };
                 let fd = ready.as_raw_fd();
-                st.ready = Some(ready.clone());
-                monoio::spawn(wait_loop(ctx.clone(), ready));
+                st.ready = Some(ready);
                 fd
             }
         };
+        if !st.running {
+            st.running = true;
+            let ready = st.ready.clone();
+            if let Some(ready) = ready {
+                monoio::spawn(wait_loop(ctx.clone(), ready));
+            }
+        }
         let index = match st.free.pop() {
             Some(i) => i,
             None => {
@@ -168,20 +253,30 @@ impl Lot {
         };
         st.generation = st.generation.wrapping_add(1);
         let generation = st.generation;
-        let fd = parked.conn.io.raw_fd();
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            u64: (u64::from(generation) << 32) | u64::from(index),
-        };
-        // SAFETY: both descriptors are open; `ev` outlives the call.
-        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-            let e = std::io::Error::last_os_error();
-            st.free.push(index);
-            return Err(e);
+        let fds = sleeper.fds();
+        for (i, fd) in fds.iter().enumerate() {
+            let Some(fd) = *fd else { continue };
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                u64: (u64::from(generation) << 32) | u64::from(index),
+            };
+            // SAFETY: both descriptors are open; `ev` outlives the call.
+            if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                let e = std::io::Error::last_os_error();
+                for added in fds[..i].iter().flatten() {
+                    // SAFETY: removing an open descriptor we just added.
+                    unsafe {
+                        libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, *added, std::ptr::null_mut())
+                    };
+                }
+                st.free.push(index);
+                return Err((e, Some((sleeper, guard))));
+            }
         }
-        st.next_expiry = Some(st.next_expiry.map_or(parked.until, |t| t.min(parked.until)));
+        let until = sleeper.until();
+        st.next_expiry = Some(st.next_expiry.map_or(until, |t| t.min(until)));
         st.slots[index as usize] = Some(Slot {
-            parked,
+            sleeper,
             guard,
             generation,
         });
@@ -198,39 +293,42 @@ impl Lot {
         }
         let slot = slot.take()?;
         if let Some(r) = &st.ready {
-            let fd = slot.parked.conn.io.raw_fd();
-            // SAFETY: removing an open descriptor from our epoll instance.
-            unsafe {
-                libc::epoll_ctl(r.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut())
-            };
+            for fd in slot.sleeper.fds().into_iter().flatten() {
+                // SAFETY: removing an open descriptor from our epoll instance.
+                unsafe {
+                    libc::epoll_ctl(r.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut())
+                };
+            }
         }
         st.free.push(index as u32);
         st.len -= 1;
         slot.guard.ctx().stats.parked.set(st.len as u64);
+        if st.stop && st.len == 0 {
+            if let Some(w) = st.waker.take() {
+                w.wake();
+            }
+        }
         Some(slot)
     }
 
     /// Close the parked connections `close` picks (dropped outside the
-    /// borrow: closing touches the runtime and the gauges).
-    fn close_where(&self, close: impl Fn(&Slot) -> bool) {
-        let closed: Vec<Slot> = {
-            let mut st = self.state.borrow_mut();
-            let picked: Vec<usize> = (st.slots.iter().enumerate())
-                .filter(|(_, s)| s.as_ref().is_some_and(&close))
-                .map(|(i, _)| i)
-                .collect();
-            let out = picked
-                .into_iter()
-                .filter_map(|i| Lot::take(&mut st, i, None))
-                .collect();
-            st.next_expiry = st.slots.iter().flatten().map(|s| s.parked.until).min();
-            out
-        };
-        drop(closed);
+    /// borrow: closing touches the runtime, the gauges and the access log).
+    fn close_where(&self, close: impl Fn(&Slot) -> bool) -> Vec<Slot> {
+        let mut st = self.state.borrow_mut();
+        let picked: Vec<usize> = (st.slots.iter().enumerate())
+            .filter(|(_, s)| s.as_ref().is_some_and(&close))
+            .map(|(i, _)| i)
+            .collect();
+        let out = picked
+            .into_iter()
+            .filter_map(|i| Lot::take(&mut st, i, None))
+            .collect();
+        st.next_expiry = st.slots.iter().flatten().map(|s| s.sleeper.until()).min();
+        out
     }
 
     /// From the housekeeping tick: close parked connections whose
-    /// `idle_timeout` has passed, and all of them while draining.
+    /// `idle_timeout` has passed, and idle HTTP connections while draining.
     pub fn sweep(&self, ctx: &WorkerCtx, now: Instant) {
         let due = {
             let st = self.state.borrow();
@@ -239,20 +337,28 @@ impl Lot {
                     || ctx.draining.get()
                     || ctx.process_draining())
         };
-        if due {
-            self.close_where(|s| s.parked.until <= now || ctx.closing(&s.parked.handle));
+        if !due {
+            return;
+        }
+        let closed =
+            self.close_where(|s| s.sleeper.until() <= now || s.sleeper.http_of(|h| ctx.closing(h)));
+        for slot in closed {
+            if let Sleeper::Relay(relay) = slot.sleeper {
+                relay.timed_out();
+            }
         }
     }
 
     /// A listener stopped (reload removed it, or the worker drains): its
-    /// idle connections close at once.
+    /// idle HTTP connections close at once.
     pub fn close_listener(&self, handle: &ListenerHandle) {
-        self.close_where(|s| std::ptr::eq(Rc::as_ptr(&s.parked.handle), handle));
+        drop(self.close_where(|s| s.sleeper.http_of(|h| std::ptr::eq(h, handle))));
     }
 
-    /// The worker drains: close every parked connection and end the task.
+    /// The worker drains: close every idle HTTP connection; the waiting
+    /// task ends once no relay is parked either.
     pub fn close_all(&self) {
-        self.close_where(|_| true);
+        drop(self.close_where(|s| s.sleeper.http_of(|_| true)));
         let mut st = self.state.borrow_mut();
         st.stop = true;
         if let Some(w) = st.waker.take() {
@@ -285,7 +391,7 @@ async fn wait_loop(ctx: Rc<WorkerCtx>, ready: Rc<UnixStream>) {
             std::future::poll_fn(|cx| {
                 {
                     let mut st = ctx.lot.state.borrow_mut();
-                    if st.stop {
+                    if st.stop && st.len == 0 {
                         return Poll::Ready(true);
                     }
                     st.waker = Some(cx.waker().clone());
@@ -304,7 +410,15 @@ async fn wait_loop(ctx: Rc<WorkerCtx>, ready: Rc<UnixStream>) {
             .await
         };
         if stop {
-            ctx.lot.close_all();
+            // Drained and empty; or the wait failed: HTTP connections close,
+            // relays go back to tasks.
+            let left = ctx.lot.close_where(|_| true);
+            ctx.lot.state.borrow_mut().running = false;
+            for slot in left {
+                if let Sleeper::Relay(relay) = slot.sleeper {
+                    resume_relay(relay, slot.guard);
+                }
+            }
             return;
         }
         loop {
@@ -330,7 +444,7 @@ async fn wait_loop(ctx: Rc<WorkerCtx>, ready: Rc<UnixStream>) {
                     .collect()
             };
             for slot in woken {
-                resume_in_task(ctx.clone(), slot.parked, slot.guard);
+                slot.sleeper.wake(&ctx, slot.guard);
             }
             if (n as usize) < BATCH {
                 break;

@@ -202,7 +202,7 @@ async fn tunnel(
                 downstream_to_upstream: m.tls_to_plain,
                 upstream_to_downstream: m.plain_to_tls,
                 idle_timeout: m.idle_timeout,
-                spliced_directions: 0,
+                ..crate::tcp::RelayOutcome::default()
             }
         }
         // HTTP/2 requests never carry an upgrade.

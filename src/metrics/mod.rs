@@ -274,18 +274,29 @@ pub struct Active<'a> {
 
 impl<'a> Active<'a> {
     pub fn new(cluster: &'a ClusterCells, endpoint: &'a EndpointCells) -> Self {
+        Active::open(cluster, endpoint);
+        Active { cluster, endpoint }
+    }
+
+    /// What `new` counts, for an owner that cannot hold the borrowing guard
+    /// (a relay that outlives its task); it must call [`Active::close`].
+    pub fn open(cluster: &ClusterCells, endpoint: &EndpointCells) {
         cluster.requests.inc();
         cluster.active.inc();
         endpoint.requests.inc();
         endpoint.in_flight.inc();
-        Active { cluster, endpoint }
+    }
+
+    /// What dropping the guard undoes.
+    pub fn close(cluster: &ClusterCells, endpoint: &EndpointCells) {
+        cluster.active.dec();
+        endpoint.in_flight.dec();
     }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.cluster.active.dec();
-        self.endpoint.in_flight.dec();
+        Active::close(self.cluster, self.endpoint);
     }
 }
 

@@ -2,18 +2,19 @@
 //! then relay both directions until both are done or the connection idles out.
 
 mod relay;
+mod session;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use monoio::net::TcpStream;
 
-pub use relay::{relay, RelayOutcome, SpliceMode};
+pub use relay::{relay, relay_parking, Limits, RelayOutcome, Relayed, SpliceMode};
+pub use session::{Origin, ParkedRelay, Session, PARK_AFTER};
 
 use crate::access_log::Record;
-use crate::config::Listener;
-use crate::metrics::Active;
 use crate::upstream::{Cluster, Endpoint};
 use crate::worker::WorkerCtx;
 
@@ -40,36 +41,23 @@ pub enum ConnectError {
     },
 }
 
-/// Serve one downstream connection of a tcp listener.
+/// Serve one downstream connection of a tcp listener; `Some` when the
+/// relay went idle and is to be parked (plain sockets on both sides only).
 pub async fn proxy(
     ctx: &Rc<WorkerCtx>,
-    listener: &Listener,
-    cluster: &Cluster,
+    origin: Origin,
+    cluster: &Arc<Cluster>,
     client: crate::http::downstream::ClientIo,
-    peer: SocketAddr,
     initial: Option<bytes::Bytes>,
-    original_dst: Option<SocketAddr>,
-) {
+) -> Option<ParkedRelay> {
+    let listener = origin.listener()?;
+    let peer = origin.peer;
     let counters = listener.stats.worker(ctx.index);
-    let started = Instant::now();
-    let start_time = SystemTime::now();
-    let log = |upstream, bytes, flags| {
-        let record = Record::tcp(
-            start_time,
-            peer,
-            &listener.name,
-            &cluster.name,
-            upstream,
-            bytes,
-            started.elapsed(),
-            flags,
-        );
-        ctx.log.log(&ctx.snapshot.load(), &record);
-    };
+    let started = (Instant::now(), SystemTime::now());
     let dynamic;
     let connected = if cluster.original_destination {
         // Where the client meant to go; none when it was not intercepted.
-        match original_dst {
+        match origin.original_dst {
             Some(dst) => {
                 dynamic = Endpoint::dynamic(dst, ctx.workers);
                 connect_one(ctx, cluster, &dynamic).await
@@ -93,20 +81,26 @@ pub async fn proxy(
                 ConnectError::NoHealthy(_) => "UH",
                 ConnectError::Overflow { .. } => "UO",
             };
-            log(None, (0, 0), flag);
-            return;
+            let record = Record::tcp(
+                started.1,
+                peer,
+                &listener.name,
+                &cluster.name,
+                None,
+                (0, 0),
+                started.0.elapsed(),
+                flag,
+            );
+            ctx.log.log(&ctx.snapshot.load(), &record);
+            return None;
         }
     };
     let addr = endpoint.address;
     cluster.stats.worker(ctx.index).connections_opened.inc();
-    let active = Active::new(
-        cluster.stats.worker(ctx.index),
-        endpoint.stats.worker(ctx.index),
-    );
-    let in_flight = ctx.balancers.track(addr);
+    let (idle, send) = (listener.idle_timeout, listener.http.send_timeout);
+    let mut session = Session::new(ctx, origin.clone(), cluster, endpoint, started);
     let _ = upstream.set_nodelay(true);
     // A cluster with `tls`: the handshake, within connect_timeout.
-
     let (mut upstream, upstream_tls) = match &cluster.tls {
         None => (Some(upstream), None),
         Some(tls) => {
@@ -125,87 +119,51 @@ pub async fn proxy(
                 Ok(Err(e)) => {
                     tracing::warn!(listener = %listener.name, %peer, upstream = %addr, error = %e, "upstream TLS handshake failed; closing client");
                     endpoint.stats.worker(ctx.index).error(format!("TLS: {e}"));
-                    drop((active, in_flight));
-                    log(Some(addr), (0, 0), "UF");
-                    return;
+                    session.flag = Some("UF");
+                    return None;
                 }
                 Err(_) => {
                     tracing::warn!(listener = %listener.name, %peer, upstream = %addr, "upstream TLS handshake timed out; closing client");
-                    drop((active, in_flight));
-                    log(Some(addr), (0, 0), "UF");
-                    return;
+                    session.flag = Some("UF");
+                    return None;
                 }
             }
         }
     };
     // Bytes read before the cluster was known (a ClientHello) go first
     // (sni_routes clusters are plain: the config refuses tls on them).
-    let mut early = 0u64;
     if let (Some(bytes), Some(up)) = (initial, &mut upstream) {
-        early = bytes.len() as u64;
+        let early = bytes.len() as u64;
         let (res, _) = monoio::io::AsyncWriteRentExt::write_all(up, bytes).await;
         if res.is_err() {
-            drop((active, in_flight));
-            log(Some(addr), (0, 0), "UR");
-            return;
+            session.flag = Some("UR");
+            return None;
         }
+        session.bytes.0 += early;
     }
     use crate::http::downstream::ClientIo;
-    let (idle, send) = (listener.idle_timeout, listener.http.send_timeout);
-    let outcome = match (client, upstream, upstream_tls) {
+    let measured = match (client, upstream, upstream_tls) {
         (ClientIo::Plain(client), Some(upstream), _) => {
-            relay(
-                client,
-                upstream,
-                idle,
-                listener.splice,
-                ctx.driver,
-                &ctx.buffers,
-                &ctx.deadlines,
-            )
-            .await
+            return session.relay(client, upstream).await;
         }
         (ClientIo::Tls(tls), Some(upstream), _) => {
             let m = crate::tls::relay::relay(*tls, upstream, idle, send, &ctx.deadlines).await;
-            RelayOutcome {
-                downstream_to_upstream: m.tls_to_plain,
-                upstream_to_downstream: m.plain_to_tls,
-                idle_timeout: m.idle_timeout,
-                spliced_directions: 0,
-            }
+            (m.tls_to_plain, m.plain_to_tls, m.idle_timeout)
         }
         (ClientIo::Plain(client), None, Some(up)) => {
             let m = crate::tls::relay::relay(up, client, idle, send, &ctx.deadlines).await;
-            RelayOutcome {
-                downstream_to_upstream: m.plain_to_tls,
-                upstream_to_downstream: m.tls_to_plain,
-                idle_timeout: m.idle_timeout,
-                spliced_directions: 0,
-            }
+            (m.plain_to_tls, m.tls_to_plain, m.idle_timeout)
         }
         // TLS on both sides is refused by the config compiler.
-        _ => RelayOutcome::default(),
+        _ => (0, 0, false),
     };
-    drop((active, in_flight));
-    let bytes = (
-        outcome.downstream_to_upstream + early,
-        outcome.upstream_to_downstream,
-    );
-    counters.bytes_in.add(bytes.0);
-    counters.bytes_out.add(bytes.1);
-    if outcome.idle_timeout {
-        counters.idle_timeouts.inc();
-    }
-    log(
-        Some(addr),
-        bytes,
-        if outcome.idle_timeout { "IT" } else { "-" },
-    );
-    tracing::debug!(
-        listener = %listener.name, %peer, upstream = %addr,
-        bytes_in = bytes.0, bytes_out = bytes.1,
-        idle_timeout = outcome.idle_timeout, "tcp connection closed"
-    );
+    session.add(&RelayOutcome {
+        downstream_to_upstream: measured.0,
+        upstream_to_downstream: measured.1,
+        idle_timeout: measured.2,
+        ..RelayOutcome::default()
+    });
+    None
 }
 
 /// Connect to one endpoint (an original destination) within connect_timeout.

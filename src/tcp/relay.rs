@@ -9,10 +9,17 @@
 //! side becomes shutdown(SHUT_WR) towards the other (half-close), and the
 //! relay ends when both directions have ended, when one fails, or after
 //! `idle_timeout` without a byte in either direction.
+//!
+//! A relay asked to park ([`relay_parking`]) also ends when both directions
+//! have been waiting for readability, holding nothing, for `park_after`:
+//! it then hands back duplicates of its two descriptors and the caller
+//! parks them in the worker's lot (`http::park`), so an idle relay holds no
+//! task, future, timer or buffer; the relay starts again, in a new task,
+//! when either socket turns readable.
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use monoio::io::splice::{SpliceDestination, SpliceSource};
@@ -45,6 +52,19 @@ pub struct RelayOutcome {
     pub idle_timeout: bool,
     /// Directions that switched to splice.
     pub spliced_directions: u8,
+    /// Parked: the last byte moved at this time.
+    pub quiet_since: Option<Instant>,
+}
+
+/// How a relay ended when it was allowed to park.
+#[derive(Debug)]
+pub enum Relayed {
+    /// Both directions ended, one failed, or it idled out.
+    Ended(RelayOutcome),
+    /// Both directions were quiet for `park_after`: the bytes moved so far,
+    /// and duplicates of the client's and the upstream's descriptors (the
+    /// runtime's sockets are closed; these keep the connections open).
+    Parked(RelayOutcome, [OwnedFd; 2]),
 }
 
 /// Relay until both directions end, one fails, or the connection idles out.
@@ -57,6 +77,39 @@ pub async fn relay(
     pool: &BufferPool,
     deadlines: &Deadlines,
 ) -> RelayOutcome {
+    let limits = Limits {
+        idle_timeout,
+        mode,
+        park_after: None,
+    };
+    match relay_parking(client, upstream, limits, driver, pool, deadlines).await {
+        Relayed::Ended(outcome) | Relayed::Parked(outcome, _) => outcome,
+    }
+}
+
+/// A relay's time limits and splice mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub mode: SpliceMode,
+    /// Park after both directions have been quiet this long (`None`: never).
+    pub park_after: Option<Duration>,
+}
+
+/// [`relay`], or hand the connection back to be parked once it is idle.
+pub async fn relay_parking(
+    client: TcpStream,
+    upstream: TcpStream,
+    limits: Limits,
+    driver: Driver,
+    pool: &BufferPool,
+    deadlines: &Deadlines,
+) -> Relayed {
+    let Limits {
+        idle_timeout,
+        mode,
+        park_after,
+    } = limits;
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
     // On io_uring, readiness of each socket is waited on through a second
     // descriptor (a PollAdd on the dup), so no reference into a split half
@@ -68,46 +121,130 @@ pub async fn relay(
             (Ok(c), Ok(u)) => Some([c, u]),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "cannot duplicate a relayed socket; closing");
-                return RelayOutcome::default();
+                return Relayed::Ended(RelayOutcome::default());
             }
         },
         Driver::Epoll => None,
     };
     let activity = Cell::new(Instant::now());
     let timed_out = Cell::new(false);
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
+    // The pumps borrow the halves: a relay that parks reunites them, since
+    // dropping a write half shuts its socket down (monoio sends the FIN).
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let cold = [Cell::new(false), Cell::new(false)];
     let shared = Shared {
         activity: &activity,
+        cold: &cold,
         deadlines,
         mode,
         driver,
         pool,
     };
     let down = Pump {
+        side: 0,
         fds,
         from: ready.as_ref().map(|r| &r[0]),
         to: ready.as_ref().map(|r| &r[1]),
         shared: &shared,
     };
     let up = Pump {
+        side: 1,
         fds: [fds[1], fds[0]],
         from: ready.as_ref().map(|r| &r[1]),
         to: ready.as_ref().map(|r| &r[0]),
         shared: &shared,
     };
-    let both = async { monoio::join!(down.run(cr, uw), up.run(ur, cw)) };
+    let moved = [Cell::new(0u64), Cell::new(0u64)];
+    let both = async {
+        monoio::join!(
+            down.run(&mut cr, &mut uw, &moved[0]),
+            up.run(&mut ur, &mut cw, &moved[1])
+        )
+    };
     let mut outcome = RelayOutcome::default();
+    let mut quiet = false;
     monoio::select! {
-        ((a, sa), (b, sb)) = both => {
-            outcome.downstream_to_upstream = a;
-            outcome.upstream_to_downstream = b;
+        ((_, sa), (_, sb)) = both => {
             outcome.spliced_directions = u8::from(sa) + u8::from(sb);
         }
         _ = watchdog(&activity, idle_timeout, fds, &timed_out, deadlines) => {}
+        () = parker(park_after, &activity, &cold, deadlines) => quiet = true,
     }
+    outcome.downstream_to_upstream = moved[0].get();
+    outcome.upstream_to_downstream = moved[1].get();
     outcome.idle_timeout = timed_out.get();
-    outcome
+    if !quiet {
+        return Relayed::Ended(outcome);
+    }
+    // Both directions were suspended in a readiness wait and are dropped:
+    // no byte is held anywhere. The readiness duplicates go first, so the
+    // two duplicates below fit where they were.
+    drop(ready);
+    let (Ok(client), Ok(upstream)) = (cr.reunite(cw), ur.reunite(uw)) else {
+        // Halves of one stream always reunite.
+        return Relayed::Ended(outcome);
+    };
+    // SAFETY: both descriptors belong to `client` and `upstream`, open
+    // while they are borrowed here.
+    let dup = |s: &TcpStream| unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }.try_clone_to_owned();
+    match (dup(&client), dup(&upstream)) {
+        (Ok(a), Ok(b)) => {
+            // Dropping a whole stream closes its descriptor without a
+            // shutdown: the connections stay open through the duplicates.
+            drop((client, upstream));
+            outcome.quiet_since = Some(activity.get());
+            Relayed::Parked(outcome, [a, b])
+        }
+        // Out of descriptors: relay on as a task, never parking.
+        _ => {
+            let limits = Limits {
+                park_after: None,
+                ..limits
+            };
+            let more = Box::pin(relay_parking(
+                client, upstream, limits, driver, pool, deadlines,
+            ));
+            match more.await {
+                Relayed::Ended(rest) | Relayed::Parked(rest, _) => Relayed::Ended(RelayOutcome {
+                    downstream_to_upstream: outcome.downstream_to_upstream
+                        + rest.downstream_to_upstream,
+                    upstream_to_downstream: outcome.upstream_to_downstream
+                        + rest.upstream_to_downstream,
+                    idle_timeout: rest.idle_timeout,
+                    spliced_directions: rest.spliced_directions,
+                    quiet_since: None,
+                }),
+            }
+        }
+    }
+}
+
+/// Completes once both directions have waited for readability (holding
+/// no buffer, nothing half-written) for `park_after` with no byte moved;
+/// pending forever without `park_after`. Polled beside both directions in
+/// one task, so when it sees both flags set both directions are suspended
+/// in that wait, and dropping them loses nothing: a readiness they had not
+/// yet observed is reported again by the lot's level-triggered epoll.
+async fn parker(
+    park_after: Option<Duration>,
+    activity: &Cell<Instant>,
+    cold: &[Cell<bool>; 2],
+    deadlines: &Deadlines,
+) {
+    let Some(after) = park_after else {
+        return std::future::pending().await;
+    };
+    loop {
+        let due = activity.get() + after;
+        let now = Instant::now();
+        if now >= due && cold.iter().all(Cell::get) {
+            return;
+        }
+        // Not quiet yet (a direction still warm or busy): look again later.
+        let mut armed = deadlines.arm(due.max(now + after / 2));
+        std::future::poll_fn(|cx| armed.poll_expired(cx)).await;
+    }
 }
 
 /// Waits until the connection has been idle for `idle`, then shuts both
@@ -145,6 +282,8 @@ fn shutdown_both(fds: [RawFd; 2]) {
 /// What both directions of one relay share.
 struct Shared<'a> {
     activity: &'a Cell<Instant>,
+    /// Per direction: waiting for readability in buffered mode.
+    cold: &'a [Cell<bool>; 2],
     deadlines: &'a Deadlines,
     mode: SpliceMode,
     driver: Driver,
@@ -153,6 +292,8 @@ struct Shared<'a> {
 
 /// One direction: reads from `fds[0]`'s stream, writes to `fds[1]`'s.
 struct Pump<'a> {
+    /// 0: client to upstream, 1: upstream to client.
+    side: usize,
     fds: [RawFd; 2],
     /// io_uring: readiness of the socket read from and of the one written
     /// to, through dups (`None` on epoll).
@@ -164,18 +305,24 @@ struct Pump<'a> {
 impl Pump<'_> {
     /// Returns bytes moved and whether splice was used. On error both
     /// sockets are shut down so the other direction ends too.
-    async fn run(&self, mut r: TcpOwnedReadHalf, mut w: TcpOwnedWriteHalf) -> (u64, bool) {
-        let mut total = 0u64;
+    /// `moved` follows the byte count as it grows (read when parked).
+    async fn run(
+        &self,
+        r: &mut TcpOwnedReadHalf,
+        w: &mut TcpOwnedWriteHalf,
+        moved: &Cell<u64>,
+    ) -> (u64, bool) {
+        let total = moved;
         let mut spliced = false;
         let result = async {
             if self.shared.mode != SpliceMode::Always {
-                match self.buffered(&mut r, &mut w, &mut total).await? {
+                match self.buffered(r, w, total).await? {
                     Step::Done => return Ok(()),
                     Step::SwitchToSplice => {}
                 }
             }
             spliced = true;
-            self.spliced(&mut r, &mut w, &mut total).await
+            self.spliced(r, w, total).await
         }
         .await;
         match result {
@@ -188,14 +335,14 @@ impl Pump<'_> {
                 shutdown_both(self.fds);
             }
         }
-        (total, spliced)
+        (total.get(), spliced)
     }
 
     async fn buffered(
         &self,
         r: &mut TcpOwnedReadHalf,
         w: &mut TcpOwnedWriteHalf,
-        total: &mut u64,
+        total: &Cell<u64>,
     ) -> io::Result<Step> {
         let size = self.shared.pool.buffer_size();
         let mut full_reads = 0;
@@ -208,7 +355,10 @@ impl Pump<'_> {
         let mut warm = false;
         loop {
             if !hot && !warm {
-                self.readable(r).await?;
+                self.shared.cold[self.side].set(true);
+                let ready = self.readable(r).await;
+                self.shared.cold[self.side].set(false);
+                ready?;
             }
             let (res, buf) = if warm && !hot {
                 // Cancelled and then awaited: bytes that arrive at the
@@ -250,7 +400,7 @@ impl Pump<'_> {
             let (res, buf) = w.write_all(buf).await;
             self.shared.pool.put(buf);
             res?;
-            *total += n as u64;
+            total.set(total.get() + n as u64);
             self.shared.activity.set(Instant::now());
             hot = n == size;
             warm = self.shared.driver == Driver::IoUring;
@@ -288,7 +438,7 @@ impl Pump<'_> {
         &self,
         r: &mut TcpOwnedReadHalf,
         w: &mut TcpOwnedWriteHalf,
-        total: &mut u64,
+        total: &Cell<u64>,
     ) -> io::Result<()> {
         let (mut pipe_r, mut pipe_w) = monoio::net::unix::new_pipe()?;
         loop {
@@ -325,7 +475,7 @@ impl Pump<'_> {
                 left -= m;
                 self.shared.activity.set(Instant::now());
             }
-            *total += u64::from(n);
+            total.set(total.get() + u64::from(n));
         }
     }
 }

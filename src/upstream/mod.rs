@@ -366,10 +366,28 @@ impl Balancers {
     /// Count one more in-flight connection/request on an endpoint; the guard
     /// takes it back when dropped.
     pub fn track(&self, addr: SocketAddr) -> InFlight<'_> {
-        *self.in_flight.borrow_mut().entry(addr).or_default() += 1;
+        self.track_detached(addr);
         InFlight {
             balancers: self,
             addr,
+        }
+    }
+
+    /// [`Balancers::track`] without the guard, for an owner that outlives
+    /// its task (a parked relay); it must call [`Balancers::untrack`].
+    pub fn track_detached(&self, addr: SocketAddr) {
+        *self.in_flight.borrow_mut().entry(addr).or_default() += 1;
+    }
+
+    /// Take one in-flight count back.
+    pub fn untrack(&self, addr: SocketAddr) {
+        let mut in_flight = self.in_flight.borrow_mut();
+        if let Some(c) = in_flight.get_mut(&addr) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                // Pruned at zero: endpoints a reload removed leave no entry.
+                in_flight.remove(&addr);
+            }
         }
     }
 
@@ -419,14 +437,7 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self.balancers.in_flight.borrow_mut();
-        if let Some(c) = in_flight.get_mut(&self.addr) {
-            *c = c.saturating_sub(1);
-            if *c == 0 {
-                // Pruned at zero: endpoints a reload removed leave no entry.
-                in_flight.remove(&self.addr);
-            }
-        }
+        self.balancers.untrack(self.addr);
     }
 }
 

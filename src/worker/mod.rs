@@ -407,11 +407,17 @@ async fn tick(ctx: Rc<WorkerCtx>) {
     let mut swept: Option<Rc<Arc<Snapshot>>> = None;
     // Runs through the drain too: connections still finishing rely on the
     // deadline sweep.
+    let mut ticks = 0u32;
     while !ctx.finished.get() {
         let start = Instant::now();
         monoio::time::sleep(TICK).await;
         ctx.deadlines.sweep(Instant::now());
         ctx.lot.sweep(&ctx, Instant::now());
+        ticks = ticks.wrapping_add(1);
+        // Once a second: spare buffers a burst left behind decay.
+        if ticks % 10 == 0 && ctx.buffers.decay() > 0 {
+            ctx.release.freed();
+        }
         ctx.release.maybe_trim(Instant::now());
         let runtime = &ctx.current().runtime;
         overload::sample(
