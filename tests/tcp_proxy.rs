@@ -139,8 +139,10 @@ fn parked_relay_idles_out(driver: Driver) {
         .unwrap()
         .idle_timeouts
         == 1));
-    assert_eq!(server.parked_connections(), 0);
-    assert_eq!(server.active_connections(), 0);
+    // The connection's gauges drop just after its counters are written.
+    assert!(eventually(
+        || server.parked_connections() == 0 && server.active_connections() == 0
+    ));
 }
 
 /// A drain closes idle HTTP connections but lets TCP connections run to

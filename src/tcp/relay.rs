@@ -169,12 +169,14 @@ pub async fn relay_parking(
             outcome.spliced_directions = u8::from(sa) + u8::from(sb);
         }
         _ = watchdog(&activity, idle_timeout, fds, &timed_out, deadlines) => {}
-        () = parker(park_after, &activity, &cold, deadlines) => quiet = true,
+        () = parker(park_after, &activity, &cold, &timed_out, deadlines) => quiet = true,
     }
     outcome.downstream_to_upstream = moved[0].get();
     outcome.upstream_to_downstream = moved[1].get();
     outcome.idle_timeout = timed_out.get();
-    if !quiet {
+    // The watchdog may have shut both sockets down in the same turn as the
+    // parker saw both directions waiting: that relay has ended.
+    if !quiet || outcome.idle_timeout {
         return Relayed::Ended(outcome);
     }
     // Both directions were suspended in a readiness wait and are dropped:
@@ -230,6 +232,7 @@ async fn parker(
     park_after: Option<Duration>,
     activity: &Cell<Instant>,
     cold: &[Cell<bool>; 2],
+    timed_out: &Cell<bool>,
     deadlines: &Deadlines,
 ) {
     let Some(after) = park_after else {
@@ -238,6 +241,9 @@ async fn parker(
     loop {
         let due = activity.get() + after;
         let now = Instant::now();
+        if timed_out.get() {
+            return std::future::pending().await;
+        }
         if now >= due && cold.iter().all(Cell::get) {
             return;
         }
