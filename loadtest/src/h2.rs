@@ -29,8 +29,6 @@ struct Plan {
     streams: usize,
     /// Open loop: interval between one stream's intended sends.
     interval: Option<Duration>,
-    /// This thread's pacers spin (it paces at least `pacer::SPIN_RATE`).
-    spin: bool,
     measure_from: Instant,
     end: Instant,
 }
@@ -92,10 +90,6 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             timeout: args.timeout,
             streams: args.streams,
             interval,
-            spin: interval.is_some_and(|iv| {
-                let paced = (n_conns * args.streams) as f64;
-                crate::pacer::spin_at(paced / iv.as_secs_f64().max(1e-9))
-            }),
             measure_from,
             end,
         };
@@ -243,7 +237,7 @@ async fn stream(
     first: Instant,
 ) {
     let pacer = match plan.interval {
-        Some(_) => match Pacer::new(plan.spin) {
+        Some(_) => match Pacer::new() {
             Ok(p) => Some(p),
             Err(_) => {
                 result.borrow_mut().error("pacer");

@@ -89,8 +89,6 @@ struct Plan {
     )>,
     /// Per-connection interval between intended sends (open loop).
     interval: Option<Duration>,
-    /// This thread's pacers spin (it paces at least `pacer::SPIN_RATE`).
-    spin: bool,
     measure_from: Instant,
     end: Instant,
 }
@@ -222,9 +220,6 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             timeout: args.timeout,
             tls: tls.clone(),
             interval,
-            spin: interval.is_some_and(|iv| {
-                crate::pacer::spin_at(n_conns as f64 / iv.as_secs_f64().max(1e-9))
-            }),
             measure_from,
             end,
         };
@@ -347,7 +342,7 @@ async fn connection(
     // Open loop: sends are paced by a timerfd, not by the runtime's
     // millisecond timers (see pacer.rs).
     let pacer = match plan.interval {
-        Some(_) => match Pacer::new(plan.spin) {
+        Some(_) => match Pacer::new() {
             Ok(p) => Some(p),
             Err(_) => {
                 result.borrow_mut().error("pacer");

@@ -5,20 +5,10 @@
 //! resolution, with the thread's timer slack set to 1 ns) and waited on
 //! through the runtime's readiness poll, so the send leaves within tens of
 //! microseconds of its time. Lateness is measured per send and reported.
-//!
-//! A timer wake-up costs a few microseconds of the thread and lands 20-60
-//! µs late on a busy machine; at 50,000 sends/s on one thread (20 µs
-//! apart) that saturates it and every send leaves late. So a thread pacing
-//! at least [`SPIN_RATE`] sends/s spins instead for the last [`SPIN_LEAD`]
-//! before each send: the timerfd wakes it that much early, and the task
-//! then yields to the runtime (other connections run, completions are
-//! reaped) until the time comes. That costs the whole core of the thread,
-//! which at such rates the timers cost anyway.
 
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
@@ -29,37 +19,10 @@ pub struct Pacer {
     /// socket operation is ever issued on it).
     ready: TcpStream,
     fd: RawFd,
-    /// Spin the last `SPIN_LEAD` before each send.
-    spin: bool,
-}
-
-/// Sends per second per thread from which pacers spin.
-pub const SPIN_RATE: f64 = 25_000.0;
-
-/// How long before a send a spinning pacer stops sleeping.
-const SPIN_LEAD: Duration = Duration::from_micros(100);
-
-/// Whether a thread sending `sends_per_second` should spin.
-pub fn spin_at(sends_per_second: f64) -> bool {
-    sends_per_second >= SPIN_RATE
-}
-
-/// Ready on the second poll: back of the runtime's queue, once.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
 }
 
 impl Pacer {
-    pub fn new(spin: bool) -> io::Result<Self> {
+    pub fn new() -> io::Result<Self> {
         // SAFETY: timerfd_create has no memory arguments; the descriptor it
         // returns is owned from here on by the stream built from it.
         let fd = unsafe {
@@ -79,26 +42,11 @@ impl Pacer {
         Ok(Pacer {
             ready: TcpStream::from_std(std)?,
             fd,
-            spin,
         })
     }
 
     /// Wait until `at` (returns at once if it has passed).
     pub async fn until(&self, at: Instant) -> io::Result<()> {
-        if self.spin {
-            if let Some(wake) = at.checked_sub(SPIN_LEAD) {
-                self.sleep_until(wake).await?;
-            }
-            while Instant::now() < at {
-                yield_once().await;
-            }
-            return Ok(());
-        }
-        self.sleep_until(at).await
-    }
-
-    /// The timerfd wait.
-    async fn sleep_until(&self, at: Instant) -> io::Result<()> {
         let now = Instant::now();
         if at <= now {
             return Ok(());
