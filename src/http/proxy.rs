@@ -308,12 +308,17 @@ impl Exchange<'_> {
                     return Ok(r);
                 }
             }
-            let read = up.read_more(std::mem::take(buf), 8192);
             let mut at = Instant::now() + self.remaining();
             if let Some(d) = self.head_deadline {
                 at = at.min(d);
             }
-            let (res, b) = match self.req.ctx.deadlines.within(at, read).await {
+            // Built in place (a bound future would be copied once more).
+            let read = self
+                .req
+                .ctx
+                .deadlines
+                .within(at, up.read_more(std::mem::take(buf), 8192));
+            let (res, b) = match read.await {
                 Ok(done) => done,
                 Err(_) => return Err(HttpError::UpstreamTimeout),
             };

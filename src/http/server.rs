@@ -368,18 +368,22 @@ async fn route_and_answer<'a>(
                 web: web.as_ref(),
                 body: preset.as_ref(),
             };
-            let forward = super::forward::forward(req, name, conn, up);
             // The route timeout covers the whole exchange: connecting,
             // reading the client's body, the upstream's answer and sending
             // it back. Upstream reads honour it exactly (`Exchange::remaining`);
             // this coarse deadline (up to ~100 ms late) catches the rest.
+            // The forward future (several KiB) is built where it is awaited:
+            // bound to a local first, it was copied once more per request.
             match timeout {
                 Some(t) => ctx
                     .deadlines
-                    .within(rec.mark.at + t, forward)
+                    .within(
+                        rec.mark.at + t,
+                        super::forward::forward(req, name, conn, up),
+                    )
                     .await
                     .unwrap_or(Err(HttpError::UpstreamTimeout)),
-                None => forward.await,
+                None => super::forward::forward(req, name, conn, up).await,
             }
         }
     };
