@@ -115,19 +115,26 @@ fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     got
 }
 
-/// A relay idle in both directions for a second leaves its task for the
-/// worker's lot (issue 9: an idle relay holds no task, buffer or timer);
-/// either side's next bytes bring it back: the client's, then the
-/// upstream's, then a half-close. Every byte is counted once.
-fn idle_relay_parks_and_resumes(driver: Driver) {
+/// A proxy in front of [`slow_talker`] (listener keys `extra`) and a client
+/// whose relay has exchanged one message and is parked.
+fn parked_relay(driver: Driver, extra: &str) -> (outrigger::Server, TcpStream) {
     let up = slow_talker();
-    let server = start(&tcp_config(driver, 1, &[up.to_string()], "", ""));
+    let server = start(&tcp_config(driver, 1, &[up.to_string()], extra, ""));
     let mut s = connect(server.local_addr("l").unwrap());
     assert_eq!(round_trip(&mut s, b"ping"), b"pong");
     assert!(
         eventually(|| server.parked_connections() == 1),
         "not parked"
     );
+    (server, s)
+}
+
+/// A relay idle in both directions for a second leaves its task for the
+/// worker's lot (issue 9: an idle relay holds no task, buffer or timer);
+/// either side's next bytes bring it back: the client's, then the
+/// upstream's, then a half-close. Every byte is counted once.
+fn idle_relay_parks_and_resumes(driver: Driver) {
+    let (server, mut s) = parked_relay(driver, "");
     assert_eq!(
         server.active_connections(),
         1,
@@ -194,14 +201,7 @@ fn parked_relay_idles_out(driver: Driver) {
 /// A drain closes idle HTTP connections but lets TCP connections run to
 /// their end, parked ones included.
 fn parked_relay_outlives_drain(driver: Driver) {
-    let up = slow_talker();
-    let server = start(&tcp_config(driver, 1, &[up.to_string()], "", ""));
-    let mut s = connect(server.local_addr("l").unwrap());
-    assert_eq!(round_trip(&mut s, b"ping"), b"pong");
-    assert!(
-        eventually(|| server.parked_connections() == 1),
-        "not parked"
-    );
+    let (server, mut s) = parked_relay(driver, "");
     server.drain();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(round_trip(&mut s, b"ping"), b"pong", "cut by the drain");

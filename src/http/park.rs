@@ -227,24 +227,17 @@ impl Lot {
         if st.stop && matches!(sleeper, Sleeper::Http(_)) {
             return Ok(());
         }
-        let epfd = match &st.ready {
-            Some(r) => r.as_raw_fd(),
-            None => {
-                let ready = match epoll_stream() {
-                    Ok(r) => Rc::new(r),
-                    Err(e) => return Err((e, Some((sleeper, guard)))),
-                };
-                let fd = ready.as_raw_fd();
-                st.ready = Some(ready);
-                fd
-            }
+        let ready = match &st.ready {
+            Some(r) => r.clone(),
+            None => match epoll_stream() {
+                Ok(r) => st.ready.insert(Rc::new(r)).clone(),
+                Err(e) => return Err((e, Some((sleeper, guard)))),
+            },
         };
+        let epfd = ready.as_raw_fd();
         if !st.running {
             st.running = true;
-            let ready = st.ready.clone();
-            if let Some(ready) = ready {
-                monoio::spawn(wait_loop(ctx.clone(), ready));
-            }
+            monoio::spawn(wait_loop(ctx.clone(), ready));
         }
         let index = match st.free.pop() {
             Some(i) => i,
