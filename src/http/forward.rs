@@ -165,15 +165,14 @@ pub async fn forward(
             .await;
         if let (Some(trace), Some(span_id)) = (&out.trace, client_span) {
             if trace.sampled {
-                ctx.export_span(client_span_data(
-                    trace,
-                    span_id,
-                    cluster,
-                    out,
-                    attempt,
-                    try_started,
-                    &result,
-                ));
+                let error = match &result {
+                    Err(TryError::Fatal(e) | TryError::Retriable(e) | TryError::Granted(e)) => {
+                        Some(e.to_string())
+                    }
+                    Ok(_) => None,
+                };
+                let span = (span_id, attempt, try_started);
+                ctx.export_span(super::spans::client_span(trace, span, cluster, out, error));
             }
         }
         let error = match result {
@@ -221,67 +220,6 @@ fn request_key(on: &HashOn, head: &RequestHead, peer: SocketAddr) -> Option<u64>
             .find_map(|v| cookie(v, name))
             .map(|v| hash64(v.as_bytes())),
     }
-}
-
-/// The client span of one upstream try.
-fn client_span_data(
-    trace: &crate::trace::RequestTrace,
-    span_id: [u8; 8],
-    cluster: &Cluster,
-    out: &Upstream,
-    attempt: u32,
-    started: Instant,
-    result: &Result<Next, TryError>,
-) -> crate::trace::otlp::SpanData {
-    use crate::trace::otlp::Value;
-    let status = out.status.get();
-    let mut attributes = vec![
-        ("outrigger.cluster", Value::Str(cluster.name.clone())),
-        ("outrigger.attempt", Value::Int(i64::from(attempt))),
-    ];
-    if let Some(a) = out.address.get() {
-        attributes.push(("server.address", Value::Str(a.ip().to_string())));
-        attributes.push(("server.port", Value::Int(i64::from(a.port()))));
-    }
-    if status != 0 {
-        attributes.push(("http.response.status_code", Value::Int(i64::from(status))));
-    }
-    let mut events = Vec::new();
-    // A new connection made for this try: connect and TLS handshake.
-    if let (Some(t0), Some(c)) = (
-        out.timing.started.get().filter(|t| *t >= started),
-        out.timing.connected.get(),
-    ) {
-        events.push((t0, "connect.start"));
-        events.push((t0 + c, "connect.end"));
-        if let Some(tls) = out.timing.tls.get() {
-            events.push((t0 + c + tls, "tls.handshake.end"));
-        }
-    }
-    if let Some(t) = out.sent.get().filter(|t| *t >= started) {
-        events.push((t, "request.sent"));
-    }
-    if let Some(t) = out.head_at.get() {
-        events.push((t, "response.first_byte"));
-    }
-    let error = match result {
-        Err(TryError::Fatal(e) | TryError::Retriable(e) | TryError::Granted(e)) => {
-            Some(e.to_string())
-        }
-        Ok(_) if status >= 500 => Some(format!("status {status}")),
-        Ok(_) => None,
-    };
-    trace.span(
-        span_id,
-        Some(trace.span_id),
-        format!("{} {}", cluster.name, attempt),
-        3,
-        started,
-        Instant::now(),
-        attributes,
-        events,
-        error,
-    )
 }
 
 /// One try: the next usable endpoint, failing over to the others while

@@ -38,6 +38,7 @@ mod record;
 mod retries;
 mod serialize;
 mod server;
+mod spans;
 pub mod upconn;
 
 use std::rc::Rc;

@@ -242,7 +242,7 @@ pub(super) async fn handle_request(
     let mut rec = RequestRecord::new(listener, mark);
     let next = route_and_answer(ctx, snapshot, &mut rec, conn, &head, &mut up).await;
     if let Some(trace) = up.trace.as_ref().filter(|t| t.sampled) {
-        ctx.export_span(server_span(trace, &rec, conn, &head, &up));
+        ctx.export_span(super::spans::server_span(trace, &rec, conn, &head, &up));
     }
     rec.finish(ctx, snapshot, conn, Some((&head, &up)));
     match next {
@@ -400,81 +400,6 @@ async fn route_and_answer<'a>(
             fail(ctx, rec, conn, original, e).await
         }
     }
-}
-
-/// The server span of one request (OpenTelemetry HTTP semantic
-/// conventions, and Outrigger's own attributes).
-fn server_span(
-    trace: &crate::trace::RequestTrace,
-    rec: &RequestRecord<'_>,
-    conn: &Downstream,
-    head: &RequestHead,
-    up: &proxy::Upstream,
-) -> crate::trace::otlp::SpanData {
-    use crate::trace::otlp::Value;
-    let s = |v: &str| Value::Str(v.to_string());
-    let mut a = vec![
-        ("http.request.method", s(head.method_str())),
-        ("url.path", s(head.path())),
-        (
-            "url.scheme",
-            s(if conn.stream.is_tls() {
-                "https"
-            } else {
-                "http"
-            }),
-        ),
-        (
-            "network.peer.address",
-            Value::Str(conn.peer.ip().to_string()),
-        ),
-        ("outrigger.listener", s(&rec.listener.name)),
-        ("outrigger.flags", s(rec.flags)),
-    ];
-    if rec.status != 0 {
-        a.push((
-            "http.response.status_code",
-            Value::Int(i64::from(rec.status)),
-        ));
-    }
-    if let Some(h) = head.host() {
-        a.push(("server.address", s(h)));
-    }
-    if let Some(ua) = head
-        .header("user-agent")
-        .and_then(|v| std::str::from_utf8(v).ok())
-    {
-        a.push(("user_agent.original", s(ua)));
-    }
-    if let Some(r) = rec.route {
-        a.push(("outrigger.route", s(&r.name)));
-    }
-    if let Some(c) = rec.cluster {
-        a.push(("outrigger.cluster", s(c)));
-    }
-    if let Some(u) = up.address.get() {
-        a.push(("outrigger.upstream", Value::Str(u.to_string())));
-    }
-    if let Some(id) = &conn.peer_identity {
-        a.push(("outrigger.peer_identity", s(id)));
-    }
-    let error =
-        (rec.status >= 500 || rec.flags != "-").then(|| format!("{} {}", rec.status, rec.flags));
-    let name = match rec.route {
-        Some(r) => format!("{} {}", head.method_str(), r.name),
-        None => head.method_str().to_string(),
-    };
-    trace.span(
-        trace.span_id,
-        trace.parent,
-        name,
-        2,
-        rec.mark.at,
-        std::time::Instant::now(),
-        a,
-        Vec::new(),
-        error,
-    )
 }
 
 /// Answer with the proxy's own error (when nothing was sent yet), record
