@@ -388,6 +388,7 @@ fn load(
         url: format!("http://{addr}/"),
         requests: None,
         rate: args.rate,
+        pacer: crate::pacer::PacerKind::Auto,
         method: "GET".into(),
         headers: Vec::new(),
         body: None,

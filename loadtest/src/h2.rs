@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use outrigger::http::h2::io::ConnIo;
 
 use crate::http::{collect, prepare, window, HttpArgs, Target, Window};
-use crate::pacer::Pacer;
+use crate::pacer::{Pace, PacerKind, Schedule};
 use crate::report::{Report, ThreadResult};
 
 /// What every stream task of a thread reads.
@@ -29,6 +29,7 @@ struct Plan {
     streams: usize,
     /// Open loop: interval between one stream's intended sends.
     interval: Option<Duration>,
+    pacer: PacerKind,
     measure_from: Instant,
     end: Instant,
 }
@@ -90,6 +91,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             timeout: args.timeout,
             streams: args.streams,
             interval,
+            pacer: args.pacer,
             measure_from,
             end,
         };
@@ -115,11 +117,22 @@ async fn thread_main(plan: Plan, budgets: Vec<Vec<Option<u64>>>, start: Instant)
     let result = Rc::new(RefCell::new(fresh));
     monoio::time::sleep(start.saturating_duration_since(Instant::now())).await;
     let mut tasks = Vec::new();
-    let all = (budgets.len() * plan.streams).max(1) as u32;
+    let all = (budgets.len() * plan.streams).max(1);
+    // Open loop: every stream of the thread shares one schedule (pacer.rs).
+    let schedule = match plan.interval {
+        Some(iv) => match Schedule::new(plan.pacer, start, iv, all) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                result.borrow_mut().error("pacer");
+                return std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
+            }
+        },
+        None => None,
+    };
     for (i, streams) in budgets.into_iter().enumerate() {
-        let (plan, result) = (plan.clone(), result.clone());
+        let (plan, result, schedule) = (plan.clone(), result.clone(), schedule.clone());
         tasks.push(monoio::spawn(async move {
-            connection(&plan, &result, streams, start, i as u32, all).await
+            connection(&plan, &result, streams, schedule, i).await
         }));
     }
     monoio::time::sleep(plan.measure_from.saturating_duration_since(Instant::now())).await;
@@ -171,9 +184,8 @@ async fn connection(
     plan: &Plan,
     result: &RefCell<ThreadResult>,
     mut budgets: Vec<Option<u64>>,
-    first: Instant,
-    index: u32,
-    all: u32,
+    schedule: Option<Schedule>,
+    index: usize,
 ) {
     while Instant::now() < plan.end && budgets.iter().any(|b| *b != Some(0)) {
         let send = match monoio::time::timeout(plan.timeout, open(plan)).await {
@@ -195,17 +207,26 @@ async fn connection(
         let mut streams: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> =
             Vec::new();
         for s in 0..plan.streams {
-            // Spread the streams' schedules over one interval.
-            let offset = plan.interval.map_or(Duration::ZERO, |iv| {
-                iv * (index * plan.streams as u32 + s as u32) / all.max(1)
-            });
+            // The thread's streams share one schedule, spread over one
+            // interval; a reconnected stream starts it again.
+            let pace = match schedule
+                .as_ref()
+                .map(|sc| sc.pace(index * plan.streams + s))
+                .transpose()
+            {
+                Ok(p) => p,
+                Err(_) => {
+                    result.borrow_mut().error("pacer");
+                    continue;
+                }
+            };
             streams.push(Box::pin(stream(
                 plan,
                 result,
                 send.clone(),
                 &shared,
                 s,
-                first + offset,
+                pace,
             )));
         }
         join_all(streams).await;
@@ -234,38 +255,17 @@ async fn stream(
     mut send: SendRequest<Bytes>,
     budgets: &RefCell<Vec<Option<u64>>>,
     slot: usize,
-    first: Instant,
+    mut pace: Option<Pace>,
 ) {
-    let pacer = match plan.interval {
-        Some(_) => match Pacer::new() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                result.borrow_mut().error("pacer");
-                return;
-            }
-        },
-        None => None,
-    };
-    let mut next_send = first;
     while Instant::now() < plan.end && budgets.borrow()[slot] != Some(0) {
-        if let (Some(iv), Some(pacer)) = (plan.interval, &pacer) {
-            let now = Instant::now();
-            if next_send > now {
-                if pacer.until(next_send).await.is_err() {
-                    monoio::time::sleep(next_send.saturating_duration_since(Instant::now())).await;
-                }
-            } else if now - next_send > iv * 4 {
-                result.borrow_mut().behind_schedule += 1;
+        let intended = match &mut pace {
+            Some(p) => {
+                let (at, behind) = p.next().await;
+                result.borrow_mut().behind_schedule += u64::from(behind);
+                at
             }
-        }
-        let intended = if plan.interval.is_some() {
-            next_send
-        } else {
-            Instant::now()
+            None => Instant::now(),
         };
-        if let Some(iv) = plan.interval {
-            next_send += iv;
-        }
         let sent = Instant::now();
         let outcome = monoio::time::timeout(plan.timeout, exchange(plan, &mut send)).await;
         let done = Instant::now();

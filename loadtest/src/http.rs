@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use outrigger::http::chunked::{Chunk, ChunkedDecoder};
 use outrigger::http::codec::{parse_response, Framing, HeadLimits};
 
-use crate::pacer::Pacer;
+use crate::pacer::{Pace, PacerKind, Schedule};
 use crate::parse_duration;
 use crate::report::{Report, ThreadResult};
 use crate::tls::{Conn, TlsConn};
@@ -33,6 +33,11 @@ pub struct HttpArgs {
     /// Open loop: send this many requests per second in total.
     #[arg(short = 'R', long)]
     pub rate: Option<f64>,
+    /// Open loop: how sends are timed. `own`: a timer per connection;
+    /// `shared`: one periodic timer per thread; `auto`: shared from 25,000
+    /// sends/s per thread.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub pacer: crate::pacer::PacerKind,
     /// The request method (`-X` as in curl; `-m` is the HTTP/2 stream
     /// count, as in h2load).
     #[arg(short = 'X', long, default_value = "GET")]
@@ -89,6 +94,7 @@ struct Plan {
     )>,
     /// Per-connection interval between intended sends (open loop).
     interval: Option<Duration>,
+    pacer: PacerKind,
     measure_from: Instant,
     end: Instant,
 }
@@ -220,6 +226,7 @@ pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
             timeout: args.timeout,
             tls: tls.clone(),
             interval,
+            pacer: args.pacer,
             measure_from,
             end,
         };
@@ -308,14 +315,31 @@ async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> Th
     }
     let result = Rc::new(RefCell::new(fresh));
     monoio::time::sleep(start.saturating_duration_since(Instant::now())).await;
-    let n = budget.len().max(1) as u32;
+    let n = budget.len().max(1);
+    // Open loop: the thread's connections share one schedule, spread over
+    // one interval (see pacer.rs).
+    let schedule = match plan.interval {
+        Some(iv) => match Schedule::new(plan.pacer, start, iv, n) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                result.borrow_mut().error("pacer");
+                return std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
+            }
+        },
+        None => None,
+    };
     let mut tasks = Vec::new();
     for (i, b) in budget.into_iter().enumerate() {
         let (plan, result) = (plan.clone(), result.clone());
-        // Spread the connections' schedules over one interval.
-        let offset = plan.interval.map_or(Duration::ZERO, |iv| iv * i as u32 / n);
+        let pace = match schedule.as_ref().map(|s| s.pace(i)).transpose() {
+            Ok(p) => p,
+            Err(_) => {
+                result.borrow_mut().error("pacer");
+                continue;
+            }
+        };
         tasks.push(monoio::spawn(async move {
-            connection(&plan, &result, b, start + offset).await
+            connection(&plan, &result, b, pace).await
         }));
     }
     // CPU is counted over the measured window only (after the warm-up).
@@ -329,47 +353,25 @@ async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> Th
     r
 }
 
-/// One keep-alive connection; reconnects after errors.
+/// One keep-alive connection; reconnects after errors. Open loop when
+/// `pace` is given.
 async fn connection(
     plan: &Plan,
     result: &RefCell<ThreadResult>,
     mut budget: Option<u64>,
-    first: Instant,
+    mut pace: Option<Pace>,
 ) {
-    let mut next_send = first;
     let mut stream: Option<Conn> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // Open loop: sends are paced by a timerfd, not by the runtime's
-    // millisecond timers (see pacer.rs).
-    let pacer = match plan.interval {
-        Some(_) => match Pacer::new() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                result.borrow_mut().error("pacer");
-                return;
-            }
-        },
-        None => None,
-    };
     while Instant::now() < plan.end && budget != Some(0) {
-        if let (Some(iv), Some(pacer)) = (plan.interval, &pacer) {
-            let now = Instant::now();
-            if next_send > now {
-                if pacer.until(next_send).await.is_err() {
-                    monoio::time::sleep(next_send.saturating_duration_since(Instant::now())).await;
-                }
-            } else if now - next_send > iv * 4 {
-                result.borrow_mut().behind_schedule += 1;
+        let intended = match &mut pace {
+            Some(p) => {
+                let (at, behind) = p.next().await;
+                result.borrow_mut().behind_schedule += u64::from(behind);
+                at
             }
-        }
-        let intended = if plan.interval.is_some() {
-            next_send
-        } else {
-            Instant::now()
+            None => Instant::now(),
         };
-        if let Some(iv) = plan.interval {
-            next_send += iv;
-        }
         let mut s = match stream.take() {
             Some(s) => s,
             None => match monoio::time::timeout(plan.timeout, open(plan)).await {

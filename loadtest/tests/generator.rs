@@ -83,6 +83,31 @@ fn open_loop_sends_at_the_rate() {
     assert_eq!(r["target_rate"], 1000.0);
 }
 
+/// Connections split unevenly over threads (3 and 2): each thread paces
+/// its own share, with a timer per connection or one shared periodic timer,
+/// and together they send at the rate.
+#[test]
+fn open_loop_rate_holds_over_uneven_threads() {
+    for pacer in ["own", "shared"] {
+        let up = http_upstream(Duration::ZERO);
+        let url = format!("http://{}/", up.addr);
+        let r = load(&[
+            "http", &url, "-c", "5", "-t", "2", "-R", "1000", "-d", "2s", "--warmup", "0s",
+            "--pacer", pacer,
+        ]);
+        let sent = up.requests() as f64;
+        assert!(
+            (1980.0..=2020.0).contains(&sent),
+            "{pacer}: upstream counted {sent}"
+        );
+        let ops = r["operations"].as_f64().unwrap();
+        assert!(
+            (1980.0..=2020.0).contains(&ops),
+            "{pacer}: generator counted {ops}"
+        );
+    }
+}
+
 #[test]
 fn delay_shows_in_latency() {
     let up = http_upstream(Duration::from_millis(10));
@@ -132,17 +157,27 @@ fn stalling_upstream(stall_after: usize) -> SocketAddr {
 
 #[test]
 fn coordinated_omission_is_corrected() {
-    let addr = stalling_upstream(1500);
-    let url = format!("http://{addr}/");
-    let started = Instant::now();
-    let r = load(&[
-        "http", &url, "-c", "1", "-R", "1000", "-d", "3s", "--warmup", "0s",
-    ]);
-    assert!(started.elapsed() < Duration::from_secs(10));
-    let corrected = r["latency_us"]["p99"].as_u64().unwrap();
-    let uncorrected = r["latency_uncorrected_us"]["p99"].as_u64().unwrap();
-    assert!(corrected >= 100_000, "corrected p99 {corrected} us");
-    assert!(uncorrected < 50_000, "uncorrected p99 {uncorrected} us");
+    // A sender that fell behind catches up with either kind of pacer.
+    for pacer in ["own", "shared"] {
+        let addr = stalling_upstream(1500);
+        let url = format!("http://{addr}/");
+        let started = Instant::now();
+        let r = load(&[
+            "http", &url, "-c", "1", "-R", "1000", "-d", "3s", "--warmup", "0s", "--pacer", pacer,
+        ]);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let corrected = r["latency_us"]["p99"].as_u64().unwrap();
+        let uncorrected = r["latency_uncorrected_us"]["p99"].as_u64().unwrap();
+        assert!(
+            corrected >= 100_000,
+            "{pacer}: corrected p99 {corrected} us"
+        );
+        assert!(
+            uncorrected < 50_000,
+            "{pacer}: uncorrected p99 {uncorrected} us"
+        );
+        assert!(r["behind_schedule"].as_u64().unwrap() > 0, "{pacer}: {r}");
+    }
 }
 
 /// An upstream that answers every other connection with half a response
@@ -452,31 +487,37 @@ fn h2_upstream_and_open_loop() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let url = format!("http://{addr}/pkg.Svc/Call");
-    let r = load(&[
-        "http",
-        &url,
-        "--h2",
-        "--streams",
-        "4",
-        "-c",
-        "2",
-        "-R",
-        "1000",
-        "-d",
-        "2s",
-        "--warmup",
-        "0s",
-        "-X",
-        "POST",
-        "--body",
-        "hello",
-        "-H",
-        "content-type: application/grpc",
-    ]);
-    let ops = r["operations"].as_u64().unwrap();
-    assert!(
-        (1900..=2010).contains(&ops),
-        "{ops} operations at 1000/s for 2s"
-    );
-    assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0, "{r}");
+    // Every stream of every connection has its place in the thread's
+    // schedule, with either kind of pacer.
+    for pacer in ["own", "shared"] {
+        let r = load(&[
+            "http",
+            &url,
+            "--h2",
+            "--streams",
+            "4",
+            "-c",
+            "2",
+            "-R",
+            "1000",
+            "-d",
+            "2s",
+            "--warmup",
+            "0s",
+            "-X",
+            "POST",
+            "--body",
+            "hello",
+            "-H",
+            "content-type: application/grpc",
+            "--pacer",
+            pacer,
+        ]);
+        let ops = r["operations"].as_u64().unwrap();
+        assert!(
+            (1900..=2010).contains(&ops),
+            "{pacer}: {ops} operations at 1000/s for 2s"
+        );
+        assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0, "{r}");
+    }
 }
