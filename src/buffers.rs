@@ -108,6 +108,56 @@ impl BufferPool {
     }
 }
 
+/// Bytes a response head read asks for (`http::proxy`).
+pub const HEAD_READ: usize = 8192;
+/// Spare head buffers a worker keeps.
+const HEAD_SPARES: usize = 8;
+/// A buffer a large body grew beyond this is not kept.
+const HEAD_SPARE_MAX: usize = 64 * 1024;
+
+/// A worker's spare buffers for reading upstream response heads. A head is
+/// sliced out of its buffer without copying, so the buffer is still shared
+/// when the exchange ends; it goes back here anyway and is taken again only
+/// once the head's last slice is gone (then reusing it allocates nothing).
+/// Saves an 8 KiB allocation and its free per proxied request; holds at
+/// most `HEAD_SPARES` buffers per worker.
+#[derive(Debug, Default)]
+pub struct HeadBuffers {
+    spares: RefCell<Vec<bytes::BytesMut>>,
+}
+
+impl HeadBuffers {
+    /// An empty buffer: a spare whose slices are all gone, or a new one.
+    pub fn take(&self) -> bytes::BytesMut {
+        let mut spares = self.spares.borrow_mut();
+        while let Some(mut b) = spares.pop() {
+            b.clear();
+            if b.try_reclaim(HEAD_READ) && b.capacity() <= HEAD_SPARE_MAX {
+                return b;
+            }
+            // Still shared (a long-lived slice), or grown by a large
+            // body: let it go.
+        }
+        bytes::BytesMut::new()
+    }
+
+    /// Give a buffer back (its contents are discarded).
+    pub fn put(&self, b: bytes::BytesMut) {
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() < HEAD_SPARES && (1..=HEAD_SPARE_MAX).contains(&b.capacity()) {
+            spares.push(b);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spares.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spares.borrow().is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +211,38 @@ mod tests {
         }
         assert!(pool.pooled() >= 1, "what each interval uses stays");
         assert_eq!(pool.rented(), 0);
+    }
+
+    #[test]
+    fn head_buffers_are_reused_once_their_slices_are_gone() {
+        let spares = HeadBuffers::default();
+        let mut buf = spares.take();
+        buf.reserve(HEAD_READ);
+        buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\nbody");
+        let at = buf.as_ptr();
+        let head = buf.split_to(19).freeze();
+        spares.put(buf);
+        // The head still holds the allocation: not handed out again.
+        let other = spares.take();
+        assert_ne!(other.as_ptr(), at);
+        assert!(spares.is_empty());
+        // Once the head is gone the same allocation comes back, empty and
+        // with room for a head read.
+        let mut buf = other;
+        buf.reserve(HEAD_READ);
+        let again_at = buf.as_ptr();
+        let _ = buf.split_to(0);
+        spares.put(buf);
+        drop(head);
+        assert_eq!(spares.len(), 1);
+        let reused = spares.take();
+        assert_eq!(reused.as_ptr(), again_at);
+        assert!(reused.is_empty());
+        assert!(reused.capacity() >= HEAD_READ);
+        // A buffer a large body grew is not kept.
+        let mut big = bytes::BytesMut::with_capacity(HEAD_SPARE_MAX + 1);
+        big.extend_from_slice(b"x");
+        spares.put(big);
+        assert!(spares.is_empty());
     }
 }

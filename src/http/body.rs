@@ -84,6 +84,7 @@ impl Exchange<'_> {
         if clean && keep_alive && up_buf.is_empty() {
             self.pool(up);
         }
+        self.req.ctx.head_buffers.put(up_buf);
         Ok(())
     }
 

@@ -65,6 +65,64 @@ pub struct RequestHead {
 /// Header slots tried before the full `max_headers` table.
 const SMALL_HEADER_TABLE: usize = 32;
 
+/// Where a part of a head lies in its buffer: offset and length.
+type Span = (usize, usize);
+
+/// `s`, a slice of the buffer starting at address `base`, as a span.
+fn span_in(base: usize, s: &[u8]) -> Span {
+    if s.is_empty() {
+        (0, 0)
+    } else {
+        (s.as_ptr() as usize - base, s.len())
+    }
+}
+
+/// Where each header's name and (trimmed) value lie, recorded while the
+/// parser still borrows the buffer: on the stack for a head of up to
+/// `SMALL_HEADER_TABLE` headers, so that parsing a head allocates only the
+/// header list it returns.
+enum Spans {
+    Small([(Span, Span); SMALL_HEADER_TABLE], usize),
+    Big(Vec<(Span, Span)>),
+}
+
+impl Spans {
+    fn of(headers: &[httparse::Header<'_>], base: usize) -> Self {
+        let at = |h: &httparse::Header<'_>| {
+            (
+                span_in(base, h.name.as_bytes()),
+                span_in(base, trim_ows(h.value)),
+            )
+        };
+        if headers.len() <= SMALL_HEADER_TABLE {
+            let mut small = [((0, 0), (0, 0)); SMALL_HEADER_TABLE];
+            for (slot, h) in small.iter_mut().zip(headers) {
+                *slot = at(h);
+            }
+            Spans::Small(small, headers.len())
+        } else {
+            Spans::Big(headers.iter().map(at).collect())
+        }
+    }
+
+    /// The headers as slices of `head` (no copy).
+    fn headers(&self, head: &Bytes) -> Vec<Header> {
+        let spans = match self {
+            Spans::Small(small, n) => &small[..*n],
+            Spans::Big(big) => &big[..],
+        };
+        let cut = |(at, n): Span| head.slice(at..at + n);
+        let mut out = Vec::with_capacity(spans.len());
+        for &(name, value) in spans {
+            out.push(Header {
+                name: cut(name),
+                value: cut(value),
+            });
+        }
+        out
+    }
+}
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -169,33 +227,16 @@ pub fn parse_request(
     // Record where each part lies, then cut the head off the buffer and
     // slice it without copying.
     let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        if s.is_empty() {
-            (0, 0)
-        } else {
-            (s.as_ptr() as usize - base, s.len())
-        }
-    };
+    let span = |s: &[u8]| span_in(base, s);
     let method_at = span(req.method.unwrap_or("").as_bytes());
     let target_at = span(req.path.unwrap_or("").as_bytes());
-    let spans: Vec<((usize, usize), (usize, usize))> = req
-        .headers
-        .iter()
-        .map(|h| (span(h.name.as_bytes()), span(trim_ows(h.value))))
-        .collect();
+    let spans = Spans::of(req.headers, base);
     let head = buf.split_to(len).freeze();
-    let cut = |(at, n): (usize, usize)| head.slice(at..at + n);
+    let cut = |(at, n): Span| head.slice(at..at + n);
     let method = cut(method_at);
     let target = cut(target_at);
     validate_target(&method, &target)?;
-    let parsed = spans
-        .into_iter()
-        .map(|(n, v)| Header {
-            name: cut(n),
-            value: cut(v),
-        })
-        .collect();
-    build_request(method, target, version, parsed)
+    build_request(method, target, version, spans.headers(&head))
 }
 
 fn build_request(
@@ -435,33 +476,16 @@ pub fn parse_response(
         return Err(HttpError::BadResponse("control character in header value"));
     }
     let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        if s.is_empty() {
-            (0, 0)
-        } else {
-            (s.as_ptr() as usize - base, s.len())
-        }
-    };
+    let span = |s: &[u8]| span_in(base, s);
     // An empty reason may point outside the buffer; keep it empty then.
     let reason_at = resp
         .reason
         .filter(|r| !r.is_empty())
         .map(|r| span(r.as_bytes()));
-    let spans: Vec<((usize, usize), (usize, usize))> = resp
-        .headers
-        .iter()
-        .map(|h| (span(h.name.as_bytes()), span(trim_ows(h.value))))
-        .collect();
+    let spans = Spans::of(resp.headers, base);
     let head = buf.split_to(len).freeze();
-    let cut = |(at, n): (usize, usize)| head.slice(at..at + n);
-    let reason = reason_at.map_or_else(Bytes::new, cut);
-    let parsed: Vec<Header> = spans
-        .into_iter()
-        .map(|(n, v)| Header {
-            name: cut(n),
-            value: cut(v),
-        })
-        .collect();
+    let reason = reason_at.map_or_else(Bytes::new, |(at, n)| head.slice(at..at + n));
+    let parsed = spans.headers(&head);
     let connection = connection_tokens(&parsed);
     let keep_alive = match version {
         Version::Http11 | Version::Http2 => !connection.close,

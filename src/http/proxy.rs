@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use super::upconn::UpConn;
+use crate::buffers::HEAD_READ;
 
 use super::body::BodySink;
 use super::chunked::ChunkFrame;
@@ -174,7 +175,7 @@ impl Exchange<'_> {
                 other => ExchangeError::Failed(other),
             });
         }
-        let mut up_buf = BytesMut::new();
+        let mut up_buf = self.req.ctx.head_buffers.take();
         // Expect: 100-continue is answered by the proxy itself (as Envoy and
         // nginx do) and not forwarded: the client gets its 100 at once and the
         // body streams on, whether or not the upstream would send one.
@@ -229,7 +230,7 @@ impl Exchange<'_> {
                         "protocol upgrade over a TLS upstream connection is not supported",
                     )));
                 };
-                let out = serialize_response(&resp, self.req.route, Framing::None, false, true);
+                let out = serialize_response(&resp, self.req.route, Framing::None, false, true, 0);
                 conn.responded = true;
                 conn.write_bytes(out.freeze())
                     .await
@@ -317,7 +318,7 @@ impl Exchange<'_> {
                 .req
                 .ctx
                 .deadlines
-                .within(at, up.read_more(std::mem::take(buf), 8192));
+                .within(at, up.read_more(std::mem::take(buf), HEAD_READ));
             let (res, b) = match read.await {
                 Ok(done) => done,
                 Err(_) => return Err(HttpError::UpstreamTimeout),
@@ -368,19 +369,31 @@ impl Exchange<'_> {
         let client_keep = head.keep_alive
             && !self.req.ctx.closing(&conn.handle)
             && out_framing != Framing::UntilClose;
-        let mut out = serialize_response(&resp, self.req.route, out_framing, !client_keep, false);
+        // A small body that has fully arrived goes out with the head: one write.
+        let with_head = match (framing, self.req.web) {
+            (Framing::Length(n), None) if n <= 64 * 1024 && up_buf.len() as u64 >= n => {
+                Some(n as usize)
+            }
+            _ => None,
+        };
+        let mut out = serialize_response(
+            &resp,
+            self.req.route,
+            out_framing,
+            !client_keep,
+            false,
+            with_head.unwrap_or(0),
+        );
         let mut sink = BodySink {
             conn,
             chunked_out: out_framing == Framing::Chunked,
             web: self.req.web.map(super::grpc_web::WebBody::new),
         };
-        // A small body that has fully arrived goes out with the head: one write.
         let mut framing = framing;
-        if let (Framing::Length(n), None) = (framing, &sink.web) {
-            if n <= 64 * 1024 && up_buf.len() as u64 >= n {
-                out.extend_from_slice(&up_buf.split_to(n as usize));
-                framing = Framing::None;
-            }
+        if let Some(n) = with_head {
+            out.extend_from_slice(&up_buf[..n]);
+            bytes::Buf::advance(&mut up_buf, n);
+            framing = Framing::None;
         }
         sink.conn.responded = true;
         sink.conn.write_bytes(out.freeze()).await?;

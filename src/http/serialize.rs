@@ -290,8 +290,11 @@ pub fn serialize_response(
     framing: Framing,
     close: bool,
     upgrade: bool,
+    room: usize,
 ) -> BytesMut {
-    let mut out = BytesMut::with_capacity(256);
+    // `room`: bytes the caller appends after the head (a small body sent
+    // with it), so that appending them does not grow the buffer.
+    let mut out = BytesMut::with_capacity(256 + room);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(&mut out, u64::from(resp.status));
     out.extend_from_slice(b" ");

@@ -92,6 +92,8 @@ pub struct WorkerCtx {
     spans: flume::Sender<crate::trace::otlp::SpanData>,
     /// Relay buffers, rented while bytes move.
     pub buffers: BufferPool,
+    /// Spare buffers for upstream response heads.
+    pub head_buffers: crate::buffers::HeadBuffers,
     /// Idle keep-alive connections to HTTP upstreams.
     pub http_pool: crate::http::pool::Pool,
     /// HTTP/2 connections to upstreams (shared by concurrent requests).
@@ -309,6 +311,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
             runtime.buffer_pool_size,
             spec.stats.clone(),
         ),
+        head_buffers: crate::buffers::HeadBuffers::default(),
         http_pool: crate::http::pool::Pool::default(),
         h2_pool: crate::http::h2::upstream::Pool::default(),
         deadlines: Rc::default(),

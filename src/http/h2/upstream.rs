@@ -344,7 +344,7 @@ impl Exchange<'_> {
             client_keep = head.keep_alive
                 && !self.req.ctx.closing(&conn.handle)
                 && framing != Framing::UntilClose;
-            let out = serialize_response(&resp, self.req.route, framing, !client_keep, false);
+            let out = serialize_response(&resp, self.req.route, framing, !client_keep, false, 0);
             conn.responded = true;
             conn.write_bytes(out.freeze()).await?;
             if bodiless {
