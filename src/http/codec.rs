@@ -81,9 +81,11 @@ fn span_in(base: usize, s: &[u8]) -> Span {
 /// parser still borrows the buffer: on the stack for a head of up to
 /// `SMALL_HEADER_TABLE` headers, so that parsing a head allocates only the
 /// header list it returns.
-enum Spans {
-    Small([(Span, Span); SMALL_HEADER_TABLE], usize),
-    Big(Vec<(Span, Span)>),
+struct Spans {
+    small: [(Span, Span); SMALL_HEADER_TABLE],
+    /// Headers in `small`; a larger head's spans are in `big`.
+    len: usize,
+    big: Vec<(Span, Span)>,
 }
 
 impl Spans {
@@ -94,22 +96,28 @@ impl Spans {
                 span_in(base, trim_ows(h.value)),
             )
         };
+        let mut spans = Spans {
+            small: [((0, 0), (0, 0)); SMALL_HEADER_TABLE],
+            len: 0,
+            big: Vec::new(),
+        };
         if headers.len() <= SMALL_HEADER_TABLE {
-            let mut small = [((0, 0), (0, 0)); SMALL_HEADER_TABLE];
-            for (slot, h) in small.iter_mut().zip(headers) {
+            for (slot, h) in spans.small.iter_mut().zip(headers) {
                 *slot = at(h);
             }
-            Spans::Small(small, headers.len())
+            spans.len = headers.len();
         } else {
-            Spans::Big(headers.iter().map(at).collect())
+            spans.big = headers.iter().map(at).collect();
         }
+        spans
     }
 
     /// The headers as slices of `head` (no copy).
     fn headers(&self, head: &Bytes) -> Vec<Header> {
-        let spans = match self {
-            Spans::Small(small, n) => &small[..*n],
-            Spans::Big(big) => &big[..],
+        let spans = if self.big.is_empty() {
+            &self.small[..self.len]
+        } else {
+            &self.big[..]
         };
         let cut = |(at, n): Span| head.slice(at..at + n);
         let mut out = Vec::with_capacity(spans.len());

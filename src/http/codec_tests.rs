@@ -384,3 +384,45 @@ fn responses() {
         );
     }
 }
+
+/// Heads with as many headers as the small table holds and more (the
+/// spans then go to the heap): every name and value comes back, in order,
+/// trimmed, and the body stays in the buffer.
+#[test]
+fn heads_beyond_the_small_header_table() {
+    let limits = HeadLimits {
+        max_head_bytes: 16 * 1024,
+        max_headers: 100,
+    };
+    for n in [
+        SMALL_HEADER_TABLE - 1,
+        SMALL_HEADER_TABLE,
+        SMALL_HEADER_TABLE + 1,
+        90,
+    ] {
+        let fields: String = (0..n).map(|i| format!("x-h{i}:  v{i} \r\n")).collect();
+        let mut buf = BytesMut::from(
+            format!("GET / HTTP/1.1\r\nhost: a\r\n{fields}content-length: 2\r\n\r\nokNEXT")
+                .as_bytes(),
+        );
+        let req = parse_request(&mut buf, limits).unwrap().unwrap();
+        assert_eq!(req.headers.len(), n + 2, "{n} request headers");
+        for (i, h) in req.headers[1..=n].iter().enumerate() {
+            assert_eq!(&h.name[..], format!("x-h{i}").as_bytes());
+            assert_eq!(&h.value[..], format!("v{i}").as_bytes());
+        }
+        assert_eq!(&buf[..], b"okNEXT");
+
+        let mut buf = BytesMut::from(
+            format!("HTTP/1.1 200 Fine\r\n{fields}content-length: 2\r\n\r\nok").as_bytes(),
+        );
+        let resp = parse_response(&mut buf, limits).unwrap().unwrap();
+        assert_eq!(resp.headers.len(), n + 1, "{n} response headers");
+        assert_eq!(
+            &resp.headers[n - 1].value[..],
+            format!("v{}", n - 1).as_bytes()
+        );
+        assert_eq!(&resp.reason[..], b"Fine");
+        assert_eq!(&buf[..], b"ok");
+    }
+}
