@@ -99,7 +99,7 @@ pub async fn forward(
         conn.xfcc.as_deref(),
         out.trace.as_ref().map(|_| first_headers.as_slice()),
     );
-    out.request_id = Some(request_id);
+    out.request_id = request_id;
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
     let body = match (req.body, policy) {
         (Some(b), _) => Some(b.clone()),
@@ -280,7 +280,8 @@ impl Try<'_> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
         let cells = cluster.stats.worker(ctx.index);
-        let mut last_error = String::from("no endpoints");
+        // Only a failure names it: no allocation on the way that works.
+        let mut last_error: Option<String> = None;
         let per_try = self
             .retries
             .policy
@@ -309,9 +310,10 @@ impl Try<'_> {
                         return Err(TryError::Fatal(HttpError::Overflow(o)));
                     }
                     Err(Checkout::Failed(e)) => {
-                        last_error = format!("{addr}: {e}");
+                        let error = format!("{addr}: {e}");
                         cells.connect_failures.inc();
-                        ecells.error(last_error.clone());
+                        ecells.error(error.clone());
+                        last_error = Some(error);
                         cluster.record_outcome(ctx.index, index, Outcome::ConnectFailure);
                         *failed = Some(index);
                         break;
@@ -427,7 +429,7 @@ impl Try<'_> {
                 };
             }
         }
-        let e = HttpError::NoUpstream(last_error);
+        let e = HttpError::NoUpstream(last_error.unwrap_or_else(|| "no endpoints".to_owned()));
         if self
             .retries
             .policy

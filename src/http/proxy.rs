@@ -38,7 +38,7 @@ pub struct Upstream {
     pub head_at: Cell<Option<Instant>>,
     pub done: Cell<Option<Instant>>,
     /// The x-request-id sent upstream (the client's or a generated one).
-    pub request_id: Option<Bytes>,
+    pub request_id: super::serialize::RequestId,
     /// Tries made (1 without retries).
     pub attempts: Cell<u32>,
     /// Why a wanted retry was not sent (`URX`, `RB`, `UO`), for the log.

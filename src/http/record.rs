@@ -112,7 +112,7 @@ impl<'a> RequestRecord<'a> {
             snapshot,
             &Record {
                 start: self.mark.wall,
-                request_id: up.and_then(|u| u.request_id.as_deref()),
+                request_id: up.and_then(|u| u.request_id.as_bytes()),
                 client: conn.peer,
                 method: head.map(RequestHead::method_str),
                 authority: head.and_then(RequestHead::host),

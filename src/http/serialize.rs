@@ -31,12 +31,32 @@ pub fn per_try(request: &Bytes, attempt: u32, replace: usize, extra: &[u8]) -> B
     out.freeze()
 }
 
+/// The `x-request-id` sent upstream: the client's, or one generated here
+/// (kept inline: slicing it out of the serialised request would cost the
+/// request buffer an allocation of its shared header).
+#[derive(Debug, Clone, Default)]
+pub enum RequestId {
+    #[default]
+    None,
+    Client(Bytes),
+    Generated([u8; 32]),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            RequestId::None => None,
+            RequestId::Client(b) => Some(b),
+            RequestId::Generated(g) => Some(g),
+        }
+    }
+}
+
 /// The request as sent upstream: re-serialised from the parsed head, never
 /// the client's bytes. Hop-by-hop headers dropped, forwarding headers added
 /// (repeated `X-Forwarded-For` and `Via` lines joined, in order, with the
 /// proxy's own entry last), route edits applied, framing re-declared.
-/// Everything is written straight into one buffer; the returned request id
-/// is a slice of it (or of the client's header).
+/// Everything is written straight into one buffer.
 pub fn serialize_request(
     head: &RequestHead,
     route: &Route,
@@ -45,7 +65,7 @@ pub fn serialize_request(
     https: bool,
     xfcc: Option<&str>,
     trace: Option<&[u8]>,
-) -> (Bytes, Bytes) {
+) -> (Bytes, RequestId) {
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(&head.method);
     out.extend_from_slice(b" ");
@@ -88,15 +108,12 @@ pub fn serialize_request(
     if let Some(v) = xfcc {
         push_header(&mut out, b"x-forwarded-client-cert", v.as_bytes());
     }
-    let generated_id = match request_id {
-        Some(_) => None,
+    let request_id = match request_id {
+        Some(id) => RequestId::Client(id),
         None => {
-            out.extend_from_slice(b"x-request-id: ");
-            let start = out.len();
-            push_hex128(&mut out, fastrand::u128(..));
-            let end = out.len();
-            out.extend_from_slice(b"\r\n");
-            Some(start..end)
+            let id = hex128(fastrand::u128(..));
+            push_header(&mut out, b"x-request-id", &id);
+            RequestId::Generated(id)
         }
     };
     out.extend_from_slice(b"via: ");
@@ -123,13 +140,7 @@ pub fn serialize_request(
         out.extend_from_slice(t);
     }
     out.extend_from_slice(b"\r\n");
-    let out = out.freeze();
-    let request_id = match (request_id, generated_id) {
-        (Some(id), _) => id,
-        (None, Some(range)) => out.slice(range),
-        (None, None) => Bytes::new(),
-    };
-    (out, request_id)
+    (out.freeze(), request_id)
 }
 
 /// `content-length` or `transfer-encoding: chunked` for a body's framing.
@@ -171,13 +182,13 @@ fn push_u64(out: &mut BytesMut, mut n: u64) {
 }
 
 /// 32 lower-case hex digits of `v`.
-fn push_hex128(out: &mut BytesMut, v: u128) {
+fn hex128(v: u128) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 32];
     for (i, d) in digits.iter_mut().enumerate() {
         *d = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
     }
-    out.extend_from_slice(&digits);
+    digits
 }
 
 /// An IP address as text: IPv4 by hand, IPv6 through `Display`.
@@ -367,9 +378,7 @@ mod number_tests {
             u128::MAX,
             0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
         ] {
-            let mut b = BytesMut::new();
-            super::push_hex128(&mut b, v);
-            assert_eq!(&b[..], format!("{v:032x}").as_bytes());
+            assert_eq!(&super::hex128(v)[..], format!("{v:032x}").as_bytes());
         }
         for ip in [
             "0.0.0.0",
