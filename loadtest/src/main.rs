@@ -12,6 +12,7 @@ mod http;
 mod output;
 mod pacer;
 mod plot;
+mod proxies;
 mod report;
 mod tcp;
 mod tls;
