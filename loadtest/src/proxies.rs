@@ -81,12 +81,7 @@ pub(crate) fn pin_current(cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(
-    name: &str,
-    mut cmd: Command,
-    cpus: &[usize],
-    addr: SocketAddr,
-) -> anyhow::Result<Proxy> {
+fn spawn(name: &str, mut cmd: Command, cpus: &[usize], addr: SocketAddr) -> anyhow::Result<Proxy> {
     pinned(&mut cmd, cpus);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let child = cmd

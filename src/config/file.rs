@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+pub use super::observe::{AccessLogFormat, FileAccessLog, FileRouteTracing, FileTracing};
 use super::value::{
     buffer_size, count, duration, percent, positive, positive_duration, ratio, ConfigDuration,
     Workers,
@@ -36,39 +37,6 @@ pub struct FileConfig {
     pub xds: Option<Spanned<super::xds::FileXds>>,
 }
 
-/// `[tracing]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileTracing {
-    /// Any of `"w3c"`, `"b3"`. Default `["w3c"]`.
-    pub propagation: Option<Vec<Spanned<String>>>,
-    /// Ratio of the traces the proxy starts that are sampled. Default 0.01.
-    #[serde(default, deserialize_with = "ratio")]
-    pub sampling: Option<f64>,
-    /// `http://host:port/v1/traces`; without it spans are not exported.
-    pub otlp_endpoint: Option<Spanned<String>>,
-    #[serde(default)]
-    pub otlp_headers: BTreeMap<String, String>,
-    /// `service.name`. Default `"outrigger"`.
-    pub service_name: Option<String>,
-    #[serde(default)]
-    pub resource: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "positive")]
-    pub max_queue_spans: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub batch_size: Option<u64>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub flush_interval: Option<ConfigDuration>,
-}
-
-/// `tracing.*` of a route.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileRouteTracing {
-    #[serde(default, deserialize_with = "ratio")]
-    pub sampling: Option<f64>,
-}
-
 /// `[identity]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,33 +48,6 @@ pub struct FileIdentity {
     pub trust_bundle: Spanned<String>,
     /// e.g. `"example.org"`.
     pub trust_domain: Spanned<String>,
-}
-
-/// `[access_log]`: one line per HTTP request (and per TCP connection).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileAccessLog {
-    /// A file path (appended to, created if missing) or `"stdout"`.
-    pub path: Spanned<String>,
-    /// `"json"` (default) or `"text"`.
-    #[serde(default)]
-    pub format: AccessLogFormat,
-    /// Bytes a worker buffers before handing lines to the writer. Default 65536.
-    #[serde(default, deserialize_with = "positive")]
-    pub buffer_bytes: Option<u64>,
-    /// Longest time a line waits in a worker's buffer. Default "1s".
-    pub flush_interval: Option<ConfigDuration>,
-}
-
-/// How access log lines are written.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AccessLogFormat {
-    /// One JSON object per line.
-    #[default]
-    Json,
-    /// Space-separated fields in a fixed order, `-` for an empty one.
-    Text,
 }
 
 /// `[runtime]`: static settings, fixed for the life of the process.

@@ -1,12 +1,14 @@
-//! Compiling `[access_log]` and `[tracing]`.
+//! `[access_log]` and `[tracing]`: their file types and their compiling.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use super::compile::Ctx;
-use super::file::FileAccessLog;
+use super::value::{positive, positive_duration, ratio, ConfigDuration};
 use super::{AccessLogSettings, AccessLogTarget};
 
 /// Default `access_log.buffer_bytes`.
@@ -126,4 +128,64 @@ pub(super) fn compile_tracing(
         batch_size: f.batch_size.unwrap_or(512).min(1 << 16) as usize,
         flush_interval: f.flush_interval.map_or(Duration::from_secs(1), |d| d.0),
     })
+}
+
+/// `[tracing]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    /// Any of `"w3c"`, `"b3"`. Default `["w3c"]`.
+    pub propagation: Option<Vec<Spanned<String>>>,
+    /// Ratio of the traces the proxy starts that are sampled. Default 0.01.
+    #[serde(default, deserialize_with = "ratio")]
+    pub sampling: Option<f64>,
+    /// `http://host:port/v1/traces`; without it spans are not exported.
+    pub otlp_endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, String>,
+    /// `service.name`. Default `"outrigger"`.
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_queue_spans: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub batch_size: Option<u64>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub flush_interval: Option<ConfigDuration>,
+}
+
+/// `tracing.*` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteTracing {
+    #[serde(default, deserialize_with = "ratio")]
+    pub sampling: Option<f64>,
+}
+
+/// `[access_log]`: one line per HTTP request (and per TCP connection).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// A file path (appended to, created if missing) or `"stdout"`.
+    pub path: Spanned<String>,
+    /// `"json"` (default) or `"text"`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Bytes a worker buffers before handing lines to the writer. Default 65536.
+    #[serde(default, deserialize_with = "positive")]
+    pub buffer_bytes: Option<u64>,
+    /// Longest time a line waits in a worker's buffer. Default "1s".
+    pub flush_interval: Option<ConfigDuration>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Space-separated fields in a fixed order, `-` for an empty one.
+    Text,
 }
