@@ -46,10 +46,14 @@ pub enum PacerKind {
     Shared,
 }
 
-/// When tick `n` of a schedule starting at `start` is.
+/// When tick `n` of a schedule starting at `start` is (saturating: a tick
+/// beyond what `Instant` holds is "never", far past any run's end).
 fn tick_at(start: Instant, tick: Duration, n: u64) -> Instant {
-    let nanos = u128::from(n) * tick.as_nanos();
-    start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    let nanos = u128::from(n).saturating_mul(tick.as_nanos());
+    let after = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+    start
+        .checked_add(after)
+        .unwrap_or_else(|| start + Duration::from_secs(u64::from(u32::MAX)))
 }
 
 /// One thread's open-loop schedule: `senders` senders, each sending every
@@ -425,5 +429,24 @@ pub fn precise_timers_for_this_thread() {
     // SAFETY: prctl with an integer argument; no memory.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_exact_multiples_and_saturate() {
+        let start = Instant::now();
+        let tick = Duration::from_micros(20);
+        assert_eq!(tick_at(start, tick, 0), start);
+        assert_eq!(tick_at(start, tick, 50_000), start + Duration::from_secs(1));
+        // Sender 3 of 16 at its 1,000th send: tick 3 + 16 * 1,000.
+        assert_eq!(
+            tick_at(start, tick, 3 + 16 * 1_000),
+            start + Duration::from_nanos(20_000 * (3 + 16 * 1_000))
+        );
+        assert!(tick_at(start, Duration::from_secs(u64::MAX / 2), u64::MAX) > start);
     }
 }
