@@ -148,14 +148,6 @@ impl HeadBuffers {
             spares.push(b);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.spares.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spares.borrow().is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -225,7 +217,7 @@ mod tests {
         // The head still holds the allocation: not handed out again.
         let other = spares.take();
         assert_ne!(other.as_ptr(), at);
-        assert!(spares.is_empty());
+        assert!(spares.spares.borrow().is_empty());
         // Once the head is gone the same allocation comes back, empty and
         // with room for a head read.
         let mut buf = other;
@@ -234,7 +226,7 @@ mod tests {
         let _ = buf.split_to(0);
         spares.put(buf);
         drop(head);
-        assert_eq!(spares.len(), 1);
+        assert_eq!(spares.spares.borrow().len(), 1);
         let reused = spares.take();
         assert_eq!(reused.as_ptr(), again_at);
         assert!(reused.is_empty());
@@ -243,6 +235,6 @@ mod tests {
         let mut big = bytes::BytesMut::with_capacity(HEAD_SPARE_MAX + 1);
         big.extend_from_slice(b"x");
         spares.put(big);
-        assert!(spares.is_empty());
+        assert!(spares.spares.borrow().is_empty());
     }
 }

@@ -119,15 +119,9 @@ async fn thread_main(plan: Plan, budgets: Vec<Vec<Option<u64>>>, start: Instant)
     let mut tasks = Vec::new();
     let all = (budgets.len() * plan.streams).max(1);
     // Open loop: every stream of the thread shares one schedule (pacer.rs).
-    let schedule = match plan.interval {
-        Some(iv) => match Schedule::new(plan.pacer, start, iv, all) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                result.borrow_mut().error("pacer");
-                return std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
-            }
-        },
-        None => None,
+    let Ok(schedule) = Schedule::open_loop(plan.pacer, start, plan.interval, all) else {
+        result.borrow_mut().error("pacer");
+        return std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
     };
     for (i, streams) in budgets.into_iter().enumerate() {
         let (plan, result, schedule) = (plan.clone(), result.clone(), schedule.clone());

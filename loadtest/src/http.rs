@@ -37,7 +37,7 @@ pub struct HttpArgs {
     /// `shared`: one periodic timer per thread; `auto`: shared from 25,000
     /// sends/s per thread.
     #[arg(long, value_enum, default_value = "auto")]
-    pub pacer: crate::pacer::PacerKind,
+    pub pacer: PacerKind,
     /// The request method (`-X` as in curl; `-m` is the HTTP/2 stream
     /// count, as in h2load).
     #[arg(short = 'X', long, default_value = "GET")]
@@ -318,15 +318,9 @@ async fn thread_main(plan: Plan, budget: Vec<Option<u64>>, start: Instant) -> Th
     let n = budget.len().max(1);
     // Open loop: the thread's connections share one schedule, spread over
     // one interval (see pacer.rs).
-    let schedule = match plan.interval {
-        Some(iv) => match Schedule::new(plan.pacer, start, iv, n) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                result.borrow_mut().error("pacer");
-                return std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
-            }
-        },
-        None => None,
+    let Ok(schedule) = Schedule::open_loop(plan.pacer, start, plan.interval, n) else {
+        result.borrow_mut().error("pacer");
+        return std::mem::replace(&mut *result.borrow_mut(), ThreadResult::new());
     };
     let mut tasks = Vec::new();
     for (i, b) in budget.into_iter().enumerate() {

@@ -67,8 +67,21 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Call on the thread's runtime: a shared ticker's task is spawned here.
-    pub fn new(
+    /// The schedule of an open-loop thread (`interval` given), or none for
+    /// a closed loop. Call on the thread's runtime: a shared ticker's task
+    /// is spawned here.
+    pub fn open_loop(
+        kind: PacerKind,
+        start: Instant,
+        interval: Option<Duration>,
+        senders: usize,
+    ) -> io::Result<Option<Self>> {
+        interval
+            .map(|iv| Schedule::new(kind, start, iv, senders))
+            .transpose()
+    }
+
+    fn new(
         kind: PacerKind,
         start: Instant,
         interval: Duration,
@@ -214,7 +227,6 @@ impl Ticker {
     /// `tick`. Spawn [`Ticker::run`] beside the senders.
     fn new(start: Instant, tick: Duration, senders: usize) -> io::Result<Rc<Self>> {
         let (ready, fd) = timerfd()?;
-        let tick = tick.max(Duration::from_nanos(1));
         arm_periodic(fd, start, tick)?;
         Ok(Rc::new(Ticker {
             ready,
@@ -234,13 +246,10 @@ impl Ticker {
         tick_at(self.start, self.tick, n)
     }
 
-    /// Wait until tick `n` has come (at once if it has). `sender` is the
-    /// caller's index (below the count given to [`Ticker::new`]); a sender
-    /// waits for one tick at a time.
+    /// Wait until tick `n` has come (the caller has seen that it has not
+    /// yet). `sender` is the caller's index (below the count given to
+    /// [`Ticker::new`]); a sender waits for one tick at a time.
     async fn until(&self, sender: usize, n: u64) -> io::Result<()> {
-        if Instant::now() >= self.at(n) {
-            return Ok(());
-        }
         let mut queued = false;
         poll_fn(|cx| {
             let mut st = self.state.borrow_mut();

@@ -77,6 +77,11 @@ fn span_in(base: usize, s: &[u8]) -> Span {
     }
 }
 
+/// The part of `head` at `span` (no copy).
+fn cut(head: &Bytes, (at, n): Span) -> Bytes {
+    head.slice(at..at + n)
+}
+
 /// Where each header's name and (trimmed) value lie, recorded while the
 /// parser still borrows the buffer: on the stack for a head of up to
 /// `SMALL_HEADER_TABLE` headers, so that parsing a head allocates only the
@@ -119,12 +124,11 @@ impl Spans {
         } else {
             &self.big[..]
         };
-        let cut = |(at, n): Span| head.slice(at..at + n);
         let mut out = Vec::with_capacity(spans.len());
         for &(name, value) in spans {
             out.push(Header {
-                name: cut(name),
-                value: cut(value),
+                name: cut(head, name),
+                value: cut(head, value),
             });
         }
         out
@@ -240,9 +244,8 @@ pub fn parse_request(
     let target_at = span(req.path.unwrap_or("").as_bytes());
     let spans = Spans::of(req.headers, base);
     let head = buf.split_to(len).freeze();
-    let cut = |(at, n): Span| head.slice(at..at + n);
-    let method = cut(method_at);
-    let target = cut(target_at);
+    let method = cut(&head, method_at);
+    let target = cut(&head, target_at);
     validate_target(&method, &target)?;
     build_request(method, target, version, spans.headers(&head))
 }
@@ -492,7 +495,7 @@ pub fn parse_response(
         .map(|r| span(r.as_bytes()));
     let spans = Spans::of(resp.headers, base);
     let head = buf.split_to(len).freeze();
-    let reason = reason_at.map_or_else(Bytes::new, |(at, n)| head.slice(at..at + n));
+    let reason = reason_at.map_or_else(Bytes::new, |span| cut(&head, span));
     let parsed = spans.headers(&head);
     let connection = connection_tokens(&parsed);
     let keep_alive = match version {

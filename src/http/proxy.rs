@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use super::upconn::UpConn;
-use crate::buffers::HEAD_READ;
 
 use super::body::BodySink;
 use super::chunked::ChunkFrame;
@@ -20,6 +19,7 @@ use super::codec::{parse_response, Framing, HeadLimits, RequestHead, ResponseHea
 use super::downstream::Downstream;
 use super::error::HttpError;
 use super::serialize::serialize_response;
+use crate::buffers::HEAD_READ;
 use crate::config::{HttpSettings, Snapshot};
 use crate::route::Route;
 use crate::upstream::Cluster;
