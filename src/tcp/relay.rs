@@ -165,7 +165,7 @@ pub async fn relay_parking(
     let mut outcome = RelayOutcome::default();
     let mut quiet = false;
     monoio::select! {
-        ((_, sa), (_, sb)) = both => {
+        (sa, sb) = both => {
             outcome.spliced_directions = u8::from(sa) + u8::from(sb);
         }
         _ = watchdog(&activity, idle_timeout, fds, &timed_out, deadlines) => {}
@@ -309,16 +309,15 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    /// Returns bytes moved and whether splice was used. On error both
-    /// sockets are shut down so the other direction ends too.
-    /// `moved` follows the byte count as it grows (read when parked).
+    /// Returns whether splice was used; `total` counts the bytes moved as
+    /// they go (read when the relay ends or parks). On error both sockets
+    /// are shut down so the other direction ends too.
     async fn run(
         &self,
         r: &mut TcpOwnedReadHalf,
         w: &mut TcpOwnedWriteHalf,
-        moved: &Cell<u64>,
-    ) -> (u64, bool) {
-        let total = moved;
+        total: &Cell<u64>,
+    ) -> bool {
         let mut spliced = false;
         let result = async {
             if self.shared.mode != SpliceMode::Always {
@@ -341,7 +340,7 @@ impl Pump<'_> {
                 shutdown_both(self.fds);
             }
         }
-        (total.get(), spliced)
+        spliced
     }
 
     async fn buffered(
