@@ -72,6 +72,9 @@ pub struct Record<'a> {
     /// gRPC calls: the status and message they ended with.
     pub grpc_status: Option<u8>,
     pub grpc_message: Option<&'a [u8]>,
+    /// Served in plaintext on a TLS listener (`tls.plaintext = "permit"`):
+    /// `"plaintext":true` in JSON, `plaintext` after the flags in text.
+    pub plaintext: bool,
 }
 
 impl<'a> Record<'a> {
@@ -110,6 +113,7 @@ impl<'a> Record<'a> {
             upstream_first_byte: None,
             grpc_status: None,
             grpc_message: None,
+            plaintext: false,
         }
     }
 
@@ -150,6 +154,7 @@ impl<'a> Record<'a> {
             upstream_first_byte: None,
             grpc_status: None,
             grpc_message: None,
+            plaintext: false,
         }
     }
 }
@@ -334,6 +339,9 @@ fn write_json(out: &mut Vec<u8>, r: &Record<'_>) {
     json_str(out, r.flags.as_bytes());
     out.extend_from_slice(b",\"peer_identity\":");
     json_opt(out, r.peer_identity.map(str::as_bytes));
+    if r.plaintext {
+        out.extend_from_slice(b",\"plaintext\":true");
+    }
     for (name, v) in [
         ("upstream_connect_ms", r.upstream_connect),
         ("upstream_tls_ms", r.upstream_tls),
@@ -422,6 +430,9 @@ fn write_text(out: &mut Vec<u8>, r: &Record<'_>) {
     text_opt(out, r.cluster.map(str::as_bytes));
     out.push(b' ');
     text_opt(out, Some(r.flags.as_bytes()));
+    if r.plaintext {
+        out.extend_from_slice(b" plaintext");
+    }
     // gRPC calls only: one more field, `grpc=<status>`.
     if let Some(g) = r.grpc_status {
         let _ = write!(out, " grpc={g}");
@@ -506,6 +517,7 @@ mod tests {
             upstream_first_byte: None,
             grpc_status: None,
             grpc_message: None,
+            plaintext: false,
         }
     }
 

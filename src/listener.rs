@@ -289,6 +289,28 @@ enum Then {
     Relay(std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::tcp::ParkedRelay>>>>),
 }
 
+/// On an auto listener with `tls`, whether a connection that did not start
+/// a TLS handshake may be served in plaintext (`tls.plaintext = "permit"`);
+/// counted either way. Listeners without `tls` always allow it.
+fn plaintext_allowed(
+    listener: &crate::config::Listener,
+    ctx: &WorkerCtx,
+    peer: SocketAddr,
+    kind: crate::sidecar::detect::Detected,
+) -> bool {
+    let Some(tls) = &listener.tls else {
+        return true;
+    };
+    let cells = listener.stats.worker(ctx.index);
+    if tls.plaintext_permitted {
+        cells.plaintext_accepted.inc();
+        return true;
+    }
+    cells.plaintext_refused.inc();
+    tracing::debug!(listener = %listener.name, %peer, detected = kind.label(), "plaintext on a TLS listener; closing (tls.plaintext = \"refuse\")");
+    false
+}
+
 /// Serve one connection: detect, handshake, serve HTTP, or set up a relay.
 async fn serve(
     ctx: Rc<WorkerCtx>,
@@ -342,8 +364,11 @@ async fn serve(
             use crate::sidecar::detect::Detected;
             match kind {
                 Detected::Closed => return Then::Done,
-                Detected::Http1 | Detected::Http2 => (true, false, None, None),
                 Detected::Tls if listener.tls.is_some() => (true, true, None, None),
+                // A TLS listener never serves plaintext unless told to
+                // (docs/security.md, "No plaintext past TLS").
+                _ if !plaintext_allowed(&listener, &ctx, peer, kind) => return Then::Done,
+                Detected::Http1 | Detected::Http2 => (true, false, None, None),
                 Detected::Tls | Detected::Opaque | Detected::Silent => {
                     (false, false, cluster.as_deref(), None)
                 }

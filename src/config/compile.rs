@@ -284,6 +284,17 @@ fn compile_listener(
     if l.tls.is_some() && tls.is_none() {
         return None;
     }
+    if let (Some(t), Some(p)) = (&tls, l.tls.as_ref().and_then(|t| t.get_ref().plaintext.as_ref())) {
+        if t.plaintext_permitted && *l.protocol.get_ref() != Protocol::Auto {
+            cx.error(
+                p.span(),
+                format!("{key}.tls.plaintext"),
+                "plaintext = \"permit\" needs protocol = \"auto\" (which tells TLS from plaintext); this listener only speaks TLS",
+            );
+            return None;
+        }
+    }
+    let paths = path_policy(cx, key, l, tls.as_ref().is_some_and(|t| t.verifies_clients))?;
     let rate_limit = l
         .rate_limit
         .as_ref()
@@ -328,7 +339,42 @@ fn compile_listener(
                 .map_or(Duration::from_secs(60), |d| d.0),
             send_timeout: l.send_timeout.map_or(Duration::from_secs(60), |d| d.0),
             http2,
+            paths,
         },
+    })
+}
+
+/// `merge_slashes` and `path_escaped_slashes`: strict by default where
+/// clients are verified (identity-based authorization depends on the path
+/// meaning one thing).
+fn path_policy(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    l: &FileListener,
+    verifies_clients: bool,
+) -> Option<crate::http::normalize::PathPolicy> {
+    use crate::http::normalize::{EscapedSlashes, PathPolicy};
+    let escaped_slashes = match l
+        .path_escaped_slashes
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
+        None if verifies_clients => EscapedSlashes::Reject,
+        None => EscapedSlashes::Keep,
+        Some(("reject", _)) => EscapedSlashes::Reject,
+        Some(("keep", _)) => EscapedSlashes::Keep,
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.path_escaped_slashes"),
+                format!("must be \"reject\" or \"keep\", not \"{other}\""),
+            );
+            return None;
+        }
+    };
+    Some(PathPolicy {
+        merge_slashes: l.merge_slashes.unwrap_or(verifies_clients),
+        escaped_slashes,
     })
 }
 

@@ -201,6 +201,13 @@ pub struct FileListener {
     /// ClientHello. Default 5s.
     #[serde(default, deserialize_with = "positive_duration")]
     pub sni_read_timeout: Option<ConfigDuration>,
+    /// http: merge runs of `/` in request paths before routing. Default on
+    /// for listeners that verify clients (mesh, `client_ca`), else off.
+    pub merge_slashes: Option<bool>,
+    /// http: `"reject"` (400) or `"keep"` (undecoded) for `%2F`, `%5C` and
+    /// `%00` in request paths. Default `"reject"` on listeners that verify
+    /// clients, else `"keep"`.
+    pub path_escaped_slashes: Option<Spanned<String>>,
 }
 
 /// One entry of `sni_routes`.
@@ -233,6 +240,10 @@ pub struct FileListenerTls {
     /// `"terminate"` (default) or `"mesh"`: present `[identity]`'s SVID and
     /// require the client's.
     pub mode: Option<Spanned<String>>,
+    /// auto listeners: `"refuse"` (default) closes connections that do not
+    /// start a TLS handshake; `"permit"` serves them in plaintext, without
+    /// a peer identity (migration only).
+    pub plaintext: Option<Spanned<String>>,
 }
 
 /// One entry of `tls.certificates`.

@@ -174,6 +174,8 @@ pub struct HttpSettings {
     pub send_timeout: Duration,
     /// HTTP/2 next to HTTP/1.1 (`None`: `http2 = false`).
     pub http2: Option<http2::Http2Settings>,
+    /// How request paths are normalised before routing.
+    pub paths: crate::http::normalize::PathPolicy,
 }
 
 /// What a listener does with its connections.
@@ -289,6 +291,14 @@ impl Snapshot {
                 "admin.address: {} is not a loopback address: anyone who can reach it can reload and drain this proxy",
                 self.admin.address
             ));
+        }
+        for l in &self.listeners {
+            if l.tls.as_ref().is_some_and(|t| t.plaintext_permitted) {
+                out.push(format!(
+                    "listeners.{}.tls.plaintext = \"permit\": clients that skip TLS are served in plaintext with no identity (migration only; see docs/security.md)",
+                    l.name
+                ));
+            }
         }
         out
     }

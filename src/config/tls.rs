@@ -130,6 +130,22 @@ pub(super) fn listener_tls(
             .collect(),
         None => alpn_default.iter().map(|a| a.as_bytes().to_vec()).collect(),
     };
+    let plaintext_permitted = match f
+        .plaintext
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()))
+    {
+        None | Some(("refuse", _)) => false,
+        Some(("permit", _)) => true,
+        Some((other, span)) => {
+            cx.error(
+                span,
+                format!("{key}.plaintext"),
+                format!("must be \"refuse\" or \"permit\", not \"{other}\""),
+            );
+            return None;
+        }
+    };
     if !ok {
         return None;
     }
@@ -153,7 +169,10 @@ pub(super) fn listener_tls(
         mesh,
     };
     match server_config(&settings) {
-        Ok(tls) => Some(Arc::new(tls)),
+        Ok(mut tls) => {
+            tls.plaintext_permitted = plaintext_permitted;
+            Some(Arc::new(tls))
+        }
         Err(msg) => {
             let span = cert_key
                 .as_ref()

@@ -31,6 +31,7 @@ pub fn upstream_request(head: &codec::RequestHead, route: &crate::route::Route) 
 mod head;
 mod io;
 mod kept_body;
+pub mod normalize;
 pub mod park;
 pub mod pool;
 mod proxy;

@@ -142,6 +142,7 @@ impl<'a> RequestRecord<'a> {
                     .and_then(|u| Some(u.head_at.get()?.saturating_duration_since(u.sent.get()?))),
                 grpc_status,
                 grpc_message: grpc_message.as_deref(),
+                plaintext: self.listener.tls.is_some() && !conn.stream.is_tls(),
             },
         );
     }

@@ -240,7 +240,19 @@ pub(super) async fn handle_request(
     conn.responded = false;
     conn.body_complete = matches!(head.framing, Framing::None | Framing::Length(0));
     let mut rec = RequestRecord::new(listener, mark);
-    let next = route_and_answer(ctx, snapshot, &mut rec, conn, &head, &mut up).await;
+    // One reading of the path for routing, authorization and the upstream
+    // (docs/security.md, "One path"): the head carries the normalised
+    // target from here on.
+    let mut head = head;
+    let next = match super::normalize::normalized(&head.target, listener.http.paths) {
+        Ok(normal) => {
+            if let Some(t) = normal {
+                head.target = t;
+            }
+            route_and_answer(ctx, snapshot, &mut rec, conn, &head, &mut up).await
+        }
+        Err(e) => fail(ctx, &mut rec, conn, &head, HttpError::BadRequest(e.text())).await,
+    };
     if let Some(trace) = up.trace.as_ref().filter(|t| t.sampled) {
         ctx.export_span(super::spans::server_span(trace, &rec, conn, &head, &up));
     }

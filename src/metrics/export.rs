@@ -125,7 +125,7 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
 
 fn listener_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&super::ListenerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 12] = [
+    let simple: [(&str, &str, &str, Get); 16] = [
         (
             "outrigger_listener_connections_total",
             "counter",
@@ -197,6 +197,30 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
             "counter",
             "HTTP/2 streams (requests) accepted.",
             |c| c.http2_streams.get(),
+        ),
+        (
+            "outrigger_listener_plaintext_refused_total",
+            "counter",
+            "Connections without a TLS handshake closed on a TLS listener (tls.plaintext = \"refuse\").",
+            |c| c.plaintext_refused.get(),
+        ),
+        (
+            "outrigger_listener_plaintext_accepted_total",
+            "counter",
+            "Connections served in plaintext on a TLS listener (tls.plaintext = \"permit\").",
+            |c| c.plaintext_accepted.get(),
+        ),
+        (
+            "outrigger_listener_http2_client_resets_total",
+            "counter",
+            "HTTP/2 streams the client reset while the proxy was serving them (their upstream work cancelled).",
+            |c| c.http2_client_resets.get(),
+        ),
+        (
+            "outrigger_listener_http2_reset_floods_total",
+            "counter",
+            "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for too many client resets.",
+            |c| c.http2_reset_floods.get(),
         ),
     ];
     for (name, kind, help, get) in simple {

@@ -156,6 +156,14 @@ pub struct ListenerCells {
     /// and the time detection took.
     pub detected: [Counter; 6],
     pub detect_duration: Histogram,
+    /// TLS listeners: plaintext connections closed (`tls.plaintext =
+    /// "refuse"`) and served (`"permit"`).
+    pub plaintext_refused: Counter,
+    pub plaintext_accepted: Counter,
+    /// HTTP/2: streams reset by the client while being served, and
+    /// connections closed for too many of them.
+    pub http2_client_resets: Counter,
+    pub http2_reset_floods: Counter,
     /// TLS handshakes completed, and failed by `tls::HandshakeFailure`.
     pub tls_handshakes: Counter,
     pub tls_handshake_failures: [Counter; 9],

@@ -42,6 +42,9 @@ pub struct ListenerTls {
     /// The certificates it serves (for `/certs` and expiry metrics):
     /// `default`, or the SNI names.
     pub certs: Vec<(String, Arc<CertifiedKey>)>,
+    /// `tls.plaintext = "permit"` (auto listeners): connections that do not
+    /// start a TLS handshake are served in plaintext, without identity.
+    pub plaintext_permitted: bool,
 }
 
 /// The crypto provider (ring), shared by every config.
@@ -211,6 +214,7 @@ pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
         trust_domain: s.mesh.as_ref().map(|id| id.trust_domain.clone()),
         own_id: s.own_id.clone(),
         certs,
+        plaintext_permitted: false,
     })
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod h2raw;
 pub mod http;
 pub mod process;
 pub mod script;

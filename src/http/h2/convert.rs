@@ -303,6 +303,7 @@ mod tests {
             request_body_timeout: std::time::Duration::from_secs(1),
             send_timeout: std::time::Duration::from_secs(1),
             http2: None,
+            paths: Default::default(),
         }
     }
 
