@@ -22,6 +22,7 @@ use outrigger::worker::Driver;
 both_drivers!(
     plaintext_never_passes_a_tls_listener,
     paths_are_normalised_before_routing,
+    refused_streamed_body_is_never_replayed,
 );
 
 const TD: &str = "example.org";
@@ -268,4 +269,104 @@ fn paths_are_normalised_before_routing(driver: Driver) {
     check("at start");
     reload(&p, &dir, &config(driver, &ca, &dir, app, "", 1));
     check("after a reload");
+}
+
+/// What the refusing HTTP/2 upstream saw: (path, body) per request.
+type Log = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// An HTTP/2 upstream (hyperium, on its own thread): reads each request's
+/// body whole, then refuses `/refuse` with RST_STREAM(REFUSED_STREAM) and
+/// answers anything else 200.
+fn refusing_h2_upstream() -> (SocketAddr, Log) {
+    let log: Log = Default::default();
+    let seen = log.clone();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(s).await else { return };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let seen = seen.clone();
+                        tokio::spawn(async move {
+                            let (parts, mut body) = req.into_parts();
+                            let mut got = Vec::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                got.extend_from_slice(&chunk);
+                            }
+                            let path = parts.uri.path().to_string();
+                            seen.lock().unwrap().push((path.clone(), String::from_utf8_lossy(&got).into()));
+                            if path == "/refuse" {
+                                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                                return;
+                            }
+                            let resp = ::http::Response::builder().status(200).body(()).unwrap();
+                            if let Ok(mut send) = respond.send_response(resp, false) {
+                                let _ = send.send_data(bytes::Bytes::from(path), true);
+                            }
+                        });
+                    }
+                });
+            }
+        });
+    });
+    (addr, log)
+}
+
+/// A POST whose body streamed from the client to an HTTP/2 upstream that
+/// then refused the stream gets 503 `upstream_refused_stream`; it is not
+/// replayed (which would read the next pipelined request, another user's
+/// credentials included, as its body), and that next request is served
+/// as itself.
+fn refused_streamed_body_is_never_replayed(driver: Driver) {
+    let (up, log) = refusing_h2_upstream();
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "h2up"
+[clusters.h2up]
+endpoints = ["{up}"]
+protocol = "http2"
+"#,
+        io = io_name(driver)
+    );
+    let dir = TempDir::new("sec-replay");
+    let p = launch(&dir, &config);
+    let addr = p.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    // Warm the pool: the POST goes out on a reused upstream connection.
+    assert_eq!(c.get("/warm", "app", "").status, 200);
+    let body = "a".repeat(70);
+    let pipelined = format!(
+        "POST /refuse HTTP/1.1\r\nHost: app\r\ncontent-length: 70\r\n\r\n{body}\
+         GET /user-b HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer USER-B-SECRET\r\n\r\n"
+    );
+    c.send(pipelined.as_bytes());
+    let first = c.read_response(false).expect("a response to the POST");
+    assert_eq!(first.status, 503, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.header("x-outrigger-error"), Some("upstream_refused_stream"));
+    let second = c.read_response(false).expect("a response to the GET");
+    assert_eq!((second.status, second.body.as_slice()), (200, &b"/user-b"[..]));
+    let seen = log.lock().unwrap().clone();
+    let refused: Vec<_> = seen.iter().filter(|(p, _)| p == "/refuse").collect();
+    assert_eq!(refused.len(), 1, "replayed: {seen:?}");
+    assert_eq!(refused[0].1, body);
+    assert!(!seen.iter().any(|(_, b)| b.contains("USER-B-SECRET")), "{seen:?}");
 }

@@ -60,7 +60,9 @@ protocol = "auto"
 routes = "main"
 cluster = "raw"
 detect_timeout = "200ms"
-tls = {{ cert = "server.pem", key = "server.key" }}
+# Every protocol's path is under test here, plaintext ones included: the
+# explicit opt-in (tests/security.rs holds the default, refuse).
+tls = {{ cert = "server.pem", key = "server.key", plaintext = "permit" }}
 [[routes.main]]
 match.path_prefix = "/"
 direct_response = {{ status = 200, body = "http" }}

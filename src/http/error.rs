@@ -46,6 +46,11 @@ pub enum HttpError {
     /// The upstream closed or reset the connection mid-exchange.
     #[error("upstream connection failed: {0}")]
     UpstreamIo(io::Error),
+    /// An HTTP/2 upstream refused the stream (REFUSED_STREAM, or GOAWAY
+    /// below its id) after the request body had been streamed to it from
+    /// the client: the body is not held, so the request is not replayed.
+    #[error("upstream refused the stream; its streamed body cannot be replayed")]
+    RefusedUnreplayable,
     /// The client went away.
     #[error("client connection failed: {0}")]
     DownstreamIo(io::Error),
@@ -80,7 +85,9 @@ impl HttpError {
             RateLimited(_) | BodyTooLarge => Code::ResourceExhausted,
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => Code::Internal,
             NoUpstream(_) | UpstreamIo(_) | NoHealthyUpstream | Overflow(_) | BadResponse(_)
-            | DownstreamIo(_) | SendTimeout | Overloaded => Code::Unavailable,
+            | DownstreamIo(_) | SendTimeout | Overloaded | RefusedUnreplayable => {
+                Code::Unavailable
+            }
         }
     }
 
@@ -93,7 +100,8 @@ impl HttpError {
             NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden | Overloaded => {
                 Side::Internal
             }
-            BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_) => Side::Upstream,
+            BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_)
+            | RefusedUnreplayable => Side::Upstream,
         }
     }
 
@@ -109,7 +117,9 @@ impl HttpError {
             HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
             BadResponse(_) | UpstreamIo(_) => 502,
-            NoUpstream(_) | NoHealthyUpstream | Overflow(_) | Overloaded => 503,
+            NoUpstream(_) | NoHealthyUpstream | Overflow(_) | Overloaded | RefusedUnreplayable => {
+                503
+            }
             RateLimited(_) => 429,
             Forbidden => 403,
             UpstreamTimeout => 504,
@@ -140,6 +150,7 @@ impl HttpError {
             RateLimited(_) => "rate_limited",
             Forbidden => "forbidden",
             Overloaded => "overloaded",
+            RefusedUnreplayable => "upstream_refused_stream",
         }
     }
 
@@ -161,6 +172,7 @@ impl HttpError {
             RateLimited(_) => "RL",
             Forbidden => "AD",
             Overloaded => "OL",
+            RefusedUnreplayable => "URS",
         }
     }
 

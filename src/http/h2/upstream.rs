@@ -152,13 +152,29 @@ fn is_unprocessed(e: &h2::Error) -> bool {
     e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
 }
 
-fn failed(e: h2::Error, sent: bool) -> ExchangeError {
-    if is_unprocessed(&e) || !sent {
+/// A stream failure as the retry loop sees it. `sent`: the request went
+/// out; `body_held`: its body (if any) is held by the proxy, so it can be
+/// sent again. A refused stream whose body was streamed from the client
+/// is never replayed: those bytes are gone, and the next ones on the
+/// client's connection belong to another request (docs/security.md,
+/// "No replay of a streamed body").
+fn failed(e: h2::Error, sent: bool, body_held: bool) -> ExchangeError {
+    if !sent {
         return ExchangeError::Stale {
             error: stream_error(e),
             replay_safe: true,
-            unsent: !sent,
+            unsent: true,
         };
+    }
+    if is_unprocessed(&e) {
+        if body_held {
+            return ExchangeError::Stale {
+                error: stream_error(e),
+                replay_safe: true,
+                unsent: true,
+            };
+        }
+        return ExchangeError::Failed(HttpError::RefusedUnreplayable);
     }
     ExchangeError::Failed(HttpError::UpstreamIo(stream_error(e)))
 }
@@ -192,12 +208,12 @@ impl Exchange<'_> {
             .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(failed(e, false)),
+            Ok(Err(e)) => return Err(failed(e, false, true)),
             Err(_) => return Err(ExchangeError::Failed(HttpError::UpstreamTimeout)),
         }
         let (response, mut body_tx) = send
             .send_request(req, !has_body)
-            .map_err(|e| failed(e, false))?;
+            .map_err(|e| failed(e, false, true))?;
         if has_body {
             let sent = match &self.body {
                 Some(b) => {
@@ -220,7 +236,7 @@ impl Exchange<'_> {
         }
         let response = match deadlines.within(at, response).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(failed(e, true)),
+            Ok(Err(e)) => return Err(failed(e, true, self.body.is_some() || !has_body)),
             Err(_) => return Err(ExchangeError::Failed(HttpError::UpstreamTimeout)),
         };
         let status = response.status().as_u16();
