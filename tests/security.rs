@@ -23,6 +23,7 @@ both_drivers!(
     plaintext_never_passes_a_tls_listener,
     paths_are_normalised_before_routing,
     refused_streamed_body_is_never_replayed,
+    pools_never_cross_tls_settings,
 );
 
 const TD: &str = "example.org";
@@ -369,4 +370,123 @@ protocol = "http2"
     assert_eq!(refused.len(), 1, "replayed: {seen:?}");
     assert_eq!(refused[0].1, body);
     assert!(!seen.iter().any(|(_, b)| b.contains("USER-B-SECRET")), "{seen:?}");
+}
+
+/// The peer of `pools_never_cross_tls_settings`: an inbound sidecar (an
+/// auto listener, mesh mTLS with plaintext permitted) that answers `mtls
+/// FRONTEND-ID` to a verified client and `plain` to a plaintext one.
+fn identity_echo(driver: Driver, ca: &Ca, dir: &TempDir) -> (outrigger::control::Proxy, SocketAddr) {
+    ca.svid(SERVER_ID).write(&dir.0, "svid");
+    std::fs::write(dir.path("bundle.pem"), ca.pem()).unwrap();
+    let config = format!(
+        r#"
+[identity]
+cert = "svid.pem"
+key = "svid.key"
+trust_bundle = "bundle.pem"
+trust_domain = "{TD}"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.inbound]
+address = "127.0.0.1:0"
+protocol = "auto"
+routes = "in"
+tls = {{ mode = "mesh", plaintext = "permit" }}
+[[routes.in]]
+match.path_prefix = "/"
+match.peer_identity = "{CLIENT_ID}"
+direct_response = {{ status = 200, body = "mtls" }}
+[[routes.in]]
+match.path_prefix = "/"
+direct_response = {{ status = 200, body = "plain" }}
+"#,
+        io = io_name(driver)
+    );
+    let p = launch(dir, &config);
+    let addr = p.local_addr("inbound").unwrap();
+    (p, addr)
+}
+
+/// The caller's sidecar: three clusters on the one inbound address, in
+/// plaintext, over mTLS expecting `secure_id`, and over mTLS expecting an
+/// identity the inbound does not have.
+fn caller_config(driver: Driver, ca: &Ca, dir: &TempDir, to: SocketAddr, protocol: &str, secure_id: &str) -> String {
+    ca.svid(CLIENT_ID).write(&dir.0, "svid");
+    std::fs::write(dir.path("bundle.pem"), ca.pem()).unwrap();
+    format!(
+        r#"
+[identity]
+cert = "svid.pem"
+key = "svid.key"
+trust_bundle = "bundle.pem"
+trust_domain = "{TD}"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.out]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "out"
+[[routes.out]]
+match.path = "/plain"
+cluster = "plain"
+[[routes.out]]
+match.path = "/secure"
+cluster = "secure"
+[[routes.out]]
+match.path = "/wrong"
+cluster = "wrong"
+[clusters.plain]
+endpoints = ["{to}"]
+protocol = "{protocol}"
+[clusters.secure]
+endpoints = ["{to}"]
+protocol = "{protocol}"
+tls = {{ mode = "mesh", identities = ["{secure_id}"] }}
+[clusters.wrong]
+endpoints = ["{to}"]
+protocol = "{protocol}"
+tls = {{ mode = "mesh", identities = ["{ADMIN_ID}"] }}
+"#,
+        io = io_name(driver)
+    )
+}
+
+/// Clusters that share an address never share connections unless their
+/// transport settings are the same: no plaintext connection serves a TLS
+/// cluster, no connection verified for one identity serves a cluster
+/// expecting another (503 `upstream_identity_refused`, flag UI), and a
+/// reload that changes a cluster's identities retires the connections made
+/// under the old ones. HTTP/1.1 and HTTP/2 upstream pools both.
+fn pools_never_cross_tls_settings(driver: Driver) {
+    let ca = Ca::new("example.org trust domain");
+    let din = TempDir::new("sec-pools-in");
+    let (_inbound, to) = identity_echo(driver, &ca, &din);
+    for protocol in ["http1", "http2"] {
+        let dout = TempDir::new("sec-pools-out");
+        let p = launch(&dout, &caller_config(driver, &ca, &dout, to, protocol, SERVER_ID));
+        let mut c = Client::connect(p.local_addr("out").unwrap());
+        let mut get = |path: &str| {
+            let r = c.get(path, "orders", "");
+            (r.status, String::from_utf8_lossy(&r.body).to_string(), r.header("x-outrigger-error").map(str::to_string))
+        };
+        assert_eq!(get("/plain").1, "plain", "{protocol}");
+        assert_eq!(get("/secure").1, "mtls", "{protocol}: a plaintext connection served a TLS cluster");
+        let (status, _, error) = get("/wrong");
+        assert_eq!((status, error.as_deref()), (503, Some("upstream_identity_refused")), "{protocol}");
+        assert_eq!(get("/secure").1, "mtls", "{protocol}");
+        assert_eq!(get("/plain").1, "plain", "{protocol}");
+        // Tighten `secure` to an identity the inbound does not have: its
+        // pooled connections must not be used any more.
+        reload(&p, &dout, &caller_config(driver, &ca, &dout, to, protocol, ADMIN_ID));
+        let (status, _, error) = get("/secure");
+        assert_eq!((status, error.as_deref()), (503, Some("upstream_identity_refused")), "{protocol}: after a reload");
+        reload(&p, &dout, &caller_config(driver, &ca, &dout, to, protocol, SERVER_ID));
+        assert_eq!(get("/secure").1, "mtls", "{protocol}: after a second reload");
+    }
 }

@@ -40,6 +40,10 @@ pub enum HttpError {
     /// No endpoint of the cluster could be connected to.
     #[error("no upstream endpoint reachable: {0}")]
     NoUpstream(String),
+    /// The upstream's verified SVID names an identity the cluster's
+    /// `tls.identities` do not accept.
+    #[error("upstream identity refused: {0}")]
+    UpstreamIdentityRefused(String),
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -88,6 +92,7 @@ impl HttpError {
             | DownstreamIo(_) | SendTimeout | Overloaded | RefusedUnreplayable => {
                 Code::Unavailable
             }
+            UpstreamIdentityRefused(_) => Code::Unavailable,
         }
     }
 
@@ -101,7 +106,7 @@ impl HttpError {
                 Side::Internal
             }
             BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_)
-            | RefusedUnreplayable => Side::Upstream,
+            | RefusedUnreplayable | UpstreamIdentityRefused(_) => Side::Upstream,
         }
     }
 
@@ -117,9 +122,8 @@ impl HttpError {
             HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
             BadResponse(_) | UpstreamIo(_) => 502,
-            NoUpstream(_) | NoHealthyUpstream | Overflow(_) | Overloaded | RefusedUnreplayable => {
-                503
-            }
+            NoUpstream(_) | NoHealthyUpstream | Overflow(_) | Overloaded | RefusedUnreplayable
+            | UpstreamIdentityRefused(_) => 503,
             RateLimited(_) => 429,
             Forbidden => 403,
             UpstreamTimeout => 504,
@@ -151,6 +155,7 @@ impl HttpError {
             Forbidden => "forbidden",
             Overloaded => "overloaded",
             RefusedUnreplayable => "upstream_refused_stream",
+            UpstreamIdentityRefused(_) => "upstream_identity_refused",
         }
     }
 
@@ -173,6 +178,7 @@ impl HttpError {
             Forbidden => "AD",
             Overloaded => "OL",
             RefusedUnreplayable => "URS",
+            UpstreamIdentityRefused(_) => "UI",
         }
     }
 

@@ -14,6 +14,7 @@ use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
 use super::h2::upstream::{handshake, Lease, Transport};
+use super::pool::PoolKey;
 use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
 use super::retries::{backoff, Held, Retries};
 use super::serialize::{per_try, serialize_request};
@@ -282,6 +283,9 @@ impl Try<'_> {
         let cells = cluster.stats.worker(ctx.index);
         // Only a failure names it: no allocation on the way that works.
         let mut last_error: Option<String> = None;
+        // A connect failed because the upstream's SVID named an identity
+        // the cluster does not accept: said so in the answer and the log.
+        let mut identity_refused = false;
         let per_try = self
             .retries
             .policy
@@ -310,6 +314,10 @@ impl Try<'_> {
                         return Err(TryError::Fatal(HttpError::Overflow(o)));
                     }
                     Err(Checkout::Failed(e)) => {
+                        if let Some(id) = crate::tls::spiffe::refused_identity(&e) {
+                            identity_refused = true;
+                            warn_refused_identity(&cluster.name, addr, id);
+                        }
                         let error = format!("{addr}: {e}");
                         cells.connect_failures.inc();
                         ecells.error(error.clone());
@@ -320,7 +328,8 @@ impl Try<'_> {
                     }
                 };
                 if reused {
-                    ecells.pooled.set(ctx.http_pool.idle_count(addr) as u64);
+                    let key = PoolKey::new(addr, cluster.tls.as_deref());
+                    ecells.pooled.set(ctx.http_pool.idle_count(key) as u64);
                 } else {
                     cells.connections_opened.inc();
                 }
@@ -429,7 +438,12 @@ impl Try<'_> {
                 };
             }
         }
-        let e = HttpError::NoUpstream(last_error.unwrap_or_else(|| "no endpoints".to_owned()));
+        let last_error = last_error.unwrap_or_else(|| "no endpoints".to_owned());
+        let e = if identity_refused {
+            HttpError::UpstreamIdentityRefused(last_error)
+        } else {
+            HttpError::NoUpstream(last_error)
+        };
         if self
             .retries
             .policy
@@ -455,16 +469,17 @@ impl Try<'_> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
         let protocol = cluster.protocol;
+        let key = PoolKey::new(addr, cluster.tls.as_deref());
         if !fresh {
             if protocol != UpstreamProtocol::Http1 {
-                if let Some(lease) = ctx.h2_pool.pick(addr) {
+                if let Some(lease) = ctx.h2_pool.pick(key) {
                     return Ok((Checked::H2(lease), true));
                 }
             }
             if protocol != UpstreamProtocol::Http2 {
                 if let Some(s) =
                     ctx.http_pool
-                        .take(addr, cluster.pool_idle_timeout, ctx.deadlines.coarse_now())
+                        .take(key, cluster.pool_idle_timeout, ctx.deadlines.coarse_now())
                 {
                     return Ok((Checked::H1(s), true));
                 }
@@ -475,7 +490,10 @@ impl Try<'_> {
             + self
                 .endpoints
                 .iter()
-                .map(|e| (ctx.http_pool.idle_count(e.address) + ctx.h2_pool.open(e.address)) as u64)
+                .map(|e| {
+                    let k = PoolKey::new(e.address, cluster.tls.as_deref());
+                    (ctx.http_pool.idle_count(k) + ctx.h2_pool.open(k)) as u64
+                })
                 .sum::<u64>();
         if open >= share(cluster.breaker.max_connections) {
             return Err(Checkout::Overflow(Overflow::Connections));
@@ -534,7 +552,7 @@ impl Try<'_> {
         // connect_timeout covers the HTTP/2 preface and SETTINGS too.
         match ctx
             .deadlines
-            .within(at, handshake(&ctx.h2_pool, addr, transport))
+            .within(at, handshake(&ctx.h2_pool, key, transport))
             .await
         {
             Ok(Ok(lease)) => Ok((Checked::H2(lease), false)),
@@ -564,6 +582,26 @@ enum Checked {
 enum Checkout {
     Overflow(Overflow),
     Failed(std::io::Error),
+}
+
+/// A warn line when an upstream's identity is refused, at most one a
+/// second per worker (a misconfigured cluster would otherwise log every
+/// request); the rest are counted in the endpoint's last error.
+fn warn_refused_identity(cluster: &str, endpoint: SocketAddr, identity: &str) {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|l| {
+        let due = l.get().is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if due {
+            l.set(Some(now));
+        }
+        due
+    });
+    if due {
+        tracing::warn!(%cluster, %endpoint, %identity, "upstream identity not in the cluster's tls.identities; connection refused");
+    }
 }
 
 /// For the log line of a dropped retriable response.

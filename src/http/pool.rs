@@ -1,6 +1,10 @@
 //! Per-worker keep-alive pools of upstream connections, keyed by endpoint
-//! address so they survive config reloads. A connection is pooled only after
-//! its response was read completely and nothing else arrived.
+//! address and transport (plaintext, or the digest of the cluster's TLS
+//! settings) so they survive config reloads that change neither, and a
+//! connection made under one cluster's TLS settings never serves another's
+//! (docs/security.md, "Pools keyed by transport identity"). A connection
+//! is pooled only after its response was read completely and nothing else
+//! arrived.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -13,10 +17,27 @@ use monoio::net::TcpStream;
 use super::upconn::UpConn;
 use crate::fxhash::FxHashMap;
 
+/// Which pooled connections may serve a request: the endpoint, and the
+/// transport they were made with (0: plaintext; else `ClusterTls::digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub transport: u64,
+}
+
+impl PoolKey {
+    pub fn new(addr: SocketAddr, tls: Option<&crate::tls::ClusterTls>) -> Self {
+        PoolKey {
+            addr,
+            transport: tls.map_or(0, |t| t.digest),
+        }
+    }
+}
+
 /// Idle upstream connections of one worker.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: RefCell<FxHashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
+    idle: RefCell<FxHashMap<PoolKey, Vec<(UpConn, Instant)>>>,
 }
 
 impl Pool {
@@ -25,9 +46,9 @@ impl Pool {
     /// no stray bytes waiting (a late body after a HEAD or 204, say, which
     /// the next client would read as its response). Others are closed.
     /// `now` may be the worker's coarse clock (pool ages are coarse).
-    pub fn take(&self, addr: SocketAddr, max_idle_time: Duration, now: Instant) -> Option<UpConn> {
+    pub fn take(&self, key: PoolKey, max_idle_time: Duration, now: Instant) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some((mut stream, since)) = list.pop() {
             if now.saturating_duration_since(since) < max_idle_time && stream.is_clean() {
                 return Some(stream);
@@ -36,12 +57,12 @@ impl Pool {
         None
     }
 
-    /// Keep only connections to addresses for which `keep` holds; returns
-    /// how many were closed.
-    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) -> usize {
+    /// Keep only connections whose key `keep` accepts; returns how many
+    /// were closed.
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) -> usize {
         let mut closed = 0;
-        self.idle.borrow_mut().retain(|addr, list| {
-            let k = keep(addr);
+        self.idle.borrow_mut().retain(|key, list| {
+            let k = keep(key);
             if !k {
                 closed += list.len();
             }
@@ -51,17 +72,17 @@ impl Pool {
     }
 
     /// Return a clean connection; closed instead when `max_idle` are pooled.
-    pub fn put(&self, addr: SocketAddr, stream: UpConn, max_idle: usize, now: Instant) {
+    pub fn put(&self, key: PoolKey, stream: UpConn, max_idle: usize, now: Instant) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < max_idle {
             list.push((stream, now));
         }
     }
 
-    /// Idle connections held for `addr`.
-    pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.borrow().get(&addr).map_or(0, Vec::len)
+    /// Idle connections held for `key`.
+    pub fn idle_count(&self, key: PoolKey) -> usize {
+        self.idle.borrow().get(&key).map_or(0, Vec::len)
     }
 }
 

@@ -409,8 +409,9 @@ impl Exchange<'_> {
     /// Return a clean upstream connection to the worker's pool.
     pub(super) fn pool(&self, up: UpConn) {
         let ctx = self.req.ctx;
+        let key = super::pool::PoolKey::new(self.addr, self.cluster.tls.as_deref());
         ctx.http_pool.put(
-            self.addr,
+            key,
             up,
             self.cluster.max_idle_connections,
             ctx.deadlines.coarse_now(),
@@ -424,7 +425,7 @@ impl Exchange<'_> {
             ep.stats
                 .worker(ctx.index)
                 .pooled
-                .set(ctx.http_pool.idle_count(self.addr) as u64);
+                .set(ctx.http_pool.idle_count(key) as u64);
         }
     }
 }

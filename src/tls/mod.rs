@@ -226,6 +226,11 @@ pub struct ClusterTls {
     pub server_name: Option<String>,
     /// The client certificate presented, if any (for `/certs`).
     pub client_cert: Option<Arc<CertifiedKey>>,
+    /// A digest of everything that decides whom a connection may talk to
+    /// and as whom (roots, server name, accepted identities, client
+    /// certificate, versions, ALPN): upstream pools are keyed by it, so
+    /// no connection made under one set of settings serves another.
+    pub digest: u64,
 }
 
 impl ClusterTls {
@@ -276,10 +281,16 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
         let mut config =
             builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.cert.clone())));
         config.alpn_protocols = s.alpn.clone();
+        let mut d = transport_digest(s, &id.roots);
+        d.update(id.trust_domain.as_bytes());
+        for p in identities {
+            d.update(format!("{p:?}").as_bytes());
+        }
         return Ok(ClusterTls {
             config: Arc::new(config),
             server_name: s.server_name.clone(),
             client_cert: Some(id.cert.clone()),
+            digest: finish_digest(d, Some(&id.cert)),
         });
     }
     let roots = match s.ca {
@@ -295,6 +306,7 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
             roots
         }
     };
+    let digest = transport_digest(s, &roots);
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?
@@ -314,11 +326,47 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = s.alpn.clone();
+    let digest = finish_digest(digest, client_cert.as_ref());
     Ok(ClusterTls {
         config: Arc::new(config),
         server_name: s.server_name.clone(),
         client_cert,
+        digest,
     })
+}
+
+/// The start of a cluster's transport digest: mode, versions, ALPN, server
+/// name and the roots it verifies with.
+fn transport_digest(s: &ClientSettings<'_>, roots: &RootCertStore) -> ring::digest::Context {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    let field = |d: &mut ring::digest::Context, b: &[u8]| {
+        d.update(&(b.len() as u64).to_be_bytes());
+        d.update(b);
+    };
+    field(&mut d, if s.mesh.is_some() { b"mesh" } else { b"tls" });
+    field(&mut d, &[u8::from(s.tls13_only)]);
+    for a in &s.alpn {
+        field(&mut d, a);
+    }
+    field(&mut d, s.server_name.as_deref().unwrap_or("").as_bytes());
+    for anchor in &roots.roots {
+        field(&mut d, anchor.subject.as_ref());
+        field(&mut d, anchor.subject_public_key_info.as_ref());
+    }
+    d
+}
+
+/// The digest with the client certificate chain, as a non-zero u64 (zero
+/// stands for plaintext in pool keys).
+fn finish_digest(mut d: ring::digest::Context, cert: Option<&Arc<CertifiedKey>>) -> u64 {
+    for c in cert.map(|c| c.cert.as_slice()).unwrap_or_default() {
+        d.update(&(c.len() as u64).to_be_bytes());
+        d.update(c.as_ref());
+    }
+    let out = d.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out.as_ref()[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 /// Always presents one certificate (this instance's SVID).

@@ -125,6 +125,30 @@ impl std::fmt::Display for SvidError {
 
 impl std::error::Error for SvidError {}
 
+/// An upstream presented a valid SVID whose ID the cluster's `identities`
+/// do not accept (the ID is the field).
+#[derive(Debug)]
+pub struct IdentityRefused(pub String);
+
+impl std::fmt::Display for IdentityRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server identity {} is not in tls.identities", self.0)
+    }
+}
+
+impl std::error::Error for IdentityRefused {}
+
+/// The upstream identity a failed connect refused, if that is why it
+/// failed.
+pub fn refused_identity(e: &std::io::Error) -> Option<&str> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls else {
+        return None;
+    };
+    let inner: &(dyn std::error::Error + 'static) = &*other.0;
+    inner.downcast_ref::<IdentityRefused>().map(|r| r.0.as_str())
+}
+
 /// Listeners in mesh mode: require the client's SVID.
 #[derive(Debug)]
 pub struct SvidClientVerifier {
@@ -226,9 +250,9 @@ impl ServerCertVerifier for SvidServerVerifier {
         )?;
         let id = svid_id(end_entity, &self.trust_domain).map_err(reject)?;
         if !self.identities.iter().any(|p| p.matches(&id)) {
-            return Err(reject(format!(
-                "server identity {id} is not in tls.identities"
-            )));
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(IdentityRefused(id)))),
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -442,21 +442,33 @@ async fn tick(ctx: Rc<WorkerCtx>) {
     }
 }
 
-/// Close pooled connections to, and forget balancer state of, endpoints
-/// that no cluster of `snapshot` names any more.
+/// Close pooled connections to endpoints that no cluster of `snapshot`
+/// names any more, or that were made under TLS settings no cluster has
+/// now (a reload or rotation changed roots, identities or certificates:
+/// idle HTTP/1 connections close, HTTP/2 ones finish their streams and
+/// close); forget balancer state of removed endpoints.
 fn sweep_endpoints(ctx: &WorkerCtx, snapshot: &Snapshot) {
-    let named: std::collections::HashSet<std::net::SocketAddr> = snapshot
+    use crate::http::pool::PoolKey;
+    let keys: std::collections::HashSet<PoolKey> = snapshot
         .clusters
         .values()
-        .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+        .flat_map(|c| {
+            c.endpoints
+                .iter()
+                .map(|e| PoolKey::new(e.address, c.tls.as_deref()))
+        })
         .collect();
-    let closed = ctx.http_pool.retain(|addr| named.contains(addr));
+    let named: std::collections::HashSet<std::net::SocketAddr> =
+        keys.iter().map(|k| k.addr).collect();
+    let closed = ctx.http_pool.retain(|k| keys.contains(k));
+    let retired = ctx.h2_pool.retire(|k| keys.contains(k));
     ctx.balancers.retain_endpoints(|addr| named.contains(addr));
-    if closed > 0 {
+    if closed + retired > 0 {
         tracing::debug!(
             worker = ctx.index,
             closed,
-            "closed pooled connections to removed endpoints"
+            retired,
+            "closed pooled connections to removed endpoints or old TLS settings"
         );
     }
 }

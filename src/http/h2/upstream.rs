@@ -8,7 +8,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -24,6 +23,7 @@ use crate::http::body::{BodyReader, BodySink, Piece};
 use crate::http::codec::{Framing, Header, ResponseHead, Version};
 use crate::http::downstream::Downstream;
 use crate::http::error::HttpError;
+use crate::http::pool::PoolKey;
 use crate::http::proxy::{Exchange, ExchangeError, Next};
 use crate::http::serialize::serialize_response;
 
@@ -65,33 +65,47 @@ impl Drop for Lease {
 /// A worker's HTTP/2 connections to upstream endpoints.
 #[derive(Debug, Default)]
 pub struct Pool {
-    conns: RefCell<FxHashMap<SocketAddr, Vec<Client>>>,
+    conns: RefCell<FxHashMap<PoolKey, Vec<Client>>>,
 }
 
 impl Pool {
     /// A live connection to `addr` with room for one more stream (the
     /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
-    pub fn pick(&self, addr: SocketAddr) -> Option<Lease> {
+    pub fn pick(&self, key: PoolKey) -> Option<Lease> {
         let mut conns = self.conns.borrow_mut();
-        let list = conns.get_mut(&addr)?;
+        let list = conns.get_mut(&key)?;
         list.retain(|c| !c.closed.get());
         list.iter()
             .find(|c| c.streams.get() < c.send.current_max_send_streams())
             .map(|c| Lease::new(c.send.clone(), c.streams.clone()))
     }
 
-    /// Connections open to `addr`.
-    pub fn open(&self, addr: SocketAddr) -> usize {
+    /// Connections open for `key`.
+    pub fn open(&self, key: PoolKey) -> usize {
         self.conns
             .borrow()
-            .get(&addr)
+            .get(&key)
             .map_or(0, |l| l.iter().filter(|c| !c.closed.get()).count())
     }
 
-    fn add(&self, addr: SocketAddr, client: Client) {
+    /// Stop handing out connections whose key `keep` refuses: each closes
+    /// once the streams it carries now have ended. Returns how many.
+    pub fn retire(&self, keep: impl Fn(&PoolKey) -> bool) -> usize {
+        let mut retired = 0;
+        self.conns.borrow_mut().retain(|key, list| {
+            let k = keep(key);
+            if !k {
+                retired += list.len();
+            }
+            k
+        });
+        retired
+    }
+
+    fn add(&self, key: PoolKey, client: Client) {
         self.conns
             .borrow_mut()
-            .entry(addr)
+            .entry(key)
             .or_default()
             .push(client);
     }
@@ -108,9 +122,10 @@ pub enum Transport {
 /// it; the sender for the first stream.
 pub async fn handshake(
     pool: &Pool,
-    addr: SocketAddr,
+    key: PoolKey,
     transport: Transport,
 ) -> std::io::Result<Lease> {
+    let addr = key.addr;
     let io = match transport {
         Transport::Plain(tcp) => tcp
             .try_into_poll_io()
@@ -136,7 +151,7 @@ pub async fn handshake(
     });
     let streams = Rc::new(Cell::new(0));
     pool.add(
-        addr,
+        key,
         Client {
             send: send.clone(),
             closed,
