@@ -367,7 +367,7 @@ async fn serve(
                 Detected::Tls if listener.tls.is_some() => (true, true, None, None),
                 // A TLS listener never serves plaintext unless told to
                 // (docs/security.md, "No plaintext past TLS").
-                _ if !plaintext_allowed(&listener, &ctx, peer, kind) => return Then::Done,
+                _ if !plaintext_allowed(listener, &ctx, peer, kind) => return Then::Done,
                 Detected::Http1 | Detected::Http2 => (true, false, None, None),
                 Detected::Tls | Detected::Opaque | Detected::Silent => {
                     (false, false, cluster.as_deref(), None)

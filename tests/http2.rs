@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::admin::{parse_prometheus, TempDir};
+use common::h2raw::*;
 use common::script::scripted;
 use common::tls::Ca;
-use common::h2raw::*;
 use common::*;
 use outrigger::backends::{self, Backend, BackendKind, HttpBackend};
 use outrigger::worker::Driver;
@@ -434,7 +434,6 @@ fn h2load_runs_many_streams(driver: Driver) {
 }
 
 // ---- hand-built frames ----
-
 
 fn healthy(addr: SocketAddr) {
     let mut c = common::http::Client::connect(addr);

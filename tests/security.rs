@@ -24,6 +24,7 @@ both_drivers!(
     paths_are_normalised_before_routing,
     refused_streamed_body_is_never_replayed,
     pools_never_cross_tls_settings,
+    reset_streams_cancel_their_work,
 );
 
 const TD: &str = "example.org";
@@ -53,7 +54,14 @@ fn app() -> (SocketAddr, std::sync::Arc<Seen>) {
 /// (`/admin` only for ADMIN_ID), and `plain`, a plaintext http listener
 /// whose `/admin` route answers 418 itself. `extra_tls` goes into the mesh
 /// listener's tls table; `marker` changes the text so a reload applies.
-fn config(driver: Driver, ca: &Ca, dir: &TempDir, app: SocketAddr, extra_tls: &str, marker: u32) -> String {
+fn config(
+    driver: Driver,
+    ca: &Ca,
+    dir: &TempDir,
+    app: SocketAddr,
+    extra_tls: &str,
+    marker: u32,
+) -> String {
     ca.svid(SERVER_ID).write(&dir.0, "svid");
     std::fs::write(dir.path("bundle.pem"), ca.pem()).unwrap();
     format!(
@@ -146,26 +154,43 @@ fn plaintext_never_passes_a_tls_listener(driver: Driver) {
     let refused = |round: &str| {
         let before = seen.lines().len();
         let h1 = plaintext_reply(mesh, b"GET /secret HTTP/1.1\r\nHost: orders\r\n\r\n");
-        assert!(h1.is_empty(), "{round}: HTTP/1.1 got {:?}", String::from_utf8_lossy(&h1));
-        let h2c = plaintext_reply(mesh, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0");
+        assert!(
+            h1.is_empty(),
+            "{round}: HTTP/1.1 got {:?}",
+            String::from_utf8_lossy(&h1)
+        );
+        let h2c = plaintext_reply(
+            mesh,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        );
         assert!(h2c.is_empty(), "{round}: h2c got {} bytes", h2c.len());
         let opaque = plaintext_reply(mesh, b"\x00\x01opaque bytes for the app\n");
         assert!(opaque.is_empty(), "{round}: opaque got {opaque:?}");
         assert_eq!(seen.lines().len(), before, "{round}: the app saw plaintext");
     };
     refused("at start");
-    assert_eq!(metric(&p, "outrigger_listener_plaintext_refused_total"), 3.0);
+    assert_eq!(
+        metric(&p, "outrigger_listener_plaintext_refused_total"),
+        3.0
+    );
     // mTLS still works.
     let frontend = ca.svid(CLIENT_ID);
     assert_eq!(mtls_get(mesh, &ca, &frontend, "/orders"), 200);
 
-    reload(&p, &dir, &config(driver, &ca, &dir, app, ", plaintext = \"permit\"", 1));
+    reload(
+        &p,
+        &dir,
+        &config(driver, &ca, &dir, app, ", plaintext = \"permit\"", 1),
+    );
     let mut c = Client::connect(mesh);
     assert_eq!(c.get("/orders", "orders", "").status, 200);
     // No identity: the allow list refuses it.
     let r = c.get("/admin/x", "orders", "");
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(metric(&p, "outrigger_listener_plaintext_accepted_total"), 1.0);
+    assert_eq!(
+        metric(&p, "outrigger_listener_plaintext_accepted_total"),
+        1.0
+    );
 
     reload(&p, &dir, &config(driver, &ca, &dir, app, "", 2));
     refused("after a reload");
@@ -188,7 +213,10 @@ fn plaintext_key_is_checked() {
         );
         let path = dir.path("c.toml");
         std::fs::write(&path, text).unwrap();
-        let err = outrigger::config::load(&path).map(|_| ()).unwrap_err().to_string();
+        let err = outrigger::config::load(&path)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(want) && err.contains("c.toml:5:"), "{err}");
     }
 }
@@ -207,7 +235,10 @@ fn paths_are_normalised_before_routing(driver: Driver) {
     let (app, seen) = app();
     let dir = TempDir::new("sec-paths");
     let p = launch(&dir, &config(driver, &ca, &dir, app, "", 0));
-    let (mesh, plain) = (p.local_addr("mesh").unwrap(), p.local_addr("plain").unwrap());
+    let (mesh, plain) = (
+        p.local_addr("mesh").unwrap(),
+        p.local_addr("plain").unwrap(),
+    );
     let frontend = ca.svid(CLIENT_ID);
     let admin_leaf = ca.svid(ADMIN_ID);
     frontend.write(&dir.0, "frontend");
@@ -243,10 +274,20 @@ fn paths_are_normalised_before_routing(driver: Driver) {
         );
         // The admin identity gets through, and the app sees the path the
         // route matched.
-        assert_eq!(mtls_get(mesh, &ca, &admin_leaf, "/x/../%61dmin/secret.txt"), 200);
-        assert!(seen.lines().iter().any(|l| l == "GET /admin/secret.txt HTTP/1.1"));
+        assert_eq!(
+            mtls_get(mesh, &ca, &admin_leaf, "/x/../%61dmin/secret.txt"),
+            200
+        );
+        assert!(seen
+            .lines()
+            .iter()
+            .any(|l| l == "GET /admin/secret.txt HTTP/1.1"));
         // Escaped slashes are refused on the mesh listener, kept elsewhere.
-        assert_eq!(mtls_get(mesh, &ca, &frontend, "/a/..%2Fadmin/x"), 400, "{round}");
+        assert_eq!(
+            mtls_get(mesh, &ca, &frontend, "/a/..%2Fadmin/x"),
+            400,
+            "{round}"
+        );
         let r = Client::connect(plain).get("/a/..%2fadmin/x", "orders", "");
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"GET /a/..%2Fadmin/x HTTP/1.1", "{round}");
@@ -257,13 +298,32 @@ fn paths_are_normalised_before_routing(driver: Driver) {
         // HTTP/2: h2c on the plain listener, ALPN h2 with the frontend's
         // SVID on the mesh listener.
         let h2c = format!("http://{plain}/x/../admin/y");
-        let status = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2-prior-knowledge", "--path-as-is", &h2c]);
+        let status = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2-prior-knowledge",
+            "--path-as-is",
+            &h2c,
+        ]);
         assert_eq!(status.as_deref(), Some("418 2"), "{round}: h2c");
         let h2 = format!("https://{mesh}/%61dmin/y");
         let (cert, key) = (dir.path("frontend.pem"), dir.path("frontend.key"));
         let status = curl(&[
-            "-sk", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2", "--path-as-is",
-            "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(), &h2,
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2",
+            "--path-as-is",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            &h2,
         ]);
         assert_eq!(status.as_deref(), Some("403 2"), "{round}: h2 over mTLS");
     };
@@ -285,14 +345,19 @@ fn refusing_h2_upstream() -> (SocketAddr, Log) {
     let addr = l.local_addr().unwrap();
     l.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(l).unwrap();
             loop {
                 let Ok((s, _)) = l.accept().await else { return };
                 let seen = seen.clone();
                 tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(s).await else { return };
+                    let Ok(mut conn) = h2::server::handshake(s).await else {
+                        return;
+                    };
                     while let Some(Ok((req, mut respond))) = conn.accept().await {
                         let seen = seen.clone();
                         tokio::spawn(async move {
@@ -303,7 +368,9 @@ fn refusing_h2_upstream() -> (SocketAddr, Log) {
                                 got.extend_from_slice(&chunk);
                             }
                             let path = parts.uri.path().to_string();
-                            seen.lock().unwrap().push((path.clone(), String::from_utf8_lossy(&got).into()));
+                            seen.lock()
+                                .unwrap()
+                                .push((path.clone(), String::from_utf8_lossy(&got).into()));
                             if path == "/refuse" {
                                 respond.send_reset(h2::Reason::REFUSED_STREAM);
                                 return;
@@ -361,21 +428,39 @@ protocol = "http2"
     );
     c.send(pipelined.as_bytes());
     let first = c.read_response(false).expect("a response to the POST");
-    assert_eq!(first.status, 503, "{}", String::from_utf8_lossy(&first.body));
-    assert_eq!(first.header("x-outrigger-error"), Some("upstream_refused_stream"));
+    assert_eq!(
+        first.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(
+        first.header("x-outrigger-error"),
+        Some("upstream_refused_stream")
+    );
     let second = c.read_response(false).expect("a response to the GET");
-    assert_eq!((second.status, second.body.as_slice()), (200, &b"/user-b"[..]));
+    assert_eq!(
+        (second.status, second.body.as_slice()),
+        (200, &b"/user-b"[..])
+    );
     let seen = log.lock().unwrap().clone();
     let refused: Vec<_> = seen.iter().filter(|(p, _)| p == "/refuse").collect();
     assert_eq!(refused.len(), 1, "replayed: {seen:?}");
     assert_eq!(refused[0].1, body);
-    assert!(!seen.iter().any(|(_, b)| b.contains("USER-B-SECRET")), "{seen:?}");
+    assert!(
+        !seen.iter().any(|(_, b)| b.contains("USER-B-SECRET")),
+        "{seen:?}"
+    );
 }
 
 /// The peer of `pools_never_cross_tls_settings`: an inbound sidecar (an
 /// auto listener, mesh mTLS with plaintext permitted) that answers `mtls
 /// FRONTEND-ID` to a verified client and `plain` to a plaintext one.
-fn identity_echo(driver: Driver, ca: &Ca, dir: &TempDir) -> (outrigger::control::Proxy, SocketAddr) {
+fn identity_echo(
+    driver: Driver,
+    ca: &Ca,
+    dir: &TempDir,
+) -> (outrigger::control::Proxy, SocketAddr) {
     ca.svid(SERVER_ID).write(&dir.0, "svid");
     std::fs::write(dir.path("bundle.pem"), ca.pem()).unwrap();
     let config = format!(
@@ -413,7 +498,14 @@ direct_response = {{ status = 200, body = "plain" }}
 /// The caller's sidecar: three clusters on the one inbound address, in
 /// plaintext, over mTLS expecting `secure_id`, and over mTLS expecting an
 /// identity the inbound does not have.
-fn caller_config(driver: Driver, ca: &Ca, dir: &TempDir, to: SocketAddr, protocol: &str, secure_id: &str) -> String {
+fn caller_config(
+    driver: Driver,
+    ca: &Ca,
+    dir: &TempDir,
+    to: SocketAddr,
+    protocol: &str,
+    secure_id: &str,
+) -> String {
     ca.svid(CLIENT_ID).write(&dir.0, "svid");
     std::fs::write(dir.path("bundle.pem"), ca.pem()).unwrap();
     format!(
@@ -469,24 +561,191 @@ fn pools_never_cross_tls_settings(driver: Driver) {
     let (_inbound, to) = identity_echo(driver, &ca, &din);
     for protocol in ["http1", "http2"] {
         let dout = TempDir::new("sec-pools-out");
-        let p = launch(&dout, &caller_config(driver, &ca, &dout, to, protocol, SERVER_ID));
+        let p = launch(
+            &dout,
+            &caller_config(driver, &ca, &dout, to, protocol, SERVER_ID),
+        );
         let mut c = Client::connect(p.local_addr("out").unwrap());
         let mut get = |path: &str| {
             let r = c.get(path, "orders", "");
-            (r.status, String::from_utf8_lossy(&r.body).to_string(), r.header("x-outrigger-error").map(str::to_string))
+            (
+                r.status,
+                String::from_utf8_lossy(&r.body).to_string(),
+                r.header("x-outrigger-error").map(str::to_string),
+            )
         };
         assert_eq!(get("/plain").1, "plain", "{protocol}");
-        assert_eq!(get("/secure").1, "mtls", "{protocol}: a plaintext connection served a TLS cluster");
+        assert_eq!(
+            get("/secure").1,
+            "mtls",
+            "{protocol}: a plaintext connection served a TLS cluster"
+        );
         let (status, _, error) = get("/wrong");
-        assert_eq!((status, error.as_deref()), (503, Some("upstream_identity_refused")), "{protocol}");
+        assert_eq!(
+            (status, error.as_deref()),
+            (503, Some("upstream_identity_refused")),
+            "{protocol}"
+        );
         assert_eq!(get("/secure").1, "mtls", "{protocol}");
         assert_eq!(get("/plain").1, "plain", "{protocol}");
         // Tighten `secure` to an identity the inbound does not have: its
         // pooled connections must not be used any more.
-        reload(&p, &dout, &caller_config(driver, &ca, &dout, to, protocol, ADMIN_ID));
+        reload(
+            &p,
+            &dout,
+            &caller_config(driver, &ca, &dout, to, protocol, ADMIN_ID),
+        );
         let (status, _, error) = get("/secure");
-        assert_eq!((status, error.as_deref()), (503, Some("upstream_identity_refused")), "{protocol}: after a reload");
-        reload(&p, &dout, &caller_config(driver, &ca, &dout, to, protocol, SERVER_ID));
-        assert_eq!(get("/secure").1, "mtls", "{protocol}: after a second reload");
+        assert_eq!(
+            (status, error.as_deref()),
+            (503, Some("upstream_identity_refused")),
+            "{protocol}: after a reload"
+        );
+        reload(
+            &p,
+            &dout,
+            &caller_config(driver, &ca, &dout, to, protocol, SERVER_ID),
+        );
+        assert_eq!(
+            get("/secure").1,
+            "mtls",
+            "{protocol}: after a second reload"
+        );
     }
+}
+
+/// A slow upstream: `/slow` is never answered (the request stays in
+/// flight until the proxy closes the connection), anything else is
+/// answered at once. Counts requests in flight and their peak.
+fn slow_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<[std::sync::atomic::AtomicUsize; 3]>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    // [in flight now, peak, seen]
+    let counts: std::sync::Arc<[AtomicUsize; 3]> = Default::default();
+    let c = counts.clone();
+    let (addr, _) = scripted(move |mut s, _| {
+        let mut buf = Vec::new();
+        while let Some(req) = read_request(&mut s, &mut buf) {
+            if !req.line.contains("/slow") {
+                common::script::ok(&mut s, "fast");
+                continue;
+            }
+            c[2].fetch_add(1, SeqCst);
+            let now = c[0].fetch_add(1, SeqCst) + 1;
+            c[1].fetch_max(now, SeqCst);
+            // Wait for the proxy to give up on it (EOF or reset).
+            let mut b = [0u8; 64];
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+            while matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0) {}
+            c[0].fetch_sub(1, SeqCst);
+            return;
+        }
+    });
+    (addr, counts)
+}
+
+/// Rapid Reset after acceptance: streams opened and reset by the client
+/// have their upstream work cancelled at once; the work one connection
+/// holds never exceeds `max_concurrent_streams`; past `max_client_resets`
+/// the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed; another
+/// client is served throughout. Before and after a reload.
+fn reset_streams_cancel_their_work(driver: Driver) {
+    use common::h2raw::*;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (up, counts) = slow_upstream();
+    let config = |marker: u32| {
+        format!(
+            r#"
+# generation {marker}
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+http2 = {{ max_concurrent_streams = 10, max_client_resets = 40 }}
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "slow"
+[clusters.slow]
+endpoints = ["{up}"]
+"#,
+            io = io_name(driver)
+        )
+    };
+    let dir = TempDir::new("sec-rapid-reset");
+    let p = launch(&dir, &config(0));
+    let addr = p.local_addr("web").unwrap();
+    let flood = |round: &str| {
+        let seen_before = counts[2].load(SeqCst);
+        counts[1].store(0, SeqCst);
+        let mut raw = Raw::connect(addr, &[]);
+        let mut id = 1u32;
+        for _ in 0..150 {
+            let headers = frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                id,
+                &request_block("/slow"),
+            );
+            if raw.send(&headers).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            // CANCEL (0x8).
+            if raw
+                .send(&frame(RST_STREAM, 0, id, &8u32.to_be_bytes()))
+                .is_err()
+            {
+                break;
+            }
+            id += 2;
+        }
+        // Another client is served meanwhile.
+        let r = Client::connect(addr).get("/fast", "app", "");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"fast"[..]),
+            "{round}"
+        );
+        raw.s
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let goaway = raw.until(|f| f.kind == GOAWAY).map(|f| goaway_code(&f));
+        assert_eq!(goaway, Some(0xb), "{round}: GOAWAY ENHANCE_YOUR_CALM");
+        // Then the proxy closes: EOF (or a reset), not the read timeout.
+        let mut rest = Vec::new();
+        let closed = match std::io::Read::read_to_end(&mut raw.s, &mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(closed, "{round}: the connection stayed open after GOAWAY");
+        let peak = counts[1].load(SeqCst);
+        assert!(
+            peak <= 10,
+            "{round}: {peak} requests in flight upstream from one connection"
+        );
+        assert!(
+            counts[2].load(SeqCst) > seen_before,
+            "{round}: no request reached the upstream"
+        );
+        assert!(
+            eventually(|| counts[0].load(SeqCst) == 0),
+            "{round}: cancelled requests still in flight upstream: {}",
+            counts[0].load(SeqCst)
+        );
+    };
+    flood("at start");
+    let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
+    let m = admin::parse_prometheus(&text);
+    let v = |n: &str| m.value(n, &[("listener", "web")]).unwrap_or(0.0);
+    assert!(v("outrigger_listener_http2_client_resets_total") > 40.0);
+    assert_eq!(v("outrigger_listener_http2_reset_floods_total"), 1.0);
+    reload(&p, &dir, &config(1));
+    flood("after a reload");
 }

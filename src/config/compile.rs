@@ -284,7 +284,10 @@ fn compile_listener(
     if l.tls.is_some() && tls.is_none() {
         return None;
     }
-    if let (Some(t), Some(p)) = (&tls, l.tls.as_ref().and_then(|t| t.get_ref().plaintext.as_ref())) {
+    if let (Some(t), Some(p)) = (
+        &tls,
+        l.tls.as_ref().and_then(|t| t.get_ref().plaintext.as_ref()),
+    ) {
         if t.plaintext_permitted && *l.protocol.get_ref() != Protocol::Auto {
             cx.error(
                 p.span(),

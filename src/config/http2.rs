@@ -34,6 +34,10 @@ pub struct FileHttp2Limits {
     /// Streams the proxy may reset for a client's errors, per connection,
     /// before it is sent GOAWAY (MadeYouReset).
     pub max_error_resets: Option<Spanned<i64>>,
+    /// Streams a client may reset while the proxy is serving them, per
+    /// connection, before it is sent GOAWAY ENHANCE_YOUR_CALM, once they
+    /// are also more than half of its streams (Rapid Reset after accept).
+    pub max_client_resets: Option<Spanned<i64>>,
 }
 
 impl<'de> Deserialize<'de> for FileHttp2 {
@@ -66,6 +70,7 @@ pub struct Http2Settings {
     pub max_frame_size: u32,
     pub max_pending_resets: usize,
     pub max_error_resets: usize,
+    pub max_client_resets: u64,
     /// `max_connection_age` of the listener: GOAWAY after this long.
     pub max_connection_age: Option<Duration>,
 }
@@ -152,6 +157,13 @@ pub(super) fn compile(
             1,
             1_000_000,
         ) as usize,
+        max_client_resets: get(
+            "max_client_resets",
+            &limits.max_client_resets,
+            100,
+            1,
+            1_000_000,
+        ) as u64,
         max_connection_age: max_connection_age.map(|d| d.0),
     };
     ok.then_some(settings)

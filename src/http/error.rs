@@ -89,9 +89,7 @@ impl HttpError {
             RateLimited(_) | BodyTooLarge => Code::ResourceExhausted,
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => Code::Internal,
             NoUpstream(_) | UpstreamIo(_) | NoHealthyUpstream | Overflow(_) | BadResponse(_)
-            | DownstreamIo(_) | SendTimeout | Overloaded | RefusedUnreplayable => {
-                Code::Unavailable
-            }
+            | DownstreamIo(_) | SendTimeout | Overloaded | RefusedUnreplayable => Code::Unavailable,
             UpstreamIdentityRefused(_) => Code::Unavailable,
         }
     }
@@ -105,8 +103,12 @@ impl HttpError {
             NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden | Overloaded => {
                 Side::Internal
             }
-            BadResponse(_) | NoUpstream(_) | UpstreamTimeout | UpstreamIo(_)
-            | RefusedUnreplayable | UpstreamIdentityRefused(_) => Side::Upstream,
+            BadResponse(_)
+            | NoUpstream(_)
+            | UpstreamTimeout
+            | UpstreamIo(_)
+            | RefusedUnreplayable
+            | UpstreamIdentityRefused(_) => Side::Upstream,
         }
     }
 
@@ -122,7 +124,11 @@ impl HttpError {
             HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
             BadResponse(_) | UpstreamIo(_) => 502,
-            NoUpstream(_) | NoHealthyUpstream | Overflow(_) | Overloaded | RefusedUnreplayable
+            NoUpstream(_)
+            | NoHealthyUpstream
+            | Overflow(_)
+            | Overloaded
+            | RefusedUnreplayable
             | UpstreamIdentityRefused(_) => 503,
             RateLimited(_) => 429,
             Forbidden => 403,

@@ -593,7 +593,9 @@ fn warn_refused_identity(cluster: &str, endpoint: SocketAddr, identity: &str) {
     }
     let now = Instant::now();
     let due = LAST.with(|l| {
-        let due = l.get().is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        let due = l.get().map_or(true, |t| {
+            now.duration_since(t) >= std::time::Duration::from_secs(1)
+        });
         if due {
             l.set(Some(now));
         }

@@ -99,8 +99,9 @@ fn is_normal(path: &str, policy: PathPolicy) -> bool {
         }
         if w[1] == b'.' {
             let rest = &b[i + 2..];
-            let dot_segment =
-                rest.is_empty() || rest[0] == b'/' || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/'));
+            let dot_segment = rest.is_empty()
+                || rest[0] == b'/'
+                || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/'));
             if dot_segment {
                 return false;
             }
@@ -140,7 +141,10 @@ fn decode_unreserved(path: &str, policy: PathPolicy) -> Result<String, PathError
     while i < b.len() {
         if b[i] != b'%' {
             // Not an escape: copy up to the next one (keeps UTF-8 whole).
-            let next = b[i..].iter().position(|&c| c == b'%').map_or(b.len(), |p| i + p);
+            let next = b[i..]
+                .iter()
+                .position(|&c| c == b'%')
+                .map_or(b.len(), |p| i + p);
             out.push_str(&path[i..next]);
             i = next;
             continue;
@@ -315,10 +319,10 @@ mod tests {
     #[test]
     fn property_idempotent_and_clean() {
         let alphabet: &[&str] = &[
-            "/", "/", ".", "..", "a", "B", "%2e", "%2E", "%2f", "%61", "%5c", "%00", "%7e", "%", "%g1",
-            "%20", "~", "-", "é", "?", "=",
+            "/", "/", ".", "..", "a", "B", "%2e", "%2E", "%2f", "%61", "%5c", "%00", "%7e", "%",
+            "%g1", "%20", "~", "-", "é", "?", "=",
         ];
-        let mut rng = fastrand::Rng::with_seed(0x5eed_9a7);
+        let mut rng = fastrand::Rng::with_seed(0x05ee_d9a7);
         for _ in 0..20_000 {
             let len = rng.usize(0..14);
             let mut t = String::from("/");
@@ -334,7 +338,10 @@ mod tests {
                 for bad in ["/./", "/../"] {
                     assert!(!path.contains(bad), "{t:?} -> {once:?}");
                 }
-                assert!(!path.ends_with("/.") && !path.ends_with("/.."), "{t:?} -> {once:?}");
+                assert!(
+                    !path.ends_with("/.") && !path.ends_with("/.."),
+                    "{t:?} -> {once:?}"
+                );
                 if policy.merge_slashes {
                     assert!(!path.contains("//"), "{t:?} -> {once:?}");
                 }

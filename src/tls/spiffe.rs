@@ -146,7 +146,9 @@ pub fn refused_identity(e: &std::io::Error) -> Option<&str> {
         return None;
     };
     let inner: &(dyn std::error::Error + 'static) = &*other.0;
-    inner.downcast_ref::<IdentityRefused>().map(|r| r.0.as_str())
+    inner
+        .downcast_ref::<IdentityRefused>()
+        .map(|r| r.0.as_str())
 }
 
 /// Listeners in mesh mode: require the client's SVID.

@@ -17,7 +17,7 @@ mod respond;
 pub mod stream;
 pub mod upstream;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -61,6 +61,10 @@ struct Conn {
     /// Streams being served, and when the last one ended.
     active: Cell<usize>,
     idle_since: Cell<Instant>,
+    /// Streams accepted, and those the client reset while they were being
+    /// served (the reset budget, `max_client_resets`).
+    streams: Cell<u64>,
+    resets: Cell<u64>,
 }
 
 /// Serve HTTP/2 on a connection (`conn` as the HTTP/1 path set it up:
@@ -127,6 +131,8 @@ pub(super) async fn serve(
         tls,
         active: Cell::new(0),
         idle_since: Cell::new(Instant::now()),
+        streams: Cell::new(0),
+        resets: Cell::new(0),
     });
     let born = Instant::now();
     let idle = listener.idle_timeout;
@@ -170,9 +176,25 @@ pub(super) async fn serve(
         .await;
         match woke {
             Wake::Accepted(Some(Ok(incoming))) => {
-                let (req, respond) = *incoming;
-                shared.active.set(shared.active.get() + 1);
+                let (req, mut respond) = *incoming;
                 cells.http2_streams.inc();
+                shared.streams.set(shared.streams.get() + 1);
+                if reset_flood(&shared, &settings) {
+                    cells.http2_reset_floods.inc();
+                    tracing::info!(client = %peer, resets = shared.resets.get(), streams = shared.streams.get(), "HTTP/2 client reset too many streams it had opened; GOAWAY ENHANCE_YOUR_CALM");
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    break;
+                }
+                // The work a connection holds never exceeds its stream
+                // limit, whatever the client reset: a stream beyond it
+                // (its predecessors still winding down) is refused, which
+                // a client may retry.
+                if shared.active.get() >= settings.max_concurrent_streams as usize {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                shared.active.set(shared.active.get() + 1);
                 monoio::spawn(serve_stream(shared.clone(), req, respond));
             }
             Wake::Accepted(Some(Err(e))) => {
@@ -217,6 +239,31 @@ pub(super) async fn serve(
         .await;
 }
 
+/// Run `work` until it ends, or until the client resets the stream before
+/// its response head was sent: then `work` is dropped and the reason
+/// returned. (After the head, a reset ends the work at its next write.)
+async fn unless_reset<F: Future>(
+    respond: &RefCell<SendResponse<Bytes>>,
+    work: F,
+) -> Option<h2::Reason> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if work.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        // Polled in the stream's own task, between the work's polls: the
+        // work holds no borrow of `respond` across a wait.
+        match respond.borrow_mut().poll_reset(cx) {
+            Poll::Ready(Ok(reason)) => Poll::Ready(Some(reason)),
+            // The connection is gone: nobody is waiting for the answer.
+            Poll::Ready(Err(e)) if e.is_io() => Poll::Ready(Some(h2::Reason::CANCEL)),
+            // The head was sent (the crate then refuses to watch here).
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// A stream the connection accepted: its request and where to answer.
 type Incoming = (http::Request<RecvStream>, SendResponse<Bytes>);
 
@@ -244,6 +291,15 @@ fn builder(s: &Http2Settings) -> h2::server::Builder {
         .max_pending_accept_reset_streams(s.max_pending_resets)
         .max_local_error_reset_streams(Some(s.max_error_resets));
     b
+}
+
+/// Rapid Reset past acceptance (CVE-2023-44487): the client reset more
+/// than `max_client_resets` streams it had opened while they were being
+/// served, and those are more than half of its streams (a client that
+/// cancels now and then, as gRPC clients do, never gets there).
+fn reset_flood(shared: &Conn, settings: &Http2Settings) -> bool {
+    let resets = shared.resets.get();
+    resets > settings.max_client_resets && resets * 2 > shared.streams.get()
 }
 
 /// Counts a stream as active for the connection's idle timer.
@@ -274,8 +330,14 @@ async fn serve_stream(
     let end = recv.is_end_stream();
     let parsed = convert::request_head(&parts, end, &listener.http);
     let chunked = matches!(&parsed, Ok((_, true)));
+    let respond = Rc::new(RefCell::new(respond));
     let mut conn = Downstream {
-        stream: ClientIo::H2(Box::new(H2Stream::new(recv, respond, chunked, shared.tls))),
+        stream: ClientIo::H2(Box::new(H2Stream::new(
+            recv,
+            respond.clone(),
+            chunked,
+            shared.tls,
+        ))),
         buf: BytesMut::new(),
         peer: shared.peer,
         bytes_in: 0,
@@ -297,7 +359,16 @@ async fn serve_stream(
                 snapshot: &shared.snapshot,
                 listener,
             };
-            handle_request(ctx, &shared.handle, accepted, &mut conn, head, mark).await;
+            let work = handle_request(ctx, &shared.handle, accepted, &mut conn, head, mark);
+            if let Some(reason) = unless_reset(&respond, work).await {
+                // The request's work (routing, connect, the upstream
+                // request) was dropped where it stood: an HTTP/1 upstream
+                // connection closes, an HTTP/2 upstream stream is reset.
+                listener.stats.worker(ctx.index).http2_client_resets.inc();
+                shared.resets.set(shared.resets.get() + 1);
+                tracing::debug!(client = %shared.peer, listener = %listener.name, ?reason, "HTTP/2 stream reset by the client; its work is cancelled");
+                return;
+            }
         }
         Err(e) => {
             tracing::debug!(client = %conn.peer, listener = %listener.name, error = %e, "HTTP/2 request rejected");

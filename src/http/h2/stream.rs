@@ -3,8 +3,10 @@
 //! declared no length), and its response sent as HEADERS, DATA within the
 //! flow-control window the client grants, and trailers.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -15,7 +17,9 @@ use super::convert;
 /// The client side of one HTTP/2 request.
 pub struct H2Stream {
     recv: RecvStream,
-    respond: SendResponse<Bytes>,
+    /// Shared with the stream's task, which watches it for the client's
+    /// RST_STREAM until the response head is sent (`h2::serve_stream`).
+    respond: Rc<RefCell<SendResponse<Bytes>>>,
     send: Option<SendStream<Bytes>>,
     /// The request body goes to the exchange chunk-encoded (no
     /// content-length was declared).
@@ -31,7 +35,7 @@ pub struct H2Stream {
 impl std::fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Stream")
-            .field("stream", &self.respond.stream_id())
+            .field("stream", &self.respond.borrow().stream_id())
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
@@ -70,7 +74,12 @@ pub(super) fn stream_error(e: h2::Error) -> io::Error {
 }
 
 impl H2Stream {
-    pub fn new(recv: RecvStream, respond: SendResponse<Bytes>, chunked: bool, tls: bool) -> Self {
+    pub fn new(
+        recv: RecvStream,
+        respond: Rc<RefCell<SendResponse<Bytes>>>,
+        chunked: bool,
+        tls: bool,
+    ) -> Self {
         let recv_done = recv.is_end_stream();
         H2Stream {
             recv,
@@ -130,6 +139,7 @@ impl H2Stream {
     pub fn send_head(&mut self, head: http::Response<()>, end: bool) -> io::Result<()> {
         let send = self
             .respond
+            .borrow_mut()
             .send_response(head, end)
             .map_err(stream_error)?;
         if end {
@@ -184,7 +194,10 @@ impl H2Stream {
         self.finished = true;
         match self.send.as_mut() {
             Some(s) => s.send_reset(h2::Reason::INTERNAL_ERROR),
-            None => self.respond.send_reset(h2::Reason::INTERNAL_ERROR),
+            None => self
+                .respond
+                .borrow_mut()
+                .send_reset(h2::Reason::INTERNAL_ERROR),
         }
     }
 }

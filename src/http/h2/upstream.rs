@@ -103,11 +103,7 @@ impl Pool {
     }
 
     fn add(&self, key: PoolKey, client: Client) {
-        self.conns
-            .borrow_mut()
-            .entry(key)
-            .or_default()
-            .push(client);
+        self.conns.borrow_mut().entry(key).or_default().push(client);
     }
 }
 
@@ -120,11 +116,7 @@ pub enum Transport {
 
 /// Run the HTTP/2 handshake on a new connection, start its task and pool
 /// it; the sender for the first stream.
-pub async fn handshake(
-    pool: &Pool,
-    key: PoolKey,
-    transport: Transport,
-) -> std::io::Result<Lease> {
+pub async fn handshake(pool: &Pool, key: PoolKey, transport: Transport) -> std::io::Result<Lease> {
     let addr = key.addr;
     let io = match transport {
         Transport::Plain(tcp) => tcp
