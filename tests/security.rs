@@ -25,6 +25,7 @@ both_drivers!(
     refused_streamed_body_is_never_replayed,
     pools_never_cross_tls_settings,
     reset_streams_cancel_their_work,
+    peer_ids_and_fields_are_checked,
 );
 
 const TD: &str = "example.org";
@@ -38,8 +39,16 @@ fn app() -> (SocketAddr, std::sync::Arc<Seen>) {
         let mut buf = Vec::new();
         while let Some(req) = read_request(&mut s, &mut buf) {
             seen.lines.lock().unwrap().push(req.line.clone());
+            let host = req
+                .head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("host").then(|| v.trim().to_string())
+                })
+                .unwrap_or_else(|| "-".into());
             let r = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
+                "HTTP/1.1 200 OK\r\nx-seen-host: {host}\r\ncontent-length: {}\r\n\r\n{}",
                 req.line.len(),
                 req.line
             );
@@ -748,4 +757,54 @@ endpoints = ["{up}"]
     assert_eq!(v("outrigger_listener_http2_reset_floods_total"), 1.0);
     reload(&p, &dir, &config(1));
     flood("after a reload");
+}
+
+/// A mesh listener refuses SVIDs whose SPIFFE ID is not valid (upper-case
+/// trust domain, dot segments), which could otherwise slip past allow and
+/// deny patterns; `Connection: host` cannot remove Host.
+fn peer_ids_and_fields_are_checked(driver: Driver) {
+    let ca = Ca::new("example.org trust domain");
+    let (app, _) = app();
+    let dir = TempDir::new("sec-ids");
+    let p = launch(&dir, &config(driver, &ca, &dir, app, "", 0));
+    let (mesh, plain) = (
+        p.local_addr("mesh").unwrap(),
+        p.local_addr("plain").unwrap(),
+    );
+    let try_with = |id: &str| {
+        let leaf = ca.svid(id);
+        let opts = ClientOpts {
+            svid_server: true,
+            roots: ca.roots(),
+            client: Some(&leaf),
+            tls12_only: false,
+            alpn: vec!["http/1.1"],
+        };
+        let mut t = connect(mesh, "orders", &opts)?;
+        t.write_all(b"GET /admin/x HTTP/1.1\r\nHost: orders\r\n\r\n")?;
+        let mut b = [0u8; 16];
+        std::io::Read::read(&mut t, &mut b).and_then(|n| {
+            if n == 0 {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            } else {
+                Ok(b[..n].to_vec())
+            }
+        })
+    };
+    for bad in [
+        "spiffe://EXAMPLE.ORG/ns/ops/sa/admin",
+        "spiffe://example.org/ns/shop/sa/../../ops/sa/admin",
+        "spiffe://example.org/ns/ops/sa/admin/",
+    ] {
+        assert!(try_with(bad).is_err(), "{bad} was accepted");
+    }
+    let ok = try_with(ADMIN_ID).expect("a valid SVID is accepted");
+    assert!(
+        ok.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&ok)
+    );
+    let r = Client::connect(plain).get("/x", "orders", "Connection: host\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen-host"), Some("orders"));
 }

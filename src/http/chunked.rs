@@ -109,6 +109,7 @@ impl ChunkedDecoder {
         }
         let section = buf.split_to(end + 4);
         let lines = &section[..end + 2];
+        let mut dropped = false;
         for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let line = line.strip_suffix(b"\r").ok_or("bare LF in trailers")?;
             let colon = line
@@ -122,9 +123,24 @@ impl ChunkedDecoder {
             if line[colon + 1..].iter().any(|&b| b == b'\r' || b == 0) {
                 return Err("invalid trailer value");
             }
+            dropped |= !super::fields::trailer_allowed(name);
         }
         self.state = State::Done;
-        Ok(Some(Chunk::End(section.freeze().slice(..end + 2))))
+        let section = section.freeze().slice(..end + 2);
+        if !dropped {
+            return Ok(Some(Chunk::End(section)));
+        }
+        // Framing, hop-by-hop and proxy-owned fields never pass in
+        // trailers (docs/security.md); the rest keep their order.
+        let mut kept = BytesMut::with_capacity(section.len());
+        for line in section.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let name = line.split(|&b| b == b':').next().unwrap_or(line);
+            if super::fields::trailer_allowed(name) {
+                kept.extend_from_slice(line);
+                kept.extend_from_slice(b"\n");
+            }
+        }
+        Ok(Some(Chunk::End(kept.freeze())))
     }
 }
 

@@ -232,6 +232,30 @@ fn chunked_valid() {
     }
 }
 
+/// Framing, hop-by-hop and proxy-owned fields are dropped from trailers;
+/// the others keep their order and bytes.
+#[test]
+fn trailers_lose_framing_and_proxy_owned_fields() {
+    let raw = b"5\r\nhello\r\n0\r\nX-A: 1\r\nContent-Length: 99\r\nx-forwarded-client-cert: URI=spiffe://example.org/ns/x/sa/admin\r\nTransfer-Encoding: chunked\r\nHost: evil\r\ngrpc-status: 0\r\n\r\n";
+    let (body, trailers) = decode_all(raw).unwrap();
+    assert_eq!(body, b"hello");
+    assert_eq!(trailers, b"X-A: 1\r\ngrpc-status: 0\r\n");
+    let mut map = http::HeaderMap::new();
+    map.insert(
+        "x-forwarded-client-cert",
+        http::HeaderValue::from_static("URI=x"),
+    );
+    map.insert("content-length", http::HeaderValue::from_static("5"));
+    map.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut out = BytesMut::new();
+    crate::http::h2::push_last_chunk(&mut out, Some(&map));
+    assert_eq!(&out[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+    let section = b"x-forwarded-client-cert: URI=x\r\ncontent-length: 5\r\nx-b: 2\r\n";
+    let t = crate::http::h2::trailers(section).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.get("x-b").unwrap(), "2");
+}
+
 /// Decode `raw` fed in pieces: the bytes up to `split`, then the rest.
 /// The decoder must give the same result as from one buffer.
 fn decode_split(raw: &[u8], split: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {

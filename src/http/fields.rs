@@ -152,6 +152,33 @@ const HOP: [&str; 7] = [
     "upgrade",
 ];
 
+/// Fields a trailer section may not carry (RFC 9110 §6.5.1: framing,
+/// routing and hop-by-hop fields), and those the proxy owns in the request
+/// head (a client must not smuggle them in after the body).
+const NOT_IN_TRAILERS: [&str; 14] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+    "host",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "via",
+    "x-outrigger-attempts",
+];
+
+/// Whether a trailer field of this name is passed on (`NOT_IN_TRAILERS`).
+pub fn trailer_allowed(name: &[u8]) -> bool {
+    !NOT_IN_TRAILERS
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
 pub fn is_hop_by_hop(h: &Header, connection_listed: &[Bytes]) -> bool {
     HOP.iter().any(|n| h.is(n))
         || connection_listed
@@ -159,15 +186,25 @@ pub fn is_hop_by_hop(h: &Header, connection_listed: &[Bytes]) -> bool {
             .any(|n| h.name.eq_ignore_ascii_case(n))
 }
 
+/// Fields `Connection` can never remove: the request's target host (as
+/// `Host`, or `:authority` in HTTP/2) and framing (which the proxy writes
+/// itself). `Connection: host` would otherwise send a request without one.
+const NEVER_CONNECTION_LISTED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+
 /// Header names listed in Connection headers (to be removed with it),
-/// leaving out those `is_hop_by_hop` removes anyway: the usual
-/// `Connection: keep-alive` then costs no allocation.
+/// leaving out those `is_hop_by_hop` removes anyway (the usual
+/// `Connection: keep-alive` then costs no allocation) and those it may
+/// never remove (`NEVER_CONNECTION_LISTED`).
 pub fn connection_listed(headers: &[Header]) -> Vec<Bytes> {
     let mut out = Vec::new();
     for h in headers.iter().filter(|h| h.is("connection")) {
         for token in h.value.split(|&b| b == b',') {
             let t = trim_ows(token);
-            if !t.is_empty() && !HOP.iter().any(|n| t.eq_ignore_ascii_case(n.as_bytes())) {
+            let kept = HOP
+                .iter()
+                .chain(NEVER_CONNECTION_LISTED.iter())
+                .any(|n| t.eq_ignore_ascii_case(n.as_bytes()));
+            if !t.is_empty() && !kept {
                 out.push(h.value.slice_ref(t));
             }
         }

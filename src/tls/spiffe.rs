@@ -39,6 +39,11 @@ impl IdPattern {
                 "\"{s}\" is not a SPIFFE ID (spiffe://TRUST_DOMAIN/PATH)"
             ));
         }
+        // The ID part must be a valid SPIFFE ID itself (peers' IDs are
+        // checked the same way, so a pattern that is not could never match
+        // as its author meant).
+        let id_part = s.strip_suffix("/*").unwrap_or(s);
+        validate_id(id_part)?;
         Ok(match s.strip_suffix('*') {
             Some(prefix) if prefix.ends_with('/') => IdPattern::Prefix(prefix.to_string()),
             Some(_) => {
@@ -82,6 +87,50 @@ pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Check a SPIFFE ID against the SPIFFE ID specification: `spiffe://`, a
+/// trust domain of `[a-z0-9.-_]` (lower case), then an optional path of
+/// `/`-separated segments of `[A-Za-z0-9.-_]`, none empty, `.` or `..`; no
+/// port, user info, query or fragment. Returns the trust domain. Checked
+/// on every peer certificate, so that `SPIFFE://EXAMPLE.ORG/...` or
+/// `.../sa/../../evil/...` can never match an allow or deny pattern
+/// written for another ID.
+pub fn validate_id(id: &str) -> Result<&str, String> {
+    let bad = |why: &str| format!("\"{id}\" is not a valid SPIFFE ID: {why}");
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| bad("it must start with spiffe:// (lower case)"))?;
+    let (domain, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if domain.is_empty() {
+        return Err(bad("empty trust domain"));
+    }
+    let domain_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b);
+    if !domain.bytes().all(domain_ok) {
+        return Err(bad(
+            "the trust domain may hold only a-z, 0-9, '.', '-' and '_'",
+        ));
+    }
+    if path.is_empty() {
+        return Ok(domain);
+    }
+    let segment_ok = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+    for segment in path[1..].split('/') {
+        match segment {
+            "" => return Err(bad("empty path segment")),
+            "." | ".." => return Err(bad("'.' or '..' path segment")),
+            s if !s.bytes().all(segment_ok) => {
+                return Err(bad(
+                    "path segments may hold only A-Z, a-z, 0-9, '.', '-' and '_'",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(domain)
+}
+
 /// The SPIFFE ID of an X.509-SVID leaf in `trust_domain`.
 pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<String, String> {
     let (_, cert) =
@@ -96,10 +145,7 @@ pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<String, String> {
             uris.len()
         ));
     };
-    let rest = id
-        .strip_prefix("spiffe://")
-        .ok_or_else(|| format!("URI SAN \"{id}\" is not a SPIFFE ID"))?;
-    let domain = rest.split('/').next().unwrap_or("");
+    let domain = validate_id(id)?;
     if !domain.eq_ignore_ascii_case(trust_domain) {
         return Err(format!(
             "SPIFFE ID \"{id}\" is not in trust domain \"{trust_domain}\""
@@ -307,7 +353,12 @@ impl PeerCert {
     pub fn of(der: &[u8], trust_domain: Option<&str>) -> PeerCert {
         let identity = match trust_domain {
             Some(td) => svid_id(der, td).ok(),
-            None => uri_sans(der).ok().and_then(|u| u.into_iter().next()),
+            // client_ca: the first URI SAN; one that claims to be a SPIFFE
+            // ID must be a valid one, or the peer has no identity.
+            None => uri_sans(der)
+                .ok()
+                .and_then(|u| u.into_iter().next())
+                .filter(|u| !u.starts_with("spiffe://") || validate_id(u).is_ok()),
         };
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -320,22 +371,84 @@ impl PeerCert {
         let mut v = String::new();
         if let Some(by) = by {
             v.push_str("By=");
-            v.push_str(by);
+            push_xfcc_value(&mut v, by);
             v.push(';');
         }
         v.push_str("Hash=");
         v.push_str(&self.hash);
         if let Some(id) = &self.identity {
             v.push_str(";URI=");
-            v.push_str(id);
+            push_xfcc_value(&mut v, id);
         }
         v
     }
 }
 
+/// An XFCC value as Envoy writes it: double-quoted (with `"` and `\`
+/// escaped) when it holds a character that separates XFCC fields or
+/// elements (`,` `;` `=` `"`) or any other than visible ASCII, so a URI
+/// SAN can never add a field of its own.
+fn push_xfcc_value(out: &mut String, v: &str) {
+    let plain = v
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b",;=\"\\".contains(&b));
+    if plain {
+        out.push_str(v);
+        return;
+    }
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spiffe_ids_are_validated() {
+        for ok in [
+            "spiffe://example.org",
+            "spiffe://example.org/ns/shop/sa/orders",
+            "spiffe://a-b_c.d9/X.y-z_1",
+        ] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "SPIFFE://example.org/ns/x",
+            "spiffe://EXAMPLE.ORG/ns/evil/sa/x",
+            "spiffe:///ns/x",
+            "spiffe://example.org:443/ns/x",
+            "spiffe://user@example.org/ns/x",
+            "spiffe://example.org/ns/shop/sa/../../evil/sa/x",
+            "spiffe://example.org/ns/./x",
+            "spiffe://example.org/ns//x",
+            "spiffe://example.org/ns/x/",
+            "spiffe://example.org/ns/x?q=1",
+            "spiffe://example.org/ns/x#f",
+            "spiffe://example.org/ns/x;By=y",
+            "spiffe://example.org/ns/x,URI=spiffe://example.org/ns/admin",
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn xfcc_values_cannot_add_fields() {
+        let p = PeerCert {
+            identity: Some("urn:x;By=evil,URI=\"spiffe://example.org/sa/admin\"".into()),
+            hash: "ab".into(),
+        };
+        assert_eq!(
+            p.xfcc(Some("spiffe://example.org/sa/me")),
+            "By=spiffe://example.org/sa/me;Hash=ab;URI=\"urn:x;By=evil,URI=\\\"spiffe://example.org/sa/admin\\\"\""
+        );
+    }
 
     #[test]
     fn patterns() {

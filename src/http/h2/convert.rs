@@ -88,8 +88,14 @@ pub fn request_head(
             value: c.freeze(),
         });
     }
-    if authority.is_none() && !headers.iter().any(|h| h.is("host")) {
-        return Err(HttpError::BadRequest("no :authority and no host"));
+    if authority.is_none() {
+        // Host stands in for :authority: exactly one, as HTTP/1.1 requires
+        // (two would let the route and the upstream read different hosts).
+        match headers.iter().filter(|h| h.is("host")).count() {
+            0 => return Err(HttpError::BadRequest("no :authority and no host")),
+            1 => {}
+            _ => return Err(HttpError::BadRequest("more than one host field")),
+        }
     }
     let declared = content_length(&headers).map_err(HttpError::BadRequest)?;
     let (framing, chunked) = match (end_of_stream, declared) {
@@ -257,7 +263,11 @@ pub fn push_chunk(buf: &mut BytesMut, data: &[u8]) {
 /// The last chunk with the request's trailers, if any.
 pub fn push_last_chunk(buf: &mut BytesMut, trailers: Option<&http::HeaderMap>) {
     buf.put_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
+    let kept = trailers
+        .into_iter()
+        .flatten()
+        .filter(|(n, _)| crate::http::fields::trailer_allowed(n.as_str().as_bytes()));
+    for (name, value) in kept {
         buf.put_slice(name.as_str().as_bytes());
         buf.put_slice(b": ");
         buf.put_slice(value.as_bytes());
@@ -282,7 +292,9 @@ pub fn trailers(section: &[u8]) -> Option<http::HeaderMap> {
         ) else {
             continue;
         };
-        if !is_connection_specific(&n) {
+        if !is_connection_specific(&n)
+            && crate::http::fields::trailer_allowed(n.as_str().as_bytes())
+        {
             map.append(n, v);
         }
     }
@@ -309,6 +321,30 @@ mod tests {
 
     fn parts(req: http::Request<()>) -> http::request::Parts {
         req.into_parts().0
+    }
+
+    #[test]
+    fn two_hosts_without_authority_are_refused() {
+        let req = http::Request::builder()
+            .method("GET")
+            .uri("/x")
+            .header("host", "a.example")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        let got = request_head(&parts(req), true, &settings());
+        assert!(
+            matches!(got, Err(HttpError::BadRequest("more than one host field"))),
+            "{got:?}"
+        );
+        let one = http::Request::builder()
+            .method("GET")
+            .uri("/x")
+            .header("host", "a.example")
+            .body(())
+            .unwrap();
+        let (head, _) = request_head(&parts(one), true, &settings()).unwrap();
+        assert_eq!(head.host(), Some("a.example"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::server::{handle_request, Accepted};
 use crate::config::http2::Http2Settings;
 use crate::config::{Listener, Snapshot};
 use crate::worker::{ListenerHandle, WorkerCtx};
-pub use convert::{push_chunk, trailers};
+pub use convert::{push_chunk, push_last_chunk, trailers};
 pub(super) use respond::{respond_error, respond_whole};
 pub use stream::H2Stream;
 
