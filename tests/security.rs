@@ -26,6 +26,7 @@ both_drivers!(
     pools_never_cross_tls_settings,
     reset_streams_cancel_their_work,
     peer_ids_and_fields_are_checked,
+    host_must_match_sni,
 );
 
 const TD: &str = "example.org";
@@ -807,4 +808,71 @@ fn peer_ids_and_fields_are_checked(driver: Driver) {
     let r = Client::connect(plain).get("/x", "orders", "Connection: host\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-seen-host"), Some("orders"));
+}
+
+/// `sni_host_match`: a request for another host than the TLS SNI gets 421
+/// Misdirected Request, over HTTP/1.1 and HTTP/2; the SNI host itself (with
+/// a port) is served.
+fn host_must_match_sni(driver: Driver) {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("sec-sni");
+    ca.leaf(&["localhost", "a.example"]).write(&dir.0, "server");
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+sni_host_match = true
+tls = {{ cert = "server.pem", key = "server.key" }}
+[[routes.main]]
+match.path_prefix = "/"
+direct_response = {{ status = 200, body = "ok" }}
+"#,
+        io = io_name(driver)
+    );
+    let p = launch(&dir, &config);
+    let addr = p.local_addr("web").unwrap();
+    let get = |host: &str| {
+        let mut t = connect(addr, "localhost", &ClientOpts::trusting(&ca)).unwrap();
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let (status, head, _) = common::tls::request(&mut t, req.as_bytes());
+        (status, head)
+    };
+    assert_eq!(get("localhost").0, 200);
+    assert_eq!(get("LOCALHOST:8443").0, 200);
+    let (status, head) = get("a.example");
+    assert_eq!(status, 421, "{head}");
+    assert!(
+        head.contains("x-outrigger-error: misdirected_request"),
+        "{head}"
+    );
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl not found: the HTTP/2 half of this test is skipped");
+        return;
+    }
+    let url = format!("https://localhost:{}/", addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", addr.port());
+    let h2 = |host: &str| {
+        curl(&[
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--http2",
+            "--resolve",
+            &resolve,
+            "-H",
+            &format!("host: {host}"),
+            &url,
+        ])
+    };
+    assert_eq!(h2("localhost").as_deref(), Some("200 2"));
+    assert_eq!(h2("a.example").as_deref(), Some("421 2"));
 }

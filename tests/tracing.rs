@@ -217,6 +217,7 @@ otlp_endpoint = "http://{collector}/v1/traces"
 service_name = "{service}"
 batch_size = 1
 flush_interval = "50ms"
+force_from_listeners = ["web"]
 [listeners.web]
 address = "127.0.0.1:0"
 protocol = "http"

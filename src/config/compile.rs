@@ -343,6 +343,7 @@ fn compile_listener(
             send_timeout: l.send_timeout.map_or(Duration::from_secs(60), |d| d.0),
             http2,
             paths,
+            sni_host_match: l.sni_host_match.unwrap_or(false),
         },
     })
 }

@@ -208,6 +208,9 @@ pub struct FileListener {
     /// `%00` in request paths. Default `"reject"` on listeners that verify
     /// clients, else `"keep"`.
     pub path_escaped_slashes: Option<Spanned<String>>,
+    /// http over TLS: a request whose Host (or `:authority`) names another
+    /// host than the client's SNI gets 421. Default off.
+    pub sni_host_match: Option<bool>,
 }
 
 /// One entry of `sni_routes`.

@@ -176,6 +176,8 @@ pub struct HttpSettings {
     pub http2: Option<http2::Http2Settings>,
     /// How request paths are normalised before routing.
     pub paths: crate::http::normalize::PathPolicy,
+    /// TLS: Host must name the SNI host when both are present (else 421).
+    pub sni_host_match: bool,
 }
 
 /// What a listener does with its connections.

@@ -96,6 +96,16 @@ pub(super) fn compile_tracing(
             }
         }
     }
+    let mut force_from_identities = Vec::new();
+    for p in &f.force_from_identities {
+        match crate::tls::spiffe::IdPattern::parse(p.get_ref()) {
+            Ok(pattern) => force_from_identities.push(pattern),
+            Err(msg) => {
+                cx.error(p.span(), "tracing.force_from_identities", msg);
+                return None;
+            }
+        }
+    }
     let (host, port, path) = match &f.otlp_endpoint {
         Some(e) => match crate::trace::parse_endpoint(e.get_ref()) {
             Ok(v) => v,
@@ -127,6 +137,8 @@ pub(super) fn compile_tracing(
         max_queue_spans: f.max_queue_spans.unwrap_or(8192).min(1 << 20) as usize,
         batch_size: f.batch_size.unwrap_or(512).min(1 << 16) as usize,
         flush_interval: f.flush_interval.map_or(Duration::from_secs(1), |d| d.0),
+        force_from_listeners: f.force_from_listeners.clone(),
+        force_from_identities,
     })
 }
 
@@ -153,6 +165,14 @@ pub struct FileTracing {
     pub batch_size: Option<u64>,
     #[serde(default, deserialize_with = "positive_duration")]
     pub flush_interval: Option<ConfigDuration>,
+    /// Listeners whose clients may force sampling with
+    /// `x-outrigger-trace: force`. Default none: the header is ignored.
+    #[serde(default)]
+    pub force_from_listeners: Vec<String>,
+    /// Verified peer identities (SPIFFE ID patterns) that may force
+    /// sampling, on any listener. Default none.
+    #[serde(default)]
+    pub force_from_identities: Vec<Spanned<String>>,
 }
 
 /// `tracing.*` of a route.

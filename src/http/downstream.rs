@@ -49,6 +49,15 @@ impl ClientIo {
         matches!(self, ClientIo::H2(_))
     }
 
+    /// The server name the client asked for in its TLS handshake (SNI).
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            ClientIo::Plain(_) => None,
+            ClientIo::Tls(t) => t.conn.server_name(),
+            ClientIo::H2(s) => s.sni(),
+        }
+    }
+
     /// The client's verified certificate, on a listener that requires one.
     pub fn peer_cert(&self, tls: &crate::tls::ListenerTls) -> Option<crate::tls::spiffe::PeerCert> {
         let ClientIo::Tls(t) = self else { return None };

@@ -55,6 +55,10 @@ pub enum HttpError {
     /// the client: the body is not held, so the request is not replayed.
     #[error("upstream refused the stream; its streamed body cannot be replayed")]
     RefusedUnreplayable,
+    /// The request's Host names another host than its TLS SNI
+    /// (`sni_host_match`).
+    #[error("host does not match the TLS server name")]
+    Misdirected,
     /// The client went away.
     #[error("client connection failed: {0}")]
     DownstreamIo(io::Error),
@@ -85,6 +89,7 @@ impl HttpError {
         match self {
             UpstreamTimeout | HeaderTimeout | BodyTimeout => Code::DeadlineExceeded,
             NoRoute => Code::Unimplemented,
+            Misdirected => Code::Unknown,
             Forbidden => Code::PermissionDenied,
             RateLimited(_) | BodyTooLarge => Code::ResourceExhausted,
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented => Code::Internal,
@@ -99,7 +104,9 @@ impl HttpError {
         use HttpError::*;
         match self {
             BadRequest(_) | HeadTooLarge | TooManyHeaders | NotImplemented | BodyTooLarge
-            | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) => Side::Downstream,
+            | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) | Misdirected => {
+                Side::Downstream
+            }
             NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden | Overloaded => {
                 Side::Internal
             }
@@ -123,6 +130,7 @@ impl HttpError {
             BodyTooLarge => 413,
             HeaderTimeout | BodyTimeout => 408,
             NoRoute => 404,
+            Misdirected => 421,
             BadResponse(_) | UpstreamIo(_) => 502,
             NoUpstream(_)
             | NoHealthyUpstream
@@ -150,6 +158,7 @@ impl HttpError {
             BodyTimeout => "request_body_timeout",
             SendTimeout => "send_timeout",
             NoRoute => "no_route",
+            Misdirected => "misdirected_request",
             BadResponse(_) => "upstream_bad_response",
             UpstreamIo(_) => "upstream_reset",
             NoUpstream(_) => "no_healthy_upstream",
@@ -173,6 +182,7 @@ impl HttpError {
             BodyTooLarge => "DB",
             HeaderTimeout | BodyTimeout | SendTimeout => "DT",
             NoRoute => "NR",
+            Misdirected => "MR",
             BadResponse(_) => "UP",
             NoUpstream(_) => "UF",
             UpstreamTimeout => "UT",

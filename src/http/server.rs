@@ -151,6 +151,23 @@ pub async fn serve_requests(
     }
 }
 
+/// `sni_host_match`: when the client sent both an SNI name and a Host
+/// (`:authority`), they name the same host (case-insensitive, port
+/// ignored); a request for another host must not ride a connection whose
+/// certificate was chosen for this one (domain fronting).
+fn sni_matches_host(conn: &Downstream, head: &RequestHead) -> bool {
+    let (Some(sni), Some(host)) = (conn.stream.sni(), head.host()) else {
+        return true;
+    };
+    let host = match host.rfind(':') {
+        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &host[..i]
+        }
+        _ => host,
+    };
+    host.eq_ignore_ascii_case(sni)
+}
+
 /// The snapshot and listener a connection was accepted with.
 #[derive(Clone, Copy)]
 pub(super) struct Accepted<'a> {
@@ -277,6 +294,9 @@ async fn route_and_answer<'a>(
             return fail(ctx, rec, conn, head, HttpError::BodyTooLarge).await;
         }
     }
+    if http.sni_host_match && !sni_matches_host(conn, head) {
+        return fail(ctx, rec, conn, head, HttpError::Misdirected).await;
+    }
     let routes = rec.listener.protocol.routes().unwrap_or("");
     let request = Routed {
         head,
@@ -311,10 +331,12 @@ async fn route_and_answer<'a>(
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string)
         };
+        let force_allowed = t.force_allowed(&rec.listener.name, identity);
         up.trace = Some(crate::trace::RequestTrace::start(
             t,
             header,
             route.trace_sampling,
+            force_allowed,
             (rec.mark.at, rec.mark.wall),
         ));
     }

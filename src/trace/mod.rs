@@ -27,6 +27,19 @@ pub struct TracingSettings {
     pub max_queue_spans: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// Who may force sampling with `x-outrigger-trace: force`: clients of
+    /// these listeners, and peers with these verified identities.
+    pub force_from_listeners: Vec<String>,
+    pub force_from_identities: Vec<crate::tls::spiffe::IdPattern>,
+}
+
+impl TracingSettings {
+    /// Whether `x-outrigger-trace: force` is honoured from this client
+    /// (any other client could otherwise make every request expensive).
+    pub fn force_allowed(&self, listener: &str, identity: Option<&str>) -> bool {
+        self.force_from_listeners.iter().any(|l| l == listener)
+            || identity.is_some_and(|id| self.force_from_identities.iter().any(|p| p.matches(id)))
+    }
 }
 
 /// The tracing state of one request.
@@ -71,6 +84,7 @@ impl RequestTrace {
         t: &TracingSettings,
         header: impl Fn(&str) -> Option<String>,
         route_sampling: Option<f64>,
+        force_allowed: bool,
         anchor: (Instant, SystemTime),
     ) -> RequestTrace {
         let mut incoming: Option<Context> = None;
@@ -90,8 +104,8 @@ impl RequestTrace {
                     )
                 });
         }
-        let forced =
-            header("x-outrigger-trace").is_some_and(|v| v.trim().eq_ignore_ascii_case("force"));
+        let forced = force_allowed
+            && header("x-outrigger-trace").is_some_and(|v| v.trim().eq_ignore_ascii_case("force"));
         let ratio = route_sampling.unwrap_or(t.sampling);
         let parent_decision = incoming.as_ref().and_then(|c| c.sampled);
         let sampled = forced
@@ -207,7 +221,21 @@ mod tests {
             max_queue_spans: 10,
             batch_size: 10,
             flush_interval: Duration::from_secs(1),
+            force_from_listeners: vec!["trusted".into()],
+            force_from_identities: vec![],
         }
+    }
+
+    #[test]
+    fn force_only_from_trusted_clients() {
+        let mut t = settings();
+        assert!(t.force_allowed("trusted", None));
+        assert!(!t.force_allowed("public", None));
+        assert!(!t.force_allowed("public", Some("spiffe://example.org/ns/ops/sa/x")));
+        t.force_from_identities =
+            vec![crate::tls::spiffe::IdPattern::parse("spiffe://example.org/ns/ops/*").unwrap()];
+        assert!(t.force_allowed("public", Some("spiffe://example.org/ns/ops/sa/x")));
+        assert!(!t.force_allowed("public", Some("spiffe://example.org/ns/shop/sa/x")));
     }
 
     #[test]
@@ -219,6 +247,7 @@ mod tests {
             &t,
             |h| (h == "traceparent").then(|| tp.to_string()),
             None,
+            false,
             now,
         );
         assert!(r.sampled);
@@ -230,22 +259,33 @@ mod tests {
             r.parent.map(|p| context::to_hex(&p)).as_deref(),
             Some("00f067aa0ba902b7")
         );
-        let none = RequestTrace::start(&t, |_| None, None, now);
+        let none = RequestTrace::start(&t, |_| None, None, false, now);
         assert!(!none.sampled && none.parent.is_none());
         let forced = RequestTrace::start(
             &t,
             |h| (h == "x-outrigger-trace").then(|| "force".into()),
             None,
+            true,
             now,
         );
         assert!(forced.sampled);
-        let route = RequestTrace::start(&t, |_| None, Some(1.0), now);
+        // From a client not trusted to force it: ignored.
+        let untrusted = RequestTrace::start(
+            &t,
+            |h| (h == "x-outrigger-trace").then(|| "force".into()),
+            None,
+            false,
+            now,
+        );
+        assert!(!untrusted.sampled);
+        let route = RequestTrace::start(&t, |_| None, Some(1.0), false, now);
         assert!(route.sampled);
         // B3 in.
         let b3 = RequestTrace::start(
             &t,
             |h| (h == "b3").then(|| "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".into()),
             None,
+            false,
             now,
         );
         assert!(b3.sampled && context::to_hex(&b3.trace_id) == "80f198ee56343ba864fe8b2a57d3eff7");
@@ -257,7 +297,7 @@ mod tests {
         t.sampling = 0.1;
         let now = (Instant::now(), SystemTime::now());
         let n = (0..10_000)
-            .filter(|_| RequestTrace::start(&t, |_| None, None, now).sampled)
+            .filter(|_| RequestTrace::start(&t, |_| None, None, false, now).sampled)
             .count();
         // 10,000 draws at p = 0.1: sd 30; 5 sd either way.
         assert!((850..=1150).contains(&n), "{n}");

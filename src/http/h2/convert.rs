@@ -316,6 +316,7 @@ mod tests {
             send_timeout: std::time::Duration::from_secs(1),
             http2: None,
             paths: Default::default(),
+            sni_host_match: false,
         }
     }
 

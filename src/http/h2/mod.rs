@@ -58,6 +58,7 @@ struct Conn {
     peer_identity: Option<Rc<str>>,
     xfcc: Option<Rc<str>>,
     tls: bool,
+    sni: Option<Rc<str>>,
     /// Streams being served, and when the last one ended.
     active: Cell<usize>,
     idle_since: Cell<Instant>,
@@ -89,6 +90,7 @@ pub(super) async fn serve(
         ..
     } = conn;
     let tls = stream.is_tls();
+    let sni = stream.sni().map(Rc::from);
     let transport = match stream {
         ClientIo::Plain(tcp) => tcp.try_into_poll_io().map(|t| io::ConnIo::plain(t, buf)),
         ClientIo::Tls(t) => {
@@ -129,6 +131,7 @@ pub(super) async fn serve(
         peer_identity,
         xfcc,
         tls,
+        sni,
         active: Cell::new(0),
         idle_since: Cell::new(Instant::now()),
         streams: Cell::new(0),
@@ -337,6 +340,7 @@ async fn serve_stream(
             respond.clone(),
             chunked,
             shared.tls,
+            shared.sni.clone(),
         ))),
         buf: BytesMut::new(),
         peer: shared.peer,

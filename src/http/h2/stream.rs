@@ -30,6 +30,8 @@ pub struct H2Stream {
     finished: bool,
     /// The connection is TLS.
     tls: bool,
+    /// The connection's SNI server name.
+    sni: Option<Rc<str>>,
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -79,6 +81,7 @@ impl H2Stream {
         respond: Rc<RefCell<SendResponse<Bytes>>>,
         chunked: bool,
         tls: bool,
+        sni: Option<Rc<str>>,
     ) -> Self {
         let recv_done = recv.is_end_stream();
         H2Stream {
@@ -89,11 +92,16 @@ impl H2Stream {
             recv_done,
             finished: false,
             tls,
+            sni,
         }
     }
 
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
     }
 
     /// Append the next DATA frame to `buf` (chunk-encoded when the body has
