@@ -876,3 +876,72 @@ direct_response = {{ status = 200, body = "ok" }}
     assert_eq!(h2("localhost").as_deref(), Some("200 2"));
     assert_eq!(h2("a.example").as_deref(), Some("421 2"));
 }
+
+/// One raw admin request: its status line's code and the whole response.
+fn admin_raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = common::connect(addr);
+    s.write_all(request.as_bytes()).unwrap();
+    let raw = read_to_eof(&mut s).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// The admin API: `/config` hides secrets (built-in names and
+/// `admin.redact`); a Host that is not localhost or an IP is refused (DNS
+/// rebinding); a POST a browser form could send is refused (CSRF).
+#[test]
+fn admin_api_resists_browsers_and_hides_secrets() {
+    let dir = TempDir::new("sec-admin");
+    let config = r#"
+[admin]
+address = "127.0.0.1:0"
+redact = ["x-internal-key"]
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318/v1/traces"
+otlp_headers = { authorization = "Bearer OTLP-SECRET" }
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+[[routes.main]]
+match.path_prefix = "/"
+request_headers = { set = { "authorization" = "Basic ROUTE-SECRET", "x-internal-key" = "KEY-SECRET", "x-env" = "prod" } }
+direct_response = { status = 200 }
+"#;
+    let p = launch(&dir, config);
+    let adm = p.admin_addr();
+    let (status, body) = admin::request(adm, "GET", "/config");
+    assert_eq!(status, 200);
+    for secret in ["OTLP-SECRET", "ROUTE-SECRET", "KEY-SECRET"] {
+        assert!(!body.contains(secret), "{secret} shown: {body}");
+    }
+    assert!(
+        body.contains("[redacted]") && body.contains("prod"),
+        "{body}"
+    );
+    let (status, _) = admin_raw(
+        adm,
+        "GET /config HTTP/1.1\r\nHost: evil.example:9901\r\n\r\n",
+    );
+    assert_eq!(status, 403);
+    for host in ["localhost:9901", "127.0.0.1", "[::1]:9901", "LOCALHOST"] {
+        let (status, _) = admin_raw(adm, &format!("GET /ready HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        assert_eq!(status, 200, "{host}");
+    }
+    let (status, _) = admin_raw(
+        adm,
+        "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(status, 415);
+    let (status, _) = admin_raw(
+        adm,
+        "POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, 403);
+    // Still serving: the refused drain did nothing.
+    let (status, _) = admin::request(adm, "GET", "/ready");
+    assert_eq!(status, 200);
+    let (status, body) = admin::request(adm, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+}

@@ -16,6 +16,9 @@ pub(super) fn route(
     inbox: &flume::Sender<Event>,
 ) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
+    if let Some(refused) = browser_guard(req) {
+        return refused;
+    }
     let Some(shared) = shared else {
         return match path {
             "/healthz" => Response::text(200, "ok\n"),
@@ -54,6 +57,95 @@ pub(super) fn route(
         }),
         "/" => get(&|| Response::text(200, INDEX)),
         _ => Response::text(404, "not found; GET / lists the endpoints\n"),
+    }
+}
+
+/// What keeps a browser from driving the admin API (docs/security.md,
+/// "The admin API"): a Host that is not `localhost` or an IP literal is
+/// refused (a DNS-rebinding page names its own domain), and a POST that a
+/// page on another origin could send without a preflight (an `Origin`
+/// field, or a form's content type) is refused.
+fn browser_guard(req: &Request) -> Option<Response> {
+    if let Some(host) = &req.host {
+        if !admin_host(host) {
+            return Some(Response::text(
+                403,
+                "host not allowed: use localhost or an IP address\n",
+            ));
+        }
+    }
+    if req.method == "POST" {
+        if req.origin {
+            return Some(Response::text(403, "cross-origin requests are refused\n"));
+        }
+        let form = req.content_type.as_deref().is_some_and(|t| {
+            let t = t
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                t.as_str(),
+                "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+            )
+        });
+        if form {
+            return Some(Response::text(
+                415,
+                "send no body (or no form content type)\n",
+            ));
+        }
+    }
+    None
+}
+
+/// `localhost` or an IP literal, with or without a port.
+fn admin_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Key names whose values `/config` never shows, whatever table they are
+/// in: credentials in headers a route sets, and exporter headers.
+const REDACTED: [&str; 10] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "otlp_headers",
+    "x-api-key",
+    "password",
+    "secret",
+    "token",
+    "api_key",
+];
+
+/// Replace the values of sensitive keys (`REDACTED` and `admin.redact`)
+/// with `"[redacted]"`, at any depth.
+fn redact(v: &mut Value, extra: &[String]) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let key = k.to_ascii_lowercase();
+                if REDACTED.contains(&key.as_str()) || extra.contains(&key) {
+                    *child = Value::String("[redacted]".into());
+                } else {
+                    redact(child, extra);
+                }
+            }
+        }
+        Value::Array(list) => list.iter_mut().for_each(|c| redact(c, extra)),
+        _ => {}
     }
 }
 
@@ -101,10 +193,11 @@ fn config(shared: &Shared) -> Value {
     let s = shared.snapshot.load();
     // The text compiled once already; parsing it again cannot fail, but a
     // failure would only leave "config" null.
-    let parsed = toml::from_str::<toml::Value>(&s.text)
+    let mut parsed = toml::from_str::<toml::Value>(&s.text)
         .ok()
         .and_then(|v| serde_json::to_value(v).ok())
         .unwrap_or(Value::Null);
+    redact(&mut parsed, &s.admin.redact);
     let last_error = shared
         .last_reload_error
         .load_full()

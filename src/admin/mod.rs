@@ -59,6 +59,10 @@ impl AdminHandle {
 struct Request {
     method: String,
     path: String,
+    /// The Host, Content-Type and Origin fields, when sent.
+    host: Option<String>,
+    content_type: Option<String>,
+    origin: bool,
 }
 
 /// What a handler answers.
@@ -192,9 +196,19 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, u16> {
                 if length > MAX_BODY {
                     return Err(413);
                 }
+                let field = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(|v| v.trim().to_string())
+                };
                 let request = Request {
                     method: req.method.unwrap_or("").to_string(),
                     path: req.path.unwrap_or("/").to_string(),
+                    host: field("host"),
+                    content_type: field("content-type"),
+                    origin: field("origin").is_some(),
                 };
                 let mut have = buf.len() - head_len;
                 while have < length {

@@ -205,7 +205,15 @@ fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
             }
         },
     };
-    AdminSettings { address }
+    AdminSettings {
+        address,
+        redact: f
+            .admin
+            .redact
+            .iter()
+            .map(|k| k.to_ascii_lowercase())
+            .collect(),
+    }
 }
 
 /// Listener addresses are literal `ip:port` (IPv6 as `[::1]:port`).

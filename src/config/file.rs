@@ -116,6 +116,10 @@ impl std::fmt::Display for IoMode {
 pub struct FileAdmin {
     /// `ip:port` of the admin API. Default `127.0.0.1:9901`.
     pub address: Option<Spanned<String>>,
+    /// More key names whose values `GET /config` never shows (beside the
+    /// built-in ones: authorization, cookie, otlp_headers, ...).
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// `runtime.drain`.

@@ -131,6 +131,8 @@ impl std::fmt::Display for AccessLogTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {
     pub address: SocketAddr,
+    /// `admin.redact`: key names (lower case) whose values `/config` hides.
+    pub redact: Vec<String>,
 }
 
 /// One listener, compiled.

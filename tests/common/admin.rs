@@ -15,7 +15,7 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
