@@ -396,7 +396,48 @@ mod tests {
         Request {
             method: method.into(),
             path: path.into(),
+            host: Some("127.0.0.1:9901".into()),
+            content_type: None,
+            origin: false,
         }
+    }
+
+    #[test]
+    fn admin_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:9901",
+            "127.0.0.1:9901",
+            "10.1.2.3",
+            "[::1]:9901",
+            "[fe80::1]",
+        ] {
+            assert!(admin_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9901",
+            "127.0.0.1.nip.io",
+            "[evil]:1",
+            "localhost.evil",
+        ] {
+            assert!(!admin_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let mut v = json!({
+            "tracing": { "otlp_headers": { "authorization": "x" } },
+            "routes": { "r": [{ "request_headers": { "set": { "Authorization": "y", "x-env": "prod", "mine": "z" } } }] },
+        });
+        redact(&mut v, &["mine".to_string()]);
+        let text = v.to_string();
+        assert!(
+            !text.contains("\"x\"") && !text.contains("\"y\"") && !text.contains("\"z\""),
+            "{text}"
+        );
+        assert!(text.contains("prod"));
     }
 
     #[test]
