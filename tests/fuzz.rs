@@ -348,6 +348,7 @@ fn small_parsers() {
                 input.first().copied().unwrap_or(0),
                 input.get(1).copied().unwrap_or(0),
             ]),
+            "a.example",
             outrigger::discovery::dns::RecordType::A,
         );
         let _ = outrigger::discovery::dns::parse_srv(
@@ -356,6 +357,7 @@ fn small_parsers() {
                 input.first().copied().unwrap_or(0),
                 input.get(1).copied().unwrap_or(0),
             ]),
+            "_http._tcp.a.example",
         );
         let _ = outrigger::tls::spiffe::uri_sans(input);
         let _ = outrigger::upstream::HashOn::parse(&s);
@@ -458,6 +460,70 @@ fn http2_frames() {
         server.shutdown(Duration::from_secs(5)),
         "connections left open"
     );
+}
+
+/// Path normalisation (docs/security.md, "One path"): on any target the
+/// parser accepts, the normalised target is normal (idempotent), holds no
+/// dot segment (nor `//` when merging), and an upstream parsing the
+/// forwarded request line reads exactly the target routing decided on.
+#[test]
+fn path_normalizer() {
+    use outrigger::http::normalize::{normalized, EscapedSlashes, PathPolicy};
+    let corpus: &[&[u8]] = &[
+        b"GET /%61dmin/secret.txt HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /x/../admin/./y HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET //admin//y?q=/../%61 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a/..%2Fb%5c%00%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://a.example/%2e%2e/x HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    let policies = [
+        PathPolicy {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+        },
+        PathPolicy {
+            merge_slashes: false,
+            escaped_slashes: EscapedSlashes::Keep,
+        },
+    ];
+    fuzz("path_normalizer", corpus, |input| {
+        let mut buf = BytesMut::from(input);
+        let Ok(Some(head)) = outrigger::http::codec::parse_request(&mut buf, limits()) else {
+            return;
+        };
+        for policy in policies {
+            let Ok(out) = normalized(&head.target, policy) else {
+                continue;
+            };
+            let target = out.unwrap_or_else(|| head.target.clone());
+            assert_eq!(
+                normalized(&target, policy),
+                Ok(None),
+                "not idempotent: {target:?}"
+            );
+            let text = String::from_utf8_lossy(&target).to_string();
+            let path = text.split('?').next().unwrap_or("");
+            let path = path.find("://").map_or(path, |i| {
+                path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..])
+            });
+            if path.starts_with('/') {
+                assert!(!path.contains("/./") && !path.contains("/../"), "{text:?}");
+                assert!(!path.ends_with("/.") && !path.ends_with("/.."), "{text:?}");
+                if policy.merge_slashes {
+                    assert!(!path.contains("//"), "{text:?}");
+                }
+            }
+            let mut line = BytesMut::new();
+            line.extend_from_slice(b"GET ");
+            line.extend_from_slice(&target);
+            line.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+            let again = outrigger::http::codec::parse_request(&mut line, limits());
+            let Ok(Some(again)) = again else {
+                panic!("the forwarded target does not parse: {text:?}");
+            };
+            assert_eq!(again.target, target);
+        }
+    });
 }
 
 /// The route table's host index never changes the answer: `lookup` finds

@@ -484,6 +484,9 @@ impl Control {
                     summary = %snapshot.summary(),
                     "config reloaded"
                 );
+                for w in snapshot.warnings() {
+                    tracing::warn!("{w}");
+                }
                 Ok(ReloadDone {
                     generation: snapshot.generation,
                     duration,

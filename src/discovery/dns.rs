@@ -161,11 +161,12 @@ fn read_name(m: &[u8], mut at: usize) -> Option<String> {
     None
 }
 
-/// Parse an answer to `id` for its SRV records.
-pub fn parse_srv(m: &[u8], id: u16) -> Result<Vec<Srv>, DnsError> {
+/// Parse an answer to `id` (a query for `name`'s SRV records) for them;
+/// records owned by another name are ignored.
+pub fn parse_srv(m: &[u8], id: u16, name: &str) -> Result<Vec<Srv>, DnsError> {
     let mut out = Vec::new();
-    for_each_answer(m, id, |t, ttl, at, data| {
-        if t == RecordType::Srv as u16 && data.len() > 6 {
+    for_each_answer(m, id, name, RecordType::Srv, |t, ttl, owner, at, data| {
+        if t == RecordType::Srv as u16 && data.len() > 6 && same_name(&owner, name) {
             let target = read_name(m, at + 6).ok_or(DnsError::Malformed)?;
             out.push(Srv {
                 priority: u16::from_be_bytes([data[0], data[1]]),
@@ -180,28 +181,45 @@ pub fn parse_srv(m: &[u8], id: u16) -> Result<Vec<Srv>, DnsError> {
     Ok(out)
 }
 
-/// Walk the answers of a reply to `id`: (type, TTL, offset of the data,
-/// data) of each.
+/// DNS names compare case-insensitively, with or without the final dot.
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
+/// Walk the answers of a reply to `id`, a query for `name` and `kind`:
+/// (type, TTL, owner name, offset of the data, data) of each. The reply
+/// must be a response (QR) with the one question asked; anything else is
+/// `Malformed` (a spoofed or stray datagram).
 fn for_each_answer(
     m: &[u8],
     id: u16,
-    mut f: impl FnMut(u16, u32, usize, &[u8]) -> Result<(), DnsError>,
+    name: &str,
+    kind: RecordType,
+    mut f: impl FnMut(u16, u32, String, usize, &[u8]) -> Result<(), DnsError>,
 ) -> Result<(), DnsError> {
-    if m.len() < 12 || u16_at(m, 0) != Some(id) {
+    if m.len() < 12 || u16_at(m, 0) != Some(id) || m[2] & 0x80 == 0 {
         return Err(DnsError::Malformed);
     }
+    let qd = u16_at(m, 4).ok_or(DnsError::Malformed)?;
+    let an = u16_at(m, 6).ok_or(DnsError::Malformed)?;
+    if qd != 1 {
+        return Err(DnsError::Malformed);
+    }
+    let question = read_name(m, 12).ok_or(DnsError::Malformed)?;
+    let mut at = skip_name(m, 12).ok_or(DnsError::Malformed)?;
+    let (qtype, qclass) = (u16_at(m, at), u16_at(m, at + 2));
+    if !same_name(&question, name) || qtype != Some(kind as u16) || qclass != Some(1) {
+        return Err(DnsError::Malformed);
+    }
+    at += 4;
     match m[3] & 0x0f {
         0 => {}
         3 => return Err(DnsError::NxDomain),
         rc => return Err(DnsError::ServFail(rc)),
     }
-    let qd = u16_at(m, 4).ok_or(DnsError::Malformed)?;
-    let an = u16_at(m, 6).ok_or(DnsError::Malformed)?;
-    let mut at = 12;
-    for _ in 0..qd {
-        at = skip_name(m, at).ok_or(DnsError::Malformed)? + 4;
-    }
     for _ in 0..an {
+        let owner = read_name(m, at).ok_or(DnsError::Malformed)?;
         at = skip_name(m, at).ok_or(DnsError::Malformed)?;
         let t = u16_at(m, at).ok_or(DnsError::Malformed)?;
         let ttl = m
@@ -210,7 +228,7 @@ fn for_each_answer(
             .ok_or(DnsError::Malformed)?;
         let len = usize::from(u16_at(m, at + 8).ok_or(DnsError::Malformed)?);
         let data = m.get(at + 10..at + 10 + len).ok_or(DnsError::Malformed)?;
-        f(t, ttl, at + 10, data)?;
+        f(t, ttl, owner, at + 10, data)?;
         at += 10 + len;
     }
     Ok(())
@@ -220,11 +238,27 @@ fn u16_at(m: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*m.get(at)?, *m.get(at + 1)?]))
 }
 
-/// Parse an answer to `id`: the addresses of the queried type, with TTLs.
-pub fn parse(m: &[u8], id: u16, kind: RecordType) -> Result<Vec<(IpAddr, u32)>, DnsError> {
+/// Parse an answer to `id` (a query for `name` and `kind`): the addresses
+/// of the queried type, with TTLs. Only records owned by `name`, or by a
+/// name a CNAME earlier in the answer leads to from it, count.
+pub fn parse(
+    m: &[u8],
+    id: u16,
+    name: &str,
+    kind: RecordType,
+) -> Result<Vec<(IpAddr, u32)>, DnsError> {
     let mut out = Vec::new();
-    for_each_answer(m, id, |t, ttl, _, data| {
+    let mut names = vec![name.trim_end_matches('.').to_string()];
+    for_each_answer(m, id, name, kind, |t, ttl, owner, at, data| {
+        if !names.iter().any(|n| same_name(n, &owner)) {
+            return Ok(());
+        }
         match (t, kind, data.len()) {
+            // CNAME: the chain goes on at its target (bounded by the
+            // answer's own size).
+            (5, _, _) if names.len() < 16 => {
+                names.push(read_name(m, at).ok_or(DnsError::Malformed)?);
+            }
             (1, RecordType::A, 4) => out.push((
                 IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3])),
                 ttl,
@@ -248,7 +282,9 @@ pub fn lookup(
     servers: &[SocketAddr],
     timeout: Duration,
 ) -> Result<Vec<(IpAddr, u32)>, DnsError> {
-    ask(name, kind, servers, timeout, |m, id| parse(m, id, kind))
+    ask(name, kind, servers, timeout, |m, id| {
+        parse(m, id, name, kind)
+    })
 }
 
 /// Look up the SRV records of `name`.
@@ -257,7 +293,9 @@ pub fn lookup_srv(
     servers: &[SocketAddr],
     timeout: Duration,
 ) -> Result<Vec<Srv>, DnsError> {
-    ask(name, RecordType::Srv, servers, timeout, parse_srv)
+    ask(name, RecordType::Srv, servers, timeout, |m, id| {
+        parse_srv(m, id, name)
+    })
 }
 
 /// Send the query to each server in turn and parse the first answer.
@@ -283,7 +321,9 @@ fn ask<T>(
         let Ok(sock) = UdpSocket::bind(bind) else {
             continue;
         };
-        let _ = sock.set_read_timeout(Some(timeout));
+        // One deadline for the whole query: stray datagrams cannot stretch
+        // it (each read waits only for what is left).
+        let deadline = std::time::Instant::now() + timeout;
         let id = fastrand::u16(..);
         if sock.send_to(&query(id, name, kind), server).is_err() {
             last = DnsError::Timeout(server.to_string());
@@ -291,6 +331,11 @@ fn ask<T>(
         }
         let mut buf = [0u8; 1500];
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
+                last = DnsError::Timeout(server.to_string());
+                break;
+            }
             match sock.recv_from(&mut buf) {
                 // Truncated (TC): the whole answer over TCP.
                 Ok((n, from))
@@ -309,8 +354,9 @@ fn ask<T>(
                     }
                 }
                 Ok((n, from)) if from == *server => match parse(&buf[..n], id) {
-                    // Another query's answer: keep waiting.
-                    Err(DnsError::Malformed) if u16_at(&buf[..n], 0) != Some(id) => continue,
+                    // Another query's answer, or not an answer to this
+                    // question: keep waiting (until the deadline).
+                    Err(DnsError::Malformed) => continue,
                     Err(e @ DnsError::NxDomain) => return Err(e),
                     Err(e) => {
                         last = e;
@@ -407,7 +453,7 @@ mod tests {
         rdata2.extend_from_slice(&[0xc0, first as u8]);
         a.extend_from_slice(&(rdata2.len() as u16).to_be_bytes());
         a.extend_from_slice(&rdata2);
-        let got = parse_srv(&a, 9).unwrap();
+        let got = parse_srv(&a, 9, "_http._tcp.svc.example").unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].priority, got[0].weight, got[0].port), (1, 5, 8080));
         assert_eq!(got[0].target, "api.svc.example");
@@ -420,7 +466,49 @@ mod tests {
         looped.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 1, 0, 8, 0, 0, 0, 0, 0, 80]);
         let at = looped.len();
         looped.extend_from_slice(&[0xc0, at as u8]);
-        assert_eq!(parse_srv(&looped, 9), Err(DnsError::Malformed));
+        assert_eq!(
+            parse_srv(&looped, 9, "_http._tcp.svc.example"),
+            Err(DnsError::Malformed)
+        );
+    }
+
+    /// A stream of junk from the server's address (wrong ids, answers to
+    /// other questions) cannot keep a lookup waiting past its one
+    /// deadline: it ends while the junk still flows.
+    #[test]
+    fn junk_datagrams_do_not_stretch_the_deadline() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let junk = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let Ok((_, client)) = server.recv_from(&mut buf) else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(10)
+            {
+                let mut reply = query(fastrand::u16(..), "other.example", RecordType::A);
+                reply[2] = 0x81;
+                let _ = server.send_to(&reply, client);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let started = std::time::Instant::now();
+        let got = lookup(
+            "api.example",
+            RecordType::A,
+            &[addr],
+            Duration::from_millis(300),
+        );
+        let waited = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = junk.join();
+        assert!(matches!(got, Err(DnsError::Timeout(_))), "{got:?}");
+        // The junk would have flowed for 10 s.
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
     }
 
     #[test]
@@ -435,7 +523,7 @@ mod tests {
             a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
             a.extend_from_slice(&ip);
         }
-        let got = parse(&a, 7, RecordType::A).unwrap();
+        let got = parse(&a, 7, "api.example.com", RecordType::A).unwrap();
         assert_eq!(
             got,
             vec![
@@ -444,8 +532,48 @@ mod tests {
             ]
         );
         let mut nx = q.clone();
+        nx[2] = 0x81;
         nx[3] = 0x83;
-        assert_eq!(parse(&nx, 7, RecordType::A), Err(DnsError::NxDomain));
-        assert_eq!(parse(&a, 8, RecordType::A), Err(DnsError::Malformed));
+        assert_eq!(
+            parse(&nx, 7, "api.example.com", RecordType::A),
+            Err(DnsError::NxDomain)
+        );
+        assert_eq!(
+            parse(&a, 8, "api.example.com", RecordType::A),
+            Err(DnsError::Malformed)
+        );
+        // An answer to another question, or not a response at all.
+        assert_eq!(
+            parse(&a, 7, "evil.example.com", RecordType::A),
+            Err(DnsError::Malformed)
+        );
+        assert_eq!(
+            parse(&a, 7, "api.example.com", RecordType::Aaaa),
+            Err(DnsError::Malformed)
+        );
+        let mut not_response = a.clone();
+        not_response[2] = 0x01;
+        assert_eq!(
+            parse(&not_response, 7, "api.example.com", RecordType::A),
+            Err(DnsError::Malformed)
+        );
+        // Records owned by another name are ignored; a CNAME chain from
+        // the question's name is followed.
+        let mut other = q.clone();
+        other[2] = 0x81;
+        other[3] = 0x80;
+        other[7] = 3;
+        // evil.example.com A 6.6.6.6 (owner written out).
+        other.extend_from_slice(b"\x04evil\x07example\x03com\x00");
+        other.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 6, 6, 6, 6]);
+        // api.example.com CNAME web.example.com
+        other.extend_from_slice(&[
+            0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 30, 0, 6, 3, b'w', b'e', b'b', 0xc0, 16,
+        ]);
+        // web.example.com A 10.0.0.9
+        other.extend_from_slice(b"\x03web\x07example\x03com\x00");
+        other.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 0, 0, 9]);
+        let got = parse(&other, 7, "api.example.com", RecordType::A).unwrap();
+        assert_eq!(got, vec![("10.0.0.9".parse().unwrap(), 30)]);
     }
 }
