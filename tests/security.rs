@@ -27,6 +27,7 @@ both_drivers!(
     reset_streams_cancel_their_work,
     peer_ids_and_fields_are_checked,
     host_must_match_sni,
+    san_matchers_are_enforced,
 );
 
 const TD: &str = "example.org";
@@ -944,4 +945,70 @@ direct_response = { status = 200 }
     assert_eq!(status, 200);
     let (status, body) = admin::request(adm, "POST", "/reload");
     assert_eq!(status, 200, "{body}");
+}
+
+/// `tls.match_sans`: a listener admits only client certificates with a
+/// matching SAN, a cluster only upstreams with one; others fail the
+/// handshake (the request: 503).
+fn san_matchers_are_enforced(driver: Driver) {
+    let ca = Ca::new("test CA");
+    let dir = TempDir::new("sec-sans");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let (up, _) = common::tls::https_backend("up", &ca.leaf(&["api.internal"]), None);
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+tls = {{ cert = "server.pem", key = "server.key", client_ca = "ca.pem", match_sans = [{{ type = "uri", prefix = "spiffe://example.org/ns/ops/" }}] }}
+[listeners.out]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "out"
+[[routes.main]]
+match.path_prefix = "/"
+direct_response = {{ status = 200, body = "in" }}
+[[routes.out]]
+match.path = "/good"
+cluster = "good"
+[[routes.out]]
+match.path = "/bad"
+cluster = "bad"
+[clusters.good]
+endpoints = ["{up}"]
+tls = {{ ca = "ca.pem", server_name = "api.internal", match_sans = [{{ type = "dns", suffix = ".internal" }}] }}
+[clusters.bad]
+endpoints = ["{up}"]
+tls = {{ ca = "ca.pem", server_name = "api.internal", match_sans = [{{ type = "dns", exact = "payments.internal" }}] }}
+"#,
+        io = io_name(driver)
+    );
+    let p = launch(&dir, &config);
+    let web = p.local_addr("web").unwrap();
+    let try_with = |id: &str| {
+        let leaf = ca.svid(id);
+        let mut opts = ClientOpts::trusting(&ca);
+        opts.client = Some(&leaf);
+        let mut t = connect(web, "localhost", &opts)?;
+        t.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut b = [0u8; 12];
+        std::io::Read::read_exact(&mut t, &mut b).map(|_| b.to_vec())
+    };
+    assert_eq!(
+        try_with("spiffe://example.org/ns/ops/sa/admin").unwrap(),
+        b"HTTP/1.1 200"
+    );
+    assert!(try_with("spiffe://example.org/ns/evil/sa/x").is_err());
+    let out = p.local_addr("out").unwrap();
+    let r = Client::connect(out).get("/good", "x", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = Client::connect(out).get("/bad", "x", "");
+    assert_eq!(r.status, 503);
 }

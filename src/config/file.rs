@@ -251,6 +251,25 @@ pub struct FileListenerTls {
     /// start a TLS handshake; `"permit"` serves them in plaintext, without
     /// a peer identity (migration only).
     pub plaintext: Option<Spanned<String>>,
+    /// The client certificate must carry a SAN one of these matches.
+    pub match_sans: Option<Vec<Spanned<FileSanMatch>>>,
+}
+
+/// One entry of `tls.match_sans`: a SAN type and one way to compare.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSanMatch {
+    /// `"uri"`, `"dns"` or `"any"` (either).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub contains: Option<String>,
+    /// Anchored: the whole SAN must match.
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub ignore_case: bool,
 }
 
 /// One entry of `tls.certificates`.
@@ -559,6 +578,8 @@ pub struct FileClusterTls {
     /// ID against `identities`.
     pub mode: Option<Spanned<String>>,
     pub identities: Option<Vec<Spanned<String>>>,
+    /// The server certificate must carry a SAN one of these matches.
+    pub match_sans: Option<Vec<Spanned<FileSanMatch>>>,
 }
 
 pub use crate::upstream::balance::Balance;

@@ -167,6 +167,7 @@ pub(super) fn listener_tls(
             .map_or(DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0),
         own_id: cx.identity.as_ref().map(|i| i.id.clone()),
         mesh,
+        sans: san_policy(cx, &key, &f.match_sans)?,
     };
     match server_config(&settings) {
         Ok(mut tls) => {
@@ -280,6 +281,7 @@ pub(super) fn cluster_tls(
         },
         tls13_only,
         server_name: f.server_name.as_ref().map(|n| n.get_ref().clone()),
+        sans: san_policy(cx, &key, &f.match_sans)?,
     };
     match client_config(&settings) {
         Ok(c) => Some(Arc::new(c)),
@@ -315,6 +317,64 @@ pub(super) fn identity(cx: &mut Ctx<'_>, i: &Spanned<FileIdentity>) -> Option<Ar
             None
         }
     }
+}
+
+/// `tls.match_sans`: `Some(None)` when absent; `None` after an error.
+fn san_policy(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    list: &Option<Vec<Spanned<super::file::FileSanMatch>>>,
+) -> Option<Option<crate::tls::san::SanPolicy>> {
+    use crate::tls::san::{SanKind, SanMatcher, SanPolicy};
+    let Some(list) = list else { return Some(None) };
+    let key = format!("{key}.match_sans");
+    if list.is_empty() {
+        return Some(None);
+    }
+    let mut out = Vec::new();
+    for m in list {
+        let f = m.get_ref();
+        let kind = match f.kind.as_str() {
+            "uri" => SanKind::Uri,
+            "dns" => SanKind::Dns,
+            "any" => SanKind::Any,
+            other => {
+                cx.error(
+                    m.span(),
+                    key.clone(),
+                    format!("type must be \"uri\", \"dns\" or \"any\", not \"{other}\""),
+                );
+                return None;
+            }
+        };
+        let ways = [
+            ("exact", &f.exact),
+            ("prefix", &f.prefix),
+            ("suffix", &f.suffix),
+            ("contains", &f.contains),
+            ("regex", &f.regex),
+        ];
+        let set: Vec<_> = ways
+            .iter()
+            .filter_map(|(n, v)| v.as_ref().map(|v| (*n, v)))
+            .collect();
+        let [(how, value)] = set.as_slice() else {
+            cx.error(
+                m.span(),
+                key.clone(),
+                "needs exactly one of exact, prefix, suffix, contains, regex",
+            );
+            return None;
+        };
+        match SanMatcher::new(kind, how, value, f.ignore_case) {
+            Ok(matcher) => out.push(matcher),
+            Err(msg) => {
+                cx.error(m.span(), key.clone(), msg);
+                return None;
+            }
+        }
+    }
+    Some(Some(SanPolicy(out)))
 }
 
 fn patterns(

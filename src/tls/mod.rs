@@ -5,6 +5,7 @@
 
 pub mod demo;
 pub mod relay;
+pub mod san;
 pub mod sni;
 pub mod spiffe;
 pub mod stream;
@@ -163,6 +164,8 @@ pub struct ServerSettings<'a> {
     pub mesh: Option<Arc<spiffe::Identity>>,
     /// The instance's identity, when there is one (for `By=`).
     pub own_id: Option<String>,
+    /// `match_sans`: the client certificate must carry a matching SAN.
+    pub sans: Option<san::SanPolicy>,
 }
 
 /// Build a listener's server config; errors name the file at fault.
@@ -192,18 +195,33 @@ pub fn server_config(s: &ServerSettings<'_>) -> Result<ListenerTls, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?;
-    let builder = match (s.client_ca, &s.mesh) {
-        (_, Some(id)) => {
-            builder.with_client_cert_verifier(Arc::new(spiffe::SvidClientVerifier::new(id)?))
+    let verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> =
+        match (s.client_ca, &s.mesh) {
+            (_, Some(id)) => Some(Arc::new(spiffe::SvidClientVerifier::new(id)?)),
+            (Some(ca), None) => {
+                let roots = Arc::new(load_roots(ca)?);
+                Some(
+                    WebPkiClientVerifier::builder_with_provider(roots, provider())
+                        .build()
+                        .map_err(|e| format!("client_ca {}: {e}", ca.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+    let verifier = match (verifier, &s.sans) {
+        (Some(inner), Some(sans)) => Some(Arc::new(san::SanClientVerifier {
+            inner,
+            sans: sans.clone(),
+        })
+            as Arc<dyn rustls::server::danger::ClientCertVerifier>),
+        (v, None) => v,
+        (None, Some(_)) => {
+            return Err("match_sans needs client certificates: client_ca or mode = \"mesh\"".into())
         }
-        (Some(ca), None) => {
-            let roots = Arc::new(load_roots(ca)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        (None, None) => builder.with_no_client_auth(),
+    };
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = s.alpn.clone();
@@ -260,6 +278,8 @@ pub struct ClientSettings<'a> {
     /// Mesh mode: present this identity's SVID; the server's must name one
     /// of the patterns.
     pub mesh: Option<(Arc<spiffe::Identity>, Vec<spiffe::IdPattern>)>,
+    /// `match_sans`: the server's certificate must carry a matching SAN.
+    pub sans: Option<san::SanPolicy>,
 }
 
 /// Build a cluster's client config: the given roots or the system's, an
@@ -272,12 +292,15 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
     if let Some((id, identities)) = &s.mesh {
-        let verifier = spiffe::SvidServerVerifier::new(id, identities.clone());
+        let verifier = with_sans(
+            Arc::new(spiffe::SvidServerVerifier::new(id, identities.clone())),
+            &s.sans,
+        );
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS versions: {e}"))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier));
+            .with_custom_certificate_verifier(verifier);
         let mut config =
             builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.cert.clone())));
         config.alpn_protocols = s.alpn.clone();
@@ -307,10 +330,15 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
         }
     };
     let digest = transport_digest(s, &roots);
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("TLS roots: {e}"))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS versions: {e}"))?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(with_sans(webpki, &s.sans));
     let mut client_cert = None;
     let mut config = match s.cert_key {
         Some((c, k)) => {
@@ -335,6 +363,20 @@ pub fn client_config(s: &ClientSettings<'_>) -> Result<ClusterTls, String> {
     })
 }
 
+/// A server verifier with the cluster's `match_sans` after it, if any.
+fn with_sans(
+    inner: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    sans: &Option<san::SanPolicy>,
+) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    match sans {
+        Some(sans) => Arc::new(san::SanServerVerifier {
+            inner,
+            sans: sans.clone(),
+        }),
+        None => inner,
+    }
+}
+
 /// The start of a cluster's transport digest: mode, versions, ALPN, server
 /// name and the roots it verifies with.
 fn transport_digest(s: &ClientSettings<'_>, roots: &RootCertStore) -> ring::digest::Context {
@@ -349,6 +391,14 @@ fn transport_digest(s: &ClientSettings<'_>, roots: &RootCertStore) -> ring::dige
         field(&mut d, a);
     }
     field(&mut d, s.server_name.as_deref().unwrap_or("").as_bytes());
+    field(
+        &mut d,
+        s.sans
+            .as_ref()
+            .map(san::SanPolicy::describe)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     for anchor in &roots.roots {
         field(&mut d, anchor.subject.as_ref());
         field(&mut d, anchor.subject_public_key_info.as_ref());

@@ -320,6 +320,7 @@ pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result
             if let Some(ca) = &v.trusted_ca {
                 t.insert(ca_key.into(), file_name(Some(ca), "trusted_ca")?.into());
             }
+            validation_rules(v, &mut t)?;
         }
         Some(_) => return Err("SDS or combined validation contexts are not supported".into()),
     }
@@ -335,6 +336,97 @@ pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result
         );
     }
     Ok(t)
+}
+
+/// The checks of a `CertificateValidationContext` beyond its roots:
+/// subject-alternative-name matchers become `match_sans`; every field
+/// Outrigger does not enforce is refused (a NACK), never dropped, so a
+/// control plane cannot believe a check is in force when it is not.
+fn validation_rules(
+    v: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateValidationContext,
+    t: &mut Table,
+) -> Result<(), String> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+    let unsupported = [
+        (
+            !v.verify_certificate_hash.is_empty(),
+            "verify_certificate_hash",
+        ),
+        (
+            !v.verify_certificate_spki.is_empty(),
+            "verify_certificate_spki",
+        ),
+        (v.crl.is_some(), "crl"),
+        (v.allow_expired_certificate, "allow_expired_certificate"),
+        (v.trust_chain_verification != 0, "trust_chain_verification"),
+        (
+            v.custom_validator_config.is_some(),
+            "custom_validator_config",
+        ),
+        (v.only_verify_leaf_cert_crl, "only_verify_leaf_cert_crl"),
+        (v.max_verify_depth.is_some(), "max_verify_depth"),
+        (
+            v.require_signed_certificate_timestamp.is_some(),
+            "require_signed_certificate_timestamp",
+        ),
+        (
+            v.ca_certificate_provider_instance.is_some(),
+            "ca_certificate_provider_instance",
+        ),
+        (v.watched_directory.is_some(), "watched_directory"),
+    ];
+    if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(format!("validation_context.{name} is not supported"));
+    }
+    let mut sans = Vec::new();
+    for m in &v.match_typed_subject_alt_names {
+        let kind = match SanType::try_from(m.san_type) {
+            Ok(SanType::Uri) => "uri",
+            Ok(SanType::Dns) => "dns",
+            _ => {
+                return Err(format!(
+                    "match_typed_subject_alt_names of type {} is not supported (URI and DNS only)",
+                    m.san_type
+                ))
+            }
+        };
+        sans.push(san_matcher(kind, m.matcher.as_ref())?);
+    }
+    for m in &v.match_subject_alt_names {
+        sans.push(san_matcher("any", Some(m))?);
+    }
+    if !sans.is_empty() {
+        t.insert("match_sans".into(), Value::Array(sans));
+    }
+    Ok(())
+}
+
+/// One `match_sans` entry from an xDS string matcher.
+fn san_matcher(
+    kind: &str,
+    m: Option<&envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher>,
+) -> Result<Value, String> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let m = m.ok_or("a subject alt name matcher without a matcher")?;
+    let (how, value) = match &m.match_pattern {
+        Some(MatchPattern::Exact(v)) => ("exact", v.clone()),
+        Some(MatchPattern::Prefix(v)) => ("prefix", v.clone()),
+        Some(MatchPattern::Suffix(v)) => ("suffix", v.clone()),
+        Some(MatchPattern::Contains(v)) => ("contains", v.clone()),
+        Some(MatchPattern::SafeRegex(r)) => ("regex", r.regex.clone()),
+        Some(MatchPattern::Custom(_)) | None => {
+            return Err(
+                "a custom or empty string matcher for subject alt names is not supported".into(),
+            )
+        }
+    };
+    let mut e = Table::new();
+    e.insert("type".into(), kind.into());
+    e.insert(how.into(), value.into());
+    if m.ignore_case {
+        e.insert("ignore_case".into(), true.into());
+    }
+    Ok(Value::Table(e))
 }
 
 /// An IP socket address.

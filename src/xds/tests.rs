@@ -427,9 +427,21 @@ fn every_translated_feature_compiles_as_file_config() {
     use envoy_types::pb::envoy::config::core::v3::{
         data_source, health_check, transport_socket, DataSource, HealthCheck, TransportSocket,
     };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SubjectAltNameMatcher;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
         common_tls_context, CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
         TlsCertificate, UpstreamTlsContext,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+    };
+    let san = |t: i32, p: MatchPattern| SubjectAltNameMatcher {
+        san_type: t,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(p),
+            ..Default::default()
+        }),
+        ..Default::default()
     };
     let file = |f: &str| {
         Some(DataSource {
@@ -447,6 +459,20 @@ fn every_translated_feature_compiles_as_file_config() {
             common_tls_context::ValidationContextType::ValidationContext(
                 CertificateValidationContext {
                     trusted_ca: file("/etc/certs/ca.pem"),
+                    match_typed_subject_alt_names: vec![
+                        san(
+                            3,
+                            MatchPattern::Exact("spiffe://example.org/ns/ops/sa/admin".into()),
+                        ),
+                        san(2, MatchPattern::Suffix(".internal".into())),
+                        san(
+                            3,
+                            MatchPattern::SafeRegex(RegexMatcher {
+                                regex: "spiffe://example\\.org/ns/[a-z]+/sa/admin".into(),
+                                ..Default::default()
+                            }),
+                        ),
+                    ],
                     ..Default::default()
                 },
             ),
@@ -549,7 +575,95 @@ fn every_translated_feature_compiles_as_file_config() {
         "expected_statuses = [200, 201, 202, 203, 204]",
         "consecutive_gateway_errors = 3",
         "client_ca = \"/etc/certs/ca.pem\"",
+        "exact = \"spiffe://example.org/ns/ops/sa/admin\"",
+        "suffix = \".internal\"",
+        "regex = ",
     ] {
         assert!(text.contains(want), "{want} missing in\n{text}");
+    }
+}
+
+/// Certificate checks Outrigger does not enforce are refused (NACK), never
+/// dropped: a control plane must not believe they are in force.
+#[test]
+fn unenforced_certificate_checks_are_refused() {
+    use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        common_tls_context, CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher,
+        UpstreamTlsContext,
+    };
+    let with = |v: CertificateValidationContext| {
+        let ctx = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                validation_context_type: Some(
+                    common_tls_context::ValidationContextType::ValidationContext(v),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = Cluster {
+            name: "c".into(),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
+                    type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+                    value: ctx.encode_to_vec(),
+                })),
+            }),
+            ..Default::default()
+        };
+        translate_cluster(&c).err().unwrap_or_default()
+    };
+    let cases: Vec<(CertificateValidationContext, &str)> = vec![
+        (
+            CertificateValidationContext {
+                verify_certificate_hash: vec!["ab".into()],
+                ..Default::default()
+            },
+            "verify_certificate_hash",
+        ),
+        (
+            CertificateValidationContext {
+                verify_certificate_spki: vec!["ab".into()],
+                ..Default::default()
+            },
+            "verify_certificate_spki",
+        ),
+        (
+            CertificateValidationContext {
+                crl: Some(Default::default()),
+                ..Default::default()
+            },
+            "crl",
+        ),
+        (
+            CertificateValidationContext {
+                allow_expired_certificate: true,
+                ..Default::default()
+            },
+            "allow_expired_certificate",
+        ),
+        (
+            CertificateValidationContext {
+                trust_chain_verification: 1,
+                ..Default::default()
+            },
+            "trust_chain_verification",
+        ),
+        (
+            CertificateValidationContext {
+                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                    san_type: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            "URI and DNS only",
+        ),
+    ];
+    for (v, want) in cases {
+        let err = with(v);
+        assert!(err.contains(want), "{want}: {err:?}");
     }
 }
