@@ -88,6 +88,8 @@ fn compile_cluster(
         _ => {}
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
+    // Dedup in O(n): a cluster can hold 10^5 endpoints (xDS, files).
+    let mut seen = std::collections::HashSet::new();
     let mut ok = true;
     if let Some((_, found)) = &dynamic {
         for (address, written, weight) in found {
@@ -126,7 +128,7 @@ fn compile_cluster(
         match resolve_endpoint(written) {
             Ok(addrs) => {
                 for address in addrs {
-                    if !endpoints.iter().any(|e| e.address == address) {
+                    if seen.insert(address) {
                         endpoints.push(Endpoint {
                             address,
                             written: written.to_string(),
@@ -194,13 +196,17 @@ fn compile_cluster(
         return None;
     }
     let resilience = resilience?;
+    let max_ring_size = c_ref
+        .max_ring_size
+        .unwrap_or(crate::upstream::balance::DEFAULT_RING_MAX)
+        .clamp(1024, 1 << 23);
     let ids: Vec<(String, u32)> = endpoints
         .iter()
         .map(|e| (e.address.to_string(), e.weight))
         .collect();
     Some(Cluster {
         name: name.to_string(),
-        plan: Plan::new(c_ref.balance, &ids),
+        plan: Plan::new(c_ref.balance, &ids, max_ring_size),
         hash_on,
         endpoints,
         balance: c_ref.balance,
@@ -208,6 +214,7 @@ fn compile_cluster(
             .connect_timeout
             .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
         max_idle_connections: c_ref.max_idle_connections.unwrap_or(64).min(1 << 20) as usize,
+        max_ring_size,
         pool_idle_timeout: c_ref.idle_timeout.map_or(Duration::from_secs(30), |d| d.0),
         stats: Arc::new(ClusterStats::new(cx.workers)),
         retry_budget: resilience.retry_budget,

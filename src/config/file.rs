@@ -546,6 +546,10 @@ pub struct FileCluster {
     /// http: idle keep-alive connections kept per endpoint per worker. Default 64.
     #[serde(default, deserialize_with = "positive")]
     pub max_idle_connections: Option<u64>,
+    /// ring_hash: most points on the ring (weights are scaled into it).
+    /// Default 65536.
+    #[serde(default, deserialize_with = "positive")]
+    pub max_ring_size: Option<u64>,
     /// http: close pooled connections idle longer than this. Default 30s.
     #[serde(default, deserialize_with = "positive_duration")]
     pub idle_timeout: Option<ConfigDuration>,

@@ -262,8 +262,11 @@ impl Snapshot {
             };
             new.stats = old.stats.clone();
             new.status = old.status.clone();
+            // By address in O(n + m): clusters can hold 10^5 endpoints.
+            let by_address: std::collections::HashMap<_, _> =
+                old.endpoints.iter().map(|o| (o.address, o)).collect();
             for ep in &mut new.endpoints {
-                if let Some(o) = old.endpoints.iter().find(|o| o.address == ep.address) {
+                if let Some(o) = by_address.get(&ep.address) {
                     ep.stats = o.stats.clone();
                     ep.health = o.health.clone();
                     if new.health_check.is_none() {

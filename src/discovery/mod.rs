@@ -143,6 +143,8 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
     };
     let mut out = Vec::new();
+    // Dedup in O(n): endpoint files can hold 10^5 entries.
+    let mut seen = std::collections::HashSet::new();
     for e in entries {
         let weight = e.weight.unwrap_or(1);
         if !(1..=1000).contains(&weight) {
@@ -158,7 +160,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
                 .collect(),
         };
         for a in addrs {
-            if !out.iter().any(|(x, _, _): &Found| *x == a) {
+            if seen.insert(a) {
                 out.push((a, e.address.clone(), weight));
             }
         }

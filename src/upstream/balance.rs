@@ -133,9 +133,11 @@ pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 pub const MAGLEV_SIZE: usize = 65_537;
 /// Virtual nodes on a hash ring per unit of weight: fixed, so that an
 /// endpoint's points do not change when others come and go; scaled down
-/// only when the ring would pass `RING_MAX` points.
+/// only when the ring would pass the cluster's `max_ring_size` points.
 const RING_PER_WEIGHT: u64 = 160;
-const RING_MAX: u64 = 1 << 16;
+/// Default `max_ring_size`: 65,536 points (1 MiB of ring per cluster per
+/// process); Envoy's 8M-entry maximum is far more than a sidecar needs.
+pub const DEFAULT_RING_MAX: u64 = 1 << 16;
 /// Longest weighted round-robin schedule.
 const SCHEDULE_MAX: u64 = 1 << 16;
 
@@ -158,7 +160,7 @@ impl Plan {
     /// Build for `balance` over endpoints given as (identity, weight); the
     /// identity (the address) is what the hash positions depend on, so an
     /// endpoint keeps its keys when others come and go.
-    pub fn new(balance: Balance, endpoints: &[(String, u32)]) -> Plan {
+    pub fn new(balance: Balance, endpoints: &[(String, u32)], ring_max: u64) -> Plan {
         let weights: Vec<u64> = endpoints.iter().map(|e| u64::from(e.1.max(1))).collect();
         let weighted = weights.windows(2).any(|w| w[0] != w[1]);
         let mut cumulative = Vec::with_capacity(weights.len());
@@ -176,7 +178,7 @@ impl Plan {
             plan.schedule = schedule(&weights);
         }
         if balance == Balance::RingHash {
-            plan.ring = ring(endpoints, &weights);
+            plan.ring = ring(endpoints, &weights, ring_max);
         }
         if balance == Balance::Maglev {
             plan.maglev = maglev(endpoints, &weights);
@@ -237,6 +239,12 @@ fn schedule(weights: &[u64]) -> Vec<u32> {
             .collect();
         total = w.iter().sum();
     }
+    // Smooth weighted round-robin costs O(total x endpoints); past a few
+    // million steps (tens of thousands of endpoints) the same proportions
+    // come from earliest-deadline-first in O(total log endpoints).
+    if total.saturating_mul(w.len() as u64) > 1 << 24 {
+        return deadline_schedule(&w, total);
+    }
     let mut current = vec![0i64; w.len()];
     let mut out = Vec::with_capacity(total as usize);
     for _ in 0..total {
@@ -253,12 +261,54 @@ fn schedule(weights: &[u64]) -> Vec<u32> {
     out
 }
 
-fn ring(endpoints: &[(String, u32)], weights: &[u64]) -> Vec<(u64, u32)> {
-    let total_weight: u64 = weights.iter().sum();
-    let per_weight = RING_PER_WEIGHT.min((RING_MAX / total_weight.max(1)).max(1));
-    let mut ring = Vec::new();
+/// Each endpoint's turns at `k / w` (k = 1..w), in time order (ties by
+/// index): a weighted interleaving like the smooth schedule's.
+fn deadline_schedule(w: &[u64], total: u64) -> Vec<u32> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    // (next turn as a fraction k/w compared by cross-multiplying, index).
+    #[derive(PartialEq, Eq)]
+    struct Turn(u64, u64, u32);
+    impl Ord for Turn {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            (u128::from(self.0) * u128::from(o.1))
+                .cmp(&(u128::from(o.0) * u128::from(self.1)))
+                .then(self.2.cmp(&o.2))
+        }
+    }
+    impl PartialOrd for Turn {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    let mut heap: BinaryHeap<Reverse<Turn>> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &wi)| Reverse(Turn(1, wi.max(1), i as u32)))
+        .collect();
+    let mut out = Vec::with_capacity(total as usize);
+    while let Some(Reverse(Turn(k, wi, i))) = heap.pop() {
+        out.push(i);
+        if k < wi {
+            heap.push(Reverse(Turn(k + 1, wi, i)));
+        }
+    }
+    out
+}
+
+/// The ring: `RING_PER_WEIGHT` points per unit of weight, or, when that
+/// would pass `ring_max`, each endpoint's share of `ring_max` (at least
+/// one point each).
+fn ring(endpoints: &[(String, u32)], weights: &[u64], ring_max: u64) -> Vec<(u64, u32)> {
+    let total_weight: u64 = weights.iter().sum::<u64>().max(1);
+    let full = total_weight.saturating_mul(RING_PER_WEIGHT) <= ring_max;
+    let mut ring = Vec::with_capacity(ring_max.min(total_weight * RING_PER_WEIGHT) as usize);
     for (i, ((id, _), w)) in endpoints.iter().zip(weights).enumerate() {
-        let vnodes = w * per_weight;
+        let vnodes = if full {
+            w * RING_PER_WEIGHT
+        } else {
+            (w * ring_max / total_weight).max(1)
+        };
         for j in 0..vnodes {
             ring.push((hash64(format!("{id}#{j}").as_bytes()), i as u32));
         }
@@ -351,6 +401,32 @@ mod tests {
     }
 
     #[test]
+    fn big_clusters_stay_bounded() {
+        // 8,000 endpoints at weight 1000: the ring is capped, not 8M points.
+        let many: Vec<(String, u32)> = (0..8000)
+            .map(|i| (format!("10.0.{}.{}:80", i / 250, i % 250), 1000))
+            .collect();
+        let plan = Plan::new(Balance::RingHash, &many, DEFAULT_RING_MAX);
+        assert!(
+            plan.ring.len() <= DEFAULT_RING_MAX as usize + many.len(),
+            "{}",
+            plan.ring.len()
+        );
+        assert!(plan.ring.len() >= DEFAULT_RING_MAX as usize / 2);
+        // A weighted schedule over many endpoints keeps the proportions.
+        let w: Vec<u64> = (0..20_000u64).map(|i| 1 + i % 3).collect();
+        let sched = schedule(&w);
+        let mut count = vec![0u64; w.len()];
+        for &i in &sched {
+            count[i as usize] += 1;
+        }
+        assert_eq!(count, w);
+        // Spread out: the heaviest endpoints do not come in one run.
+        let first: std::collections::HashSet<u32> = sched[..3].iter().copied().collect();
+        assert_eq!(first.len(), 3);
+    }
+
+    #[test]
     fn smooth_schedule_spreads_weights() {
         assert_eq!(schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(schedule(&[2, 2]), vec![0, 1]);
@@ -360,7 +436,7 @@ mod tests {
 
     #[test]
     fn random_follows_weights() {
-        let plan = Plan::new(Balance::Random, &eps(3, |i| [1, 3, 6][i]));
+        let plan = Plan::new(Balance::Random, &eps(3, |i| [1, 3, 6][i]), DEFAULT_RING_MAX);
         let mut seen = [0usize; 3];
         for _ in 0..100_000 {
             seen[plan.random()] += 1;
@@ -378,7 +454,10 @@ mod tests {
         let n = 10;
         let all = eps(n, |_| 1);
         let fewer: Vec<_> = all[..n - 1].to_vec();
-        let (a, b) = (Plan::new(balance, &all), Plan::new(balance, &fewer));
+        let (a, b) = (
+            Plan::new(balance, &all, DEFAULT_RING_MAX),
+            Plan::new(balance, &fewer, DEFAULT_RING_MAX),
+        );
         let keys = 50_000;
         let mut moved = 0;
         let mut cross = 0;
@@ -421,7 +500,7 @@ mod tests {
     #[test]
     fn hashing_honours_weights() {
         for balance in [Balance::RingHash, Balance::Maglev] {
-            let plan = Plan::new(balance, &eps(2, |i| [1, 3][i]));
+            let plan = Plan::new(balance, &eps(2, |i| [1, 3][i]), DEFAULT_RING_MAX);
             let on_1 = (0..40_000)
                 .filter(|k| plan.lookup(hash64(&u64::to_le_bytes(*k))) == Some(1))
                 .count();

@@ -31,6 +31,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// http: idle pooled connections per endpoint per worker.
     pub max_idle_connections: usize,
+    /// ring_hash: most points on the ring.
+    pub max_ring_size: u64,
     /// http: pooled connections idle longer than this are closed.
     pub pool_idle_timeout: Duration,
     /// Per-worker counters, carried across reloads by name.
@@ -87,12 +89,13 @@ impl Cluster {
             .collect();
         Cluster {
             name: self.name.clone(),
-            plan: Plan::new(self.balance, &ids),
+            plan: Plan::new(self.balance, &ids, self.max_ring_size),
             endpoints,
             balance: self.balance,
             hash_on: self.hash_on.clone(),
             connect_timeout: self.connect_timeout,
             max_idle_connections: self.max_idle_connections,
+            max_ring_size: self.max_ring_size,
             pool_idle_timeout: self.pool_idle_timeout,
             stats: self.stats.clone(),
             retry_budget: self.retry_budget,
@@ -462,6 +465,7 @@ mod tests {
             hash_on: HashOn::default(),
             connect_timeout: Duration::from_secs(1),
             max_idle_connections: 8,
+            max_ring_size: crate::upstream::balance::DEFAULT_RING_MAX,
             pool_idle_timeout: Duration::from_secs(30),
             stats: Arc::new(ClusterStats::new(1)),
             retry_budget: RetryBudget::default(),

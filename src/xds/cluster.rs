@@ -463,6 +463,7 @@ pub fn endpoints(
     skip_unhealthy: bool,
 ) -> Result<Vec<Found>, String> {
     let mut out: Vec<Found> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let Some(cla) = cla else { return Ok(out) };
     for locality in &cla.endpoints {
         if locality.priority != 0 {
@@ -484,7 +485,7 @@ pub fn endpoints(
             let weight = u32_value(ep.load_balancing_weight.as_ref())
                 .unwrap_or(1)
                 .clamp(1, 1000);
-            if !out.iter().any(|f| f.0 == a) {
+            if seen.insert(a) {
                 out.push((a, a.to_string(), weight));
             }
         }
