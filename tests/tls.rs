@@ -732,8 +732,14 @@ fn watched_files_rotate(driver: Driver) {
     let ca = Ca::new("test CA");
     let (first, second) = (ca.leaf(&["localhost"]), ca.leaf(&["localhost"]));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    std::fs::create_dir_all(dir.path("certs")).unwrap();
-    first.write(&dir.path("certs"), "server");
+    // Laid out as Kubernetes mounts a secret: certs/server.{pem,key} are
+    // links into certs/..data, itself a link to the current version.
+    std::fs::create_dir_all(dir.path("certs/v1")).unwrap();
+    first.write(&dir.path("certs/v1"), "server");
+    std::os::unix::fs::symlink("v1", dir.path("certs/..data")).unwrap();
+    for f in ["server.pem", "server.key"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), dir.path(&format!("certs/{f}"))).unwrap();
+    }
     let config = format!(
         r#"
 [runtime]
@@ -824,13 +830,12 @@ direct_response = {{ status = 200, body = "ok" }}
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    // Replace the pair the way a secret manager does: both files written
-    // aside, then one directory swap (a symlink switch in Kubernetes).
-    let tmp = dir.path("new");
-    std::fs::create_dir_all(&tmp).unwrap();
-    second.write(&tmp, "server");
-    std::fs::rename(tmp.join("server.key"), dir.path("certs/server.key")).unwrap();
-    std::fs::rename(tmp.join("server.pem"), dir.path("certs/server.pem")).unwrap();
+    // Replace the pair the way Kubernetes does: both files written into a
+    // new version directory, then one atomic swap of the ..data link.
+    std::fs::create_dir_all(dir.path("certs/v2")).unwrap();
+    second.write(&dir.path("certs/v2"), "server");
+    std::os::unix::fs::symlink("v2", dir.path("certs/..data_tmp")).unwrap();
+    std::fs::rename(dir.path("certs/..data_tmp"), dir.path("certs/..data")).unwrap();
     assert!(
         eventually(|| served() == second.der),
         "new handshakes never saw the new certificate"
@@ -843,16 +848,27 @@ direct_response = {{ status = 200, body = "ok" }}
         "{ok} ok, {failed} failed during the rotation"
     );
     assert_ne!(serials(), before);
-    // A broken replacement: the key of another certificate.
+    // A broken replacement: the key of another certificate. The watcher
+    // tries it (one more failed reload than before) and keeps the old
+    // material.
+    let failures = || {
+        let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
+        admin::parse_prometheus(&text)
+            .value("outrigger_config_reloads_total", &[("result", "failure")])
+            .unwrap_or(0.0)
+    };
+    let failed_before = failures();
     let third = ca.leaf(&["localhost"]);
-    std::fs::write(dir.path("certs/server.key"), &third.key_pem).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::create_dir_all(dir.path("certs/v3")).unwrap();
+    std::fs::write(dir.path("certs/v3/server.pem"), &second.cert_pem).unwrap();
+    std::fs::write(dir.path("certs/v3/server.key"), &third.key_pem).unwrap();
+    std::os::unix::fs::symlink("v3", dir.path("certs/..data_tmp")).unwrap();
+    std::fs::rename(dir.path("certs/..data_tmp"), dir.path("certs/..data")).unwrap();
+    assert!(
+        eventually(|| failures() > failed_before),
+        "the watcher never tried the broken replacement"
+    );
     assert_eq!(served(), second.der);
-    let (_, text) = admin::request(p.admin_addr(), "GET", "/metrics");
-    let failures = admin::parse_prometheus(&text)
-        .value("outrigger_config_reloads_total", &[("result", "failure")])
-        .unwrap();
-    assert!(failures >= 1.0);
 }
 
 /// A client certificate that has expired is refused, though its CA is

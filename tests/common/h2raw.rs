@@ -127,6 +127,37 @@ impl Raw {
         }
     }
 
+    /// Whether the server closes the connection within `within`: EOF or a
+    /// reset (frames before it are read and dropped). `false` when the
+    /// deadline passes with the connection still open: unlike `next`, a
+    /// timeout is never taken for a close.
+    pub fn closes_within(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut buf = [0u8; 16384];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.s.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match self.s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The server's first SETTINGS, as (id, value) pairs.
     pub fn server_settings(&mut self) -> Vec<(u16, u32)> {
         let f = self

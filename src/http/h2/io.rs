@@ -4,9 +4,12 @@
 //! first, and, on TLS listeners, the rustls session driven by hand in
 //! poll style (the handshake already ran on the owned-buffer path).
 
+use std::cell::Cell;
 use std::io::{self, Read as _, Write as _};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
@@ -24,6 +27,10 @@ pub struct ConnIo {
     /// transport existed, consumed first.
     early: BytesMut,
     tls: Option<Box<PollTls>>,
+    /// Since when writes have made no progress (`None`: the last one did).
+    /// Shared with the connection's task, which ends a connection whose
+    /// peer stops reading for `send_timeout` (`stall_handle`).
+    stalled: Rc<Cell<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for ConnIo {
@@ -53,6 +60,25 @@ impl ConnIo {
             tcp,
             early,
             tls: None,
+            stalled: Rc::default(),
+        }
+    }
+
+    /// Since when writes have been waiting for the peer to read.
+    pub fn stall_handle(&self) -> Rc<Cell<Option<Instant>>> {
+        self.stalled.clone()
+    }
+
+    /// Note a write's outcome: waiting starts (or continues) a stall,
+    /// progress ends it.
+    fn note<T>(&self, r: &Poll<io::Result<T>>) {
+        match r {
+            Poll::Pending => {
+                if self.stalled.get().is_none() {
+                    self.stalled.set(Some(Instant::now()));
+                }
+            }
+            Poll::Ready(_) => self.stalled.set(None),
         }
     }
 
@@ -69,6 +95,7 @@ impl ConnIo {
                 out_at: 0,
                 eof: false,
             })),
+            stalled: Rc::default(),
         }
     }
 }
@@ -196,10 +223,12 @@ impl AsyncWrite for ConnIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match &mut this.tls {
+        let r = match &mut this.tls {
             Some(tls) => tls.poll_write(&mut this.tcp, cx, &[io::IoSlice::new(buf)]),
             None => Pin::new(&mut this.tcp).poll_write(cx, buf),
-        }
+        };
+        this.note(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -208,10 +237,12 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match &mut this.tls {
+        let r = match &mut this.tls {
             Some(tls) => tls.poll_write(&mut this.tcp, cx, bufs),
             None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
-        }
+        };
+        this.note(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -220,10 +251,12 @@ impl AsyncWrite for ConnIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match &mut this.tls {
+        let r = match &mut this.tls {
             Some(tls) => tls.poll_flush(&mut this.tcp, cx),
             None => Pin::new(&mut this.tcp).poll_flush(cx),
-        }
+        };
+        this.note(&r);
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

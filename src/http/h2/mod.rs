@@ -109,6 +109,10 @@ pub(super) async fn serve(
     };
     let cells = listener.stats.worker(ctx.index);
     cells.http2_connections.inc();
+    // A client that stops reading (while it floods PINGs or SETTINGS, or
+    // just stalls) is cut off after `send_timeout`, as on HTTP/1.1.
+    let stalled = transport.stall_handle();
+    let send_timeout = listener.http.send_timeout;
     let handshake = builder(&settings).handshake::<_, Bytes>(transport);
     let at = ctx.deadlines.after(listener.http.header_timeout);
     let mut h2 = match ctx.deadlines.within(at, handshake).await {
@@ -148,6 +152,7 @@ pub(super) async fn serve(
             h2.graceful_shutdown();
             shutting = Some(Instant::now());
         }
+        let stall_at = stalled.get().map(|t| t + send_timeout);
         let deadline = match shutting {
             Some(at) if shared.active.get() == 0 => at + GOAWAY_GRACE.min(idle),
             Some(at) => at + idle,
@@ -161,6 +166,7 @@ pub(super) async fn serve(
                 }
             }
         };
+        let deadline = stall_at.map_or(deadline, |s| s.min(deadline));
         let mut stopped = std::pin::pin!(handle.stopped());
         let mut expiry = ctx.deadlines.arm(deadline);
         let watching_stop = shutting.is_none();
@@ -173,6 +179,11 @@ pub(super) async fn serve(
             }
             if expiry.poll_expired(cx).is_ready() {
                 return Poll::Ready(Wake::Timer);
+            }
+            // Writes started to wait while this deadline was armed: arm
+            // the earlier one (the stall's `send_timeout`).
+            if stalled.get().is_some_and(|t| t + send_timeout < deadline) {
+                return Poll::Ready(Wake::Rearm);
             }
             Poll::Pending
         })
@@ -205,7 +216,11 @@ pub(super) async fn serve(
                 break;
             }
             Wake::Accepted(None) => break,
-            Wake::Stopped => {}
+            Wake::Stopped | Wake::Rearm => {}
+            Wake::Timer if stalled.get().is_some_and(|t| t.elapsed() >= send_timeout) => {
+                tracing::debug!(client = %peer, "HTTP/2 client stopped reading for send_timeout; closing");
+                return;
+            }
             Wake::Timer => match shutting {
                 Some(at) if shared.active.get() == 0 => {
                     if Instant::now() >= at + GOAWAY_GRACE.min(idle) {
@@ -275,6 +290,8 @@ enum Wake {
     Accepted(Option<Result<Box<Incoming>, h2::Error>>),
     Stopped,
     Timer,
+    /// The deadline must be computed again (a write stall began).
+    Rearm,
 }
 
 /// The `h2` server with the listener's limits. Rapid Reset
