@@ -356,6 +356,19 @@ fn limits_431_408_413(driver: Driver) {
     )
     .unwrap();
     assert_eq!(r.status, 413);
+    // A declared length over the limit is refused from the head: the
+    // upstream sees nothing at all.
+    let seen = |up: &Backend| {
+        (
+            up.stats
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            up.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    assert_eq!(seen(&up), (0, 0), "the upstream saw the refused request");
+    // A chunked body is streamed: its head may reach the upstream before
+    // the body grows past the limit; no byte of the body does.
     let chunk = format!(
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n80\r\n{}\r\n0\r\n\r\n",
         "z".repeat(128)
@@ -364,8 +377,9 @@ fn limits_431_408_413(driver: Driver) {
     assert_eq!(
         up.bytes_read_total(),
         0,
-        "no oversized body reached the upstream"
+        "a byte of an oversized body reached the upstream"
     );
+    assert!(seen(&up).1 <= 1, "{:?}", seen(&up));
 }
 
 trait BackendExt {
