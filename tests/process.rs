@@ -342,12 +342,13 @@ fn admin_drain_finishes_in_flight(driver: Driver) {
     assert_eq!(wait_exit(&mut p, Duration::from_secs(5)), Some(0));
 }
 
+both_drivers!(sigkill_under_load_leaves_only_resets);
+
 /// SIGKILL with requests in flight: every client sees its connection end
 /// (EOF or reset) and never a response the upstream did not give.
-#[test]
-fn sigkill_under_load_leaves_only_resets() {
-    let up = http_upstream(Driver::Epoll, Duration::from_millis(500));
-    let p = spawn(&http_config(Driver::Epoll, up.addr, "k"), None);
+fn sigkill_under_load_leaves_only_resets(driver: Driver) {
+    let up = http_upstream(driver, Duration::from_millis(500));
+    let p = spawn(&http_config(driver, up.addr, "k"), None);
     let addr = p.addr;
     let clients: Vec<_> = (0..8)
         .map(|_| {

@@ -871,10 +871,11 @@ direct_response = {{ status = 200, body = "ok" }}
     assert_eq!(served(), second.der);
 }
 
+both_drivers!(expired_client_certificate_is_refused);
+
 /// A client certificate that has expired is refused, though its CA is
 /// the right one.
-#[test]
-fn expired_client_certificate_is_refused() {
+fn expired_client_certificate_is_refused(driver: Driver) {
     let dir = TempDir::new("tls-expired");
     let ca = Ca::new("server CA");
     let clients = Ca::new("client CA");
@@ -894,7 +895,7 @@ fn expired_client_certificate_is_refused() {
         }
     };
     let tls = r#"{ cert = "server.pem", key = "server.key", client_ca = "clients.pem" }"#;
-    let (p, addr) = proxy(Driver::Epoll, &dir, "http", tls, upstream());
+    let (p, addr) = proxy(driver, &dir, "http", tls, upstream());
     let opts = ClientOpts {
         svid_server: false,
         roots: ca.roots(),
