@@ -31,6 +31,14 @@ both_drivers!(
 );
 
 const TD: &str = "example.org";
+
+/// The `[runtime]` and `[admin]` tables every config here starts with.
+fn base(driver: Driver) -> String {
+    format!(
+        "[runtime]\nworkers = 1\nio = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"",
+        io_name(driver)
+    )
+}
 const SERVER_ID: &str = "spiffe://example.org/ns/shop/sa/orders";
 const CLIENT_ID: &str = "spiffe://example.org/ns/shop/sa/frontend";
 const ADMIN_ID: &str = "spiffe://example.org/ns/ops/sa/admin";
@@ -83,11 +91,7 @@ cert = "svid.pem"
 key = "svid.key"
 trust_bundle = "bundle.pem"
 trust_domain = "{TD}"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.mesh]
 address = "127.0.0.1:0"
 protocol = "auto"
@@ -114,7 +118,7 @@ cluster = "app"
 [clusters.app]
 endpoints = ["{app}"]
 "#,
-        io = io_name(driver)
+        base = base(driver)
     )
 }
 
@@ -408,11 +412,7 @@ fn refused_streamed_body_is_never_replayed(driver: Driver) {
     let (up, log) = refusing_h2_upstream();
     let config = format!(
         r#"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.web]
 address = "127.0.0.1:0"
 protocol = "http"
@@ -424,7 +424,7 @@ cluster = "h2up"
 endpoints = ["{up}"]
 protocol = "http2"
 "#,
-        io = io_name(driver)
+        base = base(driver)
     );
     let dir = TempDir::new("sec-replay");
     let p = launch(&dir, &config);
@@ -481,11 +481,7 @@ cert = "svid.pem"
 key = "svid.key"
 trust_bundle = "bundle.pem"
 trust_domain = "{TD}"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.inbound]
 address = "127.0.0.1:0"
 protocol = "auto"
@@ -499,7 +495,7 @@ direct_response = {{ status = 200, body = "mtls" }}
 match.path_prefix = "/"
 direct_response = {{ status = 200, body = "plain" }}
 "#,
-        io = io_name(driver)
+        base = base(driver)
     );
     let p = launch(dir, &config);
     let addr = p.local_addr("inbound").unwrap();
@@ -526,11 +522,7 @@ cert = "svid.pem"
 key = "svid.key"
 trust_bundle = "bundle.pem"
 trust_domain = "{TD}"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.out]
 address = "127.0.0.1:0"
 protocol = "http"
@@ -556,7 +548,7 @@ endpoints = ["{to}"]
 protocol = "{protocol}"
 tls = {{ mode = "mesh", identities = ["{ADMIN_ID}"] }}
 "#,
-        io = io_name(driver)
+        base = base(driver)
     )
 }
 
@@ -670,11 +662,7 @@ fn reset_streams_cancel_their_work(driver: Driver) {
         format!(
             r#"
 # generation {marker}
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.web]
 address = "127.0.0.1:0"
 protocol = "http"
@@ -686,7 +674,7 @@ cluster = "slow"
 [clusters.slow]
 endpoints = ["{up}"]
 "#,
-            io = io_name(driver)
+            base = base(driver)
         )
     };
     let dir = TempDir::new("sec-rapid-reset");
@@ -818,11 +806,7 @@ fn host_must_match_sni(driver: Driver) {
     ca.leaf(&["localhost", "a.example"]).write(&dir.0, "server");
     let config = format!(
         r#"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.web]
 address = "127.0.0.1:0"
 protocol = "http"
@@ -833,7 +817,7 @@ tls = {{ cert = "server.pem", key = "server.key" }}
 match.path_prefix = "/"
 direct_response = {{ status = 200, body = "ok" }}
 "#,
-        io = io_name(driver)
+        base = base(driver)
     );
     let p = launch(&dir, &config);
     let addr = p.local_addr("web").unwrap();
@@ -956,11 +940,7 @@ fn san_matchers_are_enforced(driver: Driver) {
     let (up, _) = common::tls::https_backend("up", &ca.leaf(&["api.internal"]), None);
     let config = format!(
         r#"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
+{base}
 [listeners.web]
 address = "127.0.0.1:0"
 protocol = "http"
@@ -986,7 +966,7 @@ tls = {{ ca = "ca.pem", server_name = "api.internal", match_sans = [{{ type = "d
 endpoints = ["{up}"]
 tls = {{ ca = "ca.pem", server_name = "api.internal", match_sans = [{{ type = "dns", exact = "payments.internal" }}] }}
 "#,
-        io = io_name(driver)
+        base = base(driver)
     );
     let p = launch(&dir, &config);
     let web = p.local_addr("web").unwrap();
