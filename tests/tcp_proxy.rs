@@ -310,15 +310,42 @@ fn bulk_64_mib_by_hash(driver: Driver) {
     assert_eq!(t.bytes_out, 64 * 1024 * 1024);
 }
 
+/// Every mode relays byte-exact, and the splice counters show which ran:
+/// `always` moves every byte by splice, `never` none, `auto` none for
+/// small exchanges and the bulk of a large one after its threshold.
 fn splice_modes_are_byte_exact(driver: Driver) {
+    let spliced = |server: &outrigger::Server| {
+        let text = server.shared().export(outrigger::metrics::prometheus);
+        let m = common::admin::parse_prometheus(&text);
+        let v = |n: &str| m.value(n, &[("listener", "l")]).unwrap_or(-1.0) as i64;
+        (
+            v("outrigger_listener_spliced_directions_total"),
+            v("outrigger_listener_spliced_bytes_total"),
+        )
+    };
     for mode in ["always", "never", "auto"] {
         let up = echo(driver);
         let extra = format!("splice = \"{mode}\"");
         let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], &extra, ""));
         let addr = server.local_addr("l").unwrap();
+        let mut moved = 0i64;
         for len in [1, 4096, 3 * 1024 * 1024 + 17] {
             let (sent, got) = echo_hash(addr, len);
             assert_eq!(sent, got, "mode {mode}, {len} bytes");
+            moved += 2 * len as i64;
+            assert!(eventually(
+                || server.listener_totals("l").unwrap().active == 0
+            ));
+            let (dirs, bytes) = spliced(&server);
+            match (mode, len) {
+                ("always", _) => assert_eq!(bytes, moved, "always: {dirs} directions"),
+                ("never", _) => assert_eq!((dirs, bytes), (0, 0), "never"),
+                ("auto", 1 | 4096) => assert_eq!((dirs, bytes), (0, 0), "auto, {len} bytes"),
+                _ => assert!(
+                    dirs >= 1 && bytes > 0 && bytes < moved,
+                    "auto, bulk: {dirs} directions, {bytes} of {moved} bytes"
+                ),
+            }
         }
     }
 }

@@ -125,7 +125,7 @@ pub fn prometheus(src: &ExportSource<'_>) -> String {
 
 fn listener_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&super::ListenerCells) -> u64;
-    let simple: [(&str, &str, &str, Get); 16] = [
+    let simple: [(&str, &str, &str, Get); 18] = [
         (
             "outrigger_listener_connections_total",
             "counter",
@@ -221,6 +221,18 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
             "counter",
             "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for too many client resets.",
             |c| c.http2_reset_floods.get(),
+        ),
+        (
+            "outrigger_listener_spliced_directions_total",
+            "counter",
+            "tcp: relay directions that moved bytes by splice(2) (counted again after a park).",
+            |c| c.spliced_directions.get(),
+        ),
+        (
+            "outrigger_listener_spliced_bytes_total",
+            "counter",
+            "tcp: bytes relayed by splice(2).",
+            |c| c.spliced_bytes.get(),
         ),
     ];
     for (name, kind, help, get) in simple {

@@ -164,6 +164,10 @@ pub struct ListenerCells {
     /// connections closed for too many of them.
     pub http2_client_resets: Counter,
     pub http2_reset_floods: Counter,
+    /// tcp: relay directions that moved bytes by splice(2) (a relay parked
+    /// and resumed counts again), and those bytes.
+    pub spliced_directions: Counter,
+    pub spliced_bytes: Counter,
     /// TLS handshakes completed, and failed by `tls::HandshakeFailure`.
     pub tls_handshakes: Counter,
     pub tls_handshake_failures: [Counter; 9],

@@ -50,8 +50,9 @@ pub struct RelayOutcome {
     pub upstream_to_downstream: u64,
     /// Ended by `idle_timeout`.
     pub idle_timeout: bool,
-    /// Directions that switched to splice.
+    /// Directions that moved bytes by splice, and those bytes.
     pub spliced_directions: u8,
+    pub spliced_bytes: u64,
     /// Parked: the last byte moved at this time.
     pub quiet_since: Option<Instant>,
 }
@@ -166,7 +167,8 @@ pub async fn relay_parking(
     let mut quiet = false;
     monoio::select! {
         (sa, sb) = both => {
-            outcome.spliced_directions = u8::from(sa) + u8::from(sb);
+            outcome.spliced_directions = u8::from(sa.is_some()) + u8::from(sb.is_some());
+            outcome.spliced_bytes = sa.unwrap_or(0) + sb.unwrap_or(0);
         }
         _ = watchdog(&activity, idle_timeout, fds, &timed_out, deadlines) => {}
         () = parker(park_after, &activity, &cold, &timed_out, deadlines) => quiet = true,
@@ -215,6 +217,7 @@ pub async fn relay_parking(
                         + rest.upstream_to_downstream,
                     idle_timeout: rest.idle_timeout,
                     spliced_directions: rest.spliced_directions,
+                    spliced_bytes: rest.spliced_bytes,
                     quiet_since: None,
                 }),
             }
@@ -309,16 +312,17 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
-    /// Returns whether splice was used; `total` counts the bytes moved as
-    /// they go (read when the relay ends or parks). On error both sockets
-    /// are shut down so the other direction ends too.
+    /// Returns the bytes moved by splice when splice was used; `total`
+    /// counts the bytes moved as they go (read when the relay ends or
+    /// parks). On error both sockets are shut down so the other direction
+    /// ends too.
     async fn run(
         &self,
         r: &mut TcpOwnedReadHalf,
         w: &mut TcpOwnedWriteHalf,
         total: &Cell<u64>,
-    ) -> bool {
-        let mut spliced = false;
+    ) -> Option<u64> {
+        let mut spliced_from = None;
         let result = async {
             if self.shared.mode != SpliceMode::Always {
                 match self.buffered(r, w, total).await? {
@@ -326,7 +330,7 @@ impl Pump<'_> {
                     Step::SwitchToSplice => {}
                 }
             }
-            spliced = true;
+            spliced_from = Some(total.get());
             self.spliced(r, w, total).await
         }
         .await;
@@ -340,7 +344,7 @@ impl Pump<'_> {
                 shutdown_both(self.fds);
             }
         }
-        spliced
+        spliced_from.map(|from| total.get() - from)
     }
 
     async fn buffered(

@@ -92,6 +92,15 @@ impl Session {
         if outcome.idle_timeout {
             self.flag = Some("IT");
         }
+        if outcome.spliced_directions > 0 {
+            if let Some(listener) = self.origin.listener() {
+                let cells = listener.stats.worker(self.ctx.index);
+                cells
+                    .spliced_directions
+                    .add(u64::from(outcome.spliced_directions));
+                cells.spliced_bytes.add(outcome.spliced_bytes);
+            }
+        }
     }
 
     /// Relay plain sockets on both sides; `Some` when the connection went
