@@ -1,10 +1,13 @@
 //! Fuzzing on stable Rust, as ordinary tests: a small mutation engine
 //! (byte flips, inserts, deletes, truncations, splices between corpus
 //! entries, repeats of interesting tokens) drives every parser that takes
-//! bytes from a peer or a file. In CI each target runs a fixed number of
-//! iterations from its seed corpus with a fixed seed (deterministic); with
-//! `OUTRIGGER_FUZZ_SECONDS=N` each target runs N seconds from a random
-//! seed (printed), which is what `loadtest/bench/fuzz.sh` does.
+//! bytes from a peer or a file. Each target first replays every input that
+//! ever failed it (`tests/fuzz-corpus/TARGET/*.hex`) and its seed corpus,
+//! then mutated inputs from a seed that is fresh on every run (printed
+//! before the first iteration; `FUZZ_SEED=0x...` repeats a run): a fixed
+//! number of iterations in CI, or `FUZZ_SECONDS=N` seconds each, which is
+//! what `loadtest/bench/fuzz.sh` does. A failure prints the seed, the
+//! iteration and the input in hex.
 //!
 //! Why not cargo-fuzz: it needs nightly. Why not proptest or bolero: the
 //! targets are byte parsers where mutation of real inputs finds more than
@@ -105,37 +108,97 @@ fn mutate(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-/// Run `target` on mutated inputs: a fixed count with a fixed seed, or
-/// `OUTRIGGER_FUZZ_SECONDS` seconds from a random one.
+/// Run `target` on its regression corpus, its seed corpus, then mutated
+/// inputs: `ci_runs` of them by default, or for `FUZZ_SECONDS` seconds.
+/// The seed is `FUZZ_SEED` (hex, `0x` optional) or a fresh one, printed
+/// before the first iteration; a failure names the seed, the iteration and
+/// the input (hex), which then belongs in `tests/fuzz-corpus/TARGET/`.
 fn fuzz(name: &str, corpus: &[&[u8]], target: impl FnMut(&[u8])) {
     fuzz_n(name, corpus, 20_000, target)
 }
 
-/// `fuzz` with `runs` iterations in CI (for targets that cost a connection).
-fn fuzz_n(name: &str, corpus: &[&[u8]], ci_runs: u64, mut target: impl FnMut(&[u8])) {
-    let corpus: Vec<Vec<u8>> = corpus.iter().map(|c| c.to_vec()).collect();
-    for c in &corpus {
-        target(c);
+/// The seed from `FUZZ_SEED`, or a fresh one.
+fn seed() -> u64 {
+    if let Ok(s) = std::env::var("FUZZ_SEED") {
+        let hex = s.trim().trim_start_matches("0x");
+        return u64::from_str_radix(hex, 16)
+            .unwrap_or_else(|e| panic!("FUZZ_SEED={s:?} is not a hex number: {e}"))
+            | 1;
     }
-    let seconds: Option<u64> = std::env::var("OUTRIGGER_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let seed = match seconds {
-        Some(_) => {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        }
-        None => 0x5eed_0f0a_7f1c_e001,
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    // Distinct per target even when they start in the same nanosecond.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (t.as_nanos() as u64 ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1
+}
+
+fn hex(input: &[u8]) -> String {
+    input.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The inputs that once failed `name`, one hex line per file
+/// (`tests/fuzz-corpus/NAME/*.hex`); replayed before anything else.
+fn regressions(name: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-corpus")
+        .join(name);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
     };
+    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    files.sort();
+    files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "hex"))
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            let text: String = text.split_whitespace().collect();
+            (0..text.len() / 2)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// `fuzz` with `ci_runs` iterations by default (for targets that cost a
+/// connection).
+fn fuzz_n(name: &str, corpus: &[&[u8]], ci_runs: u64, mut target: impl FnMut(&[u8])) {
+    let seconds: Option<u64> = ["FUZZ_SECONDS", "OUTRIGGER_FUZZ_SECONDS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok())
+        .and_then(|s| s.parse().ok());
+    let seed = seed();
+    eprintln!("fuzz {name}: seed {seed:#x} (repeat with FUZZ_SEED={seed:#x})");
+    let mut run = |input: &[u8], what: &str| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(input)));
+        if let Err(e) = outcome {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!(
+                "fuzz {name}: {what} failed (seed {seed:#x}; FUZZ_SEED={seed:#x} repeats it): {msg}\ninput ({} bytes, hex; add it as tests/fuzz-corpus/{name}/NAME.hex): {}",
+                input.len(),
+                hex(input)
+            );
+        }
+    };
+    for (i, r) in regressions(name).iter().enumerate() {
+        run(r, &format!("regression input {i}"));
+    }
+    let corpus: Vec<Vec<u8>> = corpus.iter().map(|c| c.to_vec()).collect();
+    for (i, c) in corpus.iter().enumerate() {
+        run(c, &format!("seed corpus entry {i}"));
+    }
     let mut rng = Rng(seed);
     let started = Instant::now();
     let mut runs: u64 = 0;
     loop {
         let input = mutate(&mut rng, &corpus);
-        target(&input);
+        run(&input, &format!("iteration {runs}"));
         runs += 1;
         match seconds {
             Some(s) if started.elapsed() >= Duration::from_secs(s) => break,
@@ -143,12 +206,10 @@ fn fuzz_n(name: &str, corpus: &[&[u8]], ci_runs: u64, mut target: impl FnMut(&[u
             _ => {}
         }
     }
-    if seconds.is_some() {
-        eprintln!(
-            "fuzz {name}: {runs} executions in {:?}, seed {seed:#x}",
-            started.elapsed()
-        );
-    }
+    eprintln!(
+        "fuzz {name}: {runs} executions in {:?}, seed {seed:#x}",
+        started.elapsed()
+    );
 }
 
 fn limits() -> outrigger::http::codec::HeadLimits {
@@ -170,9 +231,17 @@ fn request_parser() {
     ];
     fuzz("request_parser", corpus, |input| {
         let mut buf = BytesMut::from(input);
-        let before = buf.len();
         if let Ok(Some(head)) = outrigger::http::codec::parse_request(&mut buf, limits()) {
-            assert!(buf.len() <= before);
+            // The head taken is the input up to and including its blank
+            // line (CRLF, or a bare LF as RFC 9112 §2.2 allows); the rest
+            // (a body, a pipelined request) stays.
+            let consumed = input.len() - buf.len();
+            let taken = &input[..consumed];
+            assert!(
+                taken.ends_with(b"\n\n") || taken.ends_with(b"\n\r\n"),
+                "took {consumed} bytes not ending at a blank line"
+            );
+            assert_eq!(&buf[..], &input[consumed..]);
             // Whatever is accepted has a method and a path.
             assert!(!head.method.is_empty());
             let _ = head.path();
@@ -307,22 +376,70 @@ fn config_compiler() {
         include_bytes!("../configs/tcp-proxy.toml"),
         include_bytes!("../configs/transparent.toml"),
     ];
-    let mut compiled = 0;
+    // The shipped configs themselves compile.
+    for c in corpus {
+        let text = std::str::from_utf8(c).unwrap();
+        outrigger::config::compile(std::path::Path::new("<shipped>"), text)
+            .unwrap_or_else(|e| panic!("a shipped config does not compile: {e}"));
+    }
     fuzz("config_compiler", corpus, |input| {
         let Ok(text) = std::str::from_utf8(input) else {
             return;
         };
         if let Ok(s) = outrigger::config::compile(std::path::Path::new("<fuzz>"), text) {
-            compiled += 1;
-            // A config that compiles survives a TOML round-trip.
+            // A config that compiles survives a TOML round-trip: the same
+            // listeners, clusters, endpoints and routes, setting for setting.
             let value: toml::Value = toml::from_str(text).unwrap();
             let again = toml::to_string(&value).unwrap();
             let s2 = outrigger::config::compile(std::path::Path::new("<fuzz>"), &again)
                 .unwrap_or_else(|e| panic!("round-trip broke a valid config:\n{e}\n{again}"));
-            assert_eq!(s.summary(), s2.summary());
+            assert_eq!(canonical(&s), canonical(&s2), "{text}\n---\n{again}");
         }
     });
-    assert!(compiled > 0);
+}
+
+/// What a compiled snapshot does, as text: every listener's address,
+/// protocol, limits and TLS presence; every cluster's endpoints, weights,
+/// balancer and timeouts; every route table's routes in order.
+fn canonical(s: &outrigger::config::Snapshot) -> String {
+    let mut out = format!("{:?}\n", s.runtime);
+    for l in &s.listeners {
+        out += &format!(
+            "listener {} {} {:?} {:?} {:?} {} {:?} tls={}\n",
+            l.name,
+            l.address,
+            l.protocol,
+            l.http,
+            l.idle_timeout,
+            l.max_connections,
+            l.splice,
+            l.tls.is_some()
+        );
+    }
+    let mut clusters: Vec<_> = s.clusters.iter().collect();
+    clusters.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, c) in clusters {
+        let eps: Vec<_> = c.endpoints.iter().map(|e| (e.address, e.weight)).collect();
+        out += &format!(
+            "cluster {name} {eps:?} {:?} {:?} {:?} {:?} tls={}\n",
+            c.balance,
+            c.hash_on,
+            c.connect_timeout,
+            c.protocol,
+            c.tls.is_some()
+        );
+    }
+    let mut tables: Vec<_> = s.route_tables.iter().collect();
+    tables.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, t) in tables {
+        for r in &t.routes {
+            out += &format!(
+                "route {name} {} {:?} {:?} {:?}\n",
+                r.name, r.host, r.path, r.methods
+            );
+        }
+    }
+    out
 }
 
 #[test]

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Run every fuzz target (tests/fuzz.rs) for SECONDS each, from a random
-# seed (printed with the executions), on a release build.
+# Run every fuzz target (tests/fuzz.rs) for SECONDS each, from a fresh seed
+# per target (printed before its first iteration), on a release build. A
+# failure prints the seed, the iteration and the failing input in hex; put
+# the input in tests/fuzz-corpus/TARGET/ and repeat with FUZZ_SEED.
 #   loadtest/bench/fuzz.sh 600      # ten minutes per target
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_TARGET=${1:-60}
-OUTRIGGER_FUZZ_SECONDS=$SECONDS_PER_TARGET \
-    cargo test --release --test fuzz -- --nocapture --test-threads=1 2>&1 | grep -oE "fuzz [a-z_]+: .*|test result.*|panicked.*"
+FUZZ_SECONDS=$SECONDS_PER_TARGET \
+    cargo test --release --test fuzz -- --nocapture --test-threads=1 2>&1 |
+    grep -E -A3 "^fuzz [a-z_0-9]+: |test result|panicked|fuzz [a-z_0-9]+: .* failed"
