@@ -95,6 +95,19 @@ fn invalid_fixtures_fail_with_their_errors() {
         for e in &errors {
             assert_eq!(e.file, path);
         }
+        // The same through the binary: exit 1, and each error on stderr
+        // as `error: FILE:LINE:COL: KEY: MESSAGE`.
+        let out = outrigger().arg("check").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", path.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for e in &expected {
+            let line = format!("error: {}:{e}", path.display());
+            assert!(
+                stderr.lines().any(|l| l.starts_with(&line)),
+                "{}: `outrigger check` did not print {line:?}:\n{stderr}",
+                path.display()
+            );
+        }
     }
 }
 

@@ -135,6 +135,8 @@ pub struct Percentiles {
     pub p99_99: u64,
     pub max: u64,
     pub mean: f64,
+    /// Values recorded.
+    pub count: u64,
 }
 
 /// The whole report, as printed and as written by `--json`.
@@ -198,6 +200,7 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
         p99_99: q(0.9999),
         max: h.max(),
         mean: h.mean(),
+        count: h.len(),
     }
 }
 
