@@ -149,6 +149,13 @@ fn curl_through_outrigger_to_nginx(driver: Driver) {
     args.extend(urls.iter().map(String::as_str));
     let out = curl(&args);
     assert_eq!(out.matches("HTTP/1.1 200").count(), 5, "{out}");
+    // ...and they were one connection: curl connected once, then reused it.
+    let mut args: Vec<&str> = vec!["-w", "%{num_connects}:%{http_code} "];
+    for u in &urls {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    let out = curl(&args);
+    assert_eq!(out, "1:200 0:200 0:200 0:200 0:200 ", "{out}");
     // No route → 404 from the proxy, seen by curl.
     let out = curl(&["-i", &format!("{base}/other")]);
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");

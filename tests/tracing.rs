@@ -408,8 +408,17 @@ fn collector_answering_503_is_retried_then_dropped(driver: Driver) {
             .unwrap_or(0.0)
     };
     assert!(eventually(|| failed() >= 1.0));
-    // batch_size 1: each span's batch was tried 3 times.
-    assert!(posts.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    // batch_size 1: each span's batch was tried 3 times, no more: three
+    // posts per failed span once the exporter has settled.
+    let tried = || posts.load(std::sync::atomic::Ordering::SeqCst) as f64;
+    assert!(
+        eventually(|| tried() == 3.0 * failed()),
+        "{} posts for {} failed spans",
+        tried(),
+        failed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tried(), 3.0 * failed(), "retried again after giving up");
 }
 
 /// Over 2,000 requests at sampling 0.1, the exported server spans are
