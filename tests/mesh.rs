@@ -272,10 +272,12 @@ fn svid_rules_are_enforced(driver: Driver) {
     assert!(try_with(&ca.svid(CLIENT_ID)).is_ok());
 }
 
+both_drivers!(demo_certs_and_configs_work);
+
 /// `outrigger certs demo` and the two mesh configs, as the docs say to run
-/// them (ports moved to free ones): the app sees the frontend's identity.
-#[test]
-fn demo_certs_and_configs_work() {
+/// them (ports moved to free ones, the driver set): the app sees the
+/// frontend's identity.
+fn demo_certs_and_configs_work(driver: Driver) {
     let dir = TempDir::new("mesh-demo");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
         .args(["certs", "demo"])
@@ -291,8 +293,9 @@ fn demo_certs_and_configs_work() {
     let inbound_port = closed_port().port();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let edit = |name: &str| {
-        std::fs::read_to_string(root.join(name))
-            .unwrap()
+        // The shipped configs have no [runtime] table: the driver is added.
+        let text = std::fs::read_to_string(root.join(name)).unwrap();
+        format!("[runtime]\nio = \"{}\"\n{text}", io_name(driver))
             .replace("127.0.0.1:15006", &format!("127.0.0.1:{inbound_port}"))
             .replace("127.0.0.1:15001", "127.0.0.1:0")
             .replace("127.0.0.1:18300", &app.to_string())
