@@ -454,9 +454,35 @@ fn small_parsers() {
     ];
     fuzz("small_parsers", corpus, |input| {
         let s = String::from_utf8_lossy(input);
-        let _ = outrigger::trace::context::parse_traceparent(&s, Some(&s));
-        let _ = outrigger::trace::context::parse_b3_single(&s);
-        let _ = outrigger::tls::spiffe::IdPattern::parse(&s);
+        use outrigger::trace::context::{inject, parse_b3_single, parse_traceparent};
+        // An accepted context, written out as the proxy sends it upstream,
+        // reads back as the same trace, span and decision (both formats).
+        let contexts = [parse_traceparent(&s, None), parse_b3_single(&s)];
+        for ctx in contexts.into_iter().flatten() {
+            let mut out = Vec::new();
+            inject(&ctx, true, true, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("{name} missing in {text:?}"))
+            };
+            for back in [
+                parse_traceparent(value("traceparent: "), None),
+                parse_b3_single(value("b3: ")),
+            ] {
+                let back = back.unwrap_or_else(|| panic!("{text:?} does not parse back"));
+                assert_eq!((back.trace_id, back.span_id), (ctx.trace_id, ctx.span_id));
+                assert_eq!(back.sampled.unwrap_or(false), ctx.sampled.unwrap_or(false));
+            }
+        }
+        // An accepted identity pattern prints as text that parses to it.
+        if let Ok(p) = outrigger::tls::spiffe::IdPattern::parse(&s) {
+            assert_eq!(
+                outrigger::tls::spiffe::IdPattern::parse(&p.to_string()),
+                Ok(p)
+            );
+        }
         let _ = outrigger::tls::sni::parse_hello(input);
         let _ = outrigger::sidecar::detect::classify(input);
         let _ = outrigger::discovery::dns::parse(
@@ -509,8 +535,13 @@ fn small_parsers() {
 /// answer a normal request afterwards.
 #[test]
 fn http2_frames() {
+    http2_frames_on("io_uring");
+    http2_frames_on("epoll");
+}
+
+fn http2_frames_on(io: &str) {
     use std::io::{Read, Write};
-    let cfg = "[runtime]\nworkers = 1\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ndirect_response = { status = 200, body = \"ok\" }\n";
+    let cfg = &format!("[runtime]\nworkers = 1\nio = \"{io}\"\n[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ndirect_response = {{ status = 200, body = \"ok\" }}\n");
     let snapshot = outrigger::config::compile(std::path::Path::new("<fuzz>"), cfg).unwrap();
     let server = outrigger::start(snapshot).unwrap();
     let addr = server.local_addr("web").unwrap();
@@ -563,9 +594,42 @@ fn http2_frames() {
         let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         let _ = s.write_all(input);
         let _ = s.shutdown(std::net::Shutdown::Write);
-        // The proxy ends the connection once the client's side is closed.
+        // The proxy ends the connection once the client's side is closed
+        // (EOF or a reset, never the 5 s read timeout)...
         let mut sink = Vec::new();
-        let _ = s.read_to_end(&mut sink);
+        let ended = s.read_to_end(&mut sink);
+        if let Err(e) = &ended {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ),
+                "the proxy left the connection open: {e}"
+            );
+            return;
+        }
+        // ...and what it sent before a clean close is whole frames,
+        // starting with its SETTINGS on stream 0.
+        let mut at = 0;
+        while sink.len() - at >= 9 {
+            let len = (usize::from(sink[at]) << 16)
+                | (usize::from(sink[at + 1]) << 8)
+                | usize::from(sink[at + 2]);
+            if at == 0 {
+                assert_eq!(
+                    (sink[3], &sink[5..9]),
+                    (4, &[0u8, 0, 0, 0][..]),
+                    "first frame is not SETTINGS"
+                );
+            }
+            at += 9 + len;
+        }
+        assert_eq!(
+            at,
+            sink.len(),
+            "a truncated frame before a clean close ({} bytes)",
+            sink.len()
+        );
     });
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -811,7 +875,7 @@ fn xds_resources() {
                 &file,
             );
         }
-        let _ = state.take(
+        let refused = state.take(
             kind,
             &[Any {
                 type_url: kind.type_url().into(),
@@ -820,6 +884,49 @@ fn xds_resources() {
             &file,
         );
         let overlay = state.overlay(&file);
+        // An accepted resource, re-encoded canonically, translates to the
+        // same config (unknown fields and encoding quirks change nothing).
+        if refused.is_empty() {
+            let canonical = match kind {
+                Kind::Cluster => Cluster::decode(rest).map(|m| m.encode_to_vec()),
+                Kind::Endpoint => ClusterLoadAssignment::decode(rest).map(|m| m.encode_to_vec()),
+                Kind::Listener => {
+                    envoy_types::pb::envoy::config::listener::v3::Listener::decode(rest)
+                        .map(|m| m.encode_to_vec())
+                }
+                Kind::Route => RouteConfiguration::decode(rest).map(|m| m.encode_to_vec()),
+            };
+            if let Ok(bytes) = canonical {
+                let mut again = State::default();
+                if kind == Kind::Route || kind == Kind::Endpoint {
+                    let _ = again.take(
+                        Kind::Cluster,
+                        &[Any {
+                            type_url: Kind::Cluster.type_url().into(),
+                            value: c.encode_to_vec(),
+                        }],
+                        &file,
+                    );
+                }
+                let refused = again.take(
+                    kind,
+                    &[Any {
+                        type_url: kind.type_url().into(),
+                        value: bytes,
+                    }],
+                    &file,
+                );
+                assert!(
+                    refused.is_empty(),
+                    "re-encoded resource refused: {refused:?}"
+                );
+                assert_eq!(
+                    again.overlay(&file),
+                    overlay,
+                    "re-encoding changed the translation"
+                );
+            }
+        }
         let _ = outrigger::config::compile_with(std::path::Path::new("<fuzz>"), "", &overlay);
         // Route tables only enter the overlay with a listener: compile a
         // translated one directly, with every cluster it names.
