@@ -28,6 +28,7 @@ both_drivers!(
     spans_link_across_two_proxies,
     b3_in_w3c_out_and_malformed_headers,
     collector_down_never_hurts_requests,
+    export_queue_is_bounded,
 );
 
 // The OTLP trace messages used (opentelemetry-proto, trace/v1 and
@@ -469,4 +470,59 @@ fn slow_collector_never_slows_requests(driver: Driver) {
         assert_eq!(c.get("/", "svc", "").status, 200);
     }
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+/// A collector that accepts and never answers: the export queue stays at
+/// `max_queue_spans` and the spans beyond it are dropped and counted (the
+/// proxy's memory does not grow with the spans it cannot send); requests
+/// are served as usual.
+fn export_queue_is_bounded(driver: Driver) {
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let collector = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hole.incoming() {
+            held.push(s);
+        }
+    });
+    let up = upstream();
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[tracing]
+sampling = 1.0
+otlp_endpoint = "http://{collector}/v1/traces"
+batch_size = 1
+max_queue_spans = 4
+flush_interval = "50ms"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "next"
+[clusters.next]
+endpoints = ["{up}"]
+"#,
+        io = io_name(driver)
+    );
+    let p = start(&config);
+    let addr = p.local_addr("web").unwrap();
+    let mut c = Client::connect(addr);
+    for _ in 0..200 {
+        assert_eq!(c.get("/", "svc", "").status, 200);
+    }
+    let dropped = || {
+        let text = p.shared().export(outrigger::metrics::prometheus);
+        text.lines()
+            .filter(|l| l.starts_with("outrigger_trace_spans_dropped_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // 400 sampled spans (server and client span per request), at most the
+    // queue plus the batches in flight kept: the rest dropped.
+    assert!(eventually(|| dropped() >= 300.0), "{} dropped", dropped());
 }
