@@ -185,18 +185,24 @@ fn iptables_prints_rules() {
     assert!(!bad.status.success());
 }
 
+both_drivers!(
+    run_app_under_the_proxy,
+    drain_keeps_inbound_open_then_exits_when_idle
+);
+
 /// `run -c FILE -- APP`: the app starts once the proxy serves (it can
 /// reach the listener at once), SIGTERM reaches the app, and the process
 /// exits with the app's status after draining.
-#[test]
-fn run_app_under_the_proxy() {
+
+fn run_app_under_the_proxy(driver: Driver) {
     let dir = TempDir::new("run-app");
     let port = closed_port().port();
     let admin_port = closed_port().port();
     std::fs::write(
         dir.path("config.toml"),
         format!(
-            "[admin]\naddress = \"127.0.0.1:{admin_port}\"\n[runtime]\nworkers = 1\n[listeners.l]\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ndirect_response = {{ status = 200, body = \"ok\" }}\n"
+            "[admin]\naddress = \"127.0.0.1:{admin_port}\"\n[runtime]\nworkers = 1\nio = \"{io}\"\n[listeners.l]\naddress = \"127.0.0.1:{port}\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\ndirect_response = {{ status = 200, body = \"ok\" }}\n",
+            io = io_name(driver)
         ),
     )
     .unwrap();
@@ -266,12 +272,13 @@ fn run_app_under_the_proxy() {
 /// inbound one keeps accepting for the delay; the proxy exits as soon as
 /// it is idle after that. With `exit_when_idle = false` it waits out
 /// `drain_timeout`.
-#[test]
-fn drain_keeps_inbound_open_then_exits_when_idle() {
+fn drain_keeps_inbound_open_then_exits_when_idle(driver: Driver) {
     let dir = TempDir::new("drain-inbound");
-    let text = r#"
+    let text = &format!(
+        r#"
 [runtime]
 workers = 1
+io = "{io}"
 drain_timeout = "5s"
 drain_inbound_delay = "600ms"
 [admin]
@@ -287,8 +294,10 @@ protocol = "http"
 routes = "r"
 [[routes.r]]
 match.path_prefix = "/"
-direct_response = { status = 200, body = "ok" }
-"#;
+direct_response = {{ status = 200, body = "ok" }}
+"#,
+        io = io_name(driver)
+    );
     let p = common::admin::launch(&dir, text);
     let (inb, out, adm) = (
         p.local_addr("in").unwrap(),
