@@ -193,7 +193,6 @@ both_drivers!(
 /// `run -c FILE -- APP`: the app starts once the proxy serves (it can
 /// reach the listener at once), SIGTERM reaches the app, and the process
 /// exits with the app's status after draining.
-
 fn run_app_under_the_proxy(driver: Driver) {
     let dir = TempDir::new("run-app");
     let port = closed_port().port();
