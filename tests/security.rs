@@ -658,11 +658,15 @@ fn reset_streams_cancel_their_work(driver: Driver) {
     use common::h2raw::*;
     use std::sync::atomic::Ordering::SeqCst;
     let (up, counts) = slow_upstream();
+    let dir = TempDir::new("sec-rapid-reset");
     let config = |marker: u32| {
         format!(
             r#"
 # generation {marker}
 {base}
+[access_log]
+path = "{log}"
+flush_interval = "100ms"
 [listeners.web]
 address = "127.0.0.1:0"
 protocol = "http"
@@ -674,10 +678,10 @@ cluster = "slow"
 [clusters.slow]
 endpoints = ["{up}"]
 "#,
-            base = base(driver)
+            base = base(driver),
+            log = dir.path("access.log").display()
         )
     };
-    let dir = TempDir::new("sec-rapid-reset");
     let p = launch(&dir, &config(0));
     let addr = p.local_addr("web").unwrap();
     let flood = |round: &str| {
@@ -743,6 +747,13 @@ endpoints = ["{up}"]
     let v = |n: &str| m.value(n, &[("listener", "web")]).unwrap_or(0.0);
     assert!(v("outrigger_listener_http2_client_resets_total") > 40.0);
     assert_eq!(v("outrigger_listener_http2_reset_floods_total"), 1.0);
+    // Each cancelled request has its access-log line, flagged DR.
+    let lines = admin::read_log(&dir, 40);
+    let cancelled = lines
+        .iter()
+        .filter(|l| l.contains("\"flags\":\"DR\"") && l.contains("\"path\":\"/slow\""))
+        .count();
+    assert!(cancelled >= 40, "{cancelled} cancelled requests logged");
     reload(&p, &dir, &config(1));
     flood("after a reload");
 }

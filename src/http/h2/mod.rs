@@ -380,6 +380,9 @@ async fn serve_stream(
                 snapshot: &shared.snapshot,
                 listener,
             };
+            // For the log line of a cancelled request (reference counts,
+            // no copy).
+            let (method, target) = (head.method.clone(), head.target.clone());
             let work = handle_request(ctx, &shared.handle, accepted, &mut conn, head, mark);
             if let Some(reason) = unless_reset(&respond, work).await {
                 // The request's work (routing, connect, the upstream
@@ -388,6 +391,20 @@ async fn serve_stream(
                 listener.stats.worker(ctx.index).http2_client_resets.inc();
                 shared.resets.set(shared.resets.get() + 1);
                 tracing::debug!(client = %shared.peer, listener = %listener.name, ?reason, "HTTP/2 stream reset by the client; its work is cancelled");
+                let mut rec = RequestRecord::new(listener, mark);
+                rec.flags = "DR";
+                let head = super::codec::RequestHead {
+                    method,
+                    target,
+                    version: super::codec::Version::Http2,
+                    headers: Vec::new(),
+                    framing: super::codec::Framing::None,
+                    keep_alive: false,
+                    expect_continue: false,
+                    upgrade_websocket: false,
+                };
+                let up = super::proxy::Upstream::default();
+                rec.finish(ctx, &ctx.current(), &conn, Some((&head, &up)));
                 return;
             }
         }
