@@ -47,6 +47,15 @@
 //! - [`metrics`]: per-worker single-writer counters and histograms, exported
 //!   as Prometheus text and JSON.
 //! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
+//! - [`tls`]: rustls on monoio, certificate selection by SNI, SPIFFE
+//!   identities and authorization, SAN matchers, the pool transport digest.
+//! - [`resilience`]: retries and budgets, circuit breakers, rate limiters,
+//!   outlier and health state.
+//! - [`discovery`]: DNS and endpoint-file discovery on their own thread.
+//! - [`xds`]: the xDS (ADS) client: CDS, EDS, LDS, RDS translated into config.
+//! - [`trace`]: trace context propagation (W3C, B3), spans, the OTLP exporter.
+//! - [`grpc`]: gRPC status, timeout and service/method names.
+//! - [`fxhash`]: the small fast hasher of per-worker maps.
 
 pub mod access_log;
 pub mod admin;

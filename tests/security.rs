@@ -871,14 +871,9 @@ direct_response = {{ status = 200, body = "ok" }}
     assert_eq!(h2("a.example").as_deref(), Some("421 2"));
 }
 
-/// One raw admin request: its status line's code and the whole response.
-fn admin_raw(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut s = common::connect(addr);
-    s.write_all(request.as_bytes()).unwrap();
-    let raw = read_to_eof(&mut s).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text)
+/// One raw request to the admin API (which closes after each): its status.
+fn admin_status(addr: SocketAddr, request: &str) -> u16 {
+    common::http::one_shot(addr, request.as_bytes()).map_or(0, |r| r.status)
 }
 
 /// The admin API: `/config` hides secrets (built-in names and
@@ -914,21 +909,21 @@ direct_response = { status = 200 }
         body.contains("[redacted]") && body.contains("prod"),
         "{body}"
     );
-    let (status, _) = admin_raw(
+    let status = admin_status(
         adm,
         "GET /config HTTP/1.1\r\nHost: evil.example:9901\r\n\r\n",
     );
     assert_eq!(status, 403);
     for host in ["localhost:9901", "127.0.0.1", "[::1]:9901", "LOCALHOST"] {
-        let (status, _) = admin_raw(adm, &format!("GET /ready HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        let status = admin_status(adm, &format!("GET /ready HTTP/1.1\r\nHost: {host}\r\n\r\n"));
         assert_eq!(status, 200, "{host}");
     }
-    let (status, _) = admin_raw(
+    let status = admin_status(
         adm,
         "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx",
     );
     assert_eq!(status, 415);
-    let (status, _) = admin_raw(
+    let status = admin_status(
         adm,
         "POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\n\r\n",
     );

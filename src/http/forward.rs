@@ -316,7 +316,7 @@ impl Try<'_> {
                     Err(Checkout::Failed(e)) => {
                         if let Some(id) = crate::tls::spiffe::refused_identity(&e) {
                             identity_refused = true;
-                            warn_refused_identity(&cluster.name, addr, id);
+                            crate::tls::spiffe::warn_refused_identity(&cluster.name, addr, id);
                         }
                         let error = format!("{addr}: {e}");
                         cells.connect_failures.inc();
@@ -582,28 +582,6 @@ enum Checked {
 enum Checkout {
     Overflow(Overflow),
     Failed(std::io::Error),
-}
-
-/// A warn line when an upstream's identity is refused, at most one a
-/// second per worker (a misconfigured cluster would otherwise log every
-/// request); the rest are counted in the endpoint's last error.
-fn warn_refused_identity(cluster: &str, endpoint: SocketAddr, identity: &str) {
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-    let now = Instant::now();
-    let due = LAST.with(|l| {
-        let due = l.get().map_or(true, |t| {
-            now.duration_since(t) >= std::time::Duration::from_secs(1)
-        });
-        if due {
-            l.set(Some(now));
-        }
-        due
-    });
-    if due {
-        tracing::warn!(%cluster, %endpoint, %identity, "upstream identity not in the cluster's tls.identities; connection refused");
-    }
 }
 
 /// For the log line of a dropped retriable response.

@@ -197,6 +197,28 @@ pub fn refused_identity(e: &std::io::Error) -> Option<&str> {
         .map(|r| r.0.as_str())
 }
 
+/// A warn line when an upstream's identity is refused, at most one a
+/// second per worker (a misconfigured cluster would otherwise log every
+/// request); the rest are counted in the endpoint's last error.
+pub fn warn_refused_identity(cluster: &str, endpoint: std::net::SocketAddr, identity: &str) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    let due = LAST.with(|l| {
+        let due = l.get().map_or(true, |t| {
+            now.duration_since(t) >= std::time::Duration::from_secs(1)
+        });
+        if due {
+            l.set(Some(now));
+        }
+        due
+    });
+    if due {
+        tracing::warn!(%cluster, %endpoint, %identity, "upstream identity not in the cluster's tls.identities; connection refused");
+    }
+}
+
 /// Listeners in mesh mode: require the client's SVID.
 #[derive(Debug)]
 pub struct SvidClientVerifier {
@@ -237,27 +259,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         Ok(ok)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signatures!();
 }
 
 /// Clusters in mesh mode: the server's SVID must verify to the bundle and

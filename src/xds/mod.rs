@@ -152,3 +152,5 @@ fn settings(snapshot: &Weak<ArcSwap<Snapshot>>) -> Option<Option<Arc<XdsSettings
 }
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
