@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outrigger::backends::{self, BackendKind};
-use outrigger::config::{self, ConfigErrors, Snapshot};
+use outrigger::config::{self, ConfigErrors, IoMode, Snapshot};
 use outrigger::control::{Options, Proxy};
 
 #[derive(Parser, Debug)]
@@ -88,7 +88,12 @@ enum Command {
         file: PathBuf,
     },
     /// Run the proxy on the embedded demo config with its own demo upstreams.
-    Demo,
+    Demo {
+        /// The I/O driver: auto (the demo config's own setting), io_uring
+        /// or epoll.
+        #[arg(long, default_value = "auto", value_parser = parse_io)]
+        io: IoMode,
+    },
     /// Certificates for trying things out.
     Certs {
         #[command(subcommand)]
@@ -150,7 +155,7 @@ fn main() -> ExitCode {
             iptables(&rules, apply, cleanup, nft)
         }
         Command::Check { file } => Ok(check(&file)),
-        Command::Demo => demo(),
+        Command::Demo { io } => demo(io),
         Command::Certs {
             command: CertsCommand::Demo { dir, trust_domain },
         } => outrigger::tls::demo::write(&dir, &trust_domain).map(|written| {
@@ -207,6 +212,17 @@ fn check(file: &Path) -> ExitCode {
             eprintln!("{}: {} error(s)", file.display(), errors.0.len());
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_io(s: &str) -> Result<IoMode, String> {
+    match s {
+        "auto" => Ok(IoMode::Auto),
+        "io_uring" => Ok(IoMode::IoUring),
+        "epoll" => Ok(IoMode::Epoll),
+        other => Err(format!(
+            "unknown I/O driver {other:?}: one of auto, io_uring, epoll"
+        )),
     }
 }
 
@@ -303,12 +319,15 @@ fn serve(snapshot: Snapshot, options: Options) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-fn demo() -> anyhow::Result<ExitCode> {
-    let snapshot = config::compile(
+fn demo(io: IoMode) -> anyhow::Result<ExitCode> {
+    let mut snapshot = config::compile(
         Path::new("<embedded configs/demo.toml>"),
         config::DEMO_CONFIG,
     )
     .map_err(|e| anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))?;
+    if io != IoMode::Auto {
+        snapshot.runtime.io = io;
+    }
     let driver = outrigger::worker::driver::choose(snapshot.runtime.io)?;
     // Each cluster's endpoints get a demo upstream: "echo" a TCP echo, the
     // others an HTTP server answering its cluster's name.

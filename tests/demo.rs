@@ -1,4 +1,6 @@
-//! `outrigger demo` starts, serves what it prints, and stops on SIGTERM.
+//! `outrigger demo` starts, serves what it prints, and stops on SIGTERM,
+//! on each I/O driver. The demo's ports are fixed, so the two drivers run
+//! one after the other in one test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +14,14 @@ use common::http::Client;
 
 #[test]
 fn demo_serves_http_split_pin_direct_and_tcp_echo() {
+    for io in ["io_uring", "epoll"] {
+        demo_on(io);
+    }
+}
+
+fn demo_on(io: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outrigger"))
-        .arg("demo")
+        .args(["demo", "--io", io])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -21,14 +29,27 @@ fn demo_serves_http_split_pin_direct_and_tcp_echo() {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut driver = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("workers started") {
+                driver = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("driver="))
+                    .map(str::to_string);
+            }
             if line.contains("listener=web") {
-                let _ = tx.send(());
+                let _ = tx.send(driver.clone());
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(10))
+    let driver = rx
+        .recv_timeout(Duration::from_secs(10))
         .expect("demo starts");
+    assert_eq!(
+        driver.as_deref(),
+        Some(io),
+        "the demo runs on the driver asked for"
+    );
     let web = "127.0.0.1:10080".parse().unwrap();
     let mut c = Client::connect(web);
     let r = c.get("/healthz", "demo", "");

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::admin::TempDir;
+use outrigger::worker::Driver;
 
 const PROXY_UID: &str = "1337";
 
@@ -157,8 +158,12 @@ fn wait_port(w: &World, ns: &str, url: &str) {
     panic!("{url} never answered in {ns}");
 }
 
-#[test]
-fn transparent_interception_in_namespaces() {
+both_drivers!(
+    transparent_interception_in_namespaces,
+    nftables_interception
+);
+
+fn transparent_interception_in_namespaces(driver: Driver) {
     if let Err(why) = available() {
         assert!(
             std::env::var_os("OUTRIGGER_REQUIRE_INTEROP").is_none(),
@@ -175,6 +180,7 @@ fn transparent_interception_in_namespaces() {
         r#"
 [runtime]
 workers = 1
+io = "{io}"
 drain_timeout = "1s"
 [admin]
 address = "127.0.0.1:9901"
@@ -208,7 +214,8 @@ cluster = "passthrough"
 [clusters.passthrough]
 discovery = "original_destination"
 "#,
-        log = log.display()
+        log = log.display(),
+        io = common::io_name(driver),
     );
     let cfg = dir.path("config.toml");
     std::fs::write(&cfg, config).unwrap();
@@ -358,8 +365,7 @@ discovery = "original_destination"
 }
 
 /// The nftables form: the same interception, one table, removed cleanly.
-#[test]
-fn nftables_interception() {
+fn nftables_interception(driver: Driver) {
     if let Err(why) = available().and_then(|_| {
         Command::new("nft")
             .arg("--version")
@@ -379,7 +385,10 @@ fn nftables_interception() {
     let cfg = dir.path("config.toml");
     std::fs::write(
         &cfg,
-        "[runtime]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:9901\"\n[listeners.outbound]\naddress = \"[::]:15001\"\nprotocol = \"tcp\"\ncluster = \"passthrough\"\noriginal_destination = true\n[clusters.passthrough]\ndiscovery = \"original_destination\"\n",
+        format!(
+            "[runtime]\nworkers = 1\nio = \"{}\"\n[admin]\naddress = \"127.0.0.1:9901\"\n[listeners.outbound]\naddress = \"[::]:15001\"\nprotocol = \"tcp\"\ncluster = \"passthrough\"\noriginal_destination = true\n[clusters.passthrough]\ndiscovery = \"original_destination\"\n",
+            common::io_name(driver)
+        ),
     )
     .unwrap();
     ok(&["chmod", "0644", cfg.to_str().unwrap()]);
