@@ -14,7 +14,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::http::Client;
@@ -319,29 +320,23 @@ fn slowloris_and_slow_body(driver: Driver) {
 /// A client that stops reading a large response: the proxy stops reading
 /// the upstream (bounded memory) and, after `send_timeout`, closes both.
 fn client_stops_reading(driver: Driver) {
-    let (up, seen) = upstream(|s, _| {
+    // What the upstream got rid of: an unbounded proxy reads the whole
+    // GiB at loopback speed within the pause below.
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&taken);
+    let (up, seen) = upstream(move |s, _| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
         let chunk = vec![b'z'; 64 * 1024];
-        let mut sent = 0usize;
-        while sent < 1 << 30 {
+        while counted.load(Ordering::SeqCst) < 1 << 30 {
             if s.write_all(&chunk).is_err() {
                 break;
             }
-            sent += chunk.len();
+            counted.fetch_add(chunk.len(), Ordering::SeqCst);
         }
         false
     });
     let server = proxy(driver, up, "");
     let addr = server.local_addr("web").unwrap();
-    let rss = || -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .unwrap_or(0)
-    };
-    let before = rss();
     let mut s = connect(addr);
     s.write_all(GET).unwrap();
     let mut head = [0u8; 4096];
@@ -351,10 +346,13 @@ fn client_stops_reading(driver: Driver) {
     }
     // Stop reading; the proxy's send_timeout (1s) ends the exchange.
     std::thread::sleep(Duration::from_millis(2500));
-    let grown = rss().saturating_sub(before);
+    // What left the upstream and did not reach this client's socket sits
+    // in kernel socket buffers (a few MiB each on loopback) or in the
+    // proxy: bounded, measured apart from this test process's own memory.
+    let stalled_at = taken.load(Ordering::SeqCst);
     assert!(
-        grown < 32 * 1024,
-        "RSS grew by {grown} kB with a stalled 1 GiB response"
+        stalled_at < 48 << 20,
+        "the upstream got {stalled_at} bytes out while the client read none"
     );
     // Both sides were closed: the upstream's writes failed (it stopped
     // sending)...
