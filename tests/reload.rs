@@ -29,6 +29,7 @@ both_drivers!(
     renamed_listener_keeps_serving,
     pooled_connections_to_removed_endpoints_close,
     restoring_the_file_clears_the_reload_error,
+    a_rejected_file_is_reported_once,
 );
 
 fn backend(driver: Driver, name: &str, delay: Duration) -> Backend {
@@ -545,4 +546,75 @@ fn restoring_the_file_clears_the_reload_error(driver: Driver) {
     admin::write_atomic(&path, &good);
     assert!(eventually(|| error().is_null()), "{}", error());
     assert_eq!(generation(&proxy), 1);
+}
+
+/// A rejected config file is reported (logged, counted) once per distinct
+/// content: other files written in its directory do not turn it into a
+/// failed reload a tick. It is still tried again on each event, so a
+/// certificate it names that appears later lets it load.
+fn a_rejected_file_is_reported_once(driver: Driver) {
+    let (a, b) = (
+        backend(driver, "a", Duration::ZERO),
+        backend(driver, "b", Duration::ZERO),
+    );
+    let dir = TempDir::new("reload-rejected-once");
+    let path = dir.path("config.toml");
+    let good = config(driver, 1, "a", a.addr, b.addr, "");
+    std::fs::write(&path, &good).unwrap();
+    let proxy = launch(&path, true);
+    let failed = || proxy.shared().reloads.failed.get();
+    // A log (or anything else) written beside the config, three times a
+    // second: each write is a directory event past the 200 ms debounce.
+    // (The proxy's own log in that directory made every report an event.)
+    let noise = |d: Duration| {
+        let t = Instant::now();
+        let mut n = 0u32;
+        while t.elapsed() < d {
+            std::fs::write(dir.path("noise.log"), n.to_string()).unwrap();
+            n += 1;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    };
+    admin::write_atomic(&path, &good.replace("[clusters.b]", "[clusters.b"));
+    assert!(
+        eventually(|| failed() == 1),
+        "the bad edit was not reported"
+    );
+    noise(Duration::from_secs(2));
+    assert_eq!(failed(), 1, "the same bad content was reported again");
+    // Another bad content is reported, once: a certificate that is not there.
+    let tls = dir.path("tls");
+    let with_tls = config(
+        driver,
+        2,
+        "a",
+        a.addr,
+        b.addr,
+        &format!(
+            "tls = {{ cert = \"{0}/cert.pem\", key = \"{0}/cert.key\" }}",
+            tls.display()
+        ),
+    );
+    admin::write_atomic(&path, &with_tls);
+    assert!(
+        eventually(|| failed() == 2),
+        "the second bad edit was not reported"
+    );
+    noise(Duration::from_secs(1));
+    assert_eq!(failed(), 2);
+    assert_eq!(generation(&proxy), 1);
+    // The certificate appears (one rename): the same content now loads.
+    let staging = dir.path("staging");
+    std::fs::create_dir(&staging).unwrap();
+    common::tls::Ca::new("reload")
+        .leaf(&["localhost"])
+        .write(&staging, "cert");
+    std::fs::rename(&staging, &tls).unwrap();
+    assert!(
+        eventually(|| generation(&proxy) == 2),
+        "the config did not load once its certificate appeared"
+    );
+    assert_eq!(failed(), 2);
+    assert!(admin::get_json(proxy.admin_addr(), "/config")["last_reload_error"].is_null());
 }

@@ -29,6 +29,7 @@ both_drivers!(
     max_connections_overflows,
     max_pending_requests_overflows,
     max_retries_stops_retrying,
+    finished_retries_leave_max_retries,
     outlier_is_ejected_and_returns,
     health_checked_endpoint_leaves_and_returns,
     rate_limit_converges,
@@ -342,7 +343,7 @@ connect_timeout = "1500ms""#,
 }
 
 /// With `max_retries = 1`, a second concurrent retry is not sent: that
-/// request gets its 503 at once (flag UO), the other its retried 200.
+/// request gets its 503 at once (flag RO), the other its retried 200.
 fn max_retries_stops_retrying(driver: Driver) {
     // The first request fails; its retry is slow (held in flight) and
     // succeeds; the second request fails while that retry is in flight.
@@ -363,6 +364,53 @@ fn max_retries_stops_retrying(driver: Driver) {
     assert_eq!(first.join().unwrap().status, 200);
     let labels = [("cluster", "c"), ("limit", "max_retries")];
     assert_eq!(metric(&s, "outrigger_cluster_overflow_total", &labels), 1.0);
+}
+
+/// Retries that have finished are not in flight: sequential requests on
+/// two workers, each retried twice against an upstream that always answers
+/// 503, all use their two retries with the default `max_retries` (3, so
+/// one or two per worker). The upstream's 503 is flagged `URX` (attempts
+/// used up), never as the proxy's overflow, and no retry counts as
+/// succeeded.
+fn finished_retries_leave_max_retries(driver: Driver) {
+    let (up, seen) = upstream(|_| 503, no_delay);
+    let dir = common::admin::TempDir::new("retries-leave");
+    let (s, addr) = proxy_with(
+        driver,
+        2,
+        &format!(
+            "\n[access_log]\npath = \"{}\"\nformat = \"json\"\nflush_interval = \"50ms\"\n",
+            dir.path("access.log").display()
+        ),
+        r#"retry = { attempts = 2, on = ["5xx"], backoff = "0s" }"#,
+        "",
+        &[up],
+    );
+    for i in 0..20 {
+        // A connection each, so both workers take some.
+        let r = get(addr, "/r");
+        assert_eq!(r.status, 503, "{i}");
+    }
+    assert_eq!(seen.lines().len(), 60, "each request tried three times");
+    let labels = [("cluster", "c"), ("limit", "max_retries")];
+    assert_eq!(metric(&s, "outrigger_cluster_overflow_total", &labels), 0.0);
+    let c = [("cluster", "c")];
+    assert_eq!(metric(&s, "outrigger_cluster_retries_total", &c), 40.0);
+    assert_eq!(
+        metric(&s, "outrigger_cluster_retries_succeeded_total", &c),
+        0.0
+    );
+    let lines: Vec<serde_json::Value> = common::admin::read_log(&dir, 20)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for l in &lines {
+        assert_eq!(
+            (&l["status"], &l["flags"]),
+            (&503.into(), &"URX".into()),
+            "{l}"
+        );
+    }
 }
 
 /// An endpoint that answers 503 to everything is ejected after

@@ -6,6 +6,9 @@ splice mode, rounds interleaved, medians. iperf3's client and server share
 core 0 in every case, the direct one included.
 
 Usage: python3 loadtest/bench/l4_bulk.py [--runs 3] [--seconds 3]
+       python3 loadtest/bench/l4_bulk.py --buffer-sizes 65536,262144,1048576
+  (the second form compares `runtime.buffer_size` values instead of splice
+  modes: one worker pinned to core 1, splice = "never", one target per size)
 Needs: iperf3, cargo build --release.
 """
 import argparse, json, os, signal, statistics, subprocess, tempfile, time
@@ -15,13 +18,14 @@ BIN = f"{ROOT}/target/release/outrigger"
 SERVER_PORT = 18700
 
 
-def proxy(d, name, workers, splice, port):
+def proxy(d, name, workers, splice, port, buffer_size=None):
     cfg = f"{d}/{name}.toml"
     pin = "true" if workers == 1 else "false"
     with open(cfg, "w") as f:
         f.write(f"""[runtime]
 workers = {workers}
 pin_workers = {pin}
+{f"buffer_size = {buffer_size}" if buffer_size else ""}
 [admin]
 address = "127.0.0.1:0"
 [listeners.l4]
@@ -50,6 +54,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--buffer-sizes", default="",
+                    help="comma-separated runtime.buffer_size values (bytes): one buffered, pinned "
+                         "one-worker target each, instead of the splice-mode targets")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="outrigger-l4-")
     server = subprocess.Popen(["taskset", "-c", "0", "iperf3", "-s", "-p", str(SERVER_PORT)],
@@ -57,12 +64,19 @@ def main():
     targets = [("direct", None, SERVER_PORT)]
     procs = []
     port = 18710
-    for workers in (1, 2):
-        for splice in ("auto", "never", "always"):
-            name = f"w{workers}-{splice}"
-            procs.append(proxy(d, name, workers, splice, port))
+    if a.buffer_sizes:
+        for size in (int(v) for v in a.buffer_sizes.split(",")):
+            name = f"w1-never-buf{size}"
+            procs.append(proxy(d, name, 1, "never", port, size))
             targets.append((name, procs[-1], port))
             port += 1
+    else:
+        for workers in (1, 2):
+            for splice in ("auto", "never", "always"):
+                name = f"w{workers}-{splice}"
+                procs.append(proxy(d, name, workers, splice, port))
+                targets.append((name, procs[-1], port))
+                port += 1
     results = {}
     try:
         for _ in range(a.runs):

@@ -7,7 +7,7 @@ upstream and the load generator on LOAD_CORE. Runs are interleaved
 (direct, never, always, auto, direct, ...) and medians reported.
 
 Usage: python3 loadtest/bench/tcp_bench.py [--runs 5] [--duration 5s] [--io auto]
-       [--proxy-core 1] [--load-core 0] [--workers 1]
+       [--proxy-core 1] [--load-core 0] [--workers 1] [--only echo]
 Needs: cargo build --release (target/release/outrigger and outrigger-load).
 """
 import argparse, json, os, signal, statistics, subprocess, sys, tempfile, time
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--proxy-core", default="1")
     ap.add_argument("--load-core", default="0")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--only", default="", help="run only the workloads whose name contains this (e.g. echo)")
     ap.add_argument("--load-threads", type=int, default=1)
     ap.add_argument("--outrigger", default=f"{BIN}/outrigger", help="the proxy binary (another build, say)")
     a = ap.parse_args()
@@ -96,6 +97,7 @@ endpoints = ["127.0.0.1:17100"]
         ("echo 64B x1 conn", "echo", "64", 1),
         ("echo 64B x64 conns", "echo", "64", 64),
     ]
+    workloads = [w for w in workloads if a.only in w[0]]
     results = {}
     try:
         for (name, mode, size, conns) in workloads:

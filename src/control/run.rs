@@ -205,6 +205,10 @@ struct Control {
     /// What the xDS client adds to the config file, compiled with it on
     /// every reload.
     xds_overlay: String,
+    /// The config file's content hash and error when a file-change reload
+    /// last failed: the same content failing the same way is not reported
+    /// (logged, counted) again.
+    rejected: Option<(u64, String)>,
 }
 
 impl Control {
@@ -217,6 +221,7 @@ impl Control {
             inbound_until: None,
             exit_when_idle: false,
             xds_overlay: String::new(),
+            rejected: None,
         }
     }
 
@@ -455,21 +460,56 @@ impl Control {
                     "the config file matches the running config again; last reload error cleared"
                 );
             }
+            self.rejected = None;
             return;
         }
-        let _ = self.reload(Instant::now(), "file change");
+        let content = config::compile::fnv1a(&bytes);
+        let trigger = Instant::now();
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        // Tried again on every event (a file the config names may have
+        // appeared), but a rejection already reported for this content is
+        // not reported again: another file written in the directory (a log
+        // beside the config, say) must not turn into a reload error a tick.
+        let result = self.attempt();
+        if let (Err(e), Some((hash, message))) = (&result, &self.rejected) {
+            if *hash == content && e.to_string() == *message {
+                tracing::debug!("the config file is still the rejected one; not reloaded");
+                return;
+            }
+        }
+        let outcome = self.report(result, trigger, "file change");
+        self.rejected = outcome.err().map(|message| (content, message));
+    }
+
+    /// Compile the config file (with the xDS overlay) and apply it.
+    fn attempt(&mut self) -> Result<Arc<config::Snapshot>, ReloadError> {
+        match &self.options.config_path {
+            None => Err(ReloadError::NoFile),
+            Some(path) => config::load_with(path, &self.xds_overlay)
+                .map_err(ReloadError::Config)
+                .and_then(|s| self.server.apply(s)),
+        }
     }
 
     fn reload(&mut self, trigger: Instant, why: &str) -> ReloadOutcome {
         if self.drain_deadline.is_some() {
             return Err("draining: reloads are refused".into());
         }
-        let result = match &self.options.config_path {
-            None => Err(ReloadError::NoFile),
-            Some(path) => config::load_with(path, &self.xds_overlay)
-                .map_err(ReloadError::Config)
-                .and_then(|s| self.server.apply(s)),
-        };
+        let result = self.attempt();
+        let outcome = self.report(result, trigger, why);
+        self.rejected = None;
+        outcome
+    }
+
+    /// Log and count a reload's result; the admin API's answer.
+    fn report(
+        &mut self,
+        result: Result<Arc<config::Snapshot>, ReloadError>,
+        trigger: Instant,
+        why: &str,
+    ) -> ReloadOutcome {
         let shared = self.server.shared().clone();
         match result {
             Ok(snapshot) => {

@@ -178,7 +178,7 @@ pub async fn forward(
         }
         let error = match result {
             Ok(next) => {
-                if attempt > 1 {
+                if attempt > 1 && !retries.still_failing(out.status.get(), out.grpc_status.get()) {
                     cells.retries_succeeded.inc();
                 }
                 out.attempts.set(attempt);

@@ -41,7 +41,7 @@ pub struct Upstream {
     pub request_id: super::serialize::RequestId,
     /// Tries made (1 without retries).
     pub attempts: Cell<u32>,
-    /// Why a wanted retry was not sent (`URX`, `RB`, `UO`), for the log.
+    /// Why a wanted retry was not sent (`URX`, `RB`, `RO`), for the log.
     pub retry_flag: Cell<Option<&'static str>>,
     /// The request's trace, when `[tracing]` is on.
     pub trace: Option<crate::trace::RequestTrace>,

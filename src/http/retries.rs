@@ -67,9 +67,13 @@ impl Retries<'_> {
         }
         let ctx = self.ctx;
         let share = |max| worker_share(max, ctx.workers, ctx.index);
-        if self.cells.breaker_retries.get() >= share(self.cluster.breaker.max_retries) {
+        // This request's own retry, if one is running, ends before the next
+        // starts: it is not another retry in flight.
+        let own = u64::from(self.done.get() > 0);
+        let others = self.cells.breaker_retries.get().saturating_sub(own);
+        if others >= share(self.cluster.breaker.max_retries) {
             self.cells.overflow[Overflow::Retries.index()].inc();
-            self.refused.set(Some("UO"));
+            self.refused.set(Some("RO"));
             return false;
         }
         let budget = &self.cluster.retry_budget;
@@ -90,6 +94,13 @@ impl Retries<'_> {
         self.done.set(self.done.get() + 1);
         self.cells.retries.inc();
         true
+    }
+
+    /// Whether the answer a retry ended in is one the route retries (the
+    /// retry did not succeed, it only got another retryable answer).
+    pub(super) fn still_failing(&self, status: u16, grpc: Option<u8>) -> bool {
+        self.policy
+            .is_some_and(|p| p.retries_status(status) || grpc.is_some_and(|g| p.retries_grpc(g)))
     }
 
     /// Whether a failure after the request was sent may be retried.
