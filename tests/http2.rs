@@ -688,6 +688,7 @@ fn http2_false_turns_it_off(driver: Driver) {
 
 both_drivers!(
     upstream_http2_from_either_client_protocol,
+    downstream_protocol_is_preserved,
     grpc_calls,
     grpc_web_calls
 );
@@ -792,6 +793,107 @@ async fn answer(
         t.insert("grpc-message", ::http::HeaderValue::from_static("fine"));
         send.send_trailers(t).unwrap();
     }
+}
+
+/// An upstream that speaks HTTP/2 with prior knowledge (through
+/// [`answer`], body "h2 upstream") and HTTP/1.1 (body "h1 upstream"),
+/// told apart by the connection preface.
+fn dual_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        rt().block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            let flaky = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let flaky = flaky.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 3];
+                    while s.peek(&mut first).await.unwrap_or(0) < 3 {}
+                    if &first == b"PRI" {
+                        let Ok(mut conn) = h2::server::handshake(s).await else {
+                            return;
+                        };
+                        while let Some(Ok((req, respond))) = conn.accept().await {
+                            tokio::spawn(answer(req, respond, flaky.clone()));
+                        }
+                        return;
+                    }
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            let r = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nh1 upstream";
+                            if s.write_all(r).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// `protocol = "downstream"`: each request reaches the endpoint in the
+/// protocol the client spoke, HTTP/1.1 as HTTP/1.1 and HTTP/2 as HTTP/2.
+fn downstream_protocol_is_preserved(driver: Driver) {
+    let up = dual_upstream();
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "app"
+
+[clusters.app]
+endpoints = ["{up}"]
+protocol = "downstream"
+"#,
+        io = io_name(driver)
+    );
+    let server = start(&cfg);
+    let addr = server.local_addr("web").unwrap();
+    let mut c = common::http::Client::connect(addr);
+    for _ in 0..3 {
+        let r = c.get("/one", "api.example", "");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"h1 upstream"[..]));
+    }
+    rt().block_on(async move {
+        let client = h2_connect(addr).await;
+        for i in 0..3 {
+            let mut c = client.clone().ready().await.unwrap();
+            let (resp, _) = c.send_request(get(&format!("/h2-{i}")), true).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(body_of(resp.into_body()).await.unwrap(), b"h2 upstream");
+        }
+    });
+    // And HTTP/1.1 again, after the HTTP/2 pool exists.
+    let r = c.get("/two", "api.example", "");
+    assert_eq!(r.body, b"h1 upstream");
 }
 
 fn upstream_http2_from_either_client_protocol(driver: Driver) {

@@ -5,8 +5,12 @@
 //! app both pass through the proxy without either side knowing (the access
 //! log proves it), the proxy's own connections do not loop, applying twice
 //! leaves one set of rules, and `--cleanup` leaves the tables as they were.
+//! Protocols are preserved through the `original_destination` cluster: a
+//! gRPC app and an h2c client reach an HTTP/2-only server, HTTP/1.1 clients
+//! an HTTP/1.1-only one, through the same outbound listener.
 //!
-//! Needs root, `ip`, `iptables`, `setpriv`, `curl` and `python3`; skipped
+//! Needs root, `ip`, `iptables`, `setpriv`, `curl`, `python3` and its
+//! `grpc` module; skipped
 //! with a message without them, required in CI (OUTRIGGER_REQUIRE_INTEROP).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,6 +58,13 @@ fn available() -> Result<(), String> {
         if !found {
             return Err(format!("{tool} not installed"));
         }
+    }
+    let grpc = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !grpc {
+        return Err("python3's grpc module not installed".into());
     }
     Ok(())
 }
@@ -250,6 +261,13 @@ discovery = "original_destination"
             "/",
         ],
     );
+    // An HTTP/2-only server on the peer: gRPC (grpcio resets anything
+    // that is not HTTP/2).
+    let grpc_peer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/grpc_peer.py");
+    w.spawn(
+        &peer,
+        &["python3", grpc_peer, "server", "50051", "10.199.1.1"],
+    );
     let before = w.nat_rules(&app);
     // Interception rules, applied twice (idempotent).
     for _ in 0..2 {
@@ -328,6 +346,41 @@ discovery = "original_destination"
         "{}",
         String::from_utf8_lossy(&tcp.stderr)
     );
+    // Protocol preservation: a gRPC app (unary and server-streaming) and
+    // an h2c client with prior knowledge reach the HTTP/2-only server.
+    let grpc = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        "python3",
+        grpc_peer,
+        "calls",
+        "10.199.1.1:50051",
+    ]);
+    let grpc_out = String::from_utf8_lossy(&grpc.stdout);
+    assert!(grpc_out.contains("unary ok echo:hi"), "{grpc_out}");
+    assert!(
+        grpc_out.contains("stream ok part-0,part-1,part-2,part-3"),
+        "{grpc_out}"
+    );
+    let h2c = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        "sh",
+        "-c",
+        "printf '\\000\\000\\000\\000\\002hi' | curl -sS -m 5 --http2-prior-knowledge \
+         -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- \
+         -o - -w ' %{http_version} %{http_code}' http://10.199.1.1:50051/test.Echo/Unary",
+    ]);
+    let h2c_out = String::from_utf8_lossy(&h2c.stdout);
+    assert!(
+        h2c_out.contains("echo:hi") && h2c_out.ends_with(" 2 200"),
+        "{h2c_out:?} {}",
+        String::from_utf8_lossy(&h2c.stderr)
+    );
     // The access log proves each went through the proxy, exactly once.
     let t = Instant::now();
     let lines = loop {
@@ -336,7 +389,7 @@ discovery = "original_destination"
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if lines.len() >= 5 || t.elapsed() > Duration::from_secs(5) {
+        if lines.len() >= 8 || t.elapsed() > Duration::from_secs(5) {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -354,9 +407,25 @@ discovery = "original_destination"
     assert_eq!(by("outbound", "[fd00:199::1]:9090"), 1, "{lines:?}");
     assert_eq!(by("inbound", "10.199.1.2:8080"), 1, "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l["route"] == "by-port").count(), 1);
+    let grpc_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["upstream"]
+                .as_str()
+                .is_some_and(|u| u.contains("10.199.1.1:50051"))
+        })
+        .collect();
+    assert_eq!(grpc_lines.len(), 3, "{lines:?}");
+    for l in &grpc_lines {
+        assert_eq!(
+            (&l["status"], &l["protocol"]),
+            (&200.into(), &"HTTP/2".into()),
+            "{l}"
+        );
+    }
     assert_eq!(
         lines.len(),
-        5,
+        8,
         "a connection looped through the proxy: {lines:?}"
     );
     // Cleanup leaves the tables as they were.

@@ -164,14 +164,18 @@ fn compile_cluster(
     };
     let resilience = super::resilience::cluster(cx, key, c_ref);
     let protocol = match c_ref.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None if original_destination => UpstreamProtocol::Downstream,
         None | Some((_, "http1")) => UpstreamProtocol::Http1,
         Some((_, "http2")) => UpstreamProtocol::Http2,
         Some((_, "auto")) => UpstreamProtocol::Auto,
+        Some((_, "downstream")) => UpstreamProtocol::Downstream,
         Some((p, other)) => {
             cx.error(
                 p.span(),
                 format!("{key}.protocol"),
-                format!("must be \"http1\", \"http2\" or \"auto\", not \"{other}\""),
+                format!(
+                    "must be \"http1\", \"http2\", \"auto\" or \"downstream\", not \"{other}\""
+                ),
             );
             ok = false;
             UpstreamProtocol::Http1
@@ -180,7 +184,7 @@ fn compile_cluster(
     let alpn_default: &[&str] = match protocol {
         UpstreamProtocol::Http1 => &[],
         UpstreamProtocol::Http2 => &["h2"],
-        UpstreamProtocol::Auto => &["h2", "http/1.1"],
+        UpstreamProtocol::Auto | UpstreamProtocol::Downstream => &["h2", "http/1.1"],
     };
     let tls = match &c_ref.tls {
         Some(t) => match super::tls::cluster_tls(cx, key, t, alpn_default) {

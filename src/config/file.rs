@@ -560,7 +560,8 @@ pub struct FileCluster {
     /// TLS toward the endpoints.
     pub tls: Option<Spanned<FileClusterTls>>,
     /// http: `"http1"` (default), `"http2"` (prior knowledge, or ALPN `h2`
-    /// with tls) or `"auto"` (ALPN with tls, HTTP/1.1 without).
+    /// with tls), `"auto"` (ALPN with tls, HTTP/1.1 without) or
+    /// `"downstream"` (what the client spoke; original_destination's default).
     pub protocol: Option<Spanned<String>>,
 }
 

@@ -468,7 +468,10 @@ impl Try<'_> {
     ) -> Result<(Checked, bool), Checkout> {
         let ctx = self.req.ctx;
         let cluster = self.cluster;
-        let protocol = cluster.protocol;
+        let protocol = cluster.protocol.for_request(
+            self.req.head.version == super::codec::Version::Http2,
+            cluster.tls.is_some(),
+        );
         let key = PoolKey::new(addr, cluster.tls.as_deref());
         if !fresh {
             if protocol != UpstreamProtocol::Http1 {

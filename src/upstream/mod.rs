@@ -47,7 +47,8 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     /// `tls`: connections to the endpoints are TLS.
     pub tls: Option<Arc<crate::tls::ClusterTls>>,
-    /// `protocol`: HTTP/1.1, HTTP/2, or what ALPN picks.
+    /// `protocol`: HTTP/1.1, HTTP/2, what ALPN picks, or what the client
+    /// spoke.
     pub protocol: UpstreamProtocol,
     /// `discovery = "original_destination"`: no endpoints; each connection
     /// goes where the client originally sent it (transparent listeners).
@@ -67,6 +68,24 @@ pub enum UpstreamProtocol {
     Http2,
     /// ALPN (`h2`, then `http/1.1`) over TLS; HTTP/1.1 in cleartext.
     Auto,
+    /// What the client spoke: HTTP/2 (prior knowledge) for a request that
+    /// arrived over HTTP/2, HTTP/1.1 for one that arrived over HTTP/1.x;
+    /// over TLS, ALPN offers both, as with `Auto`. The default for
+    /// `original_destination` clusters (protocol preservation).
+    Downstream,
+}
+
+impl UpstreamProtocol {
+    /// The protocol for one request: `Downstream` resolved by the version
+    /// the request arrived in.
+    pub fn for_request(self, downstream_h2: bool, tls: bool) -> UpstreamProtocol {
+        match self {
+            UpstreamProtocol::Downstream if tls => UpstreamProtocol::Auto,
+            UpstreamProtocol::Downstream if downstream_h2 => UpstreamProtocol::Http2,
+            UpstreamProtocol::Downstream => UpstreamProtocol::Http1,
+            p => p,
+        }
+    }
 }
 
 impl Cluster {

@@ -183,9 +183,7 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
                 _ => Some("http1"),
             },
             Some(UpstreamProtocolOptions::AutoConfig(_)) => Some("auto"),
-            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
-                return Err("use_downstream_protocol_config is not supported".into())
-            }
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => Some("downstream"),
         };
         if let Some(p) = protocol {
             t.insert("protocol".into(), p.into());

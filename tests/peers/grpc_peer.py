@@ -2,8 +2,9 @@
 """A real gRPC server and client (grpcio, no generated stubs: methods take
 and return raw bytes) for tests/http2.rs::grpcio_through_outrigger.
 
-  grpc_peer.py server PORT    serve test.Echo on 127.0.0.1:PORT until killed
-  grpc_peer.py client ADDR    call through ADDR, print one line per check
+  grpc_peer.py server PORT [HOST]  serve test.Echo on HOST (127.0.0.1):PORT until killed
+  grpc_peer.py client ADDR         call through ADDR, print one line per check
+  grpc_peer.py calls ADDR          only the unary and the streaming call
 """
 import sys
 import time
@@ -40,7 +41,7 @@ def flaky(request, context):
     return b"second try"
 
 
-def serve(port):
+def serve(port, host="127.0.0.1"):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -49,7 +50,7 @@ def serve(port):
         "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(f"{host}:{port}")
     server.start()
     print("ready", flush=True)
     server.wait_for_termination()
@@ -77,5 +78,11 @@ def client(addr):
         print("noroute", call(ch, "unary", "/other.Svc/M", b""))
 
 
+def calls(addr):
+    with grpc.insecure_channel(addr) as ch:
+        print("unary", call(ch, "unary", "/test.Echo/Unary", b"hi"))
+        print("stream", call(ch, "stream", "/test.Echo/Stream", b"4"))
+
+
 if __name__ == "__main__":
-    {"server": serve, "client": client}[sys.argv[1]](sys.argv[2])
+    {"server": serve, "client": client, "calls": calls}[sys.argv[1]](*sys.argv[2:])
