@@ -349,8 +349,10 @@ fn clusters(shared: &Shared) -> Value {
                     "protocol": match h.protocol {
                         crate::resilience::HealthProtocol::Http => "http",
                         crate::resilience::HealthProtocol::Tcp => "tcp",
+                        crate::resilience::HealthProtocol::Grpc => "grpc",
                     },
                     "path": h.path,
+                    "service": h.service,
                     "interval_ms": h.interval.as_millis() as u64,
                 })),
                 "retries": c.stats.sum(|w| w.retries.get()),

@@ -200,6 +200,30 @@ fn compile_cluster(
         return None;
     }
     let resilience = resilience?;
+    // gRPC health checking is HTTP/2: a cluster that never speaks it to
+    // its endpoints would fail every probe.
+    let grpc_check = resilience
+        .health_check
+        .as_ref()
+        .is_some_and(|h| h.protocol == crate::resilience::HealthProtocol::Grpc);
+    let speaks_h2 = match protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Auto | UpstreamProtocol::Downstream => tls.is_some(),
+        UpstreamProtocol::Http1 => false,
+    };
+    if grpc_check && !speaks_h2 {
+        let span = c_ref
+            .health_check
+            .as_ref()
+            .and_then(|h| h.get_ref().protocol.as_ref().map(|p| p.span()))
+            .unwrap_or(0..0);
+        cx.error(
+            span,
+            format!("{key}.health_check.protocol"),
+            "a grpc health check needs HTTP/2 to the endpoints: set the cluster's protocol = \"http2\" (or \"auto\" with tls)",
+        );
+        return None;
+    }
     let max_ring_size = c_ref
         .max_ring_size
         .unwrap_or(crate::upstream::balance::DEFAULT_RING_MAX)

@@ -388,6 +388,7 @@ pub struct FileOutlierDetection {
 pub struct FileHealthCheck {
     pub protocol: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
     pub expected_statuses: Option<Vec<Spanned<i64>>>,
     #[serde(default, deserialize_with = "positive_duration")]

@@ -172,11 +172,12 @@ fn health_check(cx: &mut Ctx<'_>, key: &str, h: &Spanned<FileHealthCheck>) -> Op
     {
         None | Some(("http", _)) => HealthProtocol::Http,
         Some(("tcp", _)) => HealthProtocol::Tcp,
+        Some(("grpc", _)) => HealthProtocol::Grpc,
         Some((other, span)) => {
             cx.error(
                 span,
                 format!("{key}.protocol"),
-                format!("must be \"http\" or \"tcp\", not \"{other}\""),
+                format!("must be \"http\", \"tcp\" or \"grpc\", not \"{other}\""),
             );
             ok = false;
             HealthProtocol::Http
@@ -194,6 +195,28 @@ fn health_check(cx: &mut Ctx<'_>, key: &str, h: &Spanned<FileHealthCheck>) -> Op
         }
         Some(p) => p.get_ref().clone(),
         None => "/".to_string(),
+    };
+    let service = match &f.service {
+        Some(s) if protocol != HealthProtocol::Grpc => {
+            cx.error(
+                s.span(),
+                format!("{key}.service"),
+                "only a protocol = \"grpc\" health check asks about a service",
+            );
+            ok = false;
+            String::new()
+        }
+        Some(s) if s.get_ref().bytes().any(|b| b < b' ' || b == 0x7f) => {
+            cx.error(
+                s.span(),
+                format!("{key}.service"),
+                "contains control characters",
+            );
+            ok = false;
+            String::new()
+        }
+        Some(s) => s.get_ref().clone(),
+        None => String::new(),
     };
     let host = match &f.host {
         Some(v) if v.get_ref().is_empty() || v.get_ref().bytes().any(|b| b <= b' ') => {
@@ -223,6 +246,7 @@ fn health_check(cx: &mut Ctx<'_>, key: &str, h: &Spanned<FileHealthCheck>) -> Op
     ok.then(|| HealthCheck {
         protocol,
         path,
+        service,
         host,
         expected_statuses,
         interval,

@@ -43,8 +43,12 @@ impl Default for OutlierDetection {
 /// `health_check.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthProtocol {
+    /// `GET path`, over HTTP/2 where the cluster speaks it.
     Http,
+    /// A TCP connection (and the TLS handshake, with `tls`).
     Tcp,
+    /// `grpc.health.v1.Health/Check` over HTTP/2; SERVING is healthy.
+    Grpc,
 }
 
 /// `health_check.*` of a cluster, compiled.
@@ -52,6 +56,8 @@ pub enum HealthProtocol {
 pub struct HealthCheck {
     pub protocol: HealthProtocol,
     pub path: String,
+    /// grpc: the `service` asked about (empty: the server as a whole).
+    pub service: String,
     /// `Host` of the probe; default the endpoint as written.
     pub host: Option<String>,
     pub expected_statuses: Vec<u16>,
@@ -214,6 +220,7 @@ mod tests {
         let check = HealthCheck {
             protocol: HealthProtocol::Tcp,
             path: "/".into(),
+            service: String::new(),
             host: None,
             expected_statuses: vec![200],
             interval: Duration::from_secs(1),

@@ -2,6 +2,7 @@
 //! per-worker balancer state that picks among them.
 
 pub mod balance;
+mod probe;
 pub mod prober;
 
 use crate::fxhash::FxHashMap;

@@ -18,10 +18,8 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use monoio::net::TcpStream;
 
 use crate::config::Snapshot;
-use crate::resilience::{HealthCheck, HealthProtocol};
 
 /// How often the set of probed endpoints is compared with the snapshot.
 const RECONCILE: Duration = Duration::from_millis(250);
@@ -102,11 +100,22 @@ async fn probe_loop(weak: Weak<ArcSwap<Snapshot>>, key: Key, stop: Rc<Cell<bool>
             .tls
             .as_ref()
             .and_then(|t| t.name_for(&ep.written).map(|n| (t.clone(), n)));
+        let protocol = c.protocol;
         drop(snapshot);
-        let passed = probe(&check, addr, &host, tls).await;
-        match health.probe_result(passed, &check) {
+        let target = super::probe::Target {
+            addr,
+            host: &host,
+            tls,
+            protocol,
+        };
+        let result = super::probe::probe(&check, target).await;
+        if let Err(why) = &result {
+            tracing::debug!(%cluster, endpoint = %addr, reason = %why, "health check failed");
+        }
+        match health.probe_result(result.is_ok(), &check) {
             Some(false) => tracing::warn!(
                 %cluster, endpoint = %addr, failures = check.unhealthy_threshold,
+                reason = %result.err().unwrap_or_default(),
                 "endpoint failed its health checks; it gets no traffic"
             ),
             Some(true) => tracing::info!(
@@ -115,82 +124,5 @@ async fn probe_loop(weak: Weak<ArcSwap<Snapshot>>, key: Key, stop: Rc<Cell<bool>
             None => {}
         }
         monoio::time::sleep(check.interval).await;
-    }
-}
-
-/// One probe: connect (tcp), or `GET path` and a status in
-/// `expected_statuses` (http), all within `timeout`.
-/// A cluster with `tls` is probed over TLS (the handshake is part of the
-/// check, as Envoy does).
-async fn probe(
-    check: &HealthCheck,
-    addr: SocketAddr,
-    host: &str,
-    tls: Option<(
-        std::sync::Arc<crate::tls::ClusterTls>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-) -> bool {
-    let attempt = async {
-        let stream = TcpStream::connect_addr(addr).await.ok()?;
-        let mut conn = match tls {
-            Some((t, name)) => crate::http::upconn::UpConn::Tls(Box::new(
-                crate::tls::connect(stream, &t, name).await.ok()?,
-            )),
-            None => crate::http::upconn::UpConn::Plain(stream),
-        };
-        if check.protocol == HealthProtocol::Tcp {
-            return Some(true);
-        }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: outrigger-health-check\r\nconnection: close\r\n\r\n",
-            check.path
-        );
-        // This runtime's own deadlines (never swept: the whole probe is
-        // bounded by the timeout below).
-        let deadlines = crate::deadline::Deadlines::default();
-        conn.write_all(request.into(), &deadlines, check.timeout)
-            .await
-            .ok()?;
-        let mut head = bytes::BytesMut::new();
-        // The status line is all that is needed: "HTTP/1.1 200 ...".
-        while head.len() < 12 {
-            let (res, buf) = conn.read_more(std::mem::take(&mut head), 1024).await;
-            head = buf;
-            if res.ok()? == 0 {
-                break;
-            }
-        }
-        Some(status_of(&head).is_some_and(|s| check.expected_statuses.contains(&s)))
-    };
-    monoio::time::timeout(check.timeout, attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-}
-
-/// The status code of an HTTP/1.x status line.
-fn status_of(head: &[u8]) -> Option<u16> {
-    let rest = head
-        .strip_prefix(b"HTTP/1.1 ")
-        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
-    let digits = rest.get(..3)?;
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::status_of;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(status_of(b"HTTP/1.0 503 x"), Some(503));
-        assert_eq!(status_of(b"HTTP/2 200"), None);
-        assert_eq!(status_of(b"HTTP/1.1 2x0"), None);
     }
 }

@@ -235,8 +235,17 @@ fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<T
             }
             t.insert("protocol".into(), "tcp".into());
         }
-        Some(health_check::HealthChecker::GrpcHealthCheck(_)) => {
-            return Err("gRPC health checks are not supported".into())
+        Some(health_check::HealthChecker::GrpcHealthCheck(g)) => {
+            if !g.initial_metadata.is_empty() {
+                return Err("gRPC health check initial_metadata is not supported".into());
+            }
+            t.insert("protocol".into(), "grpc".into());
+            if !g.service_name.is_empty() {
+                t.insert("service".into(), g.service_name.clone().into());
+            }
+            if !g.authority.is_empty() {
+                t.insert("host".into(), g.authority.clone().into());
+            }
         }
         Some(health_check::HealthChecker::CustomHealthCheck(c)) => {
             return Err(format!(

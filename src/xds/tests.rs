@@ -420,3 +420,68 @@ fn listeners_wait_for_what_they_need_and_clusters_stay_while_used() {
     );
     assert_eq!(state.culprit(Kind::Cluster, "clusters.pgx.balance"), None);
 }
+
+#[test]
+fn grpc_health_checks_and_downstream_protocol_translate() {
+    use envoy_types::pb::envoy::config::core::v3::{health_check, HealthCheck};
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    let grpc = |metadata: bool| HealthCheck {
+        interval: Some(Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        health_checker: Some(health_check::HealthChecker::GrpcHealthCheck(
+            health_check::GrpcHealthCheck {
+                service_name: "orders".into(),
+                authority: "orders.internal".into(),
+                initial_metadata: if metadata {
+                    vec![HeaderValueOption::default()]
+                } else {
+                    Vec::new()
+                },
+            },
+        )),
+        ..Default::default()
+    };
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig::default(),
+        )),
+        ..Default::default()
+    };
+    let c = Cluster {
+        name: "orders".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        health_checks: vec![grpc(false)],
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            Any {
+                type_url:
+                    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+                        .into(),
+                value: options.encode_to_vec(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let t = toml::to_string(&translate_cluster(&c).unwrap().table).unwrap();
+    for want in [
+        "protocol = \"downstream\"",
+        "protocol = \"grpc\"",
+        "service = \"orders\"",
+        "host = \"orders.internal\"",
+    ] {
+        assert!(t.contains(want), "{want} missing in\n{t}");
+    }
+    let mut bad = c;
+    bad.health_checks = vec![grpc(true)];
+    assert!(translate_cluster(&bad)
+        .unwrap_err()
+        .contains("initial_metadata"));
+}
