@@ -8,6 +8,7 @@
 //! docs/discovery.md.
 
 pub mod dns;
+pub mod hosts;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -194,6 +195,21 @@ fn lookup_searching(
     }
 }
 
+/// The addresses `/etc/hosts` lists for `name` in the cluster's family.
+fn listed(hosts: &hosts::Hosts, name: &str, family: Family) -> Vec<std::net::IpAddr> {
+    hosts
+        .get(name)
+        .unwrap_or(&[])
+        .iter()
+        .copied()
+        .filter(|ip| match family {
+            Family::V4 => ip.is_ipv4(),
+            Family::V6 => ip.is_ipv6(),
+            Family::Auto => true,
+        })
+        .collect()
+}
+
 /// Resolve a dns cluster's names: the set and the shortest TTL.
 pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
     // The system's servers come with its search domains; servers named
@@ -204,14 +220,27 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
         .map_or_else(|| spec.servers.clone(), |s| s.servers.clone());
     let mut out: Vec<Found> = Vec::new();
     let mut ttl = u32::MAX;
+    let hosts = hosts::Hosts::system();
     for (host, port, weight, written) in &spec.names {
         if *port == 0 {
-            let t = resolve_srv(spec, host, &servers, &mut out)?;
+            let t = resolve_srv(spec, host, &servers, &hosts, &mut out)?;
             ttl = ttl.min(t);
             continue;
         }
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             out.push((SocketAddr::new(ip, *port), written.clone(), *weight));
+            continue;
+        }
+        // /etc/hosts first (no TTL: the cluster's refresh rate applies); a
+        // name listed only in the other family goes on to DNS.
+        let listed = listed(&hosts, host, spec.family);
+        if !listed.is_empty() {
+            for ip in listed {
+                let a = SocketAddr::new(ip, *port);
+                if !out.iter().any(|(x, _, _)| *x == a) {
+                    out.push((a, written.clone(), *weight));
+                }
+            }
             continue;
         }
         let kinds: &[dns::RecordType] = match spec.family {
@@ -251,6 +280,7 @@ fn resolve_srv(
     spec: &DnsSpec,
     name: &str,
     servers: &[SocketAddr],
+    hosts: &hosts::Hosts,
     out: &mut Vec<Found>,
 ) -> Result<u32, String> {
     let records = dns::lookup_srv(name, servers, Duration::from_secs(1))
@@ -270,10 +300,12 @@ fn resolve_srv(
         ttl = ttl.min(r.ttl);
         let weight = u32::from(r.weight).clamp(1, 1000);
         let written = format!("{}:{}", r.target, r.port);
+        let listed = listed(hosts, &r.target, spec.family);
         let literal = r.target.parse::<std::net::IpAddr>().ok();
         for kind in kinds {
             let found = match literal {
                 Some(ip) => Ok(vec![(ip, u32::MAX)]),
+                None if !listed.is_empty() => Ok(listed.iter().map(|ip| (*ip, u32::MAX)).collect()),
                 None => dns::lookup(&r.target, *kind, servers, Duration::from_secs(1)),
             };
             match found {
@@ -289,7 +321,7 @@ fn resolve_srv(
                 }
                 Err(e) => last_err = Some(format!("{name}: {}: {e}", r.target)),
             }
-            if literal.is_some() {
+            if literal.is_some() || !listed.is_empty() {
                 break;
             }
         }
@@ -475,5 +507,35 @@ mod tests {
         let written = lookup_searching("api", dns::RecordType::A, &[server], None);
         assert_eq!(written, Err(dns::DnsError::NxDomain));
         assert_eq!(asked.load().last().map(String::as_str), Some("api"));
+    }
+
+    /// `localhost` (in every machine's /etc/hosts) resolves from the file
+    /// without a query; other names still go to DNS.
+    #[test]
+    fn hosts_file_comes_first() {
+        let listed = hosts::Hosts::system();
+        let Some(local) = listed.get("localhost").map(<[_]>::to_vec) else {
+            panic!("/etc/hosts has no localhost entry on this machine");
+        };
+        let (server, asked) = one_name_server("api");
+        let spec = DnsSpec {
+            names: vec![
+                ("localhost".into(), 8080, 1, "localhost:8080".into()),
+                ("api".into(), 80, 1, "api:80".into()),
+            ],
+            refresh: Duration::from_secs(5),
+            family: Family::Auto,
+            servers: vec![server],
+        };
+        let (found, _) = resolve(&spec).unwrap_or_else(|e| panic!("{e}"));
+        let mut want: Vec<SocketAddr> = local.iter().map(|ip| SocketAddr::new(*ip, 8080)).collect();
+        want.push("10.1.2.3:80".parse().unwrap_or_else(|e| panic!("{e}")));
+        let got: Vec<SocketAddr> = found.iter().map(|f| f.0).collect();
+        assert_eq!(got, want);
+        assert!(
+            asked.load().iter().all(|n| n != "localhost"),
+            "{:?}",
+            asked.load()
+        );
     }
 }
