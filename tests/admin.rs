@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::admin::{self, TempDir};
@@ -15,7 +16,11 @@ use outrigger::backends::{self, BackendKind, HttpBackend};
 use outrigger::control::{Options, Proxy};
 use outrigger::worker::Driver;
 
-both_drivers!(endpoints_metrics_and_access_log, text_access_log_and_drain);
+both_drivers!(
+    endpoints_metrics_and_access_log,
+    text_access_log_and_drain,
+    metrics_listener_is_read_only
+);
 
 fn setup(driver: Driver, dir: &TempDir, format: &str) -> (Proxy, backends::Backend) {
     let echo_up = echo(driver);
@@ -35,6 +40,9 @@ io = "{io}"
 drain_timeout = "3s"
 
 [admin]
+address = "127.0.0.1:0"
+
+[metrics]
 address = "127.0.0.1:0"
 
 [access_log]
@@ -417,6 +425,47 @@ fn endpoints_metrics_and_access_log(driver: Driver) {
     assert!(tcp["method"].is_null() && tcp["upstream"].is_string());
     // A generated request id for requests without one.
     assert_eq!(uf["request_id"].as_str().unwrap().len(), 32);
+}
+
+/// `[metrics]`: a scraper on the pod's address gets `/metrics` and
+/// `/stats/prometheus` (the same text as the admin API's), `/healthz` and
+/// `/ready`, whatever Host it sends; nothing that changes or shows the
+/// config is there.
+fn metrics_listener_is_read_only(driver: Driver) {
+    let dir = TempDir::new("metrics-port");
+    let (proxy, _up) = setup(driver, &dir, "json");
+    let m = proxy.metrics_addr().expect("the metrics listener is up");
+    assert_ne!(m, proxy.admin_addr());
+    for path in ["/metrics", "/stats/prometheus"] {
+        let (status, body) = admin::request(m, "GET", path);
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            body.contains("outrigger_listener_connections_total"),
+            "{path}: {body}"
+        );
+        promtool_check(&body);
+    }
+    let (status, body) = admin::request(proxy.admin_addr(), "GET", "/stats/prometheus");
+    assert_eq!(status, 200);
+    assert!(body.contains("outrigger_listener_connections_total"));
+    assert_eq!(admin::request(m, "GET", "/healthz").0, 200);
+    assert_eq!(admin::request(m, "GET", "/ready").0, 200);
+    for path in ["/config", "/clusters", "/certs", "/stats", "/"] {
+        assert_eq!(admin::request(m, "GET", path).0, 404, "{path}");
+    }
+    for path in ["/reload", "/drain", "/metrics"] {
+        assert_eq!(admin::request(m, "POST", path).0, 405, "{path}");
+    }
+    // A scraper names the pod by its service's DNS name: no Host check.
+    let mut s = std::net::TcpStream::connect(m).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: orders-7c9.shop.svc:15090\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // Still serving: the POST /drain above was refused.
+    let r = Client::connect(proxy.local_addr("web").unwrap()).get("/app/x", "x", "");
+    assert_eq!(r.status, 200);
 }
 
 fn text_access_log_and_drain(driver: Driver) {

@@ -40,9 +40,35 @@ fn kubernetes_manifest() {
     let proxy = &init[1];
     assert_eq!(proxy["restartPolicy"], "Always");
     assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert_eq!(proxy[probe]["exec"]["command"][1], "wait-ready", "{probe}");
+    // The kubelet probes the read-only metrics listener (the admin API
+    // stays on loopback): readiness on /ready, liveness on /healthz (a
+    // draining proxy is not ready but must not be killed).
+    let metrics = snapshot.metrics.as_ref().expect("a [metrics] listener");
+    let port = metrics.address.port();
+    for (probe, path) in [
+        ("startupProbe", "/ready"),
+        ("readinessProbe", "/ready"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        assert_eq!(proxy[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(proxy[probe]["httpGet"]["port"], port, "{probe}");
     }
+    let annotations = &docs[1]["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string().as_str());
+    // Scrapes and probes reach the proxy itself, not the inbound listener.
+    let excluded = rules["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .skip_while(|a| *a != "--exclude-inbound-ports")
+        .nth(1)
+        .and_then(|v| v.as_str())
+        .unwrap();
+    assert!(
+        excluded.split(',').any(|p| p == port.to_string()),
+        "{excluded}"
+    );
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub(super) fn route(
     match path {
         "/healthz" => get(&|| Response::text(200, "ok\n")),
         "/ready" => get(&|| ready(shared)),
-        "/metrics" => get(&|| metrics(shared)),
+        "/metrics" | "/stats/prometheus" => get(&|| metrics(shared)),
         "/stats" => get(&|| Response::json(200, &shared.export(crate::metrics::stats_json))),
         "/config" => get(&|| Response::json(200, &config(shared))),
         "/clusters" => get(&|| Response::json(200, &clusters(shared))),
@@ -57,6 +57,25 @@ pub(super) fn route(
         }),
         "/" => get(&|| Response::text(200, INDEX)),
         _ => Response::text(404, "not found; GET / lists the endpoints\n"),
+    }
+}
+
+/// The `[metrics]` listener: the read-only endpoints a scraper or a
+/// kubelet probe needs, and nothing that changes or reveals the config.
+pub(super) fn scrape(req: &Request, shared: Option<&Shared>) -> Response {
+    let path = req.path.split('?').next().unwrap_or("");
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return method_not_allowed("GET, HEAD");
+    }
+    match (path, shared) {
+        ("/healthz", _) => Response::text(200, "ok\n"),
+        (_, None) => Response::text(503, "starting\n"),
+        ("/ready", Some(shared)) => ready(shared),
+        ("/metrics" | "/stats/prometheus", Some(shared)) => metrics(shared),
+        _ => Response::text(
+            404,
+            "not found: this listener serves /metrics, /stats/prometheus, /healthz and /ready\n",
+        ),
     }
 }
 
@@ -152,7 +171,7 @@ fn redact(v: &mut Value, extra: &[String]) {
 const INDEX: &str = "outrigger admin API\n\
 GET  /healthz   200 while the process is alive\n\
 GET  /ready     200 when serving, 503 while draining\n\
-GET  /metrics   Prometheus text format\n\
+GET  /metrics   Prometheus text format (also /stats/prometheus)\n\
 GET  /stats     counters and latency percentiles (JSON)\n\
 GET  /config    the running config, generation, last reload error (JSON)\n\
 GET  /clusters  endpoints and their per-worker state (JSON)\n\

@@ -5,6 +5,10 @@
 //!
 //! Every response closes the connection; request heads are limited to
 //! 8 KiB and bodies are ignored (and limited to 64 KiB).
+//!
+//! The same server, scoped to [`Scope::Metrics`], is the `[metrics]`
+//! listener: `/metrics`, `/stats/prometheus`, `/healthz` and `/ready`,
+//! read-only, for a scraper on the pod's address.
 
 mod handlers;
 
@@ -26,6 +30,15 @@ const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// Socket read and write timeout.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole admin API (loopback: it can reload and drain).
+    Admin,
+    /// The read-only scrape endpoints only.
+    Metrics,
+}
 
 /// The running admin server.
 #[derive(Debug)]
@@ -99,7 +112,11 @@ impl Response {
 /// Start the `outrigger-admin` thread on a bound listener. Until
 /// [`AdminHandle::set_ready`] it answers `/healthz` 200 and everything else
 /// 503 `starting`.
-pub fn spawn(listener: TcpListener, inbox: flume::Sender<Event>) -> std::io::Result<AdminHandle> {
+pub fn spawn(
+    listener: TcpListener,
+    inbox: flume::Sender<Event>,
+    scope: Scope,
+) -> std::io::Result<AdminHandle> {
     let address = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -107,7 +124,10 @@ pub fn spawn(listener: TcpListener, inbox: flume::Sender<Event>) -> std::io::Res
     let shared = state.clone();
     let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
-        .name("outrigger-admin".into())
+        .name(match scope {
+            Scope::Admin => "outrigger-admin".into(),
+            Scope::Metrics => "outrigger-metrics".into(),
+        })
         .spawn(move || {
             crate::control::deprioritize_current_thread();
             for stream in listener.incoming() {
@@ -127,7 +147,7 @@ pub fn spawn(listener: TcpListener, inbox: flume::Sender<Event>) -> std::io::Res
                     .name("outrigger-admin-conn".into())
                     .spawn(move || {
                         crate::control::deprioritize_current_thread();
-                        serve(stream, shared.load_full().as_deref(), &inbox);
+                        serve(stream, shared.load_full().as_deref(), &inbox, scope);
                         done.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
@@ -142,11 +162,22 @@ pub fn spawn(listener: TcpListener, inbox: flume::Sender<Event>) -> std::io::Res
     })
 }
 
-fn serve(mut stream: TcpStream, shared: Option<&Shared>, inbox: &flume::Sender<Event>) {
+fn serve(
+    mut stream: TcpStream,
+    shared: Option<&Shared>,
+    inbox: &flume::Sender<Event>,
+    scope: Scope,
+) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let (response, head_only) = match read_request(&mut stream) {
-        Ok(req) => (handlers::route(&req, shared, inbox), req.method == "HEAD"),
+        Ok(req) => {
+            let response = match scope {
+                Scope::Admin => handlers::route(&req, shared, inbox),
+                Scope::Metrics => handlers::scrape(&req, shared),
+            };
+            (response, req.method == "HEAD")
+        }
         Err(status) => (Response::text(status, "bad request\n"), false),
     };
     let mut head = format!(

@@ -12,7 +12,7 @@ use serde_spanned::Spanned;
 
 use super::error::{ConfigError, ConfigErrors, SourceMap};
 use super::file::{FileConfig, FileListener, Protocol};
-use super::{AdminSettings, HttpSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
+use super::{HttpSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
 use crate::metrics::ListenerStats;
 
 /// Default `[admin] address`.
@@ -118,7 +118,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .as_ref()
         .and_then(|x| super::xds::compile(&mut cx, x));
     cx.xds_server = xds.as_ref().map(|x| x.address.clone());
-    let admin = compile_admin(&mut cx, &parsed);
+    let admin = super::admin::compile_admin(&mut cx, &parsed);
+    let metrics = super::admin::compile_metrics(&mut cx, &parsed);
     let clusters = super::clusters::compile_clusters(&mut cx, &parsed);
     let route_tables = super::routes::compile_tables(&mut cx, &parsed);
     let listeners = compile_listeners(&mut cx, &parsed);
@@ -151,6 +152,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         content_hash: fnv1a(text.as_bytes()),
         runtime,
         admin,
+        metrics,
         listeners,
         clusters: clusters
             .into_iter()
@@ -190,29 +192,6 @@ fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
             .as_ref()
             .and_then(|d| d.exit_when_idle)
             .unwrap_or(true),
-    }
-}
-
-fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
-    let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
-    let address = match &f.admin.address {
-        None => fallback,
-        Some(a) => match parse_listen_address(a.get_ref()) {
-            Ok(addr) => addr,
-            Err(msg) => {
-                cx.error(a.span(), "admin.address", msg);
-                fallback
-            }
-        },
-    };
-    AdminSettings {
-        address,
-        redact: f
-            .admin
-            .redact
-            .iter()
-            .map(|k| k.to_ascii_lowercase())
-            .collect(),
     }
 }
 

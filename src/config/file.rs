@@ -20,7 +20,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub runtime: FileRuntime,
     #[serde(default)]
-    pub admin: FileAdmin,
+    pub admin: super::admin::FileAdmin,
+    /// `[metrics]`: the read-only scrape listener.
+    pub metrics: Option<Spanned<super::admin::FileMetrics>>,
     #[serde(default)]
     pub listeners: BTreeMap<Spanned<String>, Spanned<FileListener>>,
     #[serde(default)]
@@ -108,18 +110,6 @@ impl std::fmt::Display for IoMode {
             IoMode::Epoll => "\"epoll\"",
         })
     }
-}
-
-/// `[admin]`: the admin API (served by a later release; validated now).
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileAdmin {
-    /// `ip:port` of the admin API. Default `127.0.0.1:9901`.
-    pub address: Option<Spanned<String>>,
-    /// More key names whose values `GET /config` never shows (beside the
-    /// built-in ones: authorization, cookie, otlp_headers, ...).
-    #[serde(default)]
-    pub redact: Vec<String>,
 }
 
 /// `runtime.drain`.

@@ -6,6 +6,7 @@
 //! (routes, clusters) live in the same snapshot; the control plane decides
 //! which may change on reload.
 
+mod admin;
 mod clusters;
 pub mod compile;
 mod discovery;
@@ -54,6 +55,8 @@ pub struct Snapshot {
     pub content_hash: u64,
     pub runtime: RuntimeSettings,
     pub admin: AdminSettings,
+    /// `[metrics]`: the read-only scrape listener, when configured.
+    pub metrics: Option<MetricsSettings>,
     /// Sorted by name.
     pub listeners: Vec<Listener>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
@@ -133,6 +136,12 @@ pub struct AdminSettings {
     pub address: SocketAddr,
     /// `admin.redact`: key names (lower case) whose values `/config` hides.
     pub redact: Vec<String>,
+}
+
+/// `[metrics]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub address: SocketAddr,
 }
 
 /// One listener, compiled.
@@ -228,6 +237,7 @@ impl Snapshot {
             content_hash: self.content_hash,
             runtime: self.runtime.clone(),
             admin: self.admin.clone(),
+            metrics: self.metrics.clone(),
             listeners: self.listeners.clone(),
             clusters: self.clusters.clone(),
             route_tables: self.route_tables.clone(),

@@ -44,6 +44,11 @@ pub enum StartError {
         address: SocketAddr,
         cause: std::io::Error,
     },
+    #[error("cannot bind the metrics listener on {address}: {cause}")]
+    Metrics {
+        address: SocketAddr,
+        cause: std::io::Error,
+    },
     #[error("access_log.path: cannot open \"{path}\": {cause}")]
     AccessLog { path: String, cause: std::io::Error },
     #[error("cannot start a thread: {0}")]

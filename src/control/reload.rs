@@ -98,10 +98,16 @@ impl Server {
     }
 }
 
-/// `[runtime]` and `[admin]` are fixed for the life of the process.
+/// `[runtime]`, `[admin]` and `[metrics]` are fixed for the life of the
+/// process.
 fn check_static(old: &Snapshot, new: &Snapshot) -> Result<(), ReloadError> {
     let (o, n) = (&old.runtime, &new.runtime);
-    let checks: [(&'static str, String, String); 7] = [
+    let metrics = |s: &Snapshot| {
+        s.metrics
+            .as_ref()
+            .map_or("none".to_string(), |m| m.address.to_string())
+    };
+    let checks: [(&'static str, String, String); 8] = [
         (
             "runtime.workers",
             o.workers.to_string(),
@@ -133,6 +139,7 @@ fn check_static(old: &Snapshot, new: &Snapshot) -> Result<(), ReloadError> {
             old.admin.address.to_string(),
             new.admin.address.to_string(),
         ),
+        ("metrics.address", metrics(old), metrics(new)),
     ];
     for (key, running, new) in checks {
         if running != new {

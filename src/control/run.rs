@@ -66,6 +66,8 @@ pub struct Proxy {
     inbox: flume::Sender<Event>,
     thread: Option<JoinHandle<i32>>,
     admin: crate::admin::AdminHandle,
+    /// The `[metrics]` listener, when configured.
+    metrics: Option<crate::admin::AdminHandle>,
     stop: Arc<AtomicBool>,
 }
 
@@ -89,17 +91,42 @@ impl Proxy {
         // The admin API answers from the start: /healthz 200, /ready 503
         // until every worker serves every listener.
         let (inbox, events) = flume::unbounded();
-        let admin =
-            crate::admin::spawn(admin_listener, inbox.clone()).map_err(StartError::Spawn)?;
+        let admin = crate::admin::spawn(admin_listener, inbox.clone(), crate::admin::Scope::Admin)
+            .map_err(StartError::Spawn)?;
+        let metrics = match snapshot.metrics.as_ref().map(|m| m.address) {
+            None => None,
+            Some(address) => {
+                let bound = std::net::TcpListener::bind(address)
+                    .map_err(|cause| StartError::Metrics { address, cause })
+                    .and_then(|l| {
+                        crate::admin::spawn(l, inbox.clone(), crate::admin::Scope::Metrics)
+                            .map_err(StartError::Spawn)
+                    });
+                match bound {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        admin.stop();
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let server = match super::start(snapshot) {
             Ok(s) => s,
             Err(e) => {
                 admin.stop();
+                if let Some(m) = &metrics {
+                    m.stop();
+                }
                 return Err(e);
             }
         };
         let shared = server.shared().clone();
         admin.set_ready(shared.clone());
+        if let Some(m) = &metrics {
+            m.set_ready(shared.clone());
+            tracing::info!(address = %m.address(), "metrics listening (read-only)");
+        }
         let stop = Arc::new(AtomicBool::new(false));
         tracing::info!(address = %admin.address(), "admin API listening");
         if let (true, Some(path)) = (options.watch, &options.config_path) {
@@ -134,6 +161,7 @@ impl Proxy {
             inbox,
             thread: Some(thread),
             admin,
+            metrics,
             stop,
         })
     }
@@ -141,6 +169,13 @@ impl Proxy {
     /// The admin API's bound address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin.address()
+    }
+
+    /// The `[metrics]` listener's bound address, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::admin::AdminHandle::address)
     }
 
     /// A listener's bound address as of now (reloads may add listeners).
@@ -185,6 +220,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.admin.stop();
+        if let Some(m) = &self.metrics {
+            m.stop();
+        }
         if let Some(t) = self.thread.take() {
             let _ = self.inbox.send(Event::Drain);
             let _ = t.join();
