@@ -108,7 +108,8 @@ async fn answer(
 fn grpc_and_http2_health_checks(driver: Driver) {
     let serving = Arc::new(AtomicU8::new(1));
     let asked = Arc::new(Asked::default());
-    let (g, h) = (
+    let (g, h, p) = (
+        upstream(serving.clone(), asked.clone()),
         upstream(serving.clone(), asked.clone()),
         upstream(serving.clone(), asked.clone()),
     );
@@ -130,8 +131,19 @@ match.path_prefix = "/grpc"
 cluster = "grpc"
 
 [[routes.main]]
+match.path_prefix = "/bypath"
+cluster = "bypath"
+
+[[routes.main]]
 match.path_prefix = "/"
 cluster = "h2"
+
+# The gRPC health method's path on an HTTP/2 cluster: a gRPC health check
+# of the whole server (empty service).
+[clusters.bypath]
+endpoints = ["{p}"]
+protocol = "http2"
+health_check = {{ path = "/grpc.health.v1.Health/Check", {check} }}
 
 [clusters.grpc]
 endpoints = ["{g}"]
@@ -155,24 +167,28 @@ health_check = {{ protocol = "http", path = "/healthz", {check} }}
     // their probes keep passing.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(answer("/grpc/x"), (200, None));
+    assert_eq!(answer("/bypath/x"), (200, None));
     assert_eq!(answer("/x"), (200, None));
     assert!(eventually(|| asked.http.load(Ordering::SeqCst) >= 3));
     {
         let calls = asked.grpc.lock().unwrap();
         assert!(calls.len() >= 3, "{} gRPC health calls", calls.len());
-        // HealthCheckRequest { service: "shop" }, framed.
-        assert!(
-            calls.iter().all(|c| c == b"\0\0\0\0\x06\x0a\x04shop"),
-            "{calls:?}"
-        );
+        // HealthCheckRequest { service: "shop" }, framed; and the empty
+        // request of the check named by its path.
+        let shop: &[u8] = b"\0\0\0\0\x06\x0a\x04shop";
+        let whole: &[u8] = b"\0\0\0\0\0";
+        assert!(calls.iter().all(|c| c == shop || c == whole), "{calls:?}");
+        assert!(calls.iter().any(|c| c == shop) && calls.iter().any(|c| c == whole));
     }
     // NOT_SERVING (and /healthz 503): both leave the rotation.
     serving.store(2, Ordering::SeqCst);
     let gone = (503, Some("no_healthy_upstream".to_string()));
     assert!(eventually(|| answer("/grpc/x") == gone));
+    assert!(eventually(|| answer("/bypath/x") == gone));
     assert!(eventually(|| answer("/x") == gone));
     // Serving again: back after one passing probe.
     serving.store(1, Ordering::SeqCst);
     assert!(eventually(|| answer("/grpc/x") == (200, None)));
+    assert!(eventually(|| answer("/bypath/x") == (200, None)));
     assert!(eventually(|| answer("/x") == (200, None)));
 }

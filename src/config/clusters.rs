@@ -199,7 +199,16 @@ fn compile_cluster(
     if !ok {
         return None;
     }
-    let resilience = resilience?;
+    let mut resilience = resilience?;
+    // An http check of the gRPC health method's path is a gRPC health
+    // check (`health_check = { path = "/grpc.health.v1.Health/Check" }`).
+    if let Some(h) = &mut resilience.health_check {
+        if h.protocol == crate::resilience::HealthProtocol::Http
+            && h.path == crate::resilience::GRPC_HEALTH_PATH
+        {
+            h.protocol = crate::resilience::HealthProtocol::Grpc;
+        }
+    }
     // gRPC health checking is HTTP/2: a cluster that never speaks it to
     // its endpoints would fail every probe.
     let grpc_check = resilience
@@ -215,7 +224,10 @@ fn compile_cluster(
         let span = c_ref
             .health_check
             .as_ref()
-            .and_then(|h| h.get_ref().protocol.as_ref().map(|p| p.span()))
+            .and_then(|h| {
+                let h = h.get_ref();
+                h.protocol.as_ref().or(h.path.as_ref()).map(|p| p.span())
+            })
             .unwrap_or(0..0);
         cx.error(
             span,

@@ -40,6 +40,9 @@ impl Default for OutlierDetection {
     }
 }
 
+/// The gRPC health service's method (grpc.health.v1).
+pub const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
+
 /// `health_check.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthProtocol {

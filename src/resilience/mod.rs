@@ -16,7 +16,7 @@ pub mod retry;
 use std::time::Duration;
 
 pub use budget::{BudgetCells, RetryBudget};
-pub use health::{EndpointHealth, HealthCheck, HealthProtocol, OutlierDetection};
+pub use health::{EndpointHealth, HealthCheck, HealthProtocol, OutlierDetection, GRPC_HEALTH_PATH};
 pub use ratelimit::RateLimiter;
 pub use retry::{RetryOn, RetryPolicy};
 

@@ -12,11 +12,8 @@ use monoio::net::TcpStream;
 use super::UpstreamProtocol;
 use crate::http::h2::io::ConnIo;
 use crate::http::upconn::UpConn;
-use crate::resilience::{HealthCheck, HealthProtocol};
+use crate::resilience::{HealthCheck, HealthProtocol, GRPC_HEALTH_PATH};
 use crate::tls::ClusterTls;
-
-/// The gRPC health service's method.
-const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
 
 /// What the probe needs of its endpoint and cluster.
 pub(super) struct Target<'a> {
