@@ -77,6 +77,7 @@ def main():
             cfg.write(f"""
 [runtime]
 workers = {w}
+pin_workers = true
 [listeners.l]
 address = "127.0.0.1:17001"
 protocol = "tcp"

@@ -112,7 +112,7 @@ pub(crate) fn start_outrigger(
     std::fs::write(
         &cfg,
         format!(
-            "[runtime]\nworkers = {w}\n[admin]\naddress = \"127.0.0.1:0\"\n[listeners.web]\naddress = \"{addr}\"\nprotocol = \"http\"\nroutes = \"main\"\n[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n[clusters.up]\nendpoints = [\"{up}\"]\nmax_idle_connections = 1024\n",
+            "[runtime]\nworkers = {w}\npin_workers = true\n[admin]\naddress = \"127.0.0.1:0\"\n[listeners.web]\naddress = \"{addr}\"\nprotocol = \"http\"\nroutes = \"main\"\n[[routes.main]]\nmatch.path_prefix = \"/\"\ncluster = \"up\"\n[clusters.up]\nendpoints = [\"{up}\"]\nmax_idle_connections = 1024\n",
             w = args.proxy_cpus.len().max(1)
         ),
     )?;

@@ -177,7 +177,7 @@ fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
         overload_memory_percent: f.runtime.overload_memory_percent.unwrap_or(85).min(100),
         workers: f.runtime.workers,
         io: f.runtime.io,
-        pin_workers: f.runtime.pin_workers.unwrap_or(true),
+        pin_workers: f.runtime.pin_workers,
         drain_timeout: f
             .runtime
             .drain_timeout

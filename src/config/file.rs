@@ -62,8 +62,10 @@ pub struct FileRuntime {
     /// `"auto"`, `"io_uring"` or `"epoll"`.
     #[serde(default)]
     pub io: IoMode,
-    /// Pin worker n to the n-th available core. Default true.
-    pub pin_workers: Option<bool>,
+    /// Pin worker n to the n-th available core: true, false or "auto"
+    /// (default: only on CPUs exclusive to this process).
+    #[serde(default)]
+    pub pin_workers: super::value::PinWorkers,
     /// How long open connections may finish after SIGTERM/SIGINT. Default 5s.
     pub drain_timeout: Option<ConfigDuration>,
     /// After SIGTERM, inbound listeners keep accepting this long (so the

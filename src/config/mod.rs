@@ -78,7 +78,7 @@ pub struct Snapshot {
 pub struct RuntimeSettings {
     pub workers: Workers,
     pub io: IoMode,
-    pub pin_workers: bool,
+    pub pin_workers: value::PinWorkers,
     pub drain_timeout: Duration,
     /// Inbound listeners keep accepting this long after a drain starts.
     pub drain_inbound_delay: Duration,
@@ -97,10 +97,16 @@ impl RuntimeSettings {
     pub fn worker_count(&self) -> usize {
         match self.workers {
             Workers::Count(n) => n,
-            Workers::Auto => match core_affinity::get_core_ids() {
-                Some(c) if !c.is_empty() => c.len(),
-                _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            },
+            Workers::Auto => crate::worker::cpus::Cpus::get().default_workers(),
+        }
+    }
+
+    /// Whether workers are pinned on this machine.
+    pub fn pinned(&self) -> bool {
+        match self.pin_workers {
+            value::PinWorkers::Always => true,
+            value::PinWorkers::Never => false,
+            value::PinWorkers::Auto => crate::worker::cpus::Cpus::get().exclusive(),
         }
     }
 }

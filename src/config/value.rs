@@ -128,6 +128,58 @@ impl<'de> Deserialize<'de> for Workers {
     }
 }
 
+/// `pin_workers = true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinWorkers {
+    /// Pin only when this process's CPUs are its own (worker::cpus).
+    #[default]
+    Auto,
+    /// Pin worker n to the n-th allowed CPU.
+    Always,
+    /// Never pin.
+    Never,
+}
+
+/// As written in the config.
+impl fmt::Display for PinWorkers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PinWorkers::Auto => "\"auto\"",
+            PinWorkers::Always => "true",
+            PinWorkers::Never => "false",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for PinWorkers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PinWorkers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(if v {
+                    PinWorkers::Always
+                } else {
+                    PinWorkers::Never
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "auto" {
+                    Ok(PinWorkers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "pin_workers must be true, false or \"auto\", not \"{v}\""
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A positive integer limit (`max_connections = 10000`).
 pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = i64::deserialize(d)?;

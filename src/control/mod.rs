@@ -146,9 +146,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Start workers for `snapshot` and return once every worker serves every listener.
 pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let driver = driver::choose(snapshot.runtime.io)?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cpus = crate::worker::cpus::Cpus::get();
+    let cores = cpus.allowed.clone();
     let n = snapshot.runtime.worker_count();
-    if snapshot.runtime.pin_workers && n > cores.len() {
+    let pin = snapshot.runtime.pinned();
+    if pin && n > cores.len() {
         tracing::warn!(
             workers = n,
             cores = cores.len(),
@@ -174,7 +176,6 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let _ = log_tx.send(LogMsg::Target(
         snapshot.access_log.as_ref().map(|a| a.target.clone()),
     ));
-    let pin = snapshot.runtime.pin_workers;
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     // Ends by itself once the snapshot is gone; never joined.
     crate::upstream::prober::spawn(Arc::downgrade(&snapshot)).map_err(StartError::Spawn)?;
@@ -237,7 +238,8 @@ pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     tracing::info!(
         workers = n,
         cores = cores.len(),
-        pinned_to = %cores_used.join(","),
+        cpu_quota = %cpus.quota.map_or("none".to_string(), |q| format!("{q:.2}")),
+        pinned_to = %if pin { cores_used.join(",") } else { "none".to_string() },
         driver = %driver,
         "workers started"
     );

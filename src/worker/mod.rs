@@ -2,6 +2,7 @@
 //! its own SO_REUSEPORT socket per listener and its own per-connection state.
 //! This is where the stages are assembled: listener → (tcp relay | http).
 
+pub mod cpus;
 pub mod driver;
 pub mod memory;
 pub mod overload;
