@@ -29,6 +29,7 @@ both_drivers!(
     b3_in_w3c_out_and_malformed_headers,
     collector_down_never_hurts_requests,
     export_queue_is_bounded,
+    grpc_status_in_spans,
 );
 
 // The OTLP trace messages used (opentelemetry-proto, trace/v1 and
@@ -295,6 +296,30 @@ fn spans_link_across_two_proxies(driver: Driver) {
         .events
         .iter()
         .any(|e| e.name == "response.first_byte"));
+}
+
+/// A gRPC call the proxy answers itself (its cluster refuses connections:
+/// UNAVAILABLE, 14) carries `rpc.system` and `rpc.grpc.status_code` on its
+/// server span.
+fn grpc_status_in_spans(driver: Driver) {
+    let (collector, spans) = receiver();
+    let (_p, addr) = proxy(driver, "g", collector, r#"["w3c"]"#, 0.0, closed_port());
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut c = Client::connect(addr);
+    c.send(
+        format!(
+            "POST /pkg.Svc/Call HTTP/1.1\r\nhost: svc\r\ncontent-type: application/grpc\r\n\
+             te: trailers\r\ntraceparent: {tp}\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0"
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(eventually(|| !spans.lock().unwrap().is_empty()));
+    let all = spans.lock().unwrap().clone();
+    let server = &all.iter().find(|(_, sp)| sp.kind == 2).unwrap().1;
+    assert_eq!(server.attr("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("14"));
 }
 
 /// B3 in, W3C and B3 out; unsampled requests propagate an unsampled

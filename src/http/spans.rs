@@ -45,6 +45,12 @@ pub(super) fn server_span(
             Value::Int(i64::from(rec.status)),
         ));
     }
+    // A gRPC call's status (OpenTelemetry's rpc conventions), from the
+    // proxy's own answer or the upstream's.
+    if let Some(g) = rec.grpc_status.or(up.grpc_status.get()) {
+        a.push(("rpc.system", s("grpc")));
+        a.push(("rpc.grpc.status_code", Value::Int(i64::from(g))));
+    }
     if let Some(h) = head.host() {
         a.push(("server.address", s(h)));
     }
@@ -106,6 +112,9 @@ pub(super) fn client_span(
     }
     if status != 0 {
         attributes.push(("http.response.status_code", Value::Int(i64::from(status))));
+    }
+    if let Some(g) = out.grpc_status.get() {
+        attributes.push(("rpc.grpc.status_code", Value::Int(i64::from(g))));
     }
     let mut events = Vec::new();
     // A new connection made for this try: connect and TLS handshake.
