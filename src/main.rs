@@ -30,9 +30,12 @@ enum Command {
     /// Run the proxy until SIGINT or SIGTERM; SIGHUP, a change of the
     /// config file or POST /reload on the admin API reloads it.
     Run {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The config file (`--config FILE`, `-c FILE` or just `FILE`).
+        #[arg(long, short, required_unless_present = "file", conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// The config file, as `outrigger check` takes it.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
         /// Do not watch the config file's directory for changes.
         #[arg(long)]
         no_watch: bool,
@@ -84,8 +87,11 @@ enum Command {
     },
     /// Validate a config file without binding anything.
     Check {
-        /// The config file.
-        file: PathBuf,
+        /// The config file (`FILE`, or `--config FILE` as `run` takes it).
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        #[arg(long, short, conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
     /// Run the proxy on the embedded demo config with its own demo upstreams.
     Demo {
@@ -120,9 +126,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run {
             config,
+            file,
             no_watch,
             app,
-        } => run(&config, !no_watch, &app),
+        } => run(&config.or(file).unwrap_or_default(), !no_watch, &app),
         Command::WaitReady { admin, timeout } => Ok(
             if outrigger::sidecar::lifecycle::wait_ready(admin, timeout) {
                 ExitCode::SUCCESS
@@ -154,7 +161,7 @@ fn main() -> ExitCode {
             };
             iptables(&rules, apply, cleanup, nft)
         }
-        Command::Check { file } => Ok(check(&file)),
+        Command::Check { file, config } => Ok(check(&file.or(config).unwrap_or_default())),
         Command::Demo { io } => demo(io),
         Command::Certs {
             command: CertsCommand::Demo { dir, trust_domain },
@@ -303,7 +310,7 @@ fn serve_app(snapshot: Snapshot, options: Options, app: &[String]) -> anyhow::Re
         128 + status.signal().unwrap_or(1)
     });
     tracing::info!(code, "app exited; draining");
-    proxy.drain();
+    proxy.drain_because("app exited");
     let proxy =
         std::sync::Arc::try_unwrap(proxy).map_err(|_| anyhow::anyhow!("proxy still shared"))?;
     let _ = proxy.wait();

@@ -126,6 +126,14 @@ fn check_exit_codes_and_output() {
         stdout.contains("ok: 2 listener(s), 4 cluster(s)"),
         "{stdout}"
     );
+    // `--config FILE`, as `run` takes it, says the same.
+    let same = outrigger()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(same.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&same.stdout), stdout);
 
     let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/invalid/multiple-errors.toml");
     let out = outrigger().arg("check").arg(&bad).output().unwrap();

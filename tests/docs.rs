@@ -163,7 +163,9 @@ fn command_lines_use_real_flags() {
                 let program = words[start];
                 let args: Vec<&str> = words[start + 1..]
                     .iter()
-                    .take_while(|w| !matches!(**w, "|" | "&&" | ";" | "&" | "#" | "--" | ">" | "2>&1"))
+                    .take_while(|w| {
+                        !matches!(**w, "|" | "&&" | ";" | "&" | "#" | "--" | ">" | "2>&1")
+                    })
                     .copied()
                     .collect();
                 // `cargo run --release -- demo` and the like.

@@ -210,13 +210,17 @@ fn run_app_under_the_proxy(driver: Driver) {
     let app = format!(
         "import socket,sys\ns=socket.create_connection(('127.0.0.1',{port}))\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\nsys.exit(7 if s.recv(100).startswith(b'HTTP/1.1 200') else 3)"
     );
-    let status = Command::new(env!("CARGO_BIN_EXE_outrigger"))
-        .args(["run", "--no-watch", "-c"])
+    // (The config file as `run FILE`, the form `check` takes too.)
+    let out = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["run", "--no-watch"])
         .arg(dir.path("config.toml"))
         .args(["--", "python3", "-c", &app])
-        .status()
+        .output()
         .unwrap();
-    assert_eq!(status.code(), Some(7));
+    assert_eq!(out.status.code(), Some(7));
+    // The drain names its real trigger.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("trigger=\"app exited\""), "{log}");
     // SIGTERM goes to the app: a shell that traps it and exits 42.
     let mut child = Command::new(env!("CARGO_BIN_EXE_outrigger"))
         .args(["run", "--no-watch", "-c"])

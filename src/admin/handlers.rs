@@ -48,7 +48,7 @@ pub(super) fn route(
             let _ = inbox.send(if when_idle {
                 Event::DrainWhenIdle
             } else {
-                Event::Drain
+                Event::Drain("POST /drain")
             });
             Response::json(
                 202,

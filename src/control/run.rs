@@ -21,8 +21,9 @@ pub enum Event {
     FileChanged,
     /// SIGHUP (`None`) or `POST /reload` (answered on the channel).
     Reload(Option<flume::Sender<ReloadOutcome>>),
-    /// `POST /drain`: what SIGTERM does.
-    Drain,
+    /// What SIGTERM does, for the reason given (`POST /drain`, `app
+    /// exited`, ...), which the drain's log line names.
+    Drain(&'static str),
     /// `POST /drain?exit_when_idle=1`: drain, and exit as soon as no
     /// connection is left whatever `runtime.drain` says.
     DrainWhenIdle,
@@ -205,7 +206,12 @@ impl Proxy {
 
     /// Start draining, as SIGTERM does.
     pub fn drain(&self) {
-        let _ = self.inbox.send(Event::Drain);
+        self.drain_because("drain requested");
+    }
+
+    /// Start draining; `trigger` names why in the log.
+    pub fn drain_because(&self, trigger: &'static str) {
+        let _ = self.inbox.send(Event::Drain(trigger));
     }
 
     /// Wait for the control thread to finish; returns the exit status.
@@ -224,7 +230,7 @@ impl Drop for Proxy {
             m.stop();
         }
         if let Some(t) = self.thread.take() {
-            let _ = self.inbox.send(Event::Drain);
+            let _ = self.inbox.send(Event::Drain("shutdown"));
             let _ = t.join();
         }
     }
@@ -280,9 +286,9 @@ impl Control {
                     }
                     self.start_drain(signal_name(sig));
                 }
-                Ok(Event::Drain) => {
+                Ok(Event::Drain(trigger)) => {
                     if self.drain_deadline.is_none() {
-                        self.start_drain("POST /drain");
+                        self.start_drain(trigger);
                     }
                 }
                 Ok(Event::Discovered(update)) => self.apply_discovery(vec![update]),
