@@ -95,9 +95,15 @@ impl Ctx<'_> {
 /// Compile config text read from `file` (used in messages only).
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let map = SourceMap::new(text);
-    let parsed: FileConfig = match super::parse::parse(file, &map, text) {
-        Ok(f) => f,
-        Err(errors) => return Err(ConfigErrors(errors)),
+    let (parsed, mut parse_errors) = match super::parse::parse(file, &map, text) {
+        Ok(f) => (f, Vec::new()),
+        // The rest of the file, without the entries in error: its semantic
+        // errors are reported in the same run.
+        Err(super::parse::ParseFailure {
+            errors,
+            rest: Some(f),
+        }) => (f, errors),
+        Err(failure) => return Err(ConfigErrors(failure.errors)),
     };
     let runtime = compile_runtime(&parsed);
     let mut cx = Ctx {
@@ -131,11 +137,11 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .tracing
         .as_ref()
         .and_then(|t| super::observe::compile_tracing(&mut cx, t));
-    if !cx.errors.is_empty() {
+    if !cx.errors.is_empty() || !parse_errors.is_empty() {
         cx.errors.sort_by_key(|(off, _)| *off);
-        return Err(ConfigErrors(
-            cx.errors.into_iter().map(|(_, e)| e).collect(),
-        ));
+        parse_errors.extend(cx.errors.into_iter().map(|(_, e)| e));
+        parse_errors.sort_by_key(|e| e.position);
+        return Err(ConfigErrors(parse_errors));
     }
     let material_hash = super::material_hash(&cx.material);
     Ok(Snapshot {

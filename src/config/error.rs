@@ -81,6 +81,30 @@ impl<'a> SourceMap<'a> {
         (line, col)
     }
 
+    /// The key path a table header names: `listeners.web`, or for an
+    /// array-of-tables entry its index among the same headers before it
+    /// (`routes.web[1]`, 0-based, as the compiler's own errors write it).
+    fn header_path(&self, header_start: usize, header: &str) -> String {
+        let name = header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if !header.starts_with("[[") {
+            return name.to_string();
+        }
+        let index = self.text[..header_start]
+            .lines()
+            .filter(|l| {
+                let l = l.trim();
+                l.starts_with("[[")
+                    && l.trim_start_matches('[').split(']').next().map(str::trim) == Some(name)
+            })
+            .count();
+        format!("{name}[{index}]")
+    }
+
     /// Best-effort dotted key at an offset: the nearest table header above it
     /// joined with the key on its own line (`listeners.public` + `address`).
     pub(crate) fn key_at(&self, offset: usize) -> String {
@@ -90,29 +114,23 @@ impl<'a> SourceMap<'a> {
             .find('\n')
             .map_or(self.text.len(), |i| offset + i);
         let line = &self.text[line_start..line_end];
-        let mut table = String::new();
-        for l in self.text[..line_start].lines().rev() {
-            let t = l.trim();
-            if t.starts_with('[') {
-                table = t
-                    .trim_start_matches('[')
-                    .split(']')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                break;
-            }
-        }
         let t = line.trim();
         if t.starts_with('[') {
-            return t
-                .trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
+            return self.header_path(line_start, t);
+        }
+        let mut table = String::new();
+        let mut starts = Vec::new();
+        let mut at = 0;
+        for l in self.text[..line_start].split_inclusive('\n') {
+            starts.push((at, l));
+            at += l.len();
+        }
+        for (start, l) in starts.into_iter().rev() {
+            let t = l.trim();
+            if t.starts_with('[') {
+                table = self.header_path(start, t);
+                break;
+            }
         }
         let key = match line.find('=') {
             Some(eq) => line[..eq].trim().trim_matches('"').to_string(),

@@ -3,6 +3,10 @@
 //! first: after each error the entry it points into is blanked with spaces
 //! (so every later position still points into the original text) and the
 //! text is parsed again. A file with two typos needs one `check`, not two.
+//! When the blanked text then parses, that config is returned with the
+//! errors, so the compiler can report the semantic errors of the rest in
+//! the same run. An unknown key or value close to a known one gets a
+//! "did you mean" suggestion.
 
 use std::ops::Range;
 use std::path::Path;
@@ -15,15 +19,26 @@ use super::file::FileConfig;
 /// More errors than this in one file are not worth listing.
 const MAX_ERRORS: usize = 50;
 
+/// Parse errors, and the config that parsed once the entries they point
+/// at were blanked (when it did).
+pub struct ParseFailure {
+    pub errors: Vec<ConfigError>,
+    pub rest: Option<FileConfig>,
+}
+
 /// Parse `text`; on failure, every positioned error serde reports.
-pub fn parse(file: &Path, map: &SourceMap<'_>, text: &str) -> Result<FileConfig, Vec<ConfigError>> {
+pub fn parse(file: &Path, map: &SourceMap<'_>, text: &str) -> Result<FileConfig, ParseFailure> {
     let mut work = text.to_string();
     let mut errors: Vec<(usize, ConfigError)> = Vec::new();
     let mut blanked: Vec<String> = Vec::new();
+    let mut rest = None;
     loop {
         let e = match toml::from_str::<FileConfig>(&work) {
             Ok(f) if errors.is_empty() => return Ok(f),
-            Ok(_) => break,
+            Ok(f) => {
+                rest = Some(f);
+                break;
+            }
             Err(e) => e,
         };
         // A required key whose bad value was blanked is now "missing": that
@@ -52,19 +67,59 @@ pub fn parse(file: &Path, map: &SourceMap<'_>, text: &str) -> Result<FileConfig,
         }
     }
     errors.sort_by_key(|(offset, _)| *offset);
-    Err(errors.into_iter().map(|(_, e)| e).collect())
+    Err(ParseFailure {
+        errors: errors.into_iter().map(|(_, e)| e).collect(),
+        rest,
+    })
 }
 
 fn error(file: &Path, map: &SourceMap<'_>, e: &toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     // toml's messages end with a newline and sometimes repeat the key; keep them short.
     let message = e.message().trim().lines().collect::<Vec<_>>().join("; ");
+    let message = suggest(&message).unwrap_or(message);
     ConfigError {
         file: file.to_path_buf(),
         position: Some(map.position(span.start)),
         key: map.key_at(span.start),
         message,
     }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown
+/// variant") with the nearest expected name first, when one is close:
+/// "unknown field `balanse`; did you mean `balance`? expected one of ...".
+fn suggest(message: &str) -> Option<String> {
+    let kind = ["unknown field `", "unknown variant `"]
+        .into_iter()
+        .find(|k| message.starts_with(k))?;
+    let rest = &message[kind.len()..];
+    let (given, tail) = rest.split_once('`')?;
+    let expected = tail.split_once("expected ")?.1;
+    let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let (best, distance) = names
+        .iter()
+        .map(|n| (*n, edit_distance(given, n)))
+        .min_by_key(|(_, d)| *d)?;
+    // Close: a slip of one or two characters, less than half the word.
+    (distance > 0 && distance <= 2 && distance * 2 < given.len().max(2))
+        .then(|| format!("{kind}{given}`; did you mean `{best}`? expected {expected}"))
+}
+
+/// Levenshtein distance (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Replace `range` with spaces, keeping newlines (and so every position).
@@ -160,6 +215,7 @@ mod tests {
         match parse(Path::new("t.toml"), &map, text) {
             Ok(_) => Vec::new(),
             Err(e) => e
+                .errors
                 .iter()
                 .map(|e| {
                     let (l, c) = e.position.unwrap_or((0, 0));
@@ -199,7 +255,7 @@ connect_timeout = "5 secs"
                 "3:1: runtime.idle",
                 "9:16: listeners.web.idle_timeout",
                 "10:18: listeners.web.header_timeout",
-                "14:7: routes.r.match.nope",
+                "14:7: routes.r[0].match.nope",
                 "19:11: clusters.c.balance",
                 "20:19: clusters.c.connect_timeout",
             ]
@@ -215,5 +271,22 @@ connect_timeout = "5 secs"
     #[test]
     fn syntax_errors_stop_at_the_first() {
         assert_eq!(errors("[runtime\nio = 1\n").len(), 1);
+    }
+
+    #[test]
+    fn near_misses_are_named() {
+        assert_eq!(edit_distance("balanse", "balance"), 1);
+        assert_eq!(edit_distance("pth", "path"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
+        let m = suggest("unknown field `balanse`, expected one of `endpoints`, `balance`").unwrap();
+        assert_eq!(
+            m,
+            "unknown field `balanse`; did you mean `balance`? expected one of `endpoints`, `balance`"
+        );
+        let v = suggest("unknown variant `htp`, expected one of `tcp`, `http`, `auto`").unwrap();
+        assert!(v.contains("did you mean `http`?"), "{v}");
+        // Nothing close: the message stays as it was.
+        assert_eq!(suggest("unknown field `zzzzzz`, expected `a` or `b`"), None);
+        assert_eq!(suggest("invalid type: string"), None);
     }
 }
