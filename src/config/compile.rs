@@ -102,7 +102,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         Err(super::parse::ParseFailure {
             errors,
             rest: Some(f),
-        }) => (f, errors),
+        }) => (*f, errors),
         Err(failure) => return Err(ConfigErrors(failure.errors)),
     };
     let runtime = compile_runtime(&parsed);

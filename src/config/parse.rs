@@ -23,7 +23,7 @@ const MAX_ERRORS: usize = 50;
 /// at were blanked (when it did).
 pub struct ParseFailure {
     pub errors: Vec<ConfigError>,
-    pub rest: Option<FileConfig>,
+    pub rest: Option<Box<FileConfig>>,
 }
 
 /// Parse `text`; on failure, every positioned error serde reports.
@@ -36,7 +36,7 @@ pub fn parse(file: &Path, map: &SourceMap<'_>, text: &str) -> Result<FileConfig,
         let e = match toml::from_str::<FileConfig>(&work) {
             Ok(f) if errors.is_empty() => return Ok(f),
             Ok(f) => {
-                rest = Some(f);
+                rest = Some(Box::new(f));
                 break;
             }
             Err(e) => e,
