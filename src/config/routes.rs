@@ -363,11 +363,12 @@ fn action(
                 ok = false;
             }
             let w = *s.weight.get_ref();
-            if !(1..=1_000_000).contains(&w) {
+            // 0 drains a branch (Envoy allows it); the total must not be 0.
+            if !(0..=1_000_000).contains(&w) {
                 cx.error(
                     s.weight.span(),
                     format!("{key}.split"),
-                    format!("weight must be between 1 and 1000000, not {w}"),
+                    format!("weight must be between 0 and 1000000, not {w}"),
                 );
                 ok = false;
             }
@@ -382,6 +383,14 @@ fn action(
             ok = false;
         }
         let total = targets.iter().map(|t| t.1).sum();
+        if ok && total == 0 {
+            cx.error(
+                split.span(),
+                format!("{key}.split"),
+                "every weight is 0: at least one branch needs a positive weight",
+            );
+            ok = false;
+        }
         return ok.then_some(RouteAction::Split(WeightedClusters { targets, total }));
     }
     let d = r.direct_response.as_ref()?;

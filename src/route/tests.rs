@@ -153,6 +153,15 @@ fn split_pick_covers_weights() {
     assert_eq!(a, 90);
     assert_eq!(w.pick(95), "b");
     assert_eq!(w.pick(195), "b");
+    // A branch with weight 0 is drained: never picked.
+    let drained = WeightedClusters {
+        targets: vec![("old".into(), 0), ("new".into(), 5), ("spare".into(), 0)],
+        total: 5,
+    };
+    assert!((0..1000).all(|n| drained.pick(n) == "new"));
+    // And the config compiles it.
+    let text = "[listeners.l]\naddress = \"127.0.0.1:1\"\nprotocol = \"http\"\nroutes = \"r\"\n[[routes.r]]\nmatch.path_prefix = \"/\"\nsplit = [{ cluster = \"a\", weight = 100 }, { cluster = \"b\", weight = 0 }]\n[clusters.a]\nendpoints = [\"127.0.0.1:2\"]\n[clusters.b]\nendpoints = [\"127.0.0.1:3\"]\n";
+    assert!(crate::config::compile(std::path::Path::new("t.toml"), text).is_ok());
 }
 
 #[test]
