@@ -202,3 +202,25 @@ fn version_and_help() {
         assert!(help.contains(word), "{help}");
     }
 }
+
+/// A relative `access_log.path` is relative to the config file's directory
+/// (as certificates and endpoint files are), and the error names where it
+/// looked.
+#[test]
+fn access_log_path_is_relative_to_the_config() {
+    let dir = common::admin::TempDir::new("relative-log");
+    std::fs::create_dir(dir.path("logs")).unwrap();
+    let text = "[access_log]\npath = \"logs/access.log\"\n[listeners.db]\naddress = \"127.0.0.1:1\"\nprotocol = \"tcp\"\ncluster = \"pg\"\n[clusters.pg]\nendpoints = [\"127.0.0.1:2\"]\n";
+    let config = dir.path("config.toml");
+    let snapshot = outrigger::config::compile(&config, text).unwrap();
+    let target = snapshot.access_log.unwrap().target.to_string();
+    assert_eq!(target, dir.path("logs/access.log").display().to_string());
+    let missing = text.replace("logs/access.log", "nowhere/access.log");
+    let err = outrigger::config::compile(&config, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("\"{}\"", dir.path("nowhere/access.log").display())),
+        "{err}"
+    );
+}

@@ -1,7 +1,6 @@
 //! `[access_log]` and `[tracing]`: their file types and their compiling.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -32,7 +31,9 @@ pub(super) fn compile_access_log(
         );
         return None;
     } else {
-        let file = PathBuf::from(path);
+        // Relative to the config file's directory, like every other path
+        // in the config (certificates, endpoints_file).
+        let file = cx.path(path);
         // What opening the file would refuse, found here so that `check`
         // says it (with the key's position) instead of `run` failing later.
         if let Err(why) = writable_location(&file) {
