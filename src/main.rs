@@ -109,14 +109,34 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum CertsCommand {
-    /// Write a throwaway trust domain into DIR: bundle.pem (its CA) and two
-    /// SVIDs with keys, frontend.pem/.key and orders.pem/.key, valid for
-    /// 30 days, for configs/mesh-outbound.toml and configs/mesh-inbound.toml.
-    /// The CA's key is not kept. Never use them outside a demo.
+    /// Write a throwaway trust domain into DIR: bundle.pem (its CA, valid
+    /// a year), ca.key (its key, mode 0600) and two SVIDs with keys (0600),
+    /// frontend.pem/.key and orders.pem/.key, valid for 30 days, for
+    /// configs/mesh-outbound.toml and configs/mesh-inbound.toml. Never use
+    /// them outside a demo.
     Demo {
         dir: PathBuf,
         #[arg(long, default_value = "example.org")]
         trust_domain: String,
+    },
+    /// Issue one more SVID from a CA (the demo's bundle.pem and ca.key, say):
+    /// OUT.pem and OUT.key (0600), for practising rotation.
+    Issue {
+        /// The CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The CA's private key (PEM).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The SPIFFE ID, e.g. spiffe://example.org/ns/shop/sa/orders.
+        #[arg(long)]
+        id: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Where to write: OUT.pem and OUT.key.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -163,9 +183,19 @@ fn main() -> ExitCode {
         }
         Command::Check { file, config } => Ok(check(&file.or(config).unwrap_or_default())),
         Command::Demo { io } => demo(io),
-        Command::Certs {
-            command: CertsCommand::Demo { dir, trust_domain },
-        } => outrigger::tls::demo::write(&dir, &trust_domain).map(|written| {
+        Command::Certs { command } => match command {
+            CertsCommand::Demo { dir, trust_domain } => {
+                outrigger::tls::demo::write(&dir, &trust_domain)
+            }
+            CertsCommand::Issue {
+                ca,
+                ca_key,
+                id,
+                days,
+                out,
+            } => outrigger::tls::demo::issue(&ca, &ca_key, &id, days, &out),
+        }
+        .map(|written| {
             for f in written {
                 println!("{}", f.display());
             }

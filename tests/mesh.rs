@@ -329,4 +329,49 @@ fn demo_certs_and_configs_work(driver: Driver) {
         xfcc.ends_with(";URI=spiffe://example.org/ns/shop/sa/frontend"),
         "{xfcc}"
     );
+    // Private keys are the owner's alone, the CA's key is kept...
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "frontend.key", "orders.key"] {
+        let mode = std::fs::metadata(dir.path("mesh-certs").join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    // ...so `certs issue` re-issues the frontend's SVID in place; after a
+    // reload the outbound presents the new certificate (its hash in XFCC
+    // changes), still as the same identity.
+    let certs = dir.path("mesh-certs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args([
+            "certs",
+            "issue",
+            "--id",
+            "spiffe://example.org/ns/shop/sa/frontend",
+        ])
+        .arg("--ca")
+        .arg(certs.join("bundle.pem"))
+        .arg("--ca-key")
+        .arg(certs.join("ca.key"))
+        .arg("--out")
+        .arg(certs.join("frontend"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    outbound.reload().unwrap();
+    let r = Client::connect(outbound.local_addr("outbound").unwrap()).get("/", "orders", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let rotated = String::from_utf8_lossy(&r.body).to_string();
+    assert!(rotated.ends_with(";URI=spiffe://example.org/ns/shop/sa/frontend"));
+    let hash = |x: &str| {
+        x.split(";Hash=")
+            .nth(1)
+            .and_then(|h| h.split(';').next())
+            .map(str::to_string)
+    };
+    assert_ne!(hash(&rotated), hash(&xfcc), "the new certificate is in use");
 }
