@@ -99,6 +99,13 @@ enum Command {
         /// or epoll.
         #[arg(long, default_value = "auto", value_parser = parse_io)]
         io: IoMode,
+        /// The admin API's address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// First port of the demo: TCP echo listener on N, HTTP on N+80,
+        /// upstreams on N+9001.. (default 10000).
+        #[arg(long, default_value_t = DEMO_PORT_BASE, value_parser = clap::value_parser!(u16).range(1024..=56000))]
+        port_base: u16,
     },
     /// Certificates for trying things out.
     Certs {
@@ -182,7 +189,11 @@ fn main() -> ExitCode {
             iptables(&rules, apply, cleanup, nft)
         }
         Command::Check { file, config } => Ok(check(&file.or(config).unwrap_or_default())),
-        Command::Demo { io } => demo(io),
+        Command::Demo {
+            io,
+            admin,
+            port_base,
+        } => demo(io, admin, port_base),
         Command::Certs { command } => match command {
             CertsCommand::Demo { dir, trust_domain } => {
                 outrigger::tls::demo::write(&dir, &trust_domain)
@@ -356,10 +367,31 @@ fn serve(snapshot: Snapshot, options: Options) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-fn demo(io: IoMode) -> anyhow::Result<ExitCode> {
+/// The demo config's lowest port; `--port-base` moves every demo port by
+/// the same amount.
+const DEMO_PORT_BASE: u16 = 10000;
+
+/// The embedded demo config with its ports moved to `base` and the admin
+/// API on `admin`.
+fn demo_config(admin: std::net::SocketAddr, base: u16) -> String {
+    let shift = i32::from(base) - i32::from(DEMO_PORT_BASE);
+    let mut text = config::DEMO_CONFIG.replace(
+        "address = \"127.0.0.1:9901\"",
+        &format!("address = \"{admin}\""),
+    );
+    for port in [10000, 10080, 19001, 19002, 19081, 19082] {
+        text = text.replace(
+            &format!("127.0.0.1:{port}\""),
+            &format!("127.0.0.1:{}\"", port + shift),
+        );
+    }
+    text
+}
+
+fn demo(io: IoMode, admin: std::net::SocketAddr, port_base: u16) -> anyhow::Result<ExitCode> {
     let mut snapshot = config::compile(
         Path::new("<embedded configs/demo.toml>"),
-        config::DEMO_CONFIG,
+        &demo_config(admin, port_base),
     )
     .map_err(|e| anyhow::anyhow!("the embedded demo config is invalid:\n{e}"))?;
     if io != IoMode::Auto {
@@ -377,7 +409,8 @@ fn demo(io: IoMode) -> anyhow::Result<ExitCode> {
             };
             let b = backends::start(kind, ep.address, 1, driver).with_context(|| {
                 format!(
-                    "cannot start the demo upstream on {} (is another demo running?)",
+                    "cannot start the demo upstream on {} (is another demo running? \
+                     --port-base moves the demo's ports)",
                     ep.address
                 )
             })?;
@@ -391,6 +424,15 @@ fn demo(io: IoMode) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("demo config lacks the {name} listener"))
     };
     let (echo, web) = (addr("echo")?, addr("web")?);
+    tracing::info!(summary = %snapshot.summary(), "starting the demo");
+    // Everything is bound before the banner: a port in use fails here,
+    // with nothing printed that would not work.
+    let signals =
+        outrigger::control::SignalWatch::install().context("cannot install signal handlers")?;
+    let proxy = Proxy::launch(snapshot, Options::default(), Some(signals)).map_err(|e| {
+        anyhow::anyhow!("{e} (is another demo running? --admin and --port-base move the demo)")
+    })?;
+    let admin = proxy.admin_addr();
     println!(
         "\nOutrigger demo: {n} upstreams on loopback, the proxy in front.\n\n\
          HTTP on {web}: routes in configs/demo.toml. Try, in another terminal:\n\n  \
@@ -408,11 +450,10 @@ fn demo(io: IoMode) -> anyhow::Result<ExitCode> {
          curl -s http://{admin}/clusters                # endpoints, per worker\n\n\
          Access log lines (text format) follow on stdout. Press Ctrl-C to stop.\n",
         n = upstreams.len(),
-        admin = snapshot.admin.address,
         eip = echo.ip(),
         eport = echo.port(),
     );
-    let code = serve(snapshot, Options::default())?;
+    let code = proxy.wait();
     drop(upstreams);
-    Ok(code)
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

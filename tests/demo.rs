@@ -14,14 +14,42 @@ use common::http::Client;
 
 #[test]
 fn demo_serves_http_split_pin_direct_and_tcp_echo() {
-    for io in ["io_uring", "epoll"] {
-        demo_on(io);
-    }
+    // The second round moves every port (--port-base, --admin).
+    demo_on("io_uring", 10000, &[]);
+    demo_on(
+        "epoll",
+        20000,
+        &["--port-base", "20000", "--admin", "127.0.0.1:0"],
+    );
 }
 
-fn demo_on(io: &str) {
+/// A port of the demo in use: it fails before printing its banner (which
+/// would promise what does not work), and says how to move it.
+#[test]
+fn demo_fails_before_its_banner_when_a_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["demo", "--port-base", "30000", "--admin"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot bind the admin API") && err.contains("--port-base"),
+        "{err}"
+    );
+}
+
+fn demo_on(io: &str, base: u16, extra: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outrigger"))
         .args(["demo", "--io", io])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -50,7 +78,7 @@ fn demo_on(io: &str) {
         Some(io),
         "the demo runs on the driver asked for"
     );
-    let web = "127.0.0.1:10080".parse().unwrap();
+    let web = format!("127.0.0.1:{}", base + 80).parse().unwrap();
     let mut c = Client::connect(web);
     let r = c.get("/healthz", "demo", "");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
@@ -61,7 +89,7 @@ fn demo_on(io: &str) {
         .filter(|_| c.get("/", "demo", "").body == b"v2")
         .count();
     assert!((5..=40).contains(&v2), "v2 got {v2} of 200");
-    let mut t = common::connect("127.0.0.1:10000".parse().unwrap());
+    let mut t = common::connect(format!("127.0.0.1:{base}").parse().unwrap());
     assert_eq!(common::round_trip(&mut t, b"hello"), b"hello");
     drop(t);
     drop(c);
@@ -72,7 +100,10 @@ fn demo_on(io: &str) {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert!(
-        out.contains("curl -s -H 'x-version: 2' http://127.0.0.1:10080/"),
+        out.contains(&format!(
+            "curl -s -H 'x-version: 2' http://127.0.0.1:{}/",
+            base + 80
+        )),
         "{out}"
     );
 }
