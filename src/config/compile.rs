@@ -42,8 +42,10 @@ pub(super) struct Ctx<'a> {
     pub(super) workers: usize,
     map: SourceMap<'a>,
     errors: Vec<(usize, ConfigError)>,
-    /// `[identity]`, compiled first (mesh listeners and clusters use it).
+    /// `[identity]`, compiled first (mesh listeners and clusters use it);
+    /// `None` also when the table is there but failed (already reported).
     pub(super) identity: Option<Arc<crate::tls::spiffe::Identity>>,
+    pub(super) identity_written: bool,
     /// Certificate, key and CA files read (watched for rotation).
     pub(super) material: Vec<PathBuf>,
     /// `[xds] address`, for `discovery = "xds"` clusters.
@@ -112,6 +114,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         workers: runtime.worker_count(),
         errors: Vec::new(),
         identity: None,
+        identity_written: parsed.identity.is_some(),
         material: Vec::new(),
         xds_server: None,
     };

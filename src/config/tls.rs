@@ -48,11 +48,14 @@ pub(super) fn listener_tls(
         Some(("mesh", span)) => match &cx.identity {
             Some(id) => Some(id.clone()),
             None => {
-                cx.error(
-                    span,
-                    format!("{key}.mode"),
-                    "mode = \"mesh\" needs an [identity] table (cert, key, trust_bundle, trust_domain)",
-                );
+                // A written [identity] that failed has said why already.
+                if !cx.identity_written {
+                    cx.error(
+                        span,
+                        format!("{key}.mode"),
+                        "mode = \"mesh\" needs an [identity] table (cert, key, trust_bundle, trust_domain)",
+                    );
+                }
                 return None;
             }
         },
@@ -232,11 +235,13 @@ pub(super) fn cluster_tls(
         None | Some(("tls", _)) => None,
         Some(("mesh", span)) => {
             let Some(id) = cx.identity.clone() else {
-                cx.error(
-                    span,
-                    format!("{key}.mode"),
-                    "mode = \"mesh\" needs an [identity] table (cert, key, trust_bundle, trust_domain)",
-                );
+                if !cx.identity_written {
+                    cx.error(
+                        span,
+                        format!("{key}.mode"),
+                        "mode = \"mesh\" needs an [identity] table (cert, key, trust_bundle, trust_domain)",
+                    );
+                }
                 return None;
             };
             let patterns = patterns(cx, &format!("{key}.identities"), &f.identities)?;
