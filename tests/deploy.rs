@@ -99,6 +99,11 @@ fn systemd_unit() {
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     assert!(unit.contains("ExecStart=/usr/local/bin/outrigger run --config"));
     assert!(unit.contains("AmbientCapabilities="));
+    // The log directory the install steps never create is systemd's to
+    // create (and make writable under ProtectSystem=strict).
+    assert!(unit.contains("LogsDirectory=outrigger"));
+    assert!(unit.contains("WorkingDirectory=/etc/outrigger"));
+    assert!(!unit.contains("ReadWritePaths=/var/log/outrigger"));
 }
 
 /// Every metric the Grafana dashboard queries is one `/metrics` exposes
