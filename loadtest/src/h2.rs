@@ -268,14 +268,8 @@ async fn stream(
         }
         let mut r = result.borrow_mut();
         match outcome {
-            Ok(Ok(status)) => {
-                if sent >= plan.measure_from {
-                    r.record(
-                        intended,
-                        sent,
-                        done,
-                        plan.body.as_ref().map_or(0, Bytes::len),
-                    );
+            Ok(Ok((status, len))) => {
+                if sent >= plan.measure_from && r.record(intended, sent, done, len) {
                     r.status(status);
                     if plan.interval.is_some() {
                         r.lateness(intended, sent);
@@ -296,7 +290,12 @@ async fn stream(
 }
 
 /// One request on a new stream; the response read to its end.
-async fn exchange(plan: &Plan, send: &mut SendRequest<Bytes>) -> Result<u16, &'static str> {
+/// One request on a new stream and its whole response: the status and the
+/// response body's length.
+async fn exchange(
+    plan: &Plan,
+    send: &mut SendRequest<Bytes>,
+) -> Result<(u16, usize), &'static str> {
     poll_fn(|cx| send.poll_ready(cx))
         .await
         .map_err(|_| "connection")?;
@@ -314,12 +313,14 @@ async fn exchange(plan: &Plan, send: &mut SendRequest<Bytes>) -> Result<u16, &'s
     let resp = response.await.map_err(|_| "reset")?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
+    let mut len = 0;
     while let Some(chunk) = poll_fn(|cx| body.poll_data(cx)).await {
         let chunk = chunk.map_err(|_| "reset")?;
+        len += chunk.len();
         let _ = body.flow_control().release_capacity(chunk.len());
     }
     let _ = poll_fn(|cx| body.poll_trailers(cx)).await;
-    Ok(status)
+    Ok((status, len))
 }
 
 /// `serve http --h2`: an HTTP/2 (prior knowledge) upstream answering every

@@ -393,9 +393,8 @@ async fn connection(
         }
         let mut r = result.borrow_mut();
         match outcome {
-            Ok(Ok((status, keep))) => {
-                if sent >= plan.measure_from {
-                    r.record(intended, sent, done, plan.request.len());
+            Ok(Ok((status, keep, body))) => {
+                if sent >= plan.measure_from && r.record(intended, sent, done, body) {
                     r.status(status);
                     if plan.interval.is_some() {
                         r.lateness(intended, sent);
@@ -443,11 +442,13 @@ fn traced(request: &bytes::Bytes) -> bytes::Bytes {
 }
 
 /// Send the request, read one response. Returns (status, keep-alive).
+/// One request and its whole response: the status, whether the
+/// connection stays open, and the response body's length.
 async fn exchange(
     s: &mut Conn,
     plan: &Plan,
     buf: &mut BytesMut,
-) -> Result<(u16, bool), &'static str> {
+) -> Result<(u16, bool, usize), &'static str> {
     // (Bytes: the clone shares the buffer.)
     let request = if plan.trace_ratio > 0.0 && fastrand::f64() < plan.trace_ratio {
         traced(&plan.request)
@@ -468,9 +469,11 @@ async fn exchange(
         }
         read_more(s, buf).await?;
     };
+    let mut body = 0usize;
     match head.framing(plan.head_request).map_err(|_| "protocol")? {
         Framing::None => {}
         Framing::Length(n) => {
+            body = n as usize;
             let mut left = n;
             while left > 0 {
                 if buf.is_empty() {
@@ -485,20 +488,23 @@ async fn exchange(
             let mut dec = ChunkedDecoder::default();
             loop {
                 match dec.decode(buf).map_err(|_| "protocol")? {
-                    Some(Chunk::Data(_)) => {}
+                    Some(Chunk::Data(d)) => body += d.len(),
                     Some(Chunk::End(_)) => break,
                     None => read_more(s, buf).await?,
                 }
             }
         }
         Framing::UntilClose => {
+            body += buf.len();
+            buf.clear();
             while read_more(s, buf).await.is_ok() {
+                body += buf.len();
                 buf.clear();
             }
-            return Ok((head.status, false));
+            return Ok((head.status, false, body));
         }
     }
-    Ok((head.status, head.keep_alive))
+    Ok((head.status, head.keep_alive, body))
 }
 
 async fn read_more(s: &mut Conn, buf: &mut BytesMut) -> Result<(), &'static str> {

@@ -88,10 +88,19 @@ impl ThreadResult {
 
     /// One completed request: latency from the intended send (equal to the
     /// actual send in closed loop) and service time from the actual send.
-    pub fn record(&mut self, intended: Instant, sent: Instant, done: Instant, bytes: usize) {
+    /// Count one finished operation; `false` (and only counted as late)
+    /// when it finished after the measured window, so that nothing else
+    /// (statuses) counts it either.
+    pub fn record(
+        &mut self,
+        intended: Instant,
+        sent: Instant,
+        done: Instant,
+        bytes: usize,
+    ) -> bool {
         if self.window_end.is_some_and(|end| done > end) {
             self.after_window += 1;
-            return;
+            return false;
         }
         let us = |d: std::time::Duration| (d.as_micros() as u64).clamp(1, 3_600_000_000);
         let latency = us(done.saturating_duration_since(intended));
@@ -108,6 +117,7 @@ impl ThreadResult {
             }
             let _ = self.intervals[second].record(latency);
         }
+        true
     }
 
     /// Count a response status by class (no allocation: this is per request).
@@ -289,9 +299,16 @@ impl Report {
         let l = &self.latency_us;
         let _ = writeln!(
             s,
-            "{} {} size={}B connections={} threads={} measured={:.2}s",
+            "{} {} {}={}B connections={} threads={} measured={:.2}s",
             self.mode,
             self.target,
+            // tcp: the message size; http: the request's size on the wire
+            // (bytes below are the response bodies).
+            if self.mode.starts_with("http") {
+                "request"
+            } else {
+                "size"
+            },
             self.size_bytes,
             self.connections,
             self.threads,

@@ -152,7 +152,7 @@ fn record(result: &RefCell<ThreadResult>, started: Instant, measure_from: Instan
         return;
     }
     let now = Instant::now();
-    result.borrow_mut().record(started, started, now, bytes);
+    let _ = result.borrow_mut().record(started, started, now, bytes);
 }
 
 fn io_kind(e: &std::io::Error) -> &'static str {
