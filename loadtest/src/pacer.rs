@@ -38,7 +38,7 @@ pub const SHARED_FROM: f64 = 25_000.0;
 /// How a thread's senders are timed (`--pacer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PacerKind {
-    /// Shared from [`SHARED_FROM`] sends/s per thread, own below.
+    /// Shared from 25,000 sends/s per thread (`SHARED_FROM`), own below.
     Auto,
     /// A timer per sender.
     Own,
