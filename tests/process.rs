@@ -125,36 +125,60 @@ fn second_signal_exits_at_once(driver: Driver) {
     drop(open);
 }
 
+/// Worker threads are named, and pinned as `pin_workers` says: with the
+/// default ("auto") on a machine whose CPUs this process shares (this
+/// one, CI's) they run unpinned, each allowed every CPU; with `true` each
+/// is pinned to its own core.
 fn workers_named_and_pinned_in_proc(driver: Driver) {
     let up = echo(driver);
-    let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "");
-    let p = spawn(&cfg, None);
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", p.child.id())).unwrap();
-    let mut cpus = Vec::new();
-    for t in tasks {
-        let dir = t.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
-        // The kernel keeps 15 bytes of "outrigger-worker-N".
-        if comm.trim() == "outrigger-worke" {
-            let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            let allowed = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .unwrap()
-                .trim()
-                .to_string();
-            cpus.push(allowed);
-        }
-    }
-    assert_eq!(cpus.len(), 2, "two worker threads");
-    let cores = core_affinity::get_core_ids().unwrap();
-    if cores.len() >= 2 {
-        cpus.sort();
-        assert!(
-            cpus.iter().all(|c| !c.contains(',') && !c.contains('-')),
-            "each pinned to one core: {cpus:?}"
+    let workers = |extra: &str| {
+        let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "").replace(
+            "[runtime]\n",
+            &format!("[runtime]\n{extra}\n"),
         );
-        assert_ne!(cpus[0], cpus[1], "distinct cores");
+        let p = spawn(&cfg, None);
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", p.child.id())).unwrap();
+        let mut cpus = Vec::new();
+        for t in tasks {
+            let dir = t.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+            // The kernel keeps 15 bytes of "outrigger-worker-N".
+            if comm.trim() == "outrigger-worke" {
+                let status = std::fs::read_to_string(dir.join("status")).unwrap();
+                let allowed = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .unwrap()
+                    .trim()
+                    .to_string();
+                cpus.push(allowed);
+            }
+        }
+        cpus.sort();
+        cpus
+    };
+    let process = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cores = core_affinity::get_core_ids().unwrap();
+    let shared = !outrigger::worker::cpus::Cpus::get().exclusive();
+    let unpinned = workers("");
+    assert_eq!(unpinned.len(), 2, "two worker threads");
+    if shared {
+        assert!(unpinned.iter().all(|c| *c == process), "unpinned: {unpinned:?}");
+    }
+    let pinned = workers("pin_workers = true");
+    assert_eq!(pinned.len(), 2, "two worker threads");
+    if cores.len() >= 2 {
+        assert!(
+            pinned.iter().all(|c| !c.contains(',') && !c.contains('-')),
+            "each pinned to one core: {pinned:?}"
+        );
+        assert_ne!(pinned[0], pinned[1], "distinct cores");
     }
 }
 
