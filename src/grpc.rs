@@ -27,6 +27,35 @@ pub enum Code {
     Unauthenticated = 16,
 }
 
+impl Code {
+    /// The code with this number; `Unknown` for a number out of range.
+    pub fn from_u8(v: u8) -> Code {
+        use Code::*;
+        [
+            Ok,
+            Cancelled,
+            Unknown,
+            InvalidArgument,
+            DeadlineExceeded,
+            NotFound,
+            AlreadyExists,
+            PermissionDenied,
+            ResourceExhausted,
+            FailedPrecondition,
+            Aborted,
+            OutOfRange,
+            Unimplemented,
+            Internal,
+            Unavailable,
+            DataLoss,
+            Unauthenticated,
+        ]
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(Unknown)
+    }
+}
+
 /// Whether a `content-type` value names gRPC (`application/grpc`,
 /// `application/grpc+proto`, ...; not gRPC-Web).
 pub fn is_grpc(content_type: &[u8]) -> bool {

@@ -132,10 +132,8 @@ fn second_signal_exits_at_once(driver: Driver) {
 fn workers_named_and_pinned_in_proc(driver: Driver) {
     let up = echo(driver);
     let workers = |extra: &str| {
-        let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "").replace(
-            "[runtime]\n",
-            &format!("[runtime]\n{extra}\n"),
-        );
+        let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "")
+            .replace("[runtime]\n", &format!("[runtime]\n{extra}\n"));
         let p = spawn(&cfg, None);
         let tasks = std::fs::read_dir(format!("/proc/{}/task", p.child.id())).unwrap();
         let mut cpus = Vec::new();
@@ -169,7 +167,10 @@ fn workers_named_and_pinned_in_proc(driver: Driver) {
     let unpinned = workers("");
     assert_eq!(unpinned.len(), 2, "two worker threads");
     if shared {
-        assert!(unpinned.iter().all(|c| *c == process), "unpinned: {unpinned:?}");
+        assert!(
+            unpinned.iter().all(|c| *c == process),
+            "unpinned: {unpinned:?}"
+        );
     }
     let pinned = workers("pin_workers = true");
     assert_eq!(pinned.len(), 2, "two worker threads");

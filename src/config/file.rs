@@ -439,6 +439,8 @@ pub struct FileRoute {
     pub rewrite: Option<FileRewrite>,
     pub retry: Option<Spanned<FileRetry>>,
     pub rate_limit: Option<Spanned<FileRateLimit>>,
+    /// `fault = { abort, delay, header, max_active }`.
+    pub fault: Option<Spanned<super::fault::FileFault>>,
     /// Verified peer identities allowed (and denied, which wins).
     pub allow_identities: Option<Vec<Spanned<String>>>,
     pub deny_identities: Option<Vec<Spanned<String>>>,

@@ -11,6 +11,7 @@ mod clusters;
 pub mod compile;
 mod discovery;
 pub mod error;
+mod fault;
 pub mod file;
 pub mod http2;
 mod observe;

@@ -103,6 +103,10 @@ fn compile_route(
         .as_ref()
         .and_then(|rl| super::resilience::route_rate_limit(rl.get_ref()));
     let authz = super::tls::authz(cx, key, &r.allow_identities, &r.deny_identities);
+    let fault = match &r.fault {
+        Some(f) => super::fault::fault(cx, key, f).map(Some),
+        None => Some(None),
+    };
     let peer_identity = match &r.matches.peer_identity {
         Some(p) => match crate::tls::spiffe::IdPattern::parse(p.get_ref()) {
             Ok(v) => Some(Some(v)),
@@ -181,6 +185,7 @@ fn compile_route(
             None => None,
         },
         rate_limit,
+        fault: fault?,
         stats: Arc::new(RouteStats::new(cx.workers)),
         name,
         host,

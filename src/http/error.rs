@@ -77,6 +77,10 @@ pub enum HttpError {
     /// The proxy is shedding load (`runtime.max_heap_bytes`).
     #[error("overloaded")]
     Overloaded,
+    /// The route's `fault.abort` answered instead of the upstream: the
+    /// HTTP status, and the gRPC status a gRPC call gets.
+    #[error("fault injected: abort")]
+    FaultAbort { status: u16, grpc: u8 },
 }
 
 impl HttpError {
@@ -96,6 +100,7 @@ impl HttpError {
             NoUpstream(_) | UpstreamIo(_) | NoHealthyUpstream | Overflow(_) | BadResponse(_)
             | DownstreamIo(_) | SendTimeout | Overloaded | RefusedUnreplayable => Code::Unavailable,
             UpstreamIdentityRefused(_) => Code::Unavailable,
+            FaultAbort { grpc, .. } => Code::from_u8(*grpc),
         }
     }
 
@@ -107,9 +112,13 @@ impl HttpError {
             | HeaderTimeout | BodyTimeout | SendTimeout | DownstreamIo(_) | Misdirected => {
                 Side::Downstream
             }
-            NoRoute | NoHealthyUpstream | Overflow(_) | RateLimited(_) | Forbidden | Overloaded => {
-                Side::Internal
-            }
+            NoRoute
+            | NoHealthyUpstream
+            | Overflow(_)
+            | RateLimited(_)
+            | Forbidden
+            | Overloaded
+            | FaultAbort { .. } => Side::Internal,
             BadResponse(_)
             | NoUpstream(_)
             | UpstreamTimeout
@@ -141,6 +150,7 @@ impl HttpError {
             RateLimited(_) => 429,
             Forbidden => 403,
             UpstreamTimeout => 504,
+            FaultAbort { status, .. } => *status,
             DownstreamIo(_) | SendTimeout => return None,
         })
     }
@@ -171,6 +181,7 @@ impl HttpError {
             Overloaded => "overloaded",
             RefusedUnreplayable => "upstream_refused_stream",
             UpstreamIdentityRefused(_) => "upstream_identity_refused",
+            FaultAbort { .. } => "fault_abort",
         }
     }
 
@@ -195,6 +206,7 @@ impl HttpError {
             Overloaded => "OL",
             RefusedUnreplayable => "URS",
             UpstreamIdentityRefused(_) => "UI",
+            FaultAbort { .. } => "FI",
         }
     }
 

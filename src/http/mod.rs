@@ -15,6 +15,7 @@ pub mod chunked;
 pub mod codec;
 pub mod downstream;
 pub mod error;
+mod fault;
 mod fields;
 mod forward;
 mod grpc_answer;

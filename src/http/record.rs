@@ -42,6 +42,8 @@ pub(super) struct RequestRecord<'a> {
     pub(super) cluster: Option<&'a str>,
     /// The proxy's own gRPC answer (else the upstream's, from `Upstream`).
     pub(super) grpc_status: Option<u8>,
+    /// The route's `fault.delay` held this request (flag `DI`).
+    pub(super) delayed: bool,
 }
 
 impl<'a> RequestRecord<'a> {
@@ -55,6 +57,7 @@ impl<'a> RequestRecord<'a> {
             route: None,
             cluster: None,
             grpc_status: None,
+            delayed: false,
         }
     }
 
@@ -93,8 +96,16 @@ impl<'a> RequestRecord<'a> {
         if snapshot.access_log.is_none() {
             return;
         }
-        let joined;
-        let flags = match (self.flags, self.retry_flag) {
+        let (delayed, joined);
+        let base = match (self.delayed, self.flags) {
+            (false, f) => f,
+            (true, "-") => "DI",
+            (true, f) => {
+                delayed = format!("DI,{f}");
+                delayed.as_str()
+            }
+        };
+        let flags = match (base, self.retry_flag) {
             (f, None) => f,
             ("-", Some(r)) => r,
             (f, Some(r)) => {

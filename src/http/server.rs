@@ -358,6 +358,14 @@ async fn route_and_answer<'a>(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Injected faults (route `fault`): a delay counts against the timeout.
+    if let Some(fault) = &route.fault {
+        let deadline = timeout.map(|t| rec.mark.at + t);
+        let injected = (route, fault);
+        if let Some(next) = super::fault::inject(ctx, rec, conn, head, injected, deadline).await {
+            return next;
+        }
+    }
     // gRPC-Web: CORS preflights are answered here, calls become gRPC.
     let mut web = None;
     let mut preset = None;
@@ -439,7 +447,7 @@ async fn route_and_answer<'a>(
 /// Answer with the proxy's own error (when nothing was sent yet), record
 /// it, and decide, in the one place that does, whether the connection
 /// stays open.
-async fn fail(
+pub(super) async fn fail(
     ctx: &WorkerCtx,
     rec: &mut RequestRecord<'_>,
     conn: &mut Downstream,

@@ -195,6 +195,13 @@ pub struct RouteCells {
     pub requests: ByClass,
     /// Requests refused by the route's rate limit (429).
     pub rate_limited: Counter,
+    /// Injected faults: requests aborted, requests delayed, delays not
+    /// injected because `fault.max_active` were already held.
+    pub faults_aborted: Counter,
+    pub faults_delayed: Counter,
+    pub faults_delay_overflow: Counter,
+    /// Delayed requests held now (a gauge, for `max_active`).
+    pub faults_active: Counter,
     /// From the request head's arrival to the response's last byte.
     pub duration: Histogram,
 }

@@ -10,6 +10,7 @@ use regex::{Regex, RegexSet};
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub mod fault;
 #[cfg(test)]
 mod tests;
 
@@ -63,6 +64,8 @@ pub struct Route {
     pub retry: Option<crate::resilience::RetryPolicy>,
     /// `rate_limit.*`, shared by every worker.
     pub rate_limit: Option<std::sync::Arc<crate::resilience::RateLimiter>>,
+    /// `fault.*`: injected aborts and delays.
+    pub fault: Option<fault::Fault>,
     /// `allow_identities` / `deny_identities`.
     pub authz: Option<std::sync::Arc<crate::tls::spiffe::Authz>>,
     /// `match.peer_identity`: the verified client identity must match.

@@ -29,6 +29,7 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
     Route {
         retry: None,
         rate_limit: None,
+        fault: None,
         authz: None,
         peer_identity: None,
         destination_port: None,

@@ -11,6 +11,7 @@
 
 mod cluster;
 mod convert;
+mod fault;
 mod listener;
 mod overlay;
 mod route;

@@ -180,6 +180,14 @@ fn route_label(r: &Route, i: usize) -> String {
 
 fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result<Table, String> {
     let mut t = Table::new();
+    // Fault injection: the route's own HTTPFault, else its virtual host's.
+    if let Some(any) = r
+        .typed_per_filter_config
+        .get(super::fault::FILTER)
+        .or_else(|| vh.typed_per_filter_config.get(super::fault::FILTER))
+    {
+        t.insert("fault".into(), super::fault::fault(any)?.into());
+    }
     let m = r.r#match.as_ref().ok_or("a route without match")?;
     let mut mt = Table::new();
     match &m.path_specifier {

@@ -485,3 +485,97 @@ fn grpc_health_checks_and_downstream_protocol_translate() {
         .unwrap_err()
         .contains("initial_metadata"));
 }
+
+#[test]
+fn http_fault_per_route_translates_or_nacks() {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        fault_abort, FaultAbort, HttpFault,
+    };
+    use envoy_types::pb::envoy::r#type::v3::{
+        fractional_percent::DenominatorType, FractionalPercent,
+    };
+    let any = |f: &HttpFault| Any {
+        type_url: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".into(),
+        value: f.encode_to_vec(),
+    };
+    let good = HttpFault {
+        abort: Some(FaultAbort {
+            error_type: Some(fault_abort::ErrorType::HttpStatus(503)),
+            percentage: Some(FractionalPercent {
+                numerator: 10,
+                denominator: DenominatorType::Hundred as i32,
+            }),
+            ..Default::default()
+        }),
+        delay: Some(FaultDelay {
+            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(Duration {
+                seconds: 0,
+                nanos: 200_000_000,
+            })),
+            percentage: Some(FractionalPercent {
+                numerator: 5000,
+                denominator: DenominatorType::TenThousand as i32,
+            }),
+        }),
+        max_active_faults: Some(UInt32Value { value: 7 }),
+        ..Default::default()
+    };
+    let mut r = prefix_route("faulty", "/", "api");
+    r.typed_per_filter_config
+        .insert("envoy.filters.http.fault".into(), any(&good));
+    let rc = RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![vh("all", &["*"], vec![r.clone()])],
+        ..Default::default()
+    };
+    let x = translate_route_config(&rc).unwrap();
+    let text = toml::to_string(&toml::Table::from_iter([(
+        "r".to_string(),
+        toml::Value::Array(x.routes),
+    )]))
+    .unwrap();
+    for want in [
+        "status = 503",
+        "percent = 10.0",
+        "duration = \"200ms\"",
+        "percent = 50.0",
+        "max_active = 7",
+    ] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
+    // Header-controlled aborts are NACKed, not dropped.
+    let mut header = good.clone();
+    header.abort = Some(FaultAbort {
+        error_type: Some(fault_abort::ErrorType::HeaderAbort(
+            fault_abort::HeaderAbort {},
+        )),
+        ..Default::default()
+    });
+    let mut r2 = r.clone();
+    r2.typed_per_filter_config
+        .insert("envoy.filters.http.fault".into(), any(&header));
+    let bad = RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![vh("all", &["*"], vec![r2])],
+        ..Default::default()
+    };
+    assert!(translate_route_config(&bad).is_err());
+    // A virtual host's fault applies to its routes.
+    let plain = prefix_route("plain", "/", "api");
+    let mut host = vh("all", &["*"], vec![plain]);
+    host.typed_per_filter_config
+        .insert("envoy.filters.http.fault".into(), any(&good));
+    let rc = RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![host],
+        ..Default::default()
+    };
+    let routes = translate_route_config(&rc).unwrap().routes;
+    let text = toml::to_string(&toml::Table::from_iter([(
+        "r".to_string(),
+        toml::Value::Array(routes),
+    )]))
+    .unwrap();
+    assert!(text.contains("max_active = 7"), "{text}");
+}

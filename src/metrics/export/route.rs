@@ -82,6 +82,45 @@ pub(super) fn route_metrics(p: &mut Prom, s: &Snapshot) {
             );
         }
     }
+    let name = "outrigger_route_faults_total";
+    p.family(
+        name,
+        "counter",
+        "Faults injected by the route's fault table (routes with one only): requests aborted, requests delayed.",
+    );
+    let faulty = || {
+        s.route_tables.iter().flat_map(|(table, t)| {
+            t.routes
+                .iter()
+                .filter(|r| r.fault.is_some())
+                .map(move |r| (table, r))
+        })
+    };
+    for (table, r) in faulty() {
+        for (fault, n) in [
+            ("abort", r.stats.sum(|c| c.faults_aborted.get())),
+            ("delay", r.stats.sum(|c| c.faults_delayed.get())),
+        ] {
+            p.sample(
+                name,
+                &[("table", table), ("route", &r.name), ("fault", fault)],
+                n,
+            );
+        }
+    }
+    let name = "outrigger_route_fault_delays_skipped_total";
+    p.family(
+        name,
+        "counter",
+        "Delays not injected because fault.max_active delayed requests were already held.",
+    );
+    for (table, r) in faulty() {
+        p.sample(
+            name,
+            &[("table", table), ("route", &r.name)],
+            r.stats.sum(|c| c.faults_delay_overflow.get()),
+        );
+    }
     let name = "outrigger_route_request_duration_seconds";
     p.family(
         name,
