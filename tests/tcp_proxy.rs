@@ -558,17 +558,33 @@ fn idle_timeout_closes(driver: Driver) {
         == 1));
 }
 
+/// Workers report their name, driver and core: none by default on CPUs
+/// this process shares (`pin_workers = "auto"`), the n-th allowed core
+/// with `pin_workers = true`.
 fn workers_report_driver_and_pinning(driver: Driver) {
     let up = echo(driver);
-    let server = start(&tcp_config(driver, 2, &[up.addr.to_string()], "", ""));
-    let workers = server.workers();
-    assert_eq!(workers.len(), 2);
     let cores = core_affinity::get_core_ids().unwrap();
-    for (i, w) in workers.iter().enumerate() {
-        assert_eq!(w.name, format!("outrigger-worker-{i}"));
-        assert_eq!(w.driver, driver);
-        if cores.len() >= 2 {
-            assert_eq!(w.core, Some(cores[i].id));
+    let exclusive = outrigger::worker::cpus::Cpus::get().exclusive();
+    for pin in [false, true] {
+        let cfg = tcp_config(driver, 2, &[up.addr.to_string()], "", "").replace(
+            "[runtime]\n",
+            if pin {
+                "[runtime]\npin_workers = true\n"
+            } else {
+                "[runtime]\n"
+            },
+        );
+        let server = start(&cfg);
+        let workers = server.workers();
+        assert_eq!(workers.len(), 2);
+        for (i, w) in workers.iter().enumerate() {
+            assert_eq!(w.name, format!("outrigger-worker-{i}"));
+            assert_eq!(w.driver, driver);
+            if pin && cores.len() >= 2 {
+                assert_eq!(w.core, Some(cores[i].id));
+            } else if !pin && !exclusive {
+                assert_eq!(w.core, None, "unpinned on shared CPUs");
+            }
         }
     }
 }
