@@ -56,6 +56,8 @@
 //! - [`trace`]: trace context propagation (W3C, B3), spans, the OTLP exporter.
 //! - [`grpc`]: gRPC status, timeout and service/method names.
 //! - [`fxhash`]: the small fast hasher of per-worker maps.
+//! - [`rt`]: thread helpers for every layer (the control-plane threads'
+//!   lower priority), importing nothing else of the crate.
 
 pub mod access_log;
 pub mod admin;
@@ -72,6 +74,7 @@ pub mod listener;
 pub mod metrics;
 pub mod resilience;
 pub mod route;
+pub mod rt;
 pub mod sidecar;
 pub mod sockio;
 pub mod tcp;

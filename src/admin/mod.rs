@@ -129,7 +129,7 @@ pub fn spawn(
             Scope::Metrics => "outrigger-metrics".into(),
         })
         .spawn(move || {
-            crate::control::deprioritize_current_thread();
+            crate::rt::deprioritize_current_thread();
             for stream in listener.incoming() {
                 if stop2.load(Ordering::Relaxed) {
                     return;
@@ -146,7 +146,7 @@ pub fn spawn(
                 let spawned = std::thread::Builder::new()
                     .name("outrigger-admin-conn".into())
                     .spawn(move || {
-                        crate::control::deprioritize_current_thread();
+                        crate::rt::deprioritize_current_thread();
                         serve(stream, shared.load_full().as_deref(), &inbox, scope);
                         done.fetch_sub(1, Ordering::AcqRel);
                     });

@@ -131,7 +131,9 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         tracing::info!(address = %admin.address(), "admin API listening");
         if let (true, Some(path)) = (options.watch, &options.config_path) {
-            super::watch::spawn(path, shared.snapshot.clone(), inbox.clone(), stop.clone())
+            let files = inbox.clone();
+            let changed = Box::new(move || files.send(Event::FileChanged).is_ok());
+            super::watch::spawn(path, shared.snapshot.clone(), changed, stop.clone())
                 .map_err(StartError::Spawn)?;
         }
         if let Some(s) = signals {
@@ -142,9 +144,17 @@ impl Proxy {
             updates.send(Event::Discovered(u)).is_ok()
         })
         .map_err(StartError::Spawn)?;
+        let xds_reports = inbox.clone();
         crate::xds::spawn(
             Arc::downgrade(&shared.snapshot),
-            inbox.clone(),
+            Box::new(move |r| {
+                xds_reports
+                    .send(match r {
+                        crate::xds::Report::Apply(a) => Event::Xds(a),
+                        crate::xds::Report::Endpoints(u) => Event::DiscoveredMany(u),
+                    })
+                    .is_ok()
+            }),
             shared.xds.clone(),
         )
         .map_err(StartError::Spawn)?;
@@ -153,7 +163,7 @@ impl Proxy {
             .name("outrigger-control".into())
             .spawn(move || {
                 let _keep = keep;
-                super::deprioritize_current_thread();
+                crate::rt::deprioritize_current_thread();
                 Control::new(server, options).run(&events)
             })
             .map_err(StartError::Spawn)?;

@@ -29,7 +29,7 @@ impl SignalWatch {
         std::thread::Builder::new()
             .name("outrigger-signal".into())
             .spawn(move || {
-                super::deprioritize_current_thread();
+                crate::rt::deprioritize_current_thread();
                 for sig in self.signals.forever() {
                     let event = if sig == SIGHUP {
                         Event::Reload(None)

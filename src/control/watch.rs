@@ -19,18 +19,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::run::Event;
+/// Told that something changed; `false` once nobody listens any more.
+pub type Changed = Box<dyn Fn() -> bool + Send>;
 
 /// How often the poll fallback looks, and how often the inotify thread
 /// checks whether it should stop.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Start watching the directory of `file` (and those of the snapshot's
-/// TLS material); events go to `inbox` until `stop`.
+/// TLS material); each change is told to `changed` until `stop`.
 pub fn spawn(
     file: &Path,
     snapshot: Arc<arc_swap::ArcSwap<crate::config::Snapshot>>,
-    inbox: flume::Sender<Event>,
+    changed: Changed,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let dir = match file.parent() {
@@ -43,8 +44,8 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("outrigger-watch".into())
         .spawn(move || {
-            super::deprioritize_current_thread();
-            run(watch, &dir, &file, &snapshot, &inbox, &stop)
+            crate::rt::deprioritize_current_thread();
+            run(watch, &dir, &file, &snapshot, &changed, &stop)
         })?;
     Ok(())
 }
@@ -56,17 +57,17 @@ fn run(
     dir: &Path,
     file: &Path,
     snapshot: &Snapshots,
-    inbox: &flume::Sender<Event>,
+    changed: &Changed,
     stop: &AtomicBool,
 ) {
     match watch {
         Ok(fd) => {
             tracing::debug!(dir = %dir.display(), "watching the config directory");
-            fd.run(snapshot, inbox, stop);
+            fd.run(snapshot, changed, stop);
         }
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "inotify unavailable; polling the config file every second");
-            poll(file, snapshot, inbox, stop);
+            poll(file, snapshot, changed, stop);
         }
     }
 }
@@ -77,14 +78,14 @@ fn fingerprint(file: &Path, snapshot: &Snapshots) -> (Option<Vec<u8>>, u64) {
     (std::fs::read(file).ok(), material)
 }
 
-fn poll(file: &Path, snapshot: &Snapshots, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
+fn poll(file: &Path, snapshot: &Snapshots, changed: &Changed, stop: &AtomicBool) {
     let mut last = fingerprint(file, snapshot);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
         let now = fingerprint(file, snapshot);
         if now != last {
             last = now;
-            if inbox.send(Event::FileChanged).is_err() {
+            if !changed() {
                 return;
             }
         }
@@ -151,7 +152,7 @@ impl Inotify {
         Ok(())
     }
 
-    fn run(&self, snapshot: &Snapshots, inbox: &flume::Sender<Event>, stop: &AtomicBool) {
+    fn run(&self, snapshot: &Snapshots, changed: &Changed, stop: &AtomicBool) {
         let mut buf = [0u8; 4096];
         let mut watched: Vec<PathBuf> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -182,7 +183,7 @@ impl Inotify {
             }
             // SAFETY: reading into a buffer we own, with its length.
             let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 && inbox.send(Event::FileChanged).is_err() {
+            if n > 0 && !changed() {
                 return;
             }
         }

@@ -349,7 +349,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("outrigger-discovery".into())
         .spawn(move || {
-            crate::control::deprioritize_current_thread();
+            crate::rt::deprioritize_current_thread();
             run(&snapshot, &send);
         })
         .map(drop)

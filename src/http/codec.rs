@@ -8,7 +8,9 @@
 use bytes::{Bytes, BytesMut};
 
 use super::error::HttpError;
-pub use super::fields::{connection_listed, content_length, is_hop_by_hop, is_tchar, trim_ows};
+pub use super::fields::{
+    connection_listed, content_length, is_hop_by_hop, is_tchar, trim_ows, Header,
+};
 use super::fields::{connection_tokens, transfer_encoding, TransferCoding};
 
 /// Protocol version of a message.
@@ -31,20 +33,6 @@ pub enum Framing {
     Chunked,
     /// Until the connection closes (responses only).
     UntilClose,
-}
-
-/// One header; both parts are slices of the received head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: Bytes,
-    pub value: Bytes,
-}
-
-impl Header {
-    /// Case-insensitive name comparison.
-    pub fn is(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name.as_bytes())
-    }
 }
 
 /// A parsed, validated request head.

@@ -4,8 +4,21 @@
 
 use bytes::Bytes;
 
-use super::codec::Header;
 use super::error::HttpError;
+
+/// One header; both parts are slices of the received head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: Bytes,
+    pub value: Bytes,
+}
+
+impl Header {
+    /// Case-insensitive name comparison.
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name.as_bytes())
+    }
+}
 
 /// Tokens of every Connection header that matter to framing.
 #[derive(Debug, Default)]

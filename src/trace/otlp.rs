@@ -162,7 +162,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("outrigger-otlp".into())
         .spawn(move || {
-            crate::control::deprioritize_current_thread();
+            crate::rt::deprioritize_current_thread();
             run(&snapshot, &rx, &stats);
         })
         .map(drop)

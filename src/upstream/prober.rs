@@ -29,7 +29,7 @@ pub fn spawn(snapshot: Weak<ArcSwap<Snapshot>>) -> std::io::Result<std::thread::
     std::thread::Builder::new()
         .name("outrigger-health".into())
         .spawn(move || {
-            crate::control::deprioritize_current_thread();
+            crate::rt::deprioritize_current_thread();
             let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build();

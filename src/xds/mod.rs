@@ -25,7 +25,6 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::Snapshot;
-use crate::control::Event;
 
 pub use cluster::{assignment, cluster as translate_cluster, XCluster};
 pub use listener::{listener as translate_listener, XListener};
@@ -131,18 +130,30 @@ pub struct Apply {
     pub reply: flume::Sender<Result<u64, Vec<(String, String)>>>,
 }
 
+/// What the xDS thread hands to whoever runs the proxy (the control
+/// thread): an overlay to compile and publish, or new endpoints.
+#[derive(Debug)]
+pub enum Report {
+    Apply(Apply),
+    Endpoints(Vec<crate::discovery::Update>),
+}
+
+/// Where reports go: `false` once nobody listens any more.
+pub type Reporter = Box<dyn Fn(Report) -> bool + Send>;
+
 /// Start the xDS thread. It idles while the config has no `[xds]`, and
-/// ends when the snapshot is gone.
+/// ends when the snapshot is gone. It reports through `report` (it never
+/// imports the control layer).
 pub fn spawn(
     snapshot: Weak<ArcSwap<Snapshot>>,
-    inbox: flume::Sender<Event>,
+    report: Reporter,
     status: Arc<Status>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("outrigger-xds".into())
         .spawn(move || {
-            crate::control::deprioritize_current_thread();
-            session::run(&snapshot, &inbox, &status);
+            crate::rt::deprioritize_current_thread();
+            session::run(&snapshot, report, &status);
         })
         .map(drop)
 }

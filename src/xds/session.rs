@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 
 use super::{Apply, FileNames, Kind, State, Status, XdsSettings};
 use crate::config::Snapshot;
-use crate::control::Event;
 use crate::discovery::{self, Source};
 
 /// Back-off between connection attempts: doubling from this, with jitter.
@@ -25,12 +24,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The thread's loop: idle without `[xds]`, otherwise hold a stream open.
 pub(super) fn run(
     snapshot: &Weak<ArcSwap<Snapshot>>,
-    inbox: &flume::Sender<Event>,
+    report: super::Reporter,
     status: &Arc<Status>,
 ) {
     let mut client = Client {
         snapshot: snapshot.clone(),
-        inbox: inbox.clone(),
+        report,
         status: status.clone(),
         state: State::default(),
         versions: Default::default(),
@@ -96,7 +95,7 @@ enum Ended {
 
 struct Client {
     snapshot: Weak<ArcSwap<Snapshot>>,
-    inbox: flume::Sender<Event>,
+    report: super::Reporter,
     status: Arc<Status>,
     state: State,
     /// Per kind: the last version accepted, the last nonce seen, the names
@@ -320,11 +319,7 @@ impl Client {
     /// Hand the overlay to the control thread and wait for its answer.
     async fn apply(&self, overlay: String) -> Result<u64, Vec<(String, String)>> {
         let (reply, answer) = flume::bounded(1);
-        if self
-            .inbox
-            .send(Event::Xds(Apply { overlay, reply }))
-            .is_err()
-        {
+        if !(self.report)(super::Report::Apply(Apply { overlay, reply })) {
             return Err(vec![(
                 String::new(),
                 "the control thread has exited".into(),
@@ -387,7 +382,7 @@ impl Client {
                 .map(|u| (u.key.as_str(), u.endpoints.as_slice()))
                 .collect();
             discovery::remember_many(&remembered);
-            let _ = self.inbox.send(Event::DiscoveredMany(updates));
+            let _ = (self.report)(super::Report::Endpoints(updates));
         }
     }
 }
