@@ -441,6 +441,11 @@ pub struct FileRoute {
     pub rate_limit: Option<Spanned<FileRateLimit>>,
     /// `fault = { abort, delay, header, max_active }`.
     pub fault: Option<Spanned<super::fault::FileFault>>,
+    /// `mirror = { cluster, percent, max_active }` or a list; bodies
+    /// larger than `mirror_body_limit` bytes are not mirrored.
+    pub mirror: Option<Spanned<super::mirror::FileMirrors>>,
+    #[serde(default, deserialize_with = "positive")]
+    pub mirror_body_limit: Option<u64>,
     /// Verified peer identities allowed (and denied, which wins).
     pub allow_identities: Option<Vec<Spanned<String>>>,
     pub deny_identities: Option<Vec<Spanned<String>>>,

@@ -14,6 +14,7 @@ pub mod error;
 mod fault;
 pub mod file;
 pub mod http2;
+mod mirror;
 mod observe;
 mod parse;
 mod resilience;

@@ -107,6 +107,36 @@ fn compile_route(
         Some(f) => super::fault::fault(cx, key, f).map(Some),
         None => Some(None),
     };
+    let mirrors = match &r.mirror {
+        Some(m) => {
+            let exists = |name: &str| f.clusters.keys().any(|k| k.get_ref() == name);
+            let found = super::mirror::mirrors(cx, key, m, &exists);
+            // Mirrors speak HTTP/1.1 (over TLS when the cluster has tls).
+            let h2 = found.iter().flatten().find(|mi| {
+                f.clusters.iter().any(|(k, c)| {
+                    k.get_ref() == &mi.cluster
+                        && c.get_ref()
+                            .protocol
+                            .as_ref()
+                            .is_some_and(|p| p.get_ref() == "http2")
+                })
+            });
+            if let Some(mi) = h2 {
+                cx.error(
+                    m.span(),
+                    format!("{key}.mirror"),
+                    format!(
+                        "cluster \"{}\" speaks HTTP/2 only; mirrors are sent over HTTP/1.1",
+                        mi.cluster
+                    ),
+                );
+                None
+            } else {
+                found
+            }
+        }
+        None => Some(Vec::new()),
+    };
     let peer_identity = match &r.matches.peer_identity {
         Some(p) => match crate::tls::spiffe::IdPattern::parse(p.get_ref()) {
             Ok(v) => Some(Some(v)),
@@ -186,6 +216,10 @@ fn compile_route(
         },
         rate_limit,
         fault: fault?,
+        mirrors: mirrors?,
+        mirror_body_limit: r
+            .mirror_body_limit
+            .unwrap_or(crate::route::mirror::DEFAULT_BODY_LIMIT),
         stats: Arc::new(RouteStats::new(cx.workers)),
         name,
         host,

@@ -32,6 +32,7 @@ pub fn upstream_request(head: &codec::RequestHead, route: &crate::route::Route) 
 mod head;
 mod io;
 mod kept_body;
+mod mirror;
 pub mod normalize;
 pub mod park;
 pub mod pool;

@@ -398,6 +398,15 @@ async fn route_and_answer<'a>(
         action => {
             let name = action.pick_cluster().unwrap_or_default();
             rec.cluster = Some(name);
+            // Copies to the route's mirrors, started before the primary
+            // (which then sends the body a mirror made them read).
+            if !route.mirrors.is_empty() {
+                if let Err(e) =
+                    super::mirror::start(ctx, snapshot, route, head, conn, &mut preset).await
+                {
+                    return fail(ctx, rec, conn, original, e).await;
+                }
+            }
             let req = proxy::Forward {
                 ctx,
                 http,

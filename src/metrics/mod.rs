@@ -202,6 +202,15 @@ pub struct RouteCells {
     pub faults_delay_overflow: Counter,
     /// Delayed requests held now (a gauge, for `max_active`).
     pub faults_active: Counter,
+    /// Mirrored copies: sent (the mirror answered), failed (no answer:
+    /// connect, I/O or time), dropped (`max_active` in flight), skipped
+    /// (a body over `mirror_body_limit`, or one that cannot be buffered).
+    pub mirrors_sent: Counter,
+    pub mirrors_failed: Counter,
+    pub mirrors_dropped: Counter,
+    pub mirrors_skipped: Counter,
+    /// Mirrored copies in flight now (a gauge, for `max_active`).
+    pub mirrors_active: Counter,
     /// From the request head's arrival to the response's last byte.
     pub duration: Histogram,
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub mod fault;
+pub mod mirror;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +67,10 @@ pub struct Route {
     pub rate_limit: Option<std::sync::Arc<crate::resilience::RateLimiter>>,
     /// `fault.*`: injected aborts and delays.
     pub fault: Option<fault::Fault>,
+    /// `mirror`: clusters a share of the requests is copied to.
+    pub mirrors: Vec<mirror::Mirror>,
+    /// `mirror_body_limit`: larger bodies are not mirrored.
+    pub mirror_body_limit: u64,
     /// `allow_identities` / `deny_identities`.
     pub authz: Option<std::sync::Arc<crate::tls::spiffe::Authz>>,
     /// `match.peer_identity`: the verified client identity must match.

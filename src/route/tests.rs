@@ -30,6 +30,8 @@ fn route(name: &str, host: Option<HostMatch>, path: Option<PathMatch>) -> Route 
         retry: None,
         rate_limit: None,
         fault: None,
+        mirrors: Vec::new(),
+        mirror_body_limit: 65536,
         authz: None,
         peer_identity: None,
         destination_port: None,

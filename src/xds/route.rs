@@ -314,7 +314,46 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                 t.insert("retry".into(), retry(p)?.into());
             }
             if !ra.request_mirror_policies.is_empty() {
-                return Err("request mirroring is not supported".into());
+                let mut mirrors = Vec::new();
+                for m in &ra.request_mirror_policies {
+                    if m.cluster.is_empty() {
+                        return Err("request mirroring: only a named cluster is supported (not cluster_header)".into());
+                    }
+                    if m.trace_sampled.is_some()
+                        || m.disable_shadow_host_suffix_append
+                        || !m.request_headers_mutations.is_empty()
+                        || !m.host_rewrite_literal.is_empty()
+                    {
+                        return Err("request mirroring: trace_sampled, disable_shadow_host_suffix_append, request_headers_mutations and host_rewrite_literal are not supported".into());
+                    }
+                    clusters.insert(m.cluster.clone());
+                    let mut mt = Table::new();
+                    mt.insert("cluster".into(), m.cluster.clone().into());
+                    // runtime_fraction's default; absent: every request.
+                    let percent = match m
+                        .runtime_fraction
+                        .as_ref()
+                        .and_then(|f| f.default_value.as_ref())
+                    {
+                        None => 100.0,
+                        Some(p) => {
+                            let denominator = match p.denominator {
+                                0 => 100.0,
+                                1 => 10_000.0,
+                                2 => 1_000_000.0,
+                                _ => {
+                                    return Err(
+                                        "request mirroring: unknown percentage denominator".into()
+                                    )
+                                }
+                            };
+                            (f64::from(p.numerator) / denominator * 100.0).min(100.0)
+                        }
+                    };
+                    mt.insert("percent".into(), Value::Float(percent));
+                    mirrors.push(Value::Table(mt));
+                }
+                t.insert("mirror".into(), Value::Array(mirrors));
             }
         }
         Some(Action::DirectResponse(dr)) => {

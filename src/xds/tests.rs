@@ -579,3 +579,52 @@ fn http_fault_per_route_translates_or_nacks() {
     .unwrap();
     assert!(text.contains("max_active = 7"), "{text}");
 }
+
+#[test]
+fn request_mirror_policies_translate_or_nack() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::config::route::v3::route_action::RequestMirrorPolicy;
+    use envoy_types::pb::envoy::r#type::v3::{
+        fractional_percent::DenominatorType, FractionalPercent,
+    };
+    let with = |policy: RequestMirrorPolicy| {
+        let mut r = prefix_route("mirrored", "/", "api");
+        if let Some(route::Action::Route(ra)) = r.action.as_mut() {
+            ra.request_mirror_policies = vec![policy];
+        }
+        RouteConfiguration {
+            name: "rc".into(),
+            virtual_hosts: vec![vh("all", &["*"], vec![r])],
+            ..Default::default()
+        }
+    };
+    let good = RequestMirrorPolicy {
+        cluster: "shadow".into(),
+        runtime_fraction: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 25,
+                denominator: DenominatorType::Hundred as i32,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let x = translate_route_config(&with(good.clone())).unwrap();
+    assert!(x.clusters.contains("shadow"), "{:?}", x.clusters);
+    let text = toml::to_string(&toml::Table::from_iter([(
+        "r".to_string(),
+        toml::Value::Array(x.routes),
+    )]))
+    .unwrap();
+    assert!(
+        text.contains("cluster = \"shadow\"") && text.contains("percent = 25.0"),
+        "{text}"
+    );
+    let mut by_header = good.clone();
+    by_header.cluster = String::new();
+    by_header.cluster_header = "x-mirror-to".into();
+    assert!(translate_route_config(&with(by_header)).is_err());
+    let mut no_suffix = good;
+    no_suffix.disable_shadow_host_suffix_append = true;
+    assert!(translate_route_config(&with(no_suffix)).is_err());
+}

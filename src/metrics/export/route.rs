@@ -121,6 +121,28 @@ pub(super) fn route_metrics(p: &mut Prom, s: &Snapshot) {
             r.stats.sum(|c| c.faults_delay_overflow.get()),
         );
     }
+    let name = "outrigger_route_mirrors_total";
+    p.family(
+        name,
+        "counter",
+        "Mirrored copies by result (routes with mirrors only): sent (answered), failed, dropped (max_active), skipped (body over mirror_body_limit).",
+    );
+    for (table, t) in &s.route_tables {
+        for r in t.routes.iter().filter(|r| !r.mirrors.is_empty()) {
+            for (result, n) in [
+                ("sent", r.stats.sum(|c| c.mirrors_sent.get())),
+                ("failed", r.stats.sum(|c| c.mirrors_failed.get())),
+                ("dropped", r.stats.sum(|c| c.mirrors_dropped.get())),
+                ("skipped", r.stats.sum(|c| c.mirrors_skipped.get())),
+            ] {
+                p.sample(
+                    name,
+                    &[("table", table), ("route", &r.name), ("result", result)],
+                    n,
+                );
+            }
+        }
+    }
     let name = "outrigger_route_request_duration_seconds";
     p.family(
         name,
