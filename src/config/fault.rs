@@ -40,23 +40,31 @@ pub struct FileDelay {
     pub percent: Option<Spanned<f64>>,
 }
 
+/// A `percent` key (0.0 to 100.0, default 100) in millionths; `None`
+/// after recording the error.
+pub(super) fn percent_of(cx: &mut Ctx<'_>, key: &str, p: &Option<Spanned<f64>>) -> Option<u32> {
+    match p {
+        None => Some(per_million(100.0)),
+        Some(v) if (0.0..=100.0).contains(v.get_ref()) => Some(per_million(*v.get_ref())),
+        Some(v) => {
+            cx.error(
+                v.span(),
+                key.to_string(),
+                format!("must be from 0.0 to 100.0, not {}", v.get_ref()),
+            );
+            None
+        }
+    }
+}
+
 /// Compile a route's `fault`; `None` (with the errors recorded) when invalid.
 pub(super) fn fault(cx: &mut Ctx<'_>, key: &str, f: &Spanned<FileFault>) -> Option<Fault> {
     let key = format!("{key}.fault");
     let f_ref = f.get_ref();
     let mut ok = true;
     // A bad percent is recorded here; `None` makes its table fail below.
-    let percent = |cx: &mut Ctx<'_>, sub: &str, p: &Option<Spanned<f64>>| match p {
-        None => Some(per_million(100.0)),
-        Some(v) if (0.0..=100.0).contains(v.get_ref()) => Some(per_million(*v.get_ref())),
-        Some(v) => {
-            cx.error(
-                v.span(),
-                format!("{key}.{sub}.percent"),
-                format!("must be from 0.0 to 100.0, not {}", v.get_ref()),
-            );
-            None
-        }
+    let percent = |cx: &mut Ctx<'_>, sub: &str, p: &Option<Spanned<f64>>| {
+        percent_of(cx, &format!("{key}.{sub}.percent"), p)
     };
     let abort = match &f_ref.abort {
         None => None,

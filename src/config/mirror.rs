@@ -9,7 +9,6 @@ use serde_spanned::Spanned;
 
 use super::compile::Ctx;
 use super::value::positive;
-use crate::route::fault::per_million;
 use crate::route::mirror::{Mirror, DEFAULT_MAX_ACTIVE};
 
 /// `mirror = { cluster, percent, max_active }`.
@@ -72,19 +71,12 @@ pub(super) fn mirrors(
             );
             ok = false;
         }
-        let pm = match &f.percent {
-            None => per_million(100.0),
-            Some(p) if (0.0..=100.0).contains(p.get_ref()) => per_million(*p.get_ref()),
-            Some(p) => {
-                cx.error(
-                    p.span(),
-                    format!("{at}.percent"),
-                    format!("must be from 0.0 to 100.0, not {}", p.get_ref()),
-                );
+        let pm = super::fault::percent_of(cx, &format!("{at}.percent"), &f.percent).unwrap_or_else(
+            || {
                 ok = false;
                 0
-            }
-        };
+            },
+        );
         out.push(Mirror {
             cluster: f.cluster.get_ref().clone(),
             per_million: pm,

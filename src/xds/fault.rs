@@ -98,16 +98,18 @@ pub fn fault(any: &Any) -> Result<Table, String> {
 
 /// A `FractionalPercent` as a percentage (absent: 0, as in Envoy).
 fn percent(p: Option<&FractionalPercent>) -> Result<Value, String> {
-    let Some(p) = p else {
-        return Ok(Value::Float(0.0));
-    };
+    p.map_or(Ok(0.0), fractional)
+        .map(Value::Float)
+        .map_err(|e| format!("{FILTER}: {e}"))
+}
+
+/// A `FractionalPercent` as a percentage, 0.0 to 100.0.
+pub fn fractional(p: &FractionalPercent) -> Result<f64, String> {
     let denominator = match DenominatorType::try_from(p.denominator) {
         Ok(DenominatorType::Hundred) => 100.0,
         Ok(DenominatorType::TenThousand) => 10_000.0,
         Ok(DenominatorType::Million) => 1_000_000.0,
-        Err(_) => return Err(format!("{FILTER}: unknown percentage denominator")),
+        Err(_) => return Err("unknown percentage denominator".into()),
     };
-    Ok(Value::Float(
-        (f64::from(p.numerator) / denominator * 100.0).min(100.0),
-    ))
+    Ok((f64::from(p.numerator) / denominator * 100.0).min(100.0))
 }

@@ -336,19 +336,8 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                         .and_then(|f| f.default_value.as_ref())
                     {
                         None => 100.0,
-                        Some(p) => {
-                            let denominator = match p.denominator {
-                                0 => 100.0,
-                                1 => 10_000.0,
-                                2 => 1_000_000.0,
-                                _ => {
-                                    return Err(
-                                        "request mirroring: unknown percentage denominator".into()
-                                    )
-                                }
-                            };
-                            (f64::from(p.numerator) / denominator * 100.0).min(100.0)
-                        }
+                        Some(p) => super::fault::fractional(p)
+                            .map_err(|e| format!("request mirroring: {e}"))?,
                     };
                     mt.insert("percent".into(), Value::Float(percent));
                     mirrors.push(Value::Table(mt));
