@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::http::HttpArgs;
 use crate::proxies::{
     cpu_seconds, peak_rss_kib, pin_current, process_tree, start_haproxy, start_nginx,
-    start_outrigger, wait_ready, Proxy,
+    start_outrigger, wait_ready, Layout, Proxy,
 };
 use crate::{parse_duration, parse_size, Io, LoadArgs, OutputArgs};
 
@@ -159,6 +159,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     .context("cannot start the upstream")?;
     let dir = std::env::temp_dir().join(format!("outrigger-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let layout = Layout {
+        proxy_cpus: &args.proxy_cpus,
+        h2: args.h2,
+        outrigger: args.outrigger.as_deref(),
+    };
     let mut targets: Vec<(String, SocketAddr, Option<Proxy>)> = Vec::new();
     for name in &args.targets {
         let started = match name.as_str() {
@@ -170,9 +175,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 targets.push((name.clone(), upstream.addr, None));
                 continue;
             }
-            "outrigger" => start_outrigger(&args, &dir, upstream.addr),
-            "nginx" => start_nginx(&args, &dir, upstream.addr),
-            "haproxy" => start_haproxy(&args, &dir, upstream.addr),
+            "outrigger" => start_outrigger(&layout, &dir, upstream.addr),
+            "nginx" => start_nginx(&layout, &dir, upstream.addr),
+            "haproxy" => start_haproxy(&layout, &dir, upstream.addr),
             other => anyhow::bail!("unknown target {other:?}"),
         };
         match started {
@@ -381,7 +386,7 @@ fn load(
     addr: SocketAddr,
     duration: Duration,
 ) -> anyhow::Result<crate::report::Report> {
-    crate::http::run(HttpArgs {
+    crate::http_load(HttpArgs {
         h2: args.h2,
         streams: args.streams,
         trace_ratio: 0.0,

@@ -188,11 +188,10 @@ pub(crate) fn prepare(args: &HttpArgs) -> anyhow::Result<Target> {
     })
 }
 
-/// Run the load and build the report.
+/// Run the HTTP/1.1 load and build the report (`--h2` runs `h2::run`;
+/// [`crate::http_load`] chooses).
 pub fn run(args: HttpArgs) -> anyhow::Result<Report> {
-    if args.h2 {
-        return crate::h2::run(args);
-    }
+    anyhow::ensure!(!args.h2, "HTTP/2 load runs in h2::run");
     anyhow::ensure!(args.streams <= 1, "--streams needs --h2");
     let driver = args.load.io.driver()?;
     let Target {

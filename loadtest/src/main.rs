@@ -138,12 +138,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     outrigger::config::value::parse_duration(s)
 }
 
+/// `http`'s load: HTTP/2 with `--h2`, else HTTP/1.1.
+pub(crate) fn http_load(args: http::HttpArgs) -> anyhow::Result<report::Report> {
+    if args.h2 {
+        h2::run(args)
+    } else {
+        http::run(args)
+    }
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Http(args) => {
             let out = args.output.clone();
-            let report = http::run(args)?;
+            let report = http_load(args)?;
             finish(&report, &out)
         }
         Cmd::Compare(args) => compare::run(args).map(|()| ExitCode::SUCCESS),

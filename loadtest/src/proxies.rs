@@ -10,7 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::compare::CompareArgs;
+/// Where and how the proxies under comparison run.
+pub(crate) struct Layout<'a> {
+    /// CPUs each proxy is pinned to (one worker or thread per CPU).
+    pub proxy_cpus: &'a [usize],
+    /// Serve HTTP/2 to the generator.
+    pub h2: bool,
+    /// The outrigger binary (default: the one next to this program).
+    pub outrigger: Option<&'a Path>,
+}
 
 /// A proxy process under test.
 pub(crate) struct Proxy {
@@ -91,12 +99,12 @@ fn spawn(name: &str, mut cmd: Command, cpus: &[usize], addr: SocketAddr) -> anyh
 }
 
 pub(crate) fn start_outrigger(
-    args: &CompareArgs,
+    args: &Layout<'_>,
     dir: &Path,
     up: SocketAddr,
 ) -> anyhow::Result<Proxy> {
-    let bin = match &args.outrigger {
-        Some(b) => b.clone(),
+    let bin = match args.outrigger {
+        Some(b) => b.to_path_buf(),
         None => std::env::current_exe()?
             .parent()
             .context("no directory")?
@@ -119,10 +127,10 @@ pub(crate) fn start_outrigger(
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--no-watch", "--log-level", "warn", "--config"])
         .arg(&cfg);
-    spawn("outrigger", cmd, &args.proxy_cpus, addr)
+    spawn("outrigger", cmd, args.proxy_cpus, addr)
 }
 
-pub(crate) fn start_nginx(args: &CompareArgs, dir: &Path, up: SocketAddr) -> anyhow::Result<Proxy> {
+pub(crate) fn start_nginx(args: &Layout<'_>, dir: &Path, up: SocketAddr) -> anyhow::Result<Proxy> {
     let bin = find("nginx", &["/usr/sbin/nginx"]).context("nginx is not installed")?;
     let addr = free_port()?;
     let d = dir.join("nginx");
@@ -144,11 +152,11 @@ http {{ access_log off; keepalive_requests 1000000;
     std::fs::write(&path, conf)?;
     let mut cmd = Command::new(bin);
     cmd.args(["-p", &d.to_string(), "-c", &path]);
-    spawn("nginx", cmd, &args.proxy_cpus, addr)
+    spawn("nginx", cmd, args.proxy_cpus, addr)
 }
 
 pub(crate) fn start_haproxy(
-    args: &CompareArgs,
+    args: &Layout<'_>,
     dir: &Path,
     up: SocketAddr,
 ) -> anyhow::Result<Proxy> {
@@ -163,7 +171,7 @@ pub(crate) fn start_haproxy(
     std::fs::write(&path, conf)?;
     let mut cmd = Command::new(bin);
     cmd.arg("-db").arg("-f").arg(&path);
-    spawn("haproxy", cmd, &args.proxy_cpus, addr)
+    spawn("haproxy", cmd, args.proxy_cpus, addr)
 }
 
 /// Wait until `addr` answers an HTTP request (up to 10 s).
