@@ -56,6 +56,17 @@ impl Code {
     }
 }
 
+/// The gRPC-Web kind of a `content-type`: `Some(false)` binary,
+/// `Some(true)` text, `None` not gRPC-Web.
+pub fn web_kind(content_type: &[u8]) -> Option<bool> {
+    let rest = content_type.strip_prefix(b"application/grpc-web")?;
+    let (text, rest) = match rest.strip_prefix(b"-text") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    (rest.is_empty() || rest[0] == b'+' || rest[0] == b';').then_some(text)
+}
+
 /// Whether a `content-type` value names gRPC (`application/grpc`,
 /// `application/grpc+proto`, ...; not gRPC-Web).
 pub fn is_grpc(content_type: &[u8]) -> bool {

@@ -95,8 +95,7 @@ pub struct GrpcMatch {
 impl GrpcMatch {
     fn matches<R: RouteRequest + ?Sized>(&self, req: &R) -> bool {
         let grpc = req.header("content-type").is_some_and(|v| {
-            crate::grpc::is_grpc(v.as_bytes())
-                || crate::http::grpc_web::web_kind(v.as_bytes()).is_some()
+            crate::grpc::is_grpc(v.as_bytes()) || crate::grpc::web_kind(v.as_bytes()).is_some()
         });
         let Some((service, method)) = crate::grpc::service_and_method(req.path()) else {
             return false;
