@@ -166,3 +166,5 @@ fn settings(snapshot: &Weak<ArcSwap<Snapshot>>) -> Option<Option<Arc<XdsSettings
 mod tests;
 #[cfg(test)]
 mod tls_tests;
+#[cfg(test)]
+mod traffic_tests;
