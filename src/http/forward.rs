@@ -548,10 +548,7 @@ impl Try<'_> {
         if !h2 {
             return Ok((Checked::H1(c), false));
         }
-        let transport = match c {
-            UpConn::Plain(s) => Transport::Plain(s),
-            UpConn::Tls(t) => Transport::Tls(t),
-        };
+        let transport = Transport::from(c);
         // connect_timeout covers the HTTP/2 preface and SETTINGS too.
         match ctx
             .deadlines

@@ -12,6 +12,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::DistinguishedName;
 
+use super::spiffe::reject;
+
 /// Which SANs a matcher looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SanKind {
@@ -129,23 +131,6 @@ impl SanPolicy {
         format!("{:?}", self.0)
     }
 }
-
-fn reject(msg: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-        Arc::new(SanError(msg)),
-    )))
-}
-
-#[derive(Debug)]
-struct SanError(String);
-
-impl std::fmt::Display for SanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SanError {}
 
 /// A client verifier, then the SAN matchers.
 #[derive(Debug)]

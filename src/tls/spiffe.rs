@@ -154,22 +154,24 @@ pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<String, String> {
     Ok(id.clone())
 }
 
-fn reject(msg: String) -> rustls::Error {
+/// A certificate refused by one of the proxy's own checks (SVID rules,
+/// SAN matchers), with the reason as its text.
+pub(crate) fn reject(msg: String) -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-        Arc::new(SvidError(msg)),
+        Arc::new(CertRefused(msg)),
     )))
 }
 
 #[derive(Debug)]
-struct SvidError(String);
+struct CertRefused(String);
 
-impl std::fmt::Display for SvidError {
+impl std::fmt::Display for CertRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for SvidError {}
+impl std::error::Error for CertRefused {}
 
 /// An upstream presented a valid SVID whose ID the cluster's `identities`
 /// do not accept (the ID is the field).

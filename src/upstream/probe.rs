@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use super::UpstreamProtocol;
-use crate::http::h2::io::ConnIo;
+use crate::http::h2::upstream::Transport;
 use crate::http::upconn::UpConn;
 use crate::resilience::{HealthCheck, HealthProtocol, GRPC_HEALTH_PATH};
 use crate::tls::ClusterTls;
@@ -253,16 +253,9 @@ async fn h2_exchange(
     req: http::request::Builder,
     body: Option<Bytes>,
 ) -> Result<H2Answer, String> {
-    let io = match conn {
-        UpConn::Plain(s) => s
-            .try_into_poll_io()
-            .map(|t| ConnIo::plain(t, BytesMut::new())),
-        UpConn::Tls(t) => {
-            let (tcp, session, raw) = t.into_parts();
-            tcp.try_into_poll_io().map(|t| ConnIo::tls(t, session, raw))
-        }
-    }
-    .map_err(|(e, _)| format!("connection: {e}"))?;
+    let io = Transport::from(conn)
+        .into_io()
+        .map_err(|e| format!("connection: {e}"))?;
     let (send, driver) = h2::client::handshake(io)
         .await
         .map_err(|e| format!("HTTP/2 handshake: {e}"))?;

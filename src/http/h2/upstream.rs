@@ -114,20 +114,36 @@ pub enum Transport {
     Tls(Box<crate::tls::ClientStream>),
 }
 
+impl Transport {
+    /// The poll-style transport the `h2` crate drives.
+    pub fn into_io(self) -> std::io::Result<ConnIo> {
+        match self {
+            Transport::Plain(tcp) => tcp
+                .try_into_poll_io()
+                .map(|t| ConnIo::plain(t, BytesMut::new())),
+            Transport::Tls(t) => {
+                let (tcp, session, raw) = t.into_parts();
+                tcp.try_into_poll_io().map(|t| ConnIo::tls(t, session, raw))
+            }
+        }
+        .map_err(|(e, _)| e)
+    }
+}
+
+impl From<crate::http::upconn::UpConn> for Transport {
+    fn from(c: crate::http::upconn::UpConn) -> Self {
+        match c {
+            crate::http::upconn::UpConn::Plain(s) => Transport::Plain(s),
+            crate::http::upconn::UpConn::Tls(t) => Transport::Tls(t),
+        }
+    }
+}
+
 /// Run the HTTP/2 handshake on a new connection, start its task and pool
 /// it; the sender for the first stream.
 pub async fn handshake(pool: &Pool, key: PoolKey, transport: Transport) -> std::io::Result<Lease> {
     let addr = key.addr;
-    let io = match transport {
-        Transport::Plain(tcp) => tcp
-            .try_into_poll_io()
-            .map(|t| ConnIo::plain(t, BytesMut::new())),
-        Transport::Tls(t) => {
-            let (tcp, session, raw) = t.into_parts();
-            tcp.try_into_poll_io().map(|t| ConnIo::tls(t, session, raw))
-        }
-    }
-    .map_err(|(e, _)| e)?;
+    let io = transport.into_io()?;
     let (send, conn) = h2::client::Builder::new()
         .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
         .handshake::<_, Bytes>(io)
