@@ -23,15 +23,14 @@ pub struct Mirror {
 /// to the host (Envoy's convention), the port kept.
 pub fn shadow_host(host: &str) -> String {
     match host.rsplit_once(':') {
+        // A port after a name or a bracketed IPv6 literal (a bare IPv6
+        // literal's last group is no port).
         Some((h, port))
             if !h.is_empty()
-                && !h.ends_with(']')
+                && !port.is_empty()
                 && port.bytes().all(|b| b.is_ascii_digit())
-                && !h.contains(':') =>
+                && (h.ends_with(']') || !h.contains(':')) =>
         {
-            format!("{h}-shadow:{port}")
-        }
-        Some((h, port)) if h.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
             format!("{h}-shadow:{port}")
         }
         _ => format!("{host}-shadow"),
