@@ -35,7 +35,7 @@ fn found(n: usize, offset: usize) -> Vec<outrigger::discovery::Found> {
                 format!("10.{}.{}.{}:80", j / 65536, (j / 256) % 256, j % 256)
                     .parse()
                     .unwrap_or_else(|e| panic!("{e}"));
-            (a, a.to_string(), 1 + (j % 3) as u32)
+            outrigger::discovery::Found::new(a, a.to_string(), 1 + (j % 3) as u32)
         })
         .collect()
 }
@@ -74,11 +74,11 @@ fn bench(c: &mut Criterion) {
         };
         let lb: Vec<LbEndpoint> = update
             .iter()
-            .map(|(a, _, _)| LbEndpoint {
+            .map(|f| LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                     address: Some(Address {
                         address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: a.ip().to_string(),
+                            address: f.address.ip().to_string(),
                             port_specifier: Some(socket_address::PortSpecifier::PortValue(80)),
                             ..Default::default()
                         })),

@@ -331,6 +331,9 @@ fn clusters(shared: &Shared) -> Value {
                     "address": e.address.to_string(),
                     "configured_as": e.written,
                     "weight": e.weight,
+                    "zone": e.locality.zone,
+                    "region": e.locality.region,
+                    "priority": e.priority,
                     "health": health,
                     "ejected": h.ejected(now),
                     "ejection_left_ms": h.ejection_left_ms(now),
@@ -363,6 +366,21 @@ fn clusters(shared: &Shared) -> Value {
                     "last_update": c.status.last_update.load(std::sync::atomic::Ordering::Relaxed),
                     "last_error": c.status.last_error.load_full().map(|e| e.to_string()),
                 }),
+                "locality": c.locality.to_string(),
+                "node": json!({ "region": s.node.region, "zone": s.node.zone }),
+                "levels": c.levels.iter().map(|l| json!({
+                    "level": l.label(),
+                    "endpoints": l.end - l.start,
+                })).collect::<Vec<_>>(),
+                "split": c.shares(now).iter().map(|sh| json!({
+                    "region": sh.locality.region,
+                    "zone": sh.locality.zone,
+                    "priority": sh.priority,
+                    "level": sh.level,
+                    "endpoints": sh.endpoints,
+                    "usable": sh.usable,
+                    "traffic_percent": sh.traffic as f64 / 100.0,
+                })).collect::<Vec<_>>(),
                 "outlier_detection": c.outlier.is_some(),
                 "health_check": c.health_check.as_ref().map(|h| json!({
                     "protocol": match h.protocol {

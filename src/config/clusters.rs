@@ -9,10 +9,12 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::compile::{Ctx, DEFAULT_CONNECT_TIMEOUT};
+use super::file::FileNode;
 use super::file::{FileCluster, FileConfig, FileEndpoint};
-use crate::metrics::{ClusterStats, EndpointStats};
+use crate::metrics::ClusterStats;
 use crate::upstream::balance::{HashOn, Plan};
-use crate::upstream::{Cluster, Endpoint, UpstreamProtocol};
+use crate::upstream::locality::MAX_PRIORITY;
+use crate::upstream::{Cluster, Endpoint, Found, Locality, LocalityMode, UpstreamProtocol};
 
 pub(super) fn compile_clusters(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<String, Cluster> {
     let mut out = BTreeMap::new();
@@ -92,14 +94,8 @@ fn compile_cluster(
     let mut seen = std::collections::HashSet::new();
     let mut ok = true;
     if let Some((_, found)) = &dynamic {
-        for (address, written, weight) in found {
-            endpoints.push(Endpoint {
-                address: *address,
-                written: written.clone(),
-                weight: *weight,
-                stats: Arc::new(EndpointStats::new(cx.workers)),
-                health: Arc::default(),
-            });
+        for f in found {
+            endpoints.push(Endpoint::found(f, cx.workers));
         }
     }
     let listed = if dynamic.is_some() {
@@ -108,34 +104,23 @@ fn compile_cluster(
         listed
     };
     for ep in listed {
-        let weight = match ep.get_ref() {
-            FileEndpoint::Weighted(w) => match w.weight {
-                None => 1,
-                Some(v @ 1..=1000) => v as u32,
-                Some(v) => {
-                    cx.error(
-                        ep.span(),
-                        format!("{key}.endpoints"),
-                        format!("weight must be from 1 to 1000, not {v}"),
-                    );
-                    ok = false;
-                    1
-                }
-            },
-            FileEndpoint::Address(_) => 1,
+        let Some((weight, locality, priority)) = entry(cx, key, ep) else {
+            ok = false;
+            continue;
         };
         let written = ep.get_ref().address();
         match resolve_endpoint(written) {
             Ok(addrs) => {
                 for address in addrs {
                     if seen.insert(address) {
-                        endpoints.push(Endpoint {
+                        let found = Found {
                             address,
                             written: written.to_string(),
                             weight,
-                            stats: Arc::new(EndpointStats::new(cx.workers)),
-                            health: Arc::default(),
-                        });
+                            locality: locality.clone(),
+                            priority,
+                        };
+                        endpoints.push(Endpoint::found(&found, cx.workers));
                     }
                 }
             }
@@ -240,6 +225,14 @@ fn compile_cluster(
         .max_ring_size
         .unwrap_or(crate::upstream::balance::DEFAULT_RING_MAX)
         .clamp(1024, 1 << 23);
+    let locality = locality_mode(cx, key, c_ref, original_destination)?;
+    let levels = crate::upstream::locality::arrange(
+        &mut endpoints,
+        locality,
+        &cx.node,
+        c_ref.balance,
+        max_ring_size,
+    );
     let ids: Vec<(String, u32)> = endpoints
         .iter()
         .map(|e| (e.address.to_string(), e.weight))
@@ -247,6 +240,9 @@ fn compile_cluster(
     Some(Cluster {
         name: name.to_string(),
         plan: Plan::new(c_ref.balance, &ids, max_ring_size),
+        locality,
+        node: cx.node.clone(),
+        levels,
         hash_on,
         endpoints,
         balance: c_ref.balance,
@@ -267,6 +263,93 @@ fn compile_cluster(
         source: dynamic.map_or(crate::discovery::Source::Static, |(s, _)| s),
         status: Arc::default(),
     })
+}
+
+/// `[node]`, with the environment's `OUTRIGGER_REGION` / `OUTRIGGER_ZONE`
+/// over it.
+pub(super) fn node(f: &FileConfig) -> Locality {
+    let node = f.node.as_ref().map(|n| n.get_ref());
+    let part = |get: fn(&FileNode) -> &Option<Spanned<String>>| {
+        node.and_then(|n| get(n).as_ref())
+            .map(|v| v.get_ref().as_str())
+    };
+    Locality::of_node(part(|n| &n.region), part(|n| &n.zone))
+}
+
+/// One `endpoints` entry's weight, locality and priority (an error for
+/// each bad value is recorded).
+pub(super) fn entry(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    ep: &Spanned<FileEndpoint>,
+) -> Option<(u32, Locality, u32)> {
+    let FileEndpoint::Weighted(w) = ep.get_ref() else {
+        return Some((1, Locality::default(), 0));
+    };
+    let weight = match w.weight {
+        None => 1,
+        Some(v @ 1..=1000) => v as u32,
+        Some(v) => {
+            cx.error(
+                ep.span(),
+                format!("{key}.endpoints"),
+                format!("weight must be from 1 to 1000, not {v}"),
+            );
+            return None;
+        }
+    };
+    let priority = match w.priority {
+        None => 0,
+        Some(p) if (0..=i64::from(MAX_PRIORITY)).contains(&p) => p as u32,
+        Some(p) => {
+            cx.error(
+                ep.span(),
+                format!("{key}.endpoints"),
+                format!("priority must be from 0 to {MAX_PRIORITY}, not {p}"),
+            );
+            return None;
+        }
+    };
+    let locality = Locality::new(
+        w.region.clone().unwrap_or_default(),
+        w.zone.clone().unwrap_or_default(),
+    );
+    Some((weight, locality, priority))
+}
+
+/// `locality`: `"off"` (default) or `"prefer_local"`; a proxy without a
+/// `[node]` locality is told it prefers nothing.
+fn locality_mode(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    c: &FileCluster,
+    original_destination: bool,
+) -> Option<LocalityMode> {
+    let Some(v) = &c.locality else {
+        return Some(LocalityMode::Off);
+    };
+    let mode = match LocalityMode::parse(v.get_ref()) {
+        Ok(m) => m,
+        Err(msg) => {
+            cx.error(v.span(), format!("{key}.locality"), msg);
+            return None;
+        }
+    };
+    if original_destination && mode != LocalityMode::Off {
+        cx.error(
+            v.span(),
+            format!("{key}.locality"),
+            "an original_destination cluster has no endpoints to prefer among",
+        );
+        return None;
+    }
+    if mode == LocalityMode::PreferLocal && cx.node.is_empty() {
+        tracing::warn!(
+            cluster = %key,
+            "locality = \"prefer_local\" but this proxy has no [node] region or zone (nor OUTRIGGER_REGION / OUTRIGGER_ZONE): no endpoint is nearer than another"
+        );
+    }
+    Some(mode)
 }
 
 /// `host:port` → addresses. Literal IPs skip the resolver.

@@ -50,6 +50,8 @@ pub(super) struct Ctx<'a> {
     pub(super) material: Vec<PathBuf>,
     /// `[xds] address`, for `discovery = "xds"` clusters.
     pub(super) xds_server: Option<String>,
+    /// `[node]`: this proxy's locality, which clusters sort endpoints by.
+    pub(super) node: crate::upstream::Locality,
 }
 
 impl Ctx<'_> {
@@ -117,6 +119,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         identity_written: parsed.identity.is_some(),
         material: Vec::new(),
         xds_server: None,
+        node: super::clusters::node(&parsed),
     };
     cx.identity = parsed
         .identity
@@ -150,6 +153,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     Ok(Snapshot {
         tracing: tracing.map(Arc::new),
         xds,
+        node: cx.node.clone(),
         identity: cx.identity.clone(),
         material: cx.material.clone(),
         material_hash,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::compile::Ctx;
-use super::file::{FileCluster, FileEndpoint};
-use crate::discovery::{DnsSpec, Family, Found, Source};
+use super::file::FileCluster;
+use crate::discovery::{DnsName, DnsSpec, Family, Found, Source};
 
 pub(super) fn source(
     cx: &mut Ctx<'_>,
@@ -81,13 +81,8 @@ pub(super) fn source(
         };
         let mut names = Vec::new();
         for ep in list.get_ref() {
-            let (written, weight) = match ep.get_ref() {
-                FileEndpoint::Address(a) => (a.clone(), 1),
-                FileEndpoint::Weighted(w) => (
-                    w.address.clone(),
-                    w.weight.unwrap_or(1).clamp(1, 1000) as u32,
-                ),
-            };
+            let written = ep.get_ref().address().to_string();
+            let (weight, locality, priority) = super::clusters::entry(cx, key, ep)?;
             let parsed = written
                 .rsplit_once(':')
                 .and_then(|(h, p)| {
@@ -112,7 +107,14 @@ pub(super) fn source(
                 );
                 return None;
             };
-            names.push((host, port, weight, written));
+            names.push(DnsName {
+                host,
+                port,
+                written,
+                weight,
+                locality,
+                priority,
+            });
         }
         let family = match f
             .dns_family

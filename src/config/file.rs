@@ -37,6 +37,8 @@ pub struct FileConfig {
     /// `[xds]`: the management server to take clusters, endpoints,
     /// listeners and routes from.
     pub xds: Option<Spanned<super::xds::FileXds>>,
+    /// `[node]`: this instance's locality.
+    pub node: Option<Spanned<FileNode>>,
 }
 
 /// `[identity]`.
@@ -309,31 +311,6 @@ pub struct FileRetry {
     pub max_body_bytes: Option<u64>,
 }
 
-/// One entry of `endpoints`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum FileEndpoint {
-    Address(String),
-    Weighted(FileWeightedEndpoint),
-}
-
-/// `{ address = "h:p", weight = 3 }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileWeightedEndpoint {
-    pub address: String,
-    pub weight: Option<i64>,
-}
-
-impl FileEndpoint {
-    pub fn address(&self) -> &str {
-        match self {
-            FileEndpoint::Address(a) => a,
-            FileEndpoint::Weighted(w) => &w.address,
-        }
-    }
-}
-
 /// `retry_budget.*` of a cluster.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -514,77 +491,6 @@ pub struct FileRewrite {
     pub path_prefix: Option<Spanned<String>>,
 }
 
-/// `[clusters.NAME]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCluster {
-    /// `host:port` list (or `{ address, weight }` tables); host names are
-    /// resolved when the config is compiled.
-    pub endpoints: Option<Spanned<Vec<Spanned<FileEndpoint>>>>,
-    /// `"static"` (default), `"dns"`, `"file"` or `"original_destination"`.
-    pub discovery: Option<Spanned<String>>,
-    /// dns: re-resolve this often (sooner when a TTL ends). Default 5s.
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub dns_refresh: Option<ConfigDuration>,
-    /// dns: `"auto"` (A and AAAA), `"v4"` or `"v6"`.
-    pub dns_family: Option<Spanned<String>>,
-    /// dns: servers instead of /etc/resolv.conf's (`"ip"` or `"ip:port"`).
-    pub dns_servers: Option<Vec<Spanned<String>>>,
-    /// xds: the EDS resource to take endpoints from (default the cluster's
-    /// name).
-    pub eds_service_name: Option<Spanned<String>>,
-    /// file: the endpoints file (JSON array, or TOML `[[endpoints]]`).
-    pub endpoints_file: Option<Spanned<String>>,
-    /// ring_hash and maglev: what to hash (`"source_ip"` by default).
-    pub hash_on: Option<Spanned<String>>,
-    /// `"round_robin"` (default), `"random"` or `"least_request"`.
-    #[serde(default)]
-    pub balance: Balance,
-    /// Give up connecting to one endpoint after this long. Default 1s.
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub connect_timeout: Option<ConfigDuration>,
-    /// http: idle keep-alive connections kept per endpoint per worker. Default 64.
-    #[serde(default, deserialize_with = "positive")]
-    pub max_idle_connections: Option<u64>,
-    /// ring_hash: most points on the ring (weights are scaled into it).
-    /// Default 65536.
-    #[serde(default, deserialize_with = "positive")]
-    pub max_ring_size: Option<u64>,
-    /// http: close pooled connections idle longer than this. Default 30s.
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub idle_timeout: Option<ConfigDuration>,
-    pub retry_budget: Option<FileRetryBudget>,
-    pub circuit_breaker: Option<FileCircuitBreaker>,
-    pub outlier_detection: Option<FileOutlierDetection>,
-    pub health_check: Option<Spanned<FileHealthCheck>>,
-    /// TLS toward the endpoints.
-    pub tls: Option<Spanned<FileClusterTls>>,
-    /// http: `"http1"` (default), `"http2"` (prior knowledge, or ALPN `h2`
-    /// with tls), `"auto"` (ALPN with tls, HTTP/1.1 without) or
-    /// `"downstream"` (what the client spoke; original_destination's default).
-    pub protocol: Option<Spanned<String>>,
-}
-
-/// `tls.*` of a cluster.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileClusterTls {
-    /// SNI and the name verified; default each endpoint's host.
-    pub server_name: Option<Spanned<String>>,
-    /// PEM roots to verify the upstream with; default the system's.
-    pub ca: Option<Spanned<String>>,
-    /// A client certificate and key to present.
-    pub cert: Option<Spanned<String>>,
-    pub key: Option<Spanned<String>>,
-    pub alpn: Option<Vec<Spanned<String>>>,
-    /// `"1.2"` (default) or `"1.3"`.
-    pub min_version: Option<Spanned<String>>,
-    /// `"mesh"`: present `[identity]`'s SVID and verify the server's SPIFFE
-    /// ID against `identities`.
-    pub mode: Option<Spanned<String>>,
-    pub identities: Option<Vec<Spanned<String>>>,
-    /// The server certificate must carry a SAN one of these matches.
-    pub match_sans: Option<Vec<Spanned<FileSanMatch>>>,
-}
-
-pub use crate::upstream::balance::Balance;
+pub use super::file_cluster::{
+    Balance, FileCluster, FileClusterTls, FileEndpoint, FileNode, FileWeightedEndpoint,
+};

@@ -13,6 +13,7 @@ mod discovery;
 pub mod error;
 mod fault;
 pub mod file;
+mod file_cluster;
 pub mod http2;
 mod mirror;
 mod observe;
@@ -69,6 +70,9 @@ pub struct Snapshot {
     pub tracing: Option<Arc<crate::trace::TracingSettings>>,
     /// `[xds]`.
     pub xds: Option<Arc<crate::xds::XdsSettings>>,
+    /// `[node]` (or `OUTRIGGER_REGION` / `OUTRIGGER_ZONE`): where this
+    /// proxy runs.
+    pub node: crate::upstream::Locality,
     /// Certificate, key and CA files the config reads, and a hash of their
     /// contents: a change to one reloads like a change to the config.
     pub material: Vec<PathBuf>,
@@ -252,6 +256,7 @@ impl Snapshot {
             identity: self.identity.clone(),
             tracing: self.tracing.clone(),
             xds: self.xds.clone(),
+            node: self.node.clone(),
             material: self.material.clone(),
             material_hash: self.material_hash,
         }

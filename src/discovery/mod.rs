@@ -21,8 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::Snapshot;
 
-/// One endpoint as discovered: address, the name it came from, weight.
-pub type Found = (SocketAddr, String, u32);
+pub use crate::upstream::{Found, Locality};
 
 /// `dns_family`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +34,52 @@ pub enum Family {
 /// A `dns` cluster's names and settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsSpec {
-    /// (host, port, weight, as written); port 0: `host` is an SRV name
-    /// (`_http._tcp.api.example.com`) whose records give targets, ports
-    /// and weights.
-    pub names: Vec<(String, u16, u32, String)>,
+    pub names: Vec<DnsName>,
     pub refresh: Duration,
     pub family: Family,
     /// Empty: `/etc/resolv.conf`'s.
     pub servers: Vec<SocketAddr>,
+}
+
+/// One name of a `dns` cluster, with what its addresses carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsName {
+    pub host: String,
+    /// 0: `host` is an SRV name (`_http._tcp.api.example.com`) whose
+    /// records give targets, ports and weights.
+    pub port: u16,
+    /// As written in the config.
+    pub written: String,
+    pub weight: u32,
+    pub locality: Locality,
+    pub priority: u32,
+}
+
+impl DnsName {
+    /// A name with weight 1, no locality, priority 0.
+    pub fn new(host: impl Into<String>, port: u16, written: impl Into<String>) -> DnsName {
+        DnsName {
+            host: host.into(),
+            port,
+            written: written.into(),
+            weight: 1,
+            locality: Locality::default(),
+            priority: 0,
+        }
+    }
+
+    /// Add an address this name resolved to (once).
+    fn push(&self, out: &mut Vec<Found>, address: SocketAddr, written: &str, weight: u32) {
+        if !out.iter().any(|f| f.address == address) {
+            out.push(Found {
+                address,
+                written: written.to_string(),
+                weight,
+                locality: self.locality.clone(),
+                priority: self.priority,
+            });
+        }
+    }
 }
 
 /// Where a cluster's endpoints come from.
@@ -85,7 +122,7 @@ pub fn key(cluster: &str, source: &Source) -> String {
     match source {
         Source::Static => cluster.to_string(),
         Source::Dns(d) => {
-            let names: Vec<&str> = d.names.iter().map(|n| n.3.as_str()).collect();
+            let names: Vec<&str> = d.names.iter().map(|n| n.written.as_str()).collect();
             format!("{cluster}|dns|{}", names.join(","))
         }
         Source::File(p) => format!("{cluster}|file|{}", p.display()),
@@ -127,8 +164,9 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
     struct Entry {
         address: String,
         weight: Option<u32>,
-        #[allow(dead_code)]
         zone: Option<String>,
+        region: Option<String>,
+        priority: Option<u32>,
     }
     #[derive(serde::Deserialize)]
     struct TomlFile {
@@ -154,6 +192,15 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
                 path.display()
             ));
         }
+        let priority = e.priority.unwrap_or(0);
+        if priority > crate::upstream::locality::MAX_PRIORITY {
+            return Err(format!(
+                "{}: priority must be 0..{}, not {priority}",
+                path.display(),
+                crate::upstream::locality::MAX_PRIORITY
+            ));
+        }
+        let locality = Locality::new(e.region.unwrap_or_default(), e.zone.unwrap_or_default());
         let addrs: Vec<SocketAddr> = match e.address.parse::<SocketAddr>() {
             Ok(a) => vec![a],
             Err(_) => std::net::ToSocketAddrs::to_socket_addrs(e.address.as_str())
@@ -162,7 +209,13 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
         };
         for a in addrs {
             if seen.insert(a) {
-                out.push((a, e.address.clone(), weight));
+                out.push(Found {
+                    address: a,
+                    written: e.address.clone(),
+                    weight,
+                    locality: locality.clone(),
+                    priority,
+                });
             }
         }
     }
@@ -221,14 +274,15 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
     let mut out: Vec<Found> = Vec::new();
     let mut ttl = u32::MAX;
     let hosts = hosts::Hosts::system();
-    for (host, port, weight, written) in &spec.names {
+    for name in &spec.names {
+        let (host, port, weight, written) = (&name.host, &name.port, name.weight, &name.written);
         if *port == 0 {
-            let t = resolve_srv(spec, host, &servers, &hosts, &mut out)?;
+            let t = resolve_srv(spec, name, &servers, &hosts, &mut out)?;
             ttl = ttl.min(t);
             continue;
         }
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            out.push((SocketAddr::new(ip, *port), written.clone(), *weight));
+            name.push(&mut out, SocketAddr::new(ip, *port), written, weight);
             continue;
         }
         // /etc/hosts first (no TTL: the cluster's refresh rate applies); a
@@ -236,10 +290,7 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
         let listed = listed(&hosts, host, spec.family);
         if !listed.is_empty() {
             for ip in listed {
-                let a = SocketAddr::new(ip, *port);
-                if !out.iter().any(|(x, _, _)| *x == a) {
-                    out.push((a, written.clone(), *weight));
-                }
+                name.push(&mut out, SocketAddr::new(ip, *port), written, weight);
             }
             continue;
         }
@@ -256,10 +307,7 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
                     any = true;
                     for (ip, t) in records {
                         ttl = ttl.min(t);
-                        let a = SocketAddr::new(ip, *port);
-                        if !out.iter().any(|(x, _, _)| *x == a) {
-                            out.push((a, written.clone(), *weight));
-                        }
+                        name.push(&mut out, SocketAddr::new(ip, *port), written, weight);
                     }
                 }
                 Err(e) => last_err = Some(format!("{host}: {e}")),
@@ -278,11 +326,12 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
 /// TTL seen.
 fn resolve_srv(
     spec: &DnsSpec,
-    name: &str,
+    srv: &DnsName,
     servers: &[SocketAddr],
     hosts: &hosts::Hosts,
     out: &mut Vec<Found>,
 ) -> Result<u32, String> {
+    let name = srv.host.as_str();
     let records = dns::lookup_srv(name, servers, Duration::from_secs(1))
         .map_err(|e| format!("{name}: {e}"))?;
     let Some(best) = records.iter().map(|r| r.priority).min() else {
@@ -313,10 +362,7 @@ fn resolve_srv(
                     any |= !addrs.is_empty();
                     for (ip, t) in addrs {
                         ttl = ttl.min(t);
-                        let a = SocketAddr::new(ip, r.port);
-                        if !out.iter().any(|(x, _, _)| *x == a) {
-                            out.push((a, written.clone(), weight));
-                        }
+                        srv.push(out, SocketAddr::new(ip, r.port), &written, weight);
                     }
                 }
                 Err(e) => last_err = Some(format!("{name}: {}: {e}", r.target)),
@@ -396,7 +442,13 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, send: &dyn Fn(Update) -> bool) {
                     let current: Vec<Found> = c
                         .endpoints
                         .iter()
-                        .map(|e| (e.address, e.written.clone(), e.weight))
+                        .map(|e| Found {
+                            address: e.address,
+                            written: e.written.clone(),
+                            weight: e.weight,
+                            locality: e.locality.clone(),
+                            priority: e.priority,
+                        })
                         .collect();
                     if same(&current, &found) {
                         continue;
@@ -426,8 +478,9 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, send: &dyn Fn(Update) -> bool) {
 }
 
 fn same(a: &[Found], b: &[Found]) -> bool {
-    let mut a: Vec<(SocketAddr, u32)> = a.iter().map(|f| (f.0, f.2)).collect();
-    let mut b: Vec<(SocketAddr, u32)> = b.iter().map(|f| (f.0, f.2)).collect();
+    let key = |f: &Found| (f.address, f.weight, f.locality.clone(), f.priority);
+    let mut a: Vec<_> = a.iter().map(key).collect();
+    let mut b: Vec<_> = b.iter().map(key).collect();
     a.sort();
     b.sort();
     a == b
@@ -520,8 +573,8 @@ mod tests {
         let (server, asked) = one_name_server("api");
         let spec = DnsSpec {
             names: vec![
-                ("localhost".into(), 8080, 1, "localhost:8080".into()),
-                ("api".into(), 80, 1, "api:80".into()),
+                DnsName::new("localhost", 8080, "localhost:8080"),
+                DnsName::new("api", 80, "api:80"),
             ],
             refresh: Duration::from_secs(5),
             family: Family::Auto,
@@ -530,12 +583,48 @@ mod tests {
         let (found, _) = resolve(&spec).unwrap_or_else(|e| panic!("{e}"));
         let mut want: Vec<SocketAddr> = local.iter().map(|ip| SocketAddr::new(*ip, 8080)).collect();
         want.push("10.1.2.3:80".parse().unwrap_or_else(|e| panic!("{e}")));
-        let got: Vec<SocketAddr> = found.iter().map(|f| f.0).collect();
+        let got: Vec<SocketAddr> = found.iter().map(|f| f.address).collect();
         assert_eq!(got, want);
         assert!(
             asked.load().iter().all(|n| n != "localhost"),
             "{:?}",
             asked.load()
         );
+    }
+
+    /// Endpoint files and dns names carry zone, region and priority to
+    /// the endpoints they give.
+    #[test]
+    fn localities_reach_the_endpoints() {
+        let path = std::env::temp_dir().join(format!("outrigger-eps-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"[{"address": "10.0.0.1:80", "zone": "a", "region": "r1"},
+                {"address": "10.0.0.2:80", "weight": 2, "priority": 1}]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let found = read_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(found[0].locality, Locality::new("r1", "a"));
+        assert_eq!((found[1].weight, found[1].priority), (2, 1));
+        let mut name = DnsName::new("10.0.0.3", 80, "10.0.0.3:80");
+        name.locality = Locality::new("r2", "c");
+        name.priority = 2;
+        let spec = DnsSpec {
+            names: vec![name],
+            refresh: Duration::from_secs(5),
+            family: Family::Auto,
+            servers: vec![closed_udp()],
+        };
+        let (found, _) = resolve(&spec).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (found[0].locality.to_string(), found[0].priority),
+            ("r2/c".to_string(), 2)
+        );
+    }
+
+    /// A UDP address nothing answers on (literal names never ask it).
+    fn closed_udp() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap_or_else(|e| panic!("{e}"))
     }
 }

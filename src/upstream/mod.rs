@@ -2,6 +2,7 @@
 //! per-worker balancer state that picks among them.
 
 pub mod balance;
+pub mod locality;
 mod probe;
 pub mod prober;
 
@@ -18,6 +19,31 @@ use crate::resilience::{
 };
 
 pub use balance::{Balance, HashOn, Plan};
+pub use locality::{Level, Locality, LocalityMode};
+
+/// One endpoint as discovered or written: the address, the name it came
+/// from, its weight, locality and priority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub address: SocketAddr,
+    pub written: String,
+    pub weight: u32,
+    pub locality: Locality,
+    pub priority: u32,
+}
+
+impl Found {
+    /// Weight 1 unless given; no locality; priority 0.
+    pub fn new(address: SocketAddr, written: impl Into<String>, weight: u32) -> Found {
+        Found {
+            address,
+            written: written.into(),
+            weight,
+            locality: Locality::default(),
+            priority: 0,
+        }
+    }
+}
 
 /// A named group of interchangeable endpoints.
 #[derive(Debug)]
@@ -27,6 +53,13 @@ pub struct Cluster {
     pub balance: Balance,
     /// Weighted schedule, cumulative weights, hash ring or Maglev table.
     pub plan: Plan,
+    /// `locality`: prefer endpoints near this proxy.
+    pub locality: LocalityMode,
+    /// This proxy's own locality (`[node]`), to sort endpoints by.
+    pub node: Locality,
+    /// Failover levels (priority, then nearness), in order; empty when
+    /// every endpoint is in one level (then `plan` serves).
+    pub levels: Vec<Level>,
     /// ring_hash and maglev: what the key is.
     pub hash_on: HashOn,
     pub connect_timeout: Duration,
@@ -92,17 +125,16 @@ impl UpstreamProtocol {
 impl Cluster {
     /// The same cluster with other endpoints (a discovery update); the
     /// snapshot's `adopt_stats` carries the state of those that stay.
-    pub fn with_endpoints(&self, found: &[crate::discovery::Found], workers: usize) -> Cluster {
-        let endpoints: Vec<Endpoint> = found
-            .iter()
-            .map(|(address, written, weight)| Endpoint {
-                address: *address,
-                written: written.clone(),
-                weight: *weight,
-                stats: Arc::new(EndpointStats::new(workers)),
-                health: Arc::default(),
-            })
-            .collect();
+    pub fn with_endpoints(&self, found: &[Found], workers: usize) -> Cluster {
+        let mut endpoints: Vec<Endpoint> =
+            found.iter().map(|f| Endpoint::found(f, workers)).collect();
+        let levels = locality::arrange(
+            &mut endpoints,
+            self.locality,
+            &self.node,
+            self.balance,
+            self.max_ring_size,
+        );
         let ids: Vec<(String, u32)> = endpoints
             .iter()
             .map(|e| (e.address.to_string(), e.weight))
@@ -110,6 +142,9 @@ impl Cluster {
         Cluster {
             name: self.name.clone(),
             plan: Plan::new(self.balance, &ids, self.max_ring_size),
+            locality: self.locality,
+            node: self.node.clone(),
+            levels,
             endpoints,
             balance: self.balance,
             hash_on: self.hash_on.clone(),
@@ -148,6 +183,32 @@ impl Cluster {
     #[inline]
     fn guarded(&self) -> bool {
         self.outlier.is_some() || self.health_check.is_some()
+    }
+
+    /// The level one request goes to: level 0 while everything is usable
+    /// (or nothing is watched), else drawn by [`Cluster::split`].
+    fn pick_level(&self) -> usize {
+        if !self.guarded() {
+            return 0;
+        }
+        self.split(crate::resilience::now_ms())
+            .pick(fastrand::u64(..locality::FULL))
+    }
+
+    /// The traffic share of each level now, from their health.
+    pub fn split(&self, now_ms: u64) -> locality::Split {
+        let mut healths = [0u64; locality::MAX_LEVELS];
+        let n = self.levels.len().min(locality::MAX_LEVELS);
+        for (h, l) in healths.iter_mut().zip(&self.levels) {
+            let eps = &self.endpoints[l.start..l.end];
+            let usable = if self.guarded() {
+                eps.iter().filter(|e| e.health.usable(now_ms)).count()
+            } else {
+                eps.len()
+            };
+            *h = locality::health(usable, eps.len());
+        }
+        locality::Split::new(&healths[..n])
     }
 
     /// Which endpoints requests may go to now.
@@ -250,6 +311,10 @@ pub struct Endpoint {
     /// Ejection and health-check state for the whole proxy, carried the
     /// same way.
     pub health: Arc<EndpointHealth>,
+    /// Where it runs (`zone`, `region`).
+    pub locality: Locality,
+    /// Failover group: 0 first, higher ones as lower ones lose health.
+    pub priority: u32,
 }
 
 impl Endpoint {
@@ -262,6 +327,22 @@ impl Endpoint {
             weight: 1,
             stats: Arc::new(EndpointStats::new(workers)),
             health: Arc::default(),
+            locality: Locality::default(),
+            priority: 0,
+        }
+    }
+
+    /// A compiled or discovered endpoint, with fresh state (the
+    /// snapshot's `adopt_stats` carries over that of endpoints that stay).
+    pub fn found(f: &Found, workers: usize) -> Endpoint {
+        Endpoint {
+            address: f.address,
+            written: f.written.clone(),
+            weight: f.weight,
+            stats: Arc::new(EndpointStats::new(workers)),
+            health: Arc::default(),
+            locality: f.locality.clone(),
+            priority: f.priority,
         }
     }
 }
@@ -287,9 +368,29 @@ impl Balancers {
     pub fn attempt_order(&self, cluster: &Cluster, key: Option<u64>) -> AttemptOrder {
         let n = cluster.endpoints.len();
         if n == 0 {
-            return AttemptOrder { first: 0, n, k: 0 };
+            return AttemptOrder::over(0, 0, 0, 0);
         }
-        let plan = &cluster.plan;
+        let (start, end, plan) = match cluster.levels.as_slice() {
+            [] | [_] => (0, n, &cluster.plan),
+            levels => {
+                let l = &levels[cluster.pick_level()];
+                (l.start, l.end, &l.plan)
+            }
+        };
+        let first = start + self.pick(cluster, &cluster.endpoints[start..end], plan, key);
+        AttemptOrder::over(first, start, end - start, n)
+    }
+
+    /// The balancer's pick among `endpoints` (one level of the cluster),
+    /// as an index into them.
+    fn pick(
+        &self,
+        cluster: &Cluster,
+        endpoints: &[Endpoint],
+        plan: &Plan,
+        key: Option<u64>,
+    ) -> usize {
+        let n = endpoints.len();
         let pick = || {
             if plan.weighted {
                 plan.random()
@@ -310,7 +411,7 @@ impl Balancers {
             let b = (0..8).map(|_| pick()).find(|&b| b != a);
             (a, b.unwrap_or((a + 1) % n))
         };
-        let first = match cluster.balance {
+        match cluster.balance {
             Balance::RoundRobin => {
                 let mut next = self.next.borrow_mut();
                 // Look up by &str first: no allocation on the hot path.
@@ -328,10 +429,9 @@ impl Balancers {
                 let in_flight = self.in_flight.borrow();
                 // In flight per unit of weight: a / wa < b / wb.
                 let load = |i: usize| {
-                    let e = &cluster.endpoints[i];
-                    u64::from(in_flight.get(&e.address).copied().unwrap_or(0))
+                    u64::from(in_flight.get(&endpoints[i].address).copied().unwrap_or(0))
                 };
-                let w = |i: usize| u64::from(cluster.endpoints[i].weight.max(1));
+                let w = |i: usize| u64::from(endpoints[i].weight.max(1));
                 if load(b) * w(a) < load(a) * w(b) {
                     b
                 } else {
@@ -340,7 +440,7 @@ impl Balancers {
             }
             Balance::PeakEwma => {
                 let (a, b) = two();
-                if self.ewma_cost(cluster, b) < self.ewma_cost(cluster, a) {
+                if self.ewma_cost(&endpoints[b]) < self.ewma_cost(&endpoints[a]) {
                     b
                 } else {
                     a
@@ -349,14 +449,12 @@ impl Balancers {
             Balance::RingHash | Balance::Maglev => {
                 key.and_then(|k| plan.lookup(k)).unwrap_or_else(pick)
             }
-        };
-        AttemptOrder { first, n, k: 0 }
+        }
     }
 
     /// Peak-EWMA cost of an endpoint on this worker: latency estimate x
     /// (requests in flight + 1) / weight.
-    fn ewma_cost(&self, cluster: &Cluster, i: usize) -> f64 {
-        let e = &cluster.endpoints[i];
+    fn ewma_cost(&self, e: &Endpoint) -> f64 {
         let rtt = self
             .ewma
             .borrow()
@@ -420,22 +518,33 @@ impl Balancers {
     }
 }
 
-/// Endpoint indexes in the order to try them (no allocation per request).
+/// Endpoint indexes in the order to try them (no allocation per request):
+/// the chosen level's endpoints from the pick on, wrapping around, then
+/// every other endpoint in level order (failover).
 #[derive(Debug, Clone)]
 pub struct AttemptOrder {
     first: usize,
+    /// The chosen level: endpoints `start..start + len`.
+    start: usize,
+    len: usize,
     n: usize,
     k: usize,
 }
 
 impl AttemptOrder {
-    /// The order over a single endpoint.
-    pub fn single() -> AttemptOrder {
+    fn over(first: usize, start: usize, len: usize, n: usize) -> AttemptOrder {
         AttemptOrder {
-            first: 0,
-            n: 1,
+            first,
+            start,
+            len,
+            n,
             k: 0,
         }
+    }
+
+    /// The order over a single endpoint.
+    pub fn single() -> AttemptOrder {
+        AttemptOrder::over(0, 0, 1, 1)
     }
 }
 
@@ -445,9 +554,13 @@ impl Iterator for AttemptOrder {
         if self.k >= self.n {
             return None;
         }
-        let i = (self.first + self.k) % self.n;
+        let k = self.k;
         self.k += 1;
-        Some(i)
+        if k < self.len {
+            return Some(self.start + (self.first - self.start + k) % self.len);
+        }
+        let j = k - self.len;
+        Some(if j < self.start { j } else { j + self.len })
     }
 }
 
@@ -478,10 +591,15 @@ mod tests {
                     weight: 1,
                     stats: Arc::new(EndpointStats::new(1)),
                     health: Arc::default(),
+                    locality: Locality::default(),
+                    priority: 0,
                 })
                 .collect(),
             balance,
             plan: Plan::default(),
+            locality: LocalityMode::Off,
+            node: Locality::default(),
+            levels: Vec::new(),
             hash_on: HashOn::default(),
             connect_timeout: Duration::from_secs(1),
             max_idle_connections: 8,
@@ -537,5 +655,28 @@ mod tests {
         assert_eq!(picks0, 0);
         drop(_busy);
         assert_eq!(b.in_flight(c.endpoints[0].address), 0);
+    }
+
+    #[test]
+    fn levels_come_first_then_fail_over_in_order() {
+        let b = Balancers::default();
+        let mut c = cluster(Balance::RoundRobin, 5);
+        for (i, e) in c.endpoints.iter_mut().enumerate() {
+            e.priority = [1, 0, 2, 0, 1][i];
+        }
+        c.levels = locality::arrange(
+            &mut c.endpoints,
+            LocalityMode::Off,
+            &Locality::default(),
+            c.balance,
+            1 << 16,
+        );
+        let port = |i: usize| c.endpoints[i].address.port() - 9000;
+        // Nothing is watched: level 0 (ports 1 and 3) always first, in
+        // rotation; then level 1 (0, 4), then level 2 (2).
+        let orders: Vec<Vec<u16>> = (0..2)
+            .map(|_| b.attempt_order(&c, None).map(port).collect())
+            .collect();
+        assert_eq!(orders, vec![vec![1, 3, 0, 4, 2], vec![3, 1, 0, 4, 2]]);
     }
 }

@@ -7,12 +7,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, DnsLookupFamily, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{address, health_check, socket_address, Address};
-use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, LocalityLbEndpoints,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, CommonTlsContext, UpstreamTlsContext,
 };
@@ -25,6 +28,8 @@ use toml::{Table, Value};
 
 use super::convert::{duration, file_name, u32_value};
 use crate::discovery::Found;
+use crate::upstream::locality::MAX_PRIORITY;
+use crate::upstream::Locality;
 
 /// A CDS cluster, translated.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +118,18 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
     }
     if kind != DiscoveryType::OriginalDst {
         t.insert("balance".into(), balance.into());
+    }
+    // Zone-aware routing is `prefer_local`; locality weights are not used
+    // (traffic within a level follows endpoint weights), as in Envoy when
+    // a cluster does not ask for them.
+    let zone_aware = c.common_lb_config.as_ref().is_some_and(|l| {
+        matches!(
+            l.locality_config_specifier,
+            Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_))
+        )
+    });
+    if zone_aware && kind != DiscoveryType::OriginalDst {
+        t.insert("locality".into(), "prefer_local".into());
     }
     if let Some(d) = duration(c.connect_timeout.as_ref()) {
         t.insert("connect_timeout".into(), d.into());
@@ -462,8 +479,8 @@ pub(super) fn host_port(a: Option<&Address>) -> Result<(String, u16), String> {
     Ok((s.address.clone(), port))
 }
 
-/// Endpoints of a load assignment: (address, weight), priority 0 only;
-/// with `skip_unhealthy`, endpoints whose health status says not to send
+/// Endpoints of a load assignment, with their locality's region, zone
+/// and priority (priorities past 7 are refused); with `skip_unhealthy`, endpoints whose health status says not to send
 /// them traffic are left out.
 pub fn endpoints(
     cla: Option<&ClusterLoadAssignment>,
@@ -472,14 +489,9 @@ pub fn endpoints(
     let mut out: Vec<Found> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let Some(cla) = cla else { return Ok(out) };
-    for locality in &cla.endpoints {
-        if locality.priority != 0 {
-            return Err(format!(
-                "priority {} endpoints are not supported (priority 0 only)",
-                locality.priority
-            ));
-        }
-        for ep in &locality.lb_endpoints {
+    for group in &cla.endpoints {
+        let (locality, priority) = group_locality(group)?;
+        for ep in &group.lb_endpoints {
             // HEALTHY (1) and UNKNOWN (0) take traffic; UNHEALTHY (2),
             // DRAINING (3), TIMEOUT (4) and DEGRADED (5) do not.
             if skip_unhealthy && ep.health_status > 1 {
@@ -493,7 +505,13 @@ pub fn endpoints(
                 .unwrap_or(1)
                 .clamp(1, 1000);
             if seen.insert(a) {
-                out.push((a, a.to_string(), weight));
+                out.push(Found {
+                    address: a,
+                    written: a.to_string(),
+                    weight,
+                    locality: locality.clone(),
+                    priority,
+                });
             }
         }
     }
@@ -504,8 +522,9 @@ pub fn endpoints(
 fn dns_names(cla: Option<&ClusterLoadAssignment>) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     let Some(cla) = cla else { return Ok(out) };
-    for locality in &cla.endpoints {
-        for ep in &locality.lb_endpoints {
+    for group in &cla.endpoints {
+        let (locality, priority) = group_locality(group)?;
+        for ep in &group.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
                 return Err("named endpoints are not supported".into());
             };
@@ -519,6 +538,7 @@ fn dns_names(cla: Option<&ClusterLoadAssignment>) -> Result<Vec<Value>, String> 
             let mut t = Table::new();
             t.insert("address".into(), format!("{host}:{port}").into());
             t.insert("weight".into(), i64::from(weight.clamp(1, 1000)).into());
+            locality_keys(&mut t, &locality, priority);
             out.push(t.into());
         }
     }
@@ -529,14 +549,45 @@ fn endpoint_array(found: &[Found]) -> Value {
     Value::Array(
         found
             .iter()
-            .map(|(a, _, w)| {
+            .map(|f| {
                 let mut t = Table::new();
-                t.insert("address".into(), a.to_string().into());
-                t.insert("weight".into(), i64::from(*w).into());
+                t.insert("address".into(), f.address.to_string().into());
+                t.insert("weight".into(), i64::from(f.weight).into());
+                locality_keys(&mut t, &f.locality, f.priority);
                 t.into()
             })
             .collect(),
     )
+}
+
+/// A locality group's region and zone (`sub_zone` is not used) and its
+/// priority.
+fn group_locality(group: &LocalityLbEndpoints) -> Result<(Locality, u32), String> {
+    if group.priority > MAX_PRIORITY {
+        return Err(format!(
+            "priority {} is not supported (0 to {MAX_PRIORITY})",
+            group.priority
+        ));
+    }
+    let locality = group
+        .locality
+        .as_ref()
+        .map(|l| Locality::new(l.region.clone(), l.zone.clone()))
+        .unwrap_or_default();
+    Ok((locality, group.priority))
+}
+
+/// An endpoint table's `zone`, `region` and `priority`, where set.
+fn locality_keys(t: &mut Table, locality: &Locality, priority: u32) {
+    if !locality.zone.is_empty() {
+        t.insert("zone".into(), locality.zone.clone().into());
+    }
+    if !locality.region.is_empty() {
+        t.insert("region".into(), locality.region.clone().into());
+    }
+    if priority > 0 {
+        t.insert("priority".into(), i64::from(priority).into());
+    }
 }
 
 /// An EDS resource: its name and endpoints.

@@ -112,10 +112,23 @@ impl Client {
         let channel = connect(settings).await.map_err(|e| (e, false))?;
         let mut ads = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+        // The control plane learns where this proxy runs (`[node]`), as
+        // Envoy reports `node.locality`.
+        let locality = self
+            .snapshot
+            .upgrade()
+            .map(|s| s.load().node.clone())
+            .filter(|l| !l.is_empty())
+            .map(|l| envoy_types::pb::envoy::config::core::v3::Locality {
+                region: l.region,
+                zone: l.zone,
+                sub_zone: String::new(),
+            });
         let node = Node {
             id: settings.node_id.clone(),
             cluster: settings.node_cluster.clone(),
             user_agent_name: "outrigger".into(),
+            locality,
             ..Default::default()
         };
         // Subscribe again to everything held: a restarted server answers

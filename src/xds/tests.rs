@@ -296,14 +296,14 @@ fn clusters_translate_or_name_what_is_missing() {
             cluster_name: "api".into(),
             endpoints: vec![
                 envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
-                    priority: 1,
+                    priority: 9,
                     ..Default::default()
                 },
             ],
             ..Default::default()
         },
     );
-    assert!(translate_cluster(&bad).unwrap_err().contains("priority 1"));
+    assert!(translate_cluster(&bad).unwrap_err().contains("priority 9"));
 }
 
 pub(super) fn tcp_listener(name: &str, cluster: &str) -> Listener {

@@ -218,3 +218,71 @@ fn request_mirror_policies_translate_or_nack() {
     no_suffix.disable_shadow_host_suffix_append = true;
     assert!(translate_route_config(&with(no_suffix)).is_err());
 }
+
+/// EDS localities and priorities reach the endpoints; CDS zone-aware
+/// routing is `locality = "prefer_local"`; the static form carries both.
+#[test]
+fn localities_and_priorities_translate() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        common_lb_config::LocalityConfigSpecifier, CommonLbConfig,
+    };
+    use envoy_types::pb::envoy::config::core::v3::Locality as XLocality;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    let group = |zone: &str, priority: u32, ip: &str| LocalityLbEndpoints {
+        locality: Some(XLocality {
+            region: "r1".into(),
+            zone: zone.into(),
+            sub_zone: String::new(),
+        }),
+        priority,
+        lb_endpoints: vec![LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: super::tests::sock(ip, 80),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let cla = ClusterLoadAssignment {
+        cluster_name: "api".into(),
+        endpoints: vec![group("a", 0, "10.0.0.1"), group("b", 1, "10.0.0.2")],
+        ..Default::default()
+    };
+    let found = assignment(&cla).unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(String, String, u32)> = found
+        .iter()
+        .map(|f| (f.address.to_string(), f.locality.to_string(), f.priority))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("10.0.0.1:80".to_string(), "r1/a".to_string(), 0),
+            ("10.0.0.2:80".to_string(), "r1/b".to_string(), 1)
+        ]
+    );
+    let c = Cluster {
+        name: "api".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(cla),
+        common_lb_config: Some(CommonLbConfig {
+            locality_config_specifier: Some(LocalityConfigSpecifier::ZoneAwareLbConfig(
+                Default::default(),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let t = translate_cluster(&c)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .table;
+    assert_eq!(t["locality"].as_str(), Some("prefer_local"));
+    let second = &t["endpoints"].as_array().unwrap_or_else(|| panic!("{t}"))[1];
+    assert_eq!(second["zone"].as_str(), Some("b"));
+    assert_eq!(second["region"].as_str(), Some("r1"));
+    assert_eq!(second["priority"].as_integer(), Some(1));
+}

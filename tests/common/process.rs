@@ -57,6 +57,8 @@ pub struct Launch {
     pub forbid_io_uring: bool,
     /// A cgroup directory (v1 or v2) the child joins before exec.
     pub cgroup: Option<std::path::PathBuf>,
+    /// Environment variables for the child.
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// A seccomp filter for the child alone: io_uring_setup (425 on x86_64
@@ -133,6 +135,9 @@ pub fn spawn_with(config: &str, launch: Launch) -> Proxy {
         .arg(&path)
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
+    for (k, v) in &launch.env {
+        cmd.env(k, v);
+    }
     if let Some(n) = launch.nofile {
         // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child yet.
         unsafe {

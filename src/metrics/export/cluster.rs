@@ -4,6 +4,7 @@
 
 use super::{class_samples, merge, Prom};
 use crate::config::Snapshot;
+use crate::upstream::locality;
 
 pub(super) fn cluster_metrics(p: &mut Prom, s: &Snapshot) {
     type Get = fn(&crate::metrics::ClusterCells) -> u64;
@@ -205,5 +206,23 @@ fn endpoint_health_metrics(p: &mut Prom, s: &Snapshot) {
     for (cname, c) in &s.clusters {
         let n = c.endpoints.iter().filter(|e| e.health.usable(now)).count();
         p.sample(name, &[("cluster", cname)], n as u64);
+    }
+    let name = "outrigger_cluster_locality_traffic_ratio";
+    p.family(
+        name,
+        "gauge",
+        "Share of the cluster's requests each locality and priority gets now (failover by health; 1 = all).",
+    );
+    for (cname, c) in s.clusters.iter().filter(|(_, c)| !c.original_destination) {
+        for sh in c.shares(now) {
+            let priority = sh.priority.to_string();
+            let labels = [
+                ("cluster", cname.as_str()),
+                ("region", sh.locality.region.as_str()),
+                ("zone", sh.locality.zone.as_str()),
+                ("priority", priority.as_str()),
+            ];
+            p.sample_f(name, &labels, sh.traffic as f64 / locality::FULL as f64);
+        }
     }
 }
