@@ -22,7 +22,11 @@ use common::script::read_request;
 use common::*;
 use outrigger::worker::Driver;
 
-both_drivers!(failover_and_failback, partial_health_spills_in_proportion);
+both_drivers!(
+    failover_and_failback,
+    partial_health_spills_in_proportion,
+    outlier_ejection_fails_over
+);
 
 /// An HTTP/1.1 upstream answering its `name`, and `/healthz` with 200
 /// while `healthy` is set, 503 when not.
@@ -246,6 +250,62 @@ fn partial_health_spills_in_proportion(driver: Driver) {
         .map(|l| l["level"].as_str().unwrap())
         .collect();
     assert_eq!(levels, ["priority 0", "priority 1"]);
+}
+
+/// Outlier detection feeds the split as health checks do: the local
+/// endpoint answering 503s is ejected and the zone next door takes the
+/// traffic (after the 503s that trip it, which the client sees).
+fn outlier_ejection_fails_over(driver: Driver) {
+    let (sick, _) = common::script::scripted(|mut s, _| {
+        let mut buf = Vec::new();
+        while read_request(&mut s, &mut buf).is_some() {
+            let r = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nsick";
+            if s.write_all(r.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let (b, _) = upstream("b");
+    let cfg = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[node]
+zone = "a"
+[listeners.web]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "r"
+[[routes.r]]
+match.path_prefix = "/"
+cluster = "api"
+[clusters.api]
+locality = "prefer_local"
+outlier_detection = {{ consecutive_5xx = 2, base_ejection_time = "30s" }}
+endpoints = [{{ address = "{sick}", zone = "a" }}, {{ address = "{b}", zone = "b" }}]
+"#,
+        io = io_name(driver)
+    );
+    let dir = TempDir::new("locality-outlier");
+    let p = admin::launch(&dir, &cfg);
+    let mut c = Client::connect(p.local_addr("web").unwrap());
+    for _ in 0..2 {
+        assert_eq!(c.get("/", "api", "").status, 503);
+    }
+    for _ in 0..50 {
+        let r = c.get("/", "api", "");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"b"[..]));
+    }
+    let j = admin::get_json(p.admin_addr(), "/clusters");
+    let split = &j["clusters"]["api"]["split"];
+    assert_eq!(
+        (&split[0]["zone"], &split[0]["usable"]),
+        (&"a".into(), &0.into())
+    );
+    assert_eq!(split[1]["traffic_percent"], 100.0);
 }
 
 /// `OUTRIGGER_ZONE` (Kubernetes' downward API) overrides `[node] zone`,

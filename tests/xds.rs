@@ -33,6 +33,7 @@ both_drivers!(
     server_restart_keeps_the_config_and_resubscribes,
     file_clusters_take_endpoints_from_eds,
     mutual_tls_to_the_management_server,
+    eds_priorities_fail_over_by_health,
 );
 
 #[path = "../loadtest/src/xds_plane.rs"]
@@ -440,4 +441,84 @@ fn mutual_tls_to_the_management_server(driver: Driver) {
         x["stream_failures"].as_u64().unwrap_or(0) >= 1 && x["last_error"].is_string()
     });
     assert!(q.local_addr("tls-web").is_none());
+}
+
+/// EDS `LocalityLbEndpoints` priorities: priority 0 takes everything while
+/// healthy; when its endpoint fails the proxy's own health checks, the
+/// priority-1 endpoint takes over; `/clusters` shows the levels and the
+/// localities.
+fn eds_priorities_fail_over_by_health(driver: Driver) {
+    use envoy_types::pb::envoy::config::core::v3::Locality;
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    let (a, b) = (named("a"), named("b"));
+    let group = |zone: &str, priority: u32, at: SocketAddr| LocalityLbEndpoints {
+        locality: Some(Locality {
+            region: "r1".into(),
+            zone: zone.into(),
+            sub_zone: String::new(),
+        }),
+        priority,
+        lb_endpoints: vec![LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(sock(at)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let cla = |first: SocketAddr| {
+        any(
+            EDS,
+            &ClusterLoadAssignment {
+                cluster_name: "svc-eds".into(),
+                endpoints: vec![group("a", 0, first), group("b", 1, b)],
+                ..Default::default()
+            },
+        )
+    };
+    let plane = Plane::new();
+    plane.set(EDS, vec![cla(a)]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _server = serve(&plane, l);
+    let dir = TempDir::new("xds-priorities");
+    let p = launch(
+        &dir,
+        driver,
+        server_addr,
+        "[listeners.web]\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\nroutes = \"r\"\n\
+         [[routes.r]]\nmatch.path_prefix = \"/\"\ncluster = \"from-file\"\n\
+         [clusters.from-file]\ndiscovery = \"xds\"\neds_service_name = \"svc-eds\"\n\
+         health_check = { protocol = \"tcp\", interval = \"50ms\", unhealthy_threshold = 1, healthy_threshold = 1 }\n",
+    );
+    let web = p.local_addr("web").unwrap();
+    let all_to = |name: &[u8]| {
+        let mut c = Client::connect(web);
+        (0..20).all(|_| c.get("/", "svc", "").body == name)
+    };
+    within("EDS endpoints", || all_to(b"a"));
+    let clusters = admin::get_json(p.admin_addr(), "/clusters");
+    let c = &clusters["clusters"]["from-file"];
+    assert_eq!(c["levels"][1]["level"], "priority 1", "{c}");
+    let zones: Vec<&str> = c["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones, ["a", "b"]);
+    // Priority 0's endpoint moves to a closed port: it fails its checks
+    // and priority 1 takes everything.
+    plane.set(EDS, vec![cla(closed_port())]);
+    within("failover to priority 1", || all_to(b"b"));
+    // ... by the health verdict, not only by trying the next endpoint
+    // after a refused connect: the split says so.
+    within("the split", || {
+        let c = admin::get_json(p.admin_addr(), "/clusters");
+        let split = &c["clusters"]["from-file"]["split"];
+        split[0]["usable"] == 0 && split[1]["traffic_percent"] == 100.0
+    });
 }
