@@ -16,9 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::file::AccessLogFormat;
-use crate::config::{AccessLogTarget, Snapshot};
 use crate::metrics::WorkerCells;
+use crate::snapshot::AccessLogFormat;
+use crate::snapshot::{AccessLogTarget, Snapshot};
 
 /// Buffers in flight between the workers and the writer.
 const CHANNEL_BUFFERS: usize = 256;

@@ -6,7 +6,7 @@
 //! ## Layout: how a connection flows
 //!
 //! ```text
-//! config.toml ─▶ config::load ─▶ Snapshot (immutable, validated)
+//! config.toml ─▶ config::load ─▶ snapshot::Snapshot (immutable, validated)
 //!                                   │ published through ArcSwap
 //! control::start ─ binds SO_REUSEPORT sockets, spawns one worker per core
 //!   worker (outrigger-worker-N, pinned, own monoio runtime)
@@ -26,38 +26,80 @@
 //! admin ─ /ready /healthz /metrics /stats /config /clusters on its own thread
 //! ```
 //!
-//! ## Module map
+//! ## Layers
 //!
-//! - [`config`]: TOML types, `compile()` to [`config::Snapshot`], errors with positions.
+//! Bottom to top. A module imports only from rows below its own
+//! (tests/layers.rs reads this table and fails on any other import; the
+//! few that still climb are listed there with what keeps them). A unit is
+//! a module, or a submodule named on its own row (`metrics::cell`).
+//!
+//! ```text
+//! base       fxhash grpc rt units deadline metrics::cell worker::memory worker::overload
+//! io         sockio
+//! resilience resilience
+//! tls        tls
+//! trace      trace
+//! tables     metrics
+//! buffers    buffers sidecar
+//! errors     http::error
+//! fields     http::fields
+//! wire       http::codec http::normalize route upstream
+//! snapshot   snapshot
+//! services   discovery access_log trace::otlp worker::driver
+//! config     config
+//! l4         xds tcp
+//! l7         http
+//! probe      upstream::probe
+//! ingress    listener upstream::prober
+//! worker     worker
+//! export     metrics::export
+//! json       metrics::json
+//! control    control
+//! admin      admin
+//! tools      backends
+//! ```
+//!
+//! ## Module map (in layer order)
+//!
+//! - [`fxhash`]: the small fast hasher of per-worker maps, and FNV-1a.
+//! - [`grpc`]: gRPC status, timeout, service/method names, content types.
+//! - [`rt`]: the CPUs this process may use (`rt::cpus`), the control-plane
+//!   threads' lower priority.
+//! - [`units`]: durations as the config writes them.
+//! - [`deadline`]: coarse per-worker deadlines (a slab swept every 100 ms)
+//!   for long waits that rarely fire.
+//! - `metrics::cell`: single-writer counters and per-worker padded cells.
+//! - [`sockio`]: timed reads that lose no bytes when cancelled, timed
+//!   writes, readiness waits on split sockets.
+//! - [`resilience`]: retries and budgets, circuit breakers, rate limiters,
+//!   outlier and health state, a worker's share of a limit.
+//! - [`tls`]: rustls on monoio, certificate selection by SNI, SPIFFE
+//!   identities and authorization, SAN matchers, the pool transport digest.
+//! - [`trace`]: trace context propagation (W3C, B3), spans; `trace::otlp`
+//!   the exporter thread.
+//! - [`metrics`]: the per-listener, route, cluster and endpoint cell tables;
+//!   `metrics::export` and `metrics::json` render them (Prometheus, JSON).
+//! - [`buffers`]: the per-worker I/O buffer pool. [`sidecar`]: interception
+//!   rules and the app lifecycle (`iptables`, `wait-ready`, `run -- APP`).
+//! - [`route`]: HTTP route tables, the first-match lookup, faults, mirrors.
+//! - [`upstream`]: clusters, endpoints, balancers, locality levels, where
+//!   endpoints come from; `upstream::prober` the active health checks.
+//! - [`snapshot`]: the runtime [`Snapshot`] and its settings types.
+//! - [`discovery`]: DNS and endpoint-file discovery on their own thread.
+//! - [`access_log`]: per-worker access log buffers and the writer thread.
+//! - [`config`]: TOML types, `compile()` to a [`Snapshot`], errors with
+//!   positions; the only code that reads TOML.
+//! - [`xds`]: the xDS (ADS) client: CDS, EDS, LDS, RDS translated into config.
+//! - [`tcp`]: the L4 relay.
+//! - [`http`]: HTTP/1.1 and HTTP/2 (`http::h2`): strict codec, routing,
+//!   forwarding, upstream pools, idle connections parked (`http::park`).
+//! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
+//! - [`worker`]: worker threads, driver choice, the per-worker context.
 //! - [`control`]: supervisor (start workers, reload, drain), the control
 //!   thread, signals and the config file watch.
 //! - [`admin`]: the admin HTTP API.
-//! - [`access_log`]: per-worker access log buffers and the writer thread.
-//! - [`worker`]: worker threads, driver choice, per-worker context.
-//! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
-//! - [`tcp`]: the L4 relay.
-//! - [`http`]: the HTTP/1.1 reverse proxy: strict codec, routing, upstream pools.
-//! - [`route`]: HTTP route tables and the first-match lookup.
-//! - [`upstream`]: clusters, endpoints, balancers.
-//! - [`buffers`]: the per-worker I/O buffer pool.
-//! - [`deadline`]: coarse per-worker deadlines (a slab swept every 100 ms)
-//!   for long waits that rarely fire.
-//! - [`sockio`]: timed reads that lose no bytes when cancelled, timed
-//!   writes, readiness waits on split sockets (shared by http and tcp).
-//! - [`metrics`]: per-worker single-writer counters and histograms, exported
-//!   as Prometheus text and JSON.
-//! - [`backends`]: echo and sink test upstreams shared by the demo, tests and load tester.
-//! - [`tls`]: rustls on monoio, certificate selection by SNI, SPIFFE
-//!   identities and authorization, SAN matchers, the pool transport digest.
-//! - [`resilience`]: retries and budgets, circuit breakers, rate limiters,
-//!   outlier and health state.
-//! - [`discovery`]: DNS and endpoint-file discovery on their own thread.
-//! - [`xds`]: the xDS (ADS) client: CDS, EDS, LDS, RDS translated into config.
-//! - [`trace`]: trace context propagation (W3C, B3), spans, the OTLP exporter.
-//! - [`grpc`]: gRPC status, timeout and service/method names.
-//! - [`fxhash`]: the small fast hasher of per-worker maps.
-//! - [`rt`]: thread helpers for every layer (the control-plane threads'
-//!   lower priority), importing nothing else of the crate.
+//! - [`backends`]: echo and sink test upstreams shared by the demo, tests
+//!   and the load tester.
 
 pub mod access_log;
 pub mod admin;
@@ -76,13 +118,16 @@ pub mod resilience;
 pub mod route;
 pub mod rt;
 pub mod sidecar;
+pub mod snapshot;
 pub mod sockio;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
+pub mod units;
 pub mod upstream;
 pub mod worker;
 pub mod xds;
 
-pub use config::{load, Snapshot};
+pub use config::load;
 pub use control::{start, Server, StartError};
+pub use snapshot::Snapshot;

@@ -12,8 +12,8 @@ use monoio::io::CancelHandle;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Socket, Type};
 
-use crate::config::ListenerProtocol;
 use crate::http::downstream::ClientIo;
+use crate::snapshot::ListenerProtocol;
 use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 
 /// A bound listening socket handed to one worker.
@@ -61,13 +61,7 @@ pub fn bind(addr: SocketAddr, backlog: i32, driver: Driver) -> io::Result<std::n
     Ok(socket.into())
 }
 
-/// Split `max` over `workers`: each gets `max / workers`, the first
-/// `max % workers` one more, and never less than 1.
-pub fn worker_share(max: u64, workers: usize, index: usize) -> u64 {
-    let w = workers.max(1) as u64;
-    let base = max / w + u64::from((index as u64) < max % w);
-    base.max(1)
-}
+pub use crate::resilience::worker_share;
 
 /// The accept loop of one listener on one worker.
 pub struct AcceptLoop {
@@ -293,7 +287,7 @@ enum Then {
 /// a TLS handshake may be served in plaintext (`tls.plaintext = "permit"`);
 /// counted either way. Listeners without `tls` always allow it.
 fn plaintext_allowed(
-    listener: &crate::config::Listener,
+    listener: &crate::snapshot::Listener,
     ctx: &WorkerCtx,
     peer: SocketAddr,
     kind: crate::sidecar::detect::Detected,
@@ -315,7 +309,7 @@ fn plaintext_allowed(
 async fn serve(
     ctx: Rc<WorkerCtx>,
     handle: Rc<ListenerHandle>,
-    snapshot: std::sync::Arc<crate::config::Snapshot>,
+    snapshot: std::sync::Arc<crate::snapshot::Snapshot>,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Then {

@@ -170,3 +170,28 @@ impl Readiness {
         self.0.writable(false).await
     }
 }
+
+/// Read more bytes, appending to `buf` (growing it by at least `spare`).
+pub async fn read_more(
+    stream: &mut monoio::net::TcpStream,
+    mut buf: bytes::BytesMut,
+    spare: usize,
+) -> (std::io::Result<usize>, bytes::BytesMut) {
+    if buf.capacity() - buf.len() < spare {
+        buf.reserve(spare);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let (res, slice) =
+        monoio::io::AsyncReadRent::read(stream, monoio::buf::SliceMut::new(buf, len, cap)).await;
+    (res, slice.into_inner())
+}
+
+/// Write all of a `Bytes`.
+pub async fn write_bytes(
+    stream: &mut monoio::net::TcpStream,
+    data: bytes::Bytes,
+) -> std::io::Result<()> {
+    let (res, _) = monoio::io::AsyncWriteRentExt::write_all(stream, data).await;
+    res.map(|_| ())
+}

@@ -238,7 +238,7 @@ fn config(shared: &Shared) -> Value {
 
 /// The xDS client's state: connection, and per type the version ACKed,
 /// the counts and the last NACK's detail.
-fn xds(s: &crate::config::Snapshot, st: &crate::xds::Status) -> Value {
+fn xds(s: &crate::snapshot::Snapshot, st: &crate::xds::Status) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let Some(settings) = &s.xds else {
         return Value::Null;
@@ -277,7 +277,8 @@ fn certs(shared: &Shared) -> Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let list: Vec<Value> = crate::tls::certificates(&s)
+    let list: Vec<Value> = s
+        .certificates()
         .into_iter()
         .map(|c| {
             json!({

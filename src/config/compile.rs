@@ -356,8 +356,8 @@ fn path_policy(
     key: &str,
     l: &FileListener,
     verifies_clients: bool,
-) -> Option<crate::http::normalize::PathPolicy> {
-    use crate::http::normalize::{EscapedSlashes, PathPolicy};
+) -> Option<crate::snapshot::PathPolicy> {
+    use crate::snapshot::{EscapedSlashes, PathPolicy};
     let escaped_slashes = match l
         .path_escaped_slashes
         .as_ref()
@@ -580,12 +580,4 @@ fn auto_target(
     })
 }
 
-/// FNV-1a, 64 bit: a stable content hash without another dependency.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use crate::fxhash::fnv1a;

@@ -92,29 +92,7 @@ pub struct FileRuntime {
     pub overload_memory_percent: Option<u64>,
 }
 
-/// Which I/O driver the workers run on.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum IoMode {
-    /// io_uring where the kernel permits it, else epoll (with a warning).
-    #[default]
-    Auto,
-    /// io_uring or refuse to start.
-    IoUring,
-    /// The readiness-based (epoll) driver.
-    Epoll,
-}
-
-/// As written in the config.
-impl std::fmt::Display for IoMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IoMode::Auto => "\"auto\"",
-            IoMode::IoUring => "\"io_uring\"",
-            IoMode::Epoll => "\"epoll\"",
-        })
-    }
-}
+pub use crate::snapshot::{IoMode, SpliceMode};
 
 /// `runtime.drain`.
 #[derive(Debug, Deserialize, Default)]
@@ -370,19 +348,6 @@ pub struct FileHealthCheck {
     pub unhealthy_threshold: Option<u64>,
     #[serde(default, deserialize_with = "percent")]
     pub panic_threshold: Option<u64>,
-}
-
-/// When a tcp listener relays with splice(2) instead of a user-space buffer.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SpliceMode {
-    /// Buffer first; switch a direction to splice once it moves bulk data.
-    #[default]
-    Auto,
-    /// Splice from the first byte.
-    Always,
-    /// Never splice.
-    Never,
 }
 
 /// A listener's protocol.

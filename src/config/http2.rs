@@ -1,8 +1,6 @@
 //! Compiling a listener's `http2` key: `http2 = false` turns HTTP/2 off,
 //! `http2 = { ... }` (or `http2.KEY = ...`) sets its limits.
 
-use std::time::Duration;
-
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -60,20 +58,7 @@ impl<'de> Deserialize<'de> for FileHttp2 {
     }
 }
 
-/// HTTP/2 on an http listener (downstream side).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Http2Settings {
-    pub max_concurrent_streams: u32,
-    pub initial_stream_window: u32,
-    pub initial_connection_window: u32,
-    pub max_header_list_bytes: u32,
-    pub max_frame_size: u32,
-    pub max_pending_resets: usize,
-    pub max_error_resets: usize,
-    pub max_client_resets: u64,
-    /// `max_connection_age` of the listener: GOAWAY after this long.
-    pub max_connection_age: Option<Duration>,
-}
+pub use crate::snapshot::Http2Settings;
 
 /// Largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
 const MAX_WINDOW: i64 = (1 << 31) - 1;

@@ -200,13 +200,4 @@ pub struct FileAccessLog {
     pub flush_interval: Option<ConfigDuration>,
 }
 
-/// How access log lines are written.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AccessLogFormat {
-    /// One JSON object per line.
-    #[default]
-    Json,
-    /// Space-separated fields in a fixed order, `-` for an empty one.
-    Text,
-}
+pub use crate::snapshot::AccessLogFormat;

@@ -8,7 +8,7 @@ use serde_spanned::Spanned;
 
 use super::compile::Ctx;
 use super::value::{positive_duration, ConfigDuration};
-use crate::xds::{XdsSettings, XdsTls};
+use crate::snapshot::{XdsSettings, XdsTls};
 
 /// `[xds]`.
 #[derive(Debug, Deserialize)]

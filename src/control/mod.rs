@@ -21,9 +21,9 @@ pub use run::{Event, Options, Proxy, ReloadOutcome};
 pub use signals::{SignalWatch, EXIT_FORCED};
 
 use crate::access_log::{self, LogMsg, WorkerLog};
-use crate::config::Snapshot;
 use crate::listener::{self, ListenerSocket};
 use crate::metrics::{ExportSource, ListenerTotals, ReloadStats, WorkerCells};
+use crate::snapshot::Snapshot;
 use crate::worker::{self, driver, Control, Driver, WorkerInfo, WorkerSpec};
 
 /// Why the proxy could not start.
@@ -129,7 +129,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Start workers for `snapshot` and return once every worker serves every listener.
 pub fn start(snapshot: Snapshot) -> Result<Server, StartError> {
     let driver = driver::choose(snapshot.runtime.io)?;
-    let cpus = crate::worker::cpus::Cpus::get();
+    let cpus = crate::rt::cpus::Cpus::get();
     let cores = cpus.allowed.clone();
     let n = snapshot.runtime.worker_count();
     let pin = snapshot.runtime.pinned();

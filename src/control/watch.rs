@@ -30,7 +30,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// TLS material); each change is told to `changed` until `stop`.
 pub fn spawn(
     file: &Path,
-    snapshot: Arc<arc_swap::ArcSwap<crate::config::Snapshot>>,
+    snapshot: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
     changed: Changed,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
@@ -50,7 +50,7 @@ pub fn spawn(
     Ok(())
 }
 
-type Snapshots = arc_swap::ArcSwap<crate::config::Snapshot>;
+type Snapshots = arc_swap::ArcSwap<crate::snapshot::Snapshot>;
 
 fn run(
     watch: std::io::Result<Inotify>,

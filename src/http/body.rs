@@ -173,7 +173,7 @@ pub(super) struct BodyReader {
 }
 
 impl BodyReader {
-    pub(super) fn new(framing: Framing, http: &crate::config::HttpSettings) -> Self {
+    pub(super) fn new(framing: Framing, http: &crate::snapshot::HttpSettings) -> Self {
         BodyReader {
             left: match framing {
                 Framing::Length(n) => n,

@@ -12,8 +12,8 @@ use monoio::net::TcpStream;
 
 use super::chunked::ChunkFrame;
 use super::error::HttpError;
-use super::io::read_more;
 use crate::deadline::Deadlines;
+use crate::sockio::read_more;
 use crate::sockio::{write_all_within, write_vectored_within, Vectored as _};
 use crate::worker::ListenerHandle;
 
@@ -318,7 +318,7 @@ impl Idle {
         self,
         handle: &Rc<ListenerHandle>,
         ctx: &crate::worker::WorkerCtx,
-        listener: &crate::config::Listener,
+        listener: &crate::snapshot::Listener,
     ) -> Option<Downstream> {
         let stream = match self.io {
             IdleIo::Fd(fd) => match TcpStream::from_std(std::net::TcpStream::from(fd)) {

@@ -12,7 +12,7 @@ use super::proxy::Next;
 use super::record::RequestRecord;
 use super::retries::Held;
 use super::server::fail;
-use crate::listener::worker_share;
+use crate::resilience::worker_share;
 use crate::route::fault::{grpc_status_for, Asked, Fault, PER_MILLION};
 use crate::route::Route;
 use crate::worker::WorkerCtx;

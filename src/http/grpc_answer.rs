@@ -10,7 +10,7 @@ use super::downstream::Downstream;
 use super::error::HttpError;
 use super::grpc_web::{self, WebCall};
 use super::proxy::Next;
-use crate::config::HttpSettings;
+use crate::snapshot::HttpSettings;
 
 /// Largest gRPC-Web text body read whole (to decode it) when the listener
 /// sets no `max_request_body_bytes`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::codec::{parse_request, HeadLimits, RequestHead};
 use super::downstream::{ClientIo, Downstream};
 use super::error::HttpError;
-use crate::config::Listener;
+use crate::snapshot::Listener;
 use crate::sockio::read_within;
 use crate::worker::{Driver, ListenerHandle, WorkerCtx};
 

@@ -18,11 +18,11 @@ use super::downstream::Downstream;
 use super::error::HttpError;
 use super::serialize::serialize_request;
 use super::upconn::UpConn;
-use crate::config::Snapshot;
-use crate::listener::worker_share;
+use crate::resilience::worker_share;
 use crate::route::fault::PER_MILLION;
 use crate::route::mirror::shadow_host;
 use crate::route::Route;
+use crate::snapshot::Snapshot;
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
 

@@ -21,7 +21,6 @@ mod forward;
 mod grpc_answer;
 pub mod grpc_web;
 pub mod h2;
-pub use io::read_more as io_read_more;
 
 /// The request as the proxy would send it upstream for a client at
 /// 127.0.0.1 on a plain listener (for property tests and fuzzing).
@@ -30,7 +29,6 @@ pub fn upstream_request(head: &codec::RequestHead, route: &crate::route::Route) 
     serialize::serialize_request(head, route, peer, "upstream", false, None, None).0
 }
 mod head;
-mod io;
 mod kept_body;
 mod mirror;
 pub mod normalize;
@@ -47,7 +45,7 @@ pub mod upconn;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::config::{Listener, Snapshot};
+use crate::snapshot::{Listener, Snapshot};
 use crate::worker::{ListenerHandle, WorkerCtx};
 pub use park::Parked;
 

@@ -32,8 +32,8 @@ use std::time::Instant;
 use monoio::net::UnixStream;
 
 use super::downstream::{Downstream, Idle};
-use crate::config::Snapshot;
 use crate::listener::ConnGuard;
+use crate::snapshot::Snapshot;
 use crate::tcp::ParkedRelay;
 use crate::worker::{ListenerHandle, WorkerCtx};
 

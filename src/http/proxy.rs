@@ -20,8 +20,8 @@ use super::downstream::Downstream;
 use super::error::HttpError;
 use super::serialize::serialize_response;
 use crate::buffers::HEAD_READ;
-use crate::config::{HttpSettings, Snapshot};
 use crate::route::Route;
+use crate::snapshot::{HttpSettings, Snapshot};
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
 

@@ -7,7 +7,7 @@ use super::codec::{RequestHead, Version};
 use super::downstream::Downstream;
 use super::proxy;
 use crate::access_log::Record;
-use crate::config::{Listener, Snapshot};
+use crate::snapshot::{Listener, Snapshot};
 use crate::worker::WorkerCtx;
 
 /// Where a request began: time, and the connection's byte counters.

@@ -6,8 +6,8 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use super::error::HttpError;
-use crate::listener::worker_share;
 use crate::metrics::{ClusterCells, Counter};
+use crate::resilience::worker_share;
 use crate::resilience::{Overflow, RetryOn, RetryPolicy};
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;

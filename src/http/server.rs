@@ -18,8 +18,8 @@ use super::grpc_answer::{self, Web};
 use super::head::{read_head, Phase, Read};
 use super::proxy::{self, Next};
 use super::record::{Mark, RequestRecord};
-use crate::config::{Listener, Snapshot};
 use crate::route::{RouteAction, RouteRequest};
+use crate::snapshot::{Listener, Snapshot};
 use crate::worker::{ListenerHandle, WorkerCtx};
 
 /// Serve HTTP/1.1 on one accepted connection until it closes or idles
@@ -186,7 +186,7 @@ async fn tunnel(
 ) {
     if !conn.buf.is_empty() {
         let early = std::mem::take(&mut conn.buf).freeze();
-        if super::io::write_bytes(&mut up, early).await.is_err() {
+        if crate::sockio::write_bytes(&mut up, early).await.is_err() {
             return;
         }
     }

@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use super::chunked::ChunkFrame;
-use super::io::read_more;
 use crate::deadline::Deadlines;
+use crate::sockio::read_more;
 use crate::sockio::{write_all_within, write_vectored_within};
 
 /// A connection to an upstream endpoint.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use super::histogram::{Merged, LE_BUCKETS_US};
 use super::{ByClass, Histogram, PerWorker, WorkerCells, STATUS_CLASSES};
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::worker::WorkerInfo;
 
 mod cluster;
@@ -295,7 +295,7 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
         "auto listeners: connections by detected protocol.",
     );
     for l in &s.listeners {
-        if matches!(l.protocol, crate::config::ListenerProtocol::Auto { .. }) {
+        if matches!(l.protocol, crate::snapshot::ListenerProtocol::Auto { .. }) {
             for d in crate::sidecar::detect::Detected::ALL {
                 p.sample(
                     name,
@@ -312,7 +312,7 @@ fn listener_metrics(p: &mut Prom, s: &Snapshot) {
         "auto listeners: time to detect the protocol (or to give up).",
     );
     for l in &s.listeners {
-        if matches!(l.protocol, crate::config::ListenerProtocol::Auto { .. }) {
+        if matches!(l.protocol, crate::snapshot::ListenerProtocol::Auto { .. }) {
             let m = merge(&l.stats, |c| &c.detect_duration);
             p.histogram_samples(name, &[("listener", &l.name)], &m);
         }

@@ -5,109 +5,25 @@
 //! relaxed and sum over workers.
 //!
 //! The cells hang off the compiled config: each listener, route, cluster and
-//! endpoint of a [`Snapshot`](crate::config::Snapshot) carries an `Arc` of its
+//! endpoint of a [`Snapshot`](crate::snapshot::Snapshot) carries an `Arc` of its
 //! per-worker cells, and a reload hands the same `Arc` to the object of the
-//! same name in the new snapshot ([`crate::config::Snapshot::adopt_stats`]),
+//! same name in the new snapshot ([`crate::snapshot::Snapshot::adopt_stats`]),
 //! so counters survive reloads and the data path never looks a name up.
 
+pub mod cell;
 mod export;
 pub mod histogram;
 mod json;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
+pub use cell::{Counter, Padded, PerWorker};
 pub use export::{prometheus, ExportSource, ReloadStats};
 pub use histogram::{Histogram, Merged};
 pub use json::stats_json;
-
-/// A single-writer counter or gauge.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Add `n`. Only the owning worker calls this.
-    #[inline]
-    pub fn add(&self, n: u64) {
-        let v = self.0.load(Ordering::Relaxed);
-        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
-    }
-
-    /// Add one.
-    #[inline]
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// Subtract one (for gauges).
-    #[inline]
-    pub fn dec(&self) {
-        let v = self.0.load(Ordering::Relaxed);
-        self.0.store(v.saturating_sub(1), Ordering::Relaxed);
-    }
-
-    /// Set a gauge.
-    #[inline]
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-
-    /// Current value.
-    #[inline]
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// One worker's cells, alone on their cache lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct Padded<T>(pub T);
-
-/// One `T` per worker, indexed by worker number.
-#[derive(Debug)]
-pub struct PerWorker<T> {
-    cells: Box<[Padded<T>]>,
-}
-
-impl<T: Default> PerWorker<T> {
-    /// Cells for `workers` workers.
-    pub fn new(workers: usize) -> Self {
-        PerWorker {
-            cells: (0..workers.max(1)).map(|_| Padded::default()).collect(),
-        }
-    }
-}
-
-impl<T> PerWorker<T> {
-    /// Cells made by `f`, for types without a useful default.
-    pub fn from_fn(workers: usize, f: impl Fn() -> T) -> Self {
-        PerWorker {
-            cells: (0..workers.max(1)).map(|_| Padded(f())).collect(),
-        }
-    }
-
-    /// The cells of worker `index`. A worker index past the end (which start-up
-    /// never produces) shares the last cell rather than panicking.
-    #[inline]
-    pub fn worker(&self, index: usize) -> &T {
-        let i = index.min(self.cells.len() - 1);
-        &self.cells[i].0
-    }
-
-    /// Every worker's cells, in worker order.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.cells.iter().map(|p| &p.0)
-    }
-
-    /// Sum `f` over workers.
-    pub fn sum(&self, f: impl Fn(&T) -> u64) -> u64 {
-        self.iter().map(f).sum()
-    }
-}
 
 /// Status classes used as label values.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -7,7 +7,7 @@
 //! cells. The ratio holds per worker, hence for the whole proxy; the floor
 //! is shared out over workers like every whole-proxy limit.
 
-use crate::metrics::Counter;
+use crate::metrics::cell::Counter;
 
 /// Length of the sliding window, in one-second buckets.
 pub const WINDOW_SECS: u64 = 10;

@@ -21,7 +21,7 @@ pub use ratelimit::RateLimiter;
 pub use retry::{RetryOn, RetryPolicy};
 
 /// `circuit_breaker.*` of a cluster: whole-proxy limits; each worker holds
-/// its share (`crate::listener::worker_share`).
+/// its share ([`worker_share`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerLimits {
     /// Open upstream connections (in use and idle in the pool).
@@ -76,6 +76,14 @@ impl Overflow {
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// Split `max` over `workers`: each gets `max / workers`, the first
+/// `max % workers` one more, and never less than 1.
+pub fn worker_share(max: u64, workers: usize, index: usize) -> u64 {
+    let w = workers.max(1) as u64;
+    let base = max / w + u64::from((index as u64) < max % w);
+    base.max(1)
 }
 
 /// Milliseconds on the process's monotonic clock (from its first call), the

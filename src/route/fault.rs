@@ -83,7 +83,7 @@ impl Asked {
                 }
                 ("delay", None) => asked.delay = Some(None),
                 ("delay", Some(v)) => {
-                    if let Ok(d) = crate::config::value::parse_duration(v) {
+                    if let Ok(d) = crate::units::parse_duration(v) {
                         asked.delay = Some(Some(d));
                     }
                 }

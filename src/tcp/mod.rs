@@ -201,7 +201,7 @@ async fn connect<'c>(
     use crate::resilience::Overflow;
     use crate::upstream::Availability;
     let cells = cluster.stats.worker(ctx.index);
-    let share = |max| crate::listener::worker_share(max, ctx.workers, ctx.index);
+    let share = |max| crate::resilience::worker_share(max, ctx.workers, ctx.index);
     let limit = if cells.active.get() >= share(cluster.breaker.max_connections) {
         Some(Overflow::Connections)
     } else if cells.breaker_pending.get() >= share(cluster.breaker.max_pending_requests) {

@@ -28,8 +28,8 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use crate::buffers::BufferPool;
-pub use crate::config::file::SpliceMode;
 use crate::deadline::Deadlines;
+pub use crate::snapshot::SpliceMode;
 use crate::sockio::{read_within, Readiness};
 use crate::worker::Driver;
 

@@ -13,8 +13,8 @@ use monoio::net::TcpStream;
 
 use super::relay::{relay_parking, Limits, RelayOutcome, Relayed};
 use crate::access_log::Record;
-use crate::config::{Listener, Snapshot};
 use crate::metrics::{Active, EndpointStats};
+use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::Cluster;
 use crate::worker::{ListenerHandle, WorkerCtx};
 

@@ -319,25 +319,6 @@ impl CertInfo {
     }
 }
 
-/// Every certificate a snapshot presents.
-pub fn certificates(s: &crate::config::Snapshot) -> Vec<CertInfo> {
-    let mut out = Vec::new();
-    if let Some(id) = &s.identity {
-        out.extend(CertInfo::of("identity".into(), &id.cert));
-    }
-    for l in &s.listeners {
-        for (label, key) in l.tls.iter().flat_map(|t| t.certs.iter()) {
-            out.extend(CertInfo::of(format!("listener {} ({label})", l.name), key));
-        }
-    }
-    for (name, c) in &s.clusters {
-        if let Some(key) = c.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
-            out.extend(CertInfo::of(format!("cluster {name}"), key));
-        }
-    }
-    out
-}
-
 /// Why a handshake failed, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {

@@ -188,7 +188,7 @@ pub async fn read_hello(
     let at = Instant::now() + timeout;
     let mut buf = BytesMut::new();
     loop {
-        let read = crate::http::io_read_more(stream, std::mem::take(&mut buf), 4096);
+        let read = crate::sockio::read_more(stream, std::mem::take(&mut buf), 4096);
         let (res, b) = deadlines.within(at, read).await.map_err(|_| "timeout")?;
         buf = b;
         match res {

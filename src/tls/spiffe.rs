@@ -477,7 +477,7 @@ pub struct Authz {
     pub deny: Vec<IdPattern>,
     /// Denials per worker: one counter per deny rule, then one for
     /// "matched no allow entry".
-    pub denied: crate::metrics::PerWorker<Box<[crate::metrics::Counter]>>,
+    pub denied: crate::metrics::cell::PerWorker<Box<[crate::metrics::cell::Counter]>>,
 }
 
 impl Authz {
@@ -486,9 +486,9 @@ impl Authz {
         Authz {
             allow,
             deny,
-            denied: crate::metrics::PerWorker::from_fn(workers, || {
+            denied: crate::metrics::cell::PerWorker::from_fn(workers, || {
                 (0..rules)
-                    .map(|_| crate::metrics::Counter::default())
+                    .map(|_| crate::metrics::cell::Counter::default())
                     .collect()
             }),
         }

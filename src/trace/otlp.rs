@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]

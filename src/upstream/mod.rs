@@ -5,6 +5,7 @@ pub mod balance;
 pub mod locality;
 mod probe;
 pub mod prober;
+pub mod source;
 
 use crate::fxhash::FxHashMap;
 use std::cell::RefCell;
@@ -88,9 +89,9 @@ pub struct Cluster {
     /// goes where the client originally sent it (transparent listeners).
     pub original_destination: bool,
     /// Where the endpoints come from (`dns`, `file`: they change at run time).
-    pub source: crate::discovery::Source,
+    pub source: source::Source,
     /// Discovery updates and errors, carried across snapshots by name.
-    pub status: Arc<crate::discovery::Status>,
+    pub status: Arc<source::Status>,
 }
 
 /// The HTTP version spoken to a cluster's endpoints.
@@ -613,7 +614,7 @@ mod tests {
             tls: None,
             protocol: UpstreamProtocol::Http1,
             original_destination: false,
-            source: crate::discovery::Source::Static,
+            source: source::Source::Static,
             status: Arc::default(),
         }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// How often the set of probed endpoints is compared with the snapshot.
 const RECONCILE: Duration = Duration::from_millis(250);

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 
-use crate::config::IoMode;
+use crate::snapshot::IoMode;
 
 /// The I/O driver a worker runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! its own SO_REUSEPORT socket per listener and its own per-connection state.
 //! This is where the stages are assembled: listener → (tcp relay | http).
 
-pub mod cpus;
+pub use crate::rt::cpus;
 pub mod driver;
 pub mod memory;
 pub mod overload;
@@ -22,9 +22,9 @@ pub use driver::Driver;
 
 use crate::access_log::WorkerLog;
 use crate::buffers::BufferPool;
-use crate::config::Snapshot;
 use crate::listener::{self, ListenerSocket};
 use crate::metrics::WorkerCells;
+use crate::snapshot::Snapshot;
 use crate::upstream::Balancers;
 
 /// Messages from the control thread. Rare; never per request.
@@ -168,7 +168,7 @@ impl ListenerHandle {
     /// This listener in `snapshot`: by name, else (renamed by a reload that
     /// has not reached this worker yet) by configured address, when that
     /// names a port (port 0 may be shared by several listeners).
-    pub fn resolve<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a crate::config::Listener> {
+    pub fn resolve<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a crate::snapshot::Listener> {
         snapshot.listener(&self.name).or_else(|| {
             snapshot
                 .listeners

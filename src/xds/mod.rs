@@ -17,42 +17,20 @@ mod overlay;
 mod route;
 mod session;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 
+pub use crate::config::overlay::{strip_clashes, FileNames};
 pub use cluster::{assignment, cluster as translate_cluster, XCluster};
 pub use listener::{listener as translate_listener, XListener};
-pub use overlay::{strip_clashes, FileNames, State};
+pub use overlay::State;
 pub use route::{route_config as translate_route_config, XRoutes};
 
-/// `[xds]`, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XdsSettings {
-    /// `host:port` of the management server.
-    pub address: String,
-    pub node_id: String,
-    pub node_cluster: String,
-    pub connect_timeout: Duration,
-    pub tls: Option<XdsTls>,
-}
-
-/// `[xds.tls]`, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XdsTls {
-    /// PEM roots; default the system's.
-    pub ca: Option<PathBuf>,
-    /// Client certificate and key (mutual TLS to the management server).
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// The name verified; default the address's host.
-    pub server_name: Option<String>,
-}
+pub use crate::snapshot::{XdsSettings, XdsTls};
 
 /// The resource types Outrigger subscribes to, in the order ADS asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use envoy_types::pb::google::rpc;
 use tokio::sync::mpsc;
 
 use super::{Apply, FileNames, Kind, State, Status, XdsSettings};
-use crate::config::Snapshot;
 use crate::discovery::{self, Source};
+use crate::snapshot::Snapshot;
 
 /// Back-off between connection attempts: doubling from this, with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);

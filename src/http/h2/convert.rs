@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::config::HttpSettings;
 use crate::http::codec::{content_length, Framing, Header, RequestHead, Version};
 use crate::http::error::HttpError;
+use crate::snapshot::HttpSettings;
 
 /// The request head of an HTTP/2 request, and whether its body reaches
 /// the exchange chunk-encoded (a body without content-length).

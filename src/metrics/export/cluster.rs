@@ -3,7 +3,7 @@
 //! discovery.
 
 use super::{class_samples, merge, Prom};
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::upstream::locality;
 
 pub(super) fn cluster_metrics(p: &mut Prom, s: &Snapshot) {

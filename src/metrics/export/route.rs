@@ -3,7 +3,7 @@
 //! durations.
 
 use super::{class_samples, merge, Prom};
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 
 pub(super) fn route_metrics(p: &mut Prom, s: &Snapshot) {
     let name = "outrigger_route_requests_total";
@@ -60,7 +60,7 @@ pub(super) fn route_metrics(p: &mut Prom, s: &Snapshot) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    for c in crate::tls::certificates(s) {
+    for c in s.certificates() {
         p.sample_f(
             name,
             &[("owner", c.owner.as_str()), ("serial", c.serial.as_str())],

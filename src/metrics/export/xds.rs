@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Prom;
-use crate::config::Snapshot;
+use crate::snapshot::Snapshot;
 use crate::xds::{Kind, Status};
 
 pub(super) fn xds_metrics(p: &mut Prom, s: &Snapshot, st: &Status) {

@@ -1,8 +1,12 @@
 //! Thread helpers every layer may use: the bottom floor of the module map
-//! (nothing here imports another module of the crate). The control-plane
+//! (nothing here imports another module of the crate): the CPUs this
+//! process may run on (`cpus`, which sizes and pins the workers), and the
+//! control-plane threads' priority. The control-plane
 //! threads (control, admin, watcher, signals, discovery, xds, prober,
 //! OTLP exporter) lower their priority through here, so services below
 //! `control` need not import it.
+
+pub mod cpus;
 
 /// Nice value of the control-plane threads. They are not pinned and may
 /// share a core with a worker; at +10 the scheduler gives a busy worker
