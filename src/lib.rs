@@ -54,8 +54,9 @@
 //! worker     worker
 //! export     metrics::export
 //! json       metrics::json
-//! control    control
+//! state      control::shared
 //! admin      admin
+//! control    control
 //! tools      backends
 //! ```
 //!

@@ -26,11 +26,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "listener",
         "http::park re-arms accept-side idle handling",
     ),
-    (
-        "control",
-        "admin",
-        "the control thread starts the admin listener",
-    ),
 ];
 
 /// The rows of the table in src/lib.rs (`## Layers`, a `text` block):

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use super::{Request, Response};
-use crate::control::{Event, Shared};
+use crate::control::shared::{Event, Shared};
 
 /// Dispatch by path, then method. `shared` is `None` while the workers
 /// start: only `/healthz` answers 200 then.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
-use crate::control::{Event, Shared};
+use crate::control::shared::{Event, Shared};
 
 /// Connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 16;

@@ -5,6 +5,7 @@
 
 mod reload;
 mod run;
+pub mod shared;
 mod signals;
 mod watch;
 
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use reload::ReloadError;
-pub use run::{Event, Options, Proxy, ReloadOutcome};
+pub use run::{Options, Proxy};
+pub use shared::{Event, ReloadDone, ReloadFailure, ReloadOutcome, Shared};
 pub use signals::{SignalWatch, EXIT_FORCED};
 
 use crate::access_log::{self, LogMsg, WorkerLog};
 use crate::listener::{self, ListenerSocket};
-use crate::metrics::{ExportSource, ListenerTotals, ReloadStats, WorkerCells};
+use crate::metrics::{ListenerTotals, ReloadStats, WorkerCells};
 use crate::snapshot::Snapshot;
 use crate::worker::{self, driver, Control, Driver, WorkerInfo, WorkerSpec};
 
@@ -55,52 +57,6 @@ pub enum StartError {
     Spawn(std::io::Error),
     #[error("worker failed to start: {0}")]
     Worker(String),
-}
-
-/// What the admin API and tests read: the published snapshot, the workers
-/// and every counter. Written only by the control thread and the workers'
-/// single-writer cells.
-#[derive(Debug)]
-pub struct Shared {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub workers: Vec<WorkerInfo>,
-    pub worker_stats: Vec<Arc<WorkerCells>>,
-    pub reloads: ReloadStats,
-    /// The last failed reload, cleared by the next success.
-    pub last_reload_error: ArcSwapOption<ReloadFailure>,
-    /// Bound address of each listener (port 0 resolved).
-    pub addresses: ArcSwap<Vec<(String, SocketAddr)>>,
-    /// Set when draining starts (`/ready` turns 503); the workers read it
-    /// too, so a response after that instant says `Connection: close`.
-    pub draining: Arc<AtomicBool>,
-    pub started_at: SystemTime,
-    /// Span export counters.
-    pub export_stats: Arc<crate::trace::otlp::ExportStats>,
-    /// The xDS client's state.
-    pub xds: Arc<crate::xds::Status>,
-}
-
-/// A reload that was rejected.
-#[derive(Debug, Clone)]
-pub struct ReloadFailure {
-    pub at: SystemTime,
-    pub message: String,
-}
-
-impl Shared {
-    /// The data an export reads.
-    pub fn export<R>(&self, f: impl FnOnce(&ExportSource<'_>) -> R) -> R {
-        let snapshot = self.snapshot.load();
-        f(&ExportSource {
-            snapshot: &snapshot,
-            workers: &self.workers,
-            worker_stats: &self.worker_stats,
-            reloads: &self.reloads,
-            started_at: self.started_at,
-            export: Some(&self.export_stats),
-            xds: Some(&self.xds),
-        })
-    }
 }
 
 /// One listener as bound: its configured and actual address.

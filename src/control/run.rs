@@ -9,44 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{ReloadError, Server, Shared, SignalWatch, StartError, EXIT_FORCED};
+use super::{
+    Event, ReloadDone, ReloadError, ReloadOutcome, Server, Shared, SignalWatch, StartError,
+    EXIT_FORCED,
+};
 use crate::config::{self, Snapshot};
 
 mod reloading;
-
-/// Something the control thread acts on.
-#[derive(Debug)]
-pub enum Event {
-    /// SIGINT or SIGTERM: drain; a second one exits at once.
-    Signal(i32),
-    /// Something changed in the config file's directory.
-    FileChanged,
-    /// SIGHUP (`None`) or `POST /reload` (answered on the channel).
-    Reload(Option<flume::Sender<ReloadOutcome>>),
-    /// What SIGTERM does, for the reason given (`POST /drain`, `app
-    /// exited`, ...), which the drain's log line names.
-    Drain(&'static str),
-    /// `POST /drain?exit_when_idle=1`: drain, and exit as soon as no
-    /// connection is left whatever `runtime.drain` says.
-    DrainWhenIdle,
-    /// New endpoints for a dns, file or xds cluster.
-    Discovered(crate::discovery::Update),
-    /// New endpoints for several clusters at once (one EDS response):
-    /// one generation for all of them.
-    DiscoveredMany(Vec<crate::discovery::Update>),
-    /// A new xDS overlay to compile with the config file and publish.
-    Xds(crate::xds::Apply),
-}
-
-/// The answer to a reload request.
-pub type ReloadOutcome = Result<ReloadDone, String>;
-
-/// A successful reload.
-#[derive(Debug, Clone, Copy)]
-pub struct ReloadDone {
-    pub generation: u64,
-    pub duration: Duration,
-}
 
 /// How the proxy is run.
 #[derive(Debug, Clone, Default)]

@@ -4,7 +4,7 @@
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::run::Event;
+use super::Event;
 
 /// Exit status after a second signal cut the drain short.
 pub const EXIT_FORCED: i32 = 2;

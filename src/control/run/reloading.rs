@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::{Control, ReloadDone, ReloadOutcome};
+use super::{Control, ReloadDone};
 use crate::config;
+use crate::control::ReloadOutcome;
 use crate::control::{ReloadError, ReloadFailure};
 
 impl Control {
