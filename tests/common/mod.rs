@@ -4,11 +4,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod h2env;
 pub mod h2raw;
 pub mod http;
+pub mod httpenv;
 pub mod process;
 pub mod script;
 pub mod tls;
+pub mod tlsenv;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
