@@ -13,6 +13,11 @@ nginx has no HTTP/2 proxy_pass: its h2 -> h2 row uses grpc_pass (a generic
 HTTP/2 proxy in practice). HAProxy: `proto h2` on the bind and the server.
 
 Usage: python3 loadtest/bench/h2_bench.py [--runs 3] [--duration 5]
+           [--bin NAME=PATH ...] [--only SUBSTRING ...] [--body 128] [--tls]
+--tls: HTTP/2 over TLS 1.3 to the proxy (ALPN h2, an ECDSA P-256
+certificate made with openssl) instead of cleartext prior knowledge.
+--bin adds Outrigger builds to compare (A/B, interleaved in every round);
+--only keeps the rows whose name contains one of the substrings.
 Needs: cargo build --release; nginx, haproxy and h2load (nghttp2-client).
 """
 import argparse, os, shutil, signal, statistics, subprocess, tempfile, time
@@ -37,7 +42,21 @@ def wait_port(port):
     raise SystemExit(f"port {port} did not open")
 
 
-def outrigger(d, upstream_h2):
+TLS = {"on": False}
+
+
+def make_cert(d):
+    """An ECDSA P-256 certificate for 127.0.0.1 (and its key, and both in
+    one PEM for HAProxy)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with open(f"{d}/both.pem", "w") as f:
+        f.write(open(f"{d}/cert.pem").read() + open(f"{d}/key.pem").read())
+
+
+def outrigger(d, upstream_h2, binary=BIN):
     cfg = f"{d}/outrigger.toml"
     up = UP_H2 if upstream_h2 else UP_H1
     proto = 'protocol = "http2"' if upstream_h2 else ""
@@ -50,6 +69,7 @@ pin_workers = false
 address = "127.0.0.1:{PROXY}"
 protocol = "http"
 routes = "main"
+{f'tls = {{ cert = "{d}/cert.pem", key = "{d}/key.pem" }}' if TLS["on"] else ""}
 [[routes.main]]
 match.path_prefix = "/"
 cluster = "up"
@@ -58,7 +78,7 @@ endpoints = ["127.0.0.1:{up}"]
 max_idle_connections = 256
 {proto}
 """)
-    return subprocess.Popen(["taskset", "-c", PROXY_CORE, BIN, "run", "--config", cfg, "--no-watch",
+    return subprocess.Popen(["taskset", "-c", PROXY_CORE, binary, "run", "--config", cfg, "--no-watch",
                              "--log-level", "warn"])
 
 
@@ -67,8 +87,10 @@ def nginx_proxy(d, upstream_h2):
         loc = f"grpc_pass grpc://127.0.0.1:{UP_H2};"
     else:
         loc = (f"proxy_pass http://up1; proxy_http_version 1.1; proxy_set_header Connection \"\";")
+    tls = (f"ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; "
+           "ssl_session_cache shared:S:1m;") if TLS["on"] else ""
     servers = f"""upstream up1 {{ server 127.0.0.1:{UP_H1}; keepalive 256; }}
-  server {{ listen 127.0.0.1:{PROXY} http2; location / {{ {loc} }} }}"""
+  server {{ listen 127.0.0.1:{PROXY} {"ssl " if TLS["on"] else ""}http2; {tls} location / {{ {loc} }} }}"""
     return start_nginx(f"{d}/nginx-proxy", PROXY_CORE, servers)
 
 
@@ -85,7 +107,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{PROXY} proto h2
+  bind 127.0.0.1:{PROXY} {f"ssl crt {d}/both.pem alpn h2" if TLS["on"] else "proto h2"}
   default_backend be
 backend be
   {server}
@@ -103,7 +125,8 @@ def run_one(d, name, start, duration):
         os.remove(log)
     load = subprocess.Popen(["taskset", "-c", LOAD_CORE, "h2load", "-c", "16", "-m", "10", "-t", "1",
                              "-D", str(duration), "--warm-up-time", "1", "--log-file", log,
-                             f"http://127.0.0.1:{PROXY}/"], stdout=subprocess.PIPE, text=True)
+                             f"{'https' if TLS['on'] else 'http'}://127.0.0.1:{PROXY}/"],
+                            stdout=subprocess.PIPE, text=True)
     # CPU is sampled over the measured period only (after the warm-up).
     time.sleep(1.0)
     c0 = cpu_seconds(p.pid)
@@ -129,11 +152,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--bin", action="append", default=[], help="NAME=PATH of another outrigger build")
+    ap.add_argument("--only", action="append", default=[], help="keep rows whose name contains this")
+    ap.add_argument("--body", type=int, default=len(BODY), help="response body bytes")
+    ap.add_argument("--tls", action="store_true", help="HTTP/2 over TLS to the proxy")
     a = ap.parse_args()
+    TLS["on"] = a.tls
+    body = "x" * (a.body - 1) + "\n"
     d = tempfile.mkdtemp(prefix="h2bench-")
+    if a.tls:
+        make_cert(d)
     up = start_nginx(f"{d}/upstream", LOAD_CORE, f"""
-  server {{ listen 127.0.0.1:{UP_H1}; location / {{ return 200 "{BODY}"; }} }}
-  server {{ listen 127.0.0.1:{UP_H2} http2; location / {{ return 200 "{BODY}"; }} }}""")
+  server {{ listen 127.0.0.1:{UP_H1}; location / {{ return 200 "{body}"; }} }}
+  server {{ listen 127.0.0.1:{UP_H2} http2; location / {{ return 200 "{body}"; }} }}""")
     wait_port(UP_H1)
     wait_port(UP_H2)
     proxies = [
@@ -144,6 +175,12 @@ def main():
         ("nginx h2->h2 (grpc_pass)", lambda: nginx_proxy(d, True)),
         ("haproxy h2->h2", lambda: haproxy(d, True)),
     ]
+    for spec in a.bin:
+        name, path = spec.split("=", 1)
+        proxies.append((f"outrigger[{name}] h2->h1", lambda p=path: outrigger(d, False, p)))
+        proxies.append((f"outrigger[{name}] h2->h2", lambda p=path: outrigger(d, True, p)))
+    if a.only:
+        proxies = [(n, f) for n, f in proxies if any(o in n for o in a.only)]
     results = {name: [] for name, _ in proxies}
     try:
         for r in range(a.runs):

@@ -3,8 +3,16 @@
 //! driver, no copy), the bytes read before HTTP/2 was recognised replayed
 //! first, and, on TLS listeners, the rustls session driven by hand in
 //! poll style (the handshake already ran on the owned-buffer path).
+//!
+//! A server connection gathers its writes: what the codec writes during
+//! one pass of the connection's task (frames of every stream that had
+//! something to send) is queued and sent in one write (over TLS, one
+//! record of up to 16 KiB) when the pass ends ([`Gather::poll_send`]), as
+//! nginx and HAProxy flush once per event-loop pass. The `h2` crate
+//! writes each DATA frame of 256 bytes or more with its own flush, which
+//! without this is one `writev` (and one TLS record) per response.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read as _, Write as _};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -22,6 +30,17 @@ const MAX_PENDING_OUT: usize = 64 * 1024;
 
 /// An HTTP/2 connection's transport.
 pub struct ConnIo {
+    wire: Rc<RefCell<Wire>>,
+}
+
+/// The connection's task's handle on its transport's gathered writes.
+#[derive(Clone)]
+pub struct Gather {
+    wire: Rc<RefCell<Wire>>,
+}
+
+/// The socket, the TLS session and what is queued for them.
+struct Wire {
     tcp: TcpStreamPoll,
     /// Plaintext (cleartext HTTP/2) or ciphertext (TLS) read before this
     /// transport existed, consumed first.
@@ -31,14 +50,29 @@ pub struct ConnIo {
     /// Shared with the connection's task, which ends a connection whose
     /// peer stops reading for `send_timeout` (`stall_handle`).
     stalled: Rc<Cell<Option<Instant>>>,
+    /// Plaintext the codec wrote and the socket (or rustls) has not taken.
+    gathered: BytesMut,
+    /// Writes are gathered until the pass ends (server connections, once
+    /// their handshake is done); otherwise each goes out at once.
+    gathering: bool,
 }
 
 impl std::fmt::Debug for ConnIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let w = self.wire.borrow();
         f.debug_struct("ConnIo")
-            .field("early", &self.early.len())
-            .field("tls", &self.tls.is_some())
+            .field("early", &w.early.len())
+            .field("tls", &w.tls.is_some())
+            .field("gathered", &w.gathered.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Gather {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather")
+            .field("gathered", &self.wire.borrow().gathered.len())
+            .finish()
     }
 }
 
@@ -56,17 +90,99 @@ struct PollTls {
 impl ConnIo {
     /// Cleartext HTTP/2; `early` holds the bytes already read (the preface).
     pub fn plain(tcp: TcpStreamPoll, early: BytesMut) -> Self {
-        ConnIo {
+        ConnIo::over(Wire {
             tcp,
             early,
             tls: None,
             stalled: Rc::default(),
+            gathered: BytesMut::new(),
+            gathering: false,
+        })
+    }
+
+    fn over(wire: Wire) -> Self {
+        ConnIo {
+            wire: Rc::new(RefCell::new(wire)),
         }
     }
 
     /// Since when writes have been waiting for the peer to read.
     pub fn stall_handle(&self) -> Rc<Cell<Option<Instant>>> {
-        self.stalled.clone()
+        self.wire.borrow().stalled.clone()
+    }
+
+    /// The handle that sends the gathered writes (see the module's doc).
+    pub fn gather(&self) -> Gather {
+        Gather {
+            wire: self.wire.clone(),
+        }
+    }
+}
+
+impl Gather {
+    /// From now on, writes wait for [`Gather::poll_send`].
+    pub fn start(&self) {
+        self.wire.borrow_mut().gathering = true;
+    }
+
+    /// Send what was gathered: `Ready` once the socket took all of it,
+    /// `Pending` (the task woken when the socket drains) while it is full.
+    pub fn poll_send(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut w = self.wire.borrow_mut();
+        let r = w.poll_send(cx);
+        w.note(&r);
+        r
+    }
+}
+
+impl Wire {
+    /// Hand the gathered bytes to the socket (through rustls, as one
+    /// record per 16 KiB), as far as it takes them.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.gathered.is_empty() {
+            let n = match &mut self.tls {
+                Some(tls) => {
+                    // Ciphertext queued before goes first: rustls's buffer
+                    // stays bounded.
+                    ready!(tls.poll_flush(&mut self.tcp, cx))?;
+                    tls.conn.writer().write(&self.gathered)?
+                }
+                None => ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.gathered))?,
+            };
+            if n == 0 && self.tls.is_none() {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.gathered.advance(n);
+        }
+        match &mut self.tls {
+            Some(tls) => tls.poll_flush(&mut self.tcp, cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Queue a write of the codec's; `Pending` only while what is queued
+    /// already passes [`MAX_PENDING_OUT`] and the socket is full.
+    fn poll_gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.gathered.len() >= MAX_PENDING_OUT {
+            let r = self.poll_send(cx);
+            self.note(&r);
+            if let Poll::Ready(Err(e)) = r {
+                return Poll::Ready(Err(e));
+            }
+            if self.gathered.len() >= MAX_PENDING_OUT {
+                return Poll::Pending;
+            }
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        self.gathered.reserve(total);
+        for b in bufs {
+            self.gathered.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
     }
 
     /// Note a write's outcome: waiting starts (or continues) a stall,
@@ -81,11 +197,13 @@ impl ConnIo {
             Poll::Ready(_) => self.stalled.set(None),
         }
     }
+}
 
+impl ConnIo {
     /// HTTP/2 over a TLS session whose handshake is done; `raw` is
     /// ciphertext read and not yet fed to it.
     pub fn tls(tcp: TcpStreamPoll, conn: impl Into<rustls::Connection>, raw: BytesMut) -> Self {
-        ConnIo {
+        ConnIo::over(Wire {
             tcp,
             early: BytesMut::new(),
             tls: Some(Box::new(PollTls {
@@ -96,7 +214,9 @@ impl ConnIo {
                 eof: false,
             })),
             stalled: Rc::default(),
-        }
+            gathered: BytesMut::new(),
+            gathering: false,
+        })
     }
 }
 
@@ -202,16 +322,17 @@ impl AsyncRead for ConnIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match &mut this.tls {
-            Some(tls) => tls.poll_read(&mut this.tcp, cx, buf),
-            None if !this.early.is_empty() => {
-                let n = this.early.len().min(buf.remaining());
-                buf.put_slice(&this.early[..n]);
-                this.early.advance(n);
+        let mut w = self.wire.borrow_mut();
+        let w = &mut *w;
+        match &mut w.tls {
+            Some(tls) => tls.poll_read(&mut w.tcp, cx, buf),
+            None if !w.early.is_empty() => {
+                let n = w.early.len().min(buf.remaining());
+                buf.put_slice(&w.early[..n]);
+                w.early.advance(n);
                 Poll::Ready(Ok(()))
             }
-            None => Pin::new(&mut this.tcp).poll_read(cx, buf),
+            None => Pin::new(&mut w.tcp).poll_read(cx, buf),
         }
     }
 }
@@ -222,13 +343,7 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = match &mut this.tls {
-            Some(tls) => tls.poll_write(&mut this.tcp, cx, &[io::IoSlice::new(buf)]),
-            None => Pin::new(&mut this.tcp).poll_write(cx, buf),
-        };
-        this.note(&r);
-        r
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -236,12 +351,16 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = match &mut this.tls {
-            Some(tls) => tls.poll_write(&mut this.tcp, cx, bufs),
-            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+        let mut w = self.wire.borrow_mut();
+        let w = &mut *w;
+        if w.gathering {
+            return w.poll_gather(cx, bufs);
+        }
+        let r = match &mut w.tls {
+            Some(tls) => tls.poll_write(&mut w.tcp, cx, bufs),
+            None => Pin::new(&mut w.tcp).poll_write_vectored(cx, bufs),
         };
-        this.note(&r);
+        w.note(&r);
         r
     }
 
@@ -249,24 +368,32 @@ impl AsyncWrite for ConnIo {
         true
     }
 
+    /// While gathering, a flush leaves the bytes for the end of the pass
+    /// (the connection's task sends them then).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = match &mut this.tls {
-            Some(tls) => tls.poll_flush(&mut this.tcp, cx),
-            None => Pin::new(&mut this.tcp).poll_flush(cx),
+        let mut w = self.wire.borrow_mut();
+        let w = &mut *w;
+        if w.gathering {
+            return Poll::Ready(Ok(()));
+        }
+        let r = match &mut w.tls {
+            Some(tls) => tls.poll_flush(&mut w.tcp, cx),
+            None => Pin::new(&mut w.tcp).poll_flush(cx),
         };
-        this.note(&r);
+        w.note(&r);
         r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(tls) = this.tls.as_mut() {
+        let mut w = self.wire.borrow_mut();
+        let w = &mut *w;
+        ready!(w.poll_send(cx))?;
+        if let Some(tls) = w.tls.as_mut() {
             if !tls.eof {
                 tls.conn.send_close_notify();
             }
-            ready!(tls.poll_flush(&mut this.tcp, cx))?;
+            ready!(tls.poll_flush(&mut w.tcp, cx))?;
         }
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        Pin::new(&mut w.tcp).poll_shutdown(cx)
     }
 }

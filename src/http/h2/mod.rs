@@ -112,6 +112,7 @@ pub(super) async fn serve(
     // A client that stops reading (while it floods PINGs or SETTINGS, or
     // just stalls) is cut off after `send_timeout`, as on HTTP/1.1.
     let stalled = transport.stall_handle();
+    let gather = transport.gather();
     let send_timeout = listener.http.send_timeout;
     let handshake = builder(&settings).handshake::<_, Bytes>(transport);
     let at = ctx.deadlines.after(listener.http.header_timeout);
@@ -126,6 +127,8 @@ pub(super) async fn serve(
             return;
         }
     };
+    // From here on the frames of one pass go out in one write.
+    gather.start();
     let shared = Rc::new(Conn {
         ctx: ctx.clone(),
         handle: handle.clone(),
@@ -174,6 +177,10 @@ pub(super) async fn serve(
             if let Poll::Ready(r) = h2.poll_accept(cx) {
                 return Poll::Ready(Wake::Accepted(r.map(|r| r.map(Box::new))));
             }
+            // The pass is over: what the codec wrote goes out in one write.
+            if let Poll::Ready(Err(e)) = gather.poll_send(cx) {
+                return Poll::Ready(Wake::SendFailed(e));
+            }
             if watching_stop && stopped.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Stopped);
             }
@@ -216,6 +223,10 @@ pub(super) async fn serve(
                 break;
             }
             Wake::Accepted(None) => break,
+            Wake::SendFailed(e) => {
+                tracing::debug!(client = %peer, error = %e, "HTTP/2 write failed");
+                return;
+            }
             Wake::Stopped | Wake::Rearm => {}
             Wake::Timer if stalled.get().is_some_and(|t| t.elapsed() >= send_timeout) => {
                 tracing::debug!(client = %peer, "HTTP/2 client stopped reading for send_timeout; closing");
@@ -253,7 +264,17 @@ pub(super) async fn serve(
     let at = ctx.deadlines.after(listener.http.send_timeout);
     let _ = ctx
         .deadlines
-        .within(at, std::future::poll_fn(|cx| h2.poll_closed(cx)))
+        .within(
+            at,
+            std::future::poll_fn(|cx| {
+                let closed = h2.poll_closed(cx);
+                match gather.poll_send(cx) {
+                    Poll::Ready(Err(_)) => Poll::Ready(()),
+                    Poll::Ready(Ok(())) if closed.is_ready() => Poll::Ready(()),
+                    _ => Poll::Pending,
+                }
+            }),
+        )
         .await;
 }
 
@@ -292,6 +313,8 @@ enum Wake {
     Timer,
     /// The deadline must be computed again (a write stall began).
     Rearm,
+    /// The socket refused the gathered writes.
+    SendFailed(std::io::Error),
 }
 
 /// The `h2` server with the listener's limits. Rapid Reset
