@@ -7,8 +7,9 @@
 //! header rules.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -144,17 +145,32 @@ impl From<crate::http::upconn::UpConn> for Transport {
 pub async fn handshake(pool: &Pool, key: PoolKey, transport: Transport) -> std::io::Result<Lease> {
     let addr = key.addr;
     let io = transport.into_io()?;
+    let gather = io.gather();
     let (send, conn) = h2::client::Builder::new()
         .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(stream_error)?;
+    // From here on the frames of one pass (the requests of every stream
+    // that had something to send) go out in one write, as downstream.
+    gather.start();
     let closed = Rc::new(Cell::new(false));
     let flag = closed.clone();
     monoio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
-        }
+        let mut conn = std::pin::pin!(conn);
+        poll_fn(|cx| {
+            let r = conn.as_mut().poll(cx);
+            if let Poll::Ready(Err(e)) = gather.poll_send(cx) {
+                tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 write failed");
+                return Poll::Ready(());
+            }
+            r.map(|r| {
+                if let Err(e) = r {
+                    tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+                }
+            })
+        })
+        .await;
         flag.set(true);
     });
     let streams = Rc::new(Cell::new(0));
