@@ -28,6 +28,7 @@ both_drivers!(
     bad_handshakes_are_cut_and_counted,
     curl_and_openssl_interoperate,
     reload_rotates_the_certificate,
+    head_and_body_written_apart_leave_in_one_record,
 );
 
 /// Several requests on one TLS connection, a 1 MiB request body and a
@@ -407,4 +408,94 @@ fn reload_rotates_the_certificate(driver: Driver) {
     assert_eq!(new.conn.peer_certificates().unwrap()[0], second.der);
     let (status, _, _) = request(&mut old, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status, 200);
+}
+
+/// The client's TCP stream, keeping every byte read so the TLS records
+/// the proxy sent can be counted.
+struct Recording {
+    tcp: std::net::TcpStream,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Read for Recording {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.seen.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// TLS records (type, length) in a stretch of ciphertext that starts at a
+/// record boundary.
+fn records(bytes: &[u8]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        let len = usize::from(u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]));
+        out.push((bytes[at], len));
+        at += 5 + len;
+    }
+    out
+}
+
+/// An upstream that writes a response's head, waits 5 ms, then writes its
+/// 1 KiB body: over TLS the client still gets head and body in one record
+/// (one write), not two (the TLS conformance kit's finding).
+fn head_and_body_written_apart_leave_in_one_record(driver: Driver) {
+    let (up, _) = common::script::scripted(|mut s, _| {
+        let mut buf = Vec::new();
+        while common::script::read_request(&mut s, &mut buf).is_some() {
+            let body = vec![b'b'; 1024];
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            if s.write_all(&body).is_err() {
+                return;
+            }
+        }
+    });
+    let dir = TempDir::new("tls-records");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let (_p, addr) = proxy(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key" }"#,
+        up,
+    );
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sock = Recording {
+        tcp,
+        seen: seen.clone(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(ClientOpts::trusting(&ca).config(), name).unwrap();
+    let mut c = rustls::StreamOwned::new(conn, sock);
+    // A first exchange: the handshake and the session tickets are behind.
+    let (status, _, body) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!((status, body.len()), (200, 1024));
+    let mark = seen.lock().unwrap().len();
+    let (status, _, body) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!((status, body.len()), (200, 1024));
+    let second = records(&seen.lock().unwrap()[mark..]);
+    assert_eq!(
+        second.len(),
+        1,
+        "records of the second response: {second:?}"
+    );
+    assert_eq!(second[0].0, 23, "{second:?}");
 }

@@ -25,6 +25,12 @@ use crate::snapshot::{HttpSettings, Snapshot};
 use crate::upstream::Cluster;
 use crate::worker::WorkerCtx;
 
+/// The largest fixed-length response body sent in one write with its head
+/// (read in full first when the upstream wrote them apart).
+const WITH_HEAD_MAX: u64 = 64 * 1024;
+/// How long such a body may keep its head waiting (the short deadlines'
+/// precision: about 10 ms either way).
+const BODY_WAIT: Duration = Duration::from_millis(50);
 /// What the upstream side of one request did, for metrics and the access log.
 #[derive(Debug, Default)]
 pub struct Upstream {
@@ -349,8 +355,33 @@ impl Exchange<'_> {
         if conn.stream.is_h2() {
             return self.respond_h2(conn, up, up_buf, resp).await;
         }
+        let mut up = up;
         let head = self.req.head;
         let framing = resp.framing(head.is_head())?;
+        // A small fixed-length body that has not all arrived with the head
+        // (the upstream wrote them apart) gets a short wait, so that head
+        // and body leave in one write and, over TLS, one record, as
+        // nginx's postponed output does. Past the wait, or on an error or
+        // an early close, the head goes alone and the body copy below
+        // takes over (and reports what went wrong). Plain upstreams only:
+        // their reads can be cancelled without losing a byte.
+        if let (Framing::Length(n), None, UpConn::Plain(s)) = (framing, self.req.web, &mut up) {
+            while n <= WITH_HEAD_MAX && (up_buf.len() as u64) < n {
+                up_buf.reserve(16 * 1024);
+                let (len, cap) = (up_buf.len(), up_buf.capacity());
+                let (res, slice) = crate::sockio::read_within(
+                    s,
+                    monoio::buf::SliceMut::new(up_buf, len, cap),
+                    &self.req.ctx.deadlines,
+                    BODY_WAIT,
+                )
+                .await;
+                up_buf = slice.into_inner();
+                if !matches!(res, Some(Ok(1..))) {
+                    break;
+                }
+            }
+        }
         // HTTP/1.1 clients get a close-delimited body re-framed as chunked;
         // HTTP/1.0 clients, who do not know chunked, get a chunked body
         // decoded and delimited by closing the connection.
@@ -371,7 +402,7 @@ impl Exchange<'_> {
             && out_framing != Framing::UntilClose;
         // A small body that has fully arrived goes out with the head: one write.
         let with_head = match (framing, self.req.web) {
-            (Framing::Length(n), None) if n <= 64 * 1024 && up_buf.len() as u64 >= n => {
+            (Framing::Length(n), None) if n <= WITH_HEAD_MAX && up_buf.len() as u64 >= n => {
                 Some(n as usize)
             }
             _ => None,

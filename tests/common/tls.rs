@@ -169,7 +169,7 @@ pub fn connect(addr: SocketAddr, sni: &str, opts: &ClientOpts<'_>) -> std::io::R
 }
 
 /// Send raw bytes and read one HTTP/1.1 response (Content-Length bodies).
-pub fn request(s: &mut TlsClient, raw: &[u8]) -> (u16, String, Vec<u8>) {
+pub fn request(s: &mut (impl Read + Write), raw: &[u8]) -> (u16, String, Vec<u8>) {
     s.write_all(raw).unwrap();
     s.flush().unwrap();
     let mut buf = Vec::new();
