@@ -342,6 +342,20 @@ endpoints = [{{ address = "{z}", zone = "b" }}]
     assert_eq!(j["clusters"]["api"]["node"]["region"], "r1");
     assert_eq!(j["clusters"]["api"]["split"][0]["traffic_percent"], 100.0);
 
+    // Without a locality of its own the proxy is told (`check` prints it,
+    // `run` logs it) that it prefers nothing.
+    let nowhere = cfg.replace("[node]\nregion = \"r1\"\nzone = \"a\"\n", "");
+    let s = outrigger::config::compile(std::path::Path::new("l.toml"), &nowhere).unwrap();
+    if std::env::var_os("OUTRIGGER_ZONE").is_none()
+        && std::env::var_os("OUTRIGGER_REGION").is_none()
+    {
+        let w = s.warnings();
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("clusters.api.locality") && w.contains("no [node]")),
+            "{w:?}"
+        );
+    }
     let bad = cfg.replace("\"prefer_local\"", "\"nearby\"");
     let e = outrigger::config::compile(std::path::Path::new("l.toml"), &bad)
         .err()

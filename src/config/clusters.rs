@@ -317,8 +317,8 @@ pub(super) fn entry(
     Some((weight, locality, priority))
 }
 
-/// `locality`: `"off"` (default) or `"prefer_local"`; a proxy without a
-/// `[node]` locality is told it prefers nothing.
+/// `locality`: `"off"` (default) or `"prefer_local"` (a proxy without a
+/// `[node]` locality is warned by `Snapshot::warnings`).
 fn locality_mode(
     cx: &mut Ctx<'_>,
     key: &str,
@@ -342,12 +342,6 @@ fn locality_mode(
             "an original_destination cluster has no endpoints to prefer among",
         );
         return None;
-    }
-    if mode == LocalityMode::PreferLocal && cx.node.is_empty() {
-        tracing::warn!(
-            cluster = %key,
-            "locality = \"prefer_local\" but this proxy has no [node] region or zone (nor OUTRIGGER_REGION / OUTRIGGER_ZONE): no endpoint is nearer than another"
-        );
     }
     Some(mode)
 }

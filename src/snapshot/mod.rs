@@ -298,6 +298,13 @@ impl Snapshot {
                 self.admin.address
             ));
         }
+        for (name, c) in &self.clusters {
+            if c.locality == crate::upstream::LocalityMode::PreferLocal && self.node.is_empty() {
+                out.push(format!(
+                    "clusters.{name}.locality = \"prefer_local\", but this proxy has no [node] region or zone (nor OUTRIGGER_REGION / OUTRIGGER_ZONE): no endpoint is nearer than another"
+                ));
+            }
+        }
         for l in &self.listeners {
             if l.tls.as_ref().is_some_and(|t| t.plaintext_permitted) {
                 out.push(format!(
