@@ -10,6 +10,7 @@
 //! other side, `pool` keeps upstream connections, and `error` maps every
 //! failure to what the client sees.
 
+mod admit;
 mod body;
 pub mod chunked;
 pub mod codec;

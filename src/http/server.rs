@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 
+use super::admit::{admit, request_timeout, start_trace};
 use super::codec::{Framing, RequestHead};
 use super::downstream::{ClientIo, Downstream};
 use super::error::{error_response, keeps_connection, reason, ErrorContext, HttpError};
@@ -18,7 +19,7 @@ use super::grpc_answer::{self, Web};
 use super::head::{read_head, Phase, Read};
 use super::proxy::{self, Next};
 use super::record::{Mark, RequestRecord};
-use crate::route::{RouteAction, RouteRequest};
+use crate::route::RouteAction;
 use crate::snapshot::{Listener, Snapshot};
 use crate::worker::{ListenerHandle, WorkerCtx};
 
@@ -151,23 +152,6 @@ pub async fn serve_requests(
     }
 }
 
-/// `sni_host_match`: when the client sent both an SNI name and a Host
-/// (`:authority`), they name the same host (case-insensitive, port
-/// ignored); a request for another host must not ride a connection whose
-/// certificate was chosen for this one (domain fronting).
-fn sni_matches_host(conn: &Downstream, head: &RequestHead) -> bool {
-    let (Some(sni), Some(host)) = (conn.stream.sni(), head.host()) else {
-        return true;
-    };
-    let host = match host.rfind(':') {
-        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
-            &host[..i]
-        }
-        _ => host,
-    };
-    host.eq_ignore_ascii_case(sni)
-}
-
 /// The snapshot and listener a connection was accepted with.
 #[derive(Clone, Copy)]
 pub(super) struct Accepted<'a> {
@@ -289,56 +273,12 @@ async fn route_and_answer<'a>(
     up: &mut proxy::Upstream,
 ) -> Next {
     let http = &rec.listener.http;
-    if let (Some(max), Framing::Length(n)) = (http.max_request_body_bytes, head.framing) {
-        if n > max {
-            return fail(ctx, rec, conn, head, HttpError::BodyTooLarge).await;
-        }
-    }
-    if http.sni_host_match && !sni_matches_host(conn, head) {
-        return fail(ctx, rec, conn, head, HttpError::Misdirected).await;
-    }
-    let routes = rec.listener.protocol.routes().unwrap_or("");
-    let request = Routed {
-        head,
-        identity: conn.peer_identity.as_deref(),
-        destination_port: conn.original_dst.map(|d| d.port()),
+    let route = match admit(ctx, snapshot, rec, conn, head) {
+        Ok(route) => route,
+        Err(e) => return fail(ctx, rec, conn, head, e).await,
     };
-    let route = snapshot
-        .route_tables
-        .get(routes)
-        .and_then(|t| t.lookup(&request));
-    let Some(route) = route else {
-        rec.listener.stats.worker(ctx.index).no_route.inc();
-        return fail(ctx, rec, conn, head, HttpError::NoRoute).await;
-    };
-    rec.route = Some(route);
-    let identity = conn.peer_identity.as_deref();
-    let permitted = rec
-        .listener
-        .authz
-        .as_ref()
-        .map_or(true, |a| a.permits(identity, ctx.index))
-        && route
-            .authz
-            .as_ref()
-            .map_or(true, |a| a.permits(identity, ctx.index));
-    if !permitted {
-        return fail(ctx, rec, conn, head, HttpError::Forbidden).await;
-    }
     if let Some(t) = &snapshot.tracing {
-        let header = |name: &str| {
-            head.header(name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_string)
-        };
-        let force_allowed = t.force_allowed(&rec.listener.name, identity);
-        up.trace = Some(crate::trace::RequestTrace::start(
-            t,
-            header,
-            route.trace_sampling,
-            force_allowed,
-            (rec.mark.at, rec.mark.wall),
-        ));
+        up.trace = Some(start_trace(t, rec, conn, head, route));
     }
     if let Some(limit) = &route.rate_limit {
         if let Err(wait) = limit.acquire() {
@@ -346,18 +286,8 @@ async fn route_and_answer<'a>(
             return fail(ctx, rec, conn, head, HttpError::RateLimited(wait)).await;
         }
     }
-    // A gRPC call's own deadline, when it is sooner than the route's.
     let grpc = grpc_answer::is_grpc(head);
-    let grpc_timeout = grpc
-        .then(|| {
-            head.header("grpc-timeout")
-                .and_then(|v| crate::grpc::parse_timeout(v))
-        })
-        .flatten();
-    let timeout = match (route.timeout, grpc_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let timeout = request_timeout(route, head, grpc);
     // Injected faults (route `fault`): a delay counts against the timeout.
     if let Some(fault) = &route.fault {
         let deadline = timeout.map(|t| rec.mark.at + t);
@@ -541,48 +471,4 @@ pub async fn respond_error(conn: &mut Downstream, err: &HttpError, close: bool) 
     }
     conn.responded = true;
     let _ = conn.write_vec(error_response(err, close)).await;
-}
-
-/// A request as routing sees it: its head and the connection's verified
-/// peer identity.
-struct Routed<'a> {
-    head: &'a RequestHead,
-    identity: Option<&'a str>,
-    destination_port: Option<u16>,
-}
-
-impl RouteRequest for Routed<'_> {
-    fn host(&self) -> Option<&str> {
-        self.head.host()
-    }
-    fn path(&self) -> &str {
-        self.head.path()
-    }
-    fn method(&self) -> &str {
-        self.head.method_str()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        RequestHead::header(self.head, name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-    fn peer_identity(&self) -> Option<&str> {
-        self.identity
-    }
-    fn destination_port(&self) -> Option<u16> {
-        self.destination_port
-    }
-}
-
-impl RouteRequest for RequestHead {
-    fn host(&self) -> Option<&str> {
-        RequestHead::host(self)
-    }
-    fn path(&self) -> &str {
-        RequestHead::path(self)
-    }
-    fn method(&self) -> &str {
-        self.method_str()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        RequestHead::header(self, name).and_then(|v| std::str::from_utf8(v).ok())
-    }
 }
