@@ -238,7 +238,7 @@ fn config(shared: &Shared) -> Value {
 
 /// The xDS client's state: connection, and per type the version ACKed,
 /// the counts and the last NACK's detail.
-fn xds(s: &crate::snapshot::Snapshot, st: &crate::xds::Status) -> Value {
+fn xds(s: &crate::snapshot::Snapshot, st: &crate::xds::XdsStatus) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let Some(settings) = &s.xds else {
         return Value::Null;

@@ -8,7 +8,7 @@ use serde_spanned::Spanned;
 
 use super::compile::Ctx;
 use super::file::FileCluster;
-use crate::discovery::{DnsName, DnsSpec, Family, Found, Source};
+use crate::discovery::{DnsFamily, DnsName, DnsSpec, Found, Source};
 
 pub(super) fn source(
     cx: &mut Ctx<'_>,
@@ -121,9 +121,9 @@ pub(super) fn source(
             .as_ref()
             .map(|v| (v.get_ref().as_str(), v.span()))
         {
-            None | Some(("auto", _)) => Family::Auto,
-            Some(("v4", _)) => Family::V4,
-            Some(("v6", _)) => Family::V6,
+            None | Some(("auto", _)) => DnsFamily::Auto,
+            Some(("v4", _)) => DnsFamily::V4,
+            Some(("v6", _)) => DnsFamily::V6,
             Some((other, span)) => {
                 cx.error(
                     span,

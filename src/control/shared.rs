@@ -68,7 +68,7 @@ pub struct Shared {
     /// Span export counters.
     pub export_stats: Arc<crate::trace::otlp::ExportStats>,
     /// The xDS client's state.
-    pub xds: Arc<crate::xds::Status>,
+    pub xds: Arc<crate::xds::XdsStatus>,
 }
 
 /// A reload that was rejected.

@@ -23,7 +23,7 @@ use crate::snapshot::Snapshot;
 
 pub use crate::upstream::{Found, Locality};
 
-pub use crate::upstream::source::{DnsName, DnsSpec, Family, Source, Status};
+pub use crate::upstream::source::{DiscoveryStatus, DnsFamily, DnsName, DnsSpec, Source};
 
 /// The last endpoints discovered per cluster (and source), so that a
 /// reload compiles a dns or file cluster with what is known instead of
@@ -165,16 +165,16 @@ fn lookup_searching(
 }
 
 /// The addresses `/etc/hosts` lists for `name` in the cluster's family.
-fn listed(hosts: &hosts::Hosts, name: &str, family: Family) -> Vec<std::net::IpAddr> {
+fn listed(hosts: &hosts::Hosts, name: &str, family: DnsFamily) -> Vec<std::net::IpAddr> {
     hosts
         .get(name)
         .unwrap_or(&[])
         .iter()
         .copied()
         .filter(|ip| match family {
-            Family::V4 => ip.is_ipv4(),
-            Family::V6 => ip.is_ipv6(),
-            Family::Auto => true,
+            DnsFamily::V4 => ip.is_ipv4(),
+            DnsFamily::V6 => ip.is_ipv6(),
+            DnsFamily::Auto => true,
         })
         .collect()
 }
@@ -211,9 +211,9 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
             continue;
         }
         let kinds: &[dns::RecordType] = match spec.family {
-            Family::V4 => &[dns::RecordType::A],
-            Family::V6 => &[dns::RecordType::Aaaa],
-            Family::Auto => &[dns::RecordType::A, dns::RecordType::Aaaa],
+            DnsFamily::V4 => &[dns::RecordType::A],
+            DnsFamily::V6 => &[dns::RecordType::Aaaa],
+            DnsFamily::Auto => &[dns::RecordType::A, dns::RecordType::Aaaa],
         };
         let mut any = false;
         let mut last_err = None;
@@ -254,9 +254,9 @@ fn resolve_srv(
         return Err(format!("{name}: no SRV records"));
     };
     let kinds: &[dns::RecordType] = match spec.family {
-        Family::V4 => &[dns::RecordType::A],
-        Family::V6 => &[dns::RecordType::Aaaa],
-        Family::Auto => &[dns::RecordType::A, dns::RecordType::Aaaa],
+        DnsFamily::V4 => &[dns::RecordType::A],
+        DnsFamily::V6 => &[dns::RecordType::Aaaa],
+        DnsFamily::Auto => &[dns::RecordType::A, dns::RecordType::Aaaa],
     };
     let mut ttl = u32::MAX;
     let mut any = false;
@@ -493,7 +493,7 @@ mod tests {
                 DnsName::new("api", 80, "api:80"),
             ],
             refresh: Duration::from_secs(5),
-            family: Family::Auto,
+            family: DnsFamily::Auto,
             servers: vec![server],
         };
         let (found, _) = resolve(&spec).unwrap_or_else(|e| panic!("{e}"));
@@ -529,7 +529,7 @@ mod tests {
         let spec = DnsSpec {
             names: vec![name],
             refresh: Duration::from_secs(5),
-            family: Family::Auto,
+            family: DnsFamily::Auto,
             servers: vec![closed_udp()],
         };
         let (found, _) = resolve(&spec).unwrap_or_else(|e| panic!("{e}"));

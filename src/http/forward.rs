@@ -15,7 +15,7 @@ use super::downstream::Downstream;
 use super::error::HttpError;
 use super::h2::upstream::{handshake, Lease, Transport};
 use super::pool::PoolKey;
-use super::proxy::{Exchange, ExchangeError, Forward, Next, Upstream};
+use super::proxy::{Exchange, ExchangeError, Forward, Next, UpstreamRecord};
 use super::retries::{backoff, Held, Retries};
 use super::serialize::{per_try, serialize_request};
 use super::upconn::UpConn;
@@ -45,7 +45,7 @@ pub async fn forward(
     req: Forward<'_>,
     cluster_name: &str,
     conn: &mut Downstream,
-    out: &mut Upstream,
+    out: &mut UpstreamRecord,
 ) -> Result<Next, HttpError> {
     let ctx = req.ctx;
     let Some(cluster) = req.snapshot.clusters.get(cluster_name) else {
@@ -274,7 +274,7 @@ impl Try<'_> {
         order: &mut AttemptOrder,
         failed: &mut Option<usize>,
         conn: &mut Downstream,
-        out: &mut Upstream,
+        out: &mut UpstreamRecord,
         request: Bytes,
         body: Option<Bytes>,
     ) -> Result<Next, TryError> {

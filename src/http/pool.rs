@@ -36,11 +36,11 @@ impl PoolKey {
 
 /// Idle upstream connections of one worker.
 #[derive(Debug, Default)]
-pub struct Pool {
+pub struct H1Pool {
     idle: RefCell<FxHashMap<PoolKey, Vec<(UpConn, Instant)>>>,
 }
 
-impl Pool {
+impl H1Pool {
     /// The most recently used idle connection to `addr` that is younger than
     /// `max_idle_time` and still clean: not closed by the upstream and with
     /// no stray bytes waiting (a late body after a HEAD or 204, say, which

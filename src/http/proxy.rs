@@ -33,7 +33,7 @@ const WITH_HEAD_MAX: u64 = 64 * 1024;
 const BODY_WAIT: Duration = Duration::from_millis(50);
 /// What the upstream side of one request did, for metrics and the access log.
 #[derive(Debug, Default)]
-pub struct Upstream {
+pub struct UpstreamRecord {
     /// The endpoint of the last attempt.
     pub address: Cell<Option<SocketAddr>>,
     /// The upstream's final status (0: none received).
@@ -59,7 +59,7 @@ pub struct Upstream {
     pub grpc_message: std::cell::RefCell<Option<Bytes>>,
 }
 
-impl Upstream {
+impl UpstreamRecord {
     /// Take note of a response field of a gRPC call.
     pub fn note_grpc(&self, name: &[u8], value: &[u8]) {
         if name.eq_ignore_ascii_case(b"grpc-status") {
@@ -154,7 +154,7 @@ pub(super) struct Exchange<'a> {
     pub(super) deadline: Option<Instant>,
     /// `retry.per_try_timeout`: the response head must arrive by then.
     pub(super) head_deadline: Option<Instant>,
-    pub(super) out: &'a Upstream,
+    pub(super) out: &'a UpstreamRecord,
     /// The request body, buffered for replay (else it streams from the client).
     pub(super) body: Option<Bytes>,
     pub(super) retry: Option<&'a super::retries::Retries<'a>>,

@@ -68,7 +68,7 @@ impl<'a> RequestRecord<'a> {
         ctx: &WorkerCtx,
         snapshot: &Snapshot,
         conn: &Downstream,
-        exchange: Option<(&RequestHead, &proxy::Upstream)>,
+        exchange: Option<(&RequestHead, &proxy::UpstreamRecord)>,
     ) {
         let duration = self.mark.at.elapsed();
         let cells = self.listener.stats.worker(ctx.index);
@@ -138,7 +138,7 @@ impl<'a> RequestRecord<'a> {
                 bytes_out,
                 duration,
                 upstream: up.and_then(|u| u.address.get()),
-                upstream_duration: up.and_then(proxy::Upstream::duration),
+                upstream_duration: up.and_then(proxy::UpstreamRecord::duration),
                 listener: &self.listener.name,
                 route: self.route.map(|r| r.name.as_str()),
                 cluster: self.cluster,

@@ -237,7 +237,7 @@ pub(super) async fn handle_request(
         Some(l) => (&current, l),
         None => (accepted.snapshot, accepted.listener),
     };
-    let mut up = proxy::Upstream::default();
+    let mut up = proxy::UpstreamRecord::default();
     conn.responded = false;
     conn.body_complete = matches!(head.framing, Framing::None | Framing::Length(0));
     let mut rec = RequestRecord::new(listener, mark);
@@ -270,7 +270,7 @@ async fn route_and_answer<'a>(
     rec: &mut RequestRecord<'a>,
     conn: &mut Downstream,
     head: &RequestHead,
-    up: &mut proxy::Upstream,
+    up: &mut proxy::UpstreamRecord,
 ) -> Next {
     let http = &rec.listener.http;
     let route = match admit(ctx, snapshot, rec, conn, head) {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::codec::RequestHead;
 use super::downstream::Downstream;
-use super::proxy::Upstream;
+use super::proxy::UpstreamRecord;
 use super::record::RequestRecord;
 use crate::upstream::Cluster;
 
@@ -17,7 +17,7 @@ pub(super) fn server_span(
     rec: &RequestRecord<'_>,
     conn: &Downstream,
     head: &RequestHead,
-    up: &Upstream,
+    up: &UpstreamRecord,
 ) -> crate::trace::otlp::SpanData {
     use crate::trace::otlp::Value;
     let s = |v: &str| Value::Str(v.to_string());
@@ -96,7 +96,7 @@ pub(super) fn client_span(
     trace: &crate::trace::RequestTrace,
     (span_id, attempt, started): ([u8; 8], u32, Instant),
     cluster: &Cluster,
-    out: &Upstream,
+    out: &UpstreamRecord,
     // Why the try failed, when it did.
     failed: Option<String>,
 ) -> crate::trace::otlp::SpanData {

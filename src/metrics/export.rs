@@ -37,7 +37,7 @@ pub struct ExportSource<'a> {
     pub reloads: &'a ReloadStats,
     pub started_at: SystemTime,
     pub export: Option<&'a crate::trace::otlp::ExportStats>,
-    pub xds: Option<&'a crate::xds::Status>,
+    pub xds: Option<&'a crate::xds::XdsStatus>,
 }
 
 /// Prometheus text exposition format, version 0.0.4.

@@ -33,28 +33,28 @@ const NFT_TABLE: &str = "outrigger";
 
 /// IP version of a rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub enum IpFamily {
     V4,
     V6,
 }
 
-impl Family {
+impl IpFamily {
     fn iptables(self) -> &'static str {
         match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
         }
     }
 
     fn loopback(self) -> &'static str {
         match self {
-            Family::V4 => "127.0.0.0/8",
-            Family::V6 => "::1/128",
+            IpFamily::V4 => "127.0.0.0/8",
+            IpFamily::V6 => "::1/128",
         }
     }
 
     fn owns(self, cidr: &str) -> bool {
-        cidr.contains(':') == (self == Family::V6)
+        cidr.contains(':') == (self == IpFamily::V6)
     }
 }
 
@@ -80,7 +80,7 @@ impl Rules {
 
     /// iptables-restore input for one family (`--noflush`: only our
     /// chains are declared, hence flushed and refilled).
-    pub fn restore(&self, family: Family) -> String {
+    pub fn restore(&self, family: IpFamily) -> String {
         let mut s = String::from("*nat\n");
         let _ = writeln!(s, ":{OUT_CHAIN} - [0:0]\n:{IN_CHAIN} - [0:0]");
         let _ = writeln!(
@@ -196,7 +196,7 @@ impl Rules {
             return format!("# nft -f - <<EOF\n{}EOF\n", self.nft());
         }
         let mut s = String::new();
-        for f in [Family::V4, Family::V6] {
+        for f in [IpFamily::V4, IpFamily::V6] {
             let tool = f.iptables();
             let _ = write!(
                 s,
@@ -218,7 +218,7 @@ impl Rules {
         if nft {
             return run("nft", &["-f", "-"], Some(&self.nft()));
         }
-        for f in [Family::V4, Family::V6] {
+        for f in [IpFamily::V4, IpFamily::V6] {
             let tool = f.iptables();
             run(
                 &format!("{tool}-restore"),
@@ -252,7 +252,7 @@ pub fn cleanup(nft: bool) -> Result<(), String> {
         let _ = run("nft", &["delete", "table", "inet", NFT_TABLE], None);
         return Ok(());
     }
-    for f in [Family::V4, Family::V6] {
+    for f in [IpFamily::V4, IpFamily::V6] {
         let tool = f.iptables();
         for (chain, ours) in Rules::jumps() {
             while run(
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn v4_rules() {
-        let r = rules().restore(Family::V4);
+        let r = rules().restore(IpFamily::V4);
         assert!(r.contains("-A OUTRIGGER_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
         assert!(r.contains("-A OUTRIGGER_OUTPUT -d 127.0.0.0/8 -j RETURN"));
         assert!(r.contains("-A OUTRIGGER_OUTPUT -d 10.96.0.0/12 -j RETURN"));
@@ -336,7 +336,7 @@ mod tests {
         assert!(r.contains("-A OUTRIGGER_OUTPUT -p tcp -j REDIRECT --to-ports 15001"));
         assert!(r.contains("-A OUTRIGGER_INBOUND -p tcp --dport 15006 -j RETURN"));
         assert!(r.contains("-A OUTRIGGER_INBOUND -p tcp -j REDIRECT --to-ports 15006"));
-        let v6 = rules().restore(Family::V6);
+        let v6 = rules().restore(IpFamily::V6);
         assert!(v6.contains("-d ::1/128 -j RETURN") && v6.contains("-d fd00::/8 -j RETURN"));
     }
 
@@ -345,7 +345,7 @@ mod tests {
         let mut r = rules();
         r.include_inbound_ports = vec![8080, 8443];
         assert!(r
-            .restore(Family::V4)
+            .restore(IpFamily::V4)
             .contains("--dport 8443 -j REDIRECT --to-ports 15006"));
         let n = r.nft();
         assert!(n.contains("meta skuid 1337 return"));

@@ -91,7 +91,7 @@ pub struct Cluster {
     /// Where the endpoints come from (`dns`, `file`: they change at run time).
     pub source: source::Source,
     /// Discovery updates and errors, carried across snapshots by name.
-    pub status: Arc<source::Status>,
+    pub status: Arc<source::DiscoveryStatus>,
 }
 
 /// The HTTP version spoken to a cluster's endpoints.

@@ -13,7 +13,7 @@ use super::{Found, Locality};
 
 /// `dns_family`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub enum DnsFamily {
     Auto,
     V4,
     V6,
@@ -24,7 +24,7 @@ pub enum Family {
 pub struct DnsSpec {
     pub names: Vec<DnsName>,
     pub refresh: Duration,
-    pub family: Family,
+    pub family: DnsFamily,
     /// Empty: `/etc/resolv.conf`'s.
     pub servers: Vec<SocketAddr>,
 }
@@ -95,7 +95,7 @@ pub enum Source {
 /// What `/clusters` and the metrics say about a cluster's discovery;
 /// carried across snapshots by cluster name.
 #[derive(Debug, Default)]
-pub struct Status {
+pub struct DiscoveryStatus {
     pub updates: AtomicU64,
     pub failures: AtomicU64,
     /// Unix seconds of the last applied update.

@@ -96,9 +96,9 @@ pub struct WorkerCtx {
     /// Spare buffers for upstream response heads.
     pub head_buffers: crate::buffers::HeadBuffers,
     /// Idle keep-alive connections to HTTP upstreams.
-    pub http_pool: crate::http::pool::Pool,
+    pub http_pool: crate::http::pool::H1Pool,
     /// HTTP/2 connections to upstreams (shared by concurrent requests).
-    pub h2_pool: crate::http::h2::upstream::Pool,
+    pub h2_pool: crate::http::h2::upstream::H2Pool,
     /// Coarse deadlines (send and body timeouts, warm reads), swept by the tick.
     pub deadlines: Rc<crate::deadline::Deadlines>,
     /// Set once the worker has drained: the housekeeping tick stops.
@@ -313,8 +313,8 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
             spec.stats.clone(),
         ),
         head_buffers: crate::buffers::HeadBuffers::default(),
-        http_pool: crate::http::pool::Pool::default(),
-        h2_pool: crate::http::h2::upstream::Pool::default(),
+        http_pool: crate::http::pool::H1Pool::default(),
+        h2_pool: crate::http::h2::upstream::H2Pool::default(),
         deadlines: Rc::default(),
         finished: Cell::new(false),
         release: memory::Release::default(),

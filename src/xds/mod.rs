@@ -74,7 +74,7 @@ impl Kind {
 
 /// What `/config`, `/clusters` and the metrics say about the xDS client.
 #[derive(Debug, Default)]
-pub struct Status {
+pub struct XdsStatus {
     pub connected: AtomicBool,
     /// Streams opened.
     pub connects: AtomicU64,
@@ -125,7 +125,7 @@ pub type Reporter = Box<dyn Fn(Report) -> bool + Send>;
 pub fn spawn(
     snapshot: Weak<ArcSwap<Snapshot>>,
     report: Reporter,
-    status: Arc<Status>,
+    status: Arc<XdsStatus>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("outrigger-xds".into())

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::rpc;
 use tokio::sync::mpsc;
 
-use super::{Apply, FileNames, Kind, State, Status, XdsSettings};
+use super::{Apply, FileNames, Kind, State, XdsSettings, XdsStatus};
 use crate::discovery::{self, Source};
 use crate::snapshot::Snapshot;
 
@@ -25,7 +25,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) fn run(
     snapshot: &Weak<ArcSwap<Snapshot>>,
     report: super::Reporter,
-    status: &Arc<Status>,
+    status: &Arc<XdsStatus>,
 ) {
     let mut client = Client {
         snapshot: snapshot.clone(),
@@ -96,7 +96,7 @@ enum Ended {
 struct Client {
     snapshot: Weak<ArcSwap<Snapshot>>,
     report: super::Reporter,
-    status: Arc<Status>,
+    status: Arc<XdsStatus>,
     state: State,
     /// Per kind: the last version accepted, the last nonce seen, the names
     /// asked for (empty: all, for CDS and LDS).

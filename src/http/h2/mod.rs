@@ -426,7 +426,7 @@ async fn serve_stream(
                     expect_continue: false,
                     upgrade_websocket: false,
                 };
-                let up = super::proxy::Upstream::default();
+                let up = super::proxy::UpstreamRecord::default();
                 rec.finish(ctx, &ctx.current(), &conn, Some((&head, &up)));
                 return;
             }

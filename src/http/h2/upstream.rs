@@ -65,11 +65,11 @@ impl Drop for Lease {
 
 /// A worker's HTTP/2 connections to upstream endpoints.
 #[derive(Debug, Default)]
-pub struct Pool {
+pub struct H2Pool {
     conns: RefCell<FxHashMap<PoolKey, Vec<Client>>>,
 }
 
-impl Pool {
+impl H2Pool {
     /// A live connection to `addr` with room for one more stream (the
     /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
     pub fn pick(&self, key: PoolKey) -> Option<Lease> {
@@ -142,7 +142,11 @@ impl From<crate::http::upconn::UpConn> for Transport {
 
 /// Run the HTTP/2 handshake on a new connection, start its task and pool
 /// it; the sender for the first stream.
-pub async fn handshake(pool: &Pool, key: PoolKey, transport: Transport) -> std::io::Result<Lease> {
+pub async fn handshake(
+    pool: &H2Pool,
+    key: PoolKey,
+    transport: Transport,
+) -> std::io::Result<Lease> {
     let addr = key.addr;
     let io = transport.into_io()?;
     let gather = io.gather();

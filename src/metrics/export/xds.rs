@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::Prom;
 use crate::snapshot::Snapshot;
-use crate::xds::{Kind, Status};
+use crate::xds::{Kind, XdsStatus};
 
-pub(super) fn xds_metrics(p: &mut Prom, s: &Snapshot, st: &Status) {
+pub(super) fn xds_metrics(p: &mut Prom, s: &Snapshot, st: &XdsStatus) {
     if s.xds.is_none() {
         return;
     }
