@@ -319,18 +319,7 @@ async fn serve(
     // A dual-stack listener sees IPv4 clients as v4-mapped IPv6: log and
     // forward them as the IPv4 addresses they are.
     let peer = crate::sidecar::canonical(peer);
-    // Transparent mode: where the client meant to go. A connection made to
-    // the listener itself (not redirected) has none.
-    let original_dst = if listener.original_destination {
-        let local = stream.local_addr().ok();
-        local.and_then(|l| {
-            crate::sidecar::original_dst(stream.as_raw_fd(), l)
-                .ok()
-                .filter(|d| *d != crate::sidecar::canonical(l))
-        })
-    } else {
-        None
-    };
+    let original_dst = original_destination(listener, &stream);
     // auto: what the first bytes are decides the path.
     let mut stream = stream;
     let mut early: Option<bytes::BytesMut> = None;
@@ -372,18 +361,9 @@ async fn serve(
     // Accepted sockets inherit TCP_NODELAY from the listening socket (bind).
     let stream = match (&listener.tls, terminate) {
         (Some(tls), true) => {
-            let accept = crate::tls::accept(stream, tls, &ctx.deadlines, early.take());
-            match Box::pin(accept).await {
-                Ok(s) => {
-                    listener.stats.worker(ctx.index).tls_handshakes.inc();
-                    ClientIo::Tls(Box::new(s))
-                }
-                Err(reason) => {
-                    let cells = listener.stats.worker(ctx.index);
-                    cells.tls_handshake_failures[reason.index()].inc();
-                    tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
-                    return Then::Done;
-                }
+            match terminate_tls(&ctx, listener, tls, stream, peer, early.take()).await {
+                Some(s) => s,
+                None => return Then::Done,
             }
         }
         _ => ClientIo::Plain(stream),
@@ -398,35 +378,19 @@ async fn serve(
         let parked = crate::http::serve(&ctx, &handle, &snapshot, listener, incoming).await;
         return parked.map_or(Then::Done, Then::Park);
     }
-    if let Some(authz) = &listener.authz {
-        let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
-        let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
-        if !authz.permits(identity, ctx.index) {
-            tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
-            return Then::Done;
-        }
-    }
-    let mut stream = stream;
-    let mut initial = early.filter(|b| !b.is_empty()).map(bytes::BytesMut::freeze);
-    let mut name = tcp_cluster;
-    if let (Some(sni), ClientIo::Plain(tcp)) = (sni, &mut stream) {
-        match crate::tls::sni::read_hello(tcp, sni.timeout, &ctx.deadlines).await {
-            Ok((bytes, hello)) => {
-                if let crate::tls::sni::Hello::Tls(Some(server)) = &hello {
-                    name = sni.pick(server).or(name);
-                }
-                tracing::debug!(listener = %listener.name, %peer, ?hello, cluster = ?name, "SNI route");
-                initial = Some(bytes.freeze());
-            }
-            Err(why) => {
-                tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
-                return Then::Done;
-            }
-        }
-    }
-    let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)).cloned() else {
-        listener.stats.worker(ctx.index).no_upstream.inc();
-        tracing::debug!(listener = %listener.name, %peer, "no cluster for this connection; closing");
+    let initial = early.filter(|b| !b.is_empty()).map(bytes::BytesMut::freeze);
+    let Some((stream, initial, cluster)) = tcp_target(
+        &ctx,
+        &snapshot,
+        listener,
+        stream,
+        peer,
+        initial,
+        tcp_cluster,
+        sni,
+    )
+    .await
+    else {
         return Then::Done;
     };
     // Boxed and handed back: the relay's future is large, and it runs in a
@@ -440,6 +404,96 @@ async fn serve(
         };
         crate::tcp::proxy(&ctx, origin, &cluster, stream, initial).await
     }))
+}
+
+/// Transparent mode: where the client meant to go. A connection made to
+/// the listener itself (not redirected) has none.
+fn original_destination(
+    listener: &crate::snapshot::Listener,
+    stream: &TcpStream,
+) -> Option<SocketAddr> {
+    if !listener.original_destination {
+        return None;
+    }
+    let local = stream.local_addr().ok()?;
+    crate::sidecar::original_dst(stream.as_raw_fd(), local)
+        .ok()
+        .filter(|d| *d != crate::sidecar::canonical(local))
+}
+
+/// The TLS handshake of a terminating listener, counted; `None` (logged
+/// and counted by reason) when it fails.
+async fn terminate_tls(
+    ctx: &WorkerCtx,
+    listener: &crate::snapshot::Listener,
+    tls: &crate::tls::ListenerTls,
+    stream: TcpStream,
+    peer: SocketAddr,
+    early: Option<bytes::BytesMut>,
+) -> Option<ClientIo> {
+    let accept = crate::tls::accept(stream, tls, &ctx.deadlines, early);
+    match Box::pin(accept).await {
+        Ok(s) => {
+            listener.stats.worker(ctx.index).tls_handshakes.inc();
+            Some(ClientIo::Tls(Box::new(s)))
+        }
+        Err(reason) => {
+            let cells = listener.stats.worker(ctx.index);
+            cells.tls_handshake_failures[reason.index()].inc();
+            tracing::debug!(listener = %listener.name, %peer, reason = reason.label(), "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Where a tcp connection goes: the peer's identity checked against the
+/// listener's authorization, the cluster picked by SNI (`sni_routes`, the
+/// ClientHello read and kept to be relayed) or the listener's own.
+/// `None` (logged) when the connection is to be closed.
+#[allow(clippy::too_many_arguments)]
+async fn tcp_target(
+    ctx: &WorkerCtx,
+    snapshot: &crate::snapshot::Snapshot,
+    listener: &crate::snapshot::Listener,
+    mut stream: ClientIo,
+    peer: SocketAddr,
+    mut initial: Option<bytes::Bytes>,
+    mut name: Option<&str>,
+    sni: Option<&std::sync::Arc<crate::tls::sni::SniRouting>>,
+) -> Option<(
+    ClientIo,
+    Option<bytes::Bytes>,
+    std::sync::Arc<crate::upstream::Cluster>,
+)> {
+    if let Some(authz) = &listener.authz {
+        let cert = listener.tls.as_ref().and_then(|t| stream.peer_cert(t));
+        let identity = cert.as_ref().and_then(|c| c.identity.as_deref());
+        if !authz.permits(identity, ctx.index) {
+            tracing::debug!(listener = %listener.name, %peer, ?identity, "peer identity not allowed; closing");
+            return None;
+        }
+    }
+    if let (Some(sni), ClientIo::Plain(tcp)) = (sni, &mut stream) {
+        match crate::tls::sni::read_hello(tcp, sni.timeout, &ctx.deadlines).await {
+            Ok((bytes, hello)) => {
+                if let crate::tls::sni::Hello::Tls(Some(server)) = &hello {
+                    name = sni.pick(server).or(name);
+                }
+                tracing::debug!(listener = %listener.name, %peer, ?hello, cluster = ?name, "SNI route");
+                initial = Some(bytes.freeze());
+            }
+            Err(why) => {
+                tracing::debug!(listener = %listener.name, %peer, why, "no ClientHello; closing");
+                return None;
+            }
+        }
+    }
+    let Some(cluster) = name.and_then(|n| snapshot.clusters.get(n)).cloned() else {
+        listener.stats.worker(ctx.index).no_upstream.inc();
+        tracing::debug!(listener = %listener.name, %peer, "no cluster for this connection; closing");
+        return None;
+    };
+    Some((stream, initial, cluster))
 }
 
 /// Decrements the connection gauges when a connection ends, however it
