@@ -498,6 +498,11 @@ fn text_access_log_and_drain(driver: Driver) {
     // starts, so it is served whatever the timing: an idle keep-alive
     // connection could be closed by the drain instead.
     std::io::Write::write_all(&mut c.stream, b"GET /app/y HTTP/1.1\r\nHost: svc\r\n").unwrap();
+    // Let the worker read those bytes first: a drain that finds them still
+    // in the socket buffer sees an idle keep-alive connection and closes it
+    // (the race every server has with a client reusing an idle connection),
+    // which under a loaded CI machine happened once.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let (status, _) = admin::request(adm, "POST", "/drain");
     assert_eq!(status, 202);
     assert!(eventually(|| admin::request(adm, "GET", "/ready").0 == 503));
