@@ -11,6 +11,7 @@
 
 mod cluster;
 mod convert;
+mod endpoints;
 mod fault;
 mod listener;
 mod overlay;
@@ -25,7 +26,8 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::snapshot::Snapshot;
 
 pub use crate::config::overlay::{strip_clashes, FileNames};
-pub use cluster::{assignment, cluster as translate_cluster, XCluster};
+pub use cluster::{cluster as translate_cluster, XCluster};
+pub use endpoints::assignment;
 pub use listener::{listener as translate_listener, XListener};
 pub use overlay::State;
 pub use route::{route_config as translate_route_config, XRoutes};
