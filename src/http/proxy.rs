@@ -348,14 +348,13 @@ impl Exchange<'_> {
     async fn respond(
         &self,
         conn: &mut Downstream,
-        up: UpConn,
+        mut up: UpConn,
         mut up_buf: BytesMut,
         mut resp: ResponseHead,
     ) -> Result<Next, HttpError> {
         if conn.stream.is_h2() {
             return self.respond_h2(conn, up, up_buf, resp).await;
         }
-        let mut up = up;
         let head = self.req.head;
         let framing = resp.framing(head.is_head())?;
         // A small fixed-length body that has not all arrived with the head

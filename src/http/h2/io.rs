@@ -34,7 +34,6 @@ pub struct ConnIo {
 }
 
 /// The connection's task's handle on its transport's gathered writes.
-#[derive(Clone)]
 pub struct Gather {
     wire: Rc<RefCell<Wire>>,
 }
