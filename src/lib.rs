@@ -44,6 +44,9 @@
 //! errors     http::error
 //! fields     http::fields
 //! wire       http::codec http::normalize route upstream
+//! chunks     http::chunked
+//! upconn     http::upconn
+//! pools      http::pool
 //! snapshot   snapshot
 //! services   discovery access_log trace::otlp worker::driver
 //! config     config

@@ -1,4 +1,5 @@
-//! Per-worker keep-alive pools of upstream connections, keyed by endpoint
+//! Per-worker pools of upstream connections (idle HTTP/1.1 ones, and
+//! HTTP/2 ones shared by concurrent streams), keyed by endpoint
 //! address and transport (plaintext, or the digest of the cluster's TLS
 //! settings) so they survive config reloads that change neither, and a
 //! connection made under one cluster's TLS settings never serves another's
@@ -6,13 +7,13 @@
 //! is pooled only after its response was read completely and nothing else
 //! arrived.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use std::os::fd::AsRawFd;
-
-use monoio::net::TcpStream;
+use bytes::Bytes;
+use h2::client::SendRequest;
 
 use super::upconn::UpConn;
 use crate::fxhash::FxHashMap;
@@ -86,20 +87,86 @@ impl H1Pool {
     }
 }
 
-/// An idle connection is clean when a non-blocking peek finds nothing to
-/// read: no EOF, no reset, no stray bytes. One syscall per reuse.
-pub fn peek_clean(stream: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv into a one-byte buffer we own, on the stream's open fd;
-    // MSG_PEEK leaves the data (if any) in the socket, MSG_DONTWAIT makes
-    // it return at once whatever the descriptor's blocking mode.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            std::ptr::addr_of_mut!(byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+/// One upstream HTTP/2 connection.
+#[derive(Debug)]
+struct Client {
+    send: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends.
+    closed: Rc<Cell<bool>>,
+    /// Streams of this worker's requests open on it now.
+    streams: Rc<Cell<usize>>,
+}
+
+/// A stream slot on an upstream connection, held for one try.
+#[derive(Debug)]
+pub struct Lease {
+    pub send: SendRequest<Bytes>,
+    streams: Rc<Cell<usize>>,
+}
+
+impl Lease {
+    fn new(send: SendRequest<Bytes>, streams: Rc<Cell<usize>>) -> Lease {
+        streams.set(streams.get() + 1);
+        Lease { send, streams }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.streams.set(self.streams.get().saturating_sub(1));
+    }
+}
+
+/// A worker's HTTP/2 connections to upstream endpoints.
+#[derive(Debug, Default)]
+pub struct H2Pool {
+    conns: RefCell<FxHashMap<PoolKey, Vec<Client>>>,
+}
+
+impl H2Pool {
+    /// A live connection to `addr` with room for one more stream (the
+    /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub fn pick(&self, key: PoolKey) -> Option<Lease> {
+        let mut conns = self.conns.borrow_mut();
+        let list = conns.get_mut(&key)?;
+        list.retain(|c| !c.closed.get());
+        list.iter()
+            .find(|c| c.streams.get() < c.send.current_max_send_streams())
+            .map(|c| Lease::new(c.send.clone(), c.streams.clone()))
+    }
+
+    /// Connections open for `key`.
+    pub fn open(&self, key: PoolKey) -> usize {
+        self.conns
+            .borrow()
+            .get(&key)
+            .map_or(0, |l| l.iter().filter(|c| !c.closed.get()).count())
+    }
+
+    /// Stop handing out connections whose key `keep` refuses: each closes
+    /// once the streams it carries now have ended. Returns how many.
+    pub fn retire(&self, keep: impl Fn(&PoolKey) -> bool) -> usize {
+        let mut retired = 0;
+        self.conns.borrow_mut().retain(|key, list| {
+            let k = keep(key);
+            if !k {
+                retired += list.len();
+            }
+            k
+        });
+        retired
+    }
+
+    /// Pool a new connection's sender; `closed` is the flag its task
+    /// sets when the connection ends. The lease for its first stream.
+    pub fn add(&self, key: PoolKey, send: SendRequest<Bytes>, closed: Rc<Cell<bool>>) -> Lease {
+        let streams = Rc::new(Cell::new(0));
+        let client = Client {
+            send: send.clone(),
+            closed,
+            streams: streams.clone(),
+        };
+        self.conns.borrow_mut().entry(key).or_default().push(client);
+        Lease::new(send, streams)
+    }
 }

@@ -2,6 +2,7 @@
 //! one this proxy originated (a cluster with `tls`).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -75,7 +76,7 @@ impl UpConn {
     /// first; only plaintext or a close makes the connection dirty.
     pub fn is_clean(&mut self) -> bool {
         match self {
-            UpConn::Plain(s) => super::pool::peek_clean(s),
+            UpConn::Plain(s) => peek_clean(s),
             UpConn::Tls(t) => t.absorb_idle_records(),
         }
     }
@@ -87,4 +88,22 @@ impl UpConn {
             UpConn::Tls(_) => None,
         }
     }
+}
+
+/// An idle connection is clean when a non-blocking peek finds nothing to
+/// read: no EOF, no reset, no stray bytes. One syscall per reuse.
+pub fn peek_clean(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv into a one-byte buffer we own, on the stream's open fd;
+    // MSG_PEEK leaves the data (if any) in the socket, MSG_DONTWAIT makes
+    // it return at once whatever the descriptor's blocking mode.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            std::ptr::addr_of_mut!(byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }

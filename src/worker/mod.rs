@@ -98,7 +98,7 @@ pub struct WorkerCtx {
     /// Idle keep-alive connections to HTTP upstreams.
     pub http_pool: crate::http::pool::H1Pool,
     /// HTTP/2 connections to upstreams (shared by concurrent requests).
-    pub h2_pool: crate::http::h2::upstream::H2Pool,
+    pub h2_pool: crate::http::pool::H2Pool,
     /// Coarse deadlines (send and body timeouts, warm reads), swept by the tick.
     pub deadlines: Rc<crate::deadline::Deadlines>,
     /// Set once the worker has drained: the housekeeping tick stops.
@@ -314,7 +314,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
         ),
         head_buffers: crate::buffers::HeadBuffers::default(),
         http_pool: crate::http::pool::H1Pool::default(),
-        h2_pool: crate::http::h2::upstream::H2Pool::default(),
+        h2_pool: crate::http::pool::H2Pool::default(),
         deadlines: Rc::default(),
         finished: Cell::new(false),
         release: memory::Release::default(),

@@ -6,25 +6,23 @@
 //! applied), re-read into HTTP/2 form: both protocols share one set of
 //! header rules.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use h2::client::SendRequest;
 use monoio::net::TcpStream;
 
 use super::convert;
 use super::io::ConnIo;
 use super::stream::{send_flow, stream_error};
-use crate::fxhash::FxHashMap;
 use crate::http::body::{BodyReader, BodySink, Piece};
 use crate::http::codec::{Framing, Header, ResponseHead, Version};
 use crate::http::downstream::Downstream;
 use crate::http::error::HttpError;
-use crate::http::pool::PoolKey;
+use crate::http::pool::{H2Pool, Lease, PoolKey};
 use crate::http::proxy::{Exchange, ExchangeError, Next};
 use crate::http::serialize::serialize_response;
 
@@ -32,81 +30,6 @@ use crate::http::serialize::serialize_response;
 /// SETTINGS arrive (the peer's limit applies once they do; a stream it
 /// refuses is retried, which is always safe).
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
-
-/// One upstream HTTP/2 connection.
-#[derive(Debug)]
-struct Client {
-    send: SendRequest<Bytes>,
-    /// Set by the connection's task when it ends.
-    closed: Rc<Cell<bool>>,
-    /// Streams of this worker's requests open on it now.
-    streams: Rc<Cell<usize>>,
-}
-
-/// A stream slot on an upstream connection, held for one try.
-#[derive(Debug)]
-pub struct Lease {
-    pub send: SendRequest<Bytes>,
-    streams: Rc<Cell<usize>>,
-}
-
-impl Lease {
-    fn new(send: SendRequest<Bytes>, streams: Rc<Cell<usize>>) -> Lease {
-        streams.set(streams.get() + 1);
-        Lease { send, streams }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.streams.set(self.streams.get().saturating_sub(1));
-    }
-}
-
-/// A worker's HTTP/2 connections to upstream endpoints.
-#[derive(Debug, Default)]
-pub struct H2Pool {
-    conns: RefCell<FxHashMap<PoolKey, Vec<Client>>>,
-}
-
-impl H2Pool {
-    /// A live connection to `addr` with room for one more stream (the
-    /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
-    pub fn pick(&self, key: PoolKey) -> Option<Lease> {
-        let mut conns = self.conns.borrow_mut();
-        let list = conns.get_mut(&key)?;
-        list.retain(|c| !c.closed.get());
-        list.iter()
-            .find(|c| c.streams.get() < c.send.current_max_send_streams())
-            .map(|c| Lease::new(c.send.clone(), c.streams.clone()))
-    }
-
-    /// Connections open for `key`.
-    pub fn open(&self, key: PoolKey) -> usize {
-        self.conns
-            .borrow()
-            .get(&key)
-            .map_or(0, |l| l.iter().filter(|c| !c.closed.get()).count())
-    }
-
-    /// Stop handing out connections whose key `keep` refuses: each closes
-    /// once the streams it carries now have ended. Returns how many.
-    pub fn retire(&self, keep: impl Fn(&PoolKey) -> bool) -> usize {
-        let mut retired = 0;
-        self.conns.borrow_mut().retain(|key, list| {
-            let k = keep(key);
-            if !k {
-                retired += list.len();
-            }
-            k
-        });
-        retired
-    }
-
-    fn add(&self, key: PoolKey, client: Client) {
-        self.conns.borrow_mut().entry(key).or_default().push(client);
-    }
-}
 
 /// The transport of a new upstream connection.
 #[derive(Debug)]
@@ -177,16 +100,7 @@ pub async fn handshake(
         .await;
         flag.set(true);
     });
-    let streams = Rc::new(Cell::new(0));
-    pool.add(
-        key,
-        Client {
-            send: send.clone(),
-            closed,
-            streams: streams.clone(),
-        },
-    );
-    Ok(Lease::new(send, streams))
+    Ok(pool.add(key, send, closed))
 }
 
 /// A failure before the upstream could have processed the request: the
