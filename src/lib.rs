@@ -50,6 +50,7 @@
 //! snapshot   snapshot
 //! services   discovery access_log trace::otlp worker::driver
 //! config     config
+//! context    worker::ctx
 //! l4         xds tcp
 //! l7         http
 //! probe      upstream::probe

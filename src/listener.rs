@@ -12,9 +12,10 @@ use monoio::io::CancelHandle;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Socket, Type};
 
-use crate::http::downstream::ClientIo;
 use crate::snapshot::ListenerProtocol;
-use crate::worker::{Driver, ListenerHandle, WorkerCtx};
+use crate::tls::Accepted;
+use crate::worker::ctx::{ConnGuard, ListenerHandle, WorkerCtx};
+use crate::worker::driver::Driver;
 
 /// A bound listening socket handed to one worker.
 #[derive(Debug)]
@@ -247,10 +248,7 @@ impl AcceptLoop {
         cells.accepted.inc();
         cells.active.inc();
         self.ctx.stats.active.inc();
-        let guard = ConnGuard {
-            ctx: self.ctx.clone(),
-            stats: listener.stats.clone(),
-        };
+        let guard = ConnGuard::new(self.ctx.clone(), listener.stats.clone());
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();
         monoio::spawn(async move {
@@ -366,11 +364,11 @@ async fn serve(
                 None => return Then::Done,
             }
         }
-        _ => ClientIo::Plain(stream),
+        _ => Accepted::Plain(stream),
     };
     if as_http {
         let incoming = crate::http::downstream::Incoming {
-            stream,
+            stream: stream.into(),
             peer,
             original_dst,
             early: early.unwrap_or_default(),
@@ -430,12 +428,12 @@ async fn terminate_tls(
     stream: TcpStream,
     peer: SocketAddr,
     early: Option<bytes::BytesMut>,
-) -> Option<ClientIo> {
+) -> Option<Accepted> {
     let accept = crate::tls::accept(stream, tls, &ctx.deadlines, early);
     match Box::pin(accept).await {
         Ok(s) => {
             listener.stats.worker(ctx.index).tls_handshakes.inc();
-            Some(ClientIo::Tls(Box::new(s)))
+            Some(Accepted::Tls(Box::new(s)))
         }
         Err(reason) => {
             let cells = listener.stats.worker(ctx.index);
@@ -455,13 +453,13 @@ async fn tcp_target(
     ctx: &WorkerCtx,
     snapshot: &crate::snapshot::Snapshot,
     listener: &crate::snapshot::Listener,
-    mut stream: ClientIo,
+    mut stream: Accepted,
     peer: SocketAddr,
     mut initial: Option<bytes::Bytes>,
     mut name: Option<&str>,
     sni: Option<&std::sync::Arc<crate::tls::sni::SniRouting>>,
 ) -> Option<(
-    ClientIo,
+    Accepted,
     Option<bytes::Bytes>,
     std::sync::Arc<crate::upstream::Cluster>,
 )> {
@@ -473,7 +471,7 @@ async fn tcp_target(
             return None;
         }
     }
-    if let (Some(sni), ClientIo::Plain(tcp)) = (sni, &mut stream) {
+    if let (Some(sni), Accepted::Plain(tcp)) = (sni, &mut stream) {
         match crate::tls::sni::read_hello(tcp, sni.timeout, &ctx.deadlines).await {
             Ok((bytes, hello)) => {
                 if let crate::tls::sni::Hello::Tls(Some(server)) = &hello {
@@ -494,28 +492,6 @@ async fn tcp_target(
         return None;
     };
     Some((stream, initial, cluster))
-}
-
-/// Decrements the connection gauges when a connection ends, however it
-/// ends (it moves with a connection that is parked).
-#[derive(Debug)]
-pub struct ConnGuard {
-    ctx: Rc<WorkerCtx>,
-    stats: std::sync::Arc<crate::metrics::ListenerStats>,
-}
-
-impl ConnGuard {
-    pub fn ctx(&self) -> &Rc<WorkerCtx> {
-        &self.ctx
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.stats.worker(self.ctx.index).active.dec();
-        self.ctx.stats.active.dec();
-        self.ctx.release.freed();
-    }
 }
 
 /// Errors after which accepting again at once is right (the peer gave up

@@ -10,7 +10,7 @@ use super::error::HttpError;
 use super::record::RequestRecord;
 use crate::route::{Route, RouteRequest};
 use crate::snapshot::Snapshot;
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// The checks before a request may go anywhere: its declared body size,
 /// SNI against Host, a route, and authorization (listener and route).

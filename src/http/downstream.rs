@@ -15,7 +15,7 @@ use super::error::HttpError;
 use crate::deadline::Deadlines;
 use crate::sockio::read_more;
 use crate::sockio::{write_all_within, write_vectored_within, Vectored as _};
-use crate::worker::ListenerHandle;
+use crate::worker::ctx::ListenerHandle;
 
 /// The client's socket: plain, or TLS terminated here.
 #[derive(Debug)]
@@ -61,14 +61,7 @@ impl ClientIo {
     /// The client's verified certificate, on a listener that requires one.
     pub fn peer_cert(&self, tls: &crate::tls::ListenerTls) -> Option<crate::tls::spiffe::PeerCert> {
         let ClientIo::Tls(t) = self else { return None };
-        if !tls.verifies_clients {
-            return None;
-        }
-        let leaf = t.conn.peer_certificates()?.first()?;
-        Some(crate::tls::spiffe::PeerCert::of(
-            leaf,
-            tls.trust_domain.as_deref(),
-        ))
+        t.peer_cert(tls)
     }
 
     /// Bytes are waiting inside the TLS layer (a readiness wait on the
@@ -77,6 +70,15 @@ impl ClientIo {
         match self {
             ClientIo::Plain(_) | ClientIo::H2(_) => false,
             ClientIo::Tls(t) => t.has_buffered(),
+        }
+    }
+}
+
+impl From<crate::tls::Accepted> for ClientIo {
+    fn from(a: crate::tls::Accepted) -> Self {
+        match a {
+            crate::tls::Accepted::Plain(s) => ClientIo::Plain(s),
+            crate::tls::Accepted::Tls(t) => ClientIo::Tls(t),
         }
     }
 }
@@ -317,7 +319,7 @@ impl Idle {
     pub fn resume(
         self,
         handle: &Rc<ListenerHandle>,
-        ctx: &crate::worker::WorkerCtx,
+        ctx: &crate::worker::ctx::WorkerCtx,
         listener: &crate::snapshot::Listener,
     ) -> Option<Downstream> {
         let stream = match self.io {

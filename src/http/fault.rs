@@ -15,7 +15,7 @@ use super::server::fail;
 use crate::resilience::worker_share;
 use crate::route::fault::{grpc_status_for, Asked, Fault, PER_MILLION};
 use crate::route::Route;
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// Delay and/or abort this request as the route's `fault` decides; the
 /// answer when it was aborted (or timed out while delayed), else `None`

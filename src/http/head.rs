@@ -14,7 +14,8 @@ use super::downstream::{ClientIo, Downstream};
 use super::error::HttpError;
 use crate::snapshot::Listener;
 use crate::sockio::read_within;
-use crate::worker::{Driver, ListenerHandle, WorkerCtx};
+use crate::worker::ctx::{ListenerHandle, WorkerCtx};
+use crate::worker::driver::Driver;
 
 /// While draining, how long a just-accepted connection may take to send its
 /// first request.

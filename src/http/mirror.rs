@@ -24,7 +24,7 @@ use crate::route::mirror::shadow_host;
 use crate::route::Route;
 use crate::snapshot::Snapshot;
 use crate::upstream::Cluster;
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// How long a mirrored exchange may take when the route has no timeout.
 pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);

@@ -47,7 +47,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::snapshot::{Listener, Snapshot};
-use crate::worker::{ListenerHandle, WorkerCtx};
+use crate::worker::ctx::{ListenerHandle, WorkerCtx};
 pub use park::Parked;
 
 /// Serve one accepted connection of an http listener (`listener` as it was

@@ -23,7 +23,7 @@ use crate::buffers::HEAD_READ;
 use crate::route::Route;
 use crate::snapshot::{HttpSettings, Snapshot};
 use crate::upstream::Cluster;
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// The largest fixed-length response body sent in one write with its head
 /// (read in full first when the upstream wrote them apart).

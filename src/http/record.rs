@@ -8,7 +8,7 @@ use super::downstream::Downstream;
 use super::proxy;
 use crate::access_log::Record;
 use crate::snapshot::{Listener, Snapshot};
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// Where a request began: time, and the connection's byte counters.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,7 @@ use crate::metrics::{ClusterCells, Counter};
 use crate::resilience::worker_share;
 use crate::resilience::{Overflow, RetryOn, RetryPolicy};
 use crate::upstream::Cluster;
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// Holds one unit of a gauge until dropped.
 pub(super) struct Held<'a>(&'a Counter);

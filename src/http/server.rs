@@ -21,7 +21,7 @@ use super::proxy::{self, Next};
 use super::record::{Mark, RequestRecord};
 use crate::route::RouteAction;
 use crate::snapshot::{Listener, Snapshot};
-use crate::worker::{ListenerHandle, WorkerCtx};
+use crate::worker::ctx::{ListenerHandle, WorkerCtx};
 
 /// Serve HTTP/1.1 on one accepted connection until it closes or idles
 /// past the warm window; `Some` is the idle connection to park.

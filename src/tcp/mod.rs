@@ -15,8 +15,9 @@ pub use relay::{relay, relay_parking, Limits, RelayOutcome, Relayed, SpliceMode}
 pub use session::{Origin, ParkedRelay, Session, PARK_AFTER};
 
 use crate::access_log::Record;
+use crate::tls::Accepted;
 use crate::upstream::{Cluster, Endpoint};
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 /// Why no upstream connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,7 @@ pub async fn proxy(
     ctx: &Rc<WorkerCtx>,
     origin: Origin,
     cluster: &Arc<Cluster>,
-    client: crate::http::downstream::ClientIo,
+    client: Accepted,
     initial: Option<bytes::Bytes>,
 ) -> Option<ParkedRelay> {
     let listener = origin.listener()?;
@@ -141,21 +142,20 @@ pub async fn proxy(
         }
         session.bytes.0 += early;
     }
-    use crate::http::downstream::ClientIo;
     let measured = match (client, upstream, upstream_tls) {
-        (ClientIo::Plain(client), Some(upstream), _) => {
+        (Accepted::Plain(client), Some(upstream), _) => {
             return session.relay(client, upstream).await;
         }
-        (ClientIo::Tls(tls), Some(upstream), _) => {
+        (Accepted::Tls(tls), Some(upstream), _) => {
             let m = crate::tls::relay::relay(*tls, upstream, idle, send, &ctx.deadlines).await;
             (m.tls_to_plain, m.plain_to_tls, m.idle_timeout)
         }
-        (ClientIo::Plain(client), None, Some(up)) => {
+        (Accepted::Plain(client), None, Some(up)) => {
             let m = crate::tls::relay::relay(up, client, idle, send, &ctx.deadlines).await;
             (m.plain_to_tls, m.tls_to_plain, m.idle_timeout)
         }
         // TLS on both sides is refused by the config compiler.
-        _ => (0, 0, false),
+        (Accepted::Tls(_), None, _) | (Accepted::Plain(_), None, None) => (0, 0, false),
     };
     session.add(&RelayOutcome {
         downstream_to_upstream: measured.0,

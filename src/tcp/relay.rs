@@ -31,7 +31,7 @@ use crate::buffers::BufferPool;
 use crate::deadline::Deadlines;
 pub use crate::snapshot::SpliceMode;
 use crate::sockio::{read_within, Readiness};
-use crate::worker::Driver;
+use crate::worker::driver::Driver;
 
 /// Full buffers in a row after which `auto` switches a direction to splice.
 const SPLICE_AFTER_FULL_READS: u32 = 4;

@@ -16,7 +16,7 @@ use crate::access_log::Record;
 use crate::metrics::{Active, EndpointStats};
 use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::Cluster;
-use crate::worker::{ListenerHandle, WorkerCtx};
+use crate::worker::ctx::{ListenerHandle, WorkerCtx};
 
 /// A relay idle this long in both directions (each waiting for
 /// readability, holding nothing) leaves its task for the worker's lot.

@@ -58,6 +58,34 @@ pub type ServerStream = TlsStream<ServerConnection>;
 /// A client-side TLS connection (toward a cluster).
 pub type ClientStream = TlsStream<rustls::ClientConnection>;
 
+impl ServerStream {
+    /// The client's verified certificate, on a listener that requires one.
+    pub fn peer_cert(&self, tls: &ListenerTls) -> Option<spiffe::PeerCert> {
+        if !tls.verifies_clients {
+            return None;
+        }
+        let leaf = self.conn.peer_certificates()?.first()?;
+        Some(spiffe::PeerCert::of(leaf, tls.trust_domain.as_deref()))
+    }
+}
+
+/// An accepted client connection: plain, or with TLS terminated here.
+#[derive(Debug)]
+pub enum Accepted {
+    Plain(monoio::net::TcpStream),
+    Tls(Box<ServerStream>),
+}
+
+impl Accepted {
+    /// The client's verified certificate, on a listener that requires one.
+    pub fn peer_cert(&self, tls: &ListenerTls) -> Option<spiffe::PeerCert> {
+        match self {
+            Accepted::Plain(_) => None,
+            Accepted::Tls(t) => t.peer_cert(tls),
+        }
+    }
+}
+
 /// A listener's compiled `tls` table.
 #[derive(Debug)]
 pub struct ListenerTls {

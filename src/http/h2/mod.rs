@@ -34,7 +34,7 @@ use super::record::{Mark, RequestRecord};
 use super::server::{handle_request, Accepted};
 use crate::snapshot::Http2Settings;
 use crate::snapshot::{Listener, Snapshot};
-use crate::worker::{ListenerHandle, WorkerCtx};
+use crate::worker::ctx::{ListenerHandle, WorkerCtx};
 pub use convert::{push_chunk, push_last_chunk, trailers};
 pub(super) use respond::{respond_error, respond_whole};
 pub use stream::H2Stream;
