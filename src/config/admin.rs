@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::compile::{parse_listen_address, Ctx};
-use super::file::FileConfig;
+use super::ctx::{parse_listen_address, Ctx};
 use super::{AdminSettings, MetricsSettings};
 
 /// `[admin]`: the admin API.
@@ -33,9 +32,9 @@ pub struct FileMetrics {
     pub address: Spanned<String>,
 }
 
-pub(super) fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
+pub(super) fn compile_admin(cx: &mut Ctx<'_>, admin: &FileAdmin) -> AdminSettings {
     let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
-    let address = match &f.admin.address {
+    let address = match &admin.address {
         None => fallback,
         Some(a) => match parse_listen_address(a.get_ref()) {
             Ok(addr) => addr,
@@ -47,8 +46,7 @@ pub(super) fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
     };
     AdminSettings {
         address,
-        redact: f
-            .admin
+        redact: admin
             .redact
             .iter()
             .map(|k| k.to_ascii_lowercase())
@@ -56,8 +54,11 @@ pub(super) fn compile_admin(cx: &mut Ctx<'_>, f: &FileConfig) -> AdminSettings {
     }
 }
 
-pub(super) fn compile_metrics(cx: &mut Ctx<'_>, f: &FileConfig) -> Option<MetricsSettings> {
-    let m = f.metrics.as_ref()?.get_ref();
+pub(super) fn compile_metrics(
+    cx: &mut Ctx<'_>,
+    metrics: Option<&Spanned<FileMetrics>>,
+) -> Option<MetricsSettings> {
+    let m = metrics?.get_ref();
     match parse_listen_address(m.address.get_ref()) {
         Ok(address) => Some(MetricsSettings { address }),
         Err(msg) => {

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 
-use super::compile::{Ctx, DEFAULT_CONNECT_TIMEOUT};
+use super::ctx::{Ctx, DEFAULT_CONNECT_TIMEOUT};
 use super::file::FileNode;
 use super::file::{FileCluster, FileConfig, FileEndpoint};
 use crate::metrics::ClusterStats;
 use crate::upstream::balance::{HashOn, Plan};
-use crate::upstream::locality::MAX_PRIORITY;
 use crate::upstream::{Cluster, Endpoint, Found, Locality, LocalityMode, UpstreamProtocol};
 
 pub(super) fn compile_clusters(cx: &mut Ctx<'_>, f: &FileConfig) -> BTreeMap<String, Cluster> {
@@ -200,7 +199,7 @@ fn static_endpoints(
     let mut seen = std::collections::HashSet::new();
     let mut ok = true;
     for ep in listed {
-        let Some((weight, locality, priority)) = entry(cx, key, ep) else {
+        let Some((weight, locality, priority)) = super::discovery::entry(cx, key, ep) else {
             ok = false;
             continue;
         };
@@ -326,47 +325,6 @@ pub(super) fn node(f: &FileConfig) -> Locality {
             .map(|v| v.get_ref().as_str())
     };
     Locality::of_node(part(|n| &n.region), part(|n| &n.zone))
-}
-
-/// One `endpoints` entry's weight, locality and priority (an error for
-/// each bad value is recorded).
-pub(super) fn entry(
-    cx: &mut Ctx<'_>,
-    key: &str,
-    ep: &Spanned<FileEndpoint>,
-) -> Option<(u32, Locality, u32)> {
-    let FileEndpoint::Weighted(w) = ep.get_ref() else {
-        return Some((1, Locality::default(), 0));
-    };
-    let weight = match w.weight {
-        None => 1,
-        Some(v @ 1..=1000) => v as u32,
-        Some(v) => {
-            cx.error(
-                ep.span(),
-                format!("{key}.endpoints"),
-                format!("weight must be from 1 to 1000, not {v}"),
-            );
-            return None;
-        }
-    };
-    let priority = match w.priority {
-        None => 0,
-        Some(p) if (0..=i64::from(MAX_PRIORITY)).contains(&p) => p as u32,
-        Some(p) => {
-            cx.error(
-                ep.span(),
-                format!("{key}.endpoints"),
-                format!("priority must be from 0 to {MAX_PRIORITY}, not {p}"),
-            );
-            return None;
-        }
-    };
-    let locality = Locality::new(
-        w.region.clone().unwrap_or_default(),
-        w.zone.clone().unwrap_or_default(),
-    );
-    Some((weight, locality, priority))
 }
 
 /// `locality`: `"off"` (default) or `"prefer_local"` (a proxy without a

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_spanned::Spanned;
 
-use super::error::{ConfigError, ConfigErrors, SourceMap};
+use super::ctx::{parse_listen_address, Ctx};
+use super::error::{ConfigErrors, SourceMap};
 use super::file::{FileConfig, FileListener, Protocol};
 use super::{HttpSettings, Listener, ListenerProtocol, RuntimeSettings, Snapshot};
 use crate::metrics::ListenerStats;
@@ -29,72 +29,10 @@ pub const DEFAULT_BUFFER_SIZE: u64 = 64 * 1024;
 pub const DEFAULT_BUFFER_POOL_SIZE: u64 = 1024;
 /// Default `backlog` of a listener socket.
 pub const DEFAULT_BACKLOG: u64 = 1024;
-/// Default `connect_timeout` of a cluster.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub use super::ctx::DEFAULT_CONNECT_TIMEOUT;
 /// Default `runtime.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub use super::observe::{DEFAULT_ACCESS_LOG_BUFFER, DEFAULT_ACCESS_LOG_FLUSH};
-
-/// Collects errors with positions while compiling one file.
-pub(super) struct Ctx<'a> {
-    file: PathBuf,
-    /// Worker count, to size per-worker metric cells.
-    pub(super) workers: usize,
-    map: SourceMap<'a>,
-    errors: Vec<(usize, ConfigError)>,
-    /// `[identity]`, compiled first (mesh listeners and clusters use it);
-    /// `None` also when the table is there but failed (already reported).
-    pub(super) identity: Option<Arc<crate::tls::spiffe::Identity>>,
-    pub(super) identity_written: bool,
-    /// Certificate, key and CA files read (watched for rotation).
-    pub(super) material: Vec<PathBuf>,
-    /// `[xds] address`, for `discovery = "xds"` clusters.
-    pub(super) xds_server: Option<String>,
-    /// `[node]`: this proxy's locality, which clusters sort endpoints by.
-    pub(super) node: crate::upstream::Locality,
-}
-
-impl Ctx<'_> {
-    /// A certificate, key or CA file: its path, recorded for watching.
-    pub(super) fn material(&mut self, written: &str) -> PathBuf {
-        let p = self.path(written);
-        if !self.material.contains(&p) {
-            self.material.push(p.clone());
-        }
-        p
-    }
-
-    /// A path from the config, relative to the config file's directory.
-    pub(super) fn path(&self, written: &str) -> PathBuf {
-        let p = Path::new(written);
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        self.file
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| p.to_path_buf(), |d| d.join(p))
-    }
-
-    /// Record an error at a span, under a key path.
-    pub(super) fn error(
-        &mut self,
-        span: Range<usize>,
-        key: impl Into<String>,
-        msg: impl Into<String>,
-    ) {
-        let position = self.map.position(span.start);
-        self.errors.push((
-            span.start,
-            ConfigError {
-                file: self.file.clone(),
-                position: Some(position),
-                key: key.into(),
-                message: msg.into(),
-            },
-        ));
-    }
-}
 
 /// Compile config text read from `file` (used in messages only).
 pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
@@ -110,17 +48,9 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         Err(failure) => return Err(ConfigErrors(failure.errors)),
     };
     let runtime = compile_runtime(&parsed);
-    let mut cx = Ctx {
-        file: file.to_path_buf(),
-        map,
-        workers: runtime.worker_count(),
-        errors: Vec::new(),
-        identity: None,
-        identity_written: parsed.identity.is_some(),
-        material: Vec::new(),
-        xds_server: None,
-        node: super::clusters::node(&parsed),
-    };
+    let mut cx = Ctx::new(file, map, runtime.worker_count());
+    cx.identity_written = parsed.identity.is_some();
+    cx.node = super::clusters::node(&parsed);
     cx.identity = parsed
         .identity
         .as_ref()
@@ -130,8 +60,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .as_ref()
         .and_then(|x| super::xds::compile(&mut cx, x));
     cx.xds_server = xds.as_ref().map(|x| x.address.clone());
-    let admin = super::admin::compile_admin(&mut cx, &parsed);
-    let metrics = super::admin::compile_metrics(&mut cx, &parsed);
+    let admin = super::admin::compile_admin(&mut cx, &parsed.admin);
+    let metrics = super::admin::compile_metrics(&mut cx, parsed.metrics.as_ref());
     let clusters = super::clusters::compile_clusters(&mut cx, &parsed);
     let route_tables = super::routes::compile_tables(&mut cx, &parsed);
     let listeners = compile_listeners(&mut cx, &parsed);
@@ -143,9 +73,8 @@ pub fn compile(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
         .tracing
         .as_ref()
         .and_then(|t| super::observe::compile_tracing(&mut cx, t));
-    if !cx.errors.is_empty() || !parse_errors.is_empty() {
-        cx.errors.sort_by_key(|(off, _)| *off);
-        parse_errors.extend(cx.errors.into_iter().map(|(_, e)| e));
+    if cx.failed() || !parse_errors.is_empty() {
+        parse_errors.extend(cx.take_errors());
         parse_errors.sort_by_key(|e| e.position);
         return Err(ConfigErrors(parse_errors));
     }
@@ -206,15 +135,6 @@ fn compile_runtime(f: &FileConfig) -> RuntimeSettings {
             .and_then(|d| d.exit_when_idle)
             .unwrap_or(true),
     }
-}
-
-/// Listener addresses are literal `ip:port` (IPv6 as `[::1]:port`).
-pub(super) fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|_| {
-        format!(
-            "invalid address \"{s}\": expected ip:port, like \"127.0.0.1:8080\" or \"[::1]:8080\""
-        )
-    })
 }
 
 fn compile_listeners(cx: &mut Ctx<'_>, f: &FileConfig) -> Vec<Listener> {

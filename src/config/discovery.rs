@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
-use super::file::FileCluster;
+use super::ctx::Ctx;
+use super::file::{FileCluster, FileEndpoint};
 use crate::discovery::{DnsFamily, DnsName, DnsSpec, Found, Source};
+use crate::upstream::locality::MAX_PRIORITY;
+use crate::upstream::Locality;
 
 pub(super) fn source(
     cx: &mut Ctx<'_>,
@@ -82,7 +84,7 @@ pub(super) fn source(
         let mut names = Vec::new();
         for ep in list.get_ref() {
             let written = ep.get_ref().address().to_string();
-            let (weight, locality, priority) = super::clusters::entry(cx, key, ep)?;
+            let (weight, locality, priority) = entry(cx, key, ep)?;
             let parsed = written
                 .rsplit_once(':')
                 .and_then(|(h, p)| {
@@ -167,4 +169,45 @@ pub(super) fn source(
         found = crate::discovery::read_file(path).unwrap_or_default();
     }
     Some((source, found))
+}
+
+/// One `endpoints` entry's weight, locality and priority (an error for
+/// each bad value is recorded).
+pub(super) fn entry(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    ep: &Spanned<FileEndpoint>,
+) -> Option<(u32, Locality, u32)> {
+    let FileEndpoint::Weighted(w) = ep.get_ref() else {
+        return Some((1, Locality::default(), 0));
+    };
+    let weight = match w.weight {
+        None => 1,
+        Some(v @ 1..=1000) => v as u32,
+        Some(v) => {
+            cx.error(
+                ep.span(),
+                format!("{key}.endpoints"),
+                format!("weight must be from 1 to 1000, not {v}"),
+            );
+            return None;
+        }
+    };
+    let priority = match w.priority {
+        None => 0,
+        Some(p) if (0..=i64::from(MAX_PRIORITY)).contains(&p) => p as u32,
+        Some(p) => {
+            cx.error(
+                ep.span(),
+                format!("{key}.endpoints"),
+                format!("priority must be from 0 to {MAX_PRIORITY}, not {p}"),
+            );
+            return None;
+        }
+    };
+    let locality = Locality::new(
+        w.region.clone().unwrap_or_default(),
+        w.zone.clone().unwrap_or_default(),
+    );
+    Some((weight, locality, priority))
 }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::value::{positive, positive_duration, ConfigDuration};
 use crate::route::fault::{per_million, Abort, Delay, Fault};
 

@@ -9,8 +9,7 @@ use serde_spanned::Spanned;
 
 pub use super::observe::{AccessLogFormat, FileAccessLog, FileRouteTracing, FileTracing};
 use super::value::{
-    buffer_size, count, duration, percent, positive, positive_duration, ratio, ConfigDuration,
-    Workers,
+    buffer_size, count, duration, positive, positive_duration, ConfigDuration, Workers,
 };
 
 /// The whole file.
@@ -227,23 +226,6 @@ pub struct FileListenerTls {
     pub match_sans: Option<Vec<Spanned<FileSanMatch>>>,
 }
 
-/// One entry of `tls.match_sans`: a SAN type and one way to compare.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSanMatch {
-    /// `"uri"`, `"dns"` or `"any"` (either).
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub exact: Option<String>,
-    pub prefix: Option<String>,
-    pub suffix: Option<String>,
-    pub contains: Option<String>,
-    /// Anchored: the whole SAN must match.
-    pub regex: Option<String>,
-    #[serde(default)]
-    pub ignore_case: bool,
-}
-
 /// One entry of `tls.certificates`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,67 +269,6 @@ pub struct FileRetry {
     pub backoff: Option<ConfigDuration>,
     #[serde(default, deserialize_with = "count")]
     pub max_body_bytes: Option<u64>,
-}
-
-/// `retry_budget.*` of a cluster.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileRetryBudget {
-    #[serde(default, deserialize_with = "ratio")]
-    pub ratio: Option<f64>,
-    #[serde(default, deserialize_with = "count")]
-    pub min_retries_per_second: Option<u64>,
-}
-
-/// `circuit_breaker.*` of a cluster.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileCircuitBreaker {
-    #[serde(default, deserialize_with = "positive")]
-    pub max_connections: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub max_pending_requests: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub max_requests: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub max_retries: Option<u64>,
-}
-
-/// `outlier_detection.*` of a cluster.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileOutlierDetection {
-    #[serde(default, deserialize_with = "positive")]
-    pub consecutive_5xx: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub consecutive_gateway_errors: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub consecutive_connect_failures: Option<u64>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub base_ejection_time: Option<ConfigDuration>,
-    #[serde(default, deserialize_with = "percent")]
-    pub max_ejection_percent: Option<u64>,
-}
-
-/// `health_check.*` of a cluster.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileHealthCheck {
-    pub protocol: Option<Spanned<String>>,
-    pub path: Option<Spanned<String>>,
-    pub service: Option<Spanned<String>>,
-    pub host: Option<Spanned<String>>,
-    pub expected_statuses: Option<Vec<Spanned<i64>>>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub interval: Option<ConfigDuration>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    pub timeout: Option<ConfigDuration>,
-    #[serde(default, deserialize_with = "positive")]
-    pub healthy_threshold: Option<u64>,
-    #[serde(default, deserialize_with = "positive")]
-    pub unhealthy_threshold: Option<u64>,
-    #[serde(default, deserialize_with = "percent")]
-    pub panic_threshold: Option<u64>,
 }
 
 /// A listener's protocol.
@@ -457,5 +378,6 @@ pub struct FileRewrite {
 }
 
 pub use super::file_cluster::{
-    Balance, FileCluster, FileClusterTls, FileEndpoint, FileNode, FileWeightedEndpoint,
+    Balance, FileCircuitBreaker, FileCluster, FileClusterTls, FileEndpoint, FileHealthCheck,
+    FileNode, FileOutlierDetection, FileRetryBudget, FileSanMatch, FileWeightedEndpoint,
 };

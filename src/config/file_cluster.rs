@@ -4,9 +4,7 @@
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::file::FileSanMatch;
-use super::file::{FileCircuitBreaker, FileHealthCheck, FileOutlierDetection, FileRetryBudget};
-use super::value::{positive, positive_duration, ConfigDuration};
+use super::value::{count, percent, positive, positive_duration, ratio, ConfigDuration};
 
 /// One entry of `endpoints`.
 #[derive(Debug, Deserialize)]
@@ -123,4 +121,82 @@ pub use crate::upstream::balance::Balance;
 pub struct FileNode {
     pub region: Option<Spanned<String>>,
     pub zone: Option<Spanned<String>>,
+}
+
+/// One entry of `tls.match_sans`: a SAN type and one way to compare.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSanMatch {
+    /// `"uri"`, `"dns"` or `"any"` (either).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub contains: Option<String>,
+    /// Anchored: the whole SAN must match.
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// `retry_budget.*` of a cluster.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetryBudget {
+    #[serde(default, deserialize_with = "ratio")]
+    pub ratio: Option<f64>,
+    #[serde(default, deserialize_with = "count")]
+    pub min_retries_per_second: Option<u64>,
+}
+
+/// `circuit_breaker.*` of a cluster.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileCircuitBreaker {
+    #[serde(default, deserialize_with = "positive")]
+    pub max_connections: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_pending_requests: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_requests: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub max_retries: Option<u64>,
+}
+
+/// `outlier_detection.*` of a cluster.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlierDetection {
+    #[serde(default, deserialize_with = "positive")]
+    pub consecutive_5xx: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub consecutive_gateway_errors: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub consecutive_connect_failures: Option<u64>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub base_ejection_time: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "percent")]
+    pub max_ejection_percent: Option<u64>,
+}
+
+/// `health_check.*` of a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    pub protocol: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expected_statuses: Option<Vec<Spanned<i64>>>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub interval: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "positive_duration")]
+    pub timeout: Option<ConfigDuration>,
+    #[serde(default, deserialize_with = "positive")]
+    pub healthy_threshold: Option<u64>,
+    #[serde(default, deserialize_with = "positive")]
+    pub unhealthy_threshold: Option<u64>,
+    #[serde(default, deserialize_with = "percent")]
+    pub panic_threshold: Option<u64>,
 }

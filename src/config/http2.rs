@@ -5,7 +5,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::value::ConfigDuration;
 
 /// The `http2` key as written: a switch, or a table of limits.

@@ -7,7 +7,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::value::positive;
 use crate::route::mirror::{Mirror, DEFAULT_MAX_ACTIVE};
 

@@ -9,6 +9,7 @@
 mod admin;
 mod clusters;
 pub mod compile;
+mod ctx;
 mod discovery;
 pub mod error;
 mod fault;

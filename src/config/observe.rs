@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::value::{positive, positive_duration, ratio, ConfigDuration};
 use super::{AccessLogSettings, AccessLogTarget};
 
@@ -76,7 +76,7 @@ fn writable_location(file: &std::path::Path) -> Result<(), String> {
 
 pub(super) fn compile_tracing(
     cx: &mut Ctx<'_>,
-    t: &Spanned<super::file::FileTracing>,
+    t: &Spanned<FileTracing>,
 ) -> Option<crate::trace::TracingSettings> {
     let f = t.get_ref();
     let (mut w3c, mut b3) = (true, false);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::file::{FileCluster, FileHealthCheck, FileRateLimit, FileRetry};
 use crate::resilience::{
     BreakerLimits, HealthCheck, HealthProtocol, OutlierDetection, RateLimiter, RetryBudget,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use regex::Regex;
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::file::{FileConfig, FileHeaderRewrite, FileRoute};
 use crate::http::codec::is_tchar;
 use crate::metrics::RouteStats;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::file::{FileClusterTls, FileIdentity, FileListenerTls};
 use crate::tls::spiffe::{Authz, IdPattern, Identity};
 use crate::tls::{

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::compile::Ctx;
+use super::ctx::Ctx;
 use super::value::{positive_duration, ConfigDuration};
 use crate::snapshot::{XdsSettings, XdsTls};
 
