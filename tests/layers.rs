@@ -195,3 +195,73 @@ fn imports_point_down_the_layer_table() {
         );
     }
 }
+
+/// Every file's `crate::` and `super::` references (test code left out).
+fn file_graph(root: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let mut mods = BTreeMap::new();
+    modules(root, &[], &mut mods);
+    let mut graph = BTreeMap::new();
+    for (module, file) in &mods {
+        let name = module.last().map(String::as_str).unwrap_or("");
+        if module.is_empty() || name == "main" || name == "tests" || name.ends_with("_tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{e}"));
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let targets: BTreeSet<Vec<String>> = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .flat_map(|l| references(l, module, &mods))
+            .map(|(target, _)| target)
+            .filter(|t| t != module)
+            .collect();
+        graph.insert(module.clone(), targets);
+    }
+    graph
+}
+
+/// Within a module too (and in the load tester), files depend in one direction: no file reaches
+/// itself through the files it refers to (a parent's `pub use` of its
+/// children is a facade, not a reference, and is not read).
+#[test]
+fn no_file_reaches_itself() {
+    // Depth-first search; `path` is the chain being walked.
+    fn visit(
+        node: &Vec<String>,
+        graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        done: &mut BTreeSet<Vec<String>>,
+        path: &mut Vec<Vec<String>>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == node) {
+            let mut cycle: Vec<String> = path[at..].iter().map(|m| m.join("::")).collect();
+            cycle.push(node.join("::"));
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.clone());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, done, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(node.clone());
+        None
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (dir, least) in [("src", 100), ("loadtest/src", 8)] {
+        let graph = file_graph(&manifest.join(dir));
+        assert!(graph.len() >= least, "{dir} has {} files?", graph.len());
+        let mut done = BTreeSet::new();
+        for node in graph.keys() {
+            if let Some(cycle) = visit(node, &graph, &mut done, &mut Vec::new()) {
+                panic!(
+                    "files of {dir} that refer to each other in a circle: {}",
+                    cycle.join(" -> ")
+                );
+            }
+        }
+    }
+}

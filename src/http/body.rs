@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use super::downstream::{ClientIo, Downstream};
-use super::proxy::Exchange;
+use super::exchange::Exchange;
 
 impl Exchange<'_> {
     /// Stream the request body from the client to the upstream; marks the
@@ -285,7 +285,7 @@ impl BodySink<'_> {
             trailers = Bytes::new();
         }
         if let ClientIo::H2(s) = &mut self.conn.stream {
-            let trailers = super::h2::trailers(&trailers);
+            let trailers = super::h2::convert::trailers(&trailers);
             return s.finish(trailers).map_err(HttpError::client_write);
         }
         if self.chunked_out {

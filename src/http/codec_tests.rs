@@ -248,10 +248,10 @@ fn trailers_lose_framing_and_proxy_owned_fields() {
     map.insert("content-length", http::HeaderValue::from_static("5"));
     map.insert("grpc-status", http::HeaderValue::from_static("0"));
     let mut out = BytesMut::new();
-    crate::http::h2::push_last_chunk(&mut out, Some(&map));
+    crate::http::h2::convert::push_last_chunk(&mut out, Some(&map));
     assert_eq!(&out[..], b"0\r\ngrpc-status: 0\r\n\r\n");
     let section = b"x-forwarded-client-cert: URI=x\r\ncontent-length: 5\r\nx-b: 2\r\n";
-    let t = crate::http::h2::trailers(section).unwrap();
+    let t = crate::http::h2::convert::trailers(section).unwrap();
     assert_eq!(t.len(), 1);
     assert_eq!(t.get("x-b").unwrap(), "2");
 }

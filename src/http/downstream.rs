@@ -24,7 +24,7 @@ pub enum ClientIo {
     Tls(Box<crate::tls::ServerStream>),
     /// One stream of an HTTP/2 connection (its socket belongs to the
     /// connection's task).
-    H2(Box<super::h2::H2Stream>),
+    H2(Box<super::h2::stream::H2Stream>),
 }
 
 impl ClientIo {

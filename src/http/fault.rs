@@ -5,13 +5,13 @@
 
 use std::time::Instant;
 
+use super::answer::fail;
 use super::codec::RequestHead;
 use super::downstream::Downstream;
 use super::error::HttpError;
-use super::proxy::Next;
+use super::exchange::Next;
 use super::record::RequestRecord;
 use super::retries::Held;
-use super::server::fail;
 use crate::resilience::worker_share;
 use crate::route::fault::{grpc_status_for, Asked, Fault, PER_MILLION};
 use crate::route::Route;

@@ -13,9 +13,9 @@ use monoio::net::TcpStream;
 use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
+use super::exchange::{Exchange, ExchangeError, Forward, Next, Timing, UpstreamRecord};
 use super::h2::upstream::{handshake, Transport};
 use super::pool::{Lease, PoolKey};
-use super::proxy::{Exchange, ExchangeError, Forward, Next, UpstreamRecord};
 use super::retries::{backoff, Held, Retries};
 use super::serialize::{per_try, serialize_request};
 use super::upconn::UpConn;
@@ -560,16 +560,6 @@ impl Try<'_> {
             Err(_) => Err(timed_out()),
         }
     }
-}
-
-/// Connect and TLS handshake times of the last new upstream connection
-/// of a request (access log, histograms).
-#[derive(Debug, Default)]
-pub struct Timing {
-    /// When the last new connection's connect started.
-    pub started: Cell<Option<Instant>>,
-    pub connected: Cell<Option<std::time::Duration>>,
-    pub tls: Cell<Option<std::time::Duration>>,
 }
 
 /// A connection for one try: HTTP/1.1 (exclusive) or a stream slot on a

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use super::codec::{Framing, RequestHead};
 use super::downstream::Downstream;
 use super::error::HttpError;
+use super::exchange::Next;
 use super::grpc_web::{self, WebCall};
-use super::proxy::Next;
 use crate::snapshot::HttpSettings;
 
 /// Largest gRPC-Web text body read whole (to decode it) when the listener
@@ -136,7 +136,7 @@ async fn head_only(
     close: bool,
 ) -> Result<(), HttpError> {
     if conn.stream.is_h2() {
-        return super::h2::respond_whole(conn, status, fields, Bytes::new(), false).await;
+        return super::h2::respond::respond_whole(conn, status, fields, Bytes::new(), false).await;
     }
     let mut out = format!("HTTP/1.1 {status} {}\r\n", super::error::reason(status)).into_bytes();
     if status != 204 {

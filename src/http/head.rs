@@ -110,9 +110,9 @@ pub(super) async fn read_head(
     let h2c = phase == Phase::New && http.http2.is_some() && !conn.stream.is_tls();
     loop {
         if h2c && !conn.buf.is_empty() {
-            let n = conn.buf.len().min(super::h2::PREFACE.len());
-            if conn.buf[..n] == super::h2::PREFACE[..n] {
-                if n == super::h2::PREFACE.len() {
+            let n = conn.buf.len().min(super::h2::io::PREFACE.len());
+            if conn.buf[..n] == super::h2::io::PREFACE[..n] {
+                if n == super::h2::io::PREFACE.len() {
                     return Ok(Read::Http2);
                 }
             } else if let Some(head) = parse_request(&mut conn.buf, limits)? {

@@ -11,11 +11,13 @@
 //! failure to what the client sees.
 
 mod admit;
+mod answer;
 mod body;
 pub mod chunked;
 pub mod codec;
 pub mod downstream;
 pub mod error;
+mod exchange;
 mod fault;
 mod fields;
 mod forward;
@@ -37,6 +39,7 @@ pub mod park;
 pub mod pool;
 mod proxy;
 mod record;
+mod request;
 mod retries;
 mod serialize;
 mod server;

@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use super::codec::{RequestHead, Version};
 use super::downstream::Downstream;
-use super::proxy;
+use super::exchange::UpstreamRecord;
 use crate::access_log::Record;
 use crate::snapshot::{Listener, Snapshot};
 use crate::worker::ctx::WorkerCtx;
@@ -68,7 +68,7 @@ impl<'a> RequestRecord<'a> {
         ctx: &WorkerCtx,
         snapshot: &Snapshot,
         conn: &Downstream,
-        exchange: Option<(&RequestHead, &proxy::UpstreamRecord)>,
+        exchange: Option<(&RequestHead, &UpstreamRecord)>,
     ) {
         let duration = self.mark.at.elapsed();
         let cells = self.listener.stats.worker(ctx.index);
@@ -138,7 +138,7 @@ impl<'a> RequestRecord<'a> {
                 bytes_out,
                 duration,
                 upstream: up.and_then(|u| u.address.get()),
-                upstream_duration: up.and_then(proxy::UpstreamRecord::duration),
+                upstream_duration: up.and_then(UpstreamRecord::duration),
                 listener: &self.listener.name,
                 route: self.route.map(|r| r.name.as_str()),
                 cluster: self.cluster,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::codec::RequestHead;
 use super::downstream::Downstream;
-use super::proxy::UpstreamRecord;
+use super::exchange::UpstreamRecord;
 use super::record::RequestRecord;
 use crate::upstream::Cluster;
 

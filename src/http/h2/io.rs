@@ -396,3 +396,6 @@ impl AsyncWrite for ConnIo {
         Pin::new(&mut w.tcp).poll_shutdown(cx)
     }
 }
+
+/// The bytes that open every HTTP/2 connection (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -11,9 +11,9 @@
 //! timeouts, access log and metrics are shared, and only the client side
 //! differs (`stream::H2Stream`).
 
-mod convert;
+pub(super) mod convert;
 pub mod io;
-mod respond;
+pub(super) mod respond;
 pub mod stream;
 pub mod upstream;
 
@@ -31,21 +31,17 @@ use h2::RecvStream;
 
 use super::downstream::{ClientIo, Downstream};
 use super::record::{Mark, RequestRecord};
-use super::server::{handle_request, Accepted};
+use super::request::{handle_request, Accepted};
 use crate::snapshot::Http2Settings;
 use crate::snapshot::{Listener, Snapshot};
 use crate::worker::ctx::{ListenerHandle, WorkerCtx};
-pub use convert::{push_chunk, push_last_chunk, trailers};
-pub(super) use respond::{respond_error, respond_whole};
-pub use stream::H2Stream;
+pub use convert::trailers;
+use stream::H2Stream;
 
 /// After GOAWAY, how long a connection with no open stream waits for the
 /// client's PING acknowledgement (which tells that no request is still in
 /// flight toward it) before it closes anyway.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
-
-/// The bytes that open every HTTP/2 connection (RFC 9113 §3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What every stream of a connection shares.
 struct Conn {
@@ -426,7 +422,7 @@ async fn serve_stream(
                     expect_continue: false,
                     upgrade_websocket: false,
                 };
-                let up = super::proxy::UpstreamRecord::default();
+                let up = super::exchange::UpstreamRecord::default();
                 rec.finish(ctx, &ctx.current(), &conn, Some((&head, &up)));
                 return;
             }

@@ -8,7 +8,7 @@ use crate::http::body::BodySink;
 use crate::http::codec::Framing;
 use crate::http::downstream::{ClientIo, Downstream};
 use crate::http::error::{error_body, HttpError};
-use crate::http::proxy::{Exchange, Next};
+use crate::http::exchange::{Exchange, Next};
 use crate::http::upconn::UpConn;
 
 impl Exchange<'_> {

@@ -22,8 +22,8 @@ use crate::http::body::{BodyReader, BodySink, Piece};
 use crate::http::codec::{Framing, Header, ResponseHead, Version};
 use crate::http::downstream::Downstream;
 use crate::http::error::HttpError;
+use crate::http::exchange::{Exchange, ExchangeError, Next};
 use crate::http::pool::{H2Pool, Lease, PoolKey};
-use crate::http::proxy::{Exchange, ExchangeError, Next};
 use crate::http::serialize::serialize_response;
 
 /// Streams this proxy opens on one upstream connection before the peer's
