@@ -29,9 +29,9 @@
 //! ## Layers
 //!
 //! Bottom to top. A module imports only from rows below its own
-//! (tests/layers.rs reads this table and fails on any other import; the
-//! few that still climb are listed there with what keeps them). A unit is
-//! a module, or a submodule named on its own row (`metrics::cell`).
+//! (tests/layers.rs reads this table and fails on any other import, and on
+//! any circle of files, inside a unit too). A unit is a module, or a
+//! submodule named on its own row (`metrics::cell`).
 //!
 //! ```text
 //! base       fxhash grpc rt units deadline metrics::cell worker::memory worker::overload
@@ -86,6 +86,8 @@
 //!   `metrics::export` and `metrics::json` render them (Prometheus, JSON).
 //! - [`buffers`]: the per-worker I/O buffer pool. [`sidecar`]: interception
 //!   rules and the app lifecycle (`iptables`, `wait-ready`, `run -- APP`).
+//! - `http::chunked`, `http::upconn`, `http::pool`: the chunked coding, an
+//!   upstream connection, the worker's pools of them (HTTP/1.1 and HTTP/2).
 //! - [`route`]: HTTP route tables, the first-match lookup, faults, mirrors.
 //! - [`upstream`]: clusters, endpoints, balancers, locality levels, where
 //!   endpoints come from; `upstream::prober` the active health checks.
@@ -94,12 +96,16 @@
 //! - [`access_log`]: per-worker access log buffers and the writer thread.
 //! - [`config`]: TOML types, `compile()` to a [`Snapshot`], errors with
 //!   positions; the only code that reads TOML.
+//! - `worker::ctx`: the per-worker context the stages share (`WorkerCtx`),
+//!   listener handles, the connection guard, the lot of parked connections.
 //! - [`xds`]: the xDS (ADS) client: CDS, EDS, LDS, RDS translated into config.
 //! - [`tcp`]: the L4 relay.
-//! - [`http`]: HTTP/1.1 and HTTP/2 (`http::h2`): strict codec, routing,
-//!   forwarding, upstream pools, idle connections parked (`http::park`).
+//! - [`http`]: HTTP/1.1 and HTTP/2 (`http::h2`): strict codec, the request
+//!   path both share (`http::request`), forwarding, idle connections parked
+//!   (`http::park`).
 //! - [`listener`]: SO_REUSEPORT sockets, accept loops, connection limits.
-//! - [`worker`]: worker threads, driver choice, the per-worker context.
+//! - [`worker`]: worker threads, driver choice, building the context, the
+//!   housekeeping tick.
 //! - [`control`]: supervisor (start workers, reload, drain), the control
 //!   thread, signals and the config file watch.
 //! - [`admin`]: the admin HTTP API.

@@ -263,7 +263,7 @@ fn quoted_string(s: &[u8]) -> Result<usize, &'static str> {
 
 /// One chunk of the chunked coding, written with a single `writev`: size
 /// line, payload and CRLF as three slices, so the payload is never copied.
-/// After a short write, [`ChunkFrame::advance`] moves past what went out.
+/// After a short write, `Vectored::advance` (`crate::sockio::Vectored`) moves past what went out.
 #[derive(Debug)]
 pub struct ChunkFrame {
     /// The iovecs and the size line they point into, in one allocation that

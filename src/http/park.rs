@@ -4,7 +4,7 @@
 //! A served connection that stays idle for the warm window after its
 //! response (200-300 ms, `head::WARM_READ_WINDOW`) leaves its task: the task
 //! ends, and the connection (its socket and a few per-connection facts,
-//! ~240 B) goes into the worker's [`Lot`], a slab watched by one epoll
+//! ~240 B) goes into the worker's lot ([`crate::worker::ctx::lot::Lot`]), a slab watched by one epoll
 //! instance of the worker's own. One task per worker waits for that epoll
 //! descriptor to turn readable (through the worker's own driver: a POLL_ADD
 //! on io_uring, nested epoll on epoll); a client's next bytes then take its
