@@ -26,7 +26,7 @@ use crate::access_log::{self, LogMsg, WorkerLog};
 use crate::listener::{self, ListenerSocket};
 use crate::metrics::{ListenerTotals, ReloadStats, WorkerCells};
 use crate::snapshot::Snapshot;
-use crate::worker::{self, driver, Control, Driver, WorkerInfo, WorkerSpec};
+use crate::worker::{self, driver, Command, Driver, WorkerInfo, WorkerSpec};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ struct Bound {
 #[derive(Debug)]
 pub struct Server {
     threads: Vec<JoinHandle<()>>,
-    controls: Vec<flume::Sender<Control>>,
+    controls: Vec<flume::Sender<Command>>,
     shared: Arc<Shared>,
     bound: Vec<Bound>,
     driver: Driver,
@@ -321,7 +321,7 @@ impl Server {
                 continue;
             }
             for c in &self.controls {
-                let _ = c.send(Control::RemoveListener(l.name.clone()));
+                let _ = c.send(Command::RemoveListener(l.name.clone()));
             }
         }
     }
@@ -332,7 +332,7 @@ impl Server {
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         for c in &self.controls {
-            let _ = c.send(Control::Drain);
+            let _ = c.send(Command::Drain);
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{bind_listener, Bound, Server, StartError};
 use crate::access_log::{self, LogMsg};
 use crate::config::{ConfigErrors, Snapshot};
-use crate::worker::Control;
+use crate::worker::Command;
 
 /// Why a reload was rejected. The running config is unchanged in every case.
 #[derive(Debug, thiserror::Error)]
@@ -75,14 +75,14 @@ impl Server {
         self.shared.snapshot.store(new.clone());
         for b in &removed {
             for c in &self.controls {
-                let _ = c.send(Control::RemoveListener(b.name.clone()));
+                let _ = c.send(Command::RemoveListener(b.name.clone()));
             }
             self.bound.retain(|x| x.name != b.name);
             tracing::info!(listener = %b.name, address = %b.local, "listener removed; draining its connections");
         }
         for (b, sockets) in added {
             for (c, s) in self.controls.iter().zip(sockets) {
-                let _ = c.send(Control::AddListener(s));
+                let _ = c.send(Command::AddListener(s));
             }
             tracing::info!(listener = %b.name, address = %b.local, "listening");
             self.bound.push(b);

@@ -3,7 +3,6 @@
 //! with back-off under the cluster's budget, and the outcome of every try
 //! fed to outlier detection. One try's exchange is `proxy::Exchange`.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -25,6 +24,7 @@ use crate::resilience::worker_share;
 use crate::resilience::{retry::idempotent, Overflow, RetryOn};
 use crate::upstream::balance::{cookie, hash64};
 use crate::upstream::{AttemptOrder, Availability, Cluster, Endpoint, HashOn, UpstreamProtocol};
+use crate::worker::ctx::WorkerCtx;
 
 /// How one try ended, when it did not produce the response.
 enum TryError {
@@ -52,19 +52,7 @@ pub async fn forward(
         return Err(HttpError::NoUpstream(format!("no cluster {cluster_name}")));
     };
     let cells = cluster.stats.worker(ctx.index);
-    if cells.breaker_requests.get()
-        >= worker_share(cluster.breaker.max_requests, ctx.workers, ctx.index)
-    {
-        cells.overflow[Overflow::Requests.index()].inc();
-        return Err(HttpError::Overflow(Overflow::Requests));
-    }
-    let _request = Held::new(&cells.breaker_requests);
-    let now = crate::resilience::now_ms();
-    cells.budget.deposit(now);
-    let availability = cluster.availability(now);
-    if availability == Availability::None {
-        return Err(HttpError::NoHealthyUpstream);
-    }
+    let (_request, availability) = admit(ctx, cluster, cells)?;
     // An original-destination cluster has one endpoint per connection:
     // where the client meant to go.
     let dynamic;
@@ -82,24 +70,7 @@ pub async fn forward(
     let upstream_host = endpoints
         .first()
         .map_or("localhost", |e| e.written.as_str());
-    // Serialised once; each try shares it (a retry adds its attempt count).
-    let https = conn.stream.is_tls();
-    // The first try's client span and context go into the head as it is
-    // serialised (no second copy); a retry replaces them.
-    let first_span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
-    let first_headers = match (&out.trace, first_span) {
-        (Some(t), Some(id)) => t.headers_for(id),
-        _ => Vec::new(),
-    };
-    let (request, request_id) = serialize_request(
-        req.head,
-        req.route,
-        conn.peer,
-        upstream_host,
-        https,
-        conn.xfcc.as_deref(),
-        out.trace.as_ref().map(|_| first_headers.as_slice()),
-    );
+    let (first, request_id) = Serialized::first(&req, conn, out, upstream_host);
     out.request_id = request_id;
     let policy = req.route.retry.as_ref().filter(|p| p.attempts > 0);
     let body = match (req.body, policy) {
@@ -107,17 +78,14 @@ pub async fn forward(
         (None, Some(p)) => super::kept_body::buffer_body(req.head, conn, p.max_body_bytes).await?,
         (None, None) => None,
     };
-    let retries = Retries {
-        policy,
-        cluster,
-        cells,
+    let body_kept = req.head.framing == Framing::None || body.is_some();
+    let retries = Retries::new(
         ctx,
-        done: Cell::new(0),
-        refused: Cell::new(None),
-        resendable: idempotent(&req.head.method)
-            && (req.head.framing == Framing::None || body.is_some()),
-        body_kept: req.head.framing == Framing::None || body.is_some(),
-    };
+        cluster,
+        policy,
+        idempotent(&req.head.method),
+        body_kept,
+    );
     let deadline = req.timeout.map(|t| req.started + t);
     let key = cluster
         .balance
@@ -132,21 +100,7 @@ pub async fn forward(
     let mut failed: Option<usize> = None;
     loop {
         let attempt = retries.done.get() + 1;
-        // Each try is a client span of its own: the upstream's spans are
-        // its children.
-        let (client_span, bytes) = if attempt == 1 {
-            (first_span, request.clone())
-        } else {
-            let span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
-            let headers = match (&out.trace, span) {
-                (Some(t), Some(id)) => t.headers_for(id),
-                _ => Vec::new(),
-            };
-            (
-                span,
-                per_try(&request, attempt, first_headers.len(), &headers),
-            )
-        };
+        let (client_span, bytes) = first.for_try(attempt, out);
         let try_started = Instant::now();
         out.head_at.set(None);
         out.grpc_status.set(None);
@@ -164,46 +118,127 @@ pub async fn forward(
         let result = t
             .run(&mut order, &mut failed, conn, out, bytes, body.clone())
             .await;
-        if let (Some(trace), Some(span_id)) = (&out.trace, client_span) {
-            if trace.sampled {
-                let error = match &result {
-                    Err(TryError::Fatal(e) | TryError::Retriable(e) | TryError::Granted(e)) => {
-                        Some(e.to_string())
-                    }
-                    Ok(_) => None,
-                };
-                let span = (span_id, attempt, try_started);
-                ctx.export_span(super::spans::client_span(trace, span, cluster, out, error));
-            }
+        if let Some(span_id) = client_span {
+            export_try_span(ctx, cluster, out, (span_id, attempt, try_started), &result);
         }
-        let error = match result {
+        let ended = match result {
             Ok(next) => {
                 if attempt > 1 && !retries.still_failing(out.status.get(), out.grpc_status.get()) {
                     cells.retries_succeeded.inc();
                 }
-                out.attempts.set(attempt);
-                out.retry_flag.set(retries.refused.get());
-                return Ok(next);
+                Ok(next)
             }
-            Err(TryError::Fatal(e)) => e,
-            Err(TryError::Granted(e)) => {
+            Err(TryError::Fatal(e)) => Err(e),
+            Err(TryError::Retriable(e)) if !retries.grant() => Err(e),
+            Err(TryError::Granted(e) | TryError::Retriable(e)) => {
                 tracing::debug!(cluster = %cluster.name, error = %e, attempt, "retrying");
                 backoff(ctx, &retries, deadline).await;
                 continue;
             }
-            Err(TryError::Retriable(e)) => {
-                if retries.grant() {
-                    tracing::debug!(cluster = %cluster.name, error = %e, attempt, "retrying");
-                    backoff(ctx, &retries, deadline).await;
-                    continue;
-                }
-                e
-            }
         };
         out.attempts.set(attempt);
         out.retry_flag.set(retries.refused.get());
-        return Err(error);
+        return ended;
     }
+}
+
+/// The cluster's `max_requests` breaker (the request is counted while the
+/// guard lives) and whether any endpoint may take traffic.
+fn admit<'c>(
+    ctx: &WorkerCtx,
+    cluster: &Cluster,
+    cells: &'c ClusterCells,
+) -> Result<(Held<'c>, Availability), HttpError> {
+    if cells.breaker_requests.get()
+        >= worker_share(cluster.breaker.max_requests, ctx.workers, ctx.index)
+    {
+        cells.overflow[Overflow::Requests.index()].inc();
+        return Err(HttpError::Overflow(Overflow::Requests));
+    }
+    let request = Held::new(&cells.breaker_requests);
+    let now = crate::resilience::now_ms();
+    cells.budget.deposit(now);
+    let availability = cluster.availability(now);
+    if availability == Availability::None {
+        return Err(HttpError::NoHealthyUpstream);
+    }
+    Ok((request, availability))
+}
+
+/// The request head as serialised once for every try of a request.
+struct Serialized {
+    head: Bytes,
+    /// The first try's client span (when tracing), whose context the
+    /// head carries, and the length of those trace headers.
+    span: Option<[u8; 8]>,
+    trace_len: usize,
+}
+
+impl Serialized {
+    /// Serialise the head for `upstream_host`, with the first try's span
+    /// context in it (no second copy); the request id sent.
+    fn first(
+        req: &Forward<'_>,
+        conn: &Downstream,
+        out: &UpstreamRecord,
+        upstream_host: &str,
+    ) -> (Serialized, super::serialize::RequestId) {
+        let span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
+        let trace_headers = match (&out.trace, span) {
+            (Some(t), Some(id)) => t.headers_for(id),
+            _ => Vec::new(),
+        };
+        let (head, request_id) = serialize_request(
+            req.head,
+            req.route,
+            conn.peer,
+            upstream_host,
+            conn.stream.is_tls(),
+            conn.xfcc.as_deref(),
+            out.trace.as_ref().map(|_| trace_headers.as_slice()),
+        );
+        let first = Serialized {
+            head,
+            span,
+            trace_len: trace_headers.len(),
+        };
+        (first, request_id)
+    }
+
+    /// The head for try `attempt`: each try is a client span of its own
+    /// (the upstream's spans are its children), and a retry carries its
+    /// attempt count.
+    fn for_try(&self, attempt: u32, out: &UpstreamRecord) -> (Option<[u8; 8]>, Bytes) {
+        if attempt == 1 {
+            return (self.span, self.head.clone());
+        }
+        let span = out.trace.as_ref().map(|_| crate::trace::new_span_id());
+        let headers = match (&out.trace, span) {
+            (Some(t), Some(id)) => t.headers_for(id),
+            _ => Vec::new(),
+        };
+        (span, per_try(&self.head, attempt, self.trace_len, &headers))
+    }
+}
+
+/// A sampled request's client span for one try.
+fn export_try_span(
+    ctx: &WorkerCtx,
+    cluster: &Cluster,
+    out: &UpstreamRecord,
+    span: ([u8; 8], u32, Instant),
+    result: &Result<Next, TryError>,
+) {
+    let Some(trace) = out.trace.as_ref().filter(|t| t.sampled) else {
+        return;
+    };
+    let error = match result {
+        Err(TryError::Fatal(e) | TryError::Retriable(e) | TryError::Granted(e)) => {
+            Some(e.to_string())
+        }
+        Ok(_) => None,
+    };
+    ctx.export_span(super::spans::client_span(trace, span, cluster, out, error));
 }
 
 /// The hash of what `hash_on` names; `None` when the request lacks it
@@ -358,86 +393,128 @@ impl Try<'_> {
                     Checked::H1(s) => exchange.run(conn, s, request.clone()).await,
                     Checked::H2(lease) => exchange.run_h2(conn, lease, request.clone()).await,
                 };
-                out.done.set(Some(Instant::now()));
-                if let Some(head_at) = out.head_at.get() {
-                    cells
-                        .first_byte_duration
-                        .record(head_at.saturating_duration_since(sent));
-                    if cluster.balance == crate::upstream::Balance::PeakEwma {
-                        ctx.balancers
-                            .observe(addr, head_at.saturating_duration_since(sent));
-                    }
-                }
-                cells.duration.record(sent.elapsed());
-                let status = out.status.get();
-                if status != 0 {
-                    cells.responses.inc(status);
-                }
-                let grpc = out.grpc_status.get();
-                if let Some(g) = grpc {
-                    cells.grpc_responses[usize::from(g)].inc();
-                }
-                let outcome = match &result {
-                    Ok(_) if status >= 500 => Outcome::Status(status),
-                    // A gRPC call that failed counts as a 5xx, even with 200.
-                    Ok(_) if grpc.is_some_and(crate::grpc::is_server_failure) => {
-                        Outcome::Status(crate::grpc::http_equivalent(grpc.unwrap_or(2)))
-                    }
-                    Ok(_) => Outcome::Success,
-                    Err(ExchangeError::RetryStatus(s)) => Outcome::Status(*s),
-                    Err(ExchangeError::Failed(e)) if e.side() == super::error::Side::Upstream => {
-                        if matches!(e, HttpError::UpstreamTimeout) {
-                            cells.timeouts.inc();
+                self.record(index, reused, sent, out, &result);
+                match self.verdict(index, reused && !fresh, conn, result) {
+                    Verdict::Fresh => fresh = true,
+                    Verdict::Done(done) => {
+                        if done.is_err() {
+                            *failed = Some(index);
                         }
-                        ecells.error(e.to_string());
-                        Outcome::LocalFailure
+                        return done;
                     }
-                    Err(ExchangeError::Stale { error, .. }) => {
-                        ecells.error(error.to_string());
-                        Outcome::LocalFailure
-                    }
-                    Err(ExchangeError::Failed(_)) => Outcome::Success,
-                };
-                if !(reused && matches!(result, Err(ExchangeError::Stale { .. }))) {
-                    cluster.record_outcome(ctx.index, index, outcome);
                 }
-                return match result {
-                    Ok(next) => Ok(next),
-                    Err(ExchangeError::Stale {
-                        error, replay_safe, ..
-                    }) if reused && !fresh && replay_safe => {
-                        tracing::debug!(upstream = %addr, %error, "pooled connection was closed; retrying on a new one");
-                        fresh = true;
-                        continue;
-                    }
-                    Err(ExchangeError::RetryStatus(s)) => {
-                        *failed = Some(index);
-                        Err(TryError::Granted(HttpError::BadResponse(status_text(s))))
-                    }
-                    Err(ExchangeError::Stale { error, unsent, .. }) => {
-                        *failed = Some(index);
-                        let e = HttpError::UpstreamIo(error);
-                        if self.retries.retriable_failure(&e, unsent) {
-                            Err(TryError::Retriable(e))
-                        } else {
-                            Err(TryError::Fatal(e))
-                        }
-                    }
-                    Err(ExchangeError::Failed(e)) => {
-                        *failed = Some(index);
-                        if !conn.responded
-                            && e.side() == super::error::Side::Upstream
-                            && self.retries.retriable_failure(&e, false)
-                            && self.deadline.map_or(true, |d| Instant::now() < d)
-                        {
-                            Err(TryError::Retriable(e))
-                        } else {
-                            Err(TryError::Fatal(e))
-                        }
-                    }
-                };
             }
         }
+        Err(self.exhausted(last_error, identity_refused))
+    }
+
+    /// Metrics, the balancer's latency estimate and outlier detection
+    /// learn how the exchange with endpoint `index` went.
+    fn record(
+        &self,
+        index: usize,
+        reused: bool,
+        sent: Instant,
+        out: &UpstreamRecord,
+        result: &Result<Next, ExchangeError>,
+    ) {
+        let (ctx, cluster) = (self.req.ctx, self.cluster);
+        let cells = cluster.stats.worker(ctx.index);
+        let endpoint = &self.endpoints[index];
+        let ecells = endpoint.stats.worker(ctx.index);
+        out.done.set(Some(Instant::now()));
+        if let Some(head_at) = out.head_at.get() {
+            cells
+                .first_byte_duration
+                .record(head_at.saturating_duration_since(sent));
+            if cluster.balance == crate::upstream::Balance::PeakEwma {
+                ctx.balancers
+                    .observe(endpoint.address, head_at.saturating_duration_since(sent));
+            }
+        }
+        cells.duration.record(sent.elapsed());
+        let status = out.status.get();
+        if status != 0 {
+            cells.responses.inc(status);
+        }
+        let grpc = out.grpc_status.get();
+        if let Some(g) = grpc {
+            cells.grpc_responses[usize::from(g)].inc();
+        }
+        let outcome = match result {
+            Ok(_) if status >= 500 => Outcome::Status(status),
+            // A gRPC call that failed counts as a 5xx, even with 200.
+            Ok(_) if grpc.is_some_and(crate::grpc::is_server_failure) => {
+                Outcome::Status(crate::grpc::http_equivalent(grpc.unwrap_or(2)))
+            }
+            Ok(_) => Outcome::Success,
+            Err(ExchangeError::RetryStatus(s)) => Outcome::Status(*s),
+            Err(ExchangeError::Failed(e)) if e.side() == super::error::Side::Upstream => {
+                if matches!(e, HttpError::UpstreamTimeout) {
+                    cells.timeouts.inc();
+                }
+                ecells.error(e.to_string());
+                Outcome::LocalFailure
+            }
+            Err(ExchangeError::Stale { error, .. }) => {
+                ecells.error(error.to_string());
+                Outcome::LocalFailure
+            }
+            Err(ExchangeError::Failed(_)) => Outcome::Success,
+        };
+        if !(reused && matches!(result, Err(ExchangeError::Stale { .. }))) {
+            cluster.record_outcome(ctx.index, index, outcome);
+        }
+    }
+
+    /// What an exchange's result means for the request: done (with the
+    /// response, or an error that may be retried), or one more go on a new
+    /// connection (`may_refresh`: the connection was pooled and this is
+    /// not already the fresh go).
+    fn verdict(
+        &self,
+        index: usize,
+        may_refresh: bool,
+        conn: &Downstream,
+        result: Result<Next, ExchangeError>,
+    ) -> Verdict {
+        let retriable = |e: HttpError, ok: bool| {
+            if ok {
+                TryError::Retriable(e)
+            } else {
+                TryError::Fatal(e)
+            }
+        };
+        Verdict::Done(match result {
+            Ok(next) => Ok(next),
+            Err(ExchangeError::Stale {
+                error, replay_safe, ..
+            }) if may_refresh && replay_safe => {
+                let addr = self.endpoints[index].address;
+                tracing::debug!(upstream = %addr, %error, "pooled connection was closed; retrying on a new one");
+                return Verdict::Fresh;
+            }
+            Err(ExchangeError::RetryStatus(s)) => {
+                Err(TryError::Granted(HttpError::BadResponse(status_text(s))))
+            }
+            Err(ExchangeError::Stale { error, unsent, .. }) => {
+                let e = HttpError::UpstreamIo(error);
+                let ok = self.retries.retriable_failure(&e, unsent);
+                Err(retriable(e, ok))
+            }
+            Err(ExchangeError::Failed(e)) => {
+                let ok = !conn.responded
+                    && e.side() == super::error::Side::Upstream
+                    && self.retries.retriable_failure(&e, false)
+                    && self.deadline.map_or(true, |d| Instant::now() < d);
+                Err(retriable(e, ok))
+            }
+        })
+    }
+
+    /// No endpoint could be reached: the last connect error (or that there
+    /// were none), retriable when the route retries connect failures.
+    fn exhausted(&self, last_error: Option<String>, identity_refused: bool) -> TryError {
         let last_error = last_error.unwrap_or_else(|| "no endpoints".to_owned());
         let e = if identity_refused {
             HttpError::UpstreamIdentityRefused(last_error)
@@ -449,9 +526,9 @@ impl Try<'_> {
             .policy
             .is_some_and(|p| p.on.contains(RetryOn::CONNECT_FAILURE))
         {
-            Err(TryError::Retriable(e))
+            TryError::Retriable(e)
         } else {
-            Err(TryError::Fatal(e))
+            TryError::Fatal(e)
         }
     }
 
@@ -560,6 +637,15 @@ impl Try<'_> {
             Err(_) => Err(timed_out()),
         }
     }
+}
+
+/// What an exchange's result means for its try.
+enum Verdict {
+    /// The try ends: the response, or why not.
+    Done(Result<Next, TryError>),
+    /// The pooled connection was found closed before anything was
+    /// processed: once more on a new connection to the same endpoint.
+    Fresh,
 }
 
 /// A connection for one try: HTTP/1.1 (exclusive) or a stream slot on a

@@ -138,11 +138,11 @@ impl Sleeper for Parked {
         Some(&self.handle)
     }
 
-    fn wake(self: Box<Self>, ctx: &Rc<WorkerCtx>, guard: ConnGuard) {
-        resume_in_task(ctx.clone(), *self, guard);
+    fn wake(self, ctx: &Rc<WorkerCtx>, guard: ConnGuard) {
+        resume_in_task(ctx.clone(), self, guard);
     }
 
-    fn expire(self: Box<Self>) {}
+    fn expire(self) {}
 }
 
 /// A listener's stop and the worker's drain leave parked relays alone:
@@ -160,11 +160,11 @@ impl Sleeper for ParkedRelay {
         None
     }
 
-    fn wake(self: Box<Self>, _: &Rc<WorkerCtx>, guard: ConnGuard) {
-        resume_relay(*self, guard);
+    fn wake(self, _: &Rc<WorkerCtx>, guard: ConnGuard) {
+        resume_relay(self, guard);
     }
 
-    fn expire(self: Box<Self>) {
+    fn expire(self) {
         self.timed_out();
     }
 }

@@ -21,7 +21,7 @@ use crate::worker::ctx::{ListenerHandle, WorkerCtx};
 
 /// The snapshot and listener a connection was accepted with.
 #[derive(Clone, Copy)]
-pub(super) struct Accepted<'a> {
+pub(super) struct AcceptedOn<'a> {
     pub(super) snapshot: &'a Arc<Snapshot>,
     pub(super) listener: &'a Listener,
 }
@@ -32,7 +32,7 @@ pub(super) struct Accepted<'a> {
 pub(super) async fn handle_request(
     ctx: &Rc<WorkerCtx>,
     handle: &ListenerHandle,
-    accepted: Accepted<'_>,
+    accepted: AcceptedOn<'_>,
     conn: &mut Downstream,
     head: RequestHead,
     mark: Mark,

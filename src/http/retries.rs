@@ -46,7 +46,28 @@ pub(super) struct Retries<'a> {
     pub(super) body_kept: bool,
 }
 
-impl Retries<'_> {
+impl<'a> Retries<'a> {
+    /// The retry state of a request to `cluster` under `policy`; `idempotent`
+    /// its method, `body_kept`: it has no body, or the body is held here.
+    pub(super) fn new(
+        ctx: &'a WorkerCtx,
+        cluster: &'a Cluster,
+        policy: Option<&'a RetryPolicy>,
+        idempotent: bool,
+        body_kept: bool,
+    ) -> Self {
+        Retries {
+            policy,
+            cluster,
+            cells: cluster.stats.worker(ctx.index),
+            ctx,
+            done: Cell::new(0),
+            refused: Cell::new(None),
+            resendable: idempotent && body_kept,
+            body_kept,
+        }
+    }
+
     /// Whether a response with this status should be retried (if granted).
     pub(super) fn wants_status(&self, status: u16) -> bool {
         self.resendable && self.policy.is_some_and(|p| p.retries_status(status))

@@ -15,7 +15,7 @@ use super::downstream::{ClientIo, Downstream};
 use super::exchange::Next;
 use super::head::{read_head, Phase, Read};
 use super::record::{Mark, RequestRecord};
-use super::request::{handle_request, Accepted};
+use super::request::{handle_request, AcceptedOn};
 use crate::snapshot::{Listener, Snapshot};
 use crate::worker::ctx::{ListenerHandle, WorkerCtx};
 
@@ -95,7 +95,7 @@ pub async fn serve_requests(
     mut phase: Phase,
     mut early_len: u64,
 ) -> Option<(Downstream, Duration)> {
-    let accepted = Accepted {
+    let accepted = AcceptedOn {
         snapshot: accept_snapshot,
         listener,
     };

@@ -28,7 +28,7 @@ use crate::upstream::Balancers;
 
 /// Messages from the control thread. Rare; never per request.
 #[derive(Debug)]
-pub enum Control {
+pub enum Command {
     /// Stop accepting, let open connections finish, then exit.
     Drain,
     /// A listener added (or moved) by a reload: accept on this socket. The
@@ -64,7 +64,7 @@ pub struct WorkerSpec {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub stats: Arc<WorkerCells>,
     pub log: WorkerLog,
-    pub control: flume::Receiver<Control>,
+    pub control: flume::Receiver<Command>,
     pub ready: std::sync::mpsc::Sender<Result<WorkerInfo, String>>,
     /// The process-wide drain flag, set before the workers get `Drain`.
     pub process_draining: Arc<std::sync::atomic::AtomicBool>,
@@ -156,16 +156,16 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
     // Any Drain, or the control side going away, starts the drain.
     while let Ok(msg) = spec.control.recv_async().await {
         match msg {
-            Control::Drain => break,
-            Control::AddListener(socket) => match add_listener(&ctx, socket) {
+            Command::Drain => break,
+            Command::AddListener(socket) => match add_listener(&ctx, socket) {
                 Ok(l) => loops.push(l),
                 Err(e) => tracing::error!(worker = ctx.index, error = %e, "cannot add listener"),
             },
-            Control::RemoveListener(name) => {
+            Command::RemoveListener(name) => {
                 let removed = ctx.listeners.borrow_mut().remove(&name);
                 if let Some(h) = removed {
                     h.stop();
-                    ctx.lot.close_listener(&h);
+                    ctx.lot.close_listener(&ctx, &h);
                 }
             }
         }
@@ -174,7 +174,7 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo) {
     for h in ctx.listeners.borrow_mut().drain() {
         h.1.stop();
     }
-    ctx.lot.close_all();
+    ctx.lot.close_all(&ctx);
     for l in loops {
         l.await;
     }
@@ -201,7 +201,7 @@ fn add_listener(
         .insert(handle.name.clone(), handle);
     if let Some(old) = old {
         old.stop();
-        ctx.lot.close_listener(&old);
+        ctx.lot.close_listener(ctx, &old);
     }
     Ok(monoio::spawn(accept.run()))
 }

@@ -31,7 +31,7 @@ use h2::RecvStream;
 
 use super::downstream::{ClientIo, Downstream};
 use super::record::{Mark, RequestRecord};
-use super::request::{handle_request, Accepted};
+use super::request::{handle_request, AcceptedOn};
 use crate::snapshot::Http2Settings;
 use crate::snapshot::{Listener, Snapshot};
 use crate::worker::ctx::{ListenerHandle, WorkerCtx};
@@ -76,6 +76,42 @@ pub(super) async fn serve(
     let Some(settings) = listener.http.http2.clone() else {
         return;
     };
+    let Some(mut open) = open(ctx, handle, snapshot, listener, &settings, conn).await else {
+        return;
+    };
+    if open.run(handle, listener, &settings).await == Ending::Flush {
+        open.flush(listener).await;
+    }
+}
+
+/// An HTTP/2 connection past its handshake.
+struct Open {
+    h2: h2::server::Connection<io::ConnIo, Bytes>,
+    shared: Rc<Conn>,
+    /// Since when writes wait on a client that does not read (none: not).
+    stalled: Rc<Cell<Option<Instant>>>,
+    gather: io::Gather,
+}
+
+/// How a connection's loop ended.
+#[derive(PartialEq, Eq)]
+enum Ending {
+    /// Let the last frames (GOAWAY, RST_STREAM) reach the socket.
+    Flush,
+    /// The socket failed or the client stopped reading: close at once.
+    Close,
+}
+
+/// Take the client connection over for `h2` and run the handshake within
+/// `header_timeout`; `None` (logged) when it fails.
+async fn open(
+    ctx: &Rc<WorkerCtx>,
+    handle: &Rc<ListenerHandle>,
+    snapshot: &Arc<Snapshot>,
+    listener: &Listener,
+    settings: &Http2Settings,
+    conn: Downstream,
+) -> Option<Open> {
     let Downstream {
         stream,
         buf,
@@ -94,33 +130,31 @@ pub(super) async fn serve(
             tcp.try_into_poll_io()
                 .map(|t| io::ConnIo::tls(t, session, raw))
         }
-        ClientIo::H2(_) => return,
+        ClientIo::H2(_) => return None,
     };
     let transport = match transport {
         Ok(t) => t,
         Err((e, _)) => {
             tracing::warn!(error = %e, "cannot drive an HTTP/2 connection on this socket; closing it");
-            return;
+            return None;
         }
     };
-    let cells = listener.stats.worker(ctx.index);
-    cells.http2_connections.inc();
+    listener.stats.worker(ctx.index).http2_connections.inc();
     // A client that stops reading (while it floods PINGs or SETTINGS, or
     // just stalls) is cut off after `send_timeout`, as on HTTP/1.1.
     let stalled = transport.stall_handle();
     let gather = transport.gather();
-    let send_timeout = listener.http.send_timeout;
-    let handshake = builder(&settings).handshake::<_, Bytes>(transport);
+    let handshake = builder(settings).handshake::<_, Bytes>(transport);
     let at = ctx.deadlines.after(listener.http.header_timeout);
-    let mut h2 = match ctx.deadlines.within(at, handshake).await {
+    let h2 = match ctx.deadlines.within(at, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(client = %peer, error = %e, "HTTP/2 handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(client = %peer, "HTTP/2 preface or SETTINGS not received in time");
-            return;
+            return None;
         }
     };
     // From here on the frames of one pass go out in one write.
@@ -140,36 +174,124 @@ pub(super) async fn serve(
         streams: Cell::new(0),
         resets: Cell::new(0),
     });
-    let born = Instant::now();
-    let idle = listener.idle_timeout;
-    // Set once GOAWAY went out: in-flight streams then get up to
-    // `idle_timeout` to finish; with none, the connection closes after
-    // `GOAWAY_GRACE` if the client has not closed it first.
-    let mut shutting: Option<Instant> = None;
-    loop {
-        if shutting.is_none() && ctx.closing(handle) {
-            h2.graceful_shutdown();
-            shutting = Some(Instant::now());
-        }
-        let stall_at = stalled.get().map(|t| t + send_timeout);
-        let deadline = match shutting {
-            Some(at) if shared.active.get() == 0 => at + GOAWAY_GRACE.min(idle),
-            Some(at) => at + idle,
+    Some(Open {
+        h2,
+        shared,
+        stalled,
+        gather,
+    })
+}
+
+/// A connection's clock: its idle and age limits, and the GOAWAY sent.
+struct Life {
+    born: Instant,
+    idle: Duration,
+    max_age: Option<Duration>,
+    /// Set once GOAWAY went out: in-flight streams then get up to
+    /// `idle_timeout` to finish; with none, the connection closes after
+    /// `GOAWAY_GRACE` if the client has not closed it first.
+    shutting: Option<Instant>,
+}
+
+impl Life {
+    /// When the timer must next wake the connection (`active` streams
+    /// open, idle since `idle_since`).
+    fn deadline(&self, active: usize, idle_since: Instant) -> Instant {
+        match self.shutting {
+            Some(at) if active == 0 => at + GOAWAY_GRACE.min(self.idle),
+            Some(at) => at + self.idle,
             None => {
-                let idle_at = (shared.active.get() == 0).then(|| shared.idle_since.get() + idle);
-                let age_at = settings.max_connection_age.map(|a| born + a);
+                let idle_at = (active == 0).then(|| idle_since + self.idle);
+                let age_at = self.max_age.map(|a| self.born + a);
                 match (idle_at, age_at) {
                     (Some(a), Some(b)) => a.min(b),
                     (Some(a), None) | (None, Some(a)) => a,
-                    (None, None) => Instant::now() + idle,
+                    (None, None) => Instant::now() + self.idle,
                 }
             }
+        }
+    }
+}
+
+impl Open {
+    /// Accept streams until the connection ends: the client closes it, an
+    /// error, a reset flood, or the GOAWAY this proxy sent (on drain, a
+    /// listener's stop, `idle_timeout` or `max_connection_age`) has run
+    /// its course.
+    async fn run(
+        &mut self,
+        handle: &ListenerHandle,
+        listener: &Listener,
+        settings: &Http2Settings,
+    ) -> Ending {
+        let ctx = self.shared.ctx.clone();
+        let send_timeout = listener.http.send_timeout;
+        let mut life = Life {
+            born: Instant::now(),
+            idle: listener.idle_timeout,
+            max_age: settings.max_connection_age,
+            shutting: None,
         };
-        let deadline = stall_at.map_or(deadline, |s| s.min(deadline));
+        loop {
+            if life.shutting.is_none() && ctx.closing(handle) {
+                self.h2.graceful_shutdown();
+                life.shutting = Some(Instant::now());
+            }
+            let stall_at = self.stalled.get().map(|t| t + send_timeout);
+            let deadline = life.deadline(self.shared.active.get(), self.shared.idle_since.get());
+            let deadline = stall_at.map_or(deadline, |s| s.min(deadline));
+            match self
+                .wake(handle, deadline, send_timeout, life.shutting.is_none())
+                .await
+            {
+                Wake::Accepted(Some(Ok(incoming))) => {
+                    if !self.accept(*incoming, listener, settings) {
+                        return Ending::Flush;
+                    }
+                }
+                Wake::Accepted(Some(Err(e))) => {
+                    tracing::debug!(client = %self.shared.peer, error = %e, "HTTP/2 connection error");
+                    return Ending::Flush;
+                }
+                Wake::Accepted(None) => return Ending::Flush,
+                Wake::SendFailed(e) => {
+                    tracing::debug!(client = %self.shared.peer, error = %e, "HTTP/2 write failed");
+                    return Ending::Close;
+                }
+                Wake::Stopped | Wake::Rearm => {}
+                Wake::Timer
+                    if self
+                        .stalled
+                        .get()
+                        .is_some_and(|t| t.elapsed() >= send_timeout) =>
+                {
+                    tracing::debug!(client = %self.shared.peer, "HTTP/2 client stopped reading for send_timeout; closing");
+                    return Ending::Close;
+                }
+                Wake::Timer => {
+                    if self.expired(&mut life, listener) {
+                        return Ending::Flush;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait for the next thing the connection must act on: a new stream,
+    /// the listener's stop (while `watching_stop`), `deadline`, or a write
+    /// stall that needs an earlier deadline. Each pass sends what the
+    /// codec wrote in one write.
+    async fn wake(
+        &mut self,
+        handle: &ListenerHandle,
+        deadline: Instant,
+        send_timeout: Duration,
+        watching_stop: bool,
+    ) -> Wake {
         let mut stopped = std::pin::pin!(handle.stopped());
-        let mut expiry = ctx.deadlines.arm(deadline);
-        let watching_stop = shutting.is_none();
-        let woke = std::future::poll_fn(|cx| {
+        let mut expiry = self.shared.ctx.deadlines.arm(deadline);
+        let (h2, gather, stalled) = (&mut self.h2, &self.gather, &self.stalled);
+        std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = h2.poll_accept(cx) {
                 return Poll::Ready(Wake::Accepted(r.map(|r| r.map(Box::new))));
             }
@@ -190,88 +312,92 @@ pub(super) async fn serve(
             }
             Poll::Pending
         })
-        .await;
-        match woke {
-            Wake::Accepted(Some(Ok(incoming))) => {
-                let (req, mut respond) = *incoming;
-                cells.http2_streams.inc();
-                shared.streams.set(shared.streams.get() + 1);
-                if reset_flood(&shared, &settings) {
-                    cells.http2_reset_floods.inc();
-                    tracing::info!(client = %peer, resets = shared.resets.get(), streams = shared.streams.get(), "HTTP/2 client reset too many streams it had opened; GOAWAY ENHANCE_YOUR_CALM");
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
-                    break;
+        .await
+    }
+
+    /// A new stream: refused past the stream limit, the connection ended
+    /// (`false`) on a reset flood, else served in a task of its own.
+    fn accept(
+        &mut self,
+        incoming: NewStream,
+        listener: &Listener,
+        settings: &Http2Settings,
+    ) -> bool {
+        let (req, mut respond) = incoming;
+        let shared = &self.shared;
+        let cells = listener.stats.worker(shared.ctx.index);
+        cells.http2_streams.inc();
+        shared.streams.set(shared.streams.get() + 1);
+        if reset_flood(shared, settings) {
+            cells.http2_reset_floods.inc();
+            tracing::info!(client = %shared.peer, resets = shared.resets.get(), streams = shared.streams.get(), "HTTP/2 client reset too many streams it had opened; GOAWAY ENHANCE_YOUR_CALM");
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            self.h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+            return false;
+        }
+        // The work a connection holds never exceeds its stream limit,
+        // whatever the client reset: a stream beyond it (its predecessors
+        // still winding down) is refused, which a client may retry.
+        if shared.active.get() >= settings.max_concurrent_streams as usize {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            return true;
+        }
+        shared.active.set(shared.active.get() + 1);
+        monoio::spawn(serve_stream(shared.clone(), req, respond));
+        true
+    }
+
+    /// The timer fired: start the GOAWAY when the connection idled or aged
+    /// out; `true` when the connection is to end now.
+    fn expired(&mut self, life: &mut Life, listener: &Listener) -> bool {
+        let active = self.shared.active.get();
+        match life.shutting {
+            Some(at) if active == 0 => Instant::now() >= at + GOAWAY_GRACE.min(life.idle),
+            Some(at) => {
+                let over = Instant::now() >= at + life.idle;
+                if over {
+                    tracing::debug!(client = %self.shared.peer, "HTTP/2 streams still open idle_timeout after GOAWAY; closing");
+                    self.h2.abrupt_shutdown(h2::Reason::NO_ERROR);
                 }
-                // The work a connection holds never exceeds its stream
-                // limit, whatever the client reset: a stream beyond it
-                // (its predecessors still winding down) is refused, which
-                // a client may retry.
-                if shared.active.get() >= settings.max_concurrent_streams as usize {
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    continue;
-                }
-                shared.active.set(shared.active.get() + 1);
-                monoio::spawn(serve_stream(shared.clone(), req, respond));
+                over
             }
-            Wake::Accepted(Some(Err(e))) => {
-                tracing::debug!(client = %peer, error = %e, "HTTP/2 connection error");
-                break;
-            }
-            Wake::Accepted(None) => break,
-            Wake::SendFailed(e) => {
-                tracing::debug!(client = %peer, error = %e, "HTTP/2 write failed");
-                return;
-            }
-            Wake::Stopped | Wake::Rearm => {}
-            Wake::Timer if stalled.get().is_some_and(|t| t.elapsed() >= send_timeout) => {
-                tracing::debug!(client = %peer, "HTTP/2 client stopped reading for send_timeout; closing");
-                return;
-            }
-            Wake::Timer => match shutting {
-                Some(at) if shared.active.get() == 0 => {
-                    if Instant::now() >= at + GOAWAY_GRACE.min(idle) {
-                        break;
-                    }
+            None => {
+                let now = Instant::now();
+                let idled = active == 0 && now >= self.shared.idle_since.get() + life.idle;
+                let aged = life.max_age.is_some_and(|a| now >= life.born + a);
+                if idled {
+                    let cells = listener.stats.worker(self.shared.ctx.index);
+                    cells.idle_timeouts.inc();
                 }
-                Some(at) => {
-                    if Instant::now() >= at + idle {
-                        tracing::debug!(client = %peer, "HTTP/2 streams still open idle_timeout after GOAWAY; closing");
-                        h2.abrupt_shutdown(h2::Reason::NO_ERROR);
-                        break;
-                    }
+                if idled || aged {
+                    self.h2.graceful_shutdown();
+                    life.shutting = Some(now);
                 }
-                None => {
-                    let now = Instant::now();
-                    let idled = shared.active.get() == 0 && now >= shared.idle_since.get() + idle;
-                    let aged = settings.max_connection_age.is_some_and(|a| now >= born + a);
-                    if idled {
-                        cells.idle_timeouts.inc();
-                    }
-                    if idled || aged {
-                        h2.graceful_shutdown();
-                        shutting = Some(now);
-                    }
-                }
-            },
+                false
+            }
         }
     }
-    // Let the last frames (GOAWAY, RST_STREAM) reach the socket.
-    let at = ctx.deadlines.after(listener.http.send_timeout);
-    let _ = ctx
-        .deadlines
-        .within(
-            at,
-            std::future::poll_fn(|cx| {
-                let closed = h2.poll_closed(cx);
-                match gather.poll_send(cx) {
-                    Poll::Ready(Err(_)) => Poll::Ready(()),
-                    Poll::Ready(Ok(())) if closed.is_ready() => Poll::Ready(()),
-                    _ => Poll::Pending,
-                }
-            }),
-        )
-        .await;
+
+    /// Let the last frames (GOAWAY, RST_STREAM) reach the socket, within
+    /// `send_timeout`.
+    async fn flush(&mut self, listener: &Listener) {
+        let deadlines = self.shared.ctx.deadlines.clone();
+        let at = deadlines.after(listener.http.send_timeout);
+        let (h2, gather) = (&mut self.h2, &self.gather);
+        let _ = deadlines
+            .within(
+                at,
+                std::future::poll_fn(|cx| {
+                    let closed = h2.poll_closed(cx);
+                    match gather.poll_send(cx) {
+                        Poll::Ready(Err(_)) => Poll::Ready(()),
+                        Poll::Ready(Ok(())) if closed.is_ready() => Poll::Ready(()),
+                        _ => Poll::Pending,
+                    }
+                }),
+            )
+            .await;
+    }
 }
 
 /// Run `work` until it ends, or until the client resets the stream before
@@ -300,11 +426,11 @@ async fn unless_reset<F: Future>(
 }
 
 /// A stream the connection accepted: its request and where to answer.
-type Incoming = (http::Request<RecvStream>, SendResponse<Bytes>);
+type NewStream = (http::Request<RecvStream>, SendResponse<Bytes>);
 
 /// What woke the connection's task.
 enum Wake {
-    Accepted(Option<Result<Box<Incoming>, h2::Error>>),
+    Accepted(Option<Result<Box<NewStream>, h2::Error>>),
     Stopped,
     Timer,
     /// The deadline must be computed again (a write stall began).
@@ -395,7 +521,7 @@ async fn serve_stream(
     let mark = Mark::of(&conn);
     match parsed {
         Ok((head, _)) => {
-            let accepted = Accepted {
+            let accepted = AcceptedOn {
                 snapshot: &shared.snapshot,
                 listener,
             };

@@ -4,8 +4,12 @@
 //! `http::park` for why and when a connection parks). The lot knows no
 //! protocol: what it holds is a [`Sleeper`], which says which descriptors
 //! to watch, when it times out, which listener's stop closes it, and how
-//! it carries on when bytes arrive.
+//! it carries on when bytes arrive. Each kind of sleeper lies in a slab of
+//! its own (a [`Rack`]), inline: parking allocates nothing per connection,
+//! so long-lived parked connections do not pin pages among the short-lived
+//! allocations of busy ones.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -21,7 +25,7 @@ use super::{ConnGuard, ListenerHandle, WorkerCtx};
 const BATCH: usize = 64;
 
 /// Something parked in the lot.
-pub trait Sleeper: std::fmt::Debug {
+pub trait Sleeper: std::fmt::Debug + Sized + 'static {
     /// The descriptors to watch (a relay's second is its upstream's).
     fn fds(&self) -> [Option<RawFd>; 2];
 
@@ -34,12 +38,18 @@ pub trait Sleeper: std::fmt::Debug {
 
     /// Bytes arrived (or the lot is closing and it must not be closed):
     /// carry on in a fresh task.
-    fn wake(self: Box<Self>, ctx: &Rc<WorkerCtx>, guard: ConnGuard);
+    fn wake(self, ctx: &Rc<WorkerCtx>, guard: ConnGuard);
 
     /// Taken out by the sweep (its `idle_timeout` passed, or its listener
     /// stopped): it ends here.
-    fn expire(self: Box<Self>);
+    fn expire(self);
 }
+
+/// Bits of an event's data for the slot index (the rack above them, the
+/// generation in the high 32).
+const INDEX_BITS: u32 = 28;
+/// At most this many kinds of sleeper.
+const RACKS: usize = 1 << (32 - INDEX_BITS);
 
 /// One worker's parked connections.
 #[derive(Debug, Default)]
@@ -52,8 +62,8 @@ struct State {
     /// The lot's epoll descriptor as the worker's runtime sees it (for
     /// readiness waits only); created with the first parked connection.
     ready: Option<Rc<UnixStream>>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
+    /// A slab per kind of sleeper, made by its first insert.
+    racks: Vec<Box<dyn Rack>>,
     len: usize,
     /// Bumped per insert: an event carries the generation it was armed for.
     generation: u32,
@@ -66,20 +76,189 @@ struct State {
     waker: Option<Waker>,
 }
 
+/// Where a sleeper lies: its rack, its slot, the generation it was put
+/// there with.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    rack: usize,
+    index: u32,
+    generation: Option<u32>,
+}
+
+impl Place {
+    fn data(self) -> u64 {
+        let at = ((self.rack as u64) << INDEX_BITS) | u64::from(self.index);
+        (u64::from(self.generation.unwrap_or(0)) << 32) | at
+    }
+
+    fn of(data: u64) -> Place {
+        let at = data & 0xffff_ffff;
+        Place {
+            rack: (at >> INDEX_BITS) as usize,
+            index: (at & ((1 << INDEX_BITS) - 1)) as u32,
+            generation: Some((data >> 32) as u32),
+        }
+    }
+}
+
+/// A slab of one kind of sleeper.
 #[derive(Debug)]
-struct Slot {
-    sleeper: Box<dyn Sleeper>,
+struct Slab<S> {
+    slots: Vec<Option<Slot<S>>>,
+    free: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Slot<S> {
+    sleeper: S,
     guard: ConnGuard,
     generation: u32,
+}
+
+/// A sleeper taken out of the lot, to be woken or ended outside its
+/// borrow (waking spawns a task; ending touches the runtime, the gauges
+/// and the access log). Boxed only for that moment.
+trait Taken {
+    fn closes_with_listener(&self) -> bool;
+    fn wake(self: Box<Self>, ctx: &Rc<WorkerCtx>);
+    fn expire(self: Box<Self>);
+}
+
+impl<S: Sleeper> Taken for Slot<S> {
+    fn closes_with_listener(&self) -> bool {
+        self.sleeper.listener().is_some()
+    }
+
+    fn wake(self: Box<Self>, ctx: &Rc<WorkerCtx>) {
+        let Slot { sleeper, guard, .. } = *self;
+        sleeper.wake(ctx, guard);
+    }
+
+    fn expire(self: Box<Self>) {
+        self.sleeper.expire();
+    }
+}
+
+/// A slab as the lot drives it, whatever it holds.
+trait Rack: std::fmt::Debug {
+    fn as_any(&mut self) -> &mut dyn Any;
+
+    /// The descriptors slot `index` watches.
+    fn fds(&self, index: u32) -> [Option<RawFd>; 2];
+
+    /// Slot `index` out of the slab, if it holds `generation` (any when
+    /// `None`).
+    fn take(&mut self, index: u32, generation: Option<u32>) -> Option<Box<dyn Taken>>;
+
+    /// The slots `pick` chooses, by their listener and their `until`.
+    fn picked(&self, pick: &dyn Fn(Option<&ListenerHandle>, Instant) -> bool) -> Vec<u32>;
+
+    /// The earliest `until` in the slab.
+    fn earliest(&self) -> Option<Instant>;
+}
+
+impl<S: Sleeper> Rack for Slab<S> {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn fds(&self, index: u32) -> [Option<RawFd>; 2] {
+        match self.slots.get(index as usize) {
+            Some(Some(slot)) => slot.sleeper.fds(),
+            _ => [None, None],
+        }
+    }
+
+    fn take(&mut self, index: u32, generation: Option<u32>) -> Option<Box<dyn Taken>> {
+        let slot = self.slots.get_mut(index as usize)?;
+        if generation.is_some_and(|g| slot.as_ref().is_some_and(|s| s.generation != g)) {
+            return None;
+        }
+        let slot = slot.take()?;
+        self.free.push(index);
+        Some(Box::new(slot))
+    }
+
+    fn picked(&self, pick: &dyn Fn(Option<&ListenerHandle>, Instant) -> bool) -> Vec<u32> {
+        (self.slots.iter().enumerate())
+            .filter(|(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| pick(s.sleeper.listener(), s.sleeper.until()))
+            })
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.slots.iter().flatten().map(|s| s.sleeper.until()).min()
+    }
+}
+
+impl<S: Sleeper> Slab<S> {
+    /// A free slot's index (`None`: the slab has as many as an event can
+    /// name).
+    fn vacant(&mut self) -> Option<u32> {
+        if let Some(i) = self.free.pop() {
+            return Some(i);
+        }
+        if self.slots.len() >= 1 << INDEX_BITS {
+            return None;
+        }
+        self.slots.push(None);
+        Some((self.slots.len() - 1) as u32)
+    }
+}
+
+impl State {
+    /// The rack of `S`, made on first use.
+    fn rack_of<S: Sleeper>(&mut self) -> Option<(usize, &mut Slab<S>)> {
+        let found =
+            (self.racks.iter_mut()).position(|r| r.as_any().downcast_mut::<Slab<S>>().is_some());
+        let at = match found {
+            Some(at) => at,
+            None if self.racks.len() < RACKS => {
+                self.racks.push(Box::new(Slab::<S> {
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                }));
+                self.racks.len() - 1
+            }
+            None => return None,
+        };
+        let slab = self.racks[at].as_any().downcast_mut::<Slab<S>>()?;
+        Some((at, slab))
+    }
+
+    /// Take a sleeper out (unwatched), if its place holds its generation.
+    fn take(&mut self, place: Place) -> Option<Box<dyn Taken>> {
+        let rack = self.racks.get_mut(place.rack)?;
+        let fds = rack.fds(place.index);
+        let taken = rack.take(place.index, place.generation)?;
+        if let Some(r) = &self.ready {
+            for fd in fds.into_iter().flatten() {
+                // SAFETY: removing an open descriptor from our epoll instance.
+                unsafe {
+                    libc::epoll_ctl(r.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut())
+                };
+            }
+        }
+        self.len -= 1;
+        if self.stop && self.len == 0 {
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+        Some(taken)
+    }
 }
 
 impl Lot {
     /// Watch `sleeper`'s descriptors; on failure it comes back (none when
     /// the worker drains and it is an HTTP connection, which then closes).
-    // The error hands the connection back unboxed: it is rare, and a box
-    // would cost an allocation on the path that must not fail.
+    // The error hands the connection back: it is rare, and a box would
+    // cost an allocation on the path that must not fail.
     #[allow(clippy::type_complexity, clippy::result_large_err)]
-    pub fn insert<S: Sleeper + 'static>(
+    pub fn insert<S: Sleeper>(
         &self,
         ctx: &Rc<WorkerCtx>,
         sleeper: S,
@@ -101,21 +280,26 @@ impl Lot {
             st.running = true;
             monoio::spawn(wait_loop(ctx.clone(), ready));
         }
-        let index = match st.free.pop() {
-            Some(i) => i,
-            None => {
-                st.slots.push(None);
-                (st.slots.len() - 1) as u32
-            }
+        let generation = st.generation.wrapping_add(1);
+        let Some((rack, slab)) = st.rack_of::<S>() else {
+            let e = std::io::Error::other("too many kinds of parked connections");
+            return Err((e, Some((sleeper, guard))));
         };
-        st.generation = st.generation.wrapping_add(1);
-        let generation = st.generation;
+        let Some(index) = slab.vacant() else {
+            let e = std::io::Error::other("the lot is full");
+            return Err((e, Some((sleeper, guard))));
+        };
+        let place = Place {
+            rack,
+            index,
+            generation: Some(generation),
+        };
         let fds = sleeper.fds();
         for (i, fd) in fds.iter().enumerate() {
             let Some(fd) = *fd else { continue };
             let mut ev = libc::epoll_event {
                 events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-                u64: (u64::from(generation) << 32) | u64::from(index),
+                u64: place.data(),
             };
             // SAFETY: both descriptors are open; `ev` outlives the call.
             if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
@@ -126,61 +310,44 @@ impl Lot {
                         libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, *added, std::ptr::null_mut())
                     };
                 }
-                st.free.push(index);
+                slab.free.push(index);
                 return Err((e, Some((sleeper, guard))));
             }
         }
         let until = sleeper.until();
-        st.next_expiry = Some(st.next_expiry.map_or(until, |t| t.min(until)));
-        st.slots[index as usize] = Some(Slot {
-            sleeper: Box::new(sleeper),
+        slab.slots[index as usize] = Some(Slot {
+            sleeper,
             guard,
             generation,
         });
+        st.generation = generation;
+        st.next_expiry = Some(st.next_expiry.map_or(until, |t| t.min(until)));
         st.len += 1;
         ctx.stats.parked.set(st.len as u64);
         Ok(())
     }
 
-    /// Take slot `index` out (unwatched), if it holds `generation`.
-    fn take(st: &mut State, index: usize, generation: Option<u32>) -> Option<Slot> {
-        let slot = st.slots.get_mut(index)?;
-        if generation.is_some_and(|g| slot.as_ref().is_some_and(|s| s.generation != g)) {
-            return None;
-        }
-        let slot = slot.take()?;
-        if let Some(r) = &st.ready {
-            for fd in slot.sleeper.fds().into_iter().flatten() {
-                // SAFETY: removing an open descriptor from our epoll instance.
-                unsafe {
-                    libc::epoll_ctl(r.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut())
-                };
-            }
-        }
-        st.free.push(index as u32);
-        st.len -= 1;
-        slot.guard.ctx().stats.parked.set(st.len as u64);
-        if st.stop && st.len == 0 {
-            if let Some(w) = st.waker.take() {
-                w.wake();
-            }
-        }
-        Some(slot)
-    }
-
-    /// Close the parked connections `close` picks (dropped outside the
-    /// borrow: closing touches the runtime, the gauges and the access log).
-    fn close_where(&self, close: impl Fn(&Slot) -> bool) -> Vec<Slot> {
+    /// Take out the parked connections `pick` chooses (by their listener
+    /// and `until`); they are woken or ended by the caller, outside the
+    /// borrow.
+    fn take_where(
+        &self,
+        ctx: &WorkerCtx,
+        pick: &dyn Fn(Option<&ListenerHandle>, Instant) -> bool,
+    ) -> Vec<Box<dyn Taken>> {
         let mut st = self.state.borrow_mut();
-        let picked: Vec<usize> = (st.slots.iter().enumerate())
-            .filter(|(_, s)| s.as_ref().is_some_and(&close))
-            .map(|(i, _)| i)
+        let places: Vec<Place> = (st.racks.iter().enumerate())
+            .flat_map(|(rack, r)| {
+                r.picked(pick).into_iter().map(move |index| Place {
+                    rack,
+                    index,
+                    generation: None,
+                })
+            })
             .collect();
-        let out = picked
-            .into_iter()
-            .filter_map(|i| Lot::take(&mut st, i, None))
-            .collect();
-        st.next_expiry = st.slots.iter().flatten().map(|s| s.sleeper.until()).min();
+        let out: Vec<_> = places.into_iter().filter_map(|p| st.take(p)).collect();
+        st.next_expiry = st.racks.iter().filter_map(|r| r.earliest()).min();
+        ctx.stats.parked.set(st.len as u64);
         out
     }
 
@@ -197,28 +364,26 @@ impl Lot {
         if !due {
             return;
         }
-        let closed = self.close_where(|s| {
-            s.sleeper.until() <= now || s.sleeper.listener().is_some_and(|h| ctx.closing(h))
+        let closed = self.take_where(ctx, &|listener, until| {
+            until <= now || listener.is_some_and(|h| ctx.closing(h))
         });
-        for slot in closed {
-            slot.sleeper.expire();
+        for taken in closed {
+            taken.expire();
         }
     }
 
     /// A listener stopped (reload removed it, or the worker drains): its
     /// idle HTTP connections close at once.
-    pub fn close_listener(&self, handle: &ListenerHandle) {
-        drop(self.close_where(|s| {
-            s.sleeper
-                .listener()
-                .is_some_and(|h| std::ptr::eq(h, handle))
+    pub fn close_listener(&self, ctx: &WorkerCtx, handle: &ListenerHandle) {
+        drop(self.take_where(ctx, &|listener, _| {
+            listener.is_some_and(|h| std::ptr::eq(h, handle))
         }));
     }
 
     /// The worker drains: close every idle HTTP connection; the waiting
     /// task ends once no relay is parked either.
-    pub fn close_all(&self) {
-        drop(self.close_where(|s| s.sleeper.listener().is_some()));
+    pub fn close_all(&self, ctx: &WorkerCtx) {
+        drop(self.take_where(ctx, &|listener, _| listener.is_some()));
         let mut st = self.state.borrow_mut();
         st.stop = true;
         if let Some(w) = st.waker.take() {
@@ -272,11 +437,11 @@ async fn wait_loop(ctx: Rc<WorkerCtx>, ready: Rc<UnixStream>) {
         if stop {
             // Drained and empty; or the wait failed: HTTP connections close,
             // relays go back to tasks.
-            let left = ctx.lot.close_where(|_| true);
+            let left = ctx.lot.take_where(&ctx, &|_, _| true);
             ctx.lot.state.borrow_mut().running = false;
-            for slot in left {
-                if slot.sleeper.listener().is_none() {
-                    slot.sleeper.wake(&ctx, slot.guard);
+            for taken in left {
+                if !taken.closes_with_listener() {
+                    taken.wake(&ctx);
                 }
             }
             return;
@@ -289,22 +454,16 @@ async fn wait_loop(ctx: Rc<WorkerCtx>, ready: Rc<UnixStream>) {
             if n <= 0 {
                 break;
             }
-            let woken: Vec<Slot> = {
+            let woken: Vec<Box<dyn Taken>> = {
                 let mut st = ctx.lot.state.borrow_mut();
-                events[..n as usize]
-                    .iter()
-                    .filter_map(|ev| {
-                        let data = ev.u64;
-                        Lot::take(
-                            &mut st,
-                            (data & 0xffff_ffff) as usize,
-                            Some((data >> 32) as u32),
-                        )
-                    })
-                    .collect()
+                let woken = (events[..n as usize].iter())
+                    .filter_map(|ev| st.take(Place::of(ev.u64)))
+                    .collect();
+                ctx.stats.parked.set(st.len as u64);
+                woken
             };
-            for slot in woken {
-                slot.sleeper.wake(&ctx, slot.guard);
+            for taken in woken {
+                taken.wake(&ctx);
             }
             if (n as usize) < BATCH {
                 break;
