@@ -74,7 +74,7 @@ pub fn remember_many(items: &[(&str, &[Found])]) {
 /// The endpoints file: a JSON array of `{ "address", "weight", "zone" }`,
 /// or a TOML file of `[[endpoints]]` tables. Host names are resolved
 /// through the system resolver.
-pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
+pub fn read_file(path: &Path) -> Result<Vec<Found>, DiscoveryError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Entry {
@@ -88,14 +88,16 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
     struct TomlFile {
         endpoints: Vec<Entry>,
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|error| DiscoveryError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let entries: Vec<Entry> = if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str::<TomlFile>(&text)
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| DiscoveryError::file(path, e))?
             .endpoints
     } else {
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        serde_json::from_str(&text).map_err(|e| DiscoveryError::file(path, e))?
     };
     let mut out = Vec::new();
     // Dedup in O(n): endpoint files can hold 10^5 entries.
@@ -103,24 +105,28 @@ pub fn read_file(path: &Path) -> Result<Vec<Found>, String> {
     for e in entries {
         let weight = e.weight.unwrap_or(1);
         if !(1..=1000).contains(&weight) {
-            return Err(format!(
-                "{}: weight must be 1..1000, not {weight}",
-                path.display()
+            return Err(DiscoveryError::file(
+                path,
+                format_args!("weight must be 1..1000, not {weight}"),
             ));
         }
         let priority = e.priority.unwrap_or(0);
         if priority > crate::upstream::locality::MAX_PRIORITY {
-            return Err(format!(
-                "{}: priority must be 0..{}, not {priority}",
-                path.display(),
-                crate::upstream::locality::MAX_PRIORITY
+            return Err(DiscoveryError::file(
+                path,
+                format_args!(
+                    "priority must be 0..{}, not {priority}",
+                    crate::upstream::locality::MAX_PRIORITY
+                ),
             ));
         }
         let locality = Locality::new(e.region.unwrap_or_default(), e.zone.unwrap_or_default());
         let addrs: Vec<SocketAddr> = match e.address.parse::<SocketAddr>() {
             Ok(a) => vec![a],
             Err(_) => std::net::ToSocketAddrs::to_socket_addrs(e.address.as_str())
-                .map_err(|err| format!("{}: cannot resolve {}: {err}", path.display(), e.address))?
+                .map_err(|err| {
+                    DiscoveryError::file(path, format_args!("cannot resolve {}: {err}", e.address))
+                })?
                 .collect(),
         };
         for a in addrs {
@@ -180,7 +186,7 @@ fn listed(hosts: &hosts::Hosts, name: &str, family: DnsFamily) -> Vec<std::net::
 }
 
 /// Resolve a dns cluster's names: the set and the shortest TTL.
-pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
+pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), DiscoveryError> {
     // The system's servers come with its search domains; servers named
     // in the config are asked for the names as written.
     let system = spec.servers.is_empty().then(dns::ResolvConf::system);
@@ -226,11 +232,19 @@ pub fn resolve(spec: &DnsSpec) -> Result<(Vec<Found>, Duration), String> {
                         name.push(&mut out, SocketAddr::new(ip, *port), written, weight);
                     }
                 }
-                Err(e) => last_err = Some(format!("{host}: {e}")),
+                Err(error) => {
+                    last_err = Some(DiscoveryError::Lookup {
+                        name: host.clone(),
+                        error,
+                    })
+                }
             }
         }
         if !any {
-            return Err(last_err.unwrap_or_else(|| format!("{host}: no answer")));
+            return Err(last_err.unwrap_or_else(|| DiscoveryError::NoAddress {
+                name: host.clone(),
+                what: "no answer",
+            }));
         }
     }
     Ok((out, Duration::from_secs(u64::from(ttl.max(1)))))
@@ -246,12 +260,19 @@ fn resolve_srv(
     servers: &[SocketAddr],
     hosts: &hosts::Hosts,
     out: &mut Vec<Found>,
-) -> Result<u32, String> {
+) -> Result<u32, DiscoveryError> {
     let name = srv.host.as_str();
-    let records = dns::lookup_srv(name, servers, Duration::from_secs(1))
-        .map_err(|e| format!("{name}: {e}"))?;
+    let records = dns::lookup_srv(name, servers, Duration::from_secs(1)).map_err(|error| {
+        DiscoveryError::Lookup {
+            name: name.to_string(),
+            error,
+        }
+    })?;
     let Some(best) = records.iter().map(|r| r.priority).min() else {
-        return Err(format!("{name}: no SRV records"));
+        return Err(DiscoveryError::NoAddress {
+            name: name.to_string(),
+            what: "no SRV records",
+        });
     };
     let kinds: &[dns::RecordType] = match spec.family {
         DnsFamily::V4 => &[dns::RecordType::A],
@@ -281,7 +302,12 @@ fn resolve_srv(
                         srv.push(out, SocketAddr::new(ip, r.port), &written, weight);
                     }
                 }
-                Err(e) => last_err = Some(format!("{name}: {}: {e}", r.target)),
+                Err(error) => {
+                    last_err = Some(DiscoveryError::Lookup {
+                        name: format!("{name}: {}", r.target),
+                        error,
+                    })
+                }
             }
             if literal.is_some() || !listed.is_empty() {
                 break;
@@ -289,9 +315,46 @@ fn resolve_srv(
         }
     }
     if !any {
-        return Err(last_err.unwrap_or_else(|| format!("{name}: SRV targets have no address")));
+        return Err(last_err.unwrap_or_else(|| DiscoveryError::NoAddress {
+            name: name.to_string(),
+            what: "SRV targets have no address",
+        }));
     }
     Ok(ttl)
+}
+
+/// Why discovery could not refresh a cluster's endpoints (shown in
+/// `/clusters` as its `last_error`; the last good set stays).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// A DNS lookup failed.
+    #[error("{name}: {error}")]
+    Lookup { name: String, error: dns::DnsError },
+    /// A name came back without an address.
+    #[error("{name}: {what}")]
+    NoAddress { name: String, what: &'static str },
+    /// An endpoint file cannot be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// An endpoint file's content is refused (syntax, a weight, a
+    /// priority, an address that does not resolve).
+    #[error("{}: {message}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl DiscoveryError {
+    fn file(path: &Path, message: impl std::fmt::Display) -> Self {
+        DiscoveryError::File {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// A change for the control thread to publish.
@@ -382,7 +445,7 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, send: &dyn Fn(Update) -> bool) {
                     // The last good set stays.
                     c.status.failures.fetch_add(1, Relaxed);
                     tracing::warn!(cluster = %name, error = %e, "discovery failed; keeping the last endpoints");
-                    c.status.last_error.store(Some(Arc::new(e)));
+                    c.status.last_error.store(Some(Arc::new(e.to_string())));
                     if matches!(c.source, Source::Dns(_)) {
                         due.insert(k.clone(), now + Duration::from_secs(1));
                     }

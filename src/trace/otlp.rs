@@ -213,9 +213,9 @@ fn run(snapshot: &Weak<ArcSwap<Snapshot>>, rx: &flume::Receiver<SpanData>, stats
 /// 502, 503, 504 and connection errors, at most 3 tries. (`Retry-After`
 /// is not read: the back-off is short and fixed, so a slow collector costs
 /// the exporter at most a few seconds per batch, never a worker.)
-fn post(t: &super::TracingSettings, body: &[u8]) -> Result<(), String> {
+fn post(t: &super::TracingSettings, body: &[u8]) -> Result<(), ExportError> {
     let mut wait = Duration::from_millis(100);
-    let mut last = String::new();
+    let mut last = ExportError::NoAddress;
     for attempt in 0..3 {
         if attempt > 0 {
             std::thread::sleep(wait);
@@ -223,22 +223,45 @@ fn post(t: &super::TracingSettings, body: &[u8]) -> Result<(), String> {
         }
         match post_once(t, body) {
             Ok(200..=299) => return Ok(()),
-            Ok(status @ (429 | 502 | 503 | 504)) => last = format!("collector answered {status}"),
-            Ok(status) => return Err(format!("collector answered {status} (not retried)")),
+            Ok(status @ (429 | 502 | 503 | 504)) => last = ExportError::Status(status),
+            Ok(status) => return Err(ExportError::Refused(status)),
             Err(e) => last = e,
         }
     }
     Err(last)
 }
 
-fn post_once(t: &super::TracingSettings, body: &[u8]) -> Result<u16, String> {
+/// Why a batch of spans was not exported (the batch is dropped and
+/// counted; the exporter goes on with the next).
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    /// The collector's host name does not resolve.
+    #[error("{0}: {1}")]
+    Resolve(String, std::io::Error),
+    /// It resolves to no address.
+    #[error("no address")]
+    NoAddress,
+    /// Connecting, writing or reading failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The collector answered a status worth retrying (429, 502-504).
+    #[error("collector answered {0}")]
+    Status(u16),
+    /// The collector refused the batch (not retried).
+    #[error("collector answered {0} (not retried)")]
+    Refused(u16),
+    /// What came back is not an HTTP response.
+    #[error("not an HTTP response")]
+    NotHttp,
+}
+
+fn post_once(t: &super::TracingSettings, body: &[u8]) -> Result<u16, ExportError> {
     let addr = (t.host.as_str(), t.port)
         .to_socket_addrs()
-        .map_err(|e| format!("{}: {e}", t.host))?
+        .map_err(|e| ExportError::Resolve(t.host.clone(), e))?
         .next()
-        .ok_or("no address")?;
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        .ok_or(ExportError::NoAddress)?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut req = format!(
@@ -252,14 +275,14 @@ fn post_once(t: &super::TracingSettings, body: &[u8]) -> Result<u16, String> {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
     let mut head = [0u8; 12];
-    s.read_exact(&mut head).map_err(|e| e.to_string())?;
+    s.read_exact(&mut head)?;
     std::str::from_utf8(&head[9..12])
         .ok()
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| "not an HTTP response".to_string())
+        .ok_or(ExportError::NotHttp)
 }
 
 #[cfg(test)]

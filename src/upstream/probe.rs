@@ -15,6 +15,43 @@ use crate::http::upconn::UpConn;
 use crate::resilience::{HealthCheck, HealthProtocol, GRPC_HEALTH_PATH};
 use crate::tls::ClusterTls;
 
+/// Why a probe failed (logged when it takes the endpoint out of rotation).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProbeFailure {
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("the endpoint did not agree to HTTP/2 (ALPN), which gRPC needs")]
+    NoHttp2,
+    #[error("status {status}, expected one of {expected:?}")]
+    Status { status: u16, expected: Vec<u16> },
+    /// A read or write on the connection, and what it was for.
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("closed without answering")]
+    Closed,
+    #[error("not an HTTP/1.x response: {0:?}")]
+    NotHttp(String),
+    /// An HTTP/2 step, and the codec's error.
+    #[error("{0}: {1}")]
+    Http2(&'static str, String),
+    #[error("answer body over {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("gRPC health check answered HTTP status {0}")]
+    GrpcHttpStatus(u16),
+    #[error("gRPC health check failed: grpc-status {0} ({1})")]
+    GrpcStatus(String, &'static str),
+    #[error("gRPC health check ended without a grpc-status")]
+    NoGrpcStatus,
+    #[error("gRPC health status {0} for service {1:?}")]
+    NotServing(&'static str, String),
+    #[error("gRPC health check answer is not a HealthCheckResponse")]
+    NotHealthResponse,
+}
+
 /// What the probe needs of its endpoint and cluster.
 pub(super) struct Target<'a> {
     pub addr: SocketAddr,
@@ -26,23 +63,23 @@ pub(super) struct Target<'a> {
 
 /// Probe once, within the check's `timeout`. A cluster with `tls` is
 /// probed over TLS (the handshake is part of the check, as Envoy does).
-pub(super) async fn probe(check: &HealthCheck, target: Target<'_>) -> Result<(), String> {
+pub(super) async fn probe(check: &HealthCheck, target: Target<'_>) -> Result<(), ProbeFailure> {
     match monoio::time::timeout(check.timeout, attempt(check, target)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        Err(_) => Err(ProbeFailure::Timeout(check.timeout)),
     }
 }
 
-async fn attempt(check: &HealthCheck, target: Target<'_>) -> Result<(), String> {
+async fn attempt(check: &HealthCheck, target: Target<'_>) -> Result<(), ProbeFailure> {
     let stream = TcpStream::connect_addr(target.addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeFailure::Connect)?;
     let _ = stream.set_nodelay(true);
     let conn = match target.tls {
         Some((t, name)) => UpConn::Tls(Box::new(
             crate::tls::connect(stream, &t, name)
                 .await
-                .map_err(|e| format!("TLS handshake: {e}"))?,
+                .map_err(ProbeFailure::Tls)?,
         )),
         None => UpConn::Plain(stream),
     };
@@ -64,9 +101,7 @@ async fn attempt(check: &HealthCheck, target: Target<'_>) -> Result<(), String> 
         "http"
     };
     match check.protocol {
-        HealthProtocol::Grpc if !h2 => {
-            Err("the endpoint did not agree to HTTP/2 (ALPN), which gRPC needs".into())
-        }
+        HealthProtocol::Grpc if !h2 => Err(ProbeFailure::NoHttp2),
         HealthProtocol::Grpc => {
             let uri = format!("{scheme}://{}{GRPC_HEALTH_PATH}", target.host);
             grpc(check, conn, &uri).await
@@ -81,19 +116,19 @@ async fn attempt(check: &HealthCheck, target: Target<'_>) -> Result<(), String> 
     }
 }
 
-fn expect_status(check: &HealthCheck, status: u16) -> Result<(), String> {
+fn expect_status(check: &HealthCheck, status: u16) -> Result<(), ProbeFailure> {
     if check.expected_statuses.contains(&status) {
         Ok(())
     } else {
-        Err(format!(
-            "status {status}, expected one of {:?}",
-            check.expected_statuses
-        ))
+        Err(ProbeFailure::Status {
+            status,
+            expected: check.expected_statuses.clone(),
+        })
     }
 }
 
 /// `GET path` over HTTP/1.1; the status line is all that is read.
-async fn http1(check: &HealthCheck, mut conn: UpConn, host: &str) -> Result<(), String> {
+async fn http1(check: &HealthCheck, mut conn: UpConn, host: &str) -> Result<(), ProbeFailure> {
     let request = format!(
         "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: outrigger-health-check\r\nconnection: close\r\n\r\n",
         check.path
@@ -103,7 +138,7 @@ async fn http1(check: &HealthCheck, mut conn: UpConn, host: &str) -> Result<(), 
     let deadlines = crate::deadline::Deadlines::default();
     conn.write_all(request.into(), &deadlines, check.timeout)
         .await
-        .map_err(|e| format!("sending the request: {e}"))?;
+        .map_err(|e| ProbeFailure::Io("sending the request", e))?;
     let mut head = BytesMut::new();
     while head.len() < 12 {
         let (res, buf) = conn.read_more(std::mem::take(&mut head), 1024).await;
@@ -111,22 +146,21 @@ async fn http1(check: &HealthCheck, mut conn: UpConn, host: &str) -> Result<(), 
         match res {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) => return Err(format!("reading the response: {e}")),
+            Err(e) => return Err(ProbeFailure::Io("reading the response", e)),
         }
     }
     match status_of(&head) {
         Some(s) => expect_status(check, s),
-        None if head.is_empty() => Err("closed without answering".into()),
-        None => Err(format!(
-            "not an HTTP/1.x response: {:?}",
-            String::from_utf8_lossy(&head[..head.len().min(32)])
+        None if head.is_empty() => Err(ProbeFailure::Closed),
+        None => Err(ProbeFailure::NotHttp(
+            String::from_utf8_lossy(&head[..head.len().min(32)]).into_owned(),
         )),
     }
 }
 
 /// `grpc.health.v1.Health/Check`: healthy when the call ends with
 /// grpc-status 0 and the answer's status is SERVING (1).
-async fn grpc(check: &HealthCheck, conn: UpConn, uri: &str) -> Result<(), String> {
+async fn grpc(check: &HealthCheck, conn: UpConn, uri: &str) -> Result<(), ProbeFailure> {
     let req = http::Request::post(uri)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -139,34 +173,28 @@ async fn grpc(check: &HealthCheck, conn: UpConn, uri: &str) -> Result<(), String
     )
     .await?;
     if got.status != 200 {
-        return Err(format!(
-            "gRPC health check answered HTTP status {}",
-            got.status
-        ));
+        return Err(ProbeFailure::GrpcHttpStatus(got.status));
     }
     match got.grpc_status.as_deref() {
         Some("0") => {}
         Some(code) => {
             let name = code.parse::<u8>().map_or("?", |c| crate::grpc::name(c));
-            return Err(format!(
-                "gRPC health check failed: grpc-status {code} ({name})"
-            ));
+            return Err(ProbeFailure::GrpcStatus(code.to_string(), name));
         }
-        None => return Err("gRPC health check ended without a grpc-status".into()),
+        None => return Err(ProbeFailure::NoGrpcStatus),
     }
     match serving_status(&got.body) {
         Some(1) => Ok(()),
-        Some(s) => Err(format!(
-            "gRPC health status {} for service {:?}",
+        Some(s) => Err(ProbeFailure::NotServing(
             match s {
                 0 => "UNKNOWN",
                 2 => "NOT_SERVING",
                 3 => "SERVICE_UNKNOWN",
                 _ => "unrecognised",
             },
-            check.service
+            check.service.clone(),
         )),
-        None => Err("gRPC health check answer is not a HealthCheckResponse".into()),
+        None => Err(ProbeFailure::NotHealthResponse),
     }
 }
 
@@ -252,44 +280,48 @@ async fn h2_exchange(
     conn: UpConn,
     req: http::request::Builder,
     body: Option<Bytes>,
-) -> Result<H2Answer, String> {
+) -> Result<H2Answer, ProbeFailure> {
     let io = Transport::from(conn)
         .into_io()
-        .map_err(|e| format!("connection: {e}"))?;
+        .map_err(|e| ProbeFailure::Io("connection", e))?;
     let (send, driver) = h2::client::handshake(io)
         .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .map_err(|e| ProbeFailure::Http2("HTTP/2 handshake", e.to_string()))?;
     // The connection's task ends with the exchange, or at the probe's
     // timeout when the peer holds it open: never outlives the probe long.
     let task = monoio::spawn(async move {
         let _ = monoio::time::timeout(limit, driver).await;
     });
     let result = async {
-        let mut send = send.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+        let mut send = send
+            .ready()
+            .await
+            .map_err(|e| ProbeFailure::Http2("HTTP/2", e.to_string()))?;
         let req = req
             .version(http::Version::HTTP_2)
             .body(())
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| ProbeFailure::Http2("request", e.to_string()))?;
         let (response, mut stream) = send
             .send_request(req, body.is_none())
-            .map_err(|e| format!("HTTP/2 request: {e}"))?;
+            .map_err(|e| ProbeFailure::Http2("HTTP/2 request", e.to_string()))?;
         if let Some(b) = body {
             stream
                 .send_data(b, true)
-                .map_err(|e| format!("HTTP/2 request body: {e}"))?;
+                .map_err(|e| ProbeFailure::Http2("HTTP/2 request body", e.to_string()))?;
         }
         let response = response
             .await
-            .map_err(|e| format!("HTTP/2 response: {e}"))?;
+            .map_err(|e| ProbeFailure::Http2("HTTP/2 response", e.to_string()))?;
         let status = response.status().as_u16();
         let mut grpc_status = header(response.headers(), "grpc-status");
         let mut recv = response.into_body();
         let mut body = Vec::new();
         while let Some(chunk) = recv.data().await {
-            let chunk = chunk.map_err(|e| format!("HTTP/2 response body: {e}"))?;
+            let chunk =
+                chunk.map_err(|e| ProbeFailure::Http2("HTTP/2 response body", e.to_string()))?;
             let _ = recv.flow_control().release_capacity(chunk.len());
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("answer body over {MAX_BODY} bytes"));
+                return Err(ProbeFailure::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }

@@ -115,7 +115,7 @@ async fn probe_loop(weak: Weak<ArcSwap<Snapshot>>, key: Key, stop: Rc<Cell<bool>
         match health.probe_result(result.is_ok(), &check) {
             Some(false) => tracing::warn!(
                 %cluster, endpoint = %addr, failures = check.unhealthy_threshold,
-                reason = %result.err().unwrap_or_default(),
+                reason = %result.err().map(|e| e.to_string()).unwrap_or_default(),
                 "endpoint failed its health checks; it gets no traffic"
             ),
             Some(true) => tracing::info!(

@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use prost::Message;
 use toml::{Table, Value};
 
+use super::convert::Rejected;
 use super::convert::{duration, file_name, u32_value};
 pub(super) use super::endpoints::host_port;
 use super::endpoints::{dns_names, endpoint_array, endpoints};
@@ -38,22 +39,21 @@ const TLS_CONTEXT: &str =
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Translate one cluster; `Err` names the feature Outrigger lacks.
-pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
+pub fn cluster(c: &Cluster) -> Result<XCluster, Rejected> {
     if c.name.is_empty() {
-        return Err("a cluster without a name".into());
+        return Err(Rejected::missing("a cluster without a name"));
     }
     let mut t = Table::new();
     let mut eds = None;
     let kind = match &c.cluster_discovery_type {
         None => DiscoveryType::Static,
-        Some(ClusterDiscoveryType::Type(k)) => {
-            DiscoveryType::try_from(*k).map_err(|_| format!("unknown discovery type {k}"))?
-        }
+        Some(ClusterDiscoveryType::Type(k)) => DiscoveryType::try_from(*k)
+            .map_err(|_| Rejected::invalid(format!("unknown discovery type {k}")))?,
         Some(ClusterDiscoveryType::ClusterType(ct)) => {
-            return Err(format!(
+            return Err(Rejected::unsupported(format!(
                 "custom cluster_type \"{}\" is not supported",
                 ct.name
-            ))
+            )))
         }
     };
     match kind {
@@ -65,7 +65,7 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
             t.insert("discovery".into(), "dns".into());
             let names = dns_names(c.load_assignment.as_ref())?;
             if names.is_empty() {
-                return Err("a DNS cluster without endpoints".into());
+                return Err(Rejected::missing("a DNS cluster without endpoints"));
             }
             t.insert("endpoints".into(), Value::Array(names));
             if let Some(d) = duration(c.dns_refresh_rate.as_ref()) {
@@ -100,15 +100,22 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
         Ok(LbPolicy::Random) => "random",
         Ok(LbPolicy::Maglev) => "maglev",
         Ok(other) => {
-            return Err(format!(
+            return Err(Rejected::unsupported(format!(
                 "lb_policy {} is not supported",
                 other.as_str_name()
-            ))
+            )))
         }
-        Err(_) => return Err(format!("unknown lb_policy {}", c.lb_policy)),
+        Err(_) => {
+            return Err(Rejected::invalid(format!(
+                "unknown lb_policy {}",
+                c.lb_policy
+            )))
+        }
     };
     if c.load_balancing_policy.is_some() {
-        return Err("load_balancing_policy is not supported (use lb_policy)".into());
+        return Err(Rejected::unsupported(
+            "load_balancing_policy is not supported (use lb_policy)",
+        ));
     }
     if kind != DiscoveryType::OriginalDst {
         t.insert("balance".into(), balance.into());
@@ -169,7 +176,11 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
         [h] => {
             t.insert("health_check".into(), health(h)?.into());
         }
-        _ => return Err("more than one health check is not supported".into()),
+        _ => {
+            return Err(Rejected::unsupported(
+                "more than one health check is not supported",
+            ))
+        }
     }
     if let Some(ts) = &c.transport_socket {
         if let Some(tls) = upstream_tls(ts)? {
@@ -181,7 +192,7 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
     }
     if let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS) {
         let o = HttpProtocolOptions::decode(any.value.as_slice())
-            .map_err(|e| format!("{HTTP_OPTIONS}: {e}"))?;
+            .map_err(|e| Rejected::undecodable(HTTP_OPTIONS, &e))?;
         let protocol = match &o.upstream_protocol_options {
             None => None,
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
@@ -189,7 +200,7 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
                     Some("http2")
                 }
                 Some(explicit_http_config::ProtocolConfig::Http3ProtocolOptions(_)) => {
-                    return Err("HTTP/3 upstreams are not supported".into())
+                    return Err(Rejected::unsupported("HTTP/3 upstreams are not supported"))
                 }
                 _ => Some("http1"),
             },
@@ -205,14 +216,14 @@ pub fn cluster(c: &Cluster) -> Result<XCluster, String> {
         .keys()
         .find(|k| *k != HTTP_OPTIONS)
     {
-        return Err(format!(
+        return Err(Rejected::unsupported(format!(
             "typed_extension_protocol_options \"{other}\" is not supported"
-        ));
+        )));
     }
     Ok(XCluster { table: t, eds })
 }
 
-fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<Table, String> {
+fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<Table, Rejected> {
     let mut t = Table::new();
     match &h.health_checker {
         Some(health_check::HealthChecker::HttpHealthCheck(http)) => {
@@ -226,10 +237,10 @@ fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<T
             let mut statuses = Vec::new();
             for r in &http.expected_statuses {
                 if r.end <= r.start || r.end - r.start > 200 || r.start < 100 || r.end > 600 {
-                    return Err(format!(
+                    return Err(Rejected::unsupported(format!(
                         "health check expected_statuses range [{}, {}) is not supported",
                         r.start, r.end
-                    ));
+                    )));
                 }
                 statuses.extend((r.start..r.end).map(Value::Integer));
             }
@@ -237,18 +248,24 @@ fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<T
                 t.insert("expected_statuses".into(), Value::Array(statuses));
             }
             if http.send.is_some() || !http.receive.is_empty() {
-                return Err("health check payloads are not supported".into());
+                return Err(Rejected::unsupported(
+                    "health check payloads are not supported",
+                ));
             }
         }
         Some(health_check::HealthChecker::TcpHealthCheck(tcp)) => {
             if tcp.send.is_some() || !tcp.receive.is_empty() {
-                return Err("TCP health check payloads are not supported".into());
+                return Err(Rejected::unsupported(
+                    "TCP health check payloads are not supported",
+                ));
             }
             t.insert("protocol".into(), "tcp".into());
         }
         Some(health_check::HealthChecker::GrpcHealthCheck(g)) => {
             if !g.initial_metadata.is_empty() {
-                return Err("gRPC health check initial_metadata is not supported".into());
+                return Err(Rejected::unsupported(
+                    "gRPC health check initial_metadata is not supported",
+                ));
             }
             t.insert("protocol".into(), "grpc".into());
             if !g.service_name.is_empty() {
@@ -259,12 +276,12 @@ fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<T
             }
         }
         Some(health_check::HealthChecker::CustomHealthCheck(c)) => {
-            return Err(format!(
+            return Err(Rejected::unsupported(format!(
                 "custom health check \"{}\" is not supported",
                 c.name
-            ))
+            )))
         }
-        None => return Err("a health check without a checker".into()),
+        None => return Err(Rejected::missing("a health check without a checker")),
     }
     for (key, v) in [("interval", &h.interval), ("timeout", &h.timeout)] {
         if let Some(d) = duration(v.as_ref()) {
@@ -285,24 +302,29 @@ fn health(h: &envoy_types::pb::envoy::config::core::v3::HealthCheck) -> Result<T
 /// `transport_socket` of a cluster: the TLS context, or `None` for plain TCP.
 fn upstream_tls(
     ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
-) -> Result<Option<Table>, String> {
+) -> Result<Option<Table>, Rejected> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     let any = match &ts.config_type {
         Some(ConfigType::TypedConfig(any)) => any,
         None if ts.name == "envoy.transport_sockets.raw_buffer" => return Ok(None),
-        None => return Err(format!("transport socket \"{}\" without a config", ts.name)),
+        None => {
+            return Err(Rejected::missing(format!(
+                "transport socket \"{}\" without a config",
+                ts.name
+            )))
+        }
     };
     if any.type_url.ends_with("RawBuffer") {
         return Ok(None);
     }
     if any.type_url != TLS_CONTEXT {
-        return Err(format!(
+        return Err(Rejected::unsupported(format!(
             "transport socket {} is not supported",
             any.type_url
-        ));
+        )));
     }
     let ctx = UpstreamTlsContext::decode(any.value.as_slice())
-        .map_err(|e| format!("UpstreamTlsContext: {e}"))?;
+        .map_err(|e| Rejected::undecodable("UpstreamTlsContext", &e))?;
     let mut t = common_tls(ctx.common_tls_context.as_ref(), "ca")?;
     if !ctx.sni.is_empty() {
         t.insert("server_name".into(), ctx.sni.into());
@@ -312,11 +334,13 @@ fn upstream_tls(
 
 /// The parts of a `CommonTlsContext` Outrigger honours: certificate and
 /// key files, the CA file (under `ca_key`), ALPN.
-pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result<Table, String> {
+pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result<Table, Rejected> {
     let mut t = Table::new();
     let Some(ctx) = ctx else { return Ok(t) };
     if !ctx.tls_certificate_sds_secret_configs.is_empty() {
-        return Err("SDS certificates are not supported (use files)".into());
+        return Err(Rejected::unsupported(
+            "SDS certificates are not supported (use files)",
+        ));
     }
     match ctx.tls_certificates.as_slice() {
         [] => {}
@@ -330,7 +354,11 @@ pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result
                 file_name(c.private_key.as_ref(), "private_key")?.into(),
             );
         }
-        _ => return Err("more than one TLS certificate is not supported".into()),
+        _ => {
+            return Err(Rejected::unsupported(
+                "more than one TLS certificate is not supported",
+            ))
+        }
     }
     match &ctx.validation_context_type {
         None => {}
@@ -340,7 +368,11 @@ pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result
             }
             validation_rules(v, &mut t)?;
         }
-        Some(_) => return Err("SDS or combined validation contexts are not supported".into()),
+        Some(_) => {
+            return Err(Rejected::unsupported(
+                "SDS or combined validation contexts are not supported",
+            ))
+        }
     }
     if !ctx.alpn_protocols.is_empty() {
         t.insert(
@@ -363,7 +395,7 @@ pub(super) fn common_tls(ctx: Option<&CommonTlsContext>, ca_key: &str) -> Result
 fn validation_rules(
     v: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateValidationContext,
     t: &mut Table,
-) -> Result<(), String> {
+) -> Result<(), Rejected> {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
     let unsupported = [
         (
@@ -394,7 +426,9 @@ fn validation_rules(
         (v.watched_directory.is_some(), "watched_directory"),
     ];
     if let Some((_, name)) = unsupported.iter().find(|(set, _)| *set) {
-        return Err(format!("validation_context.{name} is not supported"));
+        return Err(Rejected::unsupported(format!(
+            "validation_context.{name} is not supported"
+        )));
     }
     let mut sans = Vec::new();
     for m in &v.match_typed_subject_alt_names {
@@ -402,10 +436,10 @@ fn validation_rules(
             Ok(SanType::Uri) => "uri",
             Ok(SanType::Dns) => "dns",
             _ => {
-                return Err(format!(
+                return Err(Rejected::unsupported(format!(
                     "match_typed_subject_alt_names of type {} is not supported (URI and DNS only)",
                     m.san_type
-                ))
+                )))
             }
         };
         sans.push(san_matcher(kind, m.matcher.as_ref())?);
@@ -423,9 +457,9 @@ fn validation_rules(
 fn san_matcher(
     kind: &str,
     m: Option<&envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher>,
-) -> Result<Value, String> {
+) -> Result<Value, Rejected> {
     use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-    let m = m.ok_or("a subject alt name matcher without a matcher")?;
+    let m = m.ok_or_else(|| Rejected::missing("a subject alt name matcher without a matcher"))?;
     let (how, value) = match &m.match_pattern {
         Some(MatchPattern::Exact(v)) => ("exact", v.clone()),
         Some(MatchPattern::Prefix(v)) => ("prefix", v.clone()),
@@ -433,9 +467,9 @@ fn san_matcher(
         Some(MatchPattern::Contains(v)) => ("contains", v.clone()),
         Some(MatchPattern::SafeRegex(r)) => ("regex", r.regex.clone()),
         Some(MatchPattern::Custom(_)) | None => {
-            return Err(
-                "a custom or empty string matcher for subject alt names is not supported".into(),
-            )
+            return Err(Rejected::unsupported(
+                "a custom or empty string matcher for subject alt names is not supported",
+            ))
         }
     };
     let mut e = Table::new();

@@ -8,6 +8,71 @@ use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource, HeaderVa
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use toml::{Table, Value};
 
+/// Why a resource was refused (NACKed): its text goes back to the server
+/// as the request's `error_detail`, and into `/xds` and the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejected {
+    pub reason: Reason,
+    message: String,
+}
+
+/// What kind of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A feature, field or value Outrigger does not implement.
+    Unsupported,
+    /// A field the resource must set is not set.
+    Missing,
+    /// A value out of range, or that does not parse.
+    Invalid,
+    /// It clashes with what the config file defines.
+    Conflict,
+}
+
+impl Rejected {
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Rejected {
+            reason: Reason::Unsupported,
+            message: message.into(),
+        }
+    }
+
+    pub fn missing(message: impl Into<String>) -> Self {
+        Rejected {
+            reason: Reason::Missing,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Rejected {
+            reason: Reason::Invalid,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Rejected {
+            reason: Reason::Conflict,
+            message: message.into(),
+        }
+    }
+
+    /// A typed config that does not decode as `what`.
+    pub fn undecodable(what: &str, e: &prost::DecodeError) -> Self {
+        Rejected::invalid(format!("{what}: {e}"))
+    }
+
+    /// The same refusal, said of the part it was found in (`"{at}: ..."`).
+    pub fn within(self, at: impl std::fmt::Display) -> Self {
+        Rejected {
+            reason: self.reason,
+            message: format!("{at}: {}", self.message),
+        }
+    }
+}
+
 /// A protobuf duration as a config duration (`"1500ms"`); `None` when
 /// unset or zero.
 pub fn duration(d: Option<&Duration>) -> Option<String> {
@@ -22,11 +87,13 @@ pub fn u32_value(v: Option<&UInt32Value>) -> Option<u32> {
 
 /// A data source that names a file (inline material is not supported:
 /// Outrigger watches the files it reads).
-pub fn file_name(d: Option<&DataSource>, what: &str) -> Result<String, String> {
+pub fn file_name(d: Option<&DataSource>, what: &str) -> Result<String, Rejected> {
     match d.and_then(|d| d.specifier.as_ref()) {
         Some(data_source::Specifier::Filename(f)) => Ok(f.clone()),
-        Some(_) => Err(format!("{what}: only file names are supported")),
-        None => Err(format!("{what} is missing")),
+        Some(_) => Err(Rejected::unsupported(format!(
+            "{what}: only file names are supported"
+        ))),
+        None => Err(Rejected::missing(format!("{what} is missing"))),
     }
 }
 
@@ -36,7 +103,7 @@ pub fn header_edits(
     add: &[HeaderValueOption],
     remove: &[String],
     into: &mut Table,
-) -> Result<(), String> {
+) -> Result<(), Rejected> {
     for o in add {
         let Some(h) = &o.header else { continue };
         let name = h.key.to_ascii_lowercase();
@@ -44,12 +111,12 @@ pub fn header_edits(
             h.value.clone()
         } else {
             String::from_utf8(h.raw_value.clone())
-                .map_err(|_| format!("header {name}: value is not UTF-8"))?
+                .map_err(|_| Rejected::invalid(format!("header {name}: value is not UTF-8")))?
         };
         if value.contains('%') {
-            return Err(format!(
+            return Err(Rejected::unsupported(format!(
                 "header {name}: substitution formatters (%...%) are not supported"
-            ));
+            )));
         }
         // append_action: APPEND_IF_EXISTS_OR_ADD (0), ADD_IF_ABSENT (1),
         // OVERWRITE_IF_EXISTS_OR_ADD (2), OVERWRITE_IF_EXISTS (3). The
@@ -57,7 +124,11 @@ pub fn header_edits(
         let overwrite = match (o.append_action, o.append.as_ref().map(|b| b.value)) {
             (_, Some(false)) | (2, _) => true,
             (0, _) => false,
-            (n, _) => return Err(format!("header {name}: append_action {n} is not supported")),
+            (n, _) => {
+                return Err(Rejected::unsupported(format!(
+                    "header {name}: append_action {n} is not supported"
+                )))
+            }
         };
         let section = if overwrite { "set" } else { "add" };
         let t = into

@@ -11,30 +11,33 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use toml::{Table, Value};
 
 use super::convert::u32_value;
+use super::convert::Rejected;
 use crate::discovery::Found;
 use crate::upstream::locality::MAX_PRIORITY;
 use crate::upstream::Locality;
 
 /// An IP socket address.
-fn socket(a: Option<&Address>) -> Result<SocketAddr, String> {
+fn socket(a: Option<&Address>) -> Result<SocketAddr, Rejected> {
     let (host, port) = host_port(a)?;
     let ip: IpAddr = host
         .parse()
-        .map_err(|_| format!("\"{host}\" is not an IP address"))?;
+        .map_err(|_| Rejected::invalid(format!("\"{host}\" is not an IP address")))?;
     Ok(SocketAddr::new(ip, port))
 }
 
 /// Host and port of a socket address.
-pub(super) fn host_port(a: Option<&Address>) -> Result<(String, u16), String> {
+pub(super) fn host_port(a: Option<&Address>) -> Result<(String, u16), Rejected> {
     let Some(address::Address::SocketAddress(s)) = a.and_then(|a| a.address.as_ref()) else {
-        return Err("only socket addresses are supported".into());
+        return Err(Rejected::unsupported("only socket addresses are supported"));
     };
     let port = match &s.port_specifier {
         Some(socket_address::PortSpecifier::PortValue(p)) => {
-            u16::try_from(*p).map_err(|_| format!("port {p} is out of range"))?
+            u16::try_from(*p).map_err(|_| Rejected::invalid(format!("port {p} is out of range")))?
         }
         Some(socket_address::PortSpecifier::NamedPort(n)) => {
-            return Err(format!("named port \"{n}\" is not supported"))
+            return Err(Rejected::unsupported(format!(
+                "named port \"{n}\" is not supported"
+            )))
         }
         None => 0,
     };
@@ -47,7 +50,7 @@ pub(super) fn host_port(a: Option<&Address>) -> Result<(String, u16), String> {
 pub fn endpoints(
     cla: Option<&ClusterLoadAssignment>,
     skip_unhealthy: bool,
-) -> Result<Vec<Found>, String> {
+) -> Result<Vec<Found>, Rejected> {
     let mut out: Vec<Found> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let Some(cla) = cla else { return Ok(out) };
@@ -60,7 +63,7 @@ pub fn endpoints(
                 continue;
             }
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
-                return Err("named endpoints are not supported".into());
+                return Err(Rejected::unsupported("named endpoints are not supported"));
             };
             let a = socket(e.address.as_ref())?;
             let weight = u32_value(ep.load_balancing_weight.as_ref())
@@ -81,14 +84,14 @@ pub fn endpoints(
 }
 
 /// A STRICT_DNS cluster's `host:port` names, weighted.
-pub(super) fn dns_names(cla: Option<&ClusterLoadAssignment>) -> Result<Vec<Value>, String> {
+pub(super) fn dns_names(cla: Option<&ClusterLoadAssignment>) -> Result<Vec<Value>, Rejected> {
     let mut out = Vec::new();
     let Some(cla) = cla else { return Ok(out) };
     for group in &cla.endpoints {
         let (locality, priority) = group_locality(group)?;
         for ep in &group.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
-                return Err("named endpoints are not supported".into());
+                return Err(Rejected::unsupported("named endpoints are not supported"));
             };
             let (host, port) = host_port(e.address.as_ref())?;
             let host = if host.contains(':') {
@@ -124,12 +127,12 @@ pub(super) fn endpoint_array(found: &[Found]) -> Value {
 
 /// A locality group's region and zone (`sub_zone` is not used) and its
 /// priority.
-fn group_locality(group: &LocalityLbEndpoints) -> Result<(Locality, u32), String> {
+fn group_locality(group: &LocalityLbEndpoints) -> Result<(Locality, u32), Rejected> {
     if group.priority > MAX_PRIORITY {
-        return Err(format!(
+        return Err(Rejected::unsupported(format!(
             "priority {} is not supported (0 to {MAX_PRIORITY})",
             group.priority
-        ));
+        )));
     }
     let locality = group
         .locality
@@ -153,12 +156,14 @@ fn locality_keys(t: &mut Table, locality: &Locality, priority: u32) {
 }
 
 /// An EDS resource: its name and endpoints.
-pub fn assignment(cla: &ClusterLoadAssignment) -> Result<Vec<Found>, String> {
+pub fn assignment(cla: &ClusterLoadAssignment) -> Result<Vec<Found>, Rejected> {
     if cla.cluster_name.is_empty() {
-        return Err("a ClusterLoadAssignment without cluster_name".into());
+        return Err(Rejected::missing(
+            "a ClusterLoadAssignment without cluster_name",
+        ));
     }
     if !cla.named_endpoints.is_empty() {
-        return Err("named_endpoints are not supported".into());
+        return Err(Rejected::unsupported("named_endpoints are not supported"));
     }
     endpoints(Some(cla), true)
 }

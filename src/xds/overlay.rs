@@ -12,6 +12,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use toml::{Table, Value};
 
+use super::convert::Rejected;
 use super::listener::inline_table;
 use super::{Kind, XCluster, XListener, XRoutes};
 use crate::config::overlay::FileNames;
@@ -47,12 +48,14 @@ impl State {
             let bytes = any.value.as_slice();
             let result = match kind {
                 Kind::Cluster => Cluster::decode(bytes)
-                    .map_err(|e| (format!("#{i}"), e.to_string()))
+                    .map_err(|e| (format!("#{i}"), Rejected::invalid(e.to_string())))
                     .and_then(|c| {
                         if file.clusters.contains(&c.name) {
                             return Err((
                                 c.name.clone(),
-                                "a cluster of this name is defined in the config file".into(),
+                                Rejected::conflict(
+                                    "a cluster of this name is defined in the config file",
+                                ),
                             ));
                         }
                         super::translate_cluster(&c)
@@ -60,12 +63,14 @@ impl State {
                             .map_err(|e| (c.name.clone(), e))
                     }),
                 Kind::Listener => Listener::decode(bytes)
-                    .map_err(|e| (format!("#{i}"), e.to_string()))
+                    .map_err(|e| (format!("#{i}"), Rejected::invalid(e.to_string())))
                     .and_then(|l| {
                         if file.listeners.contains(&l.name) {
                             return Err((
                                 l.name.clone(),
-                                "a listener of this name is defined in the config file".into(),
+                                Rejected::conflict(
+                                    "a listener of this name is defined in the config file",
+                                ),
                             ));
                         }
                         super::translate_listener(&l)
@@ -73,12 +78,14 @@ impl State {
                             .map_err(|e| (l.name.clone(), e))
                     }),
                 Kind::Route => RouteConfiguration::decode(bytes)
-                    .map_err(|e| (format!("#{i}"), e.to_string()))
+                    .map_err(|e| (format!("#{i}"), Rejected::invalid(e.to_string())))
                     .and_then(|r| {
                         if file.routes.contains(&r.name) {
                             return Err((
                                 r.name.clone(),
-                                "a route table of this name is defined in the config file".into(),
+                                Rejected::conflict(
+                                    "a route table of this name is defined in the config file",
+                                ),
                             ));
                         }
                         super::translate_route_config(&r)
@@ -86,7 +93,7 @@ impl State {
                             .map_err(|e| (r.name.clone(), e))
                     }),
                 Kind::Endpoint => ClusterLoadAssignment::decode(bytes)
-                    .map_err(|e| (format!("#{i}"), e.to_string()))
+                    .map_err(|e| (format!("#{i}"), Rejected::invalid(e.to_string())))
                     .and_then(|c| {
                         super::assignment(&c)
                             .map(|x| (c.cluster_name.clone(), Held::Endpoints(x)))

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use toml::{Table, Value};
 
+use super::convert::Rejected;
 use super::convert::{duration, header_edits, u32_value};
 
 /// A route configuration, translated.
@@ -34,7 +35,7 @@ pub struct XRoutes {
     pub clusters: BTreeSet<String>,
 }
 
-pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
+pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, Rejected> {
     let mut hosts: Vec<(u8, String, &VirtualHost)> = Vec::new();
     // Per virtual host, how many distinct domains (without ports) it has.
     let mut distinct: Vec<usize> = Vec::new();
@@ -55,17 +56,17 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
                 2
             } else if let Some(suffix) = d.strip_prefix("*.") {
                 if suffix.contains('*') {
-                    return Err(format!(
+                    return Err(Rejected::unsupported(format!(
                         "virtual host {}: domain \"{d}\" is not supported",
                         vh.name
-                    ));
+                    )));
                 }
                 1
             } else if d.contains('*') {
-                return Err(format!(
+                return Err(Rejected::unsupported(format!(
                     "virtual host {}: domain \"{d}\" is not supported (exact, \"*.suffix\" or \"*\")",
                     vh.name
-                ));
+                )));
             } else {
                 0
             };
@@ -83,7 +84,11 @@ pub fn route_config(rc: &RouteConfiguration) -> Result<XRoutes, String> {
     for (_, domain, vh) in hosts {
         for (i, r) in vh.routes.iter().enumerate() {
             let mut t = route(r, vh, &mut out.clusters).map_err(|e| {
-                format!("virtual host {}, route {}: {e}", vh.name, route_label(r, i))
+                e.within(format_args!(
+                    "virtual host {}, route {}",
+                    vh.name,
+                    route_label(r, i)
+                ))
             })?;
             let mut m = match t.remove("match") {
                 Some(Value::Table(m)) => m,
@@ -178,7 +183,7 @@ fn route_label(r: &Route, i: usize) -> String {
     }
 }
 
-fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result<Table, String> {
+fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result<Table, Rejected> {
     let mut t = Table::new();
     // Fault injection: the route's own HTTPFault, else its virtual host's.
     if let Some(any) = r
@@ -188,7 +193,10 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
     {
         t.insert("fault".into(), super::fault::fault(any)?.into());
     }
-    let m = r.r#match.as_ref().ok_or("a route without match")?;
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| Rejected::missing("a route without match"))?;
     let mut mt = Table::new();
     match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) => {
@@ -203,21 +211,29 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
             mt.insert("path_regex".into(), format!("^(?:{})$", re.regex).into());
         }
         Some(_) => {
-            return Err("this path match is not supported (prefix, path or safe_regex)".into())
+            return Err(Rejected::unsupported(
+                "this path match is not supported (prefix, path or safe_regex)",
+            ))
         }
-        None => return Err("a route match without a path specifier".into()),
+        None => return Err(Rejected::missing("a route match without a path specifier")),
     }
     if m.case_sensitive.as_ref().is_some_and(|b| !b.value) {
-        return Err("case-insensitive path matching is not supported".into());
+        return Err(Rejected::unsupported(
+            "case-insensitive path matching is not supported",
+        ));
     }
     if !m.query_parameters.is_empty() {
-        return Err("query parameter matching is not supported".into());
+        return Err(Rejected::unsupported(
+            "query parameter matching is not supported",
+        ));
     }
     if m.runtime_fraction.is_some() {
-        return Err("runtime_fraction is not supported".into());
+        return Err(Rejected::unsupported("runtime_fraction is not supported"));
     }
     if m.grpc.is_some() || m.tls_context.is_some() || !m.dynamic_metadata.is_empty() {
-        return Err("grpc, tls_context and dynamic_metadata matches are not supported".into());
+        return Err(Rejected::unsupported(
+            "grpc, tls_context and dynamic_metadata matches are not supported",
+        ));
     }
     let mut headers = Table::new();
     for h in &m.headers {
@@ -227,25 +243,25 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                 match &s.match_pattern {
                     Some(MatchPattern::Exact(v)) => v.clone(),
                     _ => {
-                        return Err(format!(
+                        return Err(Rejected::unsupported(format!(
                             "header {}: only exact header matches are supported",
                             h.name
-                        ))
+                        )))
                     }
                 }
             }
             _ => {
-                return Err(format!(
+                return Err(Rejected::unsupported(format!(
                     "header {}: only exact header matches are supported",
                     h.name
-                ))
+                )))
             }
         };
         if h.invert_match || h.treat_missing_header_as_empty {
-            return Err(format!(
+            return Err(Rejected::unsupported(format!(
                 "header {}: inverted matches are not supported",
                 h.name
-            ));
+            )));
         }
         headers.insert(h.name.to_ascii_lowercase(), value.into());
     }
@@ -270,9 +286,9 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                         if !c.request_headers_to_add.is_empty()
                             || !c.response_headers_to_add.is_empty()
                         {
-                            return Err(
-                                "header edits per weighted cluster are not supported".into()
-                            );
+                            return Err(Rejected::unsupported(
+                                "header edits per weighted cluster are not supported",
+                            ));
                         }
                         clusters.insert(c.name.clone());
                         let mut s = Table::new();
@@ -281,11 +297,17 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                         split.push(Value::Table(s));
                     }
                     if split.is_empty() {
-                        return Err("weighted_clusters without a positive weight".into());
+                        return Err(Rejected::missing(
+                            "weighted_clusters without a positive weight",
+                        ));
                     }
                     t.insert("split".into(), Value::Array(split));
                 }
-                _ => return Err("only cluster and weighted_clusters are supported".into()),
+                _ => {
+                    return Err(Rejected::unsupported(
+                        "only cluster and weighted_clusters are supported",
+                    ))
+                }
             }
             if let Some(d) = duration(ra.timeout.as_ref()) {
                 t.insert("timeout".into(), d.into());
@@ -296,7 +318,9 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                 t.insert("rewrite".into(), rw.into());
             }
             if ra.regex_rewrite.is_some() || ra.path_rewrite_policy.is_some() {
-                return Err("regex_rewrite and path_rewrite_policy are not supported".into());
+                return Err(Rejected::unsupported(
+                    "regex_rewrite and path_rewrite_policy are not supported",
+                ));
             }
             match &ra.host_rewrite_specifier {
                 None => {}
@@ -307,7 +331,11 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                     rh.insert("set".into(), set.into());
                     t.insert("request_headers".into(), rh.into());
                 }
-                Some(_) => return Err("only host_rewrite_literal is supported".into()),
+                Some(_) => {
+                    return Err(Rejected::unsupported(
+                        "only host_rewrite_literal is supported",
+                    ))
+                }
             }
             let policy = ra.retry_policy.as_ref().or(vh.retry_policy.as_ref());
             if let Some(p) = policy {
@@ -317,14 +345,14 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                 let mut mirrors = Vec::new();
                 for m in &ra.request_mirror_policies {
                     if m.cluster.is_empty() {
-                        return Err("request mirroring: only a named cluster is supported (not cluster_header)".into());
+                        return Err(Rejected::unsupported("request mirroring: only a named cluster is supported (not cluster_header)"));
                     }
                     if m.trace_sampled.is_some()
                         || m.disable_shadow_host_suffix_append
                         || !m.request_headers_mutations.is_empty()
                         || !m.host_rewrite_literal.is_empty()
                     {
-                        return Err("request mirroring: trace_sampled, disable_shadow_host_suffix_append, request_headers_mutations and host_rewrite_literal are not supported".into());
+                        return Err(Rejected::unsupported("request mirroring: trace_sampled, disable_shadow_host_suffix_append, request_headers_mutations and host_rewrite_literal are not supported"));
                     }
                     clusters.insert(m.cluster.clone());
                     let mut mt = Table::new();
@@ -337,7 +365,7 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
                     {
                         None => 100.0,
                         Some(p) => super::fault::fractional(p)
-                            .map_err(|e| format!("request mirroring: {e}"))?,
+                            .map_err(|e| e.within("request mirroring"))?,
                     };
                     mt.insert("percent".into(), Value::Float(percent));
                     mirrors.push(Value::Table(mt));
@@ -349,11 +377,12 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
             let body = match dr.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                 None => String::new(),
                 Some(data_source::Specifier::InlineString(s)) => s.clone(),
-                Some(data_source::Specifier::InlineBytes(b)) => {
-                    String::from_utf8(b.clone()).map_err(|_| "direct_response body is not UTF-8")?
-                }
+                Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8(b.clone())
+                    .map_err(|_| Rejected::invalid("direct_response body is not UTF-8"))?,
                 Some(_) => {
-                    return Err("direct_response body: only inline bodies are supported".into())
+                    return Err(Rejected::unsupported(
+                        "direct_response body: only inline bodies are supported",
+                    ))
                 }
             };
             let mut d = Table::new();
@@ -361,14 +390,16 @@ fn route(r: &Route, vh: &VirtualHost, clusters: &mut BTreeSet<String>) -> Result
             d.insert("body".into(), body.into());
             t.insert("direct_response".into(), d.into());
         }
-        Some(Action::Redirect(_)) => return Err("redirects are not supported".into()),
-        Some(_) => return Err("this route action is not supported".into()),
-        None => return Err("a route without an action".into()),
+        Some(Action::Redirect(_)) => {
+            return Err(Rejected::unsupported("redirects are not supported"))
+        }
+        Some(_) => return Err(Rejected::unsupported("this route action is not supported")),
+        None => return Err(Rejected::missing("a route without an action")),
     }
     Ok(t)
 }
 
-fn retry(p: &RetryPolicy) -> Result<Table, String> {
+fn retry(p: &RetryPolicy) -> Result<Table, Rejected> {
     let mut t = Table::new();
     let mut on: Vec<Value> = Vec::new();
     for cond in p
@@ -381,7 +412,11 @@ fn retry(p: &RetryPolicy) -> Result<Table, String> {
             "5xx" | "gateway-error" | "connect-failure" | "reset" | "cancelled"
             | "deadline-exceeded" | "internal" | "resource-exhausted" | "unavailable" => cond,
             "retriable-status-codes" => "retriable-status",
-            other => return Err(format!("retry_on \"{other}\" is not supported")),
+            other => {
+                return Err(Rejected::unsupported(format!(
+                    "retry_on \"{other}\" is not supported"
+                )))
+            }
         };
         let v = Value::String(ours.into());
         if !on.contains(&v) {

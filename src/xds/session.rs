@@ -76,7 +76,7 @@ pub(super) fn run(
             Err((e, was_up)) => {
                 status.failures.fetch_add(1, Relaxed);
                 tracing::warn!(server = %settings.address, error = %e, "xds: stream failed; serving the last config, reconnecting");
-                status.last_error.store(Some(Arc::new(e)));
+                status.last_error.store(Some(Arc::new(e.to_string())));
                 if was_up {
                     backoff = BACKOFF_MIN;
                 }
@@ -108,7 +108,7 @@ struct Client {
 }
 
 impl Client {
-    async fn session(&mut self, settings: &Arc<XdsSettings>) -> Result<Ended, (String, bool)> {
+    async fn session(&mut self, settings: &Arc<XdsSettings>) -> Result<Ended, (StreamError, bool)> {
         let channel = connect(settings).await.map_err(|e| (e, false))?;
         let mut ads = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
@@ -147,7 +147,7 @@ impl Client {
         let mut inbound = ads
             .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| (format!("{}: {}", s.code(), s.message()), false))?
+            .map_err(|s| (StreamError::Status(s), false))?
             .into_inner();
         self.status.connected.store(true, Relaxed);
         self.status.connects.fetch_add(1, Relaxed);
@@ -158,8 +158,8 @@ impl Client {
             tokio::select! {
                 m = inbound.message() => match m {
                     Ok(Some(resp)) => self.handle(resp, &tx, &node).await,
-                    Ok(None) => return Err(("the server closed the stream".into(), true)),
-                    Err(s) => return Err((format!("{}: {}", s.code(), s.message()), true)),
+                    Ok(None) => return Err((StreamError::Closed, true)),
+                    Err(s) => return Err((StreamError::Status(s), true)),
                 },
                 _ = tick.tick() => {
                     match super::settings(&self.snapshot) {
@@ -400,10 +400,10 @@ impl Client {
     }
 }
 
-async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
+async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, StreamError> {
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", s.address))
-        .map_err(|e| format!("{}: {e}", s.address))?
+        .map_err(|e| StreamError::Address(s.address.clone(), e))?
         .connect_timeout(s.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -412,8 +412,8 @@ async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
         let mut tls = tonic::transport::ClientTlsConfig::new();
         match &t.ca {
             Some(ca) => {
-                let pem =
-                    std::fs::read(ca).map_err(|e| format!("xds.tls.ca {}: {e}", ca.display()))?;
+                let pem = std::fs::read(ca)
+                    .map_err(|e| StreamError::Material("xds.tls.ca", ca.clone(), e))?;
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
             None => {
@@ -434,23 +434,44 @@ async fn connect(s: &XdsSettings) -> Result<tonic::transport::Channel, String> {
             }
         }
         if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
-            let c =
-                std::fs::read(cert).map_err(|e| format!("xds.tls.cert {}: {e}", cert.display()))?;
-            let k =
-                std::fs::read(key).map_err(|e| format!("xds.tls.key {}: {e}", key.display()))?;
+            let c = std::fs::read(cert)
+                .map_err(|e| StreamError::Material("xds.tls.cert", cert.clone(), e))?;
+            let k = std::fs::read(key)
+                .map_err(|e| StreamError::Material("xds.tls.key", key.clone(), e))?;
             tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
         }
         if let Some(name) = &t.server_name {
             tls = tls.domain_name(name.clone());
         }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| format!("xds.tls: {e}"))?;
+        endpoint = endpoint.tls_config(tls).map_err(StreamError::Tls)?;
     }
     endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {}", s.address, chain(&e)))
+        .map_err(|e| StreamError::Connect(s.address.clone(), chain(&e)))
+}
+
+/// Why an ADS stream could not open, or ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// `[xds] address` does not make a URI.
+    #[error("{0}: {1}")]
+    Address(String, tonic::transport::Error),
+    /// A certificate, key or CA file of `[xds.tls]` cannot be read.
+    #[error("{0} {}: {2}", .1.display())]
+    Material(&'static str, std::path::PathBuf, std::io::Error),
+    /// The TLS settings were refused.
+    #[error("xds.tls: {0}")]
+    Tls(tonic::transport::Error),
+    /// The connection failed (with its causes).
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// The server answered or ended the stream with a gRPC status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    /// The server ended the stream cleanly.
+    #[error("the server closed the stream")]
+    Closed,
 }
 
 /// An error with its causes ("transport error: tcp connect error:

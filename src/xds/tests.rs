@@ -130,7 +130,10 @@ fn virtual_hosts_flatten_most_specific_domain_first() {
         virtual_hosts: vec![vh("p", &["api.*"], vec![prefix_route("r", "/", "c")])],
         ..Default::default()
     };
-    assert!(translate_route_config(&rc).unwrap_err().contains("api.*"));
+    assert!(translate_route_config(&rc)
+        .unwrap_err()
+        .to_string()
+        .contains("api.*"));
 }
 
 #[test]
@@ -247,6 +250,7 @@ fn route_actions_translate_with_their_policies() {
     };
     assert!(translate_route_config(&rc)
         .unwrap_err()
+        .to_string()
         .contains("envoy-ratelimited"));
 }
 
@@ -284,9 +288,9 @@ fn clusters_translate_or_name_what_is_missing() {
     }
     let mut bad = c.clone();
     bad.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
-    assert!(translate_cluster(&bad)
-        .unwrap_err()
-        .contains("CLUSTER_PROVIDED"));
+    let refused = translate_cluster(&bad).unwrap_err();
+    assert!(refused.to_string().contains("CLUSTER_PROVIDED"));
+    assert_eq!(refused.reason, convert::Reason::Unsupported);
     let mut bad = c;
     bad.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
         cluster::DiscoveryType::Static as i32,
@@ -303,7 +307,15 @@ fn clusters_translate_or_name_what_is_missing() {
             ..Default::default()
         },
     );
-    assert!(translate_cluster(&bad).unwrap_err().contains("priority 9"));
+    assert!(translate_cluster(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("priority 9"));
+    let unnamed = Cluster::default();
+    assert_eq!(
+        translate_cluster(&unnamed).unwrap_err().reason,
+        convert::Reason::Missing
+    );
 }
 
 pub(super) fn tcp_listener(name: &str, cluster: &str) -> Listener {

@@ -200,7 +200,10 @@ fn unenforced_certificate_checks_are_refused() {
             }),
             ..Default::default()
         };
-        translate_cluster(&c).err().unwrap_or_default()
+        translate_cluster(&c)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     };
     let cases: Vec<(CertificateValidationContext, &str)> = vec![
         (

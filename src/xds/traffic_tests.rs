@@ -73,6 +73,7 @@ fn grpc_health_checks_and_downstream_protocol_translate() {
     bad.health_checks = vec![grpc(true)];
     assert!(translate_cluster(&bad)
         .unwrap_err()
+        .to_string()
         .contains("initial_metadata"));
 }
 
