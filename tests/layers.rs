@@ -66,6 +66,11 @@ fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, PathBu
     }
 }
 
+/// Test code: a `tests` module (or one inside it), or a `*_tests` file.
+fn is_test(module: &[String]) -> bool {
+    module.iter().any(|m| m == "tests" || m.ends_with("_tests"))
+}
+
 /// The unit a module path belongs to: the longest prefix the table names.
 fn unit_of(path: &[String], rank: &BTreeMap<String, usize>) -> Option<String> {
     (1..=path.len())
@@ -149,7 +154,7 @@ fn imports_point_down_the_layer_table() {
     let mut wrong = Vec::new();
     for (module, file) in &mods {
         let name = module.last().map(String::as_str).unwrap_or("");
-        if module.is_empty() || name == "main" || name == "tests" || name.ends_with("_tests") {
+        if module.is_empty() || name == "main" || is_test(module) {
             continue;
         }
         let Some(from) = unit_of(module, &rank) else {
@@ -203,7 +208,7 @@ fn file_graph(root: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let mut graph = BTreeMap::new();
     for (module, file) in &mods {
         let name = module.last().map(String::as_str).unwrap_or("");
-        if module.is_empty() || name == "main" || name == "tests" || name.ends_with("_tests") {
+        if module.is_empty() || name == "main" || is_test(module) {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{e}"));

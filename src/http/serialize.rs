@@ -336,7 +336,9 @@ pub fn serialize_response(
 }
 
 #[cfg(test)]
-mod per_try_tests {
+mod tests {
+    use bytes::BytesMut;
+
     use super::per_try;
 
     #[test]
@@ -359,11 +361,6 @@ mod per_try_tests {
             &b"GET / HTTP/1.1\r\nhost: x\r\nx-outrigger-attempts: 3\r\n\r\n"[..]
         );
     }
-}
-
-#[cfg(test)]
-mod number_tests {
-    use bytes::BytesMut;
 
     #[test]
     fn hand_formatting_matches_fmt() {

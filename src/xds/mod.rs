@@ -144,7 +144,3 @@ fn settings(snapshot: &Weak<ArcSwap<Snapshot>>) -> Option<Option<Arc<XdsSettings
 }
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tls_tests;
-#[cfg(test)]
-mod traffic_tests;

@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::config::route::v3::{route, RouteConfiguration};
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use prost::Message;
 
-use super::tests::{prefix_route, vh};
 use super::*;
+use super::{prefix_route, vh};
 
 #[test]
 fn grpc_health_checks_and_downstream_protocol_translate() {

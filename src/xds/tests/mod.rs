@@ -22,6 +22,9 @@ use prost::Message;
 
 use super::*;
 
+mod tls;
+mod traffic;
+
 pub(super) fn sock(ip: &str, port: u32) -> Option<Address> {
     Some(Address {
         address: Some(address::Address::SocketAddress(SocketAddress {

@@ -500,5 +500,4 @@ pub fn parse_response(
 }
 
 #[cfg(test)]
-#[path = "codec_tests.rs"]
 mod tests;

@@ -5,8 +5,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use prost::Message;
 
-use super::tests::{sock, tcp_listener};
 use super::*;
+use super::{sock, tcp_listener};
 
 #[test]
 fn every_translated_feature_compiles_as_file_config() {
