@@ -5,7 +5,8 @@
 //! interleave (A B C A B C …) so that drift on a noisy host hits every
 //! target alike; medians and ratios to the direct run are reported as a
 //! markdown table and JSON, with each proxy's CPU time per request (from
-//! /proc) and peak RSS (VmHWM).
+//! /proc) and peak RSS (VmHWM). `--topology mesh` puts a pair of sidecars
+//! of each proxy in the path instead of one (`mesh`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +89,21 @@ pub struct CompareArgs {
     /// With --h2: concurrent streams per connection.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
+    /// `single`: each proxy alone in front of the upstream. `mesh`: a pair
+    /// of sidecars of each proxy, client -> A -> mutual TLS -> B -> app
+    /// (Outrigger and HAProxy speak HTTP/2 between them, nginx HTTP/1.1
+    /// with keep-alive); CPU is the pair's, and with `direct` the table
+    /// shows the latency each pair adds.
+    #[arg(long, value_enum, default_value = "single")]
+    pub topology: Topology,
+}
+
+/// What stands between the generator and the upstream.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    Single,
+    Mesh,
 }
 
 /// One run against one target.
@@ -100,6 +116,8 @@ struct Run {
     errors: u64,
     non_2xx: u64,
     proxy_cpu_us_per_request: Option<f64>,
+    /// Per process of the target (a mesh pair: sidecar A, sidecar B).
+    sidecar_cpu_us_per_request: Vec<f64>,
     generator_cpu_us_per_request: f64,
     generator_saturated: bool,
 }
@@ -114,7 +132,14 @@ struct Summary {
     p99_us: u64,
     p99_9_us: u64,
     errors: u64,
+    /// The latency the target adds to the direct call (medians of p50 and
+    /// p99), when `direct` ran.
+    added_p50_us: Option<i64>,
+    added_p99_us: Option<i64>,
+    /// The proxy's CPU per request; with `--topology mesh`, both sidecars'.
     proxy_cpu_us_per_request: Option<f64>,
+    /// With `--topology mesh`: sidecar A's and sidecar B's apart.
+    sidecar_cpu_us_per_request: Vec<f64>,
     peak_rss_mib: Option<f64>,
     generator_cpu_us_per_request: f64,
     runs: Vec<Run>,
@@ -164,7 +189,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         h2: args.h2,
         outrigger: args.outrigger.as_deref(),
     };
-    let mut targets: Vec<(String, SocketAddr, Option<Proxy>)> = Vec::new();
+    let certs = match args.topology {
+        Topology::Mesh => Some(crate::mesh::certs(&dir.join("certs"))?),
+        Topology::Single => None,
+    };
+    let mut targets: Vec<(String, SocketAddr, Vec<Proxy>)> = Vec::new();
     for name in &args.targets {
         let started = match name.as_str() {
             "direct" if args.h2 => {
@@ -172,16 +201,24 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 continue;
             }
             "direct" => {
-                targets.push((name.clone(), upstream.addr, None));
+                targets.push((name.clone(), upstream.addr, Vec::new()));
                 continue;
             }
-            "outrigger" => start_outrigger(&layout, &dir, upstream.addr),
-            "nginx" => start_nginx(&layout, &dir, upstream.addr),
-            "haproxy" => start_haproxy(&layout, &dir, upstream.addr),
-            other => anyhow::bail!("unknown target {other:?}"),
+            kind => match &certs {
+                Some(certs) => crate::mesh::start_pair(kind, &layout, &dir, upstream.addr, certs),
+                None => {
+                    let one = match kind {
+                        "outrigger" => start_outrigger(&layout, &dir, upstream.addr),
+                        "nginx" => start_nginx(&layout, &dir, upstream.addr),
+                        "haproxy" => start_haproxy(&layout, &dir, upstream.addr),
+                        other => anyhow::bail!("unknown target {other:?}"),
+                    };
+                    one.map(|p| (p.addr, vec![p]))
+                }
+            },
         };
         match started {
-            Ok(p) => targets.push((name.clone(), p.addr, Some(p))),
+            Ok((addr, procs)) => targets.push((name.clone(), addr, procs)),
             Err(e) => eprintln!("skipping {name}: {e:#}"),
         }
     }
@@ -194,10 +231,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     for round in 0..rounds {
         for (name, addr, proxy) in &targets {
-            let pids = proxy.as_ref().map(|p| process_tree(p.child.id()));
-            let cpu0 = pids.as_ref().map(|p| cpu_seconds(p));
+            // Each process of the target (a mesh pair: A, then B) apart.
+            let pids: Vec<Vec<u32>> = proxy.iter().map(|p| process_tree(p.child.id())).collect();
+            let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(p)).collect();
             let report = load(&args, *addr, duration)?;
-            let cpu1 = pids.as_ref().map(|p| cpu_seconds(p));
+            let cpu1: Vec<f64> = pids.iter().map(|p| cpu_seconds(p)).collect();
             if let Some(h) = &report.histograms.latency {
                 match latencies.get_mut(name) {
                     Some(all) => {
@@ -221,7 +259,13 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                     .filter(|(k, _)| k.as_str() != "2xx")
                     .map(|(_, v)| v)
                     .sum(),
-                proxy_cpu_us_per_request: cpu0.zip(cpu1).map(|(a, b)| 1e6 * (b - a) / ops),
+                proxy_cpu_us_per_request: (!pids.is_empty())
+                    .then(|| 1e6 * (cpu1.iter().sum::<f64>() - cpu0.iter().sum::<f64>()) / ops),
+                sidecar_cpu_us_per_request: cpu0
+                    .iter()
+                    .zip(&cpu1)
+                    .map(|(a, b)| 1e6 * (b - a) / ops)
+                    .collect(),
                 generator_cpu_us_per_request: 1e6
                     * report.generator_cpu_utilisation
                     * report.threads as f64
@@ -242,17 +286,23 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     for (name, _, proxy) in &targets {
         let rs = runs.remove(name).unwrap_or_default();
-        let rss = proxy
-            .as_ref()
-            .map(|p| peak_rss_kib(&process_tree(p.child.id())) as f64 / 1024.0);
+        let rss = (!proxy.is_empty()).then(|| {
+            let pids: Vec<u32> = proxy
+                .iter()
+                .flat_map(|p| process_tree(p.child.id()))
+                .collect();
+            peak_rss_kib(&pids) as f64 / 1024.0
+        });
         summaries.push(summarize(name, rs, rss));
     }
     let direct = summaries
         .iter()
         .find(|s| s.target == "direct")
-        .map(|s| s.requests_per_second);
+        .map(|s| (s.requests_per_second, s.p50_us, s.p99_us));
     for s in &mut summaries {
-        s.ratio_to_direct = direct.map(|d| s.requests_per_second / d.max(1e-9));
+        s.ratio_to_direct = direct.map(|d| s.requests_per_second / d.0.max(1e-9));
+        s.added_p50_us = direct.map(|d| s.p50_us as i64 - d.1 as i64);
+        s.added_p99_us = direct.map(|d| s.p99_us as i64 - d.2 as i64);
     }
     let table = markdown(&args, &summaries);
     print!("{table}");
@@ -291,7 +341,11 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
 
 fn workload(args: &CompareArgs) -> String {
     format!(
-        "GET, {} B responses, {} connections{}, {} generator thread(s), {}, {:?} per run, {} round(s); proxies on cores {:?}, upstream and generator on {:?}",
+        "{}GET, {} B responses, {} connections{}, {} generator thread(s), {}, {:?} per run, {} round(s); proxies on cores {:?}, upstream and generator on {:?}",
+        match args.topology {
+            Topology::Single => "",
+            Topology::Mesh => "mesh (client -> sidecar A -> mutual TLS -> sidecar B -> app): ",
+        },
         args.body_size,
         args.connections,
         if args.h2 {
@@ -336,6 +390,20 @@ fn summarize(name: &str, runs: Vec<Run>, rss: Option<f64>) -> Summary {
         p99_us: u(|r| r.p99_us),
         p99_9_us: u(|r| r.p99_9_us),
         errors: runs.iter().map(|r| r.errors + r.non_2xx).sum(),
+        added_p50_us: None,
+        added_p99_us: None,
+        sidecar_cpu_us_per_request: (0..runs
+            .first()
+            .map_or(0, |r| r.sidecar_cpu_us_per_request.len()))
+            .map(|i| {
+                median_f(
+                    &mut runs
+                        .iter()
+                        .filter_map(|r| r.sidecar_cpu_us_per_request.get(i).copied())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect(),
         proxy_cpu_us_per_request: (!cpu.is_empty()).then(|| median_f(&mut cpu.clone())),
         peak_rss_mib: rss,
         generator_cpu_us_per_request: f(|r| r.generator_cpu_us_per_request),
@@ -345,13 +413,17 @@ fn summarize(name: &str, runs: Vec<Run>, rss: Option<f64>) -> Summary {
 
 fn markdown(args: &CompareArgs, s: &[Summary]) -> String {
     let mut out = format!("\n{}; medians.\n\n", workload(args));
-    out.push_str("| target | req/s | vs direct | p50 us | p99 us | p99.9 us | proxy CPU us/req | peak RSS MiB | errors |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let cpu = match args.topology {
+        Topology::Single => "proxy CPU us/req",
+        Topology::Mesh => "pair CPU us/req (A + B)",
+    };
+    out.push_str(&format!("| target | req/s | vs direct | p50 us | p99 us | p99.9 us | added p50 / p99 us | {cpu} | peak RSS MiB | errors |\n"));
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for t in s {
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             t.target,
             t.requests_per_second,
             t.ratio_to_direct
@@ -359,7 +431,14 @@ fn markdown(args: &CompareArgs, s: &[Summary]) -> String {
             t.p50_us,
             t.p99_us,
             t.p99_9_us,
-            opt(t.proxy_cpu_us_per_request, 1),
+            match (t.added_p50_us, t.added_p99_us) {
+                (Some(a), Some(b)) if t.target != "direct" => format!("{a} / {b}"),
+                _ => "-".into(),
+            },
+            match t.sidecar_cpu_us_per_request.as_slice() {
+                [a, b] => format!("{} ({a:.1} + {b:.1})", opt(t.proxy_cpu_us_per_request, 1)),
+                _ => opt(t.proxy_cpu_us_per_request, 1),
+            },
             opt(t.peak_rss_mib, 1),
             t.errors
         ));

@@ -9,6 +9,7 @@
 mod compare;
 mod h2;
 mod http;
+mod mesh;
 mod output;
 mod pacer;
 mod plot;

@@ -42,11 +42,11 @@ impl Drop for Proxy {
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find(name: &str, extra: &[&str]) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -89,7 +89,12 @@ pub(crate) fn pin_current(cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(name: &str, mut cmd: Command, cpus: &[usize], addr: SocketAddr) -> anyhow::Result<Proxy> {
+pub(crate) fn spawn(
+    name: &str,
+    mut cmd: Command,
+    cpus: &[usize],
+    addr: SocketAddr,
+) -> anyhow::Result<Proxy> {
     pinned(&mut cmd, cpus);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let child = cmd
@@ -98,11 +103,8 @@ fn spawn(name: &str, mut cmd: Command, cpus: &[usize], addr: SocketAddr) -> anyh
     Ok(Proxy { child, addr })
 }
 
-pub(crate) fn start_outrigger(
-    args: &Layout<'_>,
-    dir: &Path,
-    up: SocketAddr,
-) -> anyhow::Result<Proxy> {
+/// The outrigger binary: `--outrigger`, else the one next to this program.
+pub(crate) fn outrigger_binary(args: &Layout<'_>) -> anyhow::Result<PathBuf> {
     let bin = match args.outrigger {
         Some(b) => b.to_path_buf(),
         None => std::env::current_exe()?
@@ -115,6 +117,15 @@ pub(crate) fn start_outrigger(
         "no outrigger binary at {} (build it, or pass --outrigger)",
         bin.display()
     );
+    Ok(bin)
+}
+
+pub(crate) fn start_outrigger(
+    args: &Layout<'_>,
+    dir: &Path,
+    up: SocketAddr,
+) -> anyhow::Result<Proxy> {
+    let bin = outrigger_binary(args)?;
     let addr = free_port()?;
     let cfg = dir.join("outrigger.toml");
     std::fs::write(

@@ -97,3 +97,75 @@ fn compare_direct_and_outrigger() {
     assert!(plot.contains("4 connections"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--topology mesh`: each target is a pair of sidecars with mutual TLS
+/// between them (Outrigger: HTTP/2 in mesh mode; nginx, when installed:
+/// HTTP/1.1 over TLS with client certificates); the pair's CPU is both
+/// processes', and the table says what each pair adds to the direct call.
+#[test]
+fn compare_mesh_pairs() {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_outrigger-load"));
+    assert!(
+        load.with_file_name("outrigger").is_file(),
+        "no outrigger binary next to outrigger-load: run cargo test --workspace"
+    );
+    let dir = std::env::temp_dir().join(format!("outrigger-mesh-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, md) = (dir.join("m.json"), dir.join("m.md"));
+    let out = Command::new(&load)
+        .args(["compare", "--topology", "mesh"])
+        .args(["--targets", "direct,outrigger,nginx", "--runs", "1"])
+        .args(["-d", "500ms", "--warmup", "300ms", "-c", "4"])
+        .args(["--proxy-cpus", "0", "--load-cpus", "0"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&md)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(v["workload"].as_str().unwrap().starts_with("mesh"), "{v}");
+    let targets = v["targets"].as_array().unwrap();
+    let by = |name: &str| targets.iter().find(|t| t["target"] == name);
+    let pair = by("outrigger").unwrap_or_else(|| panic!("no outrigger pair: {v}"));
+    assert_eq!(pair["errors"], 0, "{pair}");
+    assert!(
+        pair["requests_per_second"].as_f64().unwrap() > 100.0,
+        "{pair}"
+    );
+    // Two processes, each with its own share of the pair's CPU.
+    let parts = pair["sidecar_cpu_us_per_request"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{pair}");
+    let total = pair["proxy_cpu_us_per_request"].as_f64().unwrap();
+    let sum: f64 = parts.iter().map(|p| p.as_f64().unwrap()).sum();
+    assert!(parts.iter().all(|p| p.as_f64().unwrap() > 0.0), "{pair}");
+    assert!((total - sum).abs() < 0.01 * total.max(1.0), "{pair}");
+    // A pair adds latency to the direct call.
+    assert!(pair["added_p50_us"].as_i64().unwrap() > 0, "{pair}");
+    assert!(by("direct").unwrap()["sidecar_cpu_us_per_request"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // nginx's pair where nginx is installed (CI installs it).
+    if let Some(nginx) = by("nginx") {
+        assert_eq!(nginx["errors"], 0, "{nginx}");
+        assert_eq!(
+            nginx["sidecar_cpu_us_per_request"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        table.contains("pair CPU us/req (A + B)") && table.contains("| outrigger |"),
+        "{table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,244 @@
+//! `compare --topology mesh`: the path mesh users compare. The generator
+//! calls sidecar A (plain HTTP/1.1, or h2c with `--h2`); A carries the call
+//! over mutual TLS to sidecar B, which hands it to the app over plain
+//! HTTP/1.1 on loopback:
+//!
+//! ```text
+//! generator -> A (client's sidecar) ==mTLS==> B (server's sidecar) -> app
+//! ```
+//!
+//! Each pair is built from one proxy: Outrigger (HTTP/2 between the
+//! sidecars, SPIFFE mesh mode), HAProxy (HTTP/2 over TLS with client
+//! certificates) and nginx (HTTP/1.1 over TLS with keep-alive and client
+//! certificates: nginx has no HTTP/2 upstream). Both sidecars of a pair
+//! run pinned to the proxy cores; the pair's CPU per request is the sum of
+//! both. Certificates are made here, ECDSA P-256, one CA: each leaf names
+//! its SPIFFE ID (URI SAN), `localhost` and 127.0.0.1, so every proxy
+//! verifies the other side in the way it knows.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+use crate::proxies::{find, free_port, outrigger_binary, spawn, Layout, Proxy};
+
+/// The trust domain of the benchmark's certificates.
+const TRUST_DOMAIN: &str = "bench.local";
+
+/// The files of one sidecar's identity.
+pub(crate) struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificate and key in one file (HAProxy's `crt`).
+    pub combined: PathBuf,
+    pub spiffe_id: String,
+}
+
+/// A CA and one identity per sidecar.
+pub(crate) struct Certs {
+    pub bundle: PathBuf,
+    pub a: Leaf,
+    pub b: Leaf,
+}
+
+/// Make the CA and both leaves in `dir`.
+pub(crate) fn certs(dir: &Path) -> anyhow::Result<Certs> {
+    std::fs::create_dir_all(dir)?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "outrigger-load mesh CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.not_before = now - time::Duration::minutes(5);
+    ca_params.not_after = now + time::Duration::days(1);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, ca.pem())?;
+    let leaf = |name: &str| -> anyhow::Result<Leaf> {
+        let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/ns/mesh/sa/{name}");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+        p.subject_alt_names
+            .push(SanType::URI(spiffe_id.as_str().try_into()?));
+        p.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(1);
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &ca, &ca_key)?;
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let leaf = Leaf {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+            combined: dir.join(format!("{name}.both.pem")),
+            spiffe_id,
+        };
+        std::fs::write(&leaf.cert, &cert_pem)?;
+        std::fs::write(&leaf.key, &key_pem)?;
+        std::fs::write(&leaf.combined, format!("{cert_pem}{key_pem}"))?;
+        Ok(leaf)
+    };
+    Ok(Certs {
+        bundle,
+        a: leaf("a")?,
+        b: leaf("b")?,
+    })
+}
+
+/// Start the pair built from `kind` in front of `app`: the address the
+/// generator calls (A's) and both processes.
+pub(crate) fn start_pair(
+    kind: &str,
+    layout: &Layout<'_>,
+    dir: &Path,
+    app: SocketAddr,
+    certs: &Certs,
+) -> anyhow::Result<(SocketAddr, Vec<Proxy>)> {
+    let dir = dir.join(format!("mesh-{kind}"));
+    std::fs::create_dir_all(&dir)?;
+    let (a, b) = (free_port()?, free_port()?);
+    let (ca, cb) = match kind {
+        "outrigger" => outrigger_pair(layout, &dir, (a, b), app, certs)?,
+        "haproxy" => haproxy_pair(layout, &dir, (a, b), app, certs)?,
+        "nginx" => nginx_pair(layout, &dir, (a, b), app, certs)?,
+        other => anyhow::bail!("no mesh pair for {other:?}"),
+    };
+    // B first: A's first call needs it.
+    let pb = spawn(&format!("{kind} (sidecar B)"), cb, layout.proxy_cpus, b)?;
+    let pa = spawn(&format!("{kind} (sidecar A)"), ca, layout.proxy_cpus, a)?;
+    Ok((a, vec![pa, pb]))
+}
+
+/// Outrigger: A's cluster speaks HTTP/2 over mesh TLS (its SVID shown, B's
+/// required); B's listener verifies A's and allows only it.
+fn outrigger_pair(
+    layout: &Layout<'_>,
+    dir: &Path,
+    (a, b): (SocketAddr, SocketAddr),
+    app: SocketAddr,
+    certs: &Certs,
+) -> anyhow::Result<(Command, Command)> {
+    let bin = outrigger_binary(layout)?;
+    let workers = layout.proxy_cpus.len().max(1);
+    let identity = |leaf: &Leaf| {
+        format!(
+            "[identity]\ncert = \"{}\"\nkey = \"{}\"\ntrust_bundle = \"{}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\n",
+            leaf.cert.display(),
+            leaf.key.display(),
+            certs.bundle.display()
+        )
+    };
+    let head = format!(
+        "[runtime]\nworkers = {workers}\npin_workers = true\n[admin]\naddress = \"127.0.0.1:0\"\n"
+    );
+    let config_a = format!(
+        "{head}{}[listeners.out]\naddress = \"{a}\"\nprotocol = \"http\"\nroutes = \"out\"\n[[routes.out]]\nmatch.path_prefix = \"/\"\ncluster = \"b\"\n[clusters.b]\nendpoints = [\"{b}\"]\nprotocol = \"http2\"\ntls = {{ mode = \"mesh\", identities = [\"{}\"] }}\n",
+        identity(&certs.a),
+        certs.b.spiffe_id
+    );
+    let config_b = format!(
+        "{head}{}[listeners.in]\naddress = \"{b}\"\nprotocol = \"http\"\nroutes = \"in\"\ntls = {{ mode = \"mesh\" }}\nallow_identities = [\"{}\"]\n[[routes.in]]\nmatch.path_prefix = \"/\"\ncluster = \"app\"\n[clusters.app]\nendpoints = [\"{app}\"]\nmax_idle_connections = 1024\n",
+        identity(&certs.b),
+        certs.a.spiffe_id
+    );
+    let command = |name: &str, config: String| -> anyhow::Result<Command> {
+        let path = dir.join(name);
+        std::fs::write(&path, config)?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--no-watch", "--log-level", "warn", "--config"])
+            .arg(path);
+        Ok(cmd)
+    };
+    Ok((command("a.toml", config_a)?, command("b.toml", config_b)?))
+}
+
+/// HAProxy: A's server line speaks HTTP/2 over TLS (ALPN h2) with A's
+/// certificate, verifying B's against the CA; B's bind requires a client
+/// certificate from the CA.
+fn haproxy_pair(
+    layout: &Layout<'_>,
+    dir: &Path,
+    (a, b): (SocketAddr, SocketAddr),
+    app: SocketAddr,
+    certs: &Certs,
+) -> anyhow::Result<(Command, Command)> {
+    let bin = find("haproxy", &["/usr/sbin/haproxy"]).context("haproxy is not installed")?;
+    let head = format!(
+        "global\n  nbthread {n}\n  maxconn 8192\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n",
+        n = layout.proxy_cpus.len().max(1)
+    );
+    let config_a = format!(
+        "{head}frontend out\n  bind {a}{h2}\n  default_backend b\nbackend b\n  server b {b} ssl verify required ca-file {ca} crt {crt} alpn h2 sni str(localhost)\n",
+        h2 = if layout.h2 { " proto h2" } else { "" },
+        ca = certs.bundle.display(),
+        crt = certs.a.combined.display(),
+    );
+    let config_b = format!(
+        "{head}frontend in\n  bind {b} ssl crt {crt} ca-file {ca} verify required alpn h2,http/1.1\n  default_backend app\nbackend app\n  server app {app}\n",
+        ca = certs.bundle.display(),
+        crt = certs.b.combined.display(),
+    );
+    let command = |name: &str, config: String| -> anyhow::Result<Command> {
+        let path = dir.join(name);
+        std::fs::write(&path, config)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-db").arg("-f").arg(path);
+        Ok(cmd)
+    };
+    Ok((command("a.cfg", config_a)?, command("b.cfg", config_b)?))
+}
+
+/// nginx: A proxies over HTTP/1.1 and TLS with keep-alive to B, showing
+/// A's certificate and verifying B's (name `localhost`, CA); B requires a
+/// client certificate from the CA.
+fn nginx_pair(
+    layout: &Layout<'_>,
+    dir: &Path,
+    (a, b): (SocketAddr, SocketAddr),
+    app: SocketAddr,
+    certs: &Certs,
+) -> anyhow::Result<(Command, Command)> {
+    let bin = find("nginx", &["/usr/sbin/nginx"]).context("nginx is not installed")?;
+    let n = layout.proxy_cpus.len().max(1);
+    let conf = |name: &str, upstream: SocketAddr, server: String| -> anyhow::Result<Command> {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        let d = d.display().to_string();
+        let text = format!(
+            "daemon off; master_process {master}; worker_processes {n}; pid {d}/pid; error_log stderr error;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+  upstream up {{ server {upstream}; keepalive 1024; }}
+  {server} }}
+",
+            master = if n == 1 { "off" } else { "on" },
+        );
+        let path = format!("{d}/nginx.conf");
+        std::fs::write(&path, text)?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-p", &d, "-c", &path]);
+        Ok(cmd)
+    };
+    let common = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
+    let server_a = format!(
+        "server {{ listen {a} reuseport{h2}; location / {{ proxy_pass https://up; {common} proxy_ssl_certificate {cert}; proxy_ssl_certificate_key {key}; proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on; }} }}",
+        h2 = if layout.h2 { " http2" } else { "" },
+        cert = certs.a.cert.display(),
+        key = certs.a.key.display(),
+        ca = certs.bundle.display(),
+    );
+    let server_b = format!(
+        "server {{ listen {b} ssl reuseport; ssl_certificate {cert}; ssl_certificate_key {key}; ssl_client_certificate {ca}; ssl_verify_client on; location / {{ proxy_pass http://up; {common} }} }}",
+        cert = certs.b.cert.display(),
+        key = certs.b.key.display(),
+        ca = certs.bundle.display(),
+    );
+    Ok((conf("a", b, server_a)?, conf("b", app, server_b)?))
+}
