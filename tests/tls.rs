@@ -29,6 +29,7 @@ both_drivers!(
     curl_and_openssl_interoperate,
     reload_rotates_the_certificate,
     head_and_body_written_apart_leave_in_one_record,
+    http2_upstream_answer_leaves_in_one_record,
 );
 
 /// Several requests on one TLS connection, a 1 MiB request body and a
@@ -498,4 +499,92 @@ fn head_and_body_written_apart_leave_in_one_record(driver: Driver) {
         "records of the second response: {second:?}"
     );
     assert_eq!(second[0].0, 23, "{second:?}");
+}
+
+/// An HTTP/2 upstream's answer (HEADERS and a DATA frame with END_STREAM,
+/// read together) to an HTTP/1.1 client over TLS: head, body and the last
+/// chunk leave in one write, one record (they were three).
+fn http2_upstream_answer_leaves_in_one_record(driver: Driver) {
+    let (up, _) = common::h2env::h2_upstream();
+    let dir = TempDir::new("tls-records-h2");
+    let ca = Ca::new("test CA");
+    ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let config = format!(
+        r#"
+[runtime]
+workers = 1
+io = "{io}"
+[admin]
+address = "127.0.0.1:0"
+[listeners.l]
+address = "127.0.0.1:0"
+protocol = "http"
+routes = "main"
+tls = {{ cert = "server.pem", key = "server.key" }}
+[[routes.main]]
+match.path_prefix = "/"
+cluster = "c"
+[clusters.c]
+endpoints = ["{up}"]
+protocol = "http2"
+"#,
+        io = io_name(driver)
+    );
+    let path = dir.path("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let options = outrigger::control::Options {
+        config_path: Some(path),
+        watch: false,
+    };
+    let _p = outrigger::control::Proxy::launch(snapshot, options, None).unwrap();
+    let addr = _p.local_addr("l").unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sock = Recording {
+        tcp,
+        seen: seen.clone(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(ClientOpts::trusting(&ca).config(), name).unwrap();
+    let mut c = rustls::StreamOwned::new(conn, sock);
+    let get = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // Head and chunked body, up to the last chunk.
+    let exchange = |c: &mut rustls::StreamOwned<rustls::ClientConnection, Recording>| {
+        c.write_all(get).unwrap();
+        c.flush().unwrap();
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"0\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = c.read(&mut chunk).unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(buf).unwrap()
+    };
+    // The first exchange opens the upstream connection; the second is
+    // the one measured.
+    let first = exchange(&mut c);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let mark = seen.lock().unwrap().len();
+    let second = exchange(&mut c);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+            && second.ends_with("\r\n\r\nb\r\nh2 upstream\r\n0\r\n\r\n"),
+        "{second}"
+    );
+    let second = records(&seen.lock().unwrap()[mark..]);
+    assert_eq!(
+        second.len(),
+        1,
+        "records of the second response: {second:?}"
+    );
 }

@@ -7,6 +7,7 @@
 //! header rules.
 
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::Poll;
@@ -317,9 +318,39 @@ impl Exchange<'_> {
             client_keep = head.keep_alive
                 && !self.req.ctx.closing(&conn.handle)
                 && framing != Framing::UntilClose;
-            let out = serialize_response(&resp, self.req.route, framing, !client_keep, false, 0);
+            let mut out =
+                serialize_response(&resp, self.req.route, framing, !client_keep, false, 0);
+            // Body bytes that came with the head (the same read of the
+            // upstream connection) leave with it: one write, one TLS record.
+            if !bodiless && self.req.web.is_none() {
+                if let Some(data) = ready_data(&mut body).await {
+                    let n = data.len();
+                    match framing {
+                        Framing::Chunked if n > 0 => {
+                            let _ = write!(out, "{n:x}\r\n");
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        _ => out.extend_from_slice(&data),
+                    }
+                    let _ = body.flow_control().release_capacity(n);
+                }
+            }
+            // And the end of the body, when it came too (no trailers wait:
+            // with them the stream has not ended yet).
+            let complete = !bodiless && self.req.web.is_none() && body.is_end_stream();
+            if complete && framing == Framing::Chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
             conn.responded = true;
             conn.write_bytes(out.freeze()).await?;
+            if complete {
+                return Ok(if client_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                });
+            }
             if bodiless {
                 return Ok(if client_keep {
                     Next::KeepAlive
@@ -394,4 +425,17 @@ impl Exchange<'_> {
             .unwrap_or_default();
         sink.finish_with(section).await
     }
+}
+
+/// The body bytes an upstream stream holds already, without waiting (`None`
+/// when nothing is buffered yet; the end of the stream or an error is left
+/// for the copy loop, which sees it again).
+async fn ready_data(body: &mut h2::RecvStream) -> Option<Bytes> {
+    poll_fn(|cx| {
+        Poll::Ready(match body.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => Some(data),
+            _ => None,
+        })
+    })
+    .await
 }
