@@ -437,6 +437,27 @@ impl Write for Recording {
 
 /// TLS records (type, length) in a stretch of ciphertext that starts at a
 /// record boundary.
+/// A TLS client of `addr` trusting `ca`, whose received ciphertext is kept.
+#[allow(clippy::type_complexity)]
+fn recorded_client(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+) -> (
+    rustls::StreamOwned<rustls::ClientConnection, Recording>,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sock = Recording {
+        tcp,
+        seen: seen.clone(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(ClientOpts::trusting(ca).config(), name).unwrap();
+    (rustls::StreamOwned::new(conn, sock), seen)
+}
+
 fn records(bytes: &[u8]) -> Vec<(u8, usize)> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -476,16 +497,7 @@ fn head_and_body_written_apart_leave_in_one_record(driver: Driver) {
         r#"{ cert = "server.pem", key = "server.key" }"#,
         up,
     );
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sock = Recording {
-        tcp,
-        seen: seen.clone(),
-    };
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(ClientOpts::trusting(&ca).config(), name).unwrap();
-    let mut c = rustls::StreamOwned::new(conn, sock);
+    let (mut c, seen) = recorded_client(addr, &ca);
     // A first exchange: the handshake and the session tickets are behind.
     let (status, _, body) = request(&mut c, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!((status, body.len()), (200, 1024));
@@ -509,46 +521,15 @@ fn http2_upstream_answer_leaves_in_one_record(driver: Driver) {
     let dir = TempDir::new("tls-records-h2");
     let ca = Ca::new("test CA");
     ca.leaf(&["localhost"]).write(&dir.0, "server");
-    let config = format!(
-        r#"
-[runtime]
-workers = 1
-io = "{io}"
-[admin]
-address = "127.0.0.1:0"
-[listeners.l]
-address = "127.0.0.1:0"
-protocol = "http"
-routes = "main"
-tls = {{ cert = "server.pem", key = "server.key" }}
-[[routes.main]]
-match.path_prefix = "/"
-cluster = "c"
-[clusters.c]
-endpoints = ["{up}"]
-protocol = "http2"
-"#,
-        io = io_name(driver)
+    let (_p, addr) = proxy_with(
+        driver,
+        &dir,
+        "http",
+        r#"{ cert = "server.pem", key = "server.key" }"#,
+        up,
+        r#"protocol = "http2""#,
     );
-    let path = dir.path("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let snapshot = outrigger::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let options = outrigger::control::Options {
-        config_path: Some(path),
-        watch: false,
-    };
-    let _p = outrigger::control::Proxy::launch(snapshot, options, None).unwrap();
-    let addr = _p.local_addr("l").unwrap();
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sock = Recording {
-        tcp,
-        seen: seen.clone(),
-    };
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(ClientOpts::trusting(&ca).config(), name).unwrap();
-    let mut c = rustls::StreamOwned::new(conn, sock);
+    let (mut c, seen) = recorded_client(addr, &ca);
     let get = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n";
     // Head and chunked body, up to the last chunk.
     let exchange = |c: &mut rustls::StreamOwned<rustls::ClientConnection, Recording>| {

@@ -23,7 +23,7 @@ use std::process::Command;
 use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
-use crate::proxies::{find, free_port, outrigger_binary, spawn, Layout, Proxy};
+use crate::proxies::{find, free_port, nginx_command, outrigger_binary, spawn, Layout, Proxy};
 
 /// The trust domain of the benchmark's certificates.
 const TRUST_DOMAIN: &str = "bench.local";
@@ -103,10 +103,18 @@ pub(crate) fn start_pair(
     let dir = dir.join(format!("mesh-{kind}"));
     std::fs::create_dir_all(&dir)?;
     let (a, b) = (free_port()?, free_port()?);
+    let pair = Pair {
+        layout,
+        dir: &dir,
+        a,
+        b,
+        app,
+        certs,
+    };
     let (ca, cb) = match kind {
-        "outrigger" => outrigger_pair(layout, &dir, (a, b), app, certs)?,
-        "haproxy" => haproxy_pair(layout, &dir, (a, b), app, certs)?,
-        "nginx" => nginx_pair(layout, &dir, (a, b), app, certs)?,
+        "outrigger" => outrigger_pair(&pair)?,
+        "haproxy" => haproxy_pair(&pair)?,
+        "nginx" => nginx_pair(&pair)?,
         other => anyhow::bail!("no mesh pair for {other:?}"),
     };
     // B first: A's first call needs it.
@@ -115,15 +123,22 @@ pub(crate) fn start_pair(
     Ok((a, vec![pa, pb]))
 }
 
+/// What a pair's configs are made of: where A and B listen, the app
+/// behind B, the certificates, the cores and the directory for files.
+struct Pair<'a> {
+    layout: &'a Layout<'a>,
+    dir: &'a Path,
+    a: SocketAddr,
+    b: SocketAddr,
+    app: SocketAddr,
+    certs: &'a Certs,
+}
+
 /// Outrigger: A's cluster speaks HTTP/2 over mesh TLS (its SVID shown, B's
 /// required); B's listener verifies A's and allows only it.
-fn outrigger_pair(
-    layout: &Layout<'_>,
-    dir: &Path,
-    (a, b): (SocketAddr, SocketAddr),
-    app: SocketAddr,
-    certs: &Certs,
-) -> anyhow::Result<(Command, Command)> {
+fn outrigger_pair(p: &Pair<'_>) -> anyhow::Result<(Command, Command)> {
+    let (layout, dir, certs) = (p.layout, p.dir, p.certs);
+    let (a, b, app) = (p.a, p.b, p.app);
     let bin = outrigger_binary(layout)?;
     let workers = layout.proxy_cpus.len().max(1);
     let identity = |leaf: &Leaf| {
@@ -147,27 +162,27 @@ fn outrigger_pair(
         identity(&certs.b),
         certs.a.spiffe_id
     );
-    let command = |name: &str, config: String| -> anyhow::Result<Command> {
-        let path = dir.join(name);
-        std::fs::write(&path, config)?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(["run", "--no-watch", "--log-level", "warn", "--config"])
-            .arg(path);
-        Ok(cmd)
-    };
-    Ok((command("a.toml", config_a)?, command("b.toml", config_b)?))
+    let args = ["run", "--no-watch", "--log-level", "warn", "--config"];
+    Ok((
+        configured(&bin, &args, &dir.join("a.toml"), config_a)?,
+        configured(&bin, &args, &dir.join("b.toml"), config_b)?,
+    ))
+}
+
+/// `bin ARGS... PATH`, with `config` written to `path`.
+fn configured(bin: &Path, args: &[&str], path: &Path, config: String) -> anyhow::Result<Command> {
+    std::fs::write(path, config)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).arg(path);
+    Ok(cmd)
 }
 
 /// HAProxy: A's server line speaks HTTP/2 over TLS (ALPN h2) with A's
 /// certificate, verifying B's against the CA; B's bind requires a client
 /// certificate from the CA.
-fn haproxy_pair(
-    layout: &Layout<'_>,
-    dir: &Path,
-    (a, b): (SocketAddr, SocketAddr),
-    app: SocketAddr,
-    certs: &Certs,
-) -> anyhow::Result<(Command, Command)> {
+fn haproxy_pair(p: &Pair<'_>) -> anyhow::Result<(Command, Command)> {
+    let (layout, dir, certs) = (p.layout, p.dir, p.certs);
+    let (a, b, app) = (p.a, p.b, p.app);
     let bin = find("haproxy", &["/usr/sbin/haproxy"]).context("haproxy is not installed")?;
     let head = format!(
         "global\n  nbthread {n}\n  maxconn 8192\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n",
@@ -184,48 +199,20 @@ fn haproxy_pair(
         ca = certs.bundle.display(),
         crt = certs.b.combined.display(),
     );
-    let command = |name: &str, config: String| -> anyhow::Result<Command> {
-        let path = dir.join(name);
-        std::fs::write(&path, config)?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("-db").arg("-f").arg(path);
-        Ok(cmd)
-    };
-    Ok((command("a.cfg", config_a)?, command("b.cfg", config_b)?))
+    let args = ["-db", "-f"];
+    Ok((
+        configured(&bin, &args, &dir.join("a.cfg"), config_a)?,
+        configured(&bin, &args, &dir.join("b.cfg"), config_b)?,
+    ))
 }
 
 /// nginx: A proxies over HTTP/1.1 and TLS with keep-alive to B, showing
 /// A's certificate and verifying B's (name `localhost`, CA); B requires a
 /// client certificate from the CA.
-fn nginx_pair(
-    layout: &Layout<'_>,
-    dir: &Path,
-    (a, b): (SocketAddr, SocketAddr),
-    app: SocketAddr,
-    certs: &Certs,
-) -> anyhow::Result<(Command, Command)> {
-    let bin = find("nginx", &["/usr/sbin/nginx"]).context("nginx is not installed")?;
+fn nginx_pair(p: &Pair<'_>) -> anyhow::Result<(Command, Command)> {
+    let (layout, dir, certs) = (p.layout, p.dir, p.certs);
+    let (a, b, app) = (p.a, p.b, p.app);
     let n = layout.proxy_cpus.len().max(1);
-    let conf = |name: &str, upstream: SocketAddr, server: String| -> anyhow::Result<Command> {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        let d = d.display().to_string();
-        let text = format!(
-            "daemon off; master_process {master}; worker_processes {n}; pid {d}/pid; error_log stderr error;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-  upstream up {{ server {upstream}; keepalive 1024; }}
-  {server} }}
-",
-            master = if n == 1 { "off" } else { "on" },
-        );
-        let path = format!("{d}/nginx.conf");
-        std::fs::write(&path, text)?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-p", &d, "-c", &path]);
-        Ok(cmd)
-    };
     let common = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
     let server_a = format!(
         "server {{ listen {a} reuseport{h2}; location / {{ proxy_pass https://up; {common} proxy_ssl_certificate {cert}; proxy_ssl_certificate_key {key}; proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on; }} }}",
@@ -240,5 +227,8 @@ http {{ access_log off; keepalive_requests 1000000;
         key = certs.b.key.display(),
         ca = certs.bundle.display(),
     );
-    Ok((conf("a", b, server_a)?, conf("b", app, server_b)?))
+    Ok((
+        nginx_command(&dir.join("a"), n, b, &server_a)?,
+        nginx_command(&dir.join("b"), n, app, &server_b)?,
+    ))
 }

@@ -142,28 +142,46 @@ pub(crate) fn start_outrigger(
 }
 
 pub(crate) fn start_nginx(args: &Layout<'_>, dir: &Path, up: SocketAddr) -> anyhow::Result<Proxy> {
-    let bin = find("nginx", &["/usr/sbin/nginx"]).context("nginx is not installed")?;
     let addr = free_port()?;
-    let d = dir.join("nginx");
-    std::fs::create_dir_all(&d)?;
-    let d = d.display();
-    let n = args.proxy_cpus.len().max(1);
+    let server = format!(
+        "server {{ listen {addr} reuseport{h2}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+        h2 = if args.h2 { " http2" } else { "" },
+    );
+    let cmd = nginx_command(
+        &dir.join("nginx"),
+        args.proxy_cpus.len().max(1),
+        up,
+        &server,
+    )?;
+    spawn("nginx", cmd, args.proxy_cpus, addr)
+}
+
+/// nginx with `workers` worker processes, its files in `d`: an `http`
+/// block with upstream `up` (`upstream`, keep-alive) and `server`.
+pub(crate) fn nginx_command(
+    d: &Path,
+    workers: usize,
+    upstream: SocketAddr,
+    server: &str,
+) -> anyhow::Result<Command> {
+    let bin = find("nginx", &["/usr/sbin/nginx"]).context("nginx is not installed")?;
+    std::fs::create_dir_all(d)?;
+    let d = d.display().to_string();
     let conf = format!(
-        "daemon off; master_process {master}; worker_processes {n}; pid {d}/pid; error_log stderr error;
+        "daemon off; master_process {master}; worker_processes {workers}; pid {d}/pid; error_log stderr error;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000;
   client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-  upstream up {{ server {up}; keepalive 1024; }}
-  server {{ listen {addr} reuseport{h2}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}
+  upstream up {{ server {upstream}; keepalive 1024; }}
+  {server} }}
 ",
-        master = if n == 1 { "off" } else { "on" },
-        h2 = if args.h2 { " http2" } else { "" },
+        master = if workers == 1 { "off" } else { "on" },
     );
     let path = format!("{d}/nginx.conf");
     std::fs::write(&path, conf)?;
     let mut cmd = Command::new(bin);
-    cmd.args(["-p", &d.to_string(), "-c", &path]);
-    spawn("nginx", cmd, args.proxy_cpus, addr)
+    cmd.args(["-p", &d, "-c", &path]);
+    Ok(cmd)
 }
 
 pub(crate) fn start_haproxy(

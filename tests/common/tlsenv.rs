@@ -56,6 +56,18 @@ pub fn proxy(
     tls: &str,
     up: SocketAddr,
 ) -> (Proxy, SocketAddr) {
+    proxy_with(driver, dir, protocol, tls, up, "")
+}
+
+/// `proxy`, with more keys for the cluster (`protocol = "http2"`).
+pub fn proxy_with(
+    driver: Driver,
+    dir: &TempDir,
+    protocol: &str,
+    tls: &str,
+    up: SocketAddr,
+    cluster_keys: &str,
+) -> (Proxy, SocketAddr) {
     let target = match protocol {
         "http" => "routes = \"main\"".to_string(),
         _ => "cluster = \"c\"".to_string(),
@@ -77,6 +89,7 @@ match.path_prefix = "/"
 cluster = "c"
 [clusters.c]
 endpoints = ["{up}"]
+{cluster_keys}
 "#,
         io = io_name(driver)
     );
