@@ -4,9 +4,11 @@ and flag a regression beyond 5%.
 
 Figures (both repeatable on a noisy VM, unlike CPU time):
   instructions/request  callgrind, epoll driver, 1 KiB keep-alive requests
-                        through an nginx upstream: the difference between a
-                        run of 30,000 and one of 10,000 requests, / 20,000
-                        (start-up cancels out); callgrind_requests.sh
+                        through an nginx upstream, the worker thread only:
+                        the difference between runs of 30,000 and of 10,000
+                        requests (the median of 3 each), / 20,000 (start-up
+                        cancels out); callgrind_requests.sh. One run of a
+                        build varies by 1-2%, hence the medians.
   bytes/idle conn       idle_memory.py, 5,000 idle keep-alive connections,
                         median of 3 runs (io_uring, the default driver)
 
@@ -25,11 +27,14 @@ BASELINE = os.path.join(HERE, "baseline.json")
 LIMIT = 0.05
 
 
-def instructions(n):
-    out = subprocess.run([os.path.join(HERE, "callgrind_requests.sh"),
-                          os.path.join(ROOT, "target", "release", "outrigger"), str(n)],
-                         check=True, capture_output=True, text=True).stdout
-    return int(re.search(r": (\d+) instructions", out).group(1))
+def instructions(n, runs=3):
+    counts = []
+    for _ in range(runs):
+        out = subprocess.run([os.path.join(HERE, "callgrind_requests.sh"),
+                              os.path.join(ROOT, "target", "release", "outrigger"), str(n)],
+                             check=True, capture_output=True, text=True).stdout
+        counts.append(int(re.search(r": (\d+) instructions", out).group(1)))
+    return statistics.median(counts)
 
 
 def idle_bytes():
