@@ -28,8 +28,12 @@ fn demo_serves_http_split_pin_direct_and_tcp_echo() {
 #[test]
 fn demo_fails_before_its_banner_when_a_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Base 22000 keeps every demo port (22000-22080, 31001-31082) below
+    // the kernel's ephemeral range (32768-60999 by default), where another
+    // test's client socket could hold one and fail the demo earlier, on
+    // a port this test did not take (seen once with base 30000: 39002).
     let out = Command::new(env!("CARGO_BIN_EXE_outrigger"))
-        .args(["demo", "--port-base", "30000", "--admin"])
+        .args(["demo", "--port-base", "22000", "--admin"])
         .arg(taken.local_addr().unwrap().to_string())
         .output()
         .unwrap();
