@@ -12,6 +12,7 @@
 
 mod admit;
 mod answer;
+mod attempt;
 mod body;
 pub mod chunked;
 pub mod codec;
