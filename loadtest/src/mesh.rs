@@ -12,16 +12,15 @@
 //! certificates) and nginx (HTTP/1.1 over TLS with keep-alive and client
 //! certificates: nginx has no HTTP/2 upstream). Both sidecars of a pair
 //! run pinned to the proxy cores; the pair's CPU per request is the sum of
-//! both. Certificates are made here, ECDSA P-256, one CA: each leaf names
-//! its SPIFFE ID (URI SAN), `localhost` and 127.0.0.1, so every proxy
-//! verifies the other side in the way it knows.
+//! both. Certificates come from the demo CA (`tls::demo`, ECDSA P-256):
+//! each leaf names its SPIFFE ID (URI SAN), `localhost` and 127.0.0.1, so
+//! every proxy verifies the other side in the way it knows.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
 
 use crate::proxies::{find, free_port, nginx_command, outrigger_binary, spawn, Layout, Proxy};
 
@@ -44,50 +43,38 @@ pub(crate) struct Certs {
     pub b: Leaf,
 }
 
-/// Make the CA and both leaves in `dir`.
+/// Make the CA and both leaves in `dir` (the CA of `outrigger certs demo`,
+/// each leaf issued by it as `outrigger certs issue` does, with `localhost`
+/// and 127.0.0.1 beside its SPIFFE ID).
 pub(crate) fn certs(dir: &Path) -> anyhow::Result<Certs> {
-    std::fs::create_dir_all(dir)?;
-    let now = time::OffsetDateTime::now_utc();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "outrigger-load mesh CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_before = now - time::Duration::minutes(5);
-    ca_params.not_after = now + time::Duration::days(1);
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let bundle = dir.join("bundle.pem");
-    std::fs::write(&bundle, ca.pem())?;
+    use outrigger::tls::demo;
+    demo::write(dir, TRUST_DOMAIN)?;
+    let (bundle, ca_key) = (dir.join("bundle.pem"), dir.join("ca.key"));
     let leaf = |name: &str| -> anyhow::Result<Leaf> {
         let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/ns/mesh/sa/{name}");
-        let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
-        p.subject_alt_names
-            .push(SanType::URI(spiffe_id.as_str().try_into()?));
-        p.subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        p.distinguished_name.push(DnType::CommonName, "localhost");
-        p.not_before = now - time::Duration::minutes(5);
-        p.not_after = now + time::Duration::days(1);
-        let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &ca, &ca_key)?;
-        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let out = dir.join(name);
+        demo::issue_naming(
+            &bundle,
+            &ca_key,
+            &spiffe_id,
+            &["localhost", "127.0.0.1"],
+            1,
+            &out,
+        )?;
         let leaf = Leaf {
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
             combined: dir.join(format!("{name}.both.pem")),
             spiffe_id,
         };
-        std::fs::write(&leaf.cert, &cert_pem)?;
-        std::fs::write(&leaf.key, &key_pem)?;
-        std::fs::write(&leaf.combined, format!("{cert_pem}{key_pem}"))?;
+        let both = std::fs::read_to_string(&leaf.cert)? + &std::fs::read_to_string(&leaf.key)?;
+        std::fs::write(&leaf.combined, both)?;
         Ok(leaf)
     };
     Ok(Certs {
-        bundle,
         a: leaf("a")?,
         b: leaf("b")?,
+        bundle,
     })
 }
 

@@ -44,7 +44,7 @@ pub fn write(dir: &Path, trust_domain: &str) -> anyhow::Result<Vec<PathBuf>> {
     ];
     for (stem, path) in WORKLOADS {
         let id = format!("spiffe://{trust_domain}/{path}");
-        written.extend(svid(&ca, &ca_key, &id, 30, &dir.join(stem))?);
+        written.extend(svid(&ca, &ca_key, &id, &[], 30, &dir.join(stem))?);
     }
     Ok(written)
 }
@@ -59,6 +59,21 @@ pub fn issue(
     days: u32,
     out: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    issue_naming(ca_cert, ca_key, id, &[], days, out)
+}
+
+/// `issue`, with `names` (DNS names, or IP addresses) as further subject
+/// alternative names, for peers that check a host name too (nginx's and
+/// HAProxy's upstream verification; `outrigger-load compare --topology
+/// mesh`).
+pub fn issue_naming(
+    ca_cert: &Path,
+    ca_key: &Path,
+    id: &str,
+    names: &[&str],
+    days: u32,
+    out: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     crate::tls::spiffe::validate_id(id).map_err(|why| anyhow::anyhow!("--id {id}: {why}"))?;
     let read = |p: &Path| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
@@ -70,21 +85,29 @@ pub fn issue(
     // The issuer as rcgen needs it: the CA's own name and key (the
     // signature and the issuer name are what a verifier checks).
     let ca = params.self_signed(&key)?;
-    svid(&ca, &key, id, days, out)
+    svid(&ca, &key, id, names, days, out)
 }
 
-/// One X.509-SVID: `id` as its only URI SAN, written as `out.pem` and
-/// `out.key`.
+/// One X.509-SVID: `id` as its URI SAN (and `names` beside it), written
+/// as `out.pem` and `out.key`.
 fn svid(
     ca: &Certificate,
     ca_key: &KeyPair,
     id: &str,
+    names: &[&str],
     days: u32,
     out: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let now = time::OffsetDateTime::now_utc();
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.subject_alt_names.push(SanType::URI(id.try_into()?));
+    for name in names {
+        p.subject_alt_names
+            .push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into()?),
+            });
+    }
     let name = out
         .file_name()
         .map_or("svid".to_string(), |n| n.to_string_lossy().to_string());
