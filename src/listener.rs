@@ -246,8 +246,6 @@ impl AcceptLoop {
             return;
         }
         cells.accepted.inc();
-        cells.active.inc();
-        self.ctx.stats.active.inc();
         let guard = ConnGuard::new(self.ctx.clone(), listener.stats.clone());
         let ctx = self.ctx.clone();
         let handle = self.handle.clone();

@@ -38,7 +38,7 @@ pub async fn forward(
         return Err(HttpError::NoUpstream(format!("no cluster {cluster_name}")));
     };
     let cells = cluster.stats.worker(ctx.index);
-    let (_request, availability) = admit(ctx, cluster, cells)?;
+    let (_request, availability) = request_slot(ctx, cluster, cells)?;
     // An original-destination cluster has one endpoint per connection:
     // where the client meant to go.
     let dynamic;
@@ -130,7 +130,7 @@ pub async fn forward(
 
 /// The cluster's `max_requests` breaker (the request is counted while the
 /// guard lives) and whether any endpoint may take traffic.
-fn admit<'c>(
+fn request_slot<'c>(
     ctx: &WorkerCtx,
     cluster: &Cluster,
     cells: &'c ClusterCells,

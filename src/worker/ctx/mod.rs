@@ -229,9 +229,11 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
-    /// Count a connection as active until the guard drops (the caller has
-    /// raised the gauges).
+    /// Count a connection as active (its listener's and its worker's
+    /// gauges) until the guard drops.
     pub fn new(ctx: Rc<WorkerCtx>, stats: std::sync::Arc<crate::metrics::ListenerStats>) -> Self {
+        stats.worker(ctx.index).active.inc();
+        ctx.stats.active.inc();
         ConnGuard { ctx, stats }
     }
 
