@@ -17,6 +17,7 @@ both_drivers!(
     echo_small_and_large,
     bulk_64_mib_by_hash,
     splice_modes_are_byte_exact,
+    spliced_and_buffered_directions_side_by_side,
     two_hundred_concurrent_connections,
     half_close_delivers_whole_reply,
     failover_to_second_endpoint,
@@ -323,9 +324,15 @@ fn splice_modes_are_byte_exact(driver: Driver) {
             v("outrigger_listener_spliced_bytes_total"),
         )
     };
-    for mode in ["always", "never", "auto"] {
+    // The smallest pipe too: every chunk is a page, partial splices abound.
+    for (mode, pipe) in [
+        ("always", 262_144),
+        ("always", 4096),
+        ("never", 262_144),
+        ("auto", 262_144),
+    ] {
         let up = echo(driver);
-        let extra = format!("splice = \"{mode}\"");
+        let extra = format!("splice = \"{mode}\"\nsplice_pipe_size = {pipe}");
         let server = start(&tcp_config(driver, 1, &[up.addr.to_string()], &extra, ""));
         let addr = server.local_addr("l").unwrap();
         let mut moved = 0i64;
@@ -348,6 +355,82 @@ fn splice_modes_are_byte_exact(driver: Driver) {
             }
         }
     }
+}
+
+/// Bytes a test upstream sends: position-dependent, so a byte lost,
+/// repeated or moved is seen.
+fn pattern(at: usize) -> u8 {
+    (at.wrapping_mul(31) % 251) as u8
+}
+
+/// An upstream that takes an upload of `upload` bytes, answers with its
+/// size, sends five small messages 20 ms apart, then `reply` bytes at once,
+/// then echoes lines until the client's FIN.
+fn upload_then_talk_upstream(upload: usize, reply: usize) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = vec![0u8; upload];
+        s.read_exact(&mut got).unwrap();
+        assert!(got.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+        s.write_all(format!("got {upload}\n").as_bytes()).unwrap();
+        for i in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            s.write_all(format!("msg {i}\n").as_bytes()).unwrap();
+        }
+        let big: Vec<u8> = (0..reply).map(pattern).collect();
+        s.write_all(&big).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        s.write_all(&rest).unwrap();
+    });
+    addr
+}
+
+/// `splice = "auto"`: the upload moves to splice (which makes both sockets
+/// non-blocking), while the other direction, still buffered, reads small
+/// messages that arrive apart and writes a large reply to a client that
+/// is not reading yet (reads and writes that would block on those
+/// sockets wait for readiness instead of failing). Every byte arrives, in
+/// order, and the counters show one direction spliced.
+fn spliced_and_buffered_directions_side_by_side(driver: Driver) {
+    const UPLOAD: usize = 4 << 20;
+    const REPLY: usize = 8 << 20;
+    let up = upload_then_talk_upstream(UPLOAD, REPLY);
+    let server = start(&tcp_config(driver, 1, &[up.to_string()], "", ""));
+    let mut s = connect(server.local_addr("l").unwrap());
+    let upload: Vec<u8> = (0..UPLOAD).map(pattern).collect();
+    s.write_all(&upload).unwrap();
+    let mut line = [0u8; 12];
+    s.read_exact(&mut line).unwrap();
+    assert_eq!(&line, format!("got {UPLOAD}\n").as_bytes());
+    let mut msgs = [0u8; 30];
+    s.read_exact(&mut msgs).unwrap();
+    assert_eq!(&msgs, b"msg 0\nmsg 1\nmsg 2\nmsg 3\nmsg 4\n");
+    // Let the proxy meet a full client socket before reading the reply.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut reply = vec![0u8; REPLY];
+    s.read_exact(&mut reply).unwrap();
+    assert!(reply.iter().enumerate().all(|(i, b)| *b == pattern(i)));
+    s.write_all(b"last words\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut s).unwrap(), b"last words\n");
+    assert!(eventually(
+        || server.listener_totals("l").unwrap().active == 0
+    ));
+    let text = server.shared().export(outrigger::metrics::prometheus);
+    let m = common::admin::parse_prometheus(&text);
+    let dirs = m
+        .value(
+            "outrigger_listener_spliced_directions_total",
+            &[("listener", "l")],
+        )
+        .unwrap();
+    assert!(dirs >= 1.0, "{dirs} directions spliced");
+    let t = server.listener_totals("l").unwrap();
+    assert_eq!(t.bytes_in, (UPLOAD + 11) as u64);
+    assert_eq!(t.bytes_out, (12 + 30 + REPLY + 11) as u64);
 }
 
 fn two_hundred_concurrent_connections(driver: Driver) {

@@ -245,6 +245,9 @@ fn compile_listener(
         max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         idle_timeout: l.idle_timeout.map_or(default_idle, |d| d.0),
         splice: l.splice.unwrap_or_default(),
+        splice_pipe_size: l
+            .splice_pipe_size
+            .map_or(crate::snapshot::DEFAULT_SPLICE_PIPE_SIZE, |n| n as usize),
         backlog: l.backlog.unwrap_or(DEFAULT_BACKLOG).min(65_535) as u32,
         http: HttpSettings {
             max_request_header_bytes: l

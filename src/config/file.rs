@@ -9,7 +9,7 @@ use serde_spanned::Spanned;
 
 pub use super::observe::{AccessLogFormat, FileAccessLog, FileRouteTracing, FileTracing};
 use super::value::{
-    buffer_size, count, duration, positive, positive_duration, ConfigDuration, Workers,
+    buffer_size, count, duration, pipe_size, positive, positive_duration, ConfigDuration, Workers,
 };
 
 /// The whole file.
@@ -120,6 +120,10 @@ pub struct FileListener {
     pub idle_timeout: Option<ConfigDuration>,
     /// tcp: `"auto"` (default), `"always"` or `"never"`; see [`SpliceMode`].
     pub splice: Option<SpliceMode>,
+    /// tcp: the pipe of a spliced direction, bytes (4 KiB to 1 MiB).
+    /// Default 262144.
+    #[serde(default, deserialize_with = "pipe_size")]
+    pub splice_pipe_size: Option<u64>,
     /// Length of the kernel accept queue of each worker's socket. Default 1024.
     #[serde(default, deserialize_with = "positive")]
     pub backlog: Option<u64>,

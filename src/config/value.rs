@@ -119,6 +119,18 @@ pub fn buffer_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
     Ok(Some(v as u64))
 }
 
+/// `splice_pipe_size`: 4 KiB to 1 MiB (the kernel's default
+/// `fs.pipe-max-size`, past which an unprivileged process is refused).
+pub fn pipe_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = i64::deserialize(d)?;
+    if !(4096..=1024 * 1024).contains(&v) {
+        return Err(de::Error::custom(format!(
+            "must be between 4096 and 1048576 bytes, not {v}"
+        )));
+    }
+    Ok(Some(v as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,6 +145,8 @@ pub struct Listener {
     pub idle_timeout: Duration,
     /// tcp: when to relay with splice(2).
     pub splice: SpliceMode,
+    /// tcp: the pipe a spliced direction asks for, bytes.
+    pub splice_pipe_size: usize,
     /// Accept queue length of each worker's socket.
     pub backlog: u32,
     /// http listeners: codec limits and timeouts.

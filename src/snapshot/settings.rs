@@ -149,6 +149,9 @@ pub enum SpliceMode {
     Never,
 }
 
+/// Default `splice_pipe_size`: the bytes one splice(2) moves at most.
+pub const DEFAULT_SPLICE_PIPE_SIZE: usize = 256 * 1024;
+
 /// How access log lines are written.
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

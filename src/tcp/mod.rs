@@ -3,6 +3,7 @@
 
 mod relay;
 mod session;
+mod splice;
 
 use std::net::SocketAddr;
 use std::rc::Rc;

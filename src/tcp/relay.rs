@@ -22,8 +22,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use monoio::io::splice::{SpliceDestination, SpliceSource};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
 
@@ -31,6 +31,7 @@ use crate::buffers::BufferPool;
 use crate::deadline::Deadlines;
 pub use crate::snapshot::SpliceMode;
 use crate::sockio::{read_within, Readiness};
+use crate::tcp::splice::{set_nonblocking, yield_now, Pipe};
 use crate::worker::driver::Driver;
 
 /// Full buffers in a row after which `auto` switches a direction to splice.
@@ -40,8 +41,9 @@ const SPLICE_AFTER_FULL_READS: u32 = 4;
 /// A coarse deadline (fires 0-100 ms after it), so the window is 200-300 ms,
 /// 250 ms on average, as measured best (docs/benchmarks.md).
 const WARM_READ_WINDOW: Duration = Duration::from_millis(200);
-/// Bytes asked of one splice into the pipe (the default pipe holds 64 KiB).
-const PIPE_CHUNK: u32 = 64 * 1024;
+/// Bytes a spliced direction moves without having to wait before it lets
+/// the worker's other tasks run (about 0.4 ms at 20 Gbit/s).
+const BYTES_BEFORE_YIELD: usize = 1024 * 1024;
 
 /// What a finished relay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,7 @@ pub async fn relay(
     let limits = Limits {
         idle_timeout,
         mode,
+        pipe_size: crate::snapshot::DEFAULT_SPLICE_PIPE_SIZE,
         park_after: None,
     };
     match relay_parking(client, upstream, limits, driver, pool, deadlines).await {
@@ -93,6 +96,11 @@ pub async fn relay(
 pub struct Limits {
     pub idle_timeout: Duration,
     pub mode: SpliceMode,
+    /// The pipe a spliced direction asks for (`splice_pipe_size`); one
+    /// splice moves up to this much. Where the kernel refuses it
+    /// (`fs.pipe-max-size`, `fs.pipe-user-pages-soft`) the pipe keeps its
+    /// size.
+    pub pipe_size: usize,
     /// Park after both directions have been quiet this long (`None`: never).
     pub park_after: Option<Duration>,
 }
@@ -109,6 +117,7 @@ pub async fn relay_parking(
     let Limits {
         idle_timeout,
         mode,
+        pipe_size,
         park_after,
     } = limits;
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
@@ -139,6 +148,7 @@ pub async fn relay_parking(
         cold: &cold,
         deadlines,
         mode,
+        pipe_size,
         driver,
         pool,
     };
@@ -295,6 +305,7 @@ struct Shared<'a> {
     cold: &'a [Cell<bool>; 2],
     deadlines: &'a Deadlines,
     mode: SpliceMode,
+    pipe_size: usize,
     driver: Driver,
     pool: &'a BufferPool,
 }
@@ -396,6 +407,13 @@ impl Pump<'_> {
                     self.shared.pool.put(buf);
                     continue;
                 }
+                // The socket was made non-blocking by the other direction's
+                // inline splice: not ready after all, wait for it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.shared.pool.put(buf);
+                    (hot, warm) = (false, false);
+                    continue;
+                }
                 Err(e) => {
                     self.shared.pool.put(buf);
                     return Err(e);
@@ -406,7 +424,7 @@ impl Pump<'_> {
                 return Ok(Step::Done);
             }
             self.shared.activity.set(Instant::now());
-            let (res, buf) = w.write_all(buf).await;
+            let (res, buf) = self.write_all(w, buf).await;
             self.shared.pool.put(buf);
             res?;
             total.set(total.get() + n as u64);
@@ -422,71 +440,130 @@ impl Pump<'_> {
         }
     }
 
+    /// Write all of `buf`. On io_uring a write can complete with
+    /// `WouldBlock` once the other direction's inline splice has made the
+    /// socket non-blocking: the rest then waits for writability.
+    async fn write_all(
+        &self,
+        w: &mut TcpOwnedWriteHalf,
+        mut buf: Vec<u8>,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let len = buf.len();
+        let mut pos = 0;
+        while pos < len {
+            let (res, slice) = w.write(buf.slice(pos..)).await;
+            buf = slice.into_inner();
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.to {
+                    Some(to) => {
+                        if let Err(e) = to.writable().await {
+                            return (Err(e), buf);
+                        }
+                    }
+                    None => return (Err(e), buf),
+                },
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
     /// Wait until the read half has bytes (or EOF, or an error). Strict on
     /// epoll: a relaxed check can report stale readiness, and the read that
     /// follows would then wait holding a buffer.
     async fn readable(&self, r: &TcpOwnedReadHalf) -> io::Result<()> {
-        if let Some(from) = self.from {
-            return from.readable().await;
+        match self.from {
+            Some(from) => from.readable().await,
+            None => read_side(r).readable(false).await,
         }
-        // SAFETY: monoio's owned halves share the stream through
-        // `Rc<UnsafeCell<TcpStream>>`. Their `read`/`write` create a
-        // `&mut TcpStream` only for the duration of the call that builds
-        // the operation, which then holds a clone of the stream's `SharedFd`,
-        // not a reference to the stream; so while the other half's write is
-        // in flight no `&mut` to the stream is live, and this shared
-        // reference aliases nothing. `readable(&self)` builds its poll from
-        // the shared fd the same way. This half is the stream's only reader.
-        // Checked against monoio 0.2.4 (pinned in Cargo.lock): re-check on
-        // an upgrade.
-        let stream: &TcpStream = unsafe { &*r.0.get() };
-        stream.readable(false).await
     }
 
+    /// splice(2) called inline (`tcp::splice`) on both drivers; under
+    /// io_uring never through the ring's kernel worker threads. Each chunk
+    /// is tried at once, and the direction waits for readiness only when a
+    /// splice would block (io_uring: a poll on the ring through the
+    /// readiness duplicates; epoll: the stream's own readiness). The
+    /// watchdog's shutdown ends either wait at `idle_timeout`.
     async fn spliced(
         &self,
         r: &mut TcpOwnedReadHalf,
         w: &mut TcpOwnedWriteHalf,
         total: &Cell<u64>,
     ) -> io::Result<()> {
-        let (mut pipe_r, mut pipe_w) = monoio::net::unix::new_pipe()?;
+        let [rfd, wfd] = self.fds;
+        // Both sockets: this direction reads one and writes the other, and
+        // a splice into a socket waits unless the socket is non-blocking
+        // (epoll's already are).
+        set_nonblocking(rfd)?;
+        set_nonblocking(wfd)?;
+        let pipe = Pipe::new(self.shared.pipe_size)?;
+        let chunk = pipe.capacity();
+        let mut unbroken = 0;
         loop {
-            // io_uring runs splice in a kernel worker thread that blocks until
-            // data arrives; waiting for readability first keeps idle
-            // connections from parking such threads. epoll's splice already
-            // waits for readiness.
-            if let Some(from) = self.from {
-                from.readable().await?;
-            }
-            let n = match r.splice_to_pipe(&mut pipe_w, PIPE_CHUNK).await {
+            let n = match pipe.fill(rfd, chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    unbroken = 0;
+                    self.readable(r).await?;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => other?,
+                Err(e) => return Err(e),
             };
-            if n == 0 {
-                return Ok(());
-            }
             self.shared.activity.set(Instant::now());
             let mut left = n;
             while left > 0 {
-                // The same for the write side: a slow reader must not park
-                // a kernel thread in a blocking splice (the watchdog's
-                // shutdown ends this wait at idle_timeout).
-                if let Some(to) = self.to {
-                    to.writable().await?;
+                match pipe.drain(wfd, left) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        unbroken = 0;
+                        match self.to {
+                            Some(to) => to.writable().await?,
+                            None => write_side(w).writable(false).await?,
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
                 }
-                let m = match w.splice_from_pipe(&mut pipe_r, left).await {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => other?,
-                };
-                if m == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                left -= m;
-                self.shared.activity.set(Instant::now());
             }
-            total.set(total.get() + u64::from(n));
+            total.set(total.get() + n as u64);
+            self.shared.activity.set(Instant::now());
+            // A direction that never has to wait would hold the worker.
+            unbroken += n;
+            if unbroken >= BYTES_BEFORE_YIELD {
+                unbroken = 0;
+                yield_now().await;
+            }
         }
     }
+}
+
+/// The stream behind a read half, to wait on its readiness (epoll).
+///
+/// SAFETY argument: monoio's owned halves share the stream through
+/// `Rc<UnsafeCell<TcpStream>>`. Their `read`/`write` create a
+/// `&mut TcpStream` only for the duration of the call that builds the
+/// operation, which then holds a clone of the stream's `SharedFd`, not a
+/// reference to the stream; so while the other half's operation is in
+/// flight no `&mut` to the stream is live, and this shared reference
+/// aliases nothing. `readable`/`writable(&self)` build their poll from the
+/// shared fd the same way. Each half is its stream's only reader (writer)
+/// and waits for its own direction only. Checked against monoio 0.2.4
+/// (pinned in Cargo.lock): re-check on an upgrade.
+fn read_side(r: &TcpOwnedReadHalf) -> &TcpStream {
+    // SAFETY: see above.
+    unsafe { &*r.0.get() }
+}
+
+/// The stream behind a write half (epoll); see [`read_side`].
+fn write_side(w: &TcpOwnedWriteHalf) -> &TcpStream {
+    // SAFETY: see `read_side`.
+    unsafe { &*w.0.get() }
 }
 
 enum Step {

@@ -110,6 +110,7 @@ impl Session {
         let limits = Limits {
             idle_timeout: listener.idle_timeout,
             mode: listener.splice,
+            pipe_size: listener.splice_pipe_size,
             park_after: Some(PARK_AFTER),
         };
         let ctx = self.ctx.clone();
