@@ -56,6 +56,8 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--only", default="", help="run only the workloads whose name contains this (e.g. echo)")
     ap.add_argument("--load-threads", type=int, default=1)
+    ap.add_argument("--listener-extra", default="",
+                    help="TOML lines added to each listener (e.g. 'splice_pipe_size = 65536')")
     ap.add_argument("--outrigger", default=f"{BIN}/outrigger", help="the proxy binary (another build, say)")
     a = ap.parse_args()
     io_cfg = {"auto": "auto", "io-uring": "io_uring", "epoll": "epoll"}[a.io]
@@ -68,16 +70,19 @@ address = "127.0.0.1:17001"
 protocol = "tcp"
 cluster = "echo"
 splice = "never"
+{a.listener_extra}
 [listeners.always]
 address = "127.0.0.1:17002"
 protocol = "tcp"
 cluster = "echo"
 splice = "always"
+{a.listener_extra}
 [listeners.auto]
 address = "127.0.0.1:17003"
 protocol = "tcp"
 cluster = "echo"
 splice = "auto"
+{a.listener_extra}
 [clusters.echo]
 endpoints = ["127.0.0.1:17100"]
 """
