@@ -1,5 +1,6 @@
-"""Pieces the benchmark scripts share: a pinned nginx, a pinned outrigger
-with one HTTP listener in front of one upstream, and a process's CPU time."""
+"""Pieces the benchmark scripts share: a pinned nginx, a pinned HAProxy, a
+pinned outrigger with one HTTP listener in front of one upstream, and a
+process's CPU time."""
 import os, subprocess
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -59,3 +60,23 @@ max_idle_connections = 128
 """)
     return subprocess.Popen(["taskset", "-c", core, binary, "run", "--config", cfg_path, "--no-watch",
                              "--log-level", "warn"])
+
+
+def start_haproxy(d, core, mode, proxies, extra_defaults=""):
+    """HAProxy with one thread pinned to `core`, `mode` (http or tcp) in its
+    defaults, then the `proxies` sections (frontends, backends); its config
+    is written in directory `d`."""
+    conf = f"{d}/haproxy.cfg"
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 1
+defaults
+  mode {mode}
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+{extra_defaults}
+{proxies}
+""")
+    return subprocess.Popen(["taskset", "-c", core, "haproxy", "-f", conf, "-db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

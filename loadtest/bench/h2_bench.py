@@ -22,7 +22,7 @@ Needs: cargo build --release; nginx, haproxy and h2load (nghttp2-client).
 """
 import argparse, os, shutil, signal, statistics, subprocess, tempfile, time
 
-from benchlib import cpu_seconds, start_nginx, NGINX
+from benchlib import cpu_seconds, start_haproxy, start_nginx, NGINX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "outrigger")
@@ -95,25 +95,13 @@ def nginx_proxy(d, upstream_h2):
 
 
 def haproxy(d, upstream_h2):
-    conf = f"{d}/haproxy.cfg"
     server = (f"server s1 127.0.0.1:{UP_H2} proto h2" if upstream_h2 else f"server s1 127.0.0.1:{UP_H1}")
-    with open(conf, "w") as f:
-        f.write(f"""global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{PROXY} {f"ssl crt {d}/both.pem alpn h2" if TLS["on"] else "proto h2"}
+    bind = f"ssl crt {d}/both.pem alpn h2" if TLS["on"] else "proto h2"
+    return start_haproxy(d, PROXY_CORE, "http", f"""frontend fe
+  bind 127.0.0.1:{PROXY} {bind}
   default_backend be
 backend be
-  {server}
-""")
-    return subprocess.Popen(["taskset", "-c", PROXY_CORE, "haproxy", "-f", conf, "-db"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  {server}""", extra_defaults="  http-reuse always")
 
 
 def run_one(d, name, start, duration):

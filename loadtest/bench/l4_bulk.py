@@ -18,7 +18,7 @@ Needs: iperf3, cargo build --release; nginx with the stream module
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, tempfile, time
 
-from benchlib import NGINX, cpu_seconds
+from benchlib import NGINX, cpu_seconds, start_haproxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = f"{ROOT}/target/release/outrigger"
@@ -63,22 +63,11 @@ stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{SERVER_PORT};
 
 def haproxy(d, port):
     """HAProxy in mode tcp, one thread on core 1, its default buffers (no splice)."""
-    conf = f"{d}/haproxy.cfg"
-    with open(conf, "w") as f:
-        f.write(f"""global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend f
+    return start_haproxy(d, "1", "tcp", f"""frontend f
   bind 127.0.0.1:{port}
   default_backend b
 backend b
-  server s1 127.0.0.1:{SERVER_PORT}
-""")
-    return subprocess.Popen(["taskset", "-c", "1", "haproxy", "-f", conf, "-q"])
+  server s1 127.0.0.1:{SERVER_PORT}""")
 
 
 def core0_busy():
