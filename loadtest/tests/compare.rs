@@ -6,19 +6,25 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn compare_direct_and_outrigger() {
+/// The load tester, with an outrigger binary next to it (`cargo test
+/// --workspace`, the README's command, builds it; without it these tests
+/// would prove nothing, so they fail), and a scratch directory.
+fn setup(name: &str) -> (PathBuf, PathBuf) {
     let load = PathBuf::from(env!("CARGO_BIN_EXE_outrigger-load"));
     let outrigger = load.with_file_name("outrigger");
-    // `cargo test --workspace` (the README's command) builds it; without
-    // it this test would prove nothing, so it fails.
     assert!(
         outrigger.is_file(),
         "no outrigger binary next to outrigger-load ({}): run cargo test --workspace",
         outrigger.display()
     );
-    let dir = std::env::temp_dir().join(format!("outrigger-compare-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("outrigger-{name}-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    (load, dir)
+}
+
+#[test]
+fn compare_direct_and_outrigger() {
+    let (load, dir) = setup("compare");
     let (json, md, svg) = (dir.join("c.json"), dir.join("c.md"), dir.join("c.svg"));
     let compare = |targets: &str| {
         Command::new(&load)
@@ -104,13 +110,7 @@ fn compare_direct_and_outrigger() {
 /// processes', and the table says what each pair adds to the direct call.
 #[test]
 fn compare_mesh_pairs() {
-    let load = PathBuf::from(env!("CARGO_BIN_EXE_outrigger-load"));
-    assert!(
-        load.with_file_name("outrigger").is_file(),
-        "no outrigger binary next to outrigger-load: run cargo test --workspace"
-    );
-    let dir = std::env::temp_dir().join(format!("outrigger-mesh-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (load, dir) = setup("mesh");
     let (json, md) = (dir.join("m.json"), dir.join("m.md"));
     let out = Command::new(&load)
         .args(["compare", "--topology", "mesh"])

@@ -457,14 +457,11 @@ impl Pump<'_> {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
                 Ok(n) => pos += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.to {
-                    Some(to) => {
-                        if let Err(e) = to.writable().await {
-                            return (Err(e), buf);
-                        }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.writable(w).await {
+                        return (Err(e), buf);
                     }
-                    None => return (Err(e), buf),
-                },
+                }
                 Err(e) => return (Err(e), buf),
             }
         }
@@ -478,6 +475,15 @@ impl Pump<'_> {
         match self.from {
             Some(from) => from.readable().await,
             None => read_side(r).readable(false).await,
+        }
+    }
+
+    /// Wait until the write half's socket can take more bytes (or has
+    /// failed).
+    async fn writable(&self, w: &TcpOwnedWriteHalf) -> io::Result<()> {
+        match self.to {
+            Some(to) => to.writable().await,
+            None => write_side(w).writable(false).await,
         }
     }
 
@@ -522,10 +528,7 @@ impl Pump<'_> {
                     Ok(m) => left -= m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         unbroken = 0;
-                        match self.to {
-                            Some(to) => to.writable().await?,
-                            None => write_side(w).writable(false).await?,
-                        }
+                        self.writable(w).await?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
